@@ -1,0 +1,74 @@
+# dimplugd — build, test, demo and benchmark targets.
+#
+# `make demo` and `make test` work on a fresh Debian machine with Go: the
+# `deps` target installs the Debian packages the build needs (as root, or
+# through sudo) when they are missing.
+
+GO        ?= go
+TAGS      ?= seccomp
+BIN       := $(CURDIR)/bin
+CAPNP_GO  := capnproto.org/go/capnp/v3
+CAPNP_VER := v3.1.0-alpha.2
+APT_PKGS  := capnproto libseccomp-dev bubblewrap pkg-config gcc
+GOFLAGS_BUILD := -tags $(TAGS)
+TESTFLAGS ?=
+ifeq ($(CI),true)
+TESTFLAGS += -race
+endif
+
+export CGO_ENABLED := 1
+
+EXAMPLE_PLUGINS := $(notdir $(wildcard examples/plugins/*))
+
+.PHONY: all deps build plugins generate check-generate test lint demo bench clean
+
+all: build
+
+deps:
+	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+$(BIN)/capnpc-go: go.mod
+	GOBIN=$(BIN) $(GO) install $(CAPNP_GO)/capnpc-go@$(CAPNP_VER)
+	@touch $@
+
+# generate rewrites the committed Go code of schema/ from the .capnp files.
+generate: deps $(BIN)/capnpc-go
+	cd schema && PATH=$(BIN):$$PATH capnp compile -I "$$($(GO) list -m -f '{{.Dir}}' $(CAPNP_GO))/std" -ogo *.capnp
+
+# check-generate fails when the committed generated code is stale.
+check-generate: generate
+	@git diff --exit-code -- schema/ || { echo "schema/*.capnp.go is stale: run 'make generate' and commit"; exit 1; }
+
+build: deps plugins
+	$(GO) build $(GOFLAGS_BUILD) -o $(BIN)/dimplugd ./cmd/dimplugd
+	$(GO) build -o $(BIN)/dimplugctl ./cmd/dimplugctl
+	$(GO) build -o $(BIN)/dimhost ./examples/dimhost
+
+# Plugins are static binaries: the sandbox's rootfs holds nothing else.
+plugins:
+	@for p in $(EXAMPLE_PLUGINS); do \
+		echo "building example plugin $$p"; \
+		CGO_ENABLED=0 $(GO) build -trimpath -o examples/plugins/$$p/$$p ./examples/plugins/$$p || exit 1; \
+	done
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+	$(GO) vet $(GOFLAGS_BUILD) ./...
+
+test: deps build lint check-generate
+	$(GO) test $(GOFLAGS_BUILD) $(TESTFLAGS) -count=1 -timeout 20m ./...
+
+demo: build
+	./examples/demo.sh
+
+bench: deps build
+	$(GO) run $(GOFLAGS_BUILD) ./bench
+
+clean:
+	rm -rf $(BIN)
+	@for p in $(EXAMPLE_PLUGINS); do rm -f examples/plugins/$$p/$$p; done

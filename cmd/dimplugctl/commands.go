@@ -1,0 +1,462 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
+
+	"github.com/dimplugd/dimplugd/sdk-go/host"
+	"github.com/dimplugd/dimplugd/sdk-go/manifest"
+)
+
+// usageError marks errors that should exit with code 2.
+type usageError struct{ error }
+
+type cli struct {
+	socket  string
+	json    bool
+	timeout time.Duration
+	in      io.Reader
+	out     io.Writer
+	errw    io.Writer
+}
+
+func run(args []string, in io.Reader, out, errw io.Writer) int {
+	c := &cli{in: in, out: out, errw: errw}
+	root := c.rootCmd()
+	root.SetArgs(args)
+	root.SetIn(in)
+	root.SetOut(out)
+	root.SetErr(errw)
+	err := root.Execute()
+	if err == nil {
+		return 0
+	}
+	fmt.Fprintln(errw, "dimplugctl:", err)
+	var ue usageError
+	if errors.As(err, &ue) {
+		return 2
+	}
+	return 1
+}
+
+func (c *cli) rootCmd() *cobra.Command {
+	root := &cobra.Command{
+		Use:   "dimplugctl",
+		Short: "Manage the plugins of a dimplugd daemon",
+		Long: `dimplugctl talks to a running dimplugd over its Unix socket to install,
+inspect, enable, disable, restart and remove plugins, and to read their logs.
+
+Exit codes: 0 success, 1 the operation failed, 2 bad usage.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error { return usageError{err} })
+	pf := root.PersistentFlags()
+	pf.StringVar(&c.socket, "socket", host.DefaultSocket(), "daemon socket ($DIMPLUGD_SOCKET)")
+	pf.BoolVar(&c.json, "json", false, "print machine-readable JSON")
+	pf.DurationVar(&c.timeout, "timeout", 60*time.Second, "give up on the daemon after this long")
+
+	root.AddCommand(c.installCmd(), c.lsCmd(), c.inspectCmd(),
+		c.nameCmd("enable", "Enable a plugin and start it", (*host.Control).Enable),
+		c.nameCmd("disable", "Stop a plugin and keep it disabled", (*host.Control).Disable),
+		c.nameCmd("restart", "Restart a plugin (also lifts a quarantine)", (*host.Control).Restart),
+		c.rmCmd(), c.logsCmd(), c.statusCmd(), c.versionCmd())
+	return root
+}
+
+// exactArgs is cobra.ExactArgs with a usage error naming what is missing.
+func exactArgs(names ...string) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if len(args) != len(names) {
+			return usageError{fmt.Errorf("%s takes %d argument(s): %s (see: dimplugctl %s --help)",
+				cmd.Name(), len(names), strings.Join(names, " "), cmd.Name())}
+		}
+		return nil
+	}
+}
+
+func (c *cli) dial(ctx context.Context) (*host.Control, error) {
+	return host.DialControl(ctx, c.socket, host.WithClientName("dimplugctl"))
+}
+
+// withControl runs f with a control connection and the command's timeout.
+func (c *cli) withControl(f func(ctx context.Context, ctl *host.Control) error) error {
+	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
+	defer cancel()
+	ctl, err := c.dial(ctx)
+	if err != nil {
+		return err
+	}
+	defer ctl.Close()
+	return f(ctx, ctl)
+}
+
+func (c *cli) printJSON(v any) error {
+	enc := json.NewEncoder(c.out)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func (c *cli) installCmd() *cobra.Command {
+	var replace, noEnable, yes bool
+	cmd := &cobra.Command{
+		Use:   "install <dir>",
+		Short: "Install a plugin from its directory (plugin.toml and executable)",
+		Long: `Install a plugin from a directory holding its plugin.toml and entrypoint.
+The permissions the manifest asks for are shown and must be granted: answer
+the prompt, or pass --yes in scripts. Without a terminal and without --yes
+the install is refused.`,
+		Args: exactArgs("<dir>"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			dir := args[0]
+			m, err := manifest.Load(dir)
+			if err != nil {
+				return err
+			}
+			grant, err := c.approve(m, yes)
+			if err != nil {
+				return err
+			}
+			archive, err := host.Archive(dir)
+			if err != nil {
+				return err
+			}
+			return c.withControl(func(ctx context.Context, ctl *host.Control) error {
+				st, err := ctl.Install(ctx, archive, host.InstallOptions{Replace: replace, Enable: !noEnable, Grant: grant})
+				if err != nil {
+					return fmt.Errorf("install %s: %w", m.Name, err)
+				}
+				if c.json {
+					return c.printJSON(st)
+				}
+				fmt.Fprintf(c.out, "installed %s %s (%s)\n", st.Name, st.Version, enabledWord(st.Enabled))
+				return nil
+			})
+		},
+	}
+	cmd.Flags().BoolVar(&replace, "replace", false, "upgrade an installed plugin of the same name, keeping its data")
+	cmd.Flags().BoolVar(&noEnable, "no-enable", false, "install without starting the plugin")
+	cmd.Flags().BoolVarP(&yes, "yes", "y", false, "grant the requested permissions without asking")
+	return cmd
+}
+
+// approve shows what the plugin asks for and returns the operator's grant.
+func (c *cli) approve(m *manifest.Manifest, yes bool) (*manifest.Permissions, error) {
+	p := m.Permissions
+	if p.IsZero() {
+		if !c.json {
+			fmt.Fprintf(c.errw, "%s %s requests no special permissions.\n", m.Name, m.Version)
+		}
+		return &p, nil
+	}
+	fmt.Fprintf(c.errw, "%s %s asks to:\n", m.Name, m.Version)
+	for _, l := range p.Describe() {
+		fmt.Fprintf(c.errw, "  - %s\n", l)
+	}
+	if yes {
+		return &p, nil
+	}
+	if !isTerminal(c.in) {
+		return nil, usageError{errors.New("refusing to grant permissions without a terminal to ask on: review them above and pass --yes to grant them")}
+	}
+	fmt.Fprint(c.errw, "Grant these permissions? [y/N] ")
+	line, _ := bufio.NewReader(c.in).ReadString('\n')
+	switch strings.ToLower(strings.TrimSpace(line)) {
+	case "y", "yes":
+		return &p, nil
+	}
+	return nil, errors.New("permissions not granted; nothing was installed")
+}
+
+// isTerminal reports whether r is a terminal (not merely a character
+// device: /dev/null is one too).
+func isTerminal(r io.Reader) bool {
+	f, ok := r.(*os.File)
+	if !ok {
+		return false
+	}
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
+}
+
+func enabledWord(on bool) string {
+	if on {
+		return "enabled"
+	}
+	return "disabled"
+}
+
+func (c *cli) lsCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:     "ls",
+		Aliases: []string{"list"},
+		Short:   "List installed plugins",
+		Args:    exactArgs(),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return c.withControl(func(ctx context.Context, ctl *host.Control) error {
+				ps, err := ctl.List(ctx)
+				if err != nil {
+					return err
+				}
+				if c.json {
+					return c.printJSON(ps)
+				}
+				tw := tabwriter.NewWriter(c.out, 0, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "NAME\tVERSION\tENABLED\tSTATE\tPID\tRESTARTS\tSANDBOX")
+				for _, p := range ps {
+					pid := "-"
+					if p.PID != 0 {
+						pid = fmt.Sprint(p.PID)
+					}
+					fmt.Fprintf(tw, "%s\t%s\t%v\t%s\t%s\t%d\t%s\n", p.Name, p.Version, p.Enabled, p.State, pid, p.Restarts, sandboxWord(p))
+				}
+				return tw.Flush()
+			})
+		},
+	}
+}
+
+func sandboxWord(p host.PluginStatus) string {
+	if p.Sandboxed {
+		return p.Runtime
+	}
+	return "NOT SANDBOXED"
+}
+
+func (c *cli) inspectCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:               "inspect <name>",
+		Short:             "Show everything the daemon knows about a plugin",
+		Args:              exactArgs("<name>"),
+		ValidArgsFunction: c.completeNames,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return c.withControl(func(ctx context.Context, ctl *host.Control) error {
+				st, err := ctl.Inspect(ctx, args[0])
+				if err != nil {
+					return err
+				}
+				if c.json {
+					return c.printJSON(st)
+				}
+				c.printStatus(st)
+				return nil
+			})
+		},
+	}
+}
+
+func (c *cli) printStatus(st *host.PluginStatus) {
+	w := c.out
+	fmt.Fprintf(w, "Name:        %s\n", st.Name)
+	fmt.Fprintf(w, "Version:     %s\n", st.Version)
+	if st.Description != "" {
+		fmt.Fprintf(w, "Description: %s\n", st.Description)
+	}
+	fmt.Fprintf(w, "Enabled:     %v\n", st.Enabled)
+	state := st.State
+	if st.Detail != "" {
+		state += " (" + st.Detail + ")"
+	}
+	fmt.Fprintf(w, "State:       %s\n", state)
+	if st.PID != 0 {
+		fmt.Fprintf(w, "PID:         %d\n", st.PID)
+	}
+	if st.StartedAt != nil {
+		fmt.Fprintf(w, "Started:     %s\n", st.StartedAt.Format(time.RFC3339))
+	}
+	fmt.Fprintf(w, "Restarts:    %d\n", st.Restarts)
+	if st.LastExit != "" {
+		fmt.Fprintf(w, "Last exit:   %s\n", st.LastExit)
+	}
+	if st.Sandboxed {
+		fmt.Fprintf(w, "Sandbox:     %s\n", st.Runtime)
+	} else {
+		fmt.Fprintf(w, "Sandbox:     NOT SANDBOXED (runtime %q: the plugin runs with the daemon's privileges)\n", st.Runtime)
+	}
+	if st.ProtocolVersion != 0 {
+		fmt.Fprintf(w, "Protocol:    v%d\n", st.ProtocolVersion)
+	}
+	fmt.Fprintf(w, "Installed:   %s in %s\n", st.InstalledAt.Format(time.RFC3339), st.Dir)
+	fmt.Fprintln(w, "Hooks:")
+	if len(st.Hooks) == 0 {
+		fmt.Fprintln(w, "  (none)")
+	}
+	for _, h := range st.Hooks {
+		fmt.Fprintf(w, "  %-10s %s %s %s (priority %d, deadline %s, %s)\n", h.Name, h.Phase, h.Method, h.Route, h.Priority, h.Deadline, h.Failure)
+	}
+	fmt.Fprintln(w, "Granted:")
+	for _, l := range st.Grant.Describe() {
+		fmt.Fprintf(w, "  - %s\n", l)
+	}
+}
+
+type nameOp func(*host.Control, context.Context, string) (*host.PluginStatus, error)
+
+func (c *cli) nameCmd(use, short string, op nameOp) *cobra.Command {
+	return &cobra.Command{
+		Use:               use + " <name>",
+		Short:             short,
+		Args:              exactArgs("<name>"),
+		ValidArgsFunction: c.completeNames,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return c.withControl(func(ctx context.Context, ctl *host.Control) error {
+				st, err := op(ctl, ctx, args[0])
+				if err != nil {
+					return err
+				}
+				if c.json {
+					return c.printJSON(st)
+				}
+				fmt.Fprintf(c.out, "%s: %s, %s\n", st.Name, enabledWord(st.Enabled), st.State)
+				return nil
+			})
+		},
+	}
+}
+
+func (c *cli) rmCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:               "rm <name>",
+		Aliases:           []string{"remove"},
+		Short:             "Stop a plugin and delete it with its data",
+		Args:              exactArgs("<name>"),
+		ValidArgsFunction: c.completeNames,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return c.withControl(func(ctx context.Context, ctl *host.Control) error {
+				if err := ctl.Remove(ctx, args[0]); err != nil {
+					return err
+				}
+				if c.json {
+					return c.printJSON(map[string]any{"name": args[0], "removed": true})
+				}
+				fmt.Fprintf(c.out, "removed %s\n", args[0])
+				return nil
+			})
+		},
+	}
+}
+
+func (c *cli) logsCmd() *cobra.Command {
+	var follow bool
+	var tail int
+	cmd := &cobra.Command{
+		Use:               "logs <name>",
+		Short:             "Print a plugin's log (stdout, stderr, structured log and daemon notes)",
+		Args:              exactArgs("<name>"),
+		ValidArgsFunction: c.completeNames,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			print := func(l host.LogLine) {
+				if c.json {
+					b, _ := json.Marshal(l)
+					fmt.Fprintln(c.out, string(b))
+					return
+				}
+				fmt.Fprintf(c.out, "%s %-6s %s\n", l.Time.Format("15:04:05.000"), l.Stream, l.Text)
+			}
+			if !follow {
+				return c.withControl(func(ctx context.Context, ctl *host.Control) error {
+					lines, err := ctl.Logs(ctx, args[0], tail, nil)
+					for _, l := range lines {
+						print(l)
+					}
+					return err
+				})
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			dctx, cancel := context.WithTimeout(ctx, c.timeout)
+			ctl, err := c.dial(dctx)
+			cancel()
+			if err != nil {
+				return err
+			}
+			defer ctl.Close()
+			_, err = ctl.Logs(ctx, args[0], tail, print)
+			return err
+		},
+	}
+	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new lines until interrupted")
+	cmd.Flags().IntVarP(&tail, "tail", "n", 100, "lines of history to print (0: all kept)")
+	return cmd
+}
+
+func (c *cli) statusCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "status",
+		Short: "Show the daemon's version, runtime and paths",
+		Args:  exactArgs(),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return c.withControl(func(ctx context.Context, ctl *host.Control) error {
+				st, err := ctl.Status(ctx)
+				if err != nil {
+					return err
+				}
+				if c.json {
+					return c.printJSON(st)
+				}
+				sb := st.Runtime
+				if !st.Sandboxed {
+					sb += " (NOT SANDBOXED)"
+				}
+				fmt.Fprintf(c.out, "dimplugd %s, up since %s\nruntime:  %s\nsocket:   %s\nstate:    %s\nplugins:  %d\n",
+					st.Version, st.StartedAt.Format(time.RFC3339), sb, st.Socket, st.StateDir, st.Plugins)
+				return nil
+			})
+		},
+	}
+}
+
+func (c *cli) versionCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print dimplugctl's version",
+		Args:  exactArgs(),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if c.json {
+				return c.printJSON(map[string]string{"version": version})
+			}
+			fmt.Fprintf(c.out, "dimplugctl %s\n", version)
+			return nil
+		},
+	}
+}
+
+const version = "0.1.0"
+
+// completeNames completes installed plugin names by asking the daemon.
+func (c *cli) completeNames(cmd *cobra.Command, args []string, toComplete string) ([]string, cobra.ShellCompDirective) {
+	if len(args) > 0 {
+		return nil, cobra.ShellCompDirectiveNoFileComp
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	ctl, err := c.dial(ctx)
+	if err != nil {
+		return nil, cobra.ShellCompDirectiveNoFileComp
+	}
+	defer ctl.Close()
+	ps, err := ctl.List(ctx)
+	if err != nil {
+		return nil, cobra.ShellCompDirectiveNoFileComp
+	}
+	var names []string
+	for _, p := range ps {
+		if strings.HasPrefix(p.Name, toComplete) {
+			names = append(names, p.Name)
+		}
+	}
+	return names, cobra.ShellCompDirectiveNoFileComp
+}

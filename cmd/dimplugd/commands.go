@@ -1,0 +1,150 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/dimplugd/dimplugd/daemon"
+	"github.com/dimplugd/dimplugd/sandbox"
+	"github.com/dimplugd/dimplugd/sandbox/container"
+	"github.com/dimplugd/dimplugd/schema"
+	"github.com/dimplugd/dimplugd/sdk-go/host"
+)
+
+type usageError struct{ error }
+
+func run(args []string) int {
+	root := rootCmd()
+	root.SetArgs(args)
+	err := root.Execute()
+	if err == nil {
+		return 0
+	}
+	fmt.Fprintln(os.Stderr, "dimplugd:", err)
+	var ue usageError
+	if errors.As(err, &ue) {
+		return 2
+	}
+	return 1
+}
+
+func rootCmd() *cobra.Command {
+	root := &cobra.Command{
+		Use:           "dimplugd",
+		Short:         "The dimplugd plugin daemon for the Dim media server",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error { return usageError{err} })
+	root.AddCommand(serveCmd(), versionCmd())
+	return root
+}
+
+// defaultStateDir is /var/lib/dimplugd for root, else
+// $XDG_STATE_HOME/dimplugd or ~/.local/state/dimplugd.
+func defaultStateDir() string {
+	if os.Geteuid() == 0 {
+		return "/var/lib/dimplugd"
+	}
+	if d := os.Getenv("XDG_STATE_HOME"); d != "" {
+		return filepath.Join(d, "dimplugd")
+	}
+	if h, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(h, ".local", "state", "dimplugd")
+	}
+	return filepath.Join(os.TempDir(), fmt.Sprintf("dimplugd-state-%d", os.Geteuid()))
+}
+
+func serveCmd() *cobra.Command {
+	var (
+		stateDir   string
+		socket     string
+		socketMode uint32
+		runtime    string
+		insecure   bool
+		debug      bool
+		ctState    string
+		cgParent   string
+	)
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run the daemon until SIGTERM or SIGINT",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			level := slog.LevelInfo
+			if debug {
+				level = slog.LevelDebug
+			}
+			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+			if insecure {
+				if cmd.Flags().Changed("runtime") && runtime != "process" {
+					return usageError{errors.New("--insecure-no-sandbox and --runtime=" + runtime + " contradict each other")}
+				}
+				runtime = "process"
+			}
+			rt, err := pickRuntime(runtime, container.Config{StateRoot: ctState, CgroupParent: cgParent})
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+			defer stop()
+			d, err := daemon.Start(ctx, daemon.Config{
+				StateDir:   stateDir,
+				Socket:     socket,
+				SocketMode: os.FileMode(socketMode),
+				Runtime:    rt,
+				Logger:     log,
+			})
+			if err != nil {
+				return err
+			}
+			<-ctx.Done()
+			log.Info("shutting down")
+			return d.Close()
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&stateDir, "state-dir", defaultStateDir(), "directory for installed plugins and their data")
+	f.StringVar(&socket, "socket", host.DefaultSocket(), "Unix socket for hosts and dimplugctl ($DIMPLUGD_SOCKET)")
+	f.Uint32Var(&socketMode, "socket-mode", 0o660, "permission bits of the socket file")
+	f.StringVar(&runtime, "runtime", "container", `how plugins run: "container" (libcontainer sandbox) or "process" (no sandbox, development only)`)
+	f.BoolVar(&insecure, "insecure-no-sandbox", false, "run plugins as plain processes WITHOUT any sandbox (development only)")
+	f.BoolVar(&debug, "debug", false, "log debug messages")
+	f.StringVar(&ctState, "container-state", container.DefaultStateRoot, "state directory of the container runtime (keep it on a tmpfs)")
+	f.StringVar(&cgParent, "cgroup-parent", container.DefaultCgroupParent, "cgroup under which each plugin gets its own")
+	return cmd
+}
+
+func pickRuntime(name string, cfg container.Config) (sandbox.Runtime, error) {
+	switch name {
+	case "process":
+		return sandbox.ProcessRuntime{}, nil
+	case "container":
+		if err := container.Available(); err != nil {
+			return nil, fmt.Errorf("the container sandbox cannot run here: %w\n"+
+				"  dimplugd sandboxes plugins with Linux namespaces, cgroups and seccomp, which needs root.\n"+
+				"  For development only, --insecure-no-sandbox runs plugins as plain processes", err)
+		}
+		return container.New(cfg)
+	}
+	return nil, usageError{fmt.Errorf("unknown runtime %q: want \"container\" or \"process\"", name)}
+}
+
+func versionCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print the daemon's version and protocol versions",
+		Args:  cobra.NoArgs,
+		Run: func(cmd *cobra.Command, args []string) {
+			fmt.Printf("dimplugd %s (protocol %s)\n", daemon.Version, schema.FormatVersions(schema.SupportedVersions))
+		},
+	}
+}

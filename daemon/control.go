@@ -1,0 +1,464 @@
+package daemon
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/dimplugd/dimplugd/daemon/logbuf"
+	"github.com/dimplugd/dimplugd/daemon/registry"
+	"github.com/dimplugd/dimplugd/schema"
+	"github.com/dimplugd/dimplugd/sdk-go/manifest"
+	"github.com/dimplugd/dimplugd/sdk-go/wire"
+)
+
+// control serves the control face for one CLI connection. It is a thin
+// adapter: each method calls the daemon's in-process operation and writes
+// the plugin's resulting status.
+type control struct{ d *Daemon }
+
+// ErrConflict reports two plugins claiming the same route.
+var ErrConflict = errors.New("route conflict")
+
+// Install installs (or with opts.Replace, upgrades) a plugin from a tar
+// archive of its directory.
+func (d *Daemon) Install(ctx context.Context, archive []byte, opts registry.InstallOptions) (registry.Record, error) {
+	enable := opts.Enable
+	opts.Enable = false // enabled below, after the conflict check
+	rec, err := d.store.InstallArchive(ctx, bytes.NewReader(archive), opts)
+	if err != nil {
+		return registry.Record{}, err
+	}
+	d.mu.Lock()
+	u, existed := d.units[rec.Name]
+	if existed {
+		u.mu.Lock()
+		u.rec = rec
+		u.failed = false
+		u.restartReq = true
+		u.mu.Unlock()
+	} else {
+		u = d.addUnitLocked(rec)
+	}
+	d.mu.Unlock()
+	u.logf("installed version %s", rec.Manifest.Version)
+	d.log.Info("plugin installed", "plugin", rec.Name, "version", rec.Manifest.Version, "replace", existed)
+	if enable || rec.Enabled {
+		if rec, err = d.Enable(rec.Name); err != nil {
+			if !existed {
+				_ = d.Remove(rec.Name)
+			}
+			return registry.Record{}, err
+		}
+	}
+	d.rebuildRoutes()
+	u.poke()
+	return rec, nil
+}
+
+// Enable marks a plugin enabled and starts it.
+func (d *Daemon) Enable(name string) (registry.Record, error) {
+	u, err := d.unit(name)
+	if err != nil {
+		return registry.Record{}, err
+	}
+	u.mu.Lock()
+	m := u.rec.Manifest
+	u.mu.Unlock()
+	if err := d.checkConflicts(name, &m); err != nil {
+		return registry.Record{}, err
+	}
+	rec, err := d.store.SetEnabled(name, true)
+	if err != nil {
+		return registry.Record{}, err
+	}
+	u.mu.Lock()
+	u.rec = rec
+	u.failed, u.quarantined, u.crashes, u.restarts = false, false, nil, 0
+	u.mu.Unlock()
+	u.logf("enabled")
+	d.rebuildRoutes()
+	u.poke()
+	return rec, nil
+}
+
+// Disable marks a plugin disabled and stops it.
+func (d *Daemon) Disable(name string) (registry.Record, error) {
+	u, err := d.unit(name)
+	if err != nil {
+		return registry.Record{}, err
+	}
+	rec, err := d.store.SetEnabled(name, false)
+	if err != nil {
+		return registry.Record{}, err
+	}
+	u.mu.Lock()
+	u.rec = rec
+	u.mu.Unlock()
+	u.logf("disabled")
+	d.rebuildRoutes()
+	u.poke()
+	return rec, nil
+}
+
+// Restart stops and starts a plugin, lifting a quarantine.
+func (d *Daemon) Restart(name string) error {
+	u, err := d.unit(name)
+	if err != nil {
+		return err
+	}
+	u.mu.Lock()
+	if !u.rec.Enabled {
+		u.mu.Unlock()
+		return fmt.Errorf("plugin %q is disabled: enable it instead (dimplugctl enable %s)", name, name)
+	}
+	u.quarantined, u.failed, u.crashes, u.restartReq = false, false, nil, true
+	u.mu.Unlock()
+	u.logf("restart requested")
+	u.poke()
+	return nil
+}
+
+// Remove stops a plugin and deletes it with its data.
+func (d *Daemon) Remove(name string) error {
+	u, err := d.unit(name)
+	if err != nil {
+		return err
+	}
+	u.mu.Lock()
+	u.removed = true
+	u.mu.Unlock()
+	d.rebuildRoutes()
+	u.poke()
+	<-u.done
+	d.mu.Lock()
+	delete(d.units, name)
+	d.mu.Unlock()
+	if err := d.store.Remove(name); err != nil {
+		return err
+	}
+	d.log.Info("plugin removed", "plugin", name)
+	return nil
+}
+
+// checkConflicts refuses a plugin whose route hooks overlap a route owned by
+// another enabled plugin.
+func (d *Daemon) checkConflicts(name string, m *manifest.Manifest) error {
+	for _, h := range m.Hooks {
+		if h.Phase != manifest.PhaseRoute {
+			continue
+		}
+		mine, err := manifest.ParseRoute(h.Route)
+		if err != nil {
+			return err
+		}
+		for _, other := range d.routes.cur.Load().phases[schema.Phase_route] {
+			if other.plugin == name {
+				continue
+			}
+			if (h.Method == "*" || other.hook.Method == "*" || h.Method == other.hook.Method) && mine.Overlaps(other.route) {
+				return fmt.Errorf("%w: plugin %q hook %q wants to own %s %s, which overlaps %s %s owned by plugin %q; disable one of them",
+					ErrConflict, name, h.Name, h.Method, h.Route, other.hook.Method, other.hook.Route, other.plugin)
+			}
+		}
+	}
+	return nil
+}
+
+func (c *control) Install(ctx context.Context, call schema.Control_install) error {
+	args := call.Args()
+	archive, err := args.Archive()
+	if err != nil {
+		return err
+	}
+	o, err := args.Options()
+	if err != nil {
+		return err
+	}
+	opts := registry.InstallOptions{Replace: o.Replace(), Enable: o.Enable()}
+	if o.HasGrant() {
+		g, err := o.Grant()
+		if err != nil {
+			return err
+		}
+		p := wire.ReadPermissions(g)
+		opts.Grant = &p
+	}
+	rec, err := c.d.Install(ctx, archive, opts)
+	if err != nil {
+		return err
+	}
+	return statusInto(c.d, call.AllocResults, rec.Name)
+}
+
+func (c *control) List(ctx context.Context, call schema.Control_list) error {
+	res, err := call.AllocResults()
+	if err != nil {
+		return err
+	}
+	us := c.d.sortedUnits()
+	l, err := res.NewPlugins(int32(len(us)))
+	if err != nil {
+		return err
+	}
+	for i, u := range us {
+		if err := c.d.writeStatus(l.At(i), u); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (c *control) Inspect(ctx context.Context, call schema.Control_inspect) error {
+	name, err := call.Args().Name()
+	if err != nil {
+		return err
+	}
+	return statusInto(c.d, call.AllocResults, name)
+}
+
+func (c *control) Enable(ctx context.Context, call schema.Control_enable) error {
+	name, err := call.Args().Name()
+	if err != nil {
+		return err
+	}
+	if _, err := c.d.Enable(name); err != nil {
+		return err
+	}
+	return statusInto(c.d, call.AllocResults, name)
+}
+
+func (c *control) Disable(ctx context.Context, call schema.Control_disable) error {
+	name, err := call.Args().Name()
+	if err != nil {
+		return err
+	}
+	if _, err := c.d.Disable(name); err != nil {
+		return err
+	}
+	return statusInto(c.d, call.AllocResults, name)
+}
+
+func (c *control) Remove(ctx context.Context, call schema.Control_remove) error {
+	name, err := call.Args().Name()
+	if err != nil {
+		return err
+	}
+	call.Go()
+	return c.d.Remove(name)
+}
+
+func (c *control) Restart(ctx context.Context, call schema.Control_restart) error {
+	name, err := call.Args().Name()
+	if err != nil {
+		return err
+	}
+	if err := c.d.Restart(name); err != nil {
+		return err
+	}
+	return statusInto(c.d, call.AllocResults, name)
+}
+
+func (c *control) Status(ctx context.Context, call schema.Control_status) error {
+	res, err := call.AllocResults()
+	if err != nil {
+		return err
+	}
+	st, err := res.NewDaemon()
+	if err != nil {
+		return err
+	}
+	d := c.d
+	if err := st.SetVersion(Version); err != nil {
+		return err
+	}
+	if err := wire.WriteVersions(st.NewProtocolVersions, d.versions); err != nil {
+		return err
+	}
+	if err := st.SetRuntime(d.cfg.Runtime.Name()); err != nil {
+		return err
+	}
+	st.SetSandboxed(d.cfg.Runtime.Sandboxed())
+	if err := st.SetStateDir(d.cfg.StateDir); err != nil {
+		return err
+	}
+	if err := st.SetSocket(d.cfg.Socket); err != nil {
+		return err
+	}
+	st.SetStartedAtUnixMs(d.started.UnixMilli())
+	st.SetPlugins(uint32(len(d.sortedUnits())))
+	return nil
+}
+
+func (c *control) Logs(ctx context.Context, call schema.Control_logs) error {
+	args := call.Args()
+	name, err := args.Name()
+	if err != nil {
+		return err
+	}
+	u, err := c.d.unit(name)
+	if err != nil {
+		return err
+	}
+	res, err := call.AllocResults()
+	if err != nil {
+		return err
+	}
+	var sub *logbuf.Subscription
+	if args.HasSink() {
+		sub = u.logs.Subscribe() // before the tail, so no line falls between
+	}
+	lines := u.logs.Tail(int(args.Tail()))
+	l, err := res.NewLines(int32(len(lines)))
+	if err != nil {
+		if sub != nil {
+			sub.Close()
+		}
+		return err
+	}
+	for i, ln := range lines {
+		if err := writeLogLine(l.At(i), ln); err != nil {
+			if sub != nil {
+				sub.Close()
+			}
+			return err
+		}
+	}
+	if sub != nil {
+		c.d.follow(u, sub, args.Sink().AddRef())
+	}
+	return nil
+}
+
+// follow pushes new log lines to a sink until a push fails, the plugin is
+// removed or the daemon closes. The goroutine is owned by the daemon.
+func (d *Daemon) follow(u *unit, sub *logbuf.Subscription, sink schema.LogSink) {
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		defer sink.Release()
+		defer sub.Close()
+		for {
+			var batch []logbuf.Line
+			select {
+			case <-d.ctx.Done():
+				return
+			case <-u.done:
+				return
+			case l := <-sub.C():
+				batch = append(batch, l)
+			}
+		more:
+			for len(batch) < 256 {
+				select {
+				case l := <-sub.C():
+					batch = append(batch, l)
+				default:
+					break more
+				}
+			}
+			if n := sub.Dropped(); n > 0 {
+				batch = append(batch, logbuf.Line{Time: time.Now(), Stream: "daemon", Text: fmt.Sprintf("(%d lines dropped: the reader fell behind)", n)})
+			}
+			ctx, cancel := context.WithTimeout(d.ctx, 30*time.Second)
+			fut, release := sink.Push(ctx, func(p schema.LogSink_push_Params) error {
+				l, err := p.NewLines(int32(len(batch)))
+				if err != nil {
+					return err
+				}
+				for i, ln := range batch {
+					if err := writeLogLine(l.At(i), ln); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+			_, err := fut.Struct()
+			release()
+			cancel()
+			if err != nil {
+				return
+			}
+		}
+	}()
+}
+
+func writeLogLine(s schema.LogLine, l logbuf.Line) error {
+	s.SetTimeUnixNano(l.Time.UnixNano())
+	if err := s.SetStream(l.Stream); err != nil {
+		return err
+	}
+	return s.SetText(l.Text)
+}
+
+// statusInto allocates a control method's results and writes the named
+// plugin's status into their `plugin` field.
+func statusInto[R interface {
+	NewPlugin() (schema.PluginStatus, error)
+}](d *Daemon, alloc func() (R, error), name string) error {
+	u, err := d.unit(name)
+	if err != nil {
+		return err
+	}
+	r, err := alloc()
+	if err != nil {
+		return err
+	}
+	st, err := r.NewPlugin()
+	if err != nil {
+		return err
+	}
+	return d.writeStatus(st, u)
+}
+
+func (d *Daemon) writeStatus(s schema.PluginStatus, u *unit) error {
+	u.mu.Lock()
+	rec := u.rec
+	state, detail := u.state, u.detail
+	restarts, lastExit := u.restarts, u.lastExit
+	var pid int
+	var started time.Time
+	var version uint16
+	if u.inst != nil {
+		pid, started, version = u.inst.proc.Pid(), u.inst.started, u.inst.version
+	}
+	u.mu.Unlock()
+
+	m := rec.Manifest
+	var e []error
+	e = append(e, s.SetName(rec.Name), s.SetVersion(m.Version), s.SetDescription(m.Description))
+	s.SetEnabled(rec.Enabled)
+	e = append(e, s.SetState(state), s.SetDetail(detail), s.SetLastExit(lastExit))
+	s.SetPid(int32(pid))
+	s.SetRestarts(uint32(restarts))
+	e = append(e, s.SetRuntime(d.cfg.Runtime.Name()))
+	s.SetSandboxed(d.cfg.Runtime.Sandboxed())
+	s.SetProtocolVersion(version)
+	s.SetInstalledAtUnixMs(rec.InstalledAt.UnixMilli())
+	if !started.IsZero() {
+		s.SetStartedAtUnixMs(started.UnixMilli())
+	}
+	e = append(e, s.SetDir(rec.Dir))
+	hl, err := s.NewHooks(int32(len(m.Hooks)))
+	e = append(e, err)
+	if err == nil {
+		for i, h := range m.Hooks {
+			hs := hl.At(i)
+			e = append(e, hs.SetName(h.Name), hs.SetMethod(h.Method), hs.SetRoute(h.Route))
+			hs.SetPhase(phaseOf(h.Phase))
+			hs.SetPriority(int32(h.Priority))
+			hs.SetDeadlineMicros(uint64(h.Deadline.Duration / time.Microsecond))
+			if h.Failure == manifest.FailClosed {
+				hs.SetFailurePolicy(schema.FailurePolicy_failClosed)
+			}
+		}
+	}
+	g, err := s.NewGrant()
+	e = append(e, err)
+	if err == nil {
+		e = append(e, wire.WritePermissions(g, rec.Grant))
+	}
+	return errors.Join(e...)
+}

@@ -1,0 +1,251 @@
+// Package daemon is dimplugd's supervisor as a library: it owns the
+// installed plugins (through package registry), starts each enabled plugin
+// through a sandbox.Runtime, supervises it (health checks, restart with
+// backoff, quarantine), dispatches hooks to it, and serves the host face and
+// the control face on a Unix socket.
+//
+// cmd/dimplugd maps flags onto a Config and calls Start:
+//
+//	d, err := daemon.Start(ctx, daemon.Config{StateDir: dir, Socket: sock, Runtime: rt})
+//	if err != nil { ... }
+//	defer d.Close()
+//
+// Goroutines: Start launches the socket's accept loop, one supervision
+// goroutine per installed plugin and one goroutine per client connection;
+// Close ends all of them and stops every plugin gracefully.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/dimplugd/dimplugd/daemon/registry"
+	"github.com/dimplugd/dimplugd/sandbox"
+	"github.com/dimplugd/dimplugd/schema"
+)
+
+// Version is the daemon's release, reported by `dimplugd version` and the
+// control face.
+const Version = "0.1.0"
+
+// Config configures a daemon. Zero values take the documented defaults.
+type Config struct {
+	// StateDir holds the registry database and installed plugins.
+	// Required.
+	StateDir string
+	// Socket is the path of the Unix socket serving the host and control
+	// faces. Required.
+	Socket string
+	// SocketMode is the socket file's permission bits; default 0660.
+	SocketMode os.FileMode
+	// Runtime starts plugin instances. Required.
+	Runtime sandbox.Runtime
+	// Logger receives the daemon's own log; default slog.Default().
+	Logger *slog.Logger
+	// Supervision tunes health checks, restarts and quarantine.
+	Supervision Supervision
+	// ProtocolVersions overrides the protocol versions the daemon speaks;
+	// only tests set it.
+	ProtocolVersions []uint16
+	// LogLines is how many lines of each plugin's log are kept; default
+	// 2000.
+	LogLines int
+}
+
+// Supervision tunes how plugins are watched and restarted.
+type Supervision struct {
+	StartTimeout      time.Duration // spawn to handshake answered; default 10s
+	StopGrace         time.Duration // after the shutdown call, before SIGTERM; default 3s
+	TermGrace         time.Duration // after SIGTERM, before SIGKILL; default 2s
+	HealthInterval    time.Duration // default 5s
+	HealthTimeout     time.Duration // default 2s
+	HealthFailures    int           // consecutive failures before a restart; default 3
+	BackoffInitial    time.Duration // first restart delay; doubles per crash; default 250ms
+	BackoffMax        time.Duration // default 30s
+	QuarantineCrashes int           // crashes within QuarantineWindow that quarantine; default 5
+	QuarantineWindow  time.Duration // default 2m
+}
+
+func (s Supervision) withDefaults() Supervision {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&s.StartTimeout, 10*time.Second)
+	def(&s.StopGrace, 3*time.Second)
+	def(&s.TermGrace, 2*time.Second)
+	def(&s.HealthInterval, 5*time.Second)
+	def(&s.HealthTimeout, 2*time.Second)
+	def(&s.BackoffInitial, 250*time.Millisecond)
+	def(&s.BackoffMax, 30*time.Second)
+	def(&s.QuarantineWindow, 2*time.Minute)
+	if s.HealthFailures <= 0 {
+		s.HealthFailures = 3
+	}
+	if s.QuarantineCrashes <= 0 {
+		s.QuarantineCrashes = 5
+	}
+	return s
+}
+
+// Daemon is a running dimplugd.
+type Daemon struct {
+	cfg      Config
+	sup      Supervision
+	log      *slog.Logger
+	store    *registry.Store
+	versions []uint16
+	started  time.Time
+
+	ctx    context.Context // cancelled by Close; parent of every goroutine's context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // supervision goroutines and observers
+
+	mu    sync.Mutex
+	units map[string]*unit // installed plugins by name
+
+	routes  routes
+	server  *server
+	closeMu sync.Mutex
+	closed  bool
+}
+
+// Start opens the state directory, sweeps instances left by an earlier
+// daemon, starts every enabled plugin and begins serving the socket. The
+// returned daemon runs until Close; ctx only bounds start-up.
+func Start(ctx context.Context, cfg Config) (*Daemon, error) {
+	if cfg.StateDir == "" || cfg.Socket == "" || cfg.Runtime == nil {
+		return nil, errors.New("daemon: StateDir, Socket and Runtime are required")
+	}
+	if cfg.SocketMode == 0 {
+		cfg.SocketMode = 0o660
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.LogLines <= 0 {
+		cfg.LogLines = 2000
+	}
+	d := &Daemon{
+		cfg:      cfg,
+		sup:      cfg.Supervision.withDefaults(),
+		log:      cfg.Logger,
+		versions: cfg.ProtocolVersions,
+		started:  time.Now(),
+		units:    map[string]*unit{},
+	}
+	if d.versions == nil {
+		d.versions = schema.SupportedVersions
+	}
+	d.routes.init()
+	var err error
+	if d.cfg.StateDir, err = filepath.Abs(cfg.StateDir); err != nil {
+		return nil, fmt.Errorf("state directory: %w", err)
+	}
+	if d.store, err = registry.Open(d.cfg.StateDir); err != nil {
+		return nil, err
+	}
+	if err := cfg.Runtime.Sweep(ctx); err != nil {
+		d.store.Close()
+		return nil, fmt.Errorf("sweep instances left by an earlier daemon: %w", err)
+	}
+	if !cfg.Runtime.Sandboxed() {
+		d.log.Warn("plugins run WITHOUT a sandbox: they can read and write everything this daemon can; use only for development", "runtime", cfg.Runtime.Name())
+	}
+	d.ctx, d.cancel = context.WithCancel(context.Background())
+
+	recs, err := d.store.List()
+	if err != nil {
+		d.cancel()
+		d.store.Close()
+		return nil, err
+	}
+	d.mu.Lock()
+	for _, rec := range recs {
+		d.addUnitLocked(rec)
+	}
+	d.mu.Unlock()
+	d.rebuildRoutes()
+
+	if d.server, err = listen(d, cfg.Socket, cfg.SocketMode); err != nil {
+		d.Close()
+		return nil, err
+	}
+	d.log.Info("dimplugd started", "version", Version, "socket", cfg.Socket, "state", d.cfg.StateDir,
+		"runtime", cfg.Runtime.Name(), "sandboxed", cfg.Runtime.Sandboxed(), "plugins", len(recs))
+	return d, nil
+}
+
+// Close stops serving, stops every plugin gracefully and closes the state.
+// It is safe to call more than once.
+func (d *Daemon) Close() error {
+	d.closeMu.Lock()
+	defer d.closeMu.Unlock()
+	if d.closed {
+		return nil
+	}
+	d.closed = true
+	if d.server != nil {
+		d.server.close()
+	}
+	d.cancel()
+	d.mu.Lock()
+	units := make([]*unit, 0, len(d.units))
+	for _, u := range d.units {
+		units = append(units, u)
+	}
+	d.mu.Unlock()
+	for _, u := range units {
+		<-u.done
+	}
+	d.wg.Wait()
+	d.routes.closeWatchers()
+	err := d.store.Close()
+	d.log.Info("dimplugd stopped")
+	return err
+}
+
+// Socket returns the path the daemon serves.
+func (d *Daemon) Socket() string { return d.cfg.Socket }
+
+// addUnitLocked creates the supervision goroutine for an installed plugin.
+// d.mu must be held.
+func (d *Daemon) addUnitLocked(rec registry.Record) *unit {
+	u := newUnit(d, rec)
+	d.units[rec.Name] = u
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		u.run(d.ctx)
+	}()
+	return u
+}
+
+func (d *Daemon) unit(name string) (*unit, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	u, ok := d.units[name]
+	if !ok {
+		return nil, fmt.Errorf("plugin %q is not installed (see dimplugctl ls): %w", name, registry.ErrNotFound)
+	}
+	return u, nil
+}
+
+func (d *Daemon) sortedUnits() []*unit {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	us := make([]*unit, 0, len(d.units))
+	for _, u := range d.units {
+		us = append(us, u)
+	}
+	sort.Slice(us, func(i, j int) bool { return us[i].name < us[j].name })
+	return us
+}

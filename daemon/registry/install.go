@@ -1,0 +1,201 @@
+package registry
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/dimplugd/dimplugd/sdk-go/manifest"
+	bolt "go.etcd.io/bbolt"
+)
+
+// InstallOptions control InstallDir and InstallArchive.
+type InstallOptions struct {
+	// Replace upgrades an installed plugin of the same name in place,
+	// keeping its key-value data, enabled flag and install time. Without
+	// it, installing over an installed plugin fails with ErrExists. With
+	// it, a plugin that is not installed is installed fresh.
+	Replace bool
+	// Enable sets the enabled flag of a fresh install. It is ignored when
+	// replacing.
+	Enable bool
+	// Grant is what the operator approved. Nil grants exactly what the
+	// manifest asks for, on fresh installs and replacements alike: the
+	// caller decides whether to ask the operator again (see
+	// manifest.Permissions.Exceeds).
+	Grant *manifest.Permissions
+}
+
+// InstallDir installs the plugin in the directory src: it copies the tree
+// (directories and regular files only, exec bits kept, symbolic links
+// followed only to files inside src; see MaxInstallSize and
+// MaxInstallFiles), validates the copy's manifest and entrypoint, and
+// commits. On failure nothing is left behind. On replace, the old files are
+// deleted after the commit.
+func (s *Store) InstallDir(ctx context.Context, src string, opt InstallOptions) (Record, error) {
+	return s.install(ctx, src, opt, func(ctx context.Context, stage string) error {
+		return s.copyTree(ctx, src, stage)
+	})
+}
+
+// InstallArchive installs the plugin in the tar stream r (plain or gzip,
+// detected from the first bytes), as written by WriteArchive. Extraction
+// accepts only directories and regular files with relative paths that stay
+// inside the plugin directory, within MaxInstallSize and MaxInstallFiles;
+// errors name the offending entry. Otherwise it behaves like InstallDir.
+func (s *Store) InstallArchive(ctx context.Context, r io.Reader, opt InstallOptions) (Record, error) {
+	return s.install(ctx, "archive", opt, func(ctx context.Context, stage string) error {
+		return s.extract(ctx, r, stage)
+	})
+}
+
+// install stages a plugin with fill, then validates and commits it. from
+// describes the source for errors.
+func (s *Store) install(ctx context.Context, from string, opt InstallOptions, fill func(context.Context, string) error) (Record, error) {
+	rec, err := s.installStaged(ctx, opt, fill)
+	switch {
+	case err == nil:
+		return rec, nil
+	case rec.Name != "":
+		return Record{}, fmt.Errorf("install plugin %q from %s: %w", rec.Name, from, err)
+	default:
+		return Record{}, fmt.Errorf("install plugin from %s: %w", from, err)
+	}
+}
+
+// installStaged does the work of install. On error, the returned record
+// holds at most the plugin's name, once known.
+func (s *Store) installStaged(ctx context.Context, opt InstallOptions, fill func(context.Context, string) error) (Record, error) {
+	if opt.Grant != nil {
+		if err := opt.Grant.Validate(); err != nil {
+			return Record{}, &invalidError{msg: "invalid grant" + indentLines(err.Error()), err: err}
+		}
+	}
+	stage, err := os.MkdirTemp(filepath.Join(s.dir, stagingDir), "install-")
+	if err != nil {
+		return Record{}, fmt.Errorf("create staging directory: %w", err)
+	}
+	defer os.RemoveAll(stage) // a no-op once renamed
+	if err := os.Chmod(stage, 0o755); err != nil {
+		return Record{}, err
+	}
+	if err := fill(ctx, stage); err != nil {
+		return Record{}, err
+	}
+	m, err := manifest.Load(stage)
+	if err != nil {
+		return Record{}, &invalidError{msg: "invalid plugin" + indentLines(err.Error()), err: err}
+	}
+	if err := s.fail("staged"); err != nil {
+		return Record{Name: m.Name}, err
+	}
+	if err := ctx.Err(); err != nil {
+		return Record{Name: m.Name}, err
+	}
+	// Fail early, before moving files, in the common case.
+	if !opt.Replace {
+		if _, err := s.Get(m.Name); err == nil {
+			return Record{Name: m.Name}, fmt.Errorf("%w (replace it to upgrade)", ErrExists)
+		}
+	}
+	final := filepath.Join(s.dir, pluginsDir, m.Name+"-"+randomSuffix())
+	if err := os.Rename(stage, final); err != nil {
+		return Record{Name: m.Name}, err
+	}
+	if err := syncDir(filepath.Dir(final)); err != nil {
+		os.RemoveAll(final)
+		return Record{Name: m.Name}, err
+	}
+	grant := m.Permissions
+	if opt.Grant != nil {
+		grant = *opt.Grant
+	}
+	t := now()
+	rec := Record{
+		Name:        m.Name,
+		Manifest:    *m,
+		Dir:         final,
+		Enabled:     opt.Enable,
+		Grant:       clonePermissions(grant),
+		InstalledAt: t,
+		UpdatedAt:   t,
+	}
+	var old *Record
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		if err := s.fail("commit"); err != nil {
+			return err
+		}
+		prev, err := s.getRecord(tx, m.Name)
+		switch {
+		case errors.Is(err, ErrNotFound):
+			// A fresh install starts with empty key-value data.
+			if err := deleteKV(tx, m.Name); err != nil {
+				return err
+			}
+		case err != nil:
+			return err
+		case !opt.Replace:
+			return fmt.Errorf("%w (replace it to upgrade)", ErrExists)
+		default:
+			old = &prev
+			rec.Enabled = prev.Enabled
+			rec.InstalledAt = prev.InstalledAt
+		}
+		return s.putRecord(tx, rec)
+	})
+	if err != nil {
+		os.RemoveAll(final)
+		return Record{Name: m.Name}, err
+	}
+	if old != nil && s.ownsDir(old.Dir) && old.Dir != final {
+		_ = os.RemoveAll(old.Dir) // Open collects it if this fails
+	}
+	return rec, nil
+}
+
+// ownsDir reports whether dir is a plugin directory of this store, so that
+// a damaged record can never make the store delete anything else.
+func (s *Store) ownsDir(dir string) bool {
+	return filepath.Dir(dir) == filepath.Join(s.dir, pluginsDir)
+}
+
+func (s *Store) fail(point string) error {
+	if s.failpoint == nil {
+		return nil
+	}
+	return s.failpoint(point)
+}
+
+func randomSuffix() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails
+	return hex.EncodeToString(b[:])
+}
+
+// syncDir makes a rename or create in dir durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("sync %s: %w", dir, err)
+	}
+	return nil
+}
+
+// indentLines formats msg to follow a noun: after ": " when it is one
+// line, on its own indented lines otherwise.
+func indentLines(msg string) string {
+	if !strings.Contains(msg, "\n") {
+		return ": " + msg
+	}
+	return ":\n  " + strings.ReplaceAll(msg, "\n", "\n  ")
+}

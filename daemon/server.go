@@ -1,0 +1,301 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"capnproto.org/go/capnp/v3"
+	"capnproto.org/go/capnp/v3/rpc"
+
+	"github.com/dimplugd/dimplugd/schema"
+	"github.com/dimplugd/dimplugd/sdk-go/wire"
+)
+
+// server accepts host and CLI connections on the daemon's Unix socket. Its
+// accept goroutine and one goroutine per connection end in close.
+type server struct {
+	d    *Daemon
+	ln   *net.UnixListener
+	path string
+
+	mu    sync.Mutex
+	conns map[*rpc.Conn]struct{}
+	wg    sync.WaitGroup
+}
+
+func listen(d *Daemon, path string, mode os.FileMode) (*server, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("create socket directory: %w", err)
+	}
+	if _, err := os.Lstat(path); err == nil {
+		// A socket file exists: refuse if a daemon answers on it, else it
+		// is left over from a daemon that died.
+		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("another dimplugd is already serving %s (stop it or pass a different --socket)", path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("remove stale socket %s: %w", path, err)
+		}
+	}
+	old := syscall.Umask(0o177) // the socket is never world-accessible, even briefly
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	syscall.Umask(old)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	ln.SetUnlinkOnClose(true)
+	if err := os.Chmod(path, mode); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("set socket mode: %w", err)
+	}
+	s := &server{d: d, ln: ln, path: path, conns: map[*rpc.Conn]struct{}{}}
+	s.wg.Add(1)
+	go s.accept()
+	return s, nil
+}
+
+func (s *server) accept() {
+	defer s.wg.Done()
+	for {
+		c, err := s.ln.AcceptUnix()
+		if err != nil {
+			if !errors.Is(err, net.ErrClosed) {
+				s.d.log.Error("accept", "err", err)
+			}
+			return
+		}
+		gw := schema.Daemon_ServerToClient(&gateway{d: s.d})
+		conn := wire.NewConn(c, capnp.Client(gw), rpcLogger{})
+		s.mu.Lock()
+		s.conns[conn] = struct{}{}
+		s.mu.Unlock()
+		s.wg.Add(1)
+		go func() { // owned by the server; ends when the client disconnects or close
+			defer s.wg.Done()
+			<-conn.Done()
+			s.mu.Lock()
+			delete(s.conns, conn)
+			s.mu.Unlock()
+		}()
+	}
+}
+
+func (s *server) close() {
+	s.ln.Close()
+	s.mu.Lock()
+	conns := make([]*rpc.Conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	for _, c := range conns {
+		c.Close()
+	}
+	s.wg.Wait()
+}
+
+// gateway is the bootstrap capability of one client connection.
+type gateway struct{ d *Daemon }
+
+func (g *gateway) negotiate(face string, client string, offered []uint16) (uint16, error) {
+	v, err := schema.Negotiate(face, "the daemon", fmt.Sprintf("%s client %q", face, client), g.d.versions, offered)
+	if err != nil {
+		g.d.log.Warn("client refused", "face", face, "client", client, "err", err)
+	}
+	return v, err
+}
+
+func (g *gateway) OpenHost(ctx context.Context, call schema.Daemon_openHost) error {
+	offered, err := wire.ReadVersions(call.Args().Versions())
+	if err != nil {
+		return err
+	}
+	client, _ := call.Args().Client()
+	res, err := call.AllocResults()
+	if err != nil {
+		return err
+	}
+	if err := wire.WriteVersions(res.NewDaemonVersions, g.d.versions); err != nil {
+		return err
+	}
+	v, nerr := g.negotiate("host", client, offered)
+	if nerr != nil {
+		return nil // version 0 tells the host; it reports both lists
+	}
+	res.SetVersion(v)
+	g.d.log.Info("host connected", "client", client, "protocol", v)
+	return res.SetSession(schema.HostSession_ServerToClient(&hostSession{d: g.d}))
+}
+
+func (g *gateway) OpenControl(ctx context.Context, call schema.Daemon_openControl) error {
+	offered, err := wire.ReadVersions(call.Args().Versions())
+	if err != nil {
+		return err
+	}
+	client, _ := call.Args().Client()
+	res, err := call.AllocResults()
+	if err != nil {
+		return err
+	}
+	if err := wire.WriteVersions(res.NewDaemonVersions, g.d.versions); err != nil {
+		return err
+	}
+	v, nerr := g.negotiate("control", client, offered)
+	if nerr != nil {
+		return nil
+	}
+	res.SetVersion(v)
+	return res.SetControl(schema.Control_ServerToClient(&control{d: g.d}))
+}
+
+// hostSession serves one host's HostSession capability.
+type hostSession struct {
+	d *Daemon
+
+	mu       sync.Mutex
+	watchers []*watcher
+}
+
+// Shutdown is called when the host releases the session or disconnects.
+func (h *hostSession) Shutdown() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, w := range h.watchers {
+		w.stop()
+	}
+	h.watchers = nil
+}
+
+func (h *hostSession) Routes(ctx context.Context, call schema.HostSession_routes) error {
+	res, err := call.AllocResults()
+	if err != nil {
+		return err
+	}
+	tb, err := res.NewTable()
+	if err != nil {
+		return err
+	}
+	return writeTable(tb, h.d.routes.cur.Load())
+}
+
+func (h *hostSession) WatchRoutes(ctx context.Context, call schema.HostSession_watchRoutes) error {
+	c := call.Args().Watcher()
+	if !c.IsValid() {
+		return errors.New("watchRoutes: watcher is null")
+	}
+	res, err := call.AllocResults()
+	if err != nil {
+		return err
+	}
+	tb, err := res.NewTable()
+	if err != nil {
+		return err
+	}
+	t := h.d.routes.cur.Load()
+	if err := writeTable(tb, t); err != nil {
+		return err
+	}
+	w := h.d.addWatcher(c.AddRef(), t.version)
+	h.mu.Lock()
+	h.watchers = append(h.watchers, w)
+	h.mu.Unlock()
+	return nil
+}
+
+func (h *hostSession) Dispatch(ctx context.Context, call schema.HostSession_dispatch) error {
+	call.Go() // requests are independent; serve them concurrently
+	args := call.Args()
+	rq, err := args.Request()
+	if err != nil {
+		return err
+	}
+	req, err := wire.ReadRequest(rq)
+	if err != nil {
+		return err
+	}
+	phase := args.Phase()
+	var resp *wire.Response
+	if phase == schema.Phase_response || phase == schema.Phase_observe {
+		rs, err := args.Response()
+		if err != nil {
+			return err
+		}
+		if resp, err = wire.ReadResponse(rs); err != nil {
+			return err
+		}
+	}
+	out := h.d.dispatch(ctx, phase, req, resp)
+
+	results, err := call.AllocResults()
+	if err != nil {
+		return err
+	}
+	r, err := results.NewResult()
+	if err != nil {
+		return err
+	}
+	return writeOutcome(r, out)
+}
+
+func writeOutcome(r schema.DispatchResult, out *outcome) error {
+	oc := r.Outcome()
+	var err error
+	switch out.which {
+	case schema.DispatchResult_outcome_Which_continue:
+		oc.SetContinue()
+	case schema.DispatchResult_outcome_Which_mutateRequest:
+		var ms schema.RequestMutation
+		if ms, err = oc.NewMutateRequest(); err == nil {
+			err = wire.WriteRequestMutation(ms, &out.reqMut)
+		}
+	case schema.DispatchResult_outcome_Which_respond:
+		var rs schema.HttpResponse
+		if rs, err = oc.NewRespond(); err == nil {
+			err = wire.WriteResponse(rs, out.resp)
+		}
+	case schema.DispatchResult_outcome_Which_mutateResponse:
+		var ms schema.ResponseMutation
+		if ms, err = oc.NewMutateResponse(); err == nil {
+			err = wire.WriteResponseMutation(ms, &out.respMut)
+		}
+	case schema.DispatchResult_outcome_Which_failClosed:
+		var he schema.HookError
+		if he, err = oc.NewFailClosed(); err == nil {
+			err = wire.WriteHookError(he, out.fail)
+		}
+	}
+	if err != nil {
+		return err
+	}
+	if len(out.skipped) > 0 {
+		l, err := r.NewSkipped(int32(len(out.skipped)))
+		if err != nil {
+			return err
+		}
+		for i := range out.skipped {
+			if err := wire.WriteHookError(l.At(i), &out.skipped[i]); err != nil {
+				return err
+			}
+		}
+	}
+	if len(out.applied) > 0 {
+		l, err := r.NewApplied(int32(len(out.applied)))
+		if err != nil {
+			return err
+		}
+		for i, a := range out.applied {
+			if err := l.Set(i, a); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}

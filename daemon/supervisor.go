@@ -1,0 +1,588 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"capnproto.org/go/capnp/v3"
+	"capnproto.org/go/capnp/v3/rpc"
+
+	"github.com/dimplugd/dimplugd/daemon/logbuf"
+	"github.com/dimplugd/dimplugd/daemon/registry"
+	"github.com/dimplugd/dimplugd/sandbox"
+	"github.com/dimplugd/dimplugd/schema"
+	"github.com/dimplugd/dimplugd/sdk-go/manifest"
+	"github.com/dimplugd/dimplugd/sdk-go/wire"
+)
+
+// Plugin states, as shown by `dimplugctl inspect`.
+const (
+	StateStopped     = "stopped"
+	StateStarting    = "starting"
+	StateRunning     = "running"
+	StateBackoff     = "backoff"
+	StateQuarantined = "quarantined"
+	StateFailed      = "failed"
+)
+
+// unit supervises one installed plugin. Its run goroutine, started by the
+// daemon, is the only one that starts and stops instances; everything else
+// changes the desired state under mu and kicks it.
+type unit struct {
+	d    *Daemon
+	name string
+	logs *logbuf.Buffer
+
+	kick chan struct{} // capacity 1: the desired state changed
+	done chan struct{} // closed when run returns
+
+	mu          sync.Mutex
+	rec         registry.Record
+	removed     bool
+	restartReq  bool
+	quarantined bool
+	failed      bool // could not start for a reason restarting won't fix
+	state       string
+	detail      string
+	inst        *instance
+	seq         int
+	restarts    int
+	crashes     []time.Time
+	lastExit    string
+}
+
+// instance is one running process of a plugin and its connection.
+type instance struct {
+	id      string
+	proc    sandbox.Process
+	conn    *rpc.Conn
+	plugin  schema.Plugin
+	version uint16
+	started time.Time
+	ioDone  chan struct{} // stdout and stderr copied to the end
+}
+
+func newUnit(d *Daemon, rec registry.Record) *unit {
+	u := &unit{
+		d:     d,
+		name:  rec.Name,
+		logs:  logbuf.New(d.cfg.LogLines),
+		kick:  make(chan struct{}, 1),
+		done:  make(chan struct{}),
+		rec:   rec,
+		state: StateStopped,
+	}
+	return u
+}
+
+func (u *unit) poke() {
+	select {
+	case u.kick <- struct{}{}:
+	default:
+	}
+}
+
+// wantedLocked reports whether an instance should be running.
+func (u *unit) wantedLocked() bool {
+	return u.rec.Enabled && !u.removed && !u.quarantined && !u.failed
+}
+
+func (u *unit) wanted() bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.wantedLocked()
+}
+
+func (u *unit) setState(state, detail string) {
+	u.mu.Lock()
+	u.state, u.detail = state, detail
+	u.mu.Unlock()
+}
+
+func (u *unit) logf(format string, args ...any) {
+	u.logs.Append("daemon", fmt.Sprintf(format, args...))
+}
+
+// run is the unit's supervision loop. It returns when ctx is done or the
+// plugin is removed, with no instance left running.
+func (u *unit) run(ctx context.Context) {
+	defer close(u.done)
+	for {
+		if !u.waitWanted(ctx) {
+			return
+		}
+		inst, err := u.start(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			var perm *permanentError
+			if errors.As(err, &perm) {
+				u.mu.Lock()
+				u.failed = true
+				u.state, u.detail = StateFailed, err.Error()
+				u.mu.Unlock()
+				u.logf("cannot start: %v", err)
+				u.d.log.Error("plugin cannot start", "plugin", u.name, "err", err)
+				continue
+			}
+			if !u.crashed(ctx, err.Error()) {
+				return
+			}
+			continue
+		}
+		reason, crash := u.supervise(ctx, inst)
+		if crash {
+			u.teardown(inst)
+			if !u.crashed(ctx, reason) {
+				return
+			}
+			continue
+		}
+		u.stop(inst, reason)
+		if ctx.Err() != nil {
+			return
+		}
+	}
+}
+
+// waitWanted blocks until an instance should run. It returns false when the
+// unit is finished (ctx done or plugin removed).
+func (u *unit) waitWanted(ctx context.Context) bool {
+	for {
+		u.mu.Lock()
+		if u.removed {
+			u.state, u.detail = StateStopped, "removed"
+			u.mu.Unlock()
+			return false
+		}
+		u.restartReq = false
+		if u.wantedLocked() {
+			u.mu.Unlock()
+			return true
+		}
+		if !u.quarantined && !u.failed {
+			u.state, u.detail = StateStopped, "disabled"
+		}
+		u.mu.Unlock()
+		select {
+		case <-u.kick:
+		case <-ctx.Done():
+			return false
+		}
+	}
+}
+
+// crashed records an unexpected end of an instance and waits out the
+// backoff, or quarantines the plugin. It returns false when the unit is
+// finished.
+func (u *unit) crashed(ctx context.Context, why string) bool {
+	sup := u.d.sup
+	now := time.Now()
+	u.mu.Lock()
+	u.restarts++
+	u.lastExit = why
+	kept := u.crashes[:0]
+	for _, t := range u.crashes {
+		if now.Sub(t) < sup.QuarantineWindow {
+			kept = append(kept, t)
+		}
+	}
+	u.crashes = append(kept, now)
+	n := len(u.crashes)
+	if n >= sup.QuarantineCrashes {
+		u.quarantined = true
+		u.state = StateQuarantined
+		u.detail = fmt.Sprintf("crashed %d times within %s (last: %s); fix the plugin, then run: dimplugctl restart %s",
+			n, sup.QuarantineWindow, why, u.name)
+		detail := u.detail
+		u.mu.Unlock()
+		u.logf("quarantined: %s", detail)
+		u.d.log.Error("plugin quarantined", "plugin", u.name, "crashes", n, "last", why)
+		return true
+	}
+	delay := sup.BackoffInitial << (n - 1)
+	if delay > sup.BackoffMax || delay <= 0 {
+		delay = sup.BackoffMax
+	}
+	u.state = StateBackoff
+	u.detail = fmt.Sprintf("%s; restarting in %s", why, delay.Round(time.Millisecond))
+	u.mu.Unlock()
+	u.logf("%s; restarting in %s (crash %d of %d allowed within %s)", why, delay, n, sup.QuarantineCrashes-1, sup.QuarantineWindow)
+	u.d.log.Warn("plugin crashed", "plugin", u.name, "why", why, "restart_in", delay)
+
+	t := time.NewTimer(delay)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+			return true
+		case <-ctx.Done():
+			return false
+		case <-u.kick:
+			u.mu.Lock()
+			skip := u.restartReq || !u.wantedLocked()
+			u.mu.Unlock()
+			if skip {
+				return true
+			}
+		}
+	}
+}
+
+// permanentError marks a start failure that restarting cannot fix.
+type permanentError struct{ err error }
+
+func (e *permanentError) Error() string { return e.err.Error() }
+func (e *permanentError) Unwrap() error { return e.err }
+
+// start spawns an instance and completes the handshake.
+func (u *unit) start(ctx context.Context) (*instance, error) {
+	u.mu.Lock()
+	u.seq++
+	rec := u.rec
+	id := fmt.Sprintf("%s-%d", u.name, u.seq)
+	u.state, u.detail = StateStarting, ""
+	u.mu.Unlock()
+
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("create control socket: %w", err)
+	}
+	ours := os.NewFile(uintptr(fds[0]), "control")
+	theirs := os.NewFile(uintptr(fds[1]), "control-plugin")
+	nc, err := net.FileConn(ours)
+	ours.Close()
+	if err != nil {
+		theirs.Close()
+		return nil, fmt.Errorf("control socket: %w", err)
+	}
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		nc.Close()
+		theirs.Close()
+		return nil, err
+	}
+	errR, errW, err := os.Pipe()
+	if err != nil {
+		nc.Close()
+		theirs.Close()
+		outR.Close()
+		outW.Close()
+		return nil, err
+	}
+
+	spec := &sandbox.Spec{
+		ID:         id,
+		Plugin:     u.name,
+		Root:       rec.Dir,
+		Entrypoint: rec.Manifest.Entrypoint,
+		Args:       rec.Manifest.Args,
+		Env: []string{
+			"PATH=/usr/local/bin:/usr/bin:/bin",
+			"HOME=/tmp",
+			"DIMPLUGD_PLUGIN=" + u.name,
+			"DIMPLUGD_INSTANCE=" + id,
+		},
+		Control: theirs,
+		Stdout:  outW,
+		Stderr:  errW,
+		Limits:  limitsFromGrant(rec.Grant),
+		Mounts:  mountsFromGrant(rec.Grant),
+	}
+	if !u.d.cfg.Runtime.Sandboxed() {
+		u.logf("WARNING: starting WITHOUT a sandbox (runtime %q): this plugin can do anything the daemon can", u.d.cfg.Runtime.Name())
+		u.d.log.Warn("starting plugin without a sandbox", "plugin", u.name, "instance", id)
+	}
+	proc, err := u.d.cfg.Runtime.Start(ctx, spec)
+	theirs.Close()
+	outW.Close()
+	errW.Close()
+	if err != nil {
+		nc.Close()
+		outR.Close()
+		errR.Close()
+		return nil, fmt.Errorf("start: %w", err)
+	}
+	inst := &instance{id: id, proc: proc, started: time.Now(), ioDone: make(chan struct{})}
+	go func() { // owned by the instance; ends when the plugin's output closes
+		var wg sync.WaitGroup
+		wg.Add(2)
+		go func() { defer wg.Done(); u.logs.Copy("stdout", outR) }()
+		go func() { defer wg.Done(); u.logs.Copy("stderr", errR) }()
+		wg.Wait()
+		close(inst.ioDone)
+	}()
+	inst.conn = wire.NewConn(nc, capnp.Client{}, rpcLogger{})
+	u.logf("started instance %s (pid %d, runtime %s)", id, proc.Pid(), u.d.cfg.Runtime.Name())
+
+	if err := u.handshake(ctx, inst, rec); err != nil {
+		// Say how the process ended if it did, which is usually the
+		// real story ("exited with code 2").
+		select {
+		case <-proc.Done():
+			err = fmt.Errorf("%w (the plugin %s)", err, proc.Wait())
+		case <-time.After(100 * time.Millisecond):
+		}
+		u.teardown(inst)
+		return nil, err
+	}
+	u.mu.Lock()
+	u.inst = inst
+	u.state, u.detail = StateRunning, ""
+	u.mu.Unlock()
+	u.logf("instance %s ready (protocol v%d)", id, inst.version)
+	return inst, nil
+}
+
+func (u *unit) handshake(ctx context.Context, inst *instance, rec registry.Record) error {
+	hctx, cancel := context.WithTimeout(ctx, u.d.sup.StartTimeout)
+	defer cancel()
+	boot := schema.PluginBootstrap(inst.conn.Bootstrap(hctx))
+	defer boot.Release()
+	fut, release := boot.Handshake(hctx, func(p schema.PluginBootstrap_handshake_Params) error {
+		if err := wire.WriteVersions(p.NewDaemonVersions, u.d.versions); err != nil {
+			return err
+		}
+		svc, err := p.NewServices()
+		if err != nil {
+			return err
+		}
+		if err := svc.SetLog(schema.Logger_ServerToClient(&logServer{u: u})); err != nil {
+			return err
+		}
+		if err := svc.SetKv(schema.KeyValue_ServerToClient(&kvServer{kv: u.d.store.KV(u.name)})); err != nil {
+			return err
+		}
+		info, err := p.NewInstance()
+		if err != nil {
+			return err
+		}
+		info.SetSandboxed(u.d.cfg.Runtime.Sandboxed())
+		if err := info.SetInstanceId(inst.id); err != nil {
+			return err
+		}
+		return info.SetName(u.name)
+	})
+	defer release()
+	res, err := fut.Struct()
+	if err != nil {
+		if hctx.Err() == context.DeadlineExceeded {
+			return fmt.Errorf("no handshake within %s", u.d.sup.StartTimeout)
+		}
+		return fmt.Errorf("handshake: %s", remoteMessage(err))
+	}
+	theirs, err := wire.ReadVersions(res.PluginVersions())
+	if err != nil {
+		return fmt.Errorf("handshake: %w", err)
+	}
+	if res.Version() == 0 {
+		_, err := schema.Negotiate("plugin", "the daemon", fmt.Sprintf("plugin %q", u.name), u.d.versions, theirs)
+		if err == nil {
+			err = fmt.Errorf("plugin %q refused every version the daemon offered", u.name)
+		}
+		return &permanentError{err}
+	}
+	inst.version = res.Version()
+	info, err := res.Info()
+	if err != nil {
+		return fmt.Errorf("handshake: %w", err)
+	}
+	pl, err := info.Phases()
+	if err != nil {
+		return fmt.Errorf("handshake: %w", err)
+	}
+	have := map[schema.Phase]bool{}
+	for i := 0; i < pl.Len(); i++ {
+		have[pl.At(i)] = true
+	}
+	for _, h := range rec.Manifest.Hooks {
+		if p := phaseOf(h.Phase); !have[p] {
+			return &permanentError{fmt.Errorf("manifest declares %s hook %q but the plugin has no %s handler", h.Phase, h.Name, h.Phase)}
+		}
+	}
+	inst.plugin = res.Plugin().AddRef()
+	return nil
+}
+
+// supervise watches a running instance until it ends or should stop. It
+// reports why, and whether that was a crash.
+func (u *unit) supervise(ctx context.Context, inst *instance) (reason string, crash bool) {
+	sup := u.d.sup
+	tick := time.NewTicker(sup.HealthInterval)
+	defer tick.Stop()
+	fails := 0
+	for {
+		select {
+		case <-inst.proc.Done():
+			return "the plugin " + inst.proc.Wait().String(), true
+		case <-inst.conn.Done():
+			// The plugin closed its control socket; it is on its way out.
+			select {
+			case <-inst.proc.Done():
+				return "the plugin " + inst.proc.Wait().String(), true
+			case <-time.After(sup.StopGrace):
+				return "the plugin closed its control socket", true
+			}
+		case <-ctx.Done():
+			return "the daemon is shutting down", false
+		case <-u.kick:
+			u.mu.Lock()
+			restart, want := u.restartReq, u.wantedLocked()
+			u.mu.Unlock()
+			switch {
+			case !want:
+				return "stopped by the operator", false
+			case restart:
+				return "restart requested by the operator", false
+			}
+		case <-tick.C:
+			if err := u.checkHealth(ctx, inst); err != nil {
+				fails++
+				u.logf("health check failed (%d of %d): %v", fails, sup.HealthFailures, err)
+				if fails >= sup.HealthFailures {
+					return fmt.Sprintf("failed %d health checks in a row (last: %v)", fails, err), true
+				}
+			} else {
+				fails = 0
+			}
+		}
+	}
+}
+
+func (u *unit) checkHealth(ctx context.Context, inst *instance) error {
+	hctx, cancel := context.WithTimeout(ctx, u.d.sup.HealthTimeout)
+	defer cancel()
+	fut, release := inst.plugin.Health(hctx, nil)
+	defer release()
+	res, err := fut.Struct()
+	if err != nil {
+		if hctx.Err() == context.DeadlineExceeded {
+			return fmt.Errorf("no answer within %s", u.d.sup.HealthTimeout)
+		}
+		return errors.New(remoteMessage(err))
+	}
+	if !res.Ok() {
+		detail, _ := res.Detail()
+		return fmt.Errorf("plugin reports unhealthy: %s", detail)
+	}
+	return nil
+}
+
+// stop ends an instance gracefully: the shutdown call, then SIGTERM, then
+// SIGKILL.
+func (u *unit) stop(inst *instance, reason string) {
+	sup := u.d.sup
+	u.logf("stopping instance %s: %s", inst.id, reason)
+	ctx, cancel := context.WithTimeout(context.Background(), sup.StopGrace)
+	fut, release := inst.plugin.Stop(ctx, func(p schema.Plugin_stop_Params) error { return p.SetReason(reason) })
+	_, _ = fut.Struct()
+	release()
+	cancel()
+	select {
+	case <-inst.proc.Done():
+	case <-time.After(sup.StopGrace):
+		u.logf("instance %s still running %s after the shutdown call; sending SIGTERM", inst.id, sup.StopGrace)
+		_ = inst.proc.Signal(syscall.SIGTERM)
+		select {
+		case <-inst.proc.Done():
+		case <-time.After(sup.TermGrace):
+			u.logf("instance %s ignored SIGTERM for %s; killing it", inst.id, sup.TermGrace)
+		}
+	}
+	u.teardown(inst)
+	u.mu.Lock()
+	u.lastExit = "stopped: " + reason
+	u.mu.Unlock()
+}
+
+// teardown releases everything an instance holds. The process is killed if
+// it still runs.
+func (u *unit) teardown(inst *instance) {
+	u.mu.Lock()
+	if u.inst == inst {
+		u.inst = nil
+	}
+	u.mu.Unlock()
+	inst.plugin.Release()
+	inst.conn.Close()
+	if err := inst.proc.Destroy(); err != nil {
+		u.d.log.Warn("destroy plugin instance", "plugin", u.name, "instance", inst.id, "err", err)
+	}
+	select {
+	case <-inst.ioDone:
+	case <-time.After(2 * time.Second):
+		u.d.log.Warn("plugin output still open after the instance ended", "plugin", u.name, "instance", inst.id)
+	}
+}
+
+// client returns a reference to the running instance's Plugin capability,
+// or an error saying why there is none. The caller releases the client.
+func (u *unit) client() (schema.Plugin, error) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.inst != nil {
+		return u.inst.plugin.AddRef(), nil
+	}
+	switch u.state {
+	case StateBackoff, StateQuarantined, StateFailed:
+		return schema.Plugin{}, fmt.Errorf("is not running (%s: %s)", u.state, u.detail)
+	case StateStarting:
+		return schema.Plugin{}, errors.New("is not running (starting)")
+	}
+	return schema.Plugin{}, fmt.Errorf("is not running (%s)", u.state)
+}
+
+func remoteMessage(err error) string {
+	s := err.Error()
+	for _, p := range []string{"rpc: ", "capnp: ", "remote error: ", "bootstrap: "} {
+		s = strings.ReplaceAll(s, p, "")
+	}
+	return s
+}
+
+func phaseOf(p manifest.Phase) schema.Phase {
+	switch p {
+	case manifest.PhaseResponse:
+		return schema.Phase_response
+	case manifest.PhaseRoute:
+		return schema.Phase_route
+	case manifest.PhaseObserve:
+		return schema.Phase_observe
+	}
+	return schema.Phase_request
+}
+
+func limitsFromGrant(g manifest.Permissions) sandbox.Limits {
+	return sandbox.Limits{
+		MemoryBytes: int64(g.Memory),
+		Pids:        g.Pids,
+		CPU:         g.CPU,
+		TmpBytes:    int64(g.Tmp),
+		OpenFiles:   g.OpenFiles,
+	}.WithDefaults()
+}
+
+func mountsFromGrant(g manifest.Permissions) []sandbox.Mount {
+	var ms []sandbox.Mount
+	for _, p := range g.ReadOnlyPaths {
+		ms = append(ms, sandbox.Mount{Source: p, Target: p})
+	}
+	return ms
+}
+
+// rpcLogger routes the rpc package's log to nowhere: a plugin closing its
+// connection is reported by the supervisor in its own words.
+type rpcLogger struct{}
+
+func (rpcLogger) Debug(string, ...any) {}
+func (rpcLogger) Info(string, ...any)  {}
+func (rpcLogger) Warn(string, ...any)  {}
+func (rpcLogger) Error(string, ...any) {}

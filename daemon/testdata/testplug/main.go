@@ -1,0 +1,116 @@
+// Command testplug is the daemon tests' plugin. Its behaviour is chosen by
+// the arguments in its manifest, so one binary serves every test:
+//
+//	-versions 99     offer only protocol version 99
+//	-crash           exit(3) right after the handshake (crash loop)
+//	-name X          the value it writes into headers (default: installed name)
+//
+// Hooks, by phase:
+//
+//	request:  adds "X-Test-Request: <name>", appends "seen=<name>" to the
+//	          query; answers 403 for paths containing "forbidden"; sleeps
+//	          for ?sleep=<duration>; panics for ?panic=1.
+//	response: adds "X-Test-Response: <name>" and increments the KV counter
+//	          "hits", returned in "X-Test-Hits".
+//	route:    answers 200 with "owned by <name>: <path> <params>".
+//	observe:  stores the last observed path in KV key "observed".
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/dimplugd/dimplugd/sdk-go/plugin"
+)
+
+type testPlug struct {
+	name string
+	host *plugin.Host
+}
+
+func (p *testPlug) Init(ctx context.Context, h *plugin.Host) error {
+	p.host = h
+	if p.name == "" {
+		p.name = h.Name
+	}
+	h.Log.Info("testplug ready", "instance", h.InstanceID)
+	return nil
+}
+
+func (p *testPlug) HookRequest(ctx context.Context, hook string, req *plugin.Request) (*plugin.Response, error) {
+	q := req.Query()
+	if d, err := time.ParseDuration(q.Get("sleep")); err == nil {
+		select {
+		case <-time.After(d):
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	if q.Get("panic") == "1" {
+		panic("testplug was asked to panic")
+	}
+	if strings.Contains(req.Path, "forbidden") {
+		return &plugin.Response{Status: 403, Body: []byte("forbidden by " + p.name)}, nil
+	}
+	req.Header.Add("X-Test-Request", p.name)
+	if req.RawQuery != "" {
+		req.RawQuery += "&"
+	}
+	req.RawQuery += "seen=" + p.name
+	return nil, nil
+}
+
+func (p *testPlug) HookResponse(ctx context.Context, hook string, req *plugin.Request, resp *plugin.Response) error {
+	resp.Header.Add("X-Test-Response", p.name)
+	v, _, err := p.host.KV.Get(ctx, "hits")
+	if err != nil {
+		return err
+	}
+	n, _ := strconv.Atoi(string(v))
+	n++
+	if err := p.host.KV.Set(ctx, "hits", []byte(strconv.Itoa(n))); err != nil {
+		return err
+	}
+	resp.Header.Set("X-Test-Hits", strconv.Itoa(n))
+	return nil
+}
+
+func (p *testPlug) ServeRoute(ctx context.Context, hook string, req *plugin.Request) (*plugin.Response, error) {
+	var ps []string
+	for _, pr := range req.Params {
+		ps = append(ps, pr.Name+"="+pr.Value)
+	}
+	return &plugin.Response{Status: 200, Body: []byte(fmt.Sprintf("owned by %s: %s %s", p.name, req.Path, strings.Join(ps, ",")))}, nil
+}
+
+func (p *testPlug) Observe(ctx context.Context, hook string, req *plugin.Request, resp *plugin.Response) {
+	_ = p.host.KV.Set(ctx, "observed", []byte(req.Path))
+}
+
+func main() {
+	versions := flag.Int("versions", 0, "offer only this protocol version")
+	crash := flag.Bool("crash", false, "exit right after the handshake")
+	name := flag.String("name", "", "name to write into headers")
+	flag.Parse()
+	var opts []plugin.Option
+	if *versions != 0 {
+		opts = append(opts, plugin.WithProtocolVersions(uint16(*versions)))
+	}
+	p := &testPlug{name: *name}
+	if *crash {
+		go func() {
+			time.Sleep(50 * time.Millisecond)
+			fmt.Fprintln(os.Stderr, "testplug: crashing on purpose")
+			os.Exit(3)
+		}()
+	}
+	if err := plugin.Serve(p, opts...); err != nil {
+		fmt.Fprintln(os.Stderr, "testplug:", err)
+		os.Exit(1)
+	}
+}

@@ -1,0 +1,111 @@
+# control.capnp — the control face: what the operator CLI (dimplugctl) calls.
+#
+# Every method answers with the plugin's resulting status so that scripts
+# can act on one round trip. Errors are Cap'n Proto exceptions whose
+# message is written for the operator ("plugin \"subs\" is not installed").
+
+@0x96e3335b176e694a;
+
+using Go = import "/go.capnp";
+$Go.package("schema");
+$Go.import("github.com/dimplugd/dimplugd/schema");
+
+using Http = import "http.capnp";
+
+interface Control {
+  install @0 (archive :Data, options :InstallOptions) -> (plugin :PluginStatus);
+  # Installs a plugin from a tar archive (optionally gzip-compressed) of its
+  # directory: plugin.toml at the top, the entrypoint and any files it
+  # needs. Atomic: a failed install leaves nothing behind.
+
+  list @1 () -> (plugins :List(PluginStatus));
+  inspect @2 (name :Text) -> (plugin :PluginStatus);
+  enable @3 (name :Text) -> (plugin :PluginStatus);
+  disable @4 (name :Text) -> (plugin :PluginStatus);
+  remove @5 (name :Text) -> ();
+  # Stops the plugin and deletes its files, grant and key-value data.
+
+  logs @6 (name :Text, tail :UInt32, sink :LogSink) -> (lines :List(LogLine));
+  # The last `tail` lines of the plugin's log (stdout, stderr, structured
+  # log calls and the daemon's own lines about it). With a non-null sink,
+  # every later line is pushed to it until a push fails.
+
+  restart @7 (name :Text) -> (plugin :PluginStatus);
+  # Stops and starts the plugin; also lifts a quarantine.
+
+  status @8 () -> (daemon :DaemonStatus);
+}
+
+struct InstallOptions {
+  replace @0 :Bool;
+  # Upgrade an installed plugin, keeping its enabled flag and data.
+  enable @1 :Bool;
+  # Enable (and start) the plugin once installed.
+  grant @2 :Permissions;
+  # What the operator approved. Null grants exactly what the manifest asks
+  # for (a script that passed --yes).
+}
+
+struct Permissions {
+  memoryBytes @0 :Int64;
+  pids @1 :Int64;
+  cpuMillis @2 :Int64;      # thousandths of a core
+  tmpBytes @3 :Int64;
+  openFiles @4 :UInt64;
+  readOnlyPaths @5 :List(Text);
+  outboundHosts @6 :List(Text);
+}
+
+struct HookInfo {
+  name @0 :Text;
+  phase @1 :Http.Phase;
+  method @2 :Text;
+  route @3 :Text;
+  priority @4 :Int32;
+  deadlineMicros @5 :UInt64;
+  failurePolicy @6 :Http.FailurePolicy;
+}
+
+struct PluginStatus {
+  name @0 :Text;
+  version @1 :Text;
+  description @2 :Text;
+  enabled @3 :Bool;
+  state @4 :Text;
+  # One of: "stopped", "starting", "running", "backoff" (waiting to restart
+  # after a crash), "quarantined" (crashed too often; see `detail`),
+  # "failed" (could not be started; see `detail`).
+  detail @5 :Text;
+  pid @6 :Int32;
+  restarts @7 :UInt32;        # crashes since the plugin was last enabled
+  lastExit @8 :Text;          # how the last instance ended
+  runtime @9 :Text;           # "container" or "process"
+  sandboxed @10 :Bool;
+  protocolVersion @11 :UInt16;
+  hooks @12 :List(HookInfo);
+  grant @13 :Permissions;
+  installedAtUnixMs @14 :Int64;
+  startedAtUnixMs @15 :Int64;
+  dir @16 :Text;
+}
+
+struct LogLine {
+  timeUnixNano @0 :Int64;
+  stream @1 :Text;            # "stdout", "stderr", "log" or "daemon"
+  text @2 :Text;
+}
+
+interface LogSink {
+  push @0 (lines :List(LogLine)) -> ();
+}
+
+struct DaemonStatus {
+  version @0 :Text;
+  protocolVersions @1 :List(UInt16);
+  runtime @2 :Text;
+  sandboxed @3 :Bool;
+  stateDir @4 :Text;
+  socket @5 :Text;
+  startedAtUnixMs @6 :Int64;
+  plugins @7 :UInt32;
+}

@@ -1,0 +1,77 @@
+# host.capnp — the host face: what Dim (or any host) calls.
+#
+# A host connects to the daemon's Unix socket, takes the Daemon bootstrap
+# capability (daemon.capnp) and calls openHost to get a HostSession. One
+# session serves any number of concurrent requests.
+#
+# Unhooked work is free: a host keeps the route table (routes, or pushed to a
+# RouteWatcher) and calls dispatch only for requests that match an entry.
+
+@0xbc2bd2a32e7a0198;
+
+using Go = import "/go.capnp";
+$Go.package("schema");
+$Go.import("github.com/dimplugd/dimplugd/schema");
+
+using Http = import "http.capnp";
+
+interface HostSession {
+  routes @0 () -> (table :RouteTable);
+  # The current route table.
+
+  watchRoutes @1 (watcher :RouteWatcher) -> (table :RouteTable);
+  # Returns the current table and pushes every later version to `watcher`
+  # until the watcher fails or the session ends.
+
+  dispatch @2 (phase :Http.Phase, request :Http.HttpRequest, response :Http.HttpResponse)
+           -> (result :DispatchResult);
+  # Runs every hook of `phase` that matches the request's method and path, in
+  # order, with each hook's deadline and failure policy. `response` is read
+  # in the response and observe phases only. Observe dispatch returns as soon
+  # as the copies are queued.
+
+  # Reserved for later protocol versions: frame streams (openStream) and UI
+  # contributions (uiElements).
+}
+
+struct RouteTable {
+  version @0 :UInt64;
+  # Increases whenever the set of active hooks changes (install, enable,
+  # disable, remove, a plugin entering or leaving quarantine).
+  entries @1 :List(RouteEntry);
+}
+
+struct RouteEntry {
+  # One hooked route: requests whose method and path match should be
+  # dispatched for the listed phases.
+  method @0 :Text;        # upper-case, or "*" for any method
+  route @1 :Text;         # axum-style template
+  phases @2 :List(Http.Phase);
+  owner @3 :Text;         # for route-phase entries, the owning plugin
+}
+
+interface RouteWatcher {
+  update @0 (table :RouteTable) -> ();
+}
+
+struct DispatchResult {
+  outcome :union {
+    continue @0 :Void;
+    # No hook changed anything (or none matched).
+    mutateRequest @1 :Http.RequestMutation;
+    # Request phase: the combined effect of every hook, to apply before
+    # calling the handler.
+    respond @2 :Http.HttpResponse;
+    # Request phase: a hook answered; send this and skip the handler.
+    # Route phase: the owning plugin's response.
+    mutateResponse @3 :Http.ResponseMutation;
+    # Response phase: the combined effect of every hook.
+    failClosed @4 :Http.HookError;
+    # A fail-closed hook failed. The host must answer 503 for timeout and
+    # unavailable errors and 502 otherwise, saying which plugin failed.
+  }
+  skipped @5 :List(Http.HookError);
+  # Fail-open hooks that failed and were skipped, for the host's logs.
+  applied @6 :List(Text);
+  # "plugin/hook" names of the hooks that changed something, in order.
+}

@@ -1,0 +1,108 @@
+# plugin.capnp — the plugin face: what every plugin implements and what the
+# daemon grants it.
+#
+# Connection: the daemon starts the plugin with one end of a Unix socketpair
+# as file descriptor 3 and speaks Cap'n Proto RPC (two-party, standard
+# framing) on it. The plugin must not write protocol data to stdout or
+# stderr; both are captured as the plugin's log. The plugin exports
+# PluginBootstrap as its bootstrap capability. The daemon calls
+# `handshake` once, first; everything else is reached through the
+# capabilities that call exchanges. When fd 3 reaches EOF the plugin must
+# exit: the daemon is gone or has stopped it.
+#
+# Protocol versions: this file describes protocol version 1.
+
+@0xdcd0aedd1fb5a87f;
+
+using Go = import "/go.capnp";
+$Go.package("schema");
+$Go.import("github.com/dimplugd/dimplugd/schema");
+
+using Http = import "http.capnp";
+
+interface PluginBootstrap {
+  handshake @0 (daemonVersions :List(UInt16), services :HostServices, instance :InstanceInfo)
+            -> (pluginVersions :List(UInt16), version :UInt16, plugin :Plugin, info :PluginInfo);
+  # Version negotiation. The daemon offers every protocol version it speaks;
+  # the plugin answers with every version it speaks and the highest common
+  # one in `version`. When there is none, `version` is 0 and `plugin` is
+  # null: both sides then report an error naming both lists, and the daemon
+  # stops the plugin. `services` are the capabilities the operator granted.
+}
+
+struct InstanceInfo {
+  # Facts about this instance, for the plugin's own use.
+  name @0 :Text;         # the plugin's installed name
+  instanceId @1 :Text;   # unique per start, e.g. "media-badge-3"
+  sandboxed @2 :Bool;    # false when the daemon runs without a sandbox
+}
+
+struct PluginInfo {
+  # What a plugin says about itself. The daemon compares `phases` with the
+  # manifest: a manifest hook whose phase the plugin has no handler for is an
+  # error at start, not at the first request.
+  name @0 :Text;
+  version @1 :Text;
+  sdk @2 :Text;             # e.g. "dimplugd-sdk-go/0.1.0"
+  phases @3 :List(Http.Phase);  # the phases the plugin has handlers for
+}
+
+interface Plugin {
+  describe @0 () -> (info :PluginInfo);
+
+  hook @1 (call :HookCall) -> (result :Http.HookResult);
+  # Runs one hook. The call is cancelled when its deadline passes; the daemon
+  # then applies the hook's failure policy. Results not allowed in
+  # call.phase (e.g. mutateResponse in the request phase) are rejected.
+
+  health @2 () -> (ok :Bool, detail :Text);
+  # Cheap liveness probe. Called periodically; a plugin that answers
+  # ok = false or misses the deadline repeatedly is restarted.
+
+  stop @3 (reason :Text) -> ();
+  # The shutdown call: asks the plugin to finish in-flight work and exit.
+  # The daemon waits a grace period, then sends SIGTERM, then SIGKILL.
+}
+
+struct HookCall {
+  hook @0 :Text;                  # the hook's name from the manifest
+  phase @1 :Http.Phase;
+  request @2 :Http.HttpRequest;
+  response @3 :Http.HttpResponse; # response and observe phases only
+  timeoutMicros @4 :UInt64;       # time left before the daemon gives up
+}
+
+struct HostServices {
+  # Capabilities the daemon grants a plugin. A null capability was not
+  # granted. Later protocol versions add fields (config, events, outbound
+  # fetch); a plugin must treat a missing field as not granted.
+  log @0 :Logger;
+  kv @1 :KeyValue;
+}
+
+enum LogLevel {
+  debug @0;
+  info @1;
+  warn @2;
+  error @3;
+}
+
+struct LogField {
+  key @0 :Text;
+  value @1 :Text;
+}
+
+interface Logger {
+  log @0 (level :LogLevel, text :Text, fields :List(LogField)) -> ();
+  # Writes one structured line to the plugin's log (`dimplugctl logs`).
+}
+
+interface KeyValue {
+  # A key-value store private to the plugin, persisted by the daemon across
+  # restarts. Keys are 1–1024 bytes; values at most 1 MiB; 64 MiB in all.
+  get @0 (key :Text) -> (value :Data, found :Bool);
+  set @1 (key :Text, value :Data) -> ();
+  delete @2 (key :Text) -> ();
+  list @3 (prefix :Text, limit :UInt32) -> (keys :List(Text));
+  # Keys with the prefix, in byte order; limit 0 means the daemon's maximum.
+}

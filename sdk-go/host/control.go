@@ -1,0 +1,389 @@
+package host
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"capnproto.org/go/capnp/v3/rpc"
+
+	"github.com/dimplugd/dimplugd/schema"
+	"github.com/dimplugd/dimplugd/sdk-go/manifest"
+	"github.com/dimplugd/dimplugd/sdk-go/wire"
+)
+
+// Control is the operator's connection to the daemon: what dimplugctl uses.
+type Control struct {
+	conn    *rpc.Conn
+	c       schema.Control
+	version uint16
+}
+
+// DialControl opens the control face on the daemon's socket.
+func DialControl(ctx context.Context, socket string, opts ...Option) (*Control, error) {
+	o := buildOptions(opts)
+	if o.client == "dimplugd-sdk-go host" {
+		o.client = "dimplugd-sdk-go control"
+	}
+	conn, boot, err := dial(ctx, socket)
+	if err != nil {
+		return nil, err
+	}
+	defer boot.Release()
+	fut, release := boot.OpenControl(ctx, func(p schema.Daemon_openControl_Params) error {
+		if err := wire.WriteVersions(p.NewVersions, o.versions); err != nil {
+			return err
+		}
+		return p.SetClient(o.client)
+	})
+	defer release()
+	res, err := fut.Struct()
+	if err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("open control session: %w", err)
+	}
+	theirs, err := wire.ReadVersions(res.DaemonVersions())
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	if res.Version() == 0 {
+		conn.Close()
+		_, err := schema.Negotiate("control", "this client", "the daemon", o.versions, theirs)
+		return nil, err
+	}
+	return &Control{conn: conn, c: res.Control().AddRef(), version: res.Version()}, nil
+}
+
+// Close ends the control session.
+func (c *Control) Close() error {
+	c.c.Release()
+	err := c.conn.Close()
+	if err != nil && isClosed(err) {
+		err = nil
+	}
+	return err
+}
+
+// HookInfo describes one declared hook.
+type HookInfo struct {
+	Name     string `json:"name"`
+	Phase    string `json:"phase"`
+	Method   string `json:"method"`
+	Route    string `json:"route"`
+	Priority int    `json:"priority"`
+	Deadline string `json:"deadline"`
+	Failure  string `json:"failure"`
+}
+
+// PluginStatus is what the daemon knows about one installed plugin.
+type PluginStatus struct {
+	Name            string               `json:"name"`
+	Version         string               `json:"version"`
+	Description     string               `json:"description,omitempty"`
+	Enabled         bool                 `json:"enabled"`
+	State           string               `json:"state"`
+	Detail          string               `json:"detail,omitempty"`
+	PID             int                  `json:"pid,omitempty"`
+	Restarts        int                  `json:"restarts"`
+	LastExit        string               `json:"last_exit,omitempty"`
+	Runtime         string               `json:"runtime"`
+	Sandboxed       bool                 `json:"sandboxed"`
+	ProtocolVersion int                  `json:"protocol_version,omitempty"`
+	Hooks           []HookInfo           `json:"hooks"`
+	Grant           manifest.Permissions `json:"grant"`
+	InstalledAt     time.Time            `json:"installed_at"`
+	StartedAt       *time.Time           `json:"started_at,omitempty"`
+	Dir             string               `json:"dir"`
+}
+
+func readStatus(s schema.PluginStatus) PluginStatus {
+	t := func(v string, _ error) string { return v }
+	st := PluginStatus{
+		Name:            t(s.Name()),
+		Version:         t(s.Version()),
+		Description:     t(s.Description()),
+		Enabled:         s.Enabled(),
+		State:           t(s.State()),
+		Detail:          t(s.Detail()),
+		PID:             int(s.Pid()),
+		Restarts:        int(s.Restarts()),
+		LastExit:        t(s.LastExit()),
+		Runtime:         t(s.Runtime()),
+		Sandboxed:       s.Sandboxed(),
+		ProtocolVersion: int(s.ProtocolVersion()),
+		InstalledAt:     time.UnixMilli(s.InstalledAtUnixMs()),
+		Dir:             t(s.Dir()),
+		Hooks:           []HookInfo{},
+	}
+	if ms := s.StartedAtUnixMs(); ms != 0 {
+		at := time.UnixMilli(ms)
+		st.StartedAt = &at
+	}
+	if hl, err := s.Hooks(); err == nil {
+		for i := 0; i < hl.Len(); i++ {
+			h := hl.At(i)
+			fp := "fail-open"
+			if h.FailurePolicy() == schema.FailurePolicy_failClosed {
+				fp = "fail-closed"
+			}
+			st.Hooks = append(st.Hooks, HookInfo{
+				Name: t(h.Name()), Phase: h.Phase().String(), Method: t(h.Method()), Route: t(h.Route()),
+				Priority: int(h.Priority()), Deadline: (time.Duration(h.DeadlineMicros()) * time.Microsecond).String(), Failure: fp,
+			})
+		}
+	}
+	if g, err := s.Grant(); err == nil {
+		st.Grant = wire.ReadPermissions(g)
+	}
+	return st
+}
+
+// InstallOptions says how to install a plugin.
+type InstallOptions struct {
+	Replace bool                  // upgrade an installed plugin
+	Enable  bool                  // start it once installed
+	Grant   *manifest.Permissions // what the operator approved; nil: what the manifest asks
+}
+
+// Install installs a plugin from a tar archive of its directory (see
+// registry.WriteArchive, or Archive in this package).
+func (c *Control) Install(ctx context.Context, archive []byte, opts InstallOptions) (*PluginStatus, error) {
+	fut, release := c.c.Install(ctx, func(p schema.Control_install_Params) error {
+		if err := p.SetArchive(archive); err != nil {
+			return err
+		}
+		o, err := p.NewOptions()
+		if err != nil {
+			return err
+		}
+		o.SetReplace(opts.Replace)
+		o.SetEnable(opts.Enable)
+		if opts.Grant != nil {
+			g, err := o.NewGrant()
+			if err != nil {
+				return err
+			}
+			return wire.WritePermissions(g, *opts.Grant)
+		}
+		return nil
+	})
+	defer release()
+	res, err := fut.Struct()
+	if err != nil {
+		return nil, cleanErr(err)
+	}
+	s, err := res.Plugin()
+	if err != nil {
+		return nil, err
+	}
+	st := readStatus(s)
+	return &st, nil
+}
+
+// List returns every installed plugin, sorted by name.
+func (c *Control) List(ctx context.Context) ([]PluginStatus, error) {
+	fut, release := c.c.List(ctx, nil)
+	defer release()
+	res, err := fut.Struct()
+	if err != nil {
+		return nil, cleanErr(err)
+	}
+	l, err := res.Plugins()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]PluginStatus, l.Len())
+	for i := range out {
+		out[i] = readStatus(l.At(i))
+	}
+	return out, nil
+}
+
+type nameParams interface{ SetName(string) error }
+
+// byName calls one of the control methods that take a plugin name and
+// return its status.
+func byName[P nameParams, F interface {
+	Struct() (R, error)
+}, R interface {
+	Plugin() (schema.PluginStatus, error)
+}](ctx context.Context, call func(context.Context, func(P) error) (F, func()), name string) (*PluginStatus, error) {
+	fut, release := call(ctx, func(p P) error { return p.SetName(name) })
+	defer release()
+	res, err := fut.Struct()
+	if err != nil {
+		return nil, cleanErr(err)
+	}
+	s, err := res.Plugin()
+	if err != nil {
+		return nil, err
+	}
+	st := readStatus(s)
+	return &st, nil
+}
+
+// Inspect returns one plugin's status.
+func (c *Control) Inspect(ctx context.Context, name string) (*PluginStatus, error) {
+	return byName[schema.Control_inspect_Params, schema.Control_inspect_Results_Future](ctx, wrapCall(c.c.Inspect), name)
+}
+
+// Enable enables and starts a plugin.
+func (c *Control) Enable(ctx context.Context, name string) (*PluginStatus, error) {
+	return byName[schema.Control_enable_Params, schema.Control_enable_Results_Future](ctx, wrapCall(c.c.Enable), name)
+}
+
+// Disable stops and disables a plugin.
+func (c *Control) Disable(ctx context.Context, name string) (*PluginStatus, error) {
+	return byName[schema.Control_disable_Params, schema.Control_disable_Results_Future](ctx, wrapCall(c.c.Disable), name)
+}
+
+// Restart restarts a plugin, lifting a quarantine.
+func (c *Control) Restart(ctx context.Context, name string) (*PluginStatus, error) {
+	return byName[schema.Control_restart_Params, schema.Control_restart_Results_Future](ctx, wrapCall(c.c.Restart), name)
+}
+
+// wrapCall adapts a generated method (whose ReleaseFunc is a named type) to
+// the plain signature byName takes.
+func wrapCall[P, F any, RF ~func()](m func(context.Context, func(P) error) (F, RF)) func(context.Context, func(P) error) (F, func()) {
+	return func(ctx context.Context, f func(P) error) (F, func()) {
+		fut, rel := m(ctx, f)
+		return fut, rel
+	}
+}
+
+// Remove stops a plugin and deletes it with its data.
+func (c *Control) Remove(ctx context.Context, name string) error {
+	fut, release := c.c.Remove(ctx, func(p schema.Control_remove_Params) error { return p.SetName(name) })
+	defer release()
+	_, err := fut.Struct()
+	return cleanErr(err)
+}
+
+// LogLine is one line of a plugin's log.
+type LogLine struct {
+	Time   time.Time `json:"time"`
+	Stream string    `json:"stream"`
+	Text   string    `json:"text"`
+}
+
+func readLines(l schema.LogLine_List) []LogLine {
+	out := make([]LogLine, l.Len())
+	for i := range out {
+		ln := l.At(i)
+		s, _ := ln.Stream()
+		t, _ := ln.Text()
+		out[i] = LogLine{Time: time.Unix(0, ln.TimeUnixNano()), Stream: s, Text: t}
+	}
+	return out
+}
+
+// Logs returns the last tail lines of a plugin's log (0: all kept). With a
+// non-nil follow, it then calls follow with every new line until ctx ends
+// or the connection does, and only then returns.
+func (c *Control) Logs(ctx context.Context, name string, tail int, follow func(LogLine)) ([]LogLine, error) {
+	var sink schema.LogSink
+	if follow != nil {
+		sink = schema.LogSink_ServerToClient(&logSink{f: follow})
+	}
+	fut, release := c.c.Logs(ctx, func(p schema.Control_logs_Params) error {
+		p.SetTail(uint32(tail))
+		if follow != nil {
+			if err := p.SetSink(sink); err != nil {
+				return err
+			}
+		}
+		return p.SetName(name)
+	})
+	res, err := fut.Struct()
+	if err != nil {
+		release()
+		return nil, cleanErr(err)
+	}
+	l, err := res.Lines()
+	if err != nil {
+		release()
+		return nil, err
+	}
+	lines := readLines(l)
+	release()
+	if follow == nil {
+		return lines, nil
+	}
+	for _, ln := range lines {
+		follow(ln)
+	}
+	select {
+	case <-ctx.Done():
+	case <-c.conn.Done():
+	}
+	return lines, nil
+}
+
+type logSink struct{ f func(LogLine) }
+
+func (s *logSink) Push(ctx context.Context, call schema.LogSink_push) error {
+	l, err := call.Args().Lines()
+	if err != nil {
+		return err
+	}
+	for _, ln := range readLines(l) {
+		s.f(ln)
+	}
+	return nil
+}
+
+// DaemonStatus describes the daemon.
+type DaemonStatus struct {
+	Version          string    `json:"version"`
+	ProtocolVersions []uint16  `json:"protocol_versions"`
+	Runtime          string    `json:"runtime"`
+	Sandboxed        bool      `json:"sandboxed"`
+	StateDir         string    `json:"state_dir"`
+	Socket           string    `json:"socket"`
+	StartedAt        time.Time `json:"started_at"`
+	Plugins          int       `json:"plugins"`
+}
+
+// Status describes the daemon.
+func (c *Control) Status(ctx context.Context) (*DaemonStatus, error) {
+	fut, release := c.c.Status(ctx, nil)
+	defer release()
+	res, err := fut.Struct()
+	if err != nil {
+		return nil, cleanErr(err)
+	}
+	s, err := res.Daemon()
+	if err != nil {
+		return nil, err
+	}
+	t := func(v string, _ error) string { return v }
+	vs, _ := wire.ReadVersions(s.ProtocolVersions())
+	return &DaemonStatus{
+		Version: t(s.Version()), ProtocolVersions: vs, Runtime: t(s.Runtime()), Sandboxed: s.Sandboxed(),
+		StateDir: t(s.StateDir()), Socket: t(s.Socket()), StartedAt: time.UnixMilli(s.StartedAtUnixMs()),
+		Plugins: int(s.Plugins()),
+	}, nil
+}
+
+// RemoteError is an error the daemon answered with; Error returns the
+// daemon's message without transport decoration.
+type RemoteError struct{ Msg string }
+
+func (e *RemoteError) Error() string { return e.Msg }
+
+func cleanErr(err error) error {
+	if err == nil {
+		return nil
+	}
+	if isClosed(err) {
+		return fmt.Errorf("lost the connection to dimplugd: %w", err)
+	}
+	msg := err.Error()
+	for _, p := range []string{"capnp: ", "rpc: ", "remote error: ", "call: "} {
+		for len(msg) > len(p) && msg[:len(p)] == p {
+			msg = msg[len(p):]
+		}
+	}
+	return &RemoteError{Msg: msg}
+}

@@ -1,0 +1,409 @@
+// Package host is what a Go host (Dim's Go-side tooling, the example
+// dimhost, tests) imports to use dimplugd: Dial opens a session on the
+// daemon's socket to read the route table and dispatch hooks; DialControl
+// opens the operator's control face (install, list, enable, ...).
+//
+// This package must not import the daemon, the sandbox or cobra.
+package host
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+
+	"capnproto.org/go/capnp/v3"
+	"capnproto.org/go/capnp/v3/rpc"
+
+	"github.com/dimplugd/dimplugd/schema"
+	"github.com/dimplugd/dimplugd/sdk-go/manifest"
+	"github.com/dimplugd/dimplugd/sdk-go/wire"
+)
+
+// Request, Response and the mutations are the HTTP exchange in Go form.
+type (
+	Request          = wire.Request
+	Response         = wire.Response
+	RequestMutation  = wire.RequestMutation
+	ResponseMutation = wire.ResponseMutation
+	HookError        = wire.HookError
+	Phase            = wire.Phase
+)
+
+// The hook phases.
+const (
+	PhaseRequest  = wire.PhaseRequest
+	PhaseResponse = wire.PhaseResponse
+	PhaseRoute    = wire.PhaseRoute
+	PhaseObserve  = wire.PhaseObserve
+)
+
+// Option configures Dial and DialControl.
+type Option func(*options)
+
+type options struct {
+	client   string
+	versions []uint16
+}
+
+// WithClientName names the host in the daemon's log ("dim 0.4.0").
+func WithClientName(name string) Option { return func(o *options) { o.client = name } }
+
+// WithProtocolVersions overrides the protocol versions offered; only tests
+// need it.
+func WithProtocolVersions(vs ...uint16) Option { return func(o *options) { o.versions = vs } }
+
+func buildOptions(opts []Option) options {
+	o := options{client: "dimplugd-sdk-go host", versions: schema.SupportedVersions}
+	for _, f := range opts {
+		f(&o)
+	}
+	return o
+}
+
+// dial connects to the daemon's socket and returns the connection and its
+// bootstrap capability.
+func dial(ctx context.Context, socket string) (*rpc.Conn, schema.Daemon, error) {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "unix", socket)
+	if err != nil {
+		return nil, schema.Daemon{}, fmt.Errorf("connect to dimplugd at %s: %w (is the daemon running? start it with: dimplugd serve)", socket, err)
+	}
+	conn := wire.NewConn(c, capnp.Client{}, quietLogger{})
+	return conn, schema.Daemon(conn.Bootstrap(ctx)), nil
+}
+
+// Session is a host's connection to the daemon. It is safe for concurrent
+// use; one session serves any number of requests in flight.
+type Session struct {
+	conn    *rpc.Conn
+	s       schema.HostSession
+	version uint16
+
+	mu       sync.Mutex
+	watching bool
+}
+
+// Dial opens a host session on the daemon's socket and negotiates the
+// protocol version.
+func Dial(ctx context.Context, socket string, opts ...Option) (*Session, error) {
+	o := buildOptions(opts)
+	conn, boot, err := dial(ctx, socket)
+	if err != nil {
+		return nil, err
+	}
+	defer boot.Release()
+	fut, release := boot.OpenHost(ctx, func(p schema.Daemon_openHost_Params) error {
+		if err := wire.WriteVersions(p.NewVersions, o.versions); err != nil {
+			return err
+		}
+		return p.SetClient(o.client)
+	})
+	defer release()
+	res, err := fut.Struct()
+	if err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("open host session: %w", err)
+	}
+	theirs, err := wire.ReadVersions(res.DaemonVersions())
+	if err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("open host session: %w", err)
+	}
+	if res.Version() == 0 {
+		conn.Close()
+		_, err := schema.Negotiate("host", "this host", "the daemon", o.versions, theirs)
+		return nil, err
+	}
+	return &Session{conn: conn, s: res.Session().AddRef(), version: res.Version()}, nil
+}
+
+// Version is the negotiated protocol version.
+func (s *Session) Version() uint16 { return s.version }
+
+// Done is closed when the connection to the daemon ends.
+func (s *Session) Done() <-chan struct{} { return s.conn.Done() }
+
+// Close ends the session.
+func (s *Session) Close() error {
+	s.s.Release()
+	err := s.conn.Close()
+	if err != nil && isClosed(err) {
+		err = nil
+	}
+	return err
+}
+
+// ResultKind says what a dispatch decided.
+type ResultKind int
+
+// Dispatch outcomes.
+const (
+	// Continue: no hook changed anything.
+	Continue ResultKind = iota
+	// MutateRequest: apply Result.RequestMutation, then run the handler.
+	MutateRequest
+	// Respond: send Result.Response; do not run the handler.
+	Respond
+	// MutateResponse: apply Result.ResponseMutation before sending.
+	MutateResponse
+	// FailClosed: a fail-closed hook failed; answer Result.Failure.Status()
+	// naming the plugin (see FailureResponse).
+	FailClosed
+)
+
+// Result is the combined effect of one phase's hooks.
+type Result struct {
+	Kind             ResultKind
+	RequestMutation  RequestMutation
+	Response         *Response
+	ResponseMutation ResponseMutation
+	Failure          *HookError
+	// Skipped lists fail-open hooks that failed; the request went on
+	// without them.
+	Skipped []HookError
+	// Applied lists "plugin/hook" for every hook that changed something.
+	Applied []string
+}
+
+// FailureResponse is the response a host sends for a FailClosed result: 503
+// when the plugin was unavailable or too slow, 502 otherwise, with a body
+// naming the plugin and the reason.
+func (r *Result) FailureResponse() *Response {
+	if r.Failure == nil {
+		return nil
+	}
+	body := fmt.Sprintf("request refused: plugin %q (hook %q) %s\n", r.Failure.Plugin, r.Failure.Hook, r.Failure.Message)
+	return &Response{
+		Status: r.Failure.Status(),
+		Header: map[string][]string{"Content-Type": {"text/plain; charset=utf-8"}, "X-Dimplugd-Failed-Plugin": {r.Failure.Plugin}},
+		Body:   []byte(body),
+	}
+}
+
+// Dispatch runs the hooks of phase that match req (resp is read in the
+// response and observe phases). An error means the daemon could not be
+// asked at all (connection lost, bad input); hook failures are in Result.
+func (s *Session) Dispatch(ctx context.Context, phase Phase, req *Request, resp *Response) (*Result, error) {
+	fut, release := s.s.Dispatch(ctx, func(p schema.HostSession_dispatch_Params) error {
+		p.SetPhase(phase)
+		rq, err := p.NewRequest()
+		if err != nil {
+			return err
+		}
+		if err := wire.WriteRequest(rq, req); err != nil {
+			return err
+		}
+		if resp != nil {
+			rs, err := p.NewResponse()
+			if err != nil {
+				return err
+			}
+			return wire.WriteResponse(rs, resp)
+		}
+		return nil
+	})
+	defer release()
+	res, err := fut.Struct()
+	if err != nil {
+		return nil, fmt.Errorf("dispatch %s %s: %w", req.Method, req.Path, err)
+	}
+	dr, err := res.Result()
+	if err != nil {
+		return nil, fmt.Errorf("dispatch %s %s: %w", req.Method, req.Path, err)
+	}
+	return readResult(dr)
+}
+
+func readResult(dr schema.DispatchResult) (*Result, error) {
+	r := &Result{}
+	oc := dr.Outcome()
+	var err error
+	switch oc.Which() {
+	case schema.DispatchResult_outcome_Which_continue:
+		r.Kind = Continue
+	case schema.DispatchResult_outcome_Which_mutateRequest:
+		r.Kind = MutateRequest
+		var ms schema.RequestMutation
+		if ms, err = oc.MutateRequest(); err == nil {
+			r.RequestMutation, err = wire.ReadRequestMutation(ms)
+		}
+	case schema.DispatchResult_outcome_Which_respond:
+		r.Kind = Respond
+		var rs schema.HttpResponse
+		if rs, err = oc.Respond(); err == nil {
+			r.Response, err = wire.ReadResponse(rs)
+		}
+	case schema.DispatchResult_outcome_Which_mutateResponse:
+		r.Kind = MutateResponse
+		var ms schema.ResponseMutation
+		if ms, err = oc.MutateResponse(); err == nil {
+			r.ResponseMutation, err = wire.ReadResponseMutation(ms)
+		}
+	case schema.DispatchResult_outcome_Which_failClosed:
+		r.Kind = FailClosed
+		var he schema.HookError
+		if he, err = oc.FailClosed(); err == nil {
+			e := wire.ReadHookError(he)
+			r.Failure = &e
+		}
+	default:
+		err = fmt.Errorf("unknown dispatch outcome %d (is the daemon newer than this host?)", oc.Which())
+	}
+	if err != nil {
+		return nil, err
+	}
+	if sl, err := dr.Skipped(); err == nil {
+		for i := 0; i < sl.Len(); i++ {
+			r.Skipped = append(r.Skipped, wire.ReadHookError(sl.At(i)))
+		}
+	}
+	if al, err := dr.Applied(); err == nil {
+		for i := 0; i < al.Len(); i++ {
+			a, _ := al.At(i)
+			r.Applied = append(r.Applied, a)
+		}
+	}
+	return r, nil
+}
+
+// RouteTable is a version of the daemon's hooked routes.
+type RouteTable struct {
+	Version uint64
+	Entries []RouteEntry
+}
+
+// RouteEntry is one hooked method and route template.
+type RouteEntry struct {
+	Method string
+	Route  string
+	Phases []Phase
+	Owner  string // the plugin owning the route, for route-phase entries
+
+	route manifest.Route
+}
+
+// Match returns the phases hooked for a request, or nil when none is: such
+// a request needs no dispatch at all.
+func (t *RouteTable) Match(method, path string) []Phase {
+	var out []Phase
+	for i := range t.Entries {
+		e := &t.Entries[i]
+		if e.Method != "*" && e.Method != method {
+			continue
+		}
+		if _, ok := e.route.Match(path); !ok {
+			continue
+		}
+		for _, p := range e.Phases {
+			if !containsPhase(out, p) {
+				out = append(out, p)
+			}
+		}
+	}
+	return out
+}
+
+func containsPhase(ps []Phase, p Phase) bool {
+	for _, q := range ps {
+		if q == p {
+			return true
+		}
+	}
+	return false
+}
+
+// Routes fetches the current route table.
+func (s *Session) Routes(ctx context.Context) (*RouteTable, error) {
+	fut, release := s.s.Routes(ctx, nil)
+	defer release()
+	res, err := fut.Struct()
+	if err != nil {
+		return nil, fmt.Errorf("get route table: %w", err)
+	}
+	t, err := res.Table()
+	if err != nil {
+		return nil, err
+	}
+	return readTable(t)
+}
+
+func readTable(t schema.RouteTable) (*RouteTable, error) {
+	rt := &RouteTable{Version: t.Version()}
+	l, err := t.Entries()
+	if err != nil {
+		return nil, err
+	}
+	for i := 0; i < l.Len(); i++ {
+		e := l.At(i)
+		method, _ := e.Method()
+		route, _ := e.Route()
+		owner, _ := e.Owner()
+		r, err := manifest.ParseRoute(route)
+		if err != nil {
+			return nil, fmt.Errorf("route table entry %q: %w", route, err)
+		}
+		ent := RouteEntry{Method: method, Route: route, Owner: owner, route: r}
+		if pl, err := e.Phases(); err == nil {
+			for j := 0; j < pl.Len(); j++ {
+				ent.Phases = append(ent.Phases, pl.At(j))
+			}
+		}
+		rt.Entries = append(rt.Entries, ent)
+	}
+	return rt, nil
+}
+
+// WatchRoutes returns the current route table and calls update with every
+// later version, from the connection's goroutine, until the session ends.
+// update must not block for long. A session has at most one watch.
+func (s *Session) WatchRoutes(ctx context.Context, update func(*RouteTable)) (*RouteTable, error) {
+	s.mu.Lock()
+	if s.watching {
+		s.mu.Unlock()
+		return nil, errors.New("this session already watches the route table")
+	}
+	s.watching = true
+	s.mu.Unlock()
+	w := schema.RouteWatcher_ServerToClient(&routeWatcher{update: update})
+	fut, release := s.s.WatchRoutes(ctx, func(p schema.HostSession_watchRoutes_Params) error {
+		return p.SetWatcher(w)
+	})
+	defer release()
+	res, err := fut.Struct()
+	if err != nil {
+		return nil, fmt.Errorf("watch route table: %w", err)
+	}
+	t, err := res.Table()
+	if err != nil {
+		return nil, err
+	}
+	return readTable(t)
+}
+
+type routeWatcher struct{ update func(*RouteTable) }
+
+func (w *routeWatcher) Update(ctx context.Context, call schema.RouteWatcher_update) error {
+	t, err := call.Args().Table()
+	if err != nil {
+		return err
+	}
+	rt, err := readTable(t)
+	if err != nil {
+		return err
+	}
+	w.update(rt)
+	return nil
+}
+
+func isClosed(err error) bool {
+	return errors.Is(err, net.ErrClosed) || errors.Is(err, rpc.ErrConnClosed)
+}
+
+type quietLogger struct{}
+
+func (quietLogger) Debug(string, ...any) {}
+func (quietLogger) Info(string, ...any)  {}
+func (quietLogger) Warn(string, ...any)  {}
+func (quietLogger) Error(string, ...any) {}

@@ -1,0 +1,281 @@
+package host
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"sync/atomic"
+)
+
+// Middleware applies dimplugd hooks to a net/http handler: route-phase
+// plugins answer the routes they own, request-phase hooks may change or
+// answer a request before the handler runs, response-phase hooks may change
+// the handler's response, and observers get a copy afterwards.
+//
+// It keeps the daemon's route table (pushed on every change), so a request
+// that matches no hook goes straight to the handler with no IPC at all.
+type Middleware struct {
+	s     *Session
+	next  http.Handler
+	table atomic.Pointer[RouteTable]
+	opts  middlewareOptions
+}
+
+// MiddlewareOption configures a Middleware.
+type MiddlewareOption func(*middlewareOptions)
+
+type middlewareOptions struct {
+	maxBody int64
+	user    func(*http.Request) (int64, bool)
+	route   func(*http.Request) string
+	log     *slog.Logger
+}
+
+// WithMaxBody sets the largest request or response body passed to hooks
+// (default 8 MiB). A larger request body on a hooked route is refused with
+// 413; a larger response body skips the response hooks (logged), it is never
+// truncated.
+func WithMaxBody(n int64) MiddlewareOption { return func(o *middlewareOptions) { o.maxBody = n } }
+
+// WithUser tells hooks who the request is authenticated as.
+func WithUser(f func(*http.Request) (id int64, ok bool)) MiddlewareOption {
+	return func(o *middlewareOptions) { o.user = f }
+}
+
+// WithRouteTemplate reports the host's own route template for a request
+// (e.g. from its router), passed to hooks as Request.Route.
+func WithRouteTemplate(f func(*http.Request) string) MiddlewareOption {
+	return func(o *middlewareOptions) { o.route = f }
+}
+
+// WithLogger receives hook failures that were skipped (fail-open).
+func WithLogger(l *slog.Logger) MiddlewareOption { return func(o *middlewareOptions) { o.log = l } }
+
+// NewMiddleware wraps next. It fetches the route table and keeps it current
+// for as long as the session lives.
+func NewMiddleware(ctx context.Context, s *Session, next http.Handler, opts ...MiddlewareOption) (*Middleware, error) {
+	m := &Middleware{s: s, next: next, opts: middlewareOptions{maxBody: 8 << 20, log: slog.Default()}}
+	for _, o := range opts {
+		o(&m.opts)
+	}
+	t, err := s.WatchRoutes(ctx, func(t *RouteTable) {
+		for {
+			cur := m.table.Load()
+			if cur != nil && cur.Version >= t.Version {
+				return
+			}
+			if m.table.CompareAndSwap(cur, t) {
+				return
+			}
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	m.table.CompareAndSwap(nil, t)
+	if cur := m.table.Load(); cur.Version < t.Version {
+		m.table.Store(t)
+	}
+	return m, nil
+}
+
+// RouteTable returns the table the middleware currently routes with.
+func (m *Middleware) RouteTable() *RouteTable { return m.table.Load() }
+
+func has(ps []Phase, p Phase) bool { return containsPhase(ps, p) }
+
+func (m *Middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	phases := m.table.Load().Match(r.Method, r.URL.Path)
+	if phases == nil {
+		m.next.ServeHTTP(w, r)
+		return
+	}
+	ctx := r.Context()
+	req, err := m.wireRequest(r)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusRequestEntityTooLarge)
+		return
+	}
+
+	if has(phases, PhaseRoute) {
+		res, err := m.s.Dispatch(ctx, PhaseRoute, req, nil)
+		if err != nil {
+			m.unavailable(w, err)
+			return
+		}
+		m.logSkipped(res)
+		switch res.Kind {
+		case Respond:
+			writeResponse(w, res.Response)
+			m.observe(phases, req, res.Response)
+			return
+		case FailClosed:
+			writeResponse(w, res.FailureResponse())
+			return
+		}
+	}
+	if has(phases, PhaseRequest) {
+		res, err := m.s.Dispatch(ctx, PhaseRequest, req, nil)
+		if err != nil {
+			m.unavailable(w, err)
+			return
+		}
+		m.logSkipped(res)
+		switch res.Kind {
+		case Respond:
+			writeResponse(w, res.Response)
+			m.observe(phases, req, res.Response)
+			return
+		case FailClosed:
+			writeResponse(w, res.FailureResponse())
+			return
+		case MutateRequest:
+			res.RequestMutation.Apply(req)
+			applyToHTTP(r, &res.RequestMutation)
+		}
+	}
+	r.Body = io.NopCloser(bytes.NewReader(req.Body))
+	r.ContentLength = int64(len(req.Body))
+
+	if !has(phases, PhaseResponse) && !has(phases, PhaseObserve) {
+		m.next.ServeHTTP(w, r)
+		return
+	}
+	rec := &recorder{header: http.Header{}, max: m.opts.maxBody}
+	m.next.ServeHTTP(rec, r)
+	resp := &Response{Status: rec.status(), Header: rec.header, Body: rec.body.Bytes()}
+	if has(phases, PhaseResponse) && !rec.overflow {
+		res, err := m.s.Dispatch(ctx, PhaseResponse, req, resp)
+		switch {
+		case err != nil:
+			m.unavailable(w, err)
+			return
+		case res.Kind == FailClosed:
+			writeResponse(w, res.FailureResponse())
+			return
+		case res.Kind == MutateResponse:
+			res.ResponseMutation.Apply(resp)
+		}
+		m.logSkipped(res)
+	} else if rec.overflow {
+		m.opts.log.Warn("response too large for response hooks; sent unchanged", "method", r.Method, "path", r.URL.Path, "limit", m.opts.maxBody)
+	}
+	writeResponse(w, resp)
+	m.observe(phases, req, resp)
+}
+
+func (m *Middleware) wireRequest(r *http.Request) (*Request, error) {
+	req := &Request{
+		Method:     r.Method,
+		Path:       r.URL.Path,
+		RawQuery:   r.URL.RawQuery,
+		Header:     r.Header.Clone(),
+		RemoteAddr: r.RemoteAddr,
+		RequestID:  r.Header.Get("X-Request-Id"),
+	}
+	if m.opts.route != nil {
+		req.Route = m.opts.route(r)
+	}
+	if m.opts.user != nil {
+		req.UserID, req.Authenticated = m.opts.user(r)
+	}
+	if r.Body != nil && r.Body != http.NoBody {
+		b, err := io.ReadAll(io.LimitReader(r.Body, m.opts.maxBody+1))
+		r.Body.Close()
+		if err != nil {
+			return nil, fmt.Errorf("read request body: %w", err)
+		}
+		if int64(len(b)) > m.opts.maxBody {
+			return nil, fmt.Errorf("request body larger than %d bytes on a hooked route", m.opts.maxBody)
+		}
+		req.Body = b
+	}
+	return req, nil
+}
+
+// observe hands a copy of the exchange to observers without delaying the
+// response: the dispatch runs on its own goroutine, bounded by a timeout.
+func (m *Middleware) observe(phases []Phase, req *Request, resp *Response) {
+	if !has(phases, PhaseObserve) {
+		return
+	}
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10e9)
+		defer cancel()
+		if _, err := m.s.Dispatch(ctx, PhaseObserve, req, resp); err != nil {
+			m.opts.log.Warn("observe dispatch failed", "method", req.Method, "path", req.Path, "err", err)
+		}
+	}()
+}
+
+func (m *Middleware) unavailable(w http.ResponseWriter, err error) {
+	m.opts.log.Error("dimplugd unavailable", "err", err)
+	http.Error(w, "plugin daemon unavailable: "+err.Error(), http.StatusServiceUnavailable)
+}
+
+func (m *Middleware) logSkipped(res *Result) {
+	for _, e := range res.Skipped {
+		m.opts.log.Warn("plugin hook skipped (fail-open)", "plugin", e.Plugin, "hook", e.Hook, "reason", e.Message)
+	}
+}
+
+func applyToHTTP(r *http.Request, mu *RequestMutation) {
+	if mu.ReplaceHeader {
+		r.Header = mu.Header.Clone()
+	}
+	if mu.ReplaceQuery {
+		r.URL.RawQuery = mu.RawQuery
+	}
+}
+
+func writeResponse(w http.ResponseWriter, resp *Response) {
+	h := w.Header()
+	for k, vs := range resp.Header {
+		h[k] = append([]string(nil), vs...)
+	}
+	h.Set("Content-Length", strconv.Itoa(len(resp.Body)))
+	status := resp.Status
+	if status == 0 {
+		status = http.StatusOK
+	}
+	w.WriteHeader(status)
+	w.Write(resp.Body)
+}
+
+// recorder captures a handler's response for the response phase.
+type recorder struct {
+	header   http.Header
+	code     int
+	body     bytes.Buffer
+	max      int64
+	overflow bool
+}
+
+func (r *recorder) Header() http.Header { return r.header }
+
+func (r *recorder) WriteHeader(code int) {
+	if r.code == 0 {
+		r.code = code
+	}
+}
+
+func (r *recorder) Write(b []byte) (int, error) {
+	if r.code == 0 {
+		r.code = http.StatusOK
+	}
+	if int64(r.body.Len()+len(b)) > r.max {
+		r.overflow = true
+	}
+	return r.body.Write(b)
+}
+
+func (r *recorder) status() int {
+	if r.code == 0 {
+		return http.StatusOK
+	}
+	return r.code
+}

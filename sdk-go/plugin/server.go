@@ -1,0 +1,369 @@
+package plugin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"runtime/debug"
+	"strings"
+	"sync"
+	"time"
+
+	"capnproto.org/go/capnp/v3"
+
+	"github.com/dimplugd/dimplugd/schema"
+	"github.com/dimplugd/dimplugd/sdk-go/wire"
+)
+
+// server holds one plugin's state on one connection. The rpc package owns
+// the goroutines that call its methods; ServeConn owns its lifetime.
+type server struct {
+	p   any
+	cfg config
+
+	mu       sync.Mutex
+	host     *Host // set by the handshake
+	inflight sync.WaitGroup
+	closed   bool
+
+	stopReq  chan struct{} // closed by the stop call
+	stopOnce sync.Once
+	fatal    chan error // the handshake failed; buffered
+}
+
+func newServer(p any, cfg config) *server {
+	return &server{p: p, cfg: cfg, stopReq: make(chan struct{}), fatal: make(chan error, 1)}
+}
+
+// shutdown waits (briefly) for in-flight hooks, calls the plugin's Close and
+// releases the host services.
+func (s *server) shutdown() {
+	s.mu.Lock()
+	s.closed = true
+	host := s.host
+	s.mu.Unlock()
+
+	done := make(chan struct{})
+	go func() { s.inflight.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+	}
+	if c, ok := s.p.(Closer); ok {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		if err := c.Close(ctx); err != nil {
+			fmt.Fprintf(os.Stderr, "plugin close: %v\n", err)
+		}
+		cancel()
+	}
+	if host != nil {
+		host.release()
+	}
+}
+
+// begin registers an in-flight call; it fails once the plugin is stopping.
+func (s *server) begin() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return errors.New("plugin is stopping")
+	}
+	s.inflight.Add(1)
+	return nil
+}
+
+type bootstrap struct{ s *server }
+
+func (b *bootstrap) Handshake(ctx context.Context, call schema.PluginBootstrap_handshake) error {
+	s := b.s
+	args := call.Args()
+	theirs, err := wire.ReadVersions(args.DaemonVersions())
+	if err != nil {
+		return fmt.Errorf("handshake: %w", err)
+	}
+	res, err := call.AllocResults()
+	if err != nil {
+		return err
+	}
+	if err := wire.WriteVersions(res.NewPluginVersions, s.cfg.versions); err != nil {
+		return err
+	}
+	version, verr := schema.Negotiate("plugin", "this plugin", "the daemon", s.cfg.versions, theirs)
+	if verr != nil {
+		// Answer (version 0) so the daemon can report both lists, then
+		// end Serve with the same facts from this side.
+		fmt.Fprintf(os.Stderr, "plugin: %v\n", verr)
+		select {
+		case s.fatal <- verr:
+		default:
+		}
+		return nil
+	}
+	res.SetVersion(version)
+
+	inst, err := args.Instance()
+	if err != nil {
+		return fmt.Errorf("handshake: %w", err)
+	}
+	svc, err := args.Services()
+	if err != nil {
+		return fmt.Errorf("handshake: %w", err)
+	}
+	host := newHost(inst, svc)
+
+	if in, ok := s.p.(Initializer); ok {
+		call.Go()
+		if err := safely("init", func() error { return in.Init(ctx, host) }); err != nil {
+			host.release()
+			return fmt.Errorf("plugin init failed: %w", err)
+		}
+	}
+	s.mu.Lock()
+	s.host = host
+	s.mu.Unlock()
+
+	info, err := res.NewInfo()
+	if err != nil {
+		return err
+	}
+	if err := writeInfo(info, host.Name, s); err != nil {
+		return err
+	}
+	return res.SetPlugin(schema.Plugin_ServerToClient(&pluginServer{s: s}))
+}
+
+func writeInfo(info schema.PluginInfo, name string, s *server) error {
+	if err := info.SetName(name); err != nil {
+		return err
+	}
+	if err := info.SetVersion(s.cfg.version); err != nil {
+		return err
+	}
+	if err := info.SetSdk(SDKVersion); err != nil {
+		return err
+	}
+	ps := phases(s.p)
+	l, err := info.NewPhases(int32(len(ps)))
+	if err != nil {
+		return err
+	}
+	for i, p := range ps {
+		l.Set(i, p)
+	}
+	return nil
+}
+
+type pluginServer struct{ s *server }
+
+func (ps *pluginServer) Describe(ctx context.Context, call schema.Plugin_describe) error {
+	res, err := call.AllocResults()
+	if err != nil {
+		return err
+	}
+	info, err := res.NewInfo()
+	if err != nil {
+		return err
+	}
+	ps.s.mu.Lock()
+	name := ps.s.host.Name
+	ps.s.mu.Unlock()
+	return writeInfo(info, name, ps.s)
+}
+
+func (ps *pluginServer) Health(ctx context.Context, call schema.Plugin_health) error {
+	res, err := call.AllocResults()
+	if err != nil {
+		return err
+	}
+	if hc, ok := ps.s.p.(HealthChecker); ok {
+		call.Go()
+		if err := safely("health", func() error { return hc.Health(ctx) }); err != nil {
+			res.SetOk(false)
+			return res.SetDetail(err.Error())
+		}
+	}
+	res.SetOk(true)
+	return nil
+}
+
+func (ps *pluginServer) Stop(ctx context.Context, call schema.Plugin_stop) error {
+	ps.s.stopOnce.Do(func() { close(ps.s.stopReq) })
+	return nil
+}
+
+func (ps *pluginServer) Hook(ctx context.Context, call schema.Plugin_hook) error {
+	s := ps.s
+	if err := s.begin(); err != nil {
+		return err
+	}
+	defer s.inflight.Done()
+	call.Go() // hooks run concurrently
+
+	hc, err := call.Args().Call()
+	if err != nil {
+		return err
+	}
+	hook, err := hc.Hook()
+	if err != nil {
+		return err
+	}
+	if t := hc.TimeoutMicros(); t > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, time.Duration(t)*time.Microsecond)
+		defer cancel()
+	}
+	rq, err := hc.Request()
+	if err != nil {
+		return err
+	}
+	req, err := wire.ReadRequest(rq)
+	if err != nil {
+		return err
+	}
+	phase := hc.Phase()
+	var resp *Response
+	if phase == schema.Phase_response || phase == schema.Phase_observe {
+		rs, err := hc.Response()
+		if err != nil {
+			return err
+		}
+		if resp, err = wire.ReadResponse(rs); err != nil {
+			return err
+		}
+	}
+	results, err := call.AllocResults()
+	if err != nil {
+		return err
+	}
+	out, err := results.NewResult()
+	if err != nil {
+		return err
+	}
+	return runHook(ctx, s.p, phase, hook, req, resp, out)
+}
+
+// runHook calls the handler for phase and writes what it did into out.
+func runHook(ctx context.Context, p any, phase schema.Phase, hook string, req *Request, resp *Response, out schema.HookResult) error {
+	switch phase {
+	case schema.Phase_request:
+		h, ok := p.(RequestHook)
+		if !ok {
+			return missingHandler(phase, hook)
+		}
+		before := req.Clone()
+		var answer *Response
+		if err := safely("hook "+quote(hook), func() (err error) {
+			answer, err = h.HookRequest(ctx, hook, req)
+			return err
+		}); err != nil {
+			return err
+		}
+		if answer != nil {
+			return writeRespond(out, answer)
+		}
+		m := wire.DiffRequest(before, req)
+		if m.IsZero() {
+			out.SetContinue()
+			return nil
+		}
+		ms, err := out.NewMutateRequest()
+		if err != nil {
+			return err
+		}
+		return wire.WriteRequestMutation(ms, &m)
+
+	case schema.Phase_response:
+		h, ok := p.(ResponseHook)
+		if !ok {
+			return missingHandler(phase, hook)
+		}
+		before := resp.Clone()
+		if err := safely("hook "+quote(hook), func() error { return h.HookResponse(ctx, hook, req, resp) }); err != nil {
+			return err
+		}
+		m := wire.DiffResponse(before, resp)
+		if m.IsZero() {
+			out.SetContinue()
+			return nil
+		}
+		ms, err := out.NewMutateResponse()
+		if err != nil {
+			return err
+		}
+		return wire.WriteResponseMutation(ms, &m)
+
+	case schema.Phase_route:
+		h, ok := p.(RouteHandler)
+		if !ok {
+			return missingHandler(phase, hook)
+		}
+		var answer *Response
+		if err := safely("hook "+quote(hook), func() (err error) {
+			answer, err = h.ServeRoute(ctx, hook, req)
+			return err
+		}); err != nil {
+			return err
+		}
+		if answer == nil {
+			return fmt.Errorf("route hook %q returned no response", hook)
+		}
+		return writeRespond(out, answer)
+
+	case schema.Phase_observe:
+		h, ok := p.(Observer)
+		if !ok {
+			return missingHandler(phase, hook)
+		}
+		out.SetContinue()
+		return safely("hook "+quote(hook), func() error { h.Observe(ctx, hook, req, resp); return nil })
+	}
+	return fmt.Errorf("hook %q: unknown phase %d", hook, phase)
+}
+
+func writeRespond(out schema.HookResult, r *Response) error {
+	if r.Status == 0 {
+		r.Status = 200
+	}
+	rs, err := out.NewRespond()
+	if err != nil {
+		return err
+	}
+	return wire.WriteResponse(rs, r)
+}
+
+func missingHandler(phase schema.Phase, hook string) error {
+	return fmt.Errorf("hook %q is a %s hook but the plugin has no %s handler", hook, phase, phase)
+}
+
+func quote(s string) string { return fmt.Sprintf("%q", s) }
+
+// safely runs f, turning a panic into an error so that one bad request
+// cannot take the plugin down. The stack goes to stderr, which the daemon
+// keeps in the plugin's log.
+func safely(what string, f func() error) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			fmt.Fprintf(os.Stderr, "panic in %s: %v\n%s", what, r, debug.Stack())
+			err = fmt.Errorf("%s panicked: %v", what, r)
+		}
+	}()
+	return f()
+}
+
+func capnpClient[T ~capnp.ClientKind](c T) capnp.Client { return capnp.Client(c) }
+
+func isClosedErr(err error) bool {
+	return errors.Is(err, net.ErrClosed) || errors.Is(err, io.EOF) || strings.Contains(err.Error(), "closed")
+}
+
+// quietLogger drops the rpc package's logs: a daemon closing the connection
+// is how a plugin is told to exit, not an error worth printing.
+type quietLogger struct{}
+
+func (quietLogger) Debug(string, ...any) {}
+func (quietLogger) Info(string, ...any)  {}
+func (quietLogger) Warn(string, ...any)  {}
+func (quietLogger) Error(string, ...any) {}
