@@ -24,6 +24,7 @@ import (
 	"path/filepath"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/dimplugd/dimplugd/daemon/registry"
@@ -114,6 +115,9 @@ type Daemon struct {
 
 	routes  routes
 	server  *server
+	// dispatches counts host dispatch calls, so tests can prove that
+	// unhooked requests cost no IPC.
+	dispatches atomic.Int64
 	closeMu sync.Mutex
 	closed  bool
 }

@@ -212,6 +212,7 @@ func (h *hostSession) WatchRoutes(ctx context.Context, call schema.HostSession_w
 
 func (h *hostSession) Dispatch(ctx context.Context, call schema.HostSession_dispatch) error {
 	call.Go() // requests are independent; serve them concurrently
+	h.d.dispatches.Add(1)
 	args := call.Args()
 	rq, err := args.Request()
 	if err != nil {

@@ -3,6 +3,7 @@
 package container
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/opencontainers/cgroups"
 	"github.com/opencontainers/runc/libcontainer/seccomp"
+	"golang.org/x/sys/unix"
 
 	"github.com/dimplugd/dimplugd/sandbox"
 )
@@ -22,8 +24,13 @@ type Runtime struct {
 	swapAccounting bool // the memory controller can limit memory+swap
 
 	mu   sync.Mutex
+	lock *os.File            // holds the flock on <StateRoot>/.lock; nil once closed
 	live map[string]*process // instances started by this Runtime and not yet destroyed; nil entries are starting
 }
+
+// lockFileName is the file under the state root whose flock marks the
+// state root as owned by a running Runtime.
+const lockFileName = ".lock"
 
 var _ sandbox.Runtime = (*Runtime)(nil)
 
@@ -61,8 +68,48 @@ func New(cfg Config) (*Runtime, error) {
 	if err := checkSearchable(cfg.StateRoot); err != nil {
 		return nil, fmt.Errorf("container runtime: state root %s: %w", cfg.StateRoot, err)
 	}
-	return &Runtime{cfg: cfg, swapAccounting: hasSwapAccounting(), live: make(map[string]*process)}, nil
+	lock, err := lockStateRoot(cfg.StateRoot)
+	if err != nil {
+		return nil, err
+	}
+	return &Runtime{cfg: cfg, swapAccounting: hasSwapAccounting(), lock: lock, live: make(map[string]*process)}, nil
 }
+
+// lockStateRoot takes an exclusive flock on the state root's lock file, so
+// that two daemons never share a state root: the second one's Sweep would
+// kill the first one's plugins. The kernel drops the lock when the process
+// dies, however it dies.
+func lockStateRoot(root string) (*os.File, error) {
+	path := filepath.Join(root, lockFileName)
+	f, err := os.OpenFile(path, os.O_RDONLY|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("container runtime: lock state root: %w", err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("container runtime: state root %s is in use by another running daemon (it holds %s); give each daemon its own state root", root, path)
+		}
+		return nil, fmt.Errorf("container runtime: lock state root: %w", err)
+	}
+	return f, nil
+}
+
+// Close releases the Runtime's claim on its state root, so that another
+// Runtime may use it. It does not stop instances; after Close, Start and
+// Sweep fail. Close is idempotent.
+func (r *Runtime) Close() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.lock == nil {
+		return nil
+	}
+	err := r.lock.Close()
+	r.lock = nil
+	return err
+}
+
+var errClosed = errors.New("the container runtime was closed")
 
 // hasSwapAccounting reports whether memory+swap can be limited: always on
 // cgroup v2 (memory.swap.max), on v1 only when the kernel accounts swap.
@@ -166,14 +213,14 @@ func (r *Runtime) Name() string { return "container" }
 // Sandboxed implements sandbox.Runtime: instances are isolated.
 func (r *Runtime) Sandboxed() bool { return true }
 
-// StateRoot returns the state directory in use, after defaults.
-func (r *Runtime) StateRoot() string { return r.cfg.StateRoot }
-
 // reserve claims id for an instance being started. It fails when this
 // Runtime already has a live instance with that id.
 func (r *Runtime) reserve(id string) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.lock == nil {
+		return errClosed
+	}
 	if _, ok := r.live[id]; ok {
 		return errExists
 	}
@@ -191,6 +238,12 @@ func (r *Runtime) release(id string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	delete(r.live, id)
+}
+
+func (r *Runtime) closed() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.lock == nil
 }
 
 func (r *Runtime) isLive(id string) bool {

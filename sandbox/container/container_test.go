@@ -136,9 +136,10 @@ func newHarness(t testing.TB) *harness {
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		defer cancel()
-		if err := rt.Sweep(ctx); err != nil {
+		if err := h.rt.Sweep(ctx); err != nil {
 			t.Errorf("sweep at cleanup: %v", err)
 		}
+		h.rt.Close()
 		os.RemoveAll(stateRoot)
 		dirs, _ := cgroupDirs("/" + parent)
 		for _, d := range dirs {
@@ -373,10 +374,14 @@ func TestIsolation(t *testing.T) {
 		}
 	}()
 
+	// A strict daemon umask must not make the skeleton unreadable for the
+	// mapped uid.
+	oldUmask := syscall.Umask(0o077)
 	in := h.start(t, func(s *sandbox.Spec) {
 		s.Limits.TmpBytes = 1 << 20
-		s.Mounts = []sandbox.Mount{{Source: media, Target: "/media"}}
+		s.Mounts = []sandbox.Mount{{Source: media, Target: "/media"}, {Source: media, Target: "/srv/deep/media"}}
 	})
+	syscall.Umask(oldUmask)
 
 	denied := []string{
 		"mount", "umount2", "unshare", "setns", "ptrace", "process_vm_readv", "bpf",
@@ -403,6 +408,7 @@ func TestIsolation(t *testing.T) {
 		{"write /tmp/fits 524288", "ok"},
 		{"write /tmp/too-big 2097152", "err ENOSPC"},
 		{"read /media/movie.txt", `ok "granted"`},
+		{"read /srv/deep/media/movie.txt", `ok "granted"`},
 		{"write /media/movie.txt 1", "err EROFS"},
 		{"write /media/new 1", "err EROFS"},
 		{"syscall clone3", "err ENOSYS"},
@@ -558,6 +564,13 @@ func TestStartRejects(t *testing.T) {
 			s.Mounts = []sandbox.Mount{{Source: "/usr", Target: "/probe/usr"}}
 		}, "plugin's own read-only files"},
 		{"tiny memory", func(s *sandbox.Spec) { s.Limits.MemoryBytes = 1 << 20 }, "memory limit"},
+		{"nested grants", func(s *sandbox.Spec) {
+			s.Mounts = []sandbox.Mount{{Source: "/usr", Target: "/host"}, {Source: "/etc", Target: "/host/etc"}}
+		}, "overlaps"},
+		{"missing grant source", func(s *sandbox.Spec) {
+			s.Mounts = []sandbox.Mount{{Source: "/nonexistent-grant", Target: "/media"}}
+		}, "no such file"},
+		{"bad id", func(s *sandbox.Spec) { s.ID = "Bad_ID" }, "id"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -685,6 +698,7 @@ func runHelper() int {
 
 func TestSweep(t *testing.T) {
 	h := newHarness(t)
+	h.rt.Close() // the helper daemon takes over the state root
 	host, plugin := socketpair(t)
 	defer host.Close()
 	id := fmt.Sprintf("orphan-%d", os.Getpid())
@@ -742,6 +756,7 @@ func TestSweep(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	h.rt = rt2
 	start := time.Now()
 	if err := rt2.Sweep(context.Background()); err != nil {
 		t.Fatalf("sweep: %v", err)
@@ -805,7 +820,11 @@ func takeSnapshot(t testing.TB, h *harness) snapshot {
 		}
 	}
 	entries, _ := os.ReadDir(h.stateRoot)
-	s.states = len(entries) - 1 // minus .rootfs
+	for _, e := range entries {
+		if instanceName.MatchString(e.Name()) {
+			s.states++
+		}
+	}
 	entries, _ = os.ReadDir(filepath.Join(h.stateRoot, rootfsDirName))
 	s.skeletons = len(entries)
 	mi, _ := os.ReadFile("/proc/self/mountinfo")
@@ -1034,4 +1053,25 @@ func TestSweepWithoutState(t *testing.T) {
 			t.Errorf("%s remains after sweep (%v)", p, err)
 		}
 	}
+}
+
+func TestStateRootLock(t *testing.T) {
+	h := newHarness(t)
+	if _, err := New(Config{StateRoot: h.stateRoot, CgroupParent: h.parent}); err == nil || !strings.Contains(err.Error(), "in use") {
+		t.Fatalf("second runtime on a state root in use: %v", err)
+	}
+	if err := h.rt.Close(); err != nil {
+		t.Fatal(err)
+	}
+	spec, host := h.spec(t)
+	defer host.Close()
+	defer spec.Control.Close()
+	if _, err := h.rt.Start(context.Background(), spec); !errors.Is(err, errClosed) {
+		t.Errorf("start on a closed runtime: %v", err)
+	}
+	rt2, err := New(Config{StateRoot: h.stateRoot, CgroupParent: h.parent})
+	if err != nil {
+		t.Fatalf("runtime after the first was closed: %v", err)
+	}
+	h.rt = rt2
 }

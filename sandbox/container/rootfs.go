@@ -82,20 +82,18 @@ func (r *Runtime) buildRootfs(spec *sandbox.Spec) (dir string, binds []*configs.
 		}
 	}()
 	dir = skel
-	// Mkdir obeys the umask; the mapped users must be able to enter.
+	// Mkdir obeys the daemon's umask, but the mapped users must be able to
+	// enter every directory of the skeleton.
 	if err := os.Chmod(dir, 0o755); err != nil {
 		return "", nil, fmt.Errorf("create rootfs: %w", err)
 	}
-	for name := range reservedTopLevel {
-		if name == "sys" {
-			continue
-		}
-		if err := os.Mkdir(filepath.Join(dir, name), 0o755); err != nil {
+	for _, name := range []string{"proc", "dev", "tmp"} {
+		if err := mkdirMode(filepath.Join(dir, name)); err != nil {
 			return "", nil, fmt.Errorf("create rootfs: %w", err)
 		}
 	}
 
-	plugin := make(map[string]bool, len(entries))
+	plugin := make(map[string]fs.FileMode, len(entries)) // top-level entries by type
 	for _, e := range entries {
 		name := e.Name()
 		if reservedTopLevel[name] {
@@ -112,10 +110,10 @@ func (r *Runtime) buildRootfs(spec *sandbox.Spec) (dir string, binds []*configs.
 			if err := os.Symlink(target, dst); err != nil {
 				return "", nil, fmt.Errorf("create rootfs: %w", err)
 			}
-			plugin[name] = true
+			plugin[name] = t
 			continue
 		case t.IsDir():
-			err = os.Mkdir(dst, 0o755)
+			err = mkdirMode(dst)
 		case t.IsRegular():
 			err = createEmptyFile(dst)
 		default:
@@ -124,7 +122,7 @@ func (r *Runtime) buildRootfs(spec *sandbox.Spec) (dir string, binds []*configs.
 		if err != nil {
 			return "", nil, fmt.Errorf("create rootfs: %w", err)
 		}
-		plugin[name] = true
+		plugin[name] = e.Type()
 		binds = append(binds, &configs.Mount{
 			Source:      src,
 			Destination: "/" + name,
@@ -139,30 +137,27 @@ func (r *Runtime) buildRootfs(spec *sandbox.Spec) (dir string, binds []*configs.
 		if target == "/" || reservedTopLevel[first] {
 			return "", nil, fmt.Errorf("mounts[%d]: target %q is not allowed: / and /proc, /dev, /tmp, /sys belong to the sandbox", i, m.Target)
 		}
+		// A mount point inside another grant would have to be created in
+		// the granted host directory.
+		for j, o := range spec.Mounts[:i] {
+			other := filepath.Clean(o.Target)
+			if target == other || strings.HasPrefix(target, other+"/") || strings.HasPrefix(other, target+"/") {
+				return "", nil, fmt.Errorf("mounts[%d]: target %q overlaps mounts[%d] target %q; grant paths side by side", i, m.Target, j, o.Target)
+			}
+		}
 		st, err := os.Stat(m.Source)
 		if err != nil {
 			return "", nil, fmt.Errorf("mounts[%d]: granted path: %w", i, err)
 		}
-		if plugin[first] {
+		if kind, ok := plugin[first]; ok {
 			// The mount point must already exist among the plugin's
 			// files: the bind of Spec.Root is read-only.
 			lt, err := os.Lstat(filepath.Join(spec.Root, target))
-			if err != nil || lt.IsDir() != st.IsDir() || lt.Mode()&fs.ModeSymlink != 0 {
+			if kind&fs.ModeSymlink != 0 || err != nil || lt.IsDir() != st.IsDir() || lt.Mode()&fs.ModeSymlink != 0 {
 				return "", nil, fmt.Errorf("mounts[%d]: target %q lies inside the plugin's own read-only files, where no matching mount point exists", i, m.Target)
 			}
-		} else {
-			dst := filepath.Join(dir, target)
-			if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
-				return "", nil, fmt.Errorf("create rootfs: %w", err)
-			}
-			if st.IsDir() {
-				err = os.Mkdir(dst, 0o755)
-			} else {
-				err = createEmptyFile(dst)
-			}
-			if err != nil && !errors.Is(err, fs.ErrExist) {
-				return "", nil, fmt.Errorf("create rootfs: %w", err)
-			}
+		} else if err := makeMountPoint(dir, target, st.IsDir()); err != nil {
+			return "", nil, fmt.Errorf("create rootfs: %w", err)
 		}
 		binds = append(binds, &configs.Mount{
 			Source:      m.Source,
@@ -174,9 +169,44 @@ func (r *Runtime) buildRootfs(spec *sandbox.Spec) (dir string, binds []*configs.
 	return dir, binds, nil
 }
 
+// mkdirMode makes directory path with mode 0755 whatever the umask.
+func mkdirMode(path string) error {
+	if err := os.Mkdir(path, 0o755); err != nil {
+		return err
+	}
+	return os.Chmod(path, 0o755)
+}
+
+// makeMountPoint creates target (an absolute path in the sandbox) under the
+// skeleton dir, as a directory or an empty file, with any missing parents.
+// Existing components are fine: two grants may share a parent.
+func makeMountPoint(dir, target string, isDir bool) error {
+	parts := strings.Split(strings.TrimPrefix(target, "/"), "/")
+	p := dir
+	for i, part := range parts {
+		p = filepath.Join(p, part)
+		var err error
+		if i < len(parts)-1 || isDir {
+			err = mkdirMode(p)
+		} else {
+			err = createEmptyFile(p)
+		}
+		if err != nil && !errors.Is(err, fs.ErrExist) {
+			return err
+		}
+	}
+	return nil
+}
+
+// createEmptyFile creates an empty file at path, mode 0644, for a bind mount
+// to cover.
 func createEmptyFile(path string) error {
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
 	if err != nil {
+		return err
+	}
+	if err := f.Chmod(0o644); err != nil {
+		f.Close()
 		return err
 	}
 	return f.Close()

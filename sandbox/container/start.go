@@ -111,11 +111,11 @@ func (pp *Prepared) Discard() error {
 // prepare sets up the sandbox for spec up to the point where its init waits
 // to execute the entrypoint. verb names the operation in errors.
 func (r *Runtime) prepare(ctx context.Context, spec *sandbox.Spec, verb string) (*Prepared, error) {
-	if err := spec.Validate(); err != nil {
-		return nil, err
-	}
 	fail := func(step string, err error) error {
 		return fmt.Errorf("%s sandbox for plugin %q (instance %s): %s: %w", verb, spec.Plugin, spec.ID, step, err)
+	}
+	if err := spec.Validate(); err != nil {
+		return nil, fail("check spec", err)
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, fail("before start", err)
@@ -130,7 +130,10 @@ func (r *Runtime) prepare(ctx context.Context, spec *sandbox.Spec, verb string) 
 	}
 
 	if err := r.reserve(spec.ID); err != nil {
-		return nil, fail("reserve id", fmt.Errorf("an instance with this id is already running in this daemon: %w", err))
+		if errors.Is(err, errExists) {
+			err = fmt.Errorf("an instance with this id is already running in this daemon: %w", err)
+		}
+		return nil, fail("reserve id", err)
 	}
 	registered := false
 	defer func() {

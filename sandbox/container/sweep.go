@@ -33,6 +33,9 @@ var instanceName = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,63}$`)
 // container state is missing (a daemon that died while starting one).
 // Failures are collected; Sweep carries on with the next instance.
 func (r *Runtime) Sweep(ctx context.Context) error {
+	if r.closed() {
+		return fmt.Errorf("sweep left-behind sandboxes: %w", errClosed)
+	}
 	ids := make(map[string]bool)
 	entries, err := os.ReadDir(r.cfg.StateRoot)
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {

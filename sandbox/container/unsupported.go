@@ -57,5 +57,5 @@ func (*Prepared) Start(context.Context) (sandbox.Process, error) { return nil, e
 // Discard does nothing in this build.
 func (*Prepared) Discard() error { return nil }
 
-// StateRoot returns "".
-func (*Runtime) StateRoot() string { return "" }
+// Close does nothing in this build.
+func (*Runtime) Close() error { return nil }

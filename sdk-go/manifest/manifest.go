@@ -222,6 +222,9 @@ func checkEntrypoint(root *os.Root, ep string) error {
 	case errors.Is(err, fs.ErrNotExist):
 		return fmt.Errorf("entrypoint %q does not exist: build it first or fix entrypoint in %s", ep, FileName)
 	case err != nil:
+		if lfi, lerr := root.Lstat(ep); lerr == nil && lfi.Mode()&fs.ModeSymlink != 0 {
+			return fmt.Errorf("entrypoint %q is a symbolic link that leads outside the plugin directory: the plugin must contain its executable", ep)
+		}
 		return fmt.Errorf("entrypoint %q: %w", ep, err)
 	case fi.IsDir():
 		return fmt.Errorf("entrypoint %q is a directory: point entrypoint in %s at the executable", ep, FileName)

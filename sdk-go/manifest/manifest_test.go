@@ -274,6 +274,12 @@ func TestLoad(t *testing.T) {
 			t.Errorf("Load = %+v", got)
 		}
 	})
+	t.Run("dot slash", func(t *testing.T) {
+		dir := writePlugin(t, strings.Replace(m, `"bin/p"`, `"./bin/p"`, 1), map[string]os.FileMode{"bin/p": 0o755})
+		if _, err := Load(dir); err != nil {
+			t.Fatal(err)
+		}
+	})
 	t.Run("symlink inside", func(t *testing.T) {
 		dir := writePlugin(t, m, map[string]os.FileMode{"real": 0o755, "bin": os.ModeDir})
 		if err := os.Symlink("../real", filepath.Join(dir, "bin/p")); err != nil {
@@ -301,7 +307,7 @@ func TestLoad(t *testing.T) {
 				t.Fatal(err)
 			}
 			return dir
-		}, `entrypoint "bin/p"`},
+		}, `entrypoint "bin/p" is a symbolic link that leads outside the plugin directory`},
 		{"invalid manifest", func(t *testing.T) string {
 			return writePlugin(t, "name = \"p\"\n", nil)
 		}, "plugin.toml: version: required field is missing"},

@@ -130,11 +130,22 @@ type tomlError struct {
 }
 
 func (e *tomlError) Error() string {
-	msg := e.pe.Message
-	if e.pe.Usage != "" {
-		msg += " (" + strings.Join(strings.Fields(e.pe.Usage), " ") + ")"
+	return fmt.Sprintf("%s: line %d, column %d: %s", e.source, e.pe.Position.Line, e.pe.Position.Col, escapeControl(e.pe.Message))
+}
+
+// escapeControl escapes control characters (the parser quotes the input
+// it chokes on), so that an error stays one line per problem.
+func escapeControl(s string) string {
+	var b strings.Builder
+	for _, r := range s {
+		if r < 0x20 || r == 0x7f {
+			q := strconv.QuoteRune(r)
+			b.WriteString(q[1 : len(q)-1])
+			continue
+		}
+		b.WriteRune(r)
 	}
-	return fmt.Sprintf("%s: line %d, column %d: %s", e.source, e.pe.Position.Line, e.pe.Position.Col, msg)
+	return b.String()
 }
 
 // Unwrap gives access to the toml.ParseError.
