@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/dimplugd/dimplugd/daemon/logbuf"
@@ -19,14 +20,32 @@ import (
 // the plugin's resulting status.
 type control struct{ d *Daemon }
 
-// ErrConflict reports two plugins claiming the same route.
-var ErrConflict = errors.New("route conflict")
+// Errors the control face reports.
+var (
+	// ErrConflict reports two plugins claiming the same route.
+	ErrConflict = errors.New("route conflict")
+	// ErrNeedsApproval reports an upgrade asking for permissions the
+	// operator has not granted.
+	ErrNeedsApproval = errors.New("new permissions need approval")
+)
 
 // Install installs (or with opts.Replace, upgrades) a plugin from a tar
 // archive of its directory.
 func (d *Daemon) Install(ctx context.Context, archive []byte, opts registry.InstallOptions) (registry.Record, error) {
 	enable := opts.Enable
 	opts.Enable = false // enabled below, after the conflict check
+	opts.Check = func(m *manifest.Manifest, prev *registry.Record) error {
+		if prev == nil || opts.Grant != nil {
+			return nil
+		}
+		// An upgrade keeps the old grant; asking for more needs the
+		// operator's approval again.
+		if more := m.Permissions.Exceeds(prev.Grant); len(more) > 0 {
+			return fmt.Errorf("%w: version %s asks for more than the operator granted to version %s:\n  - %s\napprove it with: dimplugctl install --replace <dir>",
+				ErrNeedsApproval, m.Version, prev.Manifest.Version, strings.Join(more, "\n  - "))
+		}
+		return nil
+	}
 	rec, err := d.store.InstallArchive(ctx, bytes.NewReader(archive), opts)
 	if err != nil {
 		return registry.Record{}, err

@@ -113,13 +113,13 @@ type Daemon struct {
 	mu    sync.Mutex
 	units map[string]*unit // installed plugins by name
 
-	routes  routes
-	server  *server
+	routes routes
+	server *server
 	// dispatches counts host dispatch calls, so tests can prove that
 	// unhooked requests cost no IPC.
 	dispatches atomic.Int64
-	closeMu sync.Mutex
-	closed  bool
+	closeMu    sync.Mutex
+	closed     bool
 }
 
 // Start opens the state directory, sweeps instances left by an earlier

@@ -362,3 +362,42 @@ func countFDs(t testing.TB) int {
 	}
 	return len(es)
 }
+
+// TestUpgradeNeedsApprovalForMore: an upgrade that asks for more than the
+// operator granted is refused until approved, and leaves the installed
+// version running; the grant, not the manifest, shapes the sandbox.
+func TestUpgradeNeedsApprovalForMore(t *testing.T) {
+	td := startDaemon(t, testRuntime(t), fastSupervision)
+	v1 := testplugManifest("grower", nil, "[permissions]\nmemory = \"32MiB\"\n"+hooks("request", "GET", "/g/:id", "1s", "fail-open", 0))
+	td.install(t, pluginDir(t, v1))
+	first := waitState(t, td.ctl, "grower", 30*time.Second, "running", running)
+
+	v2 := strings.Replace(strings.Replace(v1, `version = "1.0.0"`, `version = "2.0.0"`, 1), `memory = "32MiB"`, "memory = \"48MiB\"\nread_only_paths = [\"/usr/share\"]", 1)
+	archive, err := host.Archive(pluginDir(t, v2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	_, err = td.ctl.Install(ctx, archive, host.InstallOptions{Replace: true})
+	if err == nil || !strings.Contains(err.Error(), "version 2.0.0 asks for more than the operator granted to version 1.0.0") ||
+		!strings.Contains(err.Error(), "/usr/share") {
+		t.Fatalf("unapproved upgrade: %v", err)
+	}
+	st, _ := td.ctl.Inspect(ctx, "grower")
+	if st.Version != "1.0.0" || st.PID != first.PID || st.Grant.Memory != 32<<20 {
+		t.Fatalf("a refused upgrade changed the plugin: %+v", st)
+	}
+
+	grant := st.Grant
+	grant.Memory = 48 << 20
+	grant.ReadOnlyPaths = []string{"/usr/share"}
+	if _, err := td.ctl.Install(ctx, archive, host.InstallOptions{Replace: true, Grant: &grant}); err != nil {
+		t.Fatalf("approved upgrade: %v", err)
+	}
+	up := waitState(t, td.ctl, "grower", 30*time.Second, "v2 running", func(s *host.PluginStatus) bool {
+		return s.State == StateRunning && s.Version == "2.0.0" && s.PID != first.PID
+	})
+	if up.Grant.Memory != 48<<20 || len(up.Grant.ReadOnlyPaths) != 1 {
+		t.Errorf("grant after upgrade: %+v", up.Grant)
+	}
+}

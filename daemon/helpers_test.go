@@ -84,6 +84,7 @@ func testRuntime(t testing.TB) sandbox.Runtime {
 	if err != nil {
 		t.Fatalf("container runtime: %v", err)
 	}
+	t.Cleanup(func() { rt.Close() })
 	return rt
 }
 

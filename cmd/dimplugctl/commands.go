@@ -126,7 +126,11 @@ the install is refused.`,
 			if err != nil {
 				return err
 			}
-			grant, err := c.approve(m, yes)
+			var current *host.PluginStatus
+			if replace {
+				current = c.installed(m.Name)
+			}
+			grant, err := c.approve(m, current, yes)
 			if err != nil {
 				return err
 			}
@@ -153,18 +157,41 @@ the install is refused.`,
 	return cmd
 }
 
+// installed returns the status of an installed plugin, or nil.
+func (c *cli) installed(name string) *host.PluginStatus {
+	var st *host.PluginStatus
+	_ = c.withControl(func(ctx context.Context, ctl *host.Control) error {
+		var err error
+		st, err = ctl.Inspect(ctx, name)
+		return err
+	})
+	return st
+}
+
 // approve shows what the plugin asks for and returns the operator's grant.
-func (c *cli) approve(m *manifest.Manifest, yes bool) (*manifest.Permissions, error) {
+// For an upgrade (current != nil) only what goes beyond the current grant
+// needs approval.
+func (c *cli) approve(m *manifest.Manifest, current *host.PluginStatus, yes bool) (*manifest.Permissions, error) {
 	p := m.Permissions
-	if p.IsZero() {
-		if !c.json {
-			fmt.Fprintf(c.errw, "%s %s requests no special permissions.\n", m.Name, m.Version)
+	if current != nil {
+		more := p.Exceeds(current.Grant)
+		if len(more) == 0 {
+			fmt.Fprintf(c.errw, "%s %s asks for nothing beyond what version %s was granted.\n", m.Name, m.Version, current.Version)
+			return &p, nil
 		}
-		return &p, nil
-	}
-	fmt.Fprintf(c.errw, "%s %s asks to:\n", m.Name, m.Version)
-	for _, l := range p.Describe() {
-		fmt.Fprintf(c.errw, "  - %s\n", l)
+		fmt.Fprintf(c.errw, "%s %s asks for more than version %s was granted:\n", m.Name, m.Version, current.Version)
+		for _, l := range more {
+			fmt.Fprintf(c.errw, "  - %s\n", l)
+		}
+	} else {
+		if p.IsZero() {
+			fmt.Fprintf(c.errw, "%s %s requests no special permissions.\n", m.Name, m.Version)
+			return &p, nil
+		}
+		fmt.Fprintf(c.errw, "%s %s asks to:\n", m.Name, m.Version)
+		for _, l := range p.Describe() {
+			fmt.Fprintf(c.errw, "  - %s\n", l)
+		}
 	}
 	if yes {
 		return &p, nil

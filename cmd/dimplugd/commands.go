@@ -104,11 +104,14 @@ func serveCmd() *cobra.Command {
 				Logger:     log,
 			})
 			if err != nil {
+				closeRuntime(rt)
 				return err
 			}
 			<-ctx.Done()
 			log.Info("shutting down")
-			return d.Close()
+			err = d.Close()
+			closeRuntime(rt)
+			return err
 		},
 	}
 	f := cmd.Flags()
@@ -136,6 +139,14 @@ func pickRuntime(name string, cfg container.Config) (sandbox.Runtime, error) {
 		return container.New(cfg)
 	}
 	return nil, usageError{fmt.Errorf("unknown runtime %q: want \"container\" or \"process\"", name)}
+}
+
+// closeRuntime releases what a runtime holds (the container runtime's state
+// lock and empty parent cgroups) once every plugin has stopped.
+func closeRuntime(rt sandbox.Runtime) {
+	if c, ok := rt.(interface{ Close() error }); ok {
+		c.Close()
+	}
 }
 
 func versionCmd() *cobra.Command {

@@ -26,10 +26,14 @@ type InstallOptions struct {
 	// replacing.
 	Enable bool
 	// Grant is what the operator approved. Nil grants exactly what the
-	// manifest asks for, on fresh installs and replacements alike: the
-	// caller decides whether to ask the operator again (see
-	// manifest.Permissions.Exceeds).
+	// manifest asks for on a fresh install, and keeps the installed
+	// plugin's grant on a replacement (see Check to refuse upgrades that
+	// ask for more).
 	Grant *manifest.Permissions
+	// Check, when set, is called with the staged manifest and the record
+	// it replaces (nil for a fresh install) inside the commit transaction;
+	// an error aborts the install and leaves nothing behind.
+	Check func(m *manifest.Manifest, prev *Record) error
 }
 
 // InstallDir installs the plugin in the directory src: it copies the tree
@@ -146,6 +150,14 @@ func (s *Store) installStaged(ctx context.Context, opt InstallOptions, fill func
 			old = &prev
 			rec.Enabled = prev.Enabled
 			rec.InstalledAt = prev.InstalledAt
+			if opt.Grant == nil {
+				rec.Grant = clonePermissions(prev.Grant)
+			}
+		}
+		if opt.Check != nil {
+			if err := opt.Check(m, old); err != nil {
+				return err
+			}
 		}
 		return s.putRecord(tx, rec)
 	})

@@ -318,12 +318,29 @@ func TestReplaceKeepsDataAndEnabled(t *testing.T) {
 	if v2.Manifest.Version != "2.0.0" || !v2.Enabled || !v2.InstalledAt.Equal(v1.InstalledAt) || !v2.UpdatedAt.After(v1.UpdatedAt) {
 		t.Errorf("replaced record = %+v", v2)
 	}
-	if v2.Grant.Pids != 32 {
-		t.Errorf("grant = %+v, want the new manifest's", v2.Grant)
+	if !v2.Grant.IsZero() {
+		t.Errorf("grant = %+v, want the old version's (a nil grant keeps it on replace)", v2.Grant)
 	}
 	if v2.Dir == v1.Dir {
 		t.Error("replace reused the old directory")
 	}
+	g := manifest.Permissions{Pids: 32}
+	v3 := install(t, s, src2, InstallOptions{Replace: true, Grant: &g})
+	if v3.Grant.Pids != 32 {
+		t.Errorf("grant = %+v, want the approved one", v3.Grant)
+	}
+	v1.Dir = v2.Dir // the v2 files were replaced in turn
+	refuse := errors.New("asks for too much")
+	_, err = s.InstallDir(context.Background(), src2, InstallOptions{Replace: true, Check: func(m *manifest.Manifest, prev *Record) error {
+		if prev == nil || prev.Manifest.Version != "2.0.0" || m.Version != "2.0.0" {
+			t.Errorf("Check got manifest %s and prev %+v", m.Version, prev)
+		}
+		return refuse
+	}})
+	if !errors.Is(err, refuse) {
+		t.Fatalf("a failing Check: %v", err)
+	}
+	assertClean(t, s)
 	if _, err := os.Stat(v1.Dir); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("old files remain: %v", err)
 	}

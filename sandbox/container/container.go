@@ -104,6 +104,13 @@ func (r *Runtime) Close() error {
 	if r.lock == nil {
 		return nil
 	}
+	// The parent cgroup is removed once no instance is left in it; a
+	// parent still holding instances (or another daemon's) stays.
+	if dirs, err := cgroupDirs("/" + r.cfg.CgroupParent); err == nil {
+		for _, d := range dirs {
+			_ = os.Remove(d)
+		}
+	}
 	err := r.lock.Close()
 	r.lock = nil
 	return err
