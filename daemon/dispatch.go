@@ -253,7 +253,7 @@ func (d *Daemon) callHook(ctx context.Context, h *hookRef, phase schema.Phase, r
 		case isDisconnected(err):
 			return answer{}, hookErr(h, schema.HookErrorKind_unavailable, "stopped while handling the request "+where)
 		}
-		return answer{}, hookErr(h, schema.HookErrorKind_failed, "failed "+where+": "+remoteMessage(err))
+		return answer{}, hookErr(h, schema.HookErrorKind_failed, "failed "+where+": "+wire.RemoteMessage(err))
 	}
 	r, err := res.Result()
 	if err != nil {

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -361,6 +360,11 @@ func (u *unit) handshake(ctx context.Context, inst *instance, rec registry.Recor
 		if err := svc.SetKv(schema.KeyValue_ServerToClient(&kvServer{kv: u.d.store.KV(u.name)})); err != nil {
 			return err
 		}
+		if len(rec.Grant.OutboundHosts) > 0 {
+			if err := svc.SetFetch(schema.Fetcher_ServerToClient(newFetchServer(u.name, rec.Grant))); err != nil {
+				return err
+			}
+		}
 		info, err := p.NewInstance()
 		if err != nil {
 			return err
@@ -377,7 +381,7 @@ func (u *unit) handshake(ctx context.Context, inst *instance, rec registry.Recor
 		if hctx.Err() == context.DeadlineExceeded {
 			return fmt.Errorf("no handshake within %s", u.d.sup.StartTimeout)
 		}
-		return fmt.Errorf("handshake: %s", remoteMessage(err))
+		return fmt.Errorf("handshake: %s", wire.RemoteMessage(err))
 	}
 	theirs, err := wire.ReadVersions(res.PluginVersions())
 	if err != nil {
@@ -467,7 +471,7 @@ func (u *unit) checkHealth(ctx context.Context, inst *instance) error {
 		if hctx.Err() == context.DeadlineExceeded {
 			return fmt.Errorf("no answer within %s", u.d.sup.HealthTimeout)
 		}
-		return errors.New(remoteMessage(err))
+		return errors.New(wire.RemoteMessage(err))
 	}
 	if !res.Ok() {
 		detail, _ := res.Detail()
@@ -538,14 +542,6 @@ func (u *unit) client() (schema.Plugin, error) {
 		return schema.Plugin{}, errors.New("is not running (starting)")
 	}
 	return schema.Plugin{}, fmt.Errorf("is not running (%s)", u.state)
-}
-
-func remoteMessage(err error) string {
-	s := err.Error()
-	for _, p := range []string{"rpc: ", "capnp: ", "remote error: ", "bootstrap: "} {
-		s = strings.ReplaceAll(s, p, "")
-	}
-	return s
 }
 
 func phaseOf(p manifest.Phase) schema.Phase {

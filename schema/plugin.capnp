@@ -74,10 +74,13 @@ struct HookCall {
 
 struct HostServices {
   # Capabilities the daemon grants a plugin. A null capability was not
-  # granted. Later protocol versions add fields (config, events, outbound
-  # fetch); a plugin must treat a missing field as not granted.
+  # granted. Later protocol versions add fields (config, events); a plugin
+  # must treat a missing field as not granted.
   log @0 :Logger;
   kv @1 :KeyValue;
+  fetch @2 :Fetcher;
+  # Outbound HTTP(S), performed by the daemon: the sandbox itself has no
+  # network. Null unless the operator granted at least one outbound host.
 }
 
 enum LogLevel {
@@ -105,4 +108,23 @@ interface KeyValue {
   delete @2 (key :Text) -> ();
   list @3 (prefix :Text, limit :UInt32) -> (keys :List(Text));
   # Keys with the prefix, in byte order; limit 0 means the daemon's maximum.
+}
+
+interface Fetcher {
+  # The plugin's only way out of its sandbox's network namespace.
+  fetch @0 (request :FetchRequest) -> (response :Http.HttpResponse);
+  # Performs one HTTP or HTTPS request on the plugin's behalf. Only the
+  # host:port pairs in the operator's grant are reachable (a grant of
+  # "*.example.com:443" covers every subdomain); anything else fails with an
+  # error naming the host and the grant. Redirects are returned, not
+  # followed, so every hop is checked against the grant. Request and
+  # response bodies are limited to 16 MiB.
+}
+
+struct FetchRequest {
+  method @0 :Text;                  # "GET" when empty
+  url @1 :Text;                     # absolute http:// or https:// URL
+  headers @2 :List(Http.Header);
+  body @3 :Data;
+  timeoutMicros @4 :UInt64;         # 0: the daemon's default (30 s)
 }

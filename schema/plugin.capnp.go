@@ -1818,12 +1818,12 @@ type HostServices capnp.Struct
 const HostServices_TypeID = 0x82ac60fe90caa140
 
 func NewHostServices(s *capnp.Segment) (HostServices, error) {
-	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 2})
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 3})
 	return HostServices(st), err
 }
 
 func NewRootHostServices(s *capnp.Segment) (HostServices, error) {
-	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 2})
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 3})
 	return HostServices(st), err
 }
 
@@ -1895,12 +1895,30 @@ func (s HostServices) SetKv(v KeyValue) error {
 	return capnp.Struct(s).SetPtr(1, in.ToPtr())
 }
 
+func (s HostServices) Fetch() Fetcher {
+	p, _ := capnp.Struct(s).Ptr(2)
+	return Fetcher(p.Interface().Client())
+}
+
+func (s HostServices) HasFetch() bool {
+	return capnp.Struct(s).HasPtr(2)
+}
+
+func (s HostServices) SetFetch(v Fetcher) error {
+	if !v.IsValid() {
+		return capnp.Struct(s).SetPtr(2, capnp.Ptr{})
+	}
+	seg := s.Segment()
+	in := capnp.NewInterface(seg, seg.Message().CapTable().Add(capnp.Client(v)))
+	return capnp.Struct(s).SetPtr(2, in.ToPtr())
+}
+
 // HostServices_List is a list of HostServices.
 type HostServices_List = capnp.StructList[HostServices]
 
 // NewHostServices creates a new list of HostServices.
 func NewHostServices_List(s *capnp.Segment, sz int32) (HostServices_List, error) {
-	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 0, PointerCount: 2}, sz)
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 0, PointerCount: 3}, sz)
 	return capnp.StructList[HostServices](l), err
 }
 
@@ -1917,6 +1935,10 @@ func (p HostServices_Future) Log() Logger {
 
 func (p HostServices_Future) Kv() KeyValue {
 	return KeyValue(p.Future.Field(1, nil).Client())
+}
+
+func (p HostServices_Future) Fetch() Fetcher {
+	return Fetcher(p.Future.Field(2, nil).Client())
 }
 
 type LogLevel uint16
@@ -3377,4 +3399,491 @@ type KeyValue_list_Results_Future struct{ *capnp.Future }
 func (f KeyValue_list_Results_Future) Struct() (KeyValue_list_Results, error) {
 	p, err := f.Future.Ptr()
 	return KeyValue_list_Results(p.Struct()), err
+}
+
+type Fetcher capnp.Client
+
+// Fetcher_TypeID is the unique identifier for the type Fetcher.
+const Fetcher_TypeID = 0x8c5175964b1b47d3
+
+func (c Fetcher) Fetch(ctx context.Context, params func(Fetcher_fetch_Params) error) (Fetcher_fetch_Results_Future, capnp.ReleaseFunc) {
+
+	s := capnp.Send{
+		Method: capnp.Method{
+			InterfaceID:   0x8c5175964b1b47d3,
+			MethodID:      0,
+			InterfaceName: "plugin.capnp:Fetcher",
+			MethodName:    "fetch",
+		},
+	}
+	if params != nil {
+		s.ArgsSize = capnp.ObjectSize{DataSize: 0, PointerCount: 1}
+		s.PlaceArgs = func(s capnp.Struct) error { return params(Fetcher_fetch_Params(s)) }
+	}
+
+	ans, release := capnp.Client(c).SendCall(ctx, s)
+	return Fetcher_fetch_Results_Future{Future: ans.Future()}, release
+
+}
+
+func (c Fetcher) WaitStreaming() error {
+	return capnp.Client(c).WaitStreaming()
+}
+
+// String returns a string that identifies this capability for debugging
+// purposes.  Its format should not be depended on: in particular, it
+// should not be used to compare clients.  Use IsSame to compare clients
+// for equality.
+func (c Fetcher) String() string {
+	return "Fetcher(" + capnp.Client(c).String() + ")"
+}
+
+// AddRef creates a new Client that refers to the same capability as c.
+// If c is nil or has resolved to null, then AddRef returns nil.
+func (c Fetcher) AddRef() Fetcher {
+	return Fetcher(capnp.Client(c).AddRef())
+}
+
+// Release releases a capability reference.  If this is the last
+// reference to the capability, then the underlying resources associated
+// with the capability will be released.
+//
+// Release will panic if c has already been released, but not if c is
+// nil or resolved to null.
+func (c Fetcher) Release() {
+	capnp.Client(c).Release()
+}
+
+// Resolve blocks until the capability is fully resolved or the Context
+// expires.
+func (c Fetcher) Resolve(ctx context.Context) error {
+	return capnp.Client(c).Resolve(ctx)
+}
+
+func (c Fetcher) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Client(c).EncodeAsPtr(seg)
+}
+
+func (Fetcher) DecodeFromPtr(p capnp.Ptr) Fetcher {
+	return Fetcher(capnp.Client{}.DecodeFromPtr(p))
+}
+
+// IsValid reports whether c is a valid reference to a capability.
+// A reference is invalid if it is nil, has resolved to null, or has
+// been released.
+func (c Fetcher) IsValid() bool {
+	return capnp.Client(c).IsValid()
+}
+
+// IsSame reports whether c and other refer to a capability created by the
+// same call to NewClient.  This can return false negatives if c or other
+// are not fully resolved: use Resolve if this is an issue.  If either
+// c or other are released, then IsSame panics.
+func (c Fetcher) IsSame(other Fetcher) bool {
+	return capnp.Client(c).IsSame(capnp.Client(other))
+}
+
+// Update the flowcontrol.FlowLimiter used to manage flow control for
+// this client. This affects all future calls, but not calls already
+// waiting to send. Passing nil sets the value to flowcontrol.NopLimiter,
+// which is also the default.
+func (c Fetcher) SetFlowLimiter(lim fc.FlowLimiter) {
+	capnp.Client(c).SetFlowLimiter(lim)
+}
+
+// Get the current flowcontrol.FlowLimiter used to manage flow control
+// for this client.
+func (c Fetcher) GetFlowLimiter() fc.FlowLimiter {
+	return capnp.Client(c).GetFlowLimiter()
+}
+
+// A Fetcher_Server is a Fetcher with a local implementation.
+type Fetcher_Server interface {
+	Fetch(context.Context, Fetcher_fetch) error
+}
+
+// Fetcher_NewServer creates a new Server from an implementation of Fetcher_Server.
+func Fetcher_NewServer(s Fetcher_Server) *server.Server {
+	c, _ := s.(server.Shutdowner)
+	return server.New(Fetcher_Methods(nil, s), s, c)
+}
+
+// Fetcher_ServerToClient creates a new Client from an implementation of Fetcher_Server.
+// The caller is responsible for calling Release on the returned Client.
+func Fetcher_ServerToClient(s Fetcher_Server) Fetcher {
+	return Fetcher(capnp.NewClient(Fetcher_NewServer(s)))
+}
+
+// Fetcher_Methods appends Methods to a slice that invoke the methods on s.
+// This can be used to create a more complicated Server.
+func Fetcher_Methods(methods []server.Method, s Fetcher_Server) []server.Method {
+	if cap(methods) == 0 {
+		methods = make([]server.Method, 0, 1)
+	}
+
+	methods = append(methods, server.Method{
+		Method: capnp.Method{
+			InterfaceID:   0x8c5175964b1b47d3,
+			MethodID:      0,
+			InterfaceName: "plugin.capnp:Fetcher",
+			MethodName:    "fetch",
+		},
+		Impl: func(ctx context.Context, call *server.Call) error {
+			return s.Fetch(ctx, Fetcher_fetch{call})
+		},
+	})
+
+	return methods
+}
+
+// Fetcher_fetch holds the state for a server call to Fetcher.fetch.
+// See server.Call for documentation.
+type Fetcher_fetch struct {
+	*server.Call
+}
+
+// Args returns the call's arguments.
+func (c Fetcher_fetch) Args() Fetcher_fetch_Params {
+	return Fetcher_fetch_Params(c.Call.Args())
+}
+
+// AllocResults allocates the results struct.
+func (c Fetcher_fetch) AllocResults() (Fetcher_fetch_Results, error) {
+	r, err := c.Call.AllocResults(capnp.ObjectSize{DataSize: 0, PointerCount: 1})
+	return Fetcher_fetch_Results(r), err
+}
+
+// Fetcher_List is a list of Fetcher.
+type Fetcher_List = capnp.CapList[Fetcher]
+
+// NewFetcher_List creates a new list of Fetcher.
+func NewFetcher_List(s *capnp.Segment, sz int32) (Fetcher_List, error) {
+	l, err := capnp.NewPointerList(s, sz)
+	return capnp.CapList[Fetcher](l), err
+}
+
+type Fetcher_fetch_Params capnp.Struct
+
+// Fetcher_fetch_Params_TypeID is the unique identifier for the type Fetcher_fetch_Params.
+const Fetcher_fetch_Params_TypeID = 0xfb3d9304af36da57
+
+func NewFetcher_fetch_Params(s *capnp.Segment) (Fetcher_fetch_Params, error) {
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1})
+	return Fetcher_fetch_Params(st), err
+}
+
+func NewRootFetcher_fetch_Params(s *capnp.Segment) (Fetcher_fetch_Params, error) {
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1})
+	return Fetcher_fetch_Params(st), err
+}
+
+func ReadRootFetcher_fetch_Params(msg *capnp.Message) (Fetcher_fetch_Params, error) {
+	root, err := msg.Root()
+	return Fetcher_fetch_Params(root.Struct()), err
+}
+
+func (s Fetcher_fetch_Params) String() string {
+	str, _ := text.Marshal(0xfb3d9304af36da57, capnp.Struct(s))
+	return str
+}
+
+func (s Fetcher_fetch_Params) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Struct(s).EncodeAsPtr(seg)
+}
+
+func (Fetcher_fetch_Params) DecodeFromPtr(p capnp.Ptr) Fetcher_fetch_Params {
+	return Fetcher_fetch_Params(capnp.Struct{}.DecodeFromPtr(p))
+}
+
+func (s Fetcher_fetch_Params) ToPtr() capnp.Ptr {
+	return capnp.Struct(s).ToPtr()
+}
+func (s Fetcher_fetch_Params) IsValid() bool {
+	return capnp.Struct(s).IsValid()
+}
+
+func (s Fetcher_fetch_Params) Message() *capnp.Message {
+	return capnp.Struct(s).Message()
+}
+
+func (s Fetcher_fetch_Params) Segment() *capnp.Segment {
+	return capnp.Struct(s).Segment()
+}
+func (s Fetcher_fetch_Params) Request() (FetchRequest, error) {
+	p, err := capnp.Struct(s).Ptr(0)
+	return FetchRequest(p.Struct()), err
+}
+
+func (s Fetcher_fetch_Params) HasRequest() bool {
+	return capnp.Struct(s).HasPtr(0)
+}
+
+func (s Fetcher_fetch_Params) SetRequest(v FetchRequest) error {
+	return capnp.Struct(s).SetPtr(0, capnp.Struct(v).ToPtr())
+}
+
+// NewRequest sets the request field to a newly
+// allocated FetchRequest struct, preferring placement in s's segment.
+func (s Fetcher_fetch_Params) NewRequest() (FetchRequest, error) {
+	ss, err := NewFetchRequest(capnp.Struct(s).Segment())
+	if err != nil {
+		return FetchRequest{}, err
+	}
+	err = capnp.Struct(s).SetPtr(0, capnp.Struct(ss).ToPtr())
+	return ss, err
+}
+
+// Fetcher_fetch_Params_List is a list of Fetcher_fetch_Params.
+type Fetcher_fetch_Params_List = capnp.StructList[Fetcher_fetch_Params]
+
+// NewFetcher_fetch_Params creates a new list of Fetcher_fetch_Params.
+func NewFetcher_fetch_Params_List(s *capnp.Segment, sz int32) (Fetcher_fetch_Params_List, error) {
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1}, sz)
+	return capnp.StructList[Fetcher_fetch_Params](l), err
+}
+
+// Fetcher_fetch_Params_Future is a wrapper for a Fetcher_fetch_Params promised by a client call.
+type Fetcher_fetch_Params_Future struct{ *capnp.Future }
+
+func (f Fetcher_fetch_Params_Future) Struct() (Fetcher_fetch_Params, error) {
+	p, err := f.Future.Ptr()
+	return Fetcher_fetch_Params(p.Struct()), err
+}
+func (p Fetcher_fetch_Params_Future) Request() FetchRequest_Future {
+	return FetchRequest_Future{Future: p.Future.Field(0, nil)}
+}
+
+type Fetcher_fetch_Results capnp.Struct
+
+// Fetcher_fetch_Results_TypeID is the unique identifier for the type Fetcher_fetch_Results.
+const Fetcher_fetch_Results_TypeID = 0x8edb86d3acc93966
+
+func NewFetcher_fetch_Results(s *capnp.Segment) (Fetcher_fetch_Results, error) {
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1})
+	return Fetcher_fetch_Results(st), err
+}
+
+func NewRootFetcher_fetch_Results(s *capnp.Segment) (Fetcher_fetch_Results, error) {
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1})
+	return Fetcher_fetch_Results(st), err
+}
+
+func ReadRootFetcher_fetch_Results(msg *capnp.Message) (Fetcher_fetch_Results, error) {
+	root, err := msg.Root()
+	return Fetcher_fetch_Results(root.Struct()), err
+}
+
+func (s Fetcher_fetch_Results) String() string {
+	str, _ := text.Marshal(0x8edb86d3acc93966, capnp.Struct(s))
+	return str
+}
+
+func (s Fetcher_fetch_Results) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Struct(s).EncodeAsPtr(seg)
+}
+
+func (Fetcher_fetch_Results) DecodeFromPtr(p capnp.Ptr) Fetcher_fetch_Results {
+	return Fetcher_fetch_Results(capnp.Struct{}.DecodeFromPtr(p))
+}
+
+func (s Fetcher_fetch_Results) ToPtr() capnp.Ptr {
+	return capnp.Struct(s).ToPtr()
+}
+func (s Fetcher_fetch_Results) IsValid() bool {
+	return capnp.Struct(s).IsValid()
+}
+
+func (s Fetcher_fetch_Results) Message() *capnp.Message {
+	return capnp.Struct(s).Message()
+}
+
+func (s Fetcher_fetch_Results) Segment() *capnp.Segment {
+	return capnp.Struct(s).Segment()
+}
+func (s Fetcher_fetch_Results) Response() (HttpResponse, error) {
+	p, err := capnp.Struct(s).Ptr(0)
+	return HttpResponse(p.Struct()), err
+}
+
+func (s Fetcher_fetch_Results) HasResponse() bool {
+	return capnp.Struct(s).HasPtr(0)
+}
+
+func (s Fetcher_fetch_Results) SetResponse(v HttpResponse) error {
+	return capnp.Struct(s).SetPtr(0, capnp.Struct(v).ToPtr())
+}
+
+// NewResponse sets the response field to a newly
+// allocated HttpResponse struct, preferring placement in s's segment.
+func (s Fetcher_fetch_Results) NewResponse() (HttpResponse, error) {
+	ss, err := NewHttpResponse(capnp.Struct(s).Segment())
+	if err != nil {
+		return HttpResponse{}, err
+	}
+	err = capnp.Struct(s).SetPtr(0, capnp.Struct(ss).ToPtr())
+	return ss, err
+}
+
+// Fetcher_fetch_Results_List is a list of Fetcher_fetch_Results.
+type Fetcher_fetch_Results_List = capnp.StructList[Fetcher_fetch_Results]
+
+// NewFetcher_fetch_Results creates a new list of Fetcher_fetch_Results.
+func NewFetcher_fetch_Results_List(s *capnp.Segment, sz int32) (Fetcher_fetch_Results_List, error) {
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1}, sz)
+	return capnp.StructList[Fetcher_fetch_Results](l), err
+}
+
+// Fetcher_fetch_Results_Future is a wrapper for a Fetcher_fetch_Results promised by a client call.
+type Fetcher_fetch_Results_Future struct{ *capnp.Future }
+
+func (f Fetcher_fetch_Results_Future) Struct() (Fetcher_fetch_Results, error) {
+	p, err := f.Future.Ptr()
+	return Fetcher_fetch_Results(p.Struct()), err
+}
+func (p Fetcher_fetch_Results_Future) Response() HttpResponse_Future {
+	return HttpResponse_Future{Future: p.Future.Field(0, nil)}
+}
+
+type FetchRequest capnp.Struct
+
+// FetchRequest_TypeID is the unique identifier for the type FetchRequest.
+const FetchRequest_TypeID = 0x897ddaa23e165a8b
+
+func NewFetchRequest(s *capnp.Segment) (FetchRequest, error) {
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 8, PointerCount: 4})
+	return FetchRequest(st), err
+}
+
+func NewRootFetchRequest(s *capnp.Segment) (FetchRequest, error) {
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 8, PointerCount: 4})
+	return FetchRequest(st), err
+}
+
+func ReadRootFetchRequest(msg *capnp.Message) (FetchRequest, error) {
+	root, err := msg.Root()
+	return FetchRequest(root.Struct()), err
+}
+
+func (s FetchRequest) String() string {
+	str, _ := text.Marshal(0x897ddaa23e165a8b, capnp.Struct(s))
+	return str
+}
+
+func (s FetchRequest) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Struct(s).EncodeAsPtr(seg)
+}
+
+func (FetchRequest) DecodeFromPtr(p capnp.Ptr) FetchRequest {
+	return FetchRequest(capnp.Struct{}.DecodeFromPtr(p))
+}
+
+func (s FetchRequest) ToPtr() capnp.Ptr {
+	return capnp.Struct(s).ToPtr()
+}
+func (s FetchRequest) IsValid() bool {
+	return capnp.Struct(s).IsValid()
+}
+
+func (s FetchRequest) Message() *capnp.Message {
+	return capnp.Struct(s).Message()
+}
+
+func (s FetchRequest) Segment() *capnp.Segment {
+	return capnp.Struct(s).Segment()
+}
+func (s FetchRequest) Method() (string, error) {
+	p, err := capnp.Struct(s).Ptr(0)
+	return p.Text(), err
+}
+
+func (s FetchRequest) HasMethod() bool {
+	return capnp.Struct(s).HasPtr(0)
+}
+
+func (s FetchRequest) MethodBytes() ([]byte, error) {
+	p, err := capnp.Struct(s).Ptr(0)
+	return p.TextBytes(), err
+}
+
+func (s FetchRequest) SetMethod(v string) error {
+	return capnp.Struct(s).SetText(0, v)
+}
+
+func (s FetchRequest) Url() (string, error) {
+	p, err := capnp.Struct(s).Ptr(1)
+	return p.Text(), err
+}
+
+func (s FetchRequest) HasUrl() bool {
+	return capnp.Struct(s).HasPtr(1)
+}
+
+func (s FetchRequest) UrlBytes() ([]byte, error) {
+	p, err := capnp.Struct(s).Ptr(1)
+	return p.TextBytes(), err
+}
+
+func (s FetchRequest) SetUrl(v string) error {
+	return capnp.Struct(s).SetText(1, v)
+}
+
+func (s FetchRequest) Headers() (Header_List, error) {
+	p, err := capnp.Struct(s).Ptr(2)
+	return Header_List(p.List()), err
+}
+
+func (s FetchRequest) HasHeaders() bool {
+	return capnp.Struct(s).HasPtr(2)
+}
+
+func (s FetchRequest) SetHeaders(v Header_List) error {
+	return capnp.Struct(s).SetPtr(2, v.ToPtr())
+}
+
+// NewHeaders sets the headers field to a newly
+// allocated Header_List, preferring placement in s's segment.
+func (s FetchRequest) NewHeaders(n int32) (Header_List, error) {
+	l, err := NewHeader_List(capnp.Struct(s).Segment(), n)
+	if err != nil {
+		return Header_List{}, err
+	}
+	err = capnp.Struct(s).SetPtr(2, l.ToPtr())
+	return l, err
+}
+func (s FetchRequest) Body() ([]byte, error) {
+	p, err := capnp.Struct(s).Ptr(3)
+	return []byte(p.Data()), err
+}
+
+func (s FetchRequest) HasBody() bool {
+	return capnp.Struct(s).HasPtr(3)
+}
+
+func (s FetchRequest) SetBody(v []byte) error {
+	return capnp.Struct(s).SetData(3, v)
+}
+
+func (s FetchRequest) TimeoutMicros() uint64 {
+	return capnp.Struct(s).Uint64(0)
+}
+
+func (s FetchRequest) SetTimeoutMicros(v uint64) {
+	capnp.Struct(s).SetUint64(0, v)
+}
+
+// FetchRequest_List is a list of FetchRequest.
+type FetchRequest_List = capnp.StructList[FetchRequest]
+
+// NewFetchRequest creates a new list of FetchRequest.
+func NewFetchRequest_List(s *capnp.Segment, sz int32) (FetchRequest_List, error) {
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 8, PointerCount: 4}, sz)
+	return capnp.StructList[FetchRequest](l), err
+}
+
+// FetchRequest_Future is a wrapper for a FetchRequest promised by a client call.
+type FetchRequest_Future struct{ *capnp.Future }
+
+func (f FetchRequest_Future) Struct() (FetchRequest, error) {
+	p, err := f.Future.Ptr()
+	return FetchRequest(p.Struct()), err
 }

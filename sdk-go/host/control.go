@@ -379,11 +379,5 @@ func cleanErr(err error) error {
 	if isClosed(err) {
 		return fmt.Errorf("lost the connection to dimplugd: %w", err)
 	}
-	msg := err.Error()
-	for _, p := range []string{"capnp: ", "rpc: ", "remote error: ", "call: "} {
-		for len(msg) > len(p) && msg[:len(p)] == p {
-			msg = msg[len(p):]
-		}
-	}
-	return &RemoteError{Msg: msg}
+	return &RemoteError{Msg: wire.RemoteMessage(err)}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"os"
 	"time"
 
@@ -26,8 +27,13 @@ type Host struct {
 	// KV is the plugin's private, persistent key-value store; nil when the
 	// daemon did not grant one.
 	KV *KV
+	// HTTP sends requests through the daemon to the outbound hosts the
+	// operator granted (the sandbox has no network of its own). Nil when no
+	// outbound host was granted. Redirects to hosts outside the grant fail.
+	HTTP *http.Client
 
 	logger schema.Logger
+	fetch  schema.Fetcher
 }
 
 func newHost(inst schema.InstanceInfo, svc schema.HostServices) *Host {
@@ -45,11 +51,16 @@ func newHost(inst schema.InstanceInfo, svc schema.HostServices) *Host {
 		kv := svc.Kv()
 		h.KV = &KV{c: kv.AddRef()}
 	}
+	if svc.HasFetch() {
+		h.fetch = svc.Fetch().AddRef()
+		h.HTTP = &http.Client{Transport: &fetchTransport{c: h.fetch}}
+	}
 	return h
 }
 
 func (h *Host) release() {
 	h.logger.Release()
+	h.fetch.Release()
 	if h.KV != nil {
 		h.KV.c.Release()
 	}

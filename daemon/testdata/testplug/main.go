@@ -9,7 +9,8 @@
 //
 //	request:  adds "X-Test-Request: <name>", appends "seen=<name>" to the
 //	          query; answers 403 for paths containing "forbidden"; sleeps
-//	          for ?sleep=<duration>; panics for ?panic=1.
+//	          for ?sleep=<duration>; panics for ?panic=1; fetches
+//	          ?fetch=<url> through the daemon and answers with the result.
 //	response: adds "X-Test-Response: <name>" and increments the KV counter
 //	          "hits", returned in "X-Test-Hits".
 //	route:    answers 200 with "owned by <name>: <path> <params>".
@@ -20,6 +21,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"strconv"
 	"strings"
@@ -50,6 +52,18 @@ func (p *testPlug) HookRequest(ctx context.Context, hook string, req *plugin.Req
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		}
+	}
+	if u := q.Get("fetch"); u != "" {
+		if p.host.HTTP == nil {
+			return &plugin.Response{Status: 599, Body: []byte("no outbound access granted")}, nil
+		}
+		resp, err := p.host.HTTP.Get(u)
+		if err != nil {
+			return &plugin.Response{Status: 598, Body: []byte(err.Error())}, nil
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return &plugin.Response{Status: resp.StatusCode, Body: b}, nil
 	}
 	if q.Get("panic") == "1" {
 		panic("testplug was asked to panic")
