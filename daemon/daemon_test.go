@@ -401,3 +401,65 @@ func TestUpgradeNeedsApprovalForMore(t *testing.T) {
 		t.Errorf("grant after upgrade: %+v", up.Grant)
 	}
 }
+
+// TestStandbyRestart: with pre-started sandboxes on, a crashed plugin comes
+// back from its standby, and disabling it leaves no standby behind.
+func TestStandbyRestart(t *testing.T) {
+	rt := testRuntime(t)
+	if !rt.Sandboxed() {
+		t.Skip("pre-started sandboxes need the container runtime")
+	}
+	sup := fastSupervision
+	sup.Standby = true
+	sup.BackoffInitial = 10 * time.Millisecond
+	td := startDaemon(t, rt, sup)
+	td.install(t, pluginDir(t, testplugManifest("phoenix", nil, hooks("request", "GET", "/p/:id", "2s", "fail-open", 0))))
+	first := waitState(t, td.ctl, "phoenix", 30*time.Second, "running", running)
+	u, err := td.unit("phoenix")
+	if err != nil {
+		t.Fatal(err)
+	}
+	standbyPID := func() int {
+		u.mu.Lock()
+		defer u.mu.Unlock()
+		if u.standby == nil {
+			return 0
+		}
+		return u.standby.prepared.Pid()
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for standbyPID() == 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	sb := standbyPID()
+	if sb == 0 {
+		t.Fatal("no standby was prepared")
+	}
+	syscall.Kill(first.PID, syscall.SIGKILL)
+	again := waitState(t, td.ctl, "phoenix", 20*time.Second, "restarted", func(s *host.PluginStatus) bool {
+		return s.State == StateRunning && s.PID != first.PID
+	})
+	if again.PID != sb {
+		t.Errorf("restarted as pid %d, not from the standby (pid %d)", again.PID, sb)
+	}
+	logs, _ := td.ctl.Logs(context.Background(), "phoenix", 0, nil)
+	if !containsLine(logs, "started pre-started instance") {
+		t.Errorf("logs do not mention the pre-started instance: %+v", logs)
+	}
+	s := dial(t, td.socket)
+	if res := dispatch(t, s, host.PhaseRequest, get("/p/1"), nil); res.Kind != host.MutateRequest {
+		t.Fatalf("after a standby restart: %+v", res)
+	}
+	deadline = time.Now().Add(10 * time.Second)
+	for standbyPID() == 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	next := standbyPID()
+	if _, err := td.ctl.Disable(context.Background(), "phoenix"); err != nil {
+		t.Fatal(err)
+	}
+	waitState(t, td.ctl, "phoenix", 10*time.Second, "stopped", func(s *host.PluginStatus) bool { return s.State == StateStopped })
+	if standbyPID() != 0 || (next != 0 && !processGone(next, 5*time.Second)) {
+		t.Errorf("the standby (pid %d) outlived the disable", next)
+	}
+}

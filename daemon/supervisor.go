@@ -51,6 +51,7 @@ type unit struct {
 	state       string
 	detail      string
 	inst        *instance
+	standby     *launch // a prepared next instance, when the runtime can
 	seq         int
 	restarts    int
 	crashes     []time.Time
@@ -113,6 +114,7 @@ func (u *unit) logf(format string, args ...any) {
 // plugin is removed, with no instance left running.
 func (u *unit) run(ctx context.Context) {
 	defer close(u.done)
+	defer u.dropStandby()
 	for {
 		if !u.waitWanted(ctx) {
 			return
@@ -171,6 +173,7 @@ func (u *unit) waitWanted(ctx context.Context) bool {
 			u.state, u.detail = StateStopped, "disabled"
 		}
 		u.mu.Unlock()
+		u.dropStandby()
 		select {
 		case <-u.kick:
 		case <-ctx.Done():
@@ -242,18 +245,41 @@ type permanentError struct{ err error }
 func (e *permanentError) Error() string { return e.err.Error() }
 func (e *permanentError) Unwrap() error { return e.err }
 
-// start spawns an instance and completes the handshake.
-func (u *unit) start(ctx context.Context) (*instance, error) {
+// launch is an instance's sandbox and the daemon's ends of its channels,
+// between spawning and the handshake.
+type launch struct {
+	id         string
+	key        string // what it was built from (see specKey)
+	nc         net.Conn
+	outR, errR *os.File
+	prepared   sandbox.Prepared // set while it is a standby
+}
+
+func (l *launch) close() {
+	if l.prepared != nil {
+		l.prepared.Discard()
+	}
+	l.nc.Close()
+	l.outR.Close()
+	l.errR.Close()
+}
+
+// specKey identifies what an instance is built from: a standby prepared
+// from an older record (before an upgrade or a new grant) is not used.
+func specKey(rec registry.Record) string {
+	return fmt.Sprintf("%s|%s|%q|%+v", rec.Dir, rec.Manifest.Entrypoint, rec.Manifest.Args, rec.Grant)
+}
+
+// newLaunch creates the channels of a new instance and the spec holding the
+// plugin's ends, which the caller closes once the runtime has them.
+func (u *unit) newLaunch(rec registry.Record) (*launch, *sandbox.Spec, func(), error) {
 	u.mu.Lock()
 	u.seq++
-	rec := u.rec
 	id := fmt.Sprintf("%s-%d", u.name, u.seq)
-	u.state, u.detail = StateStarting, ""
 	u.mu.Unlock()
-
 	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
 	if err != nil {
-		return nil, fmt.Errorf("create control socket: %w", err)
+		return nil, nil, nil, fmt.Errorf("create control socket: %w", err)
 	}
 	ours := os.NewFile(uintptr(fds[0]), "control")
 	theirs := os.NewFile(uintptr(fds[1]), "control-plugin")
@@ -261,13 +287,13 @@ func (u *unit) start(ctx context.Context) (*instance, error) {
 	ours.Close()
 	if err != nil {
 		theirs.Close()
-		return nil, fmt.Errorf("control socket: %w", err)
+		return nil, nil, nil, fmt.Errorf("control socket: %w", err)
 	}
 	outR, outW, err := os.Pipe()
 	if err != nil {
 		nc.Close()
 		theirs.Close()
-		return nil, err
+		return nil, nil, nil, err
 	}
 	errR, errW, err := os.Pipe()
 	if err != nil {
@@ -275,9 +301,8 @@ func (u *unit) start(ctx context.Context) (*instance, error) {
 		theirs.Close()
 		outR.Close()
 		outW.Close()
-		return nil, err
+		return nil, nil, nil, err
 	}
-
 	spec := &sandbox.Spec{
 		ID:         id,
 		Plugin:     u.name,
@@ -296,21 +321,116 @@ func (u *unit) start(ctx context.Context) (*instance, error) {
 		Limits:  limitsFromGrant(rec.Grant),
 		Mounts:  mountsFromGrant(rec.Grant),
 	}
+	closeTheirs := func() {
+		theirs.Close()
+		outW.Close()
+		errW.Close()
+	}
+	return &launch{id: id, key: specKey(rec), nc: nc, outR: outR, errR: errR}, spec, closeTheirs, nil
+}
+
+// prepareStandby sets up the plugin's next instance ahead of need, when the
+// runtime can: a restart then costs little more than the plugin's own
+// start-up. Failure only costs the speed-up.
+func (u *unit) prepareStandby(ctx context.Context, rec registry.Record) {
+	pr, ok := u.d.cfg.Runtime.(sandbox.Preparer)
+	if !ok || !u.d.sup.Standby {
+		return
+	}
+	u.mu.Lock()
+	has := u.standby != nil
+	u.mu.Unlock()
+	if has {
+		return
+	}
+	l, spec, closeTheirs, err := u.newLaunch(rec)
+	if err != nil {
+		return
+	}
+	pp, err := pr.PrepareInstance(ctx, spec)
+	closeTheirs()
+	if err != nil {
+		l.close()
+		u.logf("could not prepare a standby sandbox: %v", err)
+		return
+	}
+	l.prepared = pp
+	u.mu.Lock()
+	u.standby = l
+	u.mu.Unlock()
+}
+
+// takeStandby returns the prepared instance if it matches rec; a stale one
+// is discarded.
+func (u *unit) takeStandby(rec registry.Record) *launch {
+	u.mu.Lock()
+	l := u.standby
+	u.standby = nil
+	u.mu.Unlock()
+	if l == nil {
+		return nil
+	}
+	if l.key != specKey(rec) {
+		l.close()
+		return nil
+	}
+	return l
+}
+
+// dropStandby discards the prepared instance, if any.
+func (u *unit) dropStandby() {
+	u.mu.Lock()
+	l := u.standby
+	u.standby = nil
+	u.mu.Unlock()
+	if l != nil {
+		l.close()
+	}
+}
+
+// start spawns an instance (from the standby when there is one) and
+// completes the handshake.
+func (u *unit) start(ctx context.Context) (*instance, error) {
+	u.mu.Lock()
+	rec := u.rec
+	u.state, u.detail = StateStarting, ""
+	u.mu.Unlock()
 	if !u.d.cfg.Runtime.Sandboxed() {
 		u.logf("WARNING: starting WITHOUT a sandbox (runtime %q): this plugin can do anything the daemon can", u.d.cfg.Runtime.Name())
-		u.d.log.Warn("starting plugin without a sandbox", "plugin", u.name, "instance", id)
+		u.d.log.Warn("starting plugin without a sandbox", "plugin", u.name)
 	}
-	proc, err := u.d.cfg.Runtime.Start(ctx, spec)
-	theirs.Close()
-	outW.Close()
-	errW.Close()
-	if err != nil {
-		nc.Close()
-		outR.Close()
-		errR.Close()
-		return nil, fmt.Errorf("start: %w", err)
+
+	var proc sandbox.Process
+	how := "started"
+	l := u.takeStandby(rec)
+	if l != nil {
+		pp := l.prepared
+		l.prepared = nil
+		var err error
+		if proc, err = pp.Start(ctx); err != nil {
+			u.logf("standby sandbox %s failed to start (%v); starting a new one", l.id, err)
+			l.close()
+			l = nil
+		} else {
+			how = "started pre-started"
+		}
 	}
-	inst := &instance{id: id, proc: proc, started: time.Now(), ioDone: make(chan struct{})}
+	if l == nil {
+		var spec *sandbox.Spec
+		var closeTheirs func()
+		var err error
+		if l, spec, closeTheirs, err = u.newLaunch(rec); err != nil {
+			return nil, err
+		}
+		proc, err = u.d.cfg.Runtime.Start(ctx, spec)
+		closeTheirs()
+		if err != nil {
+			l.close()
+			return nil, fmt.Errorf("start: %w", err)
+		}
+	}
+	inst := &instance{id: l.id, proc: proc, started: time.Now(), ioDone: make(chan struct{})}
+	outR, errR := l.outR, l.errR
 	go func() { // owned by the instance; ends when the plugin's output closes
 		var wg sync.WaitGroup
 		wg.Add(2)
@@ -319,8 +439,8 @@ func (u *unit) start(ctx context.Context) (*instance, error) {
 		wg.Wait()
 		close(inst.ioDone)
 	}()
-	inst.conn = wire.NewConn(nc, capnp.Client{}, rpcLogger{})
-	u.logf("started instance %s (pid %d, runtime %s)", id, proc.Pid(), u.d.cfg.Runtime.Name())
+	inst.conn = wire.NewConn(l.nc, capnp.Client{}, rpcLogger{})
+	u.logf("%s instance %s (pid %d, runtime %s)", how, l.id, proc.Pid(), u.d.cfg.Runtime.Name())
 
 	if err := u.handshake(ctx, inst, rec); err != nil {
 		// Say how the process ended if it did, which is usually the
@@ -337,7 +457,8 @@ func (u *unit) start(ctx context.Context) (*instance, error) {
 	u.inst = inst
 	u.state, u.detail = StateRunning, ""
 	u.mu.Unlock()
-	u.logf("instance %s ready (protocol v%d)", id, inst.version)
+	u.logf("instance %s ready (protocol v%d)", l.id, inst.version)
+	u.prepareStandby(ctx, rec)
 	return inst, nil
 }
 

@@ -197,3 +197,25 @@ func signalName(s syscall.Signal) string {
 	}
 	return fmt.Sprintf("%d (%s)", int(s), s.String())
 }
+
+// Preparer is implemented by runtimes that can set an instance up ahead of
+// need — a pre-started sandbox — so that starting it later costs little
+// more than the plugin's own start-up. The supervisor keeps one prepared
+// instance per running plugin, ready for its next restart.
+type Preparer interface {
+	// PrepareInstance does everything Start does except executing the
+	// plugin. spec.Control and the output writers are held by the prepared
+	// instance when it returns.
+	PrepareInstance(ctx context.Context, spec *Spec) (Prepared, error)
+}
+
+// Prepared is an instance waiting to execute its plugin. It must be
+// started or discarded.
+type Prepared interface {
+	// Pid is the host pid of the waiting instance.
+	Pid() int
+	// Start executes the plugin; it may be called once.
+	Start(ctx context.Context) (Process, error)
+	// Discard destroys the instance unless it was started.
+	Discard() error
+}

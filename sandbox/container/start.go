@@ -241,3 +241,14 @@ func orNil(w io.Writer) io.Writer {
 	}
 	return w
 }
+
+// PrepareInstance implements sandbox.Preparer.
+func (r *Runtime) PrepareInstance(ctx context.Context, spec *sandbox.Spec) (sandbox.Prepared, error) {
+	pp, err := r.Prepare(ctx, spec)
+	if err != nil {
+		return nil, err
+	}
+	return pp, nil
+}
+
+var _ sandbox.Preparer = (*Runtime)(nil)
