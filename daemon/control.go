@@ -65,9 +65,12 @@ func (d *Daemon) Install(ctx context.Context, archive []byte, opts registry.Inst
 	u.logf("installed version %s", rec.Manifest.Version)
 	d.log.Info("plugin installed", "plugin", rec.Name, "version", rec.Manifest.Version, "replace", existed)
 	if enable || rec.Enabled {
-		if rec, err = d.Enable(rec.Name); err != nil {
-			if !existed {
-				_ = d.Remove(rec.Name)
+		name := rec.Name
+		if rec, err = d.Enable(name); err != nil {
+			if !existed { // a failed install leaves nothing behind
+				if rerr := d.Remove(name); rerr != nil {
+					err = errors.Join(err, rerr)
+				}
 			}
 			return registry.Record{}, err
 		}
@@ -160,6 +163,29 @@ func (d *Daemon) Remove(name string) error {
 	}
 	d.log.Info("plugin removed", "plugin", name)
 	return nil
+}
+
+// SetHookDeadline overrides the deadline of one hook of a plugin (0 restores
+// the manifest's).
+func (d *Daemon) SetHookDeadline(name, hook string, deadline time.Duration) (registry.Record, error) {
+	u, err := d.unit(name)
+	if err != nil {
+		return registry.Record{}, err
+	}
+	rec, err := d.store.SetHookDeadline(name, hook, deadline)
+	if err != nil {
+		return registry.Record{}, err
+	}
+	u.mu.Lock()
+	u.rec = rec
+	u.mu.Unlock()
+	if deadline == 0 {
+		u.logf("hook %q deadline reset to the manifest's", hook)
+	} else {
+		u.logf("hook %q deadline set to %s by the operator", hook, deadline)
+	}
+	d.rebuildRoutes()
+	return rec, nil
 }
 
 // checkConflicts refuses a plugin whose route hooks overlap a route owned by
@@ -275,6 +301,22 @@ func (c *control) Restart(ctx context.Context, call schema.Control_restart) erro
 		return err
 	}
 	if err := c.d.Restart(name); err != nil {
+		return err
+	}
+	return statusInto(c.d, call.AllocResults, name)
+}
+
+func (c *control) SetHookDeadline(ctx context.Context, call schema.Control_setHookDeadline) error {
+	args := call.Args()
+	name, err := args.Name()
+	if err != nil {
+		return err
+	}
+	hook, err := args.Hook()
+	if err != nil {
+		return err
+	}
+	if _, err := c.d.SetHookDeadline(name, hook, time.Duration(args.DeadlineMicros())*time.Microsecond); err != nil {
 		return err
 	}
 	return statusInto(c.d, call.AllocResults, name)
@@ -463,15 +505,25 @@ func (d *Daemon) writeStatus(s schema.PluginStatus, u *unit) error {
 	hl, err := s.NewHooks(int32(len(m.Hooks)))
 	e = append(e, err)
 	if err == nil {
+		now := time.Now()
 		for i, h := range m.Hooks {
 			hs := hl.At(i)
 			e = append(e, hs.SetName(h.Name), hs.SetMethod(h.Method), hs.SetRoute(h.Route))
 			hs.SetPhase(phaseOf(h.Phase))
 			hs.SetPriority(int32(h.Priority))
-			hs.SetDeadlineMicros(uint64(h.Deadline.Duration / time.Microsecond))
+			deadline := h.Deadline
+			if o, ok := rec.Deadlines[h.Name]; ok {
+				deadline = o
+				hs.SetDeadlineOverridden(true)
+			}
+			hs.SetDeadlineMicros(uint64(deadline.Duration / time.Microsecond))
 			if h.Failure == manifest.FailClosed {
 				hs.SetFailurePolicy(schema.FailurePolicy_failClosed)
 			}
+			calls, failures, circuit := u.breaker(h.Name).stats(now)
+			hs.SetCalls(calls)
+			hs.SetFailures(failures)
+			e = append(e, hs.SetCircuit(circuit))
 		}
 	}
 	g, err := s.NewGrant()

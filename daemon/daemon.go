@@ -72,6 +72,12 @@ type Supervision struct {
 	BackoffMax        time.Duration // default 30s
 	QuarantineCrashes int           // crashes within QuarantineWindow that quarantine; default 5
 	QuarantineWindow  time.Duration // default 2m
+	// BreakerFailures consecutive failures of a hook open its circuit
+	// breaker; default 5.
+	BreakerFailures int
+	// BreakerCooldown is how long an open circuit waits before probing the
+	// hook again; it doubles per failed probe, up to 32 times. Default 1s.
+	BreakerCooldown time.Duration
 	// Standby keeps a pre-started sandbox for every running plugin, when
 	// the runtime can prepare instances ahead of need: restarts then skip
 	// sandbox set-up (about 2 ms instead of 20 ms here) at the cost of one
@@ -93,6 +99,10 @@ func (s Supervision) withDefaults() Supervision {
 	def(&s.BackoffInitial, 250*time.Millisecond)
 	def(&s.BackoffMax, 30*time.Second)
 	def(&s.QuarantineWindow, 2*time.Minute)
+	def(&s.BreakerCooldown, time.Second)
+	if s.BreakerFailures <= 0 {
+		s.BreakerFailures = 5
+	}
 	if s.HealthFailures <= 0 {
 		s.HealthFailures = 3
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"capnproto.org/go/capnp/v3/exc"
@@ -202,12 +203,29 @@ func readAnswer(r schema.HookResult) (answer, error) {
 // callHook calls one plugin hook under its deadline.
 func (d *Daemon) callHook(ctx context.Context, h *hookRef, phase schema.Phase, req *wire.Request, params []manifest.Param, resp *wire.Response) (answer, *wire.HookError) {
 	where := fmt.Sprintf("on %s %s", req.Method, h.hook.Route)
+	if ok, why := h.breaker.allow(time.Now()); !ok {
+		return answer{}, hookErr(h, schema.HookErrorKind_unavailable, why+" "+where)
+	}
 	client, err := h.unit.client()
 	if err != nil {
+		h.breaker.release()
 		return answer{}, hookErr(h, schema.HookErrorKind_unavailable, err.Error()+" "+where)
 	}
 	defer client.Release()
+	a, herr := d.call(ctx, client, h, phase, req, params, resp, where)
+	// The host giving up and the plugin going away say nothing about the
+	// hook's health.
+	if herr != nil && herr.Kind == schema.HookErrorKind_unavailable {
+		h.breaker.release()
+	} else {
+		h.breaker.record(herr == nil, time.Now())
+	}
+	return a, herr
+}
+
+func (d *Daemon) call(ctx context.Context, client schema.Plugin, h *hookRef, phase schema.Phase, req *wire.Request, params []manifest.Param, resp *wire.Response, where string) (answer, *wire.HookError) {
 	deadline := h.hook.Deadline.Duration
+	start := time.Now()
 	cctx, cancel := context.WithTimeout(ctx, deadline)
 	defer cancel()
 	fut, release := client.Hook(cctx, func(p schema.Plugin_hook_Params) error {
@@ -245,8 +263,12 @@ func (d *Daemon) callHook(ctx context.Context, h *hookRef, phase schema.Phase, r
 	defer release()
 	res, err := fut.Struct()
 	if err != nil {
+		// The plugin enforces the same deadline and may answer with its own
+		// "context deadline exceeded" a moment before ours fires.
+		timedOut := errors.Is(cctx.Err(), context.DeadlineExceeded) || time.Since(start) >= deadline ||
+			strings.HasSuffix(err.Error(), context.DeadlineExceeded.Error())
 		switch {
-		case errors.Is(cctx.Err(), context.DeadlineExceeded) && ctx.Err() == nil:
+		case timedOut && ctx.Err() == nil:
 			return answer{}, hookErr(h, schema.HookErrorKind_timeout, fmt.Sprintf("exceeded its %s deadline %s", deadline, where))
 		case ctx.Err() != nil:
 			return answer{}, hookErr(h, schema.HookErrorKind_unavailable, "the host cancelled the request "+where)

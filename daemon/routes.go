@@ -13,11 +13,12 @@ import (
 
 // hookRef is one active hook of one plugin.
 type hookRef struct {
-	unit   *unit
-	plugin string
-	hook   manifest.Hook
-	route  manifest.Route
-	phase  schema.Phase
+	unit    *unit
+	plugin  string
+	hook    manifest.Hook // Deadline is the one in force (override or manifest)
+	route   manifest.Route
+	phase   schema.Phase
+	breaker *breaker
 }
 
 func (h *hookRef) matches(method, path string) ([]manifest.Param, bool) {
@@ -63,6 +64,7 @@ func (d *Daemon) rebuildRoutes() {
 		u.mu.Lock()
 		active := u.rec.Enabled && !u.removed
 		m := u.rec.Manifest
+		overrides := u.rec.Deadlines
 		u.mu.Unlock()
 		if !active {
 			continue
@@ -73,7 +75,10 @@ func (d *Daemon) rebuildRoutes() {
 				d.log.Error("skipping hook with invalid route", "plugin", u.name, "hook", h.Name, "err", err)
 				continue
 			}
-			hooks = append(hooks, &hookRef{unit: u, plugin: u.name, hook: h, route: rt, phase: phaseOf(h.Phase)})
+			if d, ok := overrides[h.Name]; ok {
+				h.Deadline = d
+			}
+			hooks = append(hooks, &hookRef{unit: u, plugin: u.name, hook: h, route: rt, phase: phaseOf(h.Phase), breaker: u.breaker(h.Name)})
 		}
 	}
 	t := &table{}

@@ -51,7 +51,8 @@ type unit struct {
 	state       string
 	detail      string
 	inst        *instance
-	standby     *launch // a prepared next instance, when the runtime can
+	standby     *launch             // a prepared next instance, when the runtime can
+	breakers    map[string]*breaker // by hook name; kept across restarts and route rebuilds
 	seq         int
 	restarts    int
 	crashes     []time.Time
@@ -87,6 +88,21 @@ func (u *unit) poke() {
 	case u.kick <- struct{}{}:
 	default:
 	}
+}
+
+// breaker returns the circuit breaker of one of the plugin's hooks.
+func (u *unit) breaker(hook string) *breaker {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.breakers == nil {
+		u.breakers = map[string]*breaker{}
+	}
+	b, ok := u.breakers[hook]
+	if !ok {
+		b = newBreaker(u.d.sup.BreakerFailures, u.d.sup.BreakerCooldown)
+		u.breakers[hook] = b
+	}
+	return b
 }
 
 // wantedLocked reports whether an instance should be running.

@@ -34,6 +34,10 @@ interface Control {
   # Stops and starts the plugin; also lifts a quarantine.
 
   status @8 () -> (daemon :DaemonStatus);
+
+  setHookDeadline @9 (name :Text, hook :Text, deadlineMicros :UInt64) -> (plugin :PluginStatus);
+  # Overrides the deadline of one hook of a plugin (0 restores the
+  # manifest's). The override survives restarts and upgrades.
 }
 
 struct InstallOptions {
@@ -62,8 +66,12 @@ struct HookInfo {
   method @2 :Text;
   route @3 :Text;
   priority @4 :Int32;
-  deadlineMicros @5 :UInt64;
+  deadlineMicros @5 :UInt64;       # in force: the operator's override or the manifest's
   failurePolicy @6 :Http.FailurePolicy;
+  calls @7 :UInt64;                # calls since the daemon started
+  failures @8 :UInt64;             # of which failed (timeouts, errors, rejected results)
+  circuit @9 :Text;                # the circuit breaker: "closed", "open" or "half-open"
+  deadlineOverridden @10 :Bool;    # the operator overrode the manifest's deadline
 }
 
 struct PluginStatus {

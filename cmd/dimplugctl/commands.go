@@ -73,7 +73,7 @@ Exit codes: 0 success, 1 the operation failed, 2 bad usage.`,
 		c.nameCmd("enable", "Enable a plugin and start it", (*host.Control).Enable),
 		c.nameCmd("disable", "Stop a plugin and keep it disabled", (*host.Control).Disable),
 		c.nameCmd("restart", "Restart a plugin (also lifts a quarantine)", (*host.Control).Restart),
-		c.rmCmd(), c.logsCmd(), c.statusCmd(), c.versionCmd())
+		c.rmCmd(), c.logsCmd(), c.deadlineCmd(), c.statusCmd(), c.versionCmd())
 	return root
 }
 
@@ -322,7 +322,12 @@ func (c *cli) printStatus(st *host.PluginStatus) {
 		fmt.Fprintln(w, "  (none)")
 	}
 	for _, h := range st.Hooks {
-		fmt.Fprintf(w, "  %-10s %s %s %s (priority %d, deadline %s, %s)\n", h.Name, h.Phase, h.Method, h.Route, h.Priority, h.Deadline, h.Failure)
+		over := ""
+		if h.DeadlineOverridden {
+			over = " set by the operator"
+		}
+		fmt.Fprintf(w, "  %-10s %s %s %s (priority %d, deadline %s%s, %s)\n", h.Name, h.Phase, h.Method, h.Route, h.Priority, h.Deadline, over, h.Failure)
+		fmt.Fprintf(w, "  %-10s %d calls, %d failed, circuit %s\n", "", h.Calls, h.Failures, h.Circuit)
 	}
 	fmt.Fprintln(w, "Granted:")
 	for _, l := range st.Grant.Describe() {
@@ -418,6 +423,42 @@ func (c *cli) logsCmd() *cobra.Command {
 	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new lines until interrupted")
 	cmd.Flags().IntVarP(&tail, "tail", "n", 100, "lines of history to print (0: all kept)")
 	return cmd
+}
+
+func (c *cli) deadlineCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "deadline <name> <hook> <duration|default>",
+		Short: "Override a hook's deadline (\"default\" restores the manifest's)",
+		Long: `Override the deadline of one hook of a plugin, e.g. "dimplugctl deadline subs fetch 80ms".
+A call that misses its deadline fails according to the hook's failure policy.
+The override survives restarts and upgrades; "default" removes it.`,
+		Args:              exactArgs("<name>", "<hook>", "<duration|default>"),
+		ValidArgsFunction: c.completeNames,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var d time.Duration
+			if args[2] != "default" {
+				var err error
+				if d, err = time.ParseDuration(args[2]); err != nil || d <= 0 {
+					return usageError{fmt.Errorf("deadline %q: want a positive duration such as 50ms or 2s, or \"default\"", args[2])}
+				}
+			}
+			return c.withControl(func(ctx context.Context, ctl *host.Control) error {
+				st, err := ctl.SetHookDeadline(ctx, args[0], args[1], d)
+				if err != nil {
+					return err
+				}
+				if c.json {
+					return c.printJSON(st)
+				}
+				for _, h := range st.Hooks {
+					if h.Name == args[1] {
+						fmt.Fprintf(c.out, "%s hook %s: deadline %s\n", st.Name, h.Name, h.Deadline)
+					}
+				}
+				return nil
+			})
+		},
+	}
 }
 
 func (c *cli) statusCmd() *cobra.Command {

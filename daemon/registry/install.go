@@ -150,6 +150,16 @@ func (s *Store) installStaged(ctx context.Context, opt InstallOptions, fill func
 			old = &prev
 			rec.Enabled = prev.Enabled
 			rec.InstalledAt = prev.InstalledAt
+			for hook, d := range prev.Deadlines {
+				for _, h := range m.Hooks {
+					if h.Name == hook {
+						if rec.Deadlines == nil {
+							rec.Deadlines = map[string]manifest.Duration{}
+						}
+						rec.Deadlines[hook] = d
+					}
+				}
+			}
 			if opt.Grant == nil {
 				rec.Grant = clonePermissions(prev.Grant)
 			}

@@ -59,6 +59,9 @@ type Record struct {
 	Enabled bool `json:"enabled"`
 	// Grant is what the operator approved; the sandbox enforces it.
 	Grant manifest.Permissions `json:"grant"`
+	// Deadlines are the operator's overrides of hook deadlines, by hook
+	// name; they survive upgrades for hooks that still exist.
+	Deadlines map[string]manifest.Duration `json:"deadlines,omitempty"`
 	// InstalledAt is when the plugin was first installed; replacing it
 	// keeps the time.
 	InstalledAt time.Time `json:"installed_at"`
@@ -253,6 +256,36 @@ func (s *Store) SetGrant(name string, g manifest.Permissions) (Record, error) {
 	})
 	if err != nil {
 		return Record{}, fmt.Errorf("grant plugin %q: %w", name, err)
+	}
+	return rec, nil
+}
+
+// SetHookDeadline overrides the deadline of one of a plugin's hooks; zero
+// removes the override, restoring the manifest's deadline.
+func (s *Store) SetHookDeadline(name, hook string, d time.Duration) (Record, error) {
+	if d < 0 || d > manifest.MaxDeadline {
+		return Record{}, &invalidError{msg: fmt.Sprintf("hook deadline %s for plugin %q: must be between 0 (the manifest's) and %s", d, name, manifest.MaxDeadline)}
+	}
+	rec, err := s.update(name, func(r *Record) error {
+		found := false
+		for _, h := range r.Manifest.Hooks {
+			found = found || h.Name == hook
+		}
+		if !found {
+			return &invalidError{msg: fmt.Sprintf("plugin %q has no hook %q", name, hook)}
+		}
+		if d == 0 {
+			delete(r.Deadlines, hook)
+			return nil
+		}
+		if r.Deadlines == nil {
+			r.Deadlines = map[string]manifest.Duration{}
+		}
+		r.Deadlines[hook] = manifest.Duration{Duration: d}
+		return nil
+	})
+	if err != nil {
+		return Record{}, fmt.Errorf("set deadline of plugin %q hook %q: %w", name, hook, err)
 	}
 	return rec, nil
 }

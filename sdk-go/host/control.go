@@ -73,7 +73,12 @@ type HookInfo struct {
 	Route    string `json:"route"`
 	Priority int    `json:"priority"`
 	Deadline string `json:"deadline"`
-	Failure  string `json:"failure"`
+	// DeadlineOverridden: the operator set Deadline (dimplugctl deadline).
+	DeadlineOverridden bool   `json:"deadline_overridden,omitempty"`
+	Failure            string `json:"failure"`
+	Calls              uint64 `json:"calls"`
+	Failures           uint64 `json:"failures"`
+	Circuit            string `json:"circuit"` // closed, open or half-open
 }
 
 // PluginStatus is what the daemon knows about one installed plugin.
@@ -130,6 +135,7 @@ func readStatus(s schema.PluginStatus) PluginStatus {
 			st.Hooks = append(st.Hooks, HookInfo{
 				Name: t(h.Name()), Phase: h.Phase().String(), Method: t(h.Method()), Route: t(h.Route()),
 				Priority: int(h.Priority()), Deadline: (time.Duration(h.DeadlineMicros()) * time.Microsecond).String(), Failure: fp,
+				DeadlineOverridden: h.DeadlineOverridden(), Calls: h.Calls(), Failures: h.Failures(), Circuit: t(h.Circuit()),
 			})
 		}
 	}
@@ -241,6 +247,29 @@ func (c *Control) Disable(ctx context.Context, name string) (*PluginStatus, erro
 // Restart restarts a plugin, lifting a quarantine.
 func (c *Control) Restart(ctx context.Context, name string) (*PluginStatus, error) {
 	return byName[schema.Control_restart_Params, schema.Control_restart_Results_Future](ctx, wrapCall(c.c.Restart), name)
+}
+
+// SetHookDeadline overrides the deadline of one of a plugin's hooks; zero
+// restores the manifest's.
+func (c *Control) SetHookDeadline(ctx context.Context, name, hook string, d time.Duration) (*PluginStatus, error) {
+	fut, release := c.c.SetHookDeadline(ctx, func(p schema.Control_setHookDeadline_Params) error {
+		p.SetDeadlineMicros(uint64(d / time.Microsecond))
+		if err := p.SetHook(hook); err != nil {
+			return err
+		}
+		return p.SetName(name)
+	})
+	defer release()
+	res, err := fut.Struct()
+	if err != nil {
+		return nil, cleanErr(err)
+	}
+	s, err := res.Plugin()
+	if err != nil {
+		return nil, err
+	}
+	st := readStatus(s)
+	return &st, nil
 }
 
 // wrapCall adapts a generated method (whose ReleaseFunc is a named type) to
