@@ -41,7 +41,7 @@ func (ProcessRuntime) Start(ctx context.Context, spec *Spec) (Process, error) {
 	if cmd.Env == nil {
 		cmd.Env = []string{}
 	}
-	cmd.ExtraFiles = []*os.File{spec.Control}
+	cmd.ExtraFiles = spec.ExtraFiles()
 	if spec.Stdout != nil {
 		cmd.Stdout = spec.Stdout
 	}

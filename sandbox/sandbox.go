@@ -21,6 +21,10 @@ import (
 // reaches EOF.
 const ControlFD = 3
 
+// LaneFD is where a plugin finds the socket of its hook lane, when the
+// daemon provides one (see schema/lane.capnp).
+const LaneFD = 4
+
 // Spec describes one plugin instance to start. It is plain data: runtimes
 // must not keep references to it after Start returns, except to the files and
 // writers it names.
@@ -45,12 +49,24 @@ type Spec struct {
 	// passes it as fd ControlFD. Required. The caller keeps ownership and
 	// closes it after Start returns.
 	Control *os.File
+	// Lane is the plugin's end of its hook lane, passed as fd LaneFD.
+	// Optional; the caller keeps ownership as for Control.
+	Lane *os.File
 	// Stdout and Stderr receive the plugin's output. Nil discards it.
 	Stdout, Stderr io.Writer
 	// Limits are the resource limits granted to the instance.
 	Limits Limits
 	// Mounts are host paths granted to the plugin, always read-only.
 	Mounts []Mount
+}
+
+// ExtraFiles are the files a runtime passes from fd 3 on: the control socket
+// and, when set, the hook lane.
+func (s *Spec) ExtraFiles() []*os.File {
+	if s.Lane != nil {
+		return []*os.File{s.Control, s.Lane}
+	}
+	return []*os.File{s.Control}
 }
 
 // Limits bounds what one plugin instance may consume. Zero values mean the

@@ -45,6 +45,7 @@ struct PluginInfo {
   version @1 :Text;
   sdk @2 :Text;             # e.g. "dimplugd-sdk-go/0.1.0"
   phases @3 :List(Http.Phase);  # the phases the plugin has handlers for
+  lane @4 :Bool;                # the plugin serves the hook lane on fd 4 (lane.capnp)
 }
 
 interface Plugin {

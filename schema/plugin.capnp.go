@@ -570,12 +570,12 @@ type PluginInfo capnp.Struct
 const PluginInfo_TypeID = 0xe78d3c9ffd886ad5
 
 func NewPluginInfo(s *capnp.Segment) (PluginInfo, error) {
-	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 4})
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 8, PointerCount: 4})
 	return PluginInfo(st), err
 }
 
 func NewRootPluginInfo(s *capnp.Segment) (PluginInfo, error) {
-	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 4})
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 8, PointerCount: 4})
 	return PluginInfo(st), err
 }
 
@@ -688,13 +688,20 @@ func (s PluginInfo) NewPhases(n int32) (Phase_List, error) {
 	err = capnp.Struct(s).SetPtr(3, l.ToPtr())
 	return l, err
 }
+func (s PluginInfo) Lane() bool {
+	return capnp.Struct(s).Bit(0)
+}
+
+func (s PluginInfo) SetLane(v bool) {
+	capnp.Struct(s).SetBit(0, v)
+}
 
 // PluginInfo_List is a list of PluginInfo.
 type PluginInfo_List = capnp.StructList[PluginInfo]
 
 // NewPluginInfo creates a new list of PluginInfo.
 func NewPluginInfo_List(s *capnp.Segment, sz int32) (PluginInfo_List, error) {
-	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 0, PointerCount: 4}, sz)
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 8, PointerCount: 4}, sz)
 	return capnp.StructList[PluginInfo](l), err
 }
 

@@ -162,7 +162,7 @@ func (r *Runtime) prepare(ctx context.Context, spec *sandbox.Spec, verb string) 
 		Cwd:        "/",
 		Stdout:     orNil(spec.Stdout),
 		Stderr:     orNil(spec.Stderr),
-		ExtraFiles: []*os.File{spec.Control},
+		ExtraFiles: spec.ExtraFiles(),
 		Init:       true,
 	}
 	if err := c.Start(lp); err != nil {

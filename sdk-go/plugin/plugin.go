@@ -109,6 +109,7 @@ type Option func(*config)
 type config struct {
 	version  string
 	versions []uint16
+	lane     net.Conn
 }
 
 // WithVersion sets the version the plugin reports about itself (the
@@ -119,6 +120,14 @@ func WithVersion(v string) Option { return func(c *config) { c.version = v } }
 // WithProtocolVersions overrides the protocol versions the plugin offers.
 // Only tests need it.
 func WithProtocolVersions(vs ...uint16) Option { return func(c *config) { c.versions = vs } }
+
+// WithLane serves the hook lane (schema/lane.capnp) on c, which Serve
+// closes. Serve sets it up by itself from fd 4; only tests and custom
+// launchers need it.
+func WithLane(c net.Conn) Option { return func(cfg *config) { cfg.lane = c } }
+
+// LaneFD is where the daemon passes the hook lane's socket.
+const LaneFD = 4
 
 // ErrNotUnderDaemon is returned by Serve when the process was not started by
 // dimplugd (there is no control socket on fd 3).
@@ -141,6 +150,14 @@ func Serve(p any, opts ...Option) error {
 	if err != nil {
 		return fmt.Errorf("%w (%v)", ErrNotUnderDaemon, err)
 	}
+	// The hook lane is optional: a daemon that passes no fd 4 gets hook
+	// calls over RPC only.
+	if lf := os.NewFile(LaneFD, "dimplugd-lane"); lf != nil {
+		if lc, err := net.FileConn(lf); err == nil {
+			opts = append([]Option{WithLane(lc)}, opts...)
+		}
+		lf.Close()
+	}
 	return ServeConn(ctx, conn, p, opts...)
 }
 
@@ -158,6 +175,20 @@ func ServeConn(ctx context.Context, rwc io.ReadWriteCloser, p any, opts ...Optio
 	s := newServer(p, cfg)
 	boot := schema.PluginBootstrap_ServerToClient(&bootstrap{s: s})
 	conn := wire.NewConn(rwc, capnpClient(boot), quietLogger{})
+	laneDone := make(chan struct{})
+	laneCtx, stopLane := context.WithCancel(context.Background())
+	if cfg.lane != nil {
+		go func() { // ends when the lane closes or stopLane
+			defer close(laneDone)
+			_ = wire.ServeLane(laneCtx, cfg.lane, s.laneHook)
+		}()
+	} else {
+		close(laneDone)
+	}
+	defer func() {
+		stopLane()
+		<-laneDone
+	}()
 
 	var err error
 	select {

@@ -136,6 +136,7 @@ func (b *bootstrap) Handshake(ctx context.Context, call schema.PluginBootstrap_h
 }
 
 func writeInfo(info schema.PluginInfo, name string, s *server) error {
+	info.SetLane(s.cfg.lane != nil)
 	if err := info.SetName(name); err != nil {
 		return err
 	}
@@ -195,17 +196,38 @@ func (ps *pluginServer) Stop(ctx context.Context, call schema.Plugin_stop) error
 }
 
 func (ps *pluginServer) Hook(ctx context.Context, call schema.Plugin_hook) error {
-	s := ps.s
-	if err := s.begin(); err != nil {
-		return err
-	}
-	defer s.inflight.Done()
 	call.Go() // hooks run concurrently
-
 	hc, err := call.Args().Call()
 	if err != nil {
 		return err
 	}
+	return ps.s.hook(ctx, hc, func() (schema.HookResult, error) {
+		results, err := call.AllocResults()
+		if err != nil {
+			return schema.HookResult{}, err
+		}
+		return results.NewResult()
+	})
+}
+
+// laneHook answers a hook call that came on the hook lane.
+func (s *server) laneHook(ctx context.Context, req, reply schema.LaneFrame) error {
+	if req.Which() != schema.LaneFrame_Which_hook {
+		return fmt.Errorf("hook lane: unexpected %s frame", req.Which())
+	}
+	hc, err := req.Hook()
+	if err != nil {
+		return err
+	}
+	return s.hook(ctx, hc, reply.NewHookResult)
+}
+
+// hook runs one hook call, from RPC or the lane; alloc makes the result.
+func (s *server) hook(ctx context.Context, hc schema.HookCall, alloc func() (schema.HookResult, error)) error {
+	if err := s.begin(); err != nil {
+		return err
+	}
+	defer s.inflight.Done()
 	hook, err := hc.Hook()
 	if err != nil {
 		return err
@@ -234,11 +256,7 @@ func (ps *pluginServer) Hook(ctx context.Context, call schema.Plugin_hook) error
 			return err
 		}
 	}
-	results, err := call.AllocResults()
-	if err != nil {
-		return err
-	}
-	out, err := results.NewResult()
+	out, err := alloc()
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,42 @@
+package daemon
+
+import (
+	"context"
+	"net/http"
+	"sort"
+	"testing"
+	"time"
+
+	"github.com/dimplugd/dimplugd/sdk-go/host"
+)
+
+// BenchmarkHookedDispatch measures one response-phase hook through the
+// daemon to a sandboxed plugin and back (the bench/ harness compares it
+// with go-plugin; this keeps a number next to the code).
+func BenchmarkHookedDispatch(b *testing.B) {
+	td := startDaemon(b, testRuntime(b), fastSupervision)
+	td.install(b, pluginDir(b, testplugManifest("bench", nil, hooks("request", "GET", "/api/v1/media/:id", "2s", "fail-open", 0))))
+	waitState(b, td.ctl, "bench", 30*time.Second, "running", running)
+	s := dial(b, td.socket)
+	req := get("/api/v1/media/42")
+	for i := 0; i < 8; i++ {
+		req.Header.Set("X-Header-"+string(rune('a'+i)), "some header value")
+	}
+	req.Body = make([]byte, 128)
+	ctx := context.Background()
+	lat := make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		t0 := time.Now()
+		res, err := s.Dispatch(ctx, host.PhaseRequest, req, nil)
+		if err != nil || res.Kind != host.MutateRequest {
+			b.Fatalf("dispatch: %v %+v", err, res)
+		}
+		lat = append(lat, time.Since(t0))
+	}
+	b.StopTimer()
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
+	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
+	_ = http.MethodGet
+}

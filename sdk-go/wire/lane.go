@@ -1,0 +1,276 @@
+package wire
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+
+	"capnproto.org/go/capnp/v3"
+
+	"github.com/dimplugd/dimplugd/schema"
+)
+
+// LanePreamble opens a host's hook lane on the daemon's socket; the daemon
+// echoes it. See schema/lane.capnp.
+const LanePreamble = "DPLANE1\n"
+
+// maxLaneFrame bounds one frame (length prefix excluded).
+const maxLaneFrame = MaxMessageSize + 8
+
+// ErrLaneClosed is returned by calls on a lane whose connection ended.
+var ErrLaneClosed = errors.New("hook lane closed")
+
+// writeFrame sends one frame. Writes are serialized by mu; each frame goes
+// out in one writev.
+func writeFrame(c net.Conn, mu *sync.Mutex, id uint64, msg *capnp.Message) error {
+	body, err := msg.Marshal()
+	if err != nil {
+		return err
+	}
+	var hdr [12]byte
+	binary.LittleEndian.PutUint32(hdr[:4], uint32(8+len(body)))
+	binary.LittleEndian.PutUint64(hdr[4:], id)
+	bufs := net.Buffers{hdr[:], body}
+	mu.Lock()
+	defer mu.Unlock()
+	_, err = bufs.WriteTo(c)
+	return err
+}
+
+// readFrame reads one frame; the message owns its buffer.
+func readFrame(r *bufio.Reader) (uint64, *capnp.Message, error) {
+	var hdr [12]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return 0, nil, err
+	}
+	n := binary.LittleEndian.Uint32(hdr[:4])
+	if n < 8 || n > maxLaneFrame {
+		return 0, nil, fmt.Errorf("hook lane: frame of %d bytes out of bounds", n)
+	}
+	id := binary.LittleEndian.Uint64(hdr[4:])
+	buf := make([]byte, n-8)
+	if _, err := io.ReadFull(r, buf); err != nil {
+		return 0, nil, err
+	}
+	msg, err := capnp.Unmarshal(buf)
+	if err != nil {
+		return 0, nil, fmt.Errorf("hook lane: %w", err)
+	}
+	return id, msg, nil
+}
+
+// NewFrame returns a new message with a LaneFrame root, for a request or a
+// reply.
+func NewFrame() (*capnp.Message, schema.LaneFrame, error) {
+	msg, seg, err := capnp.NewMessage(capnp.SingleSegment(nil))
+	if err != nil {
+		return nil, schema.LaneFrame{}, err
+	}
+	f, err := schema.NewRootLaneFrame(seg)
+	return msg, f, err
+}
+
+// LaneClient makes calls on a hook lane. It is safe for concurrent use; one
+// goroutine, owned by the client, reads replies until the connection ends.
+type LaneClient struct {
+	c   net.Conn
+	wmu sync.Mutex
+
+	mu      sync.Mutex
+	nextID  uint64
+	pending map[uint64]chan *capnp.Message
+	err     error // set when the reader stops
+	done    chan struct{}
+}
+
+// NewLaneClient starts a client on c, which it owns.
+func NewLaneClient(c net.Conn) *LaneClient {
+	l := &LaneClient{c: c, pending: map[uint64]chan *capnp.Message{}, done: make(chan struct{})}
+	go l.read()
+	return l
+}
+
+func (l *LaneClient) read() {
+	r := bufio.NewReaderSize(l.c, 64<<10)
+	var err error
+	for {
+		var id uint64
+		var msg *capnp.Message
+		if id, msg, err = readFrame(r); err != nil {
+			break
+		}
+		l.mu.Lock()
+		ch, ok := l.pending[id]
+		delete(l.pending, id)
+		l.mu.Unlock()
+		if ok {
+			ch <- msg // buffered: never blocks
+		}
+	}
+	if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
+		err = ErrLaneClosed
+	}
+	l.mu.Lock()
+	l.err = err
+	for id, ch := range l.pending {
+		close(ch)
+		delete(l.pending, id)
+	}
+	l.mu.Unlock()
+	close(l.done)
+}
+
+// Done is closed when the lane's connection has ended.
+func (l *LaneClient) Done() <-chan struct{} { return l.done }
+
+// Close ends the lane; calls in flight fail.
+func (l *LaneClient) Close() error {
+	err := l.c.Close()
+	<-l.done
+	return err
+}
+
+// Call sends the request built by fill and waits for the reply, which the
+// caller reads and then releases. When ctx ends first, Call sends cancel and
+// returns ctx's error.
+func (l *LaneClient) Call(ctx context.Context, fill func(schema.LaneFrame) error) (*capnp.Message, schema.LaneFrame, error) {
+	msg, f, err := NewFrame()
+	if err != nil {
+		return nil, schema.LaneFrame{}, err
+	}
+	defer msg.Release()
+	if err := fill(f); err != nil {
+		return nil, schema.LaneFrame{}, err
+	}
+	ch := make(chan *capnp.Message, 1)
+	l.mu.Lock()
+	if l.err != nil {
+		err := l.err
+		l.mu.Unlock()
+		return nil, schema.LaneFrame{}, err
+	}
+	l.nextID++
+	id := l.nextID
+	l.pending[id] = ch
+	l.mu.Unlock()
+	if err := writeFrame(l.c, &l.wmu, id, msg); err != nil {
+		l.forget(id)
+		return nil, schema.LaneFrame{}, fmt.Errorf("hook lane: %w", err)
+	}
+	select {
+	case reply, ok := <-ch:
+		if !ok {
+			l.mu.Lock()
+			err := l.err
+			l.mu.Unlock()
+			return nil, schema.LaneFrame{}, err
+		}
+		rf, err := schema.ReadRootLaneFrame(reply)
+		if err != nil {
+			reply.Release()
+			return nil, schema.LaneFrame{}, err
+		}
+		if rf.Which() == schema.LaneFrame_Which_error {
+			text, _ := rf.Error()
+			reply.Release()
+			return nil, schema.LaneFrame{}, errors.New(text)
+		}
+		return reply, rf, nil
+	case <-ctx.Done():
+		l.forget(id)
+		if cm, cf, err := NewFrame(); err == nil {
+			cf.SetCancel()
+			_ = writeFrame(l.c, &l.wmu, id, cm)
+			cm.Release()
+		}
+		return nil, schema.LaneFrame{}, ctx.Err()
+	}
+}
+
+func (l *LaneClient) forget(id uint64) {
+	l.mu.Lock()
+	delete(l.pending, id)
+	l.mu.Unlock()
+}
+
+// LaneHandler answers one request frame by filling reply. An error becomes
+// an error frame.
+type LaneHandler func(ctx context.Context, req schema.LaneFrame, reply schema.LaneFrame) error
+
+// ServeLane answers requests on c until it ends or ctx is done, running each
+// request on its own goroutine; a cancel frame cancels that request's
+// context. It closes c and returns once every handler has finished.
+func ServeLane(ctx context.Context, c net.Conn, h LaneHandler) error {
+	ctx, cancelAll := context.WithCancel(ctx)
+	defer cancelAll()
+	go func() { <-ctx.Done(); c.Close() }()
+
+	var (
+		wmu      sync.Mutex
+		mu       sync.Mutex
+		inflight = map[uint64]context.CancelFunc{}
+		wg       sync.WaitGroup
+	)
+	r := bufio.NewReaderSize(c, 64<<10)
+	var err error
+	for {
+		var id uint64
+		var msg *capnp.Message
+		if id, msg, err = readFrame(r); err != nil {
+			break
+		}
+		f, ferr := schema.ReadRootLaneFrame(msg)
+		if ferr == nil && f.Which() == schema.LaneFrame_Which_cancel {
+			mu.Lock()
+			if cancel, ok := inflight[id]; ok {
+				cancel()
+			}
+			mu.Unlock()
+			msg.Release()
+			continue
+		}
+		cctx, cancel := context.WithCancel(ctx)
+		mu.Lock()
+		inflight[id] = cancel
+		mu.Unlock()
+		wg.Add(1)
+		go func() { // one per request; ends when the handler returns
+			defer wg.Done()
+			defer func() {
+				mu.Lock()
+				delete(inflight, id)
+				mu.Unlock()
+				cancel()
+			}()
+			defer msg.Release()
+			rm, rf, err := NewFrame()
+			if err != nil {
+				return
+			}
+			herr := ferr
+			if herr == nil {
+				herr = h(cctx, f, rf)
+			}
+			if herr != nil {
+				rm.Release()
+				if rm, rf, err = NewFrame(); err != nil {
+					return
+				}
+				_ = rf.SetError(RemoteMessage(herr))
+			}
+			_ = writeFrame(c, &wmu, id, rm)
+			rm.Release()
+		}()
+	}
+	c.Close()
+	wg.Wait()
+	if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
+		return nil
+	}
+	return err
+}
