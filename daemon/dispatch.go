@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"capnproto.org/go/capnp/v3"
 	"capnproto.org/go/capnp/v3/exc"
 
 	"github.com/dimplugd/dimplugd/schema"
@@ -211,7 +212,7 @@ func (d *Daemon) callHook(ctx context.Context, h *hookRef, phase schema.Phase, r
 		h.breaker.release()
 		return answer{}, hookErr(h, schema.HookErrorKind_unavailable, err.Error()+" "+where)
 	}
-	defer client.Release()
+	defer client.release()
 	a, herr := d.call(ctx, client, h, phase, req, params, resp, where)
 	// The host giving up and the plugin going away say nothing about the
 	// hook's health.
@@ -223,16 +224,12 @@ func (d *Daemon) callHook(ctx context.Context, h *hookRef, phase schema.Phase, r
 	return a, herr
 }
 
-func (d *Daemon) call(ctx context.Context, client schema.Plugin, h *hookRef, phase schema.Phase, req *wire.Request, params []manifest.Param, resp *wire.Response, where string) (answer, *wire.HookError) {
+func (d *Daemon) call(ctx context.Context, ref pluginRef, h *hookRef, phase schema.Phase, req *wire.Request, params []manifest.Param, resp *wire.Response, where string) (answer, *wire.HookError) {
 	deadline := h.hook.Deadline.Duration
 	start := time.Now()
 	cctx, cancel := context.WithTimeout(ctx, deadline)
 	defer cancel()
-	fut, release := client.Hook(cctx, func(p schema.Plugin_hook_Params) error {
-		hc, err := p.NewCall()
-		if err != nil {
-			return err
-		}
+	fill := func(hc schema.HookCall) error {
 		if err := hc.SetHook(h.hook.Name); err != nil {
 			return err
 		}
@@ -259,9 +256,46 @@ func (d *Daemon) call(ctx context.Context, client schema.Plugin, h *hookRef, pha
 			return wire.WriteResponse(rs, resp)
 		}
 		return nil
-	})
-	defer release()
-	res, err := fut.Struct()
+	}
+
+	var result schema.HookResult
+	var err error
+	if ref.lane != nil {
+		var reply *capnp.Message
+		var rf schema.LaneFrame
+		reply, rf, err = ref.lane.Call(cctx, func(f schema.LaneFrame) error {
+			hc, err := f.NewHook()
+			if err != nil {
+				return err
+			}
+			return fill(hc)
+		})
+		if err == nil {
+			defer reply.Release()
+			if rf.Which() != schema.LaneFrame_Which_hookResult {
+				err = fmt.Errorf("unexpected %s reply on the hook lane", rf.Which())
+			} else {
+				result, err = rf.HookResult()
+			}
+		} else if errors.Is(err, wire.ErrLaneClosed) {
+			return answer{}, hookErr(h, schema.HookErrorKind_unavailable, "stopped while handling the request "+where)
+		}
+	} else {
+		fut, release := ref.plugin.Hook(cctx, func(p schema.Plugin_hook_Params) error {
+			hc, err := p.NewCall()
+			if err != nil {
+				return err
+			}
+			return fill(hc)
+		})
+		defer release()
+		var res schema.Plugin_hook_Results
+		if res, err = fut.Struct(); err == nil {
+			result, err = res.Result()
+		} else if isDisconnected(err) && !errors.Is(cctx.Err(), context.DeadlineExceeded) && ctx.Err() == nil {
+			return answer{}, hookErr(h, schema.HookErrorKind_unavailable, "stopped while handling the request "+where)
+		}
+	}
 	if err != nil {
 		// The plugin enforces the same deadline and may answer with its own
 		// "context deadline exceeded" a moment before ours fires.
@@ -272,16 +306,10 @@ func (d *Daemon) call(ctx context.Context, client schema.Plugin, h *hookRef, pha
 			return answer{}, hookErr(h, schema.HookErrorKind_timeout, fmt.Sprintf("exceeded its %s deadline %s", deadline, where))
 		case ctx.Err() != nil:
 			return answer{}, hookErr(h, schema.HookErrorKind_unavailable, "the host cancelled the request "+where)
-		case isDisconnected(err):
-			return answer{}, hookErr(h, schema.HookErrorKind_unavailable, "stopped while handling the request "+where)
 		}
 		return answer{}, hookErr(h, schema.HookErrorKind_failed, "failed "+where+": "+wire.RemoteMessage(err))
 	}
-	r, err := res.Result()
-	if err != nil {
-		return answer{}, hookErr(h, schema.HookErrorKind_failed, "sent an unreadable result "+where+": "+err.Error())
-	}
-	a, err := readAnswer(r)
+	a, err := readAnswer(result)
 	if err != nil {
 		return answer{}, hookErr(h, schema.HookErrorKind_failed, "sent an unreadable result "+where+": "+err.Error())
 	}

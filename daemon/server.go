@@ -1,9 +1,11 @@
 package daemon
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -12,7 +14,6 @@ import (
 	"time"
 
 	"capnproto.org/go/capnp/v3"
-	"capnproto.org/go/capnp/v3/rpc"
 
 	"github.com/dimplugd/dimplugd/schema"
 	"github.com/dimplugd/dimplugd/sdk-go/wire"
@@ -25,9 +26,10 @@ type server struct {
 	ln   *net.UnixListener
 	path string
 
-	mu    sync.Mutex
-	conns map[*rpc.Conn]struct{}
-	wg    sync.WaitGroup
+	mu      sync.Mutex
+	conns   map[net.Conn]struct{}
+	closing bool
+	wg      sync.WaitGroup
 }
 
 func listen(d *Daemon, path string, mode os.FileMode) (*server, error) {
@@ -56,7 +58,7 @@ func listen(d *Daemon, path string, mode os.FileMode) (*server, error) {
 		ln.Close()
 		return nil, fmt.Errorf("set socket mode: %w", err)
 	}
-	s := &server{d: d, ln: ln, path: path, conns: map[*rpc.Conn]struct{}{}}
+	s := &server{d: d, ln: ln, path: path, conns: map[net.Conn]struct{}{}}
 	s.wg.Add(1)
 	go s.accept()
 	return s, nil
@@ -72,26 +74,124 @@ func (s *server) accept() {
 			}
 			return
 		}
-		gw := schema.Daemon_ServerToClient(&gateway{d: s.d})
-		conn := wire.NewConn(c, capnp.Client(gw), rpcLogger{})
-		s.mu.Lock()
-		s.conns[conn] = struct{}{}
-		s.mu.Unlock()
 		s.wg.Add(1)
 		go func() { // owned by the server; ends when the client disconnects or close
 			defer s.wg.Done()
-			<-conn.Done()
-			s.mu.Lock()
-			delete(s.conns, conn)
-			s.mu.Unlock()
+			s.serve(c)
 		}()
 	}
 }
 
+// serve runs one client connection: Cap'n Proto RPC, or the hook lane when
+// the client opens with its preamble (see schema/lane.capnp).
+func (s *server) serve(c *net.UnixConn) {
+	br := bufio.NewReaderSize(c, 64<<10)
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	first, err := br.Peek(1)
+	c.SetReadDeadline(time.Time{})
+	if err != nil {
+		c.Close()
+		return
+	}
+	bc := &bufferedConn{Conn: c, r: br}
+	if first[0] == wire.LanePreamble[0] {
+		s.serveLane(bc)
+		return
+	}
+	gw := schema.Daemon_ServerToClient(&gateway{d: s.d})
+	conn := wire.NewConn(bc, capnp.Client(gw), rpcLogger{})
+	if !s.track(bc, true) {
+		conn.Close()
+		return
+	}
+	defer s.track(bc, false)
+	<-conn.Done()
+}
+
+// track records open connections so that close can end them. Once the
+// server is closing it refuses new ones (and closes them).
+func (s *server) track(c net.Conn, open bool) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !open {
+		delete(s.conns, c)
+		return true
+	}
+	if s.closing {
+		c.Close()
+		return false
+	}
+	s.conns[c] = struct{}{}
+	return true
+}
+
+func (s *server) serveLane(c *bufferedConn) {
+	defer c.Close()
+	pre := make([]byte, len(wire.LanePreamble))
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(c, pre); err != nil || string(pre) != wire.LanePreamble {
+		return
+	}
+	c.SetReadDeadline(time.Time{})
+	if _, err := io.WriteString(c, wire.LanePreamble); err != nil {
+		return
+	}
+	if !s.track(c, true) {
+		return
+	}
+	defer s.track(c, false)
+	_ = wire.ServeLane(s.d.ctx, c, s.d.laneDispatch)
+}
+
+// laneDispatch answers a dispatch call on a host's hook lane.
+func (d *Daemon) laneDispatch(ctx context.Context, req, reply schema.LaneFrame) error {
+	if req.Which() != schema.LaneFrame_Which_dispatch {
+		return fmt.Errorf("hook lane: unexpected %s frame", req.Which())
+	}
+	d.dispatches.Add(1)
+	ld, err := req.Dispatch()
+	if err != nil {
+		return err
+	}
+	rq, err := ld.Request()
+	if err != nil {
+		return err
+	}
+	r, err := wire.ReadRequest(rq)
+	if err != nil {
+		return err
+	}
+	var resp *wire.Response
+	if p := ld.Phase(); p == schema.Phase_response || p == schema.Phase_observe {
+		rs, err := ld.Response()
+		if err != nil {
+			return err
+		}
+		if resp, err = wire.ReadResponse(rs); err != nil {
+			return err
+		}
+	}
+	out := d.dispatch(ctx, ld.Phase(), r, resp)
+	dr, err := reply.NewDispatchResult()
+	if err != nil {
+		return err
+	}
+	return writeOutcome(dr, out)
+}
+
+// bufferedConn reads through the buffer that peeked at the first byte.
+type bufferedConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (b *bufferedConn) Read(p []byte) (int, error) { return b.r.Read(p) }
+
 func (s *server) close() {
 	s.ln.Close()
 	s.mu.Lock()
-	conns := make([]*rpc.Conn, 0, len(s.conns))
+	s.closing = true
+	conns := make([]net.Conn, 0, len(s.conns))
 	for c := range s.conns {
 		conns = append(conns, c)
 	}

@@ -65,6 +65,7 @@ type instance struct {
 	proc    sandbox.Process
 	conn    *rpc.Conn
 	plugin  schema.Plugin
+	lane    *wire.LaneClient // nil when the plugin does not serve the hook lane
 	version uint16
 	started time.Time
 	ioDone  chan struct{} // stdout and stderr copied to the end
@@ -267,6 +268,7 @@ type launch struct {
 	id         string
 	key        string // what it was built from (see specKey)
 	nc         net.Conn
+	lane       net.Conn // the daemon's end of the hook lane
 	outR, errR *os.File
 	prepared   sandbox.Prepared // set while it is a standby
 }
@@ -276,6 +278,7 @@ func (l *launch) close() {
 		l.prepared.Discard()
 	}
 	l.nc.Close()
+	l.lane.Close()
 	l.outR.Close()
 	l.errR.Close()
 }
@@ -293,28 +296,30 @@ func (u *unit) newLaunch(rec registry.Record) (*launch, *sandbox.Spec, func(), e
 	u.seq++
 	id := fmt.Sprintf("%s-%d", u.name, u.seq)
 	u.mu.Unlock()
-	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	nc, theirs, err := socketpair("control")
 	if err != nil {
-		return nil, nil, nil, fmt.Errorf("create control socket: %w", err)
+		return nil, nil, nil, err
 	}
-	ours := os.NewFile(uintptr(fds[0]), "control")
-	theirs := os.NewFile(uintptr(fds[1]), "control-plugin")
-	nc, err := net.FileConn(ours)
-	ours.Close()
+	lane, theirLane, err := socketpair("lane")
 	if err != nil {
+		nc.Close()
 		theirs.Close()
-		return nil, nil, nil, fmt.Errorf("control socket: %w", err)
+		return nil, nil, nil, err
 	}
 	outR, outW, err := os.Pipe()
 	if err != nil {
 		nc.Close()
 		theirs.Close()
+		lane.Close()
+		theirLane.Close()
 		return nil, nil, nil, err
 	}
 	errR, errW, err := os.Pipe()
 	if err != nil {
 		nc.Close()
 		theirs.Close()
+		lane.Close()
+		theirLane.Close()
 		outR.Close()
 		outW.Close()
 		return nil, nil, nil, err
@@ -332,6 +337,7 @@ func (u *unit) newLaunch(rec registry.Record) (*launch, *sandbox.Spec, func(), e
 			"DIMPLUGD_INSTANCE=" + id,
 		},
 		Control: theirs,
+		Lane:    theirLane,
 		Stdout:  outW,
 		Stderr:  errW,
 		Limits:  limitsFromGrant(rec.Grant),
@@ -339,10 +345,29 @@ func (u *unit) newLaunch(rec registry.Record) (*launch, *sandbox.Spec, func(), e
 	}
 	closeTheirs := func() {
 		theirs.Close()
+		theirLane.Close()
 		outW.Close()
 		errW.Close()
 	}
-	return &launch{id: id, key: specKey(rec), nc: nc, outR: outR, errR: errR}, spec, closeTheirs, nil
+	return &launch{id: id, key: specKey(rec), nc: nc, lane: lane, outR: outR, errR: errR}, spec, closeTheirs, nil
+}
+
+// socketpair returns the daemon's end as a net.Conn and the plugin's as a
+// file to pass on.
+func socketpair(what string) (net.Conn, *os.File, error) {
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, fmt.Errorf("create %s socket: %w", what, err)
+	}
+	ours := os.NewFile(uintptr(fds[0]), what)
+	theirs := os.NewFile(uintptr(fds[1]), what+"-plugin")
+	c, err := net.FileConn(ours)
+	ours.Close()
+	if err != nil {
+		theirs.Close()
+		return nil, nil, fmt.Errorf("%s socket: %w", what, err)
+	}
+	return c, theirs, nil
 }
 
 // prepareStandby sets up the plugin's next instance ahead of need, when the
@@ -458,7 +483,13 @@ func (u *unit) start(ctx context.Context) (*instance, error) {
 	inst.conn = wire.NewConn(l.nc, capnp.Client{}, rpcLogger{})
 	u.logf("%s instance %s (pid %d, runtime %s)", how, l.id, proc.Pid(), u.d.cfg.Runtime.Name())
 
-	if err := u.handshake(ctx, inst, rec); err != nil {
+	laneOK, err := u.handshake(ctx, inst, rec)
+	if laneOK {
+		inst.lane = wire.NewLaneClient(l.lane)
+	} else {
+		l.lane.Close()
+	}
+	if err != nil {
 		// Say how the process ended if it did, which is usually the
 		// real story ("exited with code 2").
 		select {
@@ -478,7 +509,9 @@ func (u *unit) start(ctx context.Context) (*instance, error) {
 	return inst, nil
 }
 
-func (u *unit) handshake(ctx context.Context, inst *instance, rec registry.Record) error {
+// handshake negotiates with a new instance and reports whether it serves
+// the hook lane.
+func (u *unit) handshake(ctx context.Context, inst *instance, rec registry.Record) (lane bool, err error) {
 	hctx, cancel := context.WithTimeout(ctx, u.d.sup.StartTimeout)
 	defer cancel()
 	boot := schema.PluginBootstrap(inst.conn.Bootstrap(hctx))
@@ -516,29 +549,29 @@ func (u *unit) handshake(ctx context.Context, inst *instance, rec registry.Recor
 	res, err := fut.Struct()
 	if err != nil {
 		if hctx.Err() == context.DeadlineExceeded {
-			return fmt.Errorf("no handshake within %s", u.d.sup.StartTimeout)
+			return false, fmt.Errorf("no handshake within %s", u.d.sup.StartTimeout)
 		}
-		return fmt.Errorf("handshake: %s", wire.RemoteMessage(err))
+		return false, fmt.Errorf("handshake: %s", wire.RemoteMessage(err))
 	}
 	theirs, err := wire.ReadVersions(res.PluginVersions())
 	if err != nil {
-		return fmt.Errorf("handshake: %w", err)
+		return false, fmt.Errorf("handshake: %w", err)
 	}
 	if res.Version() == 0 {
 		_, err := schema.Negotiate("plugin", "the daemon", fmt.Sprintf("plugin %q", u.name), u.d.versions, theirs)
 		if err == nil {
 			err = fmt.Errorf("plugin %q refused every version the daemon offered", u.name)
 		}
-		return &permanentError{err}
+		return false, &permanentError{err}
 	}
 	inst.version = res.Version()
 	info, err := res.Info()
 	if err != nil {
-		return fmt.Errorf("handshake: %w", err)
+		return false, fmt.Errorf("handshake: %w", err)
 	}
 	pl, err := info.Phases()
 	if err != nil {
-		return fmt.Errorf("handshake: %w", err)
+		return false, fmt.Errorf("handshake: %w", err)
 	}
 	have := map[schema.Phase]bool{}
 	for i := 0; i < pl.Len(); i++ {
@@ -546,11 +579,11 @@ func (u *unit) handshake(ctx context.Context, inst *instance, rec registry.Recor
 	}
 	for _, h := range rec.Manifest.Hooks {
 		if p := phaseOf(h.Phase); !have[p] {
-			return &permanentError{fmt.Errorf("manifest declares %s hook %q but the plugin has no %s handler", h.Phase, h.Name, h.Phase)}
+			return false, &permanentError{fmt.Errorf("manifest declares %s hook %q but the plugin has no %s handler", h.Phase, h.Name, h.Phase)}
 		}
 	}
 	inst.plugin = res.Plugin().AddRef()
-	return nil
+	return info.Lane(), nil
 }
 
 // supervise watches a running instance until it ends or should stop. It
@@ -653,6 +686,9 @@ func (u *unit) teardown(inst *instance) {
 	}
 	u.mu.Unlock()
 	inst.plugin.Release()
+	if inst.lane != nil {
+		inst.lane.Close()
+	}
 	inst.conn.Close()
 	if err := inst.proc.Destroy(); err != nil {
 		u.d.log.Warn("destroy plugin instance", "plugin", u.name, "instance", inst.id, "err", err)
@@ -664,21 +700,33 @@ func (u *unit) teardown(inst *instance) {
 	}
 }
 
-// client returns a reference to the running instance's Plugin capability,
-// or an error saying why there is none. The caller releases the client.
-func (u *unit) client() (schema.Plugin, error) {
+// pluginRef is how to call a running instance: its hook lane when it
+// serves one, else its Plugin capability.
+type pluginRef struct {
+	lane   *wire.LaneClient
+	plugin schema.Plugin // a reference of the caller's, released by release
+}
+
+func (r pluginRef) release() { r.plugin.Release() }
+
+// client returns how to call the running instance, or an error saying why
+// there is none. The caller releases the reference.
+func (u *unit) client() (pluginRef, error) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if u.inst != nil {
-		return u.inst.plugin.AddRef(), nil
+		if u.inst.lane != nil {
+			return pluginRef{lane: u.inst.lane}, nil
+		}
+		return pluginRef{plugin: u.inst.plugin.AddRef()}, nil
 	}
 	switch u.state {
 	case StateBackoff, StateQuarantined, StateFailed:
-		return schema.Plugin{}, fmt.Errorf("is not running (%s: %s)", u.state, u.detail)
+		return pluginRef{}, fmt.Errorf("is not running (%s: %s)", u.state, u.detail)
 	case StateStarting:
-		return schema.Plugin{}, errors.New("is not running (starting)")
+		return pluginRef{}, errors.New("is not running (starting)")
 	}
-	return schema.Plugin{}, fmt.Errorf("is not running (%s)", u.state)
+	return pluginRef{}, fmt.Errorf("is not running (%s)", u.state)
 }
 
 func phaseOf(p manifest.Phase) schema.Phase {

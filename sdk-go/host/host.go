@@ -10,8 +10,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"sync"
+	"time"
 
 	"capnproto.org/go/capnp/v3"
 	"capnproto.org/go/capnp/v3/rpc"
@@ -45,7 +47,13 @@ type Option func(*options)
 type options struct {
 	client   string
 	versions []uint16
+	noLane   bool
 }
+
+// WithoutLane makes the session dispatch over Cap'n Proto RPC only, without
+// opening the hook lane (schema/lane.capnp). Results are the same; the lane
+// is faster.
+func WithoutLane() Option { return func(o *options) { o.noLane = true } }
 
 // WithClientName names the host in the daemon's log ("dim 0.4.0").
 func WithClientName(name string) Option { return func(o *options) { o.client = name } }
@@ -80,6 +88,7 @@ type Session struct {
 	conn    *rpc.Conn
 	s       schema.HostSession
 	version uint16
+	lane    *wire.LaneClient // nil: dispatch over RPC
 
 	mu       sync.Mutex
 	watching bool
@@ -116,8 +125,40 @@ func Dial(ctx context.Context, socket string, opts ...Option) (*Session, error) 
 		_, err := schema.Negotiate("host", "this host", "the daemon", o.versions, theirs)
 		return nil, err
 	}
-	return &Session{conn: conn, s: res.Session().AddRef(), version: res.Version()}, nil
+	sess := &Session{conn: conn, s: res.Session().AddRef(), version: res.Version()}
+	if !o.noLane {
+		// A daemon without the lane closes the connection; dispatch
+		// then stays on RPC.
+		sess.lane, _ = openLane(ctx, socket)
+	}
+	return sess, nil
 }
+
+// openLane opens a hook lane to the daemon (see schema/lane.capnp).
+func openLane(ctx context.Context, socket string) (*wire.LaneClient, error) {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "unix", socket)
+	if err != nil {
+		return nil, err
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		c.SetDeadline(dl)
+	}
+	buf := make([]byte, len(wire.LanePreamble))
+	if _, err := io.WriteString(c, wire.LanePreamble); err != nil {
+		c.Close()
+		return nil, err
+	}
+	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != wire.LanePreamble {
+		c.Close()
+		return nil, fmt.Errorf("the daemon does not serve the hook lane")
+	}
+	c.SetDeadline(time.Time{})
+	return wire.NewLaneClient(c), nil
+}
+
+// Lane reports whether the session dispatches on the hook lane.
+func (s *Session) Lane() bool { return s.lane != nil }
 
 // Version is the negotiated protocol version.
 func (s *Session) Version() uint16 { return s.version }
@@ -127,6 +168,9 @@ func (s *Session) Done() <-chan struct{} { return s.conn.Done() }
 
 // Close ends the session.
 func (s *Session) Close() error {
+	if s.lane != nil {
+		s.lane.Close()
+	}
 	s.s.Release()
 	err := s.conn.Close()
 	if err != nil && isClosed(err) {
@@ -186,7 +230,11 @@ func (r *Result) FailureResponse() *Response {
 // response and observe phases). An error means the daemon could not be
 // asked at all (connection lost, bad input); hook failures are in Result.
 func (s *Session) Dispatch(ctx context.Context, phase Phase, req *Request, resp *Response) (*Result, error) {
-	fut, release := s.s.Dispatch(ctx, func(p schema.HostSession_dispatch_Params) error {
+	fill := func(p interface {
+		SetPhase(schema.Phase)
+		NewRequest() (schema.HttpRequest, error)
+		NewResponse() (schema.HttpResponse, error)
+	}) error {
 		p.SetPhase(phase)
 		rq, err := p.NewRequest()
 		if err != nil {
@@ -203,7 +251,26 @@ func (s *Session) Dispatch(ctx context.Context, phase Phase, req *Request, resp 
 			return wire.WriteResponse(rs, resp)
 		}
 		return nil
-	})
+	}
+	if s.lane != nil {
+		reply, rf, err := s.lane.Call(ctx, func(f schema.LaneFrame) error {
+			ld, err := f.NewDispatch()
+			if err != nil {
+				return err
+			}
+			return fill(ld)
+		})
+		if err != nil {
+			return nil, fmt.Errorf("dispatch %s %s: %w", req.Method, req.Path, err)
+		}
+		defer reply.Release()
+		dr, err := rf.DispatchResult()
+		if err != nil {
+			return nil, fmt.Errorf("dispatch %s %s: %w", req.Method, req.Path, err)
+		}
+		return readResult(dr)
+	}
+	fut, release := s.s.Dispatch(ctx, func(p schema.HostSession_dispatch_Params) error { return fill(p) })
 	defer release()
 	res, err := fut.Struct()
 	if err != nil {
