@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The dimplugd demo (`make demo`): starts the daemon on a temporary state
-# directory, installs the example plugins sandboxed, sends requests through
-# a Dim-like host, shows what the plugins changed, and stops everything.
+# directory, installs every example plugin sandboxed, then tells a short
+# story through a Dim-like host (bin/dimhost): a kid logs in, parental
+# controls keep a film from them, the dashboard grows a Trending row, a
+# stream gets an HLS playlist next to Dim's DASH manifest, and the player's
+# progress posts become a watch history. Everything is removed at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=$PWD/bin
@@ -12,6 +15,11 @@ SOCK=$TMP/dimplugd.sock
 export DIMPLUGD_SOCKET=$SOCK
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+note() { printf '\033[2m%s\033[0m\n' "$*"; }
+# get: one request through bin/dimhost, printed without and with plugins
+# (-plugins-only: with plugins only). It authenticates as the owner unless
+# -H 'Authorization: ...' says otherwise.
+get() { "$BIN/dimhost" get "$@"; }
 
 RUNTIME_ARGS=()
 if [ "$(id -u)" != 0 ]; then
@@ -37,29 +45,67 @@ for _ in $(seq 100); do
 done
 "$BIN/dimplugctl" status
 
+step "installing every example plugin (dimplugctl install --yes examples/plugins/<name>)"
 for p in examples/plugins/*/; do
-	step "dimplugctl install --yes $p"
-	"$BIN/dimplugctl" install --yes "$p"
+	"$BIN/dimplugctl" install --yes "$p" 2>&1 | sed 's/^/  /'
 done
-sleep 0.3
-
-step "dimplugctl ls"
+for _ in $(seq 100); do # wait until every plugin runs
+	"$BIN/dimplugctl" ls | awk 'NR > 1 && $4 != "running" { bad = 1 } END { exit bad }' && break
+	sleep 0.05
+done
 "$BIN/dimplugctl" ls
 
-step "a request through the Dim-like host, without and with plugins"
-"$BIN/dimhost" get /api/v1/media/42
+step "1. the kid logs in (POST /api/v1/auth/login: no plugin hooks it, so no IPC at all)"
+LOGIN=$(get -plugins-only -H 'Authorization:' -X POST -d '{"username":"kid","password":"kid"}' /api/v1/auth/login)
+echo "$LOGIN"
+KID="Authorization: $(sed -n 's/.*"token":"\([^"]*\)".*/\1/p' <<<"$LOGIN")"
 
-step "the same request again: the plugin's view counter lives in its key-value store"
-"$BIN/dimhost" get /api/v1/media/42 | tail -n 1
+step "2. the kid lists the Movies library: parental-controls learns every rating and hides what is above PG"
+get -H "$KID" /api/v1/library/1/media
 
-step "dimplugctl inspect media-badge"
-"$BIN/dimplugctl" inspect media-badge
+step "3. the kid opens Alien (R) anyway: parental-controls answers 403 before Dim runs (fail-closed)"
+get -H "$KID" /api/v1/media/13
+note "(the stream is guarded the same way:)"
+get -plugins-only -H "$KID" /api/v1/stream/13/manifest | sed -n '1p;$p'
 
-step "dimplugctl logs media-badge"
-"$BIN/dimplugctl" logs media-badge
+step "4. the owner opens a few films: media-badge marks the page, dashboard-rows and parental-controls observe it"
+get /api/v1/media/42
+for id in 13 13 99; do
+	get -plugins-only "/api/v1/media/$id" | sed -n 1p
+done
+
+step "5. the owner's dashboard: dashboard-rows adds a Trending row (most viewed)"
+get /api/v1/dashboard
+
+step "6. the kid's dashboard: parental-controls (priority -10, the last response hook) filters every row, Trending included"
+get -plugins-only -H "$KID" /api/v1/dashboard
+
+step "7. Dim's virtual manifest for media 42 ({gid, tracks}) and its DASH manifest"
+MANIFEST=$(get -plugins-only /api/v1/stream/42/manifest)
+echo "$MANIFEST"
+GID=$(sed -n 's/.*"gid":"\([^"]*\)".*/\1/p' <<<"$MANIFEST")
+get -plugins-only "/api/v1/stream/$GID/manifest.mpd" | grep SegmentTemplate | sed -n 1p
+
+step "8. hls-gateway: an HLS playlist next to the DASH manifest (Dim alone has no such route: 404)"
+get "/api/v1/stream/$GID/hls/master.m3u8?video=42-video:5000000&audio=42-audio&duration=42"
+
+step "9. the variant playlist points at Dim's own fMP4 segments, which Dim serves"
+get -plugins-only "/api/v1/stream/$GID/hls/42-video/index.m3u8?duration=42&target=5" | sed -n 1,14p
+get -plugins-only /api/v1/stream/42-video/data/0.m4s | tail -n 1
+
+step "10. the kid plays Hitchhiker: the player posts the position every 15 s, scrobbler observes each post"
+for off in 15 30 45; do
+	get -plugins-only -H "$KID" -X POST "/api/v1/media/42/progress?offset=$off" | sed -n 1p
+done
+
+step "11. the kid's watch history, from scrobbler's own route (GET /api/v1/plugins/scrobbler/history)"
+get -plugins-only -H "$KID" /api/v1/plugins/scrobbler/history
+
+step "dimplugctl logs parental-controls"
+"$BIN/dimplugctl" logs parental-controls
 
 step "stopping dimplugd"
 kill -TERM "$DAEMON"
 wait "$DAEMON" || true
-tail -n 3 "$TMP/daemon.log"
+tail -n 2 "$TMP/daemon.log"
 echo "demo finished"

@@ -1,14 +1,21 @@
 // Command dimhost is a small Dim-like media server used to show and test
-// dimplugd: a REST API with a realistic subset of Dim's routes, wired
-// through host.Middleware so that installed plugins can hook it.
+// dimplugd: a REST API with a realistic subset of Dim's routes (login,
+// libraries, dashboard, media, playback progress, and the streaming API:
+// virtual manifest, MPEG-DASH manifest and fMP4 segments), wired through
+// host.Middleware so that installed plugins can hook it. See API for where
+// it differs from Dim.
 //
 //	dimhost serve -listen 127.0.0.1:8000 -socket /run/dimplugd/dimplugd.sock
-//	dimhost get   -socket ... /api/v1/media/42   # one request, printed with and without plugins
+//	dimhost get [-X POST] [-H 'Authorization: demo-token-2'] [-d BODY] [-plugins-only] /api/v1/media/42
+//
+// get serves one request twice, through Dim's plain API and through the
+// plugins, and prints both. It authenticates as the owner (demo-token-1)
+// unless -H sets Authorization; -H 'Authorization:' sends no token.
 package main
 
 import (
+	"bytes"
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -17,6 +24,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -46,13 +54,13 @@ func main() {
 	}
 }
 
-// newHandler wraps Dim's API in the dimplugd middleware.
-func newHandler(ctx context.Context, socket string) (http.Handler, *host.Session, error) {
+// newHandler wraps api in the dimplugd middleware.
+func newHandler(ctx context.Context, socket string, api *API) (*host.Middleware, *host.Session, error) {
 	s, err := host.Dial(ctx, socket, host.WithClientName("dimhost example"))
 	if err != nil {
 		return nil, nil, err
 	}
-	mw, err := host.NewMiddleware(ctx, s, NewAPI(), host.WithUser(userFromToken))
+	mw, err := host.NewMiddleware(ctx, s, api, host.WithUser(userFromToken), host.WithRouteTemplate(api.RouteTemplate))
 	if err != nil {
 		s.Close()
 		return nil, nil, err
@@ -64,10 +72,19 @@ func serve(args []string) error {
 	fs := flag.NewFlagSet("serve", flag.ExitOnError)
 	listen := fs.String("listen", "127.0.0.1:8000", "address to serve on (loopback by default)")
 	socket := fs.String("socket", host.DefaultSocket(), "dimplugd socket")
+	segments := fs.String("segments", "", "directory of stream segments (default: generate test fixtures in a temporary directory)")
 	fs.Parse(args)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	h, s, err := newHandler(ctx, *socket)
+	if *segments == "" {
+		dir, cleanup, err := fixtureDir()
+		if err != nil {
+			return err
+		}
+		defer cleanup()
+		*segments = dir
+	}
+	h, s, err := newHandler(ctx, *socket, NewAPI(*segments))
 	if err != nil {
 		return err
 	}
@@ -77,7 +94,7 @@ func serve(args []string) error {
 		return err
 	}
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
-	slog.Info("dimhost serving", "addr", ln.Addr().String())
+	slog.Info("dimhost serving", "addr", ln.Addr().String(), "segments", *segments)
 	go func() { <-ctx.Done(); srv.Close() }()
 	if err := srv.Serve(ln); err != http.ErrServerClosed {
 		return err
@@ -85,50 +102,106 @@ func serve(args []string) error {
 	return nil
 }
 
+// headerFlags collects repeated -H 'Name: value' flags.
+type headerFlags http.Header
+
+func (h headerFlags) String() string { return "" }
+
+func (h headerFlags) Set(s string) error {
+	name, value, ok := strings.Cut(s, ":")
+	if !ok || strings.TrimSpace(name) == "" {
+		return fmt.Errorf("want 'Name: value', got %q", s)
+	}
+	http.Header(h).Add(strings.TrimSpace(name), strings.TrimSpace(value))
+	return nil
+}
+
+// observeGrace is how long get waits after a request with observers before
+// it closes its session: the middleware hands exchanges to observers from a
+// goroutine after the response is written, and a process that exits at once
+// would drop the copy.
+const observeGrace = 200 * time.Millisecond
+
 // get serves one request through Dim's plain API and through the plugins,
 // over a real loopback HTTP server, and prints both.
 func get(args []string) error {
 	fs := flag.NewFlagSet("get", flag.ExitOnError)
 	socket := fs.String("socket", host.DefaultSocket(), "dimplugd socket")
 	method := fs.String("X", "GET", "HTTP method")
+	body := fs.String("d", "", "request body")
+	pluginsOnly := fs.Bool("plugins-only", false, "only send the request through dimplugd")
+	hdr := headerFlags{}
+	fs.Var(hdr, "H", "request header 'Name: value' (repeatable)")
 	fs.Parse(args)
 	if fs.NArg() != 1 {
 		return fmt.Errorf("get takes one path, e.g. /api/v1/media/42")
 	}
 	path := fs.Arg(0)
+	// A reader that stops early (`| head -n 1`) must not kill get before it
+	// has waited for observers and removed its fixtures.
+	signal.Ignore(syscall.SIGPIPE)
+	if _, ok := hdr["Authorization"]; !ok {
+		http.Header(hdr).Set("Authorization", "demo-token-1")
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	h, s, err := newHandler(ctx, *socket)
+	segments, cleanup, err := fixtureDir()
+	if err != nil {
+		return err
+	}
+	defer cleanup()
+	mw, s, err := newHandler(ctx, *socket, NewAPI(segments))
 	if err != nil {
 		return err
 	}
 	defer s.Close()
 
-	for _, side := range []struct {
+	sides := []struct {
 		title string
 		h     http.Handler
-	}{{"without plugins", NewAPI()}, {"through dimplugd", h}} {
-		status, hdr, body, err := roundTrip(ctx, side.h, *method, path)
+	}{{"without plugins", NewAPI(segments)}, {"through dimplugd", mw}}
+	if *pluginsOnly {
+		sides = sides[1:]
+	}
+	for _, side := range sides {
+		status, rh, rb, err := roundTrip(ctx, side.h, *method, path, http.Header(hdr), *body)
 		if err != nil {
 			return err
 		}
 		fmt.Printf("--- %s %s %s: %d\n", *method, path, side.title, status)
-		keys := make([]string, 0, len(hdr))
-		for k := range hdr {
+		keys := make([]string, 0, len(rh))
+		for k := range rh {
 			if k != "Date" {
 				keys = append(keys, k)
 			}
 		}
 		sort.Strings(keys)
 		for _, k := range keys {
-			fmt.Printf("%s: %s\n", k, strings.Join(hdr[k], ", "))
+			fmt.Printf("%s: %s\n", k, strings.Join(rh[k], ", "))
 		}
-		fmt.Printf("\n%s\n", strings.TrimSpace(string(body)))
+		fmt.Printf("\n%s\n", strings.TrimSpace(printable(rb)))
+	}
+	u, _ := http.NewRequest(*method, path, nil)
+	if slices.Contains(mw.RouteTable().Match(*method, u.URL.Path), host.PhaseObserve) {
+		time.Sleep(observeGrace)
 	}
 	return nil
 }
 
-func roundTrip(ctx context.Context, h http.Handler, method, path string) (int, http.Header, []byte, error) {
+// printable returns b, or a hex summary when it is binary (segments).
+func printable(b []byte) string {
+	if bytes.ContainsFunc(b, func(r rune) bool { return r < ' ' && r != '\n' && r != '\t' && r != '\r' }) {
+		return fmt.Sprintf("(%d bytes) % x", len(b), b[:min(len(b), 16)]) + " ... " + strings.Map(func(r rune) rune {
+			if r < ' ' || r > '~' {
+				return '.'
+			}
+			return r
+		}, string(b))
+	}
+	return string(b)
+}
+
+func roundTrip(ctx context.Context, h http.Handler, method, path string, hdr http.Header, body string) (int, http.Header, []byte, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0, nil, nil, err
@@ -136,64 +209,29 @@ func roundTrip(ctx context.Context, h http.Handler, method, path string) (int, h
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
 	go srv.Serve(ln)
 	defer srv.Close()
-	req, err := http.NewRequestWithContext(ctx, method, "http://"+ln.Addr().String()+path, nil)
+	var rb io.Reader
+	if body != "" {
+		rb = strings.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://"+ln.Addr().String()+path, rb)
 	if err != nil {
 		return 0, nil, nil, err
 	}
-	req.Header.Set("Authorization", "demo-token-1")
+	for k, vs := range hdr {
+		for _, v := range vs {
+			if v != "" {
+				req.Header.Add(k, v)
+			}
+		}
+	}
+	if body != "" && req.Header.Get("Content-Type") == "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return 0, nil, nil, err
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	return resp.StatusCode, resp.Header, body, err
-}
-
-// userFromToken mimics Dim's auth middleware: the Authorization header
-// carries a token naming the user.
-func userFromToken(r *http.Request) (int64, bool) {
-	var id int64
-	if _, err := fmt.Sscanf(r.Header.Get("Authorization"), "demo-token-%d", &id); err == nil {
-		return id, true
-	}
-	return 0, false
-}
-
-// NewAPI is the Dim-like REST API, without any plugin.
-func NewAPI() http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /api/v1/media/{id}", func(w http.ResponseWriter, r *http.Request) {
-		m, ok := library[r.PathValue("id")]
-		if !ok {
-			writeJSON(w, http.StatusNotFound, map[string]string{"error": "no such media"})
-			return
-		}
-		writeJSON(w, http.StatusOK, m)
-	})
-	mux.HandleFunc("GET /api/v1/dashboard", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, map[string]any{"Recently added": []media{library["42"], library["7"]}})
-	})
-	mux.HandleFunc("POST /api/v1/auth/login", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, map[string]string{"token": "demo-token-1"})
-	})
-	return mux
-}
-
-type media struct {
-	ID     int    `json:"id"`
-	Name   string `json:"name"`
-	Year   int    `json:"year"`
-	Rating string `json:"rating"`
-}
-
-var library = map[string]media{
-	"42": {ID: 42, Name: "The Hitchhiker's Guide to the Galaxy", Year: 2005, Rating: "PG"},
-	"7":  {ID: 7, Name: "Seven Samurai", Year: 1954, Rating: "NR"},
-}
-
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	json.NewEncoder(w).Encode(v)
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, resp.Header, b, err
 }
