@@ -1,0 +1,132 @@
+package wire
+
+import (
+	"context"
+	"errors"
+	"net"
+	"os"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/dimplugd/dimplugd/schema"
+)
+
+func lanePair(t *testing.T) (net.Conn, net.Conn) {
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cs [2]net.Conn
+	for i, fd := range fds {
+		f := os.NewFile(uintptr(fd), "lane")
+		if cs[i], err = net.FileConn(f); err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+	}
+	return cs[0], cs[1]
+}
+
+// echoHook answers a hook call with a respond result whose body is the
+// hook's name; "slow" waits for cancellation, "fail" fails.
+func echoHook(ctx context.Context, req, reply schema.LaneFrame) error {
+	hc, err := req.Hook()
+	if err != nil {
+		return err
+	}
+	name, _ := hc.Hook()
+	switch name {
+	case "slow":
+		<-ctx.Done()
+		return ctx.Err()
+	case "fail":
+		return errors.New("plugin.capnp:Plugin.hook: boom")
+	}
+	hr, err := reply.NewHookResult()
+	if err != nil {
+		return err
+	}
+	rs, err := hr.NewRespond()
+	if err != nil {
+		return err
+	}
+	rs.SetStatus(200)
+	return rs.SetBody([]byte(name))
+}
+
+func call(t *testing.T, l *LaneClient, ctx context.Context, hook string) (string, error) {
+	reply, rf, err := l.Call(ctx, func(f schema.LaneFrame) error {
+		hc, err := f.NewHook()
+		if err != nil {
+			return err
+		}
+		return hc.SetHook(hook)
+	})
+	if err != nil {
+		return "", err
+	}
+	defer reply.Release()
+	hr, err := rf.HookResult()
+	if err != nil {
+		return "", err
+	}
+	rs, err := hr.Respond()
+	if err != nil {
+		return "", err
+	}
+	b, err := rs.Body()
+	return string(b), err
+}
+
+func TestLane(t *testing.T) {
+	a, b := lanePair(t)
+	served := make(chan error, 1)
+	go func() { served <- ServeLane(context.Background(), b, echoHook) }()
+	l := NewLaneClient(a)
+
+	// Concurrent calls get their own replies.
+	var wg sync.WaitGroup
+	for i := 0; i < 50; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			name := string(rune('a'+i%26)) + "-hook"
+			got, err := call(t, l, context.Background(), name)
+			if err != nil || got != name {
+				t.Errorf("call %s: %q, %v", name, got, err)
+			}
+		}(i)
+	}
+	wg.Wait()
+
+	if _, err := call(t, l, context.Background(), "fail"); err == nil || err.Error() != "boom" {
+		t.Errorf("failing handler: %v (want the bare message)", err)
+	}
+
+	// A cancelled call returns at once and the handler sees the cancel.
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	if _, err := call(t, l, ctx, "slow"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("slow call: %v", err)
+	}
+	if time.Since(start) > time.Second {
+		t.Errorf("a cancelled call took %s", time.Since(start))
+	}
+
+	// Closing ends the server and fails later calls.
+	l.Close()
+	select {
+	case err := <-served:
+		if err != nil {
+			t.Errorf("ServeLane: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("ServeLane did not return after the client closed (a handler still waits?)")
+	}
+	if _, err := call(t, l, context.Background(), "x"); !errors.Is(err, ErrLaneClosed) {
+		t.Errorf("call on a closed lane: %v", err)
+	}
+}
