@@ -69,6 +69,10 @@ struct HttpRequest {
 
   requestId @10 :Text;
   # An opaque id the host assigned, for correlating logs across plugins.
+
+  receivedAtUnixNano @11 :Int64;
+  # When the host received the request (0 if it did not say). Observers run
+  # concurrently and in no particular order; this orders what they see.
 }
 
 struct HttpResponse {

@@ -214,12 +214,12 @@ type HttpRequest capnp.Struct
 const HttpRequest_TypeID = 0xe52a5eac1958f3fe
 
 func NewHttpRequest(s *capnp.Segment) (HttpRequest, error) {
-	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 16, PointerCount: 9})
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 24, PointerCount: 9})
 	return HttpRequest(st), err
 }
 
 func NewRootHttpRequest(s *capnp.Segment) (HttpRequest, error) {
-	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 16, PointerCount: 9})
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 24, PointerCount: 9})
 	return HttpRequest(st), err
 }
 
@@ -438,12 +438,20 @@ func (s HttpRequest) SetRequestId(v string) error {
 	return capnp.Struct(s).SetText(8, v)
 }
 
+func (s HttpRequest) ReceivedAtUnixNano() int64 {
+	return int64(capnp.Struct(s).Uint64(16))
+}
+
+func (s HttpRequest) SetReceivedAtUnixNano(v int64) {
+	capnp.Struct(s).SetUint64(16, uint64(v))
+}
+
 // HttpRequest_List is a list of HttpRequest.
 type HttpRequest_List = capnp.StructList[HttpRequest]
 
 // NewHttpRequest creates a new list of HttpRequest.
 func NewHttpRequest_List(s *capnp.Segment, sz int32) (HttpRequest_List, error) {
-	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 16, PointerCount: 9}, sz)
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 24, PointerCount: 9}, sz)
 	return capnp.StructList[HttpRequest](l), err
 }
 

@@ -24,7 +24,6 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -116,12 +115,6 @@ func (h headerFlags) Set(s string) error {
 	return nil
 }
 
-// observeGrace is how long get waits after a request with observers before
-// it closes its session: the middleware hands exchanges to observers from a
-// goroutine after the response is written, and a process that exits at once
-// would drop the copy.
-const observeGrace = 200 * time.Millisecond
-
 // get serves one request through Dim's plain API and through the plugins,
 // over a real loopback HTTP server, and prints both.
 func get(args []string) error {
@@ -181,11 +174,9 @@ func get(args []string) error {
 		}
 		fmt.Printf("\n%s\n", strings.TrimSpace(printable(rb)))
 	}
-	u, _ := http.NewRequest(*method, path, nil)
-	if slices.Contains(mw.RouteTable().Match(*method, u.URL.Path), host.PhaseObserve) {
-		time.Sleep(observeGrace)
-	}
-	return nil
+	// Observers get their copy after the response is written: wait for
+	// the hand-over before the session closes.
+	return mw.Close(ctx)
 }
 
 // printable returns b, or a hex summary when it is binary (segments).

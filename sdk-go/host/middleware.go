@@ -8,7 +8,9 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
+	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // Middleware applies dimplugd hooks to a net/http handler: route-phase
@@ -19,10 +21,11 @@ import (
 // It keeps the daemon's route table (pushed on every change), so a request
 // that matches no hook goes straight to the handler with no IPC at all.
 type Middleware struct {
-	s     *Session
-	next  http.Handler
-	table atomic.Pointer[RouteTable]
-	opts  middlewareOptions
+	s         *Session
+	next      http.Handler
+	table     atomic.Pointer[RouteTable]
+	opts      middlewareOptions
+	observers sync.WaitGroup // observe dispatches in flight
 }
 
 // MiddlewareOption configures a Middleware.
@@ -81,6 +84,20 @@ func NewMiddleware(ctx context.Context, s *Session, next http.Handler, opts ...M
 		m.table.Store(t)
 	}
 	return m, nil
+}
+
+// Close waits until the observers have been handed every exchange already
+// served, or ctx ends. Call it before the host exits so that no observation
+// is lost.
+func (m *Middleware) Close(ctx context.Context) error {
+	done := make(chan struct{})
+	go func() { m.observers.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // RouteTable returns the table the middleware currently routes with.
@@ -170,6 +187,7 @@ func (m *Middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 func (m *Middleware) wireRequest(r *http.Request) (*Request, error) {
 	req := &Request{
+		ReceivedAt: time.Now(),
 		Method:     r.Method,
 		Path:       r.URL.Path,
 		RawQuery:   r.URL.RawQuery,
@@ -203,8 +221,10 @@ func (m *Middleware) observe(phases []Phase, req *Request, resp *Response) {
 	if !has(phases, PhaseObserve) {
 		return
 	}
-	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10e9)
+	m.observers.Add(1)
+	go func() { // owned by the middleware; Close waits for it
+		defer m.observers.Done()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		if _, err := m.s.Dispatch(ctx, PhaseObserve, req, resp); err != nil {
 			m.opts.log.Warn("observe dispatch failed", "method", req.Method, "path", req.Path, "err", err)

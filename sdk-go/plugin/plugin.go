@@ -62,7 +62,10 @@ type (
 )
 
 // RequestHook handles request-phase hooks: it runs before the host's
-// handler and may change req's headers, query and body. Returning a non-nil
+// handler and may change req's headers, query and body. Request hooks of
+// all plugins run in priority order (lower first, then by plugin name);
+// response hooks run in the reverse order, so a hook with a low priority
+// sees the request first and the response last. Returning a non-nil
 // Response answers the request at once; the host's handler never runs.
 type RequestHook interface {
 	HookRequest(ctx context.Context, hook string, req *Request) (*Response, error)
@@ -81,7 +84,9 @@ type RouteHandler interface {
 }
 
 // Observer handles observe-phase hooks: it gets a copy of each finished
-// exchange and cannot change anything. It never delays the host.
+// exchange and cannot change anything. It never delays the host. Observe
+// calls run concurrently and may arrive out of order: guard shared state,
+// and use Request.ReceivedAt to order events.
 type Observer interface {
 	Observe(ctx context.Context, hook string, req *Request, resp *Response)
 }

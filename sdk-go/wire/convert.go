@@ -3,6 +3,7 @@ package wire
 import (
 	"fmt"
 	"net/http"
+	"time"
 
 	"github.com/dimplugd/dimplugd/schema"
 )
@@ -99,6 +100,9 @@ func ReadRequest(s schema.HttpRequest) (*Request, error) {
 		RemoteAddr:    e.text(s.RemoteAddr()),
 		RequestID:     e.text(s.RequestId()),
 	}
+	if ns := s.ReceivedAtUnixNano(); ns != 0 {
+		r.ReceivedAt = time.Unix(0, ns)
+	}
 	hl, err := s.Headers()
 	e.set(err)
 	r.Header = readHeaders(hl, &e)
@@ -145,6 +149,9 @@ func WriteRequest(s schema.HttpRequest, r *Request) error {
 	s.SetAuthenticated(r.Authenticated)
 	e.set(s.SetRemoteAddr(r.RemoteAddr))
 	e.set(s.SetRequestId(r.RequestID))
+	if !r.ReceivedAt.IsZero() {
+		s.SetReceivedAtUnixNano(r.ReceivedAt.UnixNano())
+	}
 	if e.err != nil {
 		return fmt.Errorf("write request: %w", e.err)
 	}

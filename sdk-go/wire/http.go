@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
+	"time"
 )
 
 // Param is a parameter captured by a route template.
@@ -33,6 +34,10 @@ type Request struct {
 	Authenticated bool
 	RemoteAddr    string
 	RequestID     string
+	// ReceivedAt is when the host received the request (zero if unknown).
+	// Observers run concurrently and in no particular order; use it to
+	// order what they see.
+	ReceivedAt time.Time
 }
 
 // Param returns the value of the named route parameter, or "".

@@ -3,6 +3,7 @@ package wire
 import (
 	"net/http"
 	"testing"
+	"time"
 
 	"capnproto.org/go/capnp/v3"
 
@@ -63,7 +64,7 @@ func TestRoundTrip(t *testing.T) {
 	req := &Request{
 		Method: "POST", Route: "/api/v1/media/:id/progress", Path: "/api/v1/media/7/progress", RawQuery: "offset=15",
 		Header: http.Header{"Authorization": {"t"}, "X-Multi": {"a", "b"}}, Body: []byte{0, 1, 2},
-		Params: []Param{{"id", "7"}}, UserID: 3, Authenticated: true, RemoteAddr: "127.0.0.1:1", RequestID: "r1",
+		Params: []Param{{"id", "7"}}, UserID: 3, Authenticated: true, RemoteAddr: "127.0.0.1:1", RequestID: "r1", ReceivedAt: time.Unix(0, 1234567),
 	}
 	_, seg, err := capnp.NewMessage(capnp.SingleSegment(nil))
 	if err != nil {
@@ -82,7 +83,7 @@ func TestRoundTrip(t *testing.T) {
 	}
 	if got.Method != req.Method || got.Route != req.Route || got.Path != req.Path || got.RawQuery != req.RawQuery ||
 		!HeadersEqual(got.Header, req.Header) || string(got.Body) != string(req.Body) || got.Param("id") != "7" ||
-		got.UserID != 3 || !got.Authenticated || got.RemoteAddr != req.RemoteAddr || got.RequestID != "r1" {
+		got.UserID != 3 || !got.Authenticated || got.RemoteAddr != req.RemoteAddr || got.RequestID != "r1" || !got.ReceivedAt.Equal(req.ReceivedAt) {
 		t.Fatalf("round trip: got %+v, want %+v", got, req)
 	}
 
