@@ -17,7 +17,15 @@ func BenchmarkHookedDispatch(b *testing.B) {
 	td := startDaemon(b, testRuntime(b), fastSupervision)
 	td.install(b, pluginDir(b, testplugManifest("bench", nil, hooks("request", "GET", "/api/v1/media/:id", "2s", "fail-open", 0))))
 	waitState(b, td.ctl, "bench", 30*time.Second, "running", running)
-	s := dial(b, td.socket)
+	for _, mode := range []struct {
+		name string
+		opts []host.Option
+	}{{"lane", nil}, {"rpc", []host.Option{host.WithoutLane()}}} {
+		b.Run(mode.name, func(b *testing.B) { benchDispatch(b, dial(b, td.socket, mode.opts...)) })
+	}
+}
+
+func benchDispatch(b *testing.B, s *host.Session) {
 	req := get("/api/v1/media/42")
 	for i := 0; i < 8; i++ {
 		req.Header.Set("X-Header-"+string(rune('a'+i)), "some header value")

@@ -129,6 +129,7 @@ type Daemon struct {
 	units map[string]*unit // installed plugins by name
 
 	routes routes
+	hub    *frameHub // frame streams
 	server *server
 	// dispatches counts host dispatch calls, so tests can prove that
 	// unhooked requests cost no IPC.
@@ -165,6 +166,7 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 		d.versions = schema.SupportedVersions
 	}
 	d.routes.init()
+	d.hub = newFrameHub(d)
 	var err error
 	if d.cfg.StateDir, err = filepath.Abs(cfg.StateDir); err != nil {
 		return nil, fmt.Errorf("state directory: %w", err)
@@ -225,6 +227,7 @@ func (d *Daemon) Close() error {
 	for _, u := range units {
 		<-u.done
 	}
+	d.hub.closeAll()
 	d.wg.Wait()
 	d.routes.closeWatchers()
 	err := d.store.Close()

@@ -16,6 +16,7 @@ import (
 	"capnproto.org/go/capnp/v3"
 
 	"github.com/dimplugd/dimplugd/schema"
+	"github.com/dimplugd/dimplugd/sdk-go/frames"
 	"github.com/dimplugd/dimplugd/sdk-go/wire"
 )
 
@@ -125,11 +126,21 @@ func (s *server) track(c net.Conn, open bool) bool {
 	return true
 }
 
+// FramesPreamble opens a host's frame socket (see schema/stream.capnp).
+const FramesPreamble = "DPFRAME1\n"
+
 func (s *server) serveLane(c *bufferedConn) {
 	defer c.Close()
 	pre := make([]byte, len(wire.LanePreamble))
 	c.SetReadDeadline(time.Now().Add(10 * time.Second))
-	if _, err := io.ReadFull(c, pre); err != nil || string(pre) != wire.LanePreamble {
+	if _, err := io.ReadFull(c, pre); err != nil {
+		return
+	}
+	if string(pre) == FramesPreamble[:len(pre)] {
+		s.serveFrames(c)
+		return
+	}
+	if string(pre) != wire.LanePreamble {
 		return
 	}
 	c.SetReadDeadline(time.Time{})
@@ -141,6 +152,30 @@ func (s *server) serveLane(c *bufferedConn) {
 	}
 	defer s.track(c, false)
 	_ = wire.ServeLane(s.d.ctx, c, s.d.laneDispatch)
+}
+
+// serveFrames hands a host its frame socket: the rest of the preamble, then
+// one byte and the socket's fd; the stream connection then closes.
+func (s *server) serveFrames(c *bufferedConn) {
+	rest := make([]byte, len(FramesPreamble)-len(wire.LanePreamble))
+	if _, err := io.ReadFull(c, rest); err != nil || string(rest) != FramesPreamble[len(wire.LanePreamble):] {
+		return
+	}
+	uc, ok := c.Conn.(*net.UnixConn)
+	if !ok {
+		return
+	}
+	ours, theirs, err := frames.Socketpair()
+	if err != nil {
+		s.d.log.Error("frame socket for a host", "err", err)
+		return
+	}
+	defer theirs.Close()
+	if err := frames.SendFD(uc, []byte{1}, theirs); err != nil {
+		ours.Close()
+		return
+	}
+	s.d.hub.attach(ours, "host", nil)
 }
 
 // laneDispatch answers a dispatch call on a host's hook lane.

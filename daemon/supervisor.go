@@ -17,6 +17,7 @@ import (
 	"github.com/dimplugd/dimplugd/daemon/registry"
 	"github.com/dimplugd/dimplugd/sandbox"
 	"github.com/dimplugd/dimplugd/schema"
+	"github.com/dimplugd/dimplugd/sdk-go/frames"
 	"github.com/dimplugd/dimplugd/sdk-go/manifest"
 	"github.com/dimplugd/dimplugd/sdk-go/wire"
 )
@@ -66,6 +67,7 @@ type instance struct {
 	conn    *rpc.Conn
 	plugin  schema.Plugin
 	lane    *wire.LaneClient // nil when the plugin does not serve the hook lane
+	frames  *framePeer       // nil when the plugin takes no frame streams
 	version uint16
 	started time.Time
 	ioDone  chan struct{} // stdout and stderr copied to the end
@@ -268,7 +270,8 @@ type launch struct {
 	id         string
 	key        string // what it was built from (see specKey)
 	nc         net.Conn
-	lane       net.Conn // the daemon's end of the hook lane
+	lane       net.Conn     // the daemon's end of the hook lane
+	frames     *frames.Conn // the daemon's end of the frame socket
 	outR, errR *os.File
 	prepared   sandbox.Prepared // set while it is a standby
 }
@@ -279,6 +282,7 @@ func (l *launch) close() {
 	}
 	l.nc.Close()
 	l.lane.Close()
+	l.frames.Close()
 	l.outR.Close()
 	l.errR.Close()
 }
@@ -306,12 +310,22 @@ func (u *unit) newLaunch(rec registry.Record) (*launch, *sandbox.Spec, func(), e
 		theirs.Close()
 		return nil, nil, nil, err
 	}
+	fc, theirFrames, err := frames.Socketpair()
+	if err != nil {
+		nc.Close()
+		theirs.Close()
+		lane.Close()
+		theirLane.Close()
+		return nil, nil, nil, err
+	}
+	closeOnErr := func() { fc.Close(); theirFrames.Close() }
 	outR, outW, err := os.Pipe()
 	if err != nil {
 		nc.Close()
 		theirs.Close()
 		lane.Close()
 		theirLane.Close()
+		closeOnErr()
 		return nil, nil, nil, err
 	}
 	errR, errW, err := os.Pipe()
@@ -320,6 +334,7 @@ func (u *unit) newLaunch(rec registry.Record) (*launch, *sandbox.Spec, func(), e
 		theirs.Close()
 		lane.Close()
 		theirLane.Close()
+		closeOnErr()
 		outR.Close()
 		outW.Close()
 		return nil, nil, nil, err
@@ -338,6 +353,7 @@ func (u *unit) newLaunch(rec registry.Record) (*launch, *sandbox.Spec, func(), e
 		},
 		Control: theirs,
 		Lane:    theirLane,
+		Frames:  theirFrames,
 		Stdout:  outW,
 		Stderr:  errW,
 		Limits:  limitsFromGrant(rec.Grant),
@@ -346,10 +362,11 @@ func (u *unit) newLaunch(rec registry.Record) (*launch, *sandbox.Spec, func(), e
 	closeTheirs := func() {
 		theirs.Close()
 		theirLane.Close()
+		theirFrames.Close()
 		outW.Close()
 		errW.Close()
 	}
-	return &launch{id: id, key: specKey(rec), nc: nc, lane: lane, outR: outR, errR: errR}, spec, closeTheirs, nil
+	return &launch{id: id, key: specKey(rec), nc: nc, lane: lane, frames: fc, outR: outR, errR: errR}, spec, closeTheirs, nil
 }
 
 // socketpair returns the daemon's end as a net.Conn and the plugin's as a
@@ -483,11 +500,16 @@ func (u *unit) start(ctx context.Context) (*instance, error) {
 	inst.conn = wire.NewConn(l.nc, capnp.Client{}, rpcLogger{})
 	u.logf("%s instance %s (pid %d, runtime %s)", how, l.id, proc.Pid(), u.d.cfg.Runtime.Name())
 
-	laneOK, err := u.handshake(ctx, inst, rec)
-	if laneOK {
+	caps, err := u.handshake(ctx, inst, rec)
+	if caps.lane {
 		inst.lane = wire.NewLaneClient(l.lane)
 	} else {
 		l.lane.Close()
+	}
+	if caps.frames && err == nil && len(rec.Manifest.Streams) > 0 {
+		inst.frames = u.d.hub.attach(l.frames, fmt.Sprintf("plugin %q", u.name), u)
+	} else {
+		l.frames.Close()
 	}
 	if err != nil {
 		// Say how the process ended if it did, which is usually the
@@ -509,9 +531,11 @@ func (u *unit) start(ctx context.Context) (*instance, error) {
 	return inst, nil
 }
 
-// handshake negotiates with a new instance and reports whether it serves
-// the hook lane.
-func (u *unit) handshake(ctx context.Context, inst *instance, rec registry.Record) (lane bool, err error) {
+// pluginCaps is what a plugin said it serves besides RPC.
+type pluginCaps struct{ lane, frames bool }
+
+// handshake negotiates with a new instance and reports what it serves.
+func (u *unit) handshake(ctx context.Context, inst *instance, rec registry.Record) (caps pluginCaps, err error) {
 	hctx, cancel := context.WithTimeout(ctx, u.d.sup.StartTimeout)
 	defer cancel()
 	boot := schema.PluginBootstrap(inst.conn.Bootstrap(hctx))
@@ -549,29 +573,29 @@ func (u *unit) handshake(ctx context.Context, inst *instance, rec registry.Recor
 	res, err := fut.Struct()
 	if err != nil {
 		if hctx.Err() == context.DeadlineExceeded {
-			return false, fmt.Errorf("no handshake within %s", u.d.sup.StartTimeout)
+			return caps, fmt.Errorf("no handshake within %s", u.d.sup.StartTimeout)
 		}
-		return false, fmt.Errorf("handshake: %s", wire.RemoteMessage(err))
+		return caps, fmt.Errorf("handshake: %s", wire.RemoteMessage(err))
 	}
 	theirs, err := wire.ReadVersions(res.PluginVersions())
 	if err != nil {
-		return false, fmt.Errorf("handshake: %w", err)
+		return caps, fmt.Errorf("handshake: %w", err)
 	}
 	if res.Version() == 0 {
 		_, err := schema.Negotiate("plugin", "the daemon", fmt.Sprintf("plugin %q", u.name), u.d.versions, theirs)
 		if err == nil {
 			err = fmt.Errorf("plugin %q refused every version the daemon offered", u.name)
 		}
-		return false, &permanentError{err}
+		return caps, &permanentError{err}
 	}
 	inst.version = res.Version()
 	info, err := res.Info()
 	if err != nil {
-		return false, fmt.Errorf("handshake: %w", err)
+		return caps, fmt.Errorf("handshake: %w", err)
 	}
 	pl, err := info.Phases()
 	if err != nil {
-		return false, fmt.Errorf("handshake: %w", err)
+		return caps, fmt.Errorf("handshake: %w", err)
 	}
 	have := map[schema.Phase]bool{}
 	for i := 0; i < pl.Len(); i++ {
@@ -579,11 +603,16 @@ func (u *unit) handshake(ctx context.Context, inst *instance, rec registry.Recor
 	}
 	for _, h := range rec.Manifest.Hooks {
 		if p := phaseOf(h.Phase); !have[p] {
-			return false, &permanentError{fmt.Errorf("manifest declares %s hook %q but the plugin has no %s handler", h.Phase, h.Name, h.Phase)}
+			return caps, &permanentError{fmt.Errorf("manifest declares %s hook %q but the plugin has no %s handler", h.Phase, h.Name, h.Phase)}
+		}
+	}
+	for _, st := range rec.Manifest.Streams {
+		if !info.Frames() {
+			return caps, &permanentError{fmt.Errorf("manifest declares stream stage %q but the plugin does not serve frame streams", st.Name)}
 		}
 	}
 	inst.plugin = res.Plugin().AddRef()
-	return info.Lane(), nil
+	return pluginCaps{lane: info.Lane(), frames: info.Frames()}, nil
 }
 
 // supervise watches a running instance until it ends or should stop. It
@@ -689,6 +718,9 @@ func (u *unit) teardown(inst *instance) {
 	if inst.lane != nil {
 		inst.lane.Close()
 	}
+	if inst.frames != nil {
+		inst.frames.conn.Close() // its reader goroutine cleans up its streams
+	}
 	inst.conn.Close()
 	if err := inst.proc.Destroy(); err != nil {
 		u.d.log.Warn("destroy plugin instance", "plugin", u.name, "instance", inst.id, "err", err)
@@ -698,6 +730,16 @@ func (u *unit) teardown(inst *instance) {
 	case <-time.After(2 * time.Second):
 		u.d.log.Warn("plugin output still open after the instance ended", "plugin", u.name, "instance", inst.id)
 	}
+}
+
+// framePeer returns the running instance's frame connection, or nil.
+func (u *unit) framePeer() *framePeer {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.inst == nil {
+		return nil
+	}
+	return u.inst.frames
 }
 
 // pluginRef is how to call a running instance: its hook lane when it

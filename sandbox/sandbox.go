@@ -25,6 +25,10 @@ const ControlFD = 3
 // daemon provides one (see schema/lane.capnp).
 const LaneFD = 4
 
+// FramesFD is where a plugin finds its frame socket (see
+// schema/stream.capnp).
+const FramesFD = 5
+
 // Spec describes one plugin instance to start. It is plain data: runtimes
 // must not keep references to it after Start returns, except to the files and
 // writers it names.
@@ -52,6 +56,9 @@ type Spec struct {
 	// Lane is the plugin's end of its hook lane, passed as fd LaneFD.
 	// Optional; the caller keeps ownership as for Control.
 	Lane *os.File
+	// Frames is the plugin's frame socket, passed as fd FramesFD; it
+	// needs Lane. Optional; the caller keeps ownership.
+	Frames *os.File
 	// Stdout and Stderr receive the plugin's output. Nil discards it.
 	Stdout, Stderr io.Writer
 	// Limits are the resource limits granted to the instance.
@@ -60,13 +67,18 @@ type Spec struct {
 	Mounts []Mount
 }
 
-// ExtraFiles are the files a runtime passes from fd 3 on: the control socket
-// and, when set, the hook lane.
+// ExtraFiles are the files a runtime passes from fd 3 on: the control
+// socket, then the hook lane and the frame socket when set (fd numbers are
+// fixed, so a file is passed only if those before it are).
 func (s *Spec) ExtraFiles() []*os.File {
-	if s.Lane != nil {
-		return []*os.File{s.Control, s.Lane}
+	files := []*os.File{s.Control}
+	for _, f := range []*os.File{s.Lane, s.Frames} {
+		if f == nil {
+			break
+		}
+		files = append(files, f)
 	}
-	return []*os.File{s.Control}
+	return files
 }
 
 // Limits bounds what one plugin instance may consume. Zero values mean the

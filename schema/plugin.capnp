@@ -46,6 +46,7 @@ struct PluginInfo {
   sdk @2 :Text;             # e.g. "dimplugd-sdk-go/0.1.0"
   phases @3 :List(Http.Phase);  # the phases the plugin has handlers for
   lane @4 :Bool;                # the plugin serves the hook lane on fd 4 (lane.capnp)
+  frames @5 :Bool;              # the plugin serves frame streams on fd 5 (stream.capnp)
 }
 
 interface Plugin {

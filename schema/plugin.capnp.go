@@ -696,6 +696,14 @@ func (s PluginInfo) SetLane(v bool) {
 	capnp.Struct(s).SetBit(0, v)
 }
 
+func (s PluginInfo) Frames() bool {
+	return capnp.Struct(s).Bit(1)
+}
+
+func (s PluginInfo) SetFrames(v bool) {
+	capnp.Struct(s).SetBit(1, v)
+}
+
 // PluginInfo_List is a list of PluginInfo.
 type PluginInfo_List = capnp.StructList[PluginInfo]
 

@@ -89,6 +89,8 @@ type Session struct {
 	s       schema.HostSession
 	version uint16
 	lane    *wire.LaneClient // nil: dispatch over RPC
+	socket  string
+	frames  *frameClient // opened by the first OpenStream
 
 	mu       sync.Mutex
 	watching bool
@@ -125,7 +127,7 @@ func Dial(ctx context.Context, socket string, opts ...Option) (*Session, error) 
 		_, err := schema.Negotiate("host", "this host", "the daemon", o.versions, theirs)
 		return nil, err
 	}
-	sess := &Session{conn: conn, s: res.Session().AddRef(), version: res.Version()}
+	sess := &Session{conn: conn, s: res.Session().AddRef(), version: res.Version(), socket: socket}
 	if !o.noLane {
 		// A daemon without the lane closes the connection; dispatch
 		// then stays on RPC.
@@ -170,6 +172,13 @@ func (s *Session) Done() <-chan struct{} { return s.conn.Done() }
 func (s *Session) Close() error {
 	if s.lane != nil {
 		s.lane.Close()
+	}
+	s.mu.Lock()
+	fc := s.frames
+	s.frames = nil
+	s.mu.Unlock()
+	if fc != nil {
+		fc.close()
 	}
 	s.s.Release()
 	err := s.conn.Close()

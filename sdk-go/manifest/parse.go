@@ -679,7 +679,8 @@ func (d *decoder) checkRouteOwners(hooks []Hook) {
 	}
 }
 
-var kindPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9.+-]{0,63}/[a-z0-9][a-z0-9.+-]{0,63}$`)
+// kindPattern accepts "type/subtype", "type/*" (every subtype) and "*".
+var kindPattern = regexp.MustCompile(`^(\*|[a-z0-9][a-z0-9.+-]{0,63}/(\*|[a-z0-9][a-z0-9.+-]{0,63}))$`)
 
 func (d *decoder) stream(path string, r *rawStream) Stream {
 	s := Stream{}
@@ -687,7 +688,7 @@ func (d *decoder) stream(path string, r *rawStream) Stream {
 		d.addf(path+".name", "%q is not a valid stream name (%s)", s.Name, nameRule)
 	}
 	if s.Kind = d.required(path+".kind", r.Kind); s.Kind != "" && !kindPattern.MatchString(s.Kind) {
-		d.addf(path+".kind", "%q is not a kind (want lowercase type/subtype, e.g. \"audio/segment\")", s.Kind)
+		d.addf(path+".kind", "%q is not a kind (want lowercase type/subtype, e.g. \"audio/segment\", or \"video/*\")", s.Kind)
 	}
 	if role := d.required(path+".role", r.Role); role != "" {
 		if s.Role = StreamRole(role); !s.Role.valid() {

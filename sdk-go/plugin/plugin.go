@@ -45,6 +45,7 @@ import (
 	"time"
 
 	"github.com/dimplugd/dimplugd/schema"
+	"github.com/dimplugd/dimplugd/sdk-go/frames"
 	"github.com/dimplugd/dimplugd/sdk-go/wire"
 )
 
@@ -115,6 +116,7 @@ type config struct {
 	version  string
 	versions []uint16
 	lane     net.Conn
+	frames   *frames.Conn
 }
 
 // WithVersion sets the version the plugin reports about itself (the
@@ -163,6 +165,11 @@ func Serve(p any, opts ...Option) error {
 		}
 		lf.Close()
 	}
+	if servesFrames(p) {
+		if fc := framesFromFD(); fc != nil {
+			opts = append([]Option{func(c *config) { c.frames = fc }}, opts...)
+		}
+	}
 	return ServeConn(ctx, conn, p, opts...)
 }
 
@@ -175,7 +182,7 @@ func ServeConn(ctx context.Context, rwc io.ReadWriteCloser, p any, opts ...Optio
 	}
 	if !implementsAny(p) {
 		rwc.Close()
-		return fmt.Errorf("plugin type %T implements no hook interface (RequestHook, ResponseHook, RouteHandler or Observer)", p)
+		return fmt.Errorf("plugin type %T implements no hook interface (RequestHook, ResponseHook, RouteHandler, Observer, FrameFilter or FrameObserver)", p)
 	}
 	s := newServer(p, cfg)
 	boot := schema.PluginBootstrap_ServerToClient(&bootstrap{s: s})
@@ -194,6 +201,15 @@ func ServeConn(ctx context.Context, rwc io.ReadWriteCloser, p any, opts ...Optio
 		stopLane()
 		<-laneDone
 	}()
+	if cfg.frames != nil {
+		fs := newFrameServer(p, cfg.frames)
+		framesDone := make(chan struct{})
+		go func() { defer close(framesDone); fs.serve() }() // ends when the socket closes
+		defer func() {
+			fs.close()
+			<-framesDone
+		}()
+	}
 
 	var err error
 	select {
@@ -218,7 +234,7 @@ func ServeConn(ctx context.Context, rwc io.ReadWriteCloser, p any, opts ...Optio
 
 func implementsAny(p any) bool {
 	switch p.(type) {
-	case RequestHook, ResponseHook, RouteHandler, Observer:
+	case RequestHook, ResponseHook, RouteHandler, Observer, FrameFilter, FrameObserver:
 		return true
 	}
 	return false

@@ -137,6 +137,7 @@ func (b *bootstrap) Handshake(ctx context.Context, call schema.PluginBootstrap_h
 
 func writeInfo(info schema.PluginInfo, name string, s *server) error {
 	info.SetLane(s.cfg.lane != nil)
+	info.SetFrames(s.cfg.frames != nil)
 	if err := info.SetName(name); err != nil {
 		return err
 	}

@@ -130,3 +130,32 @@ func TestLane(t *testing.T) {
 		t.Errorf("call on a closed lane: %v", err)
 	}
 }
+
+func BenchmarkLaneRoundTrip(b *testing.B) {
+	fds, _ := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	var cs [2]net.Conn
+	for i, fd := range fds {
+		f := os.NewFile(uintptr(fd), "lane")
+		cs[i], _ = net.FileConn(f)
+		f.Close()
+	}
+	go ServeLane(context.Background(), cs[1], echoHook)
+	l := NewLaneClient(cs[0])
+	defer l.Close()
+	ctx := context.Background()
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		reply, _, err := l.Call(ctx, func(f schema.LaneFrame) error {
+			hc, err := f.NewHook()
+			if err != nil {
+				return err
+			}
+			return hc.SetHook("bench")
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+		reply.Release()
+	}
+}

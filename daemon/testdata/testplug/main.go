@@ -25,14 +25,19 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/dimplugd/dimplugd/sdk-go/plugin"
 )
 
 type testPlug struct {
-	name string
-	host *plugin.Host
+	name   string
+	frames string
+	host   *plugin.Host
+
+	mu                     sync.Mutex
+	frameCount, frameBytes int
 }
 
 func (p *testPlug) Init(ctx context.Context, h *plugin.Host) error {
@@ -106,8 +111,71 @@ func (p *testPlug) Observe(ctx context.Context, hook string, req *plugin.Request
 	_ = p.host.KV.Set(ctx, "observed", []byte(req.Path))
 }
 
+// FilterFrame implements the stream stages: -frames picks the behaviour.
+//
+//	pass     return the frame itself (no copy)
+//	xor      flip every byte in place (xor 0x5a) and pass it on
+//	tag      a new frame: "<name>:" + the frame's bytes, in the plugin's memory
+//	split    two frames: the first and the second half
+//	drop     drop frames with an odd sequence number
+//	slow     sleep 50ms per frame, then pass
+//	crash    exit(4) on the frame with sequence number 3
+func (p *testPlug) FilterFrame(ctx context.Context, s *plugin.Stream, f *plugin.Frame) ([]*plugin.Frame, error) {
+	switch p.frames {
+	case "xor":
+		for i := range f.Data {
+			f.Data[i] ^= 0x5a
+		}
+	case "tag":
+		out, err := s.NewFrame(ctx, len(p.name)+1+len(f.Data))
+		if err != nil {
+			return nil, err
+		}
+		n := copy(out.Data, p.name+":")
+		copy(out.Data[n:], f.Data)
+		out.Seq, out.PTS, out.Duration, out.ContentType = f.Seq, f.PTS, f.Duration, f.ContentType
+		return []*plugin.Frame{out}, nil
+	case "split":
+		h := len(f.Data) / 2
+		a := &plugin.Frame{Seq: f.Seq, ContentType: f.ContentType, Data: append([]byte{}, f.Data[:h]...)}
+		b := &plugin.Frame{Seq: f.Seq, ContentType: f.ContentType, Data: append([]byte{}, f.Data[h:]...)}
+		return []*plugin.Frame{a, b}, nil
+	case "drop":
+		if f.Seq%2 == 1 {
+			return nil, nil
+		}
+	case "slow":
+		select {
+		case <-time.After(50 * time.Millisecond):
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	case "crash":
+		if f.Seq == 3 {
+			fmt.Fprintln(os.Stderr, "testplug: crashing mid-stream on purpose")
+			os.Exit(4)
+		}
+	case "fail":
+		if f.Seq == 2 {
+			return nil, fmt.Errorf("cannot filter frame %d", f.Seq)
+		}
+	}
+	return []*plugin.Frame{f}, nil
+}
+
+// ObserveFrame counts frames and bytes per stream kind in the KV store.
+func (p *testPlug) ObserveFrame(ctx context.Context, s *plugin.Stream, f *plugin.Frame) {
+	p.mu.Lock()
+	p.frameCount++
+	p.frameBytes += len(f.Data)
+	n, b := p.frameCount, p.frameBytes
+	p.mu.Unlock()
+	_ = p.host.KV.Set(ctx, "observed-frames", []byte(fmt.Sprintf("%d %d", n, b)))
+}
+
 func main() {
 	versions := flag.Int("versions", 0, "offer only this protocol version")
+	framesMode := flag.String("frames", "pass", "what stream stages do to frames")
 	crash := flag.Bool("crash", false, "exit right after the handshake")
 	name := flag.String("name", "", "name to write into headers")
 	flag.Parse()
@@ -115,7 +183,7 @@ func main() {
 	if *versions != 0 {
 		opts = append(opts, plugin.WithProtocolVersions(uint16(*versions)))
 	}
-	p := &testPlug{name: *name}
+	p := &testPlug{name: *name, frames: *framesMode}
 	if *crash {
 		go func() {
 			time.Sleep(50 * time.Millisecond)

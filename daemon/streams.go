@@ -1,0 +1,835 @@
+package daemon
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/dimplugd/dimplugd/schema"
+	"github.com/dimplugd/dimplugd/sdk-go/frames"
+	"github.com/dimplugd/dimplugd/sdk-go/manifest"
+)
+
+// The frame hub routes frame streams (schema/stream.capnp). It never maps a
+// pool or touches frame bytes: it forwards descriptors, counts the holders
+// of each one and tells the owner when the last holder let go.
+//
+// Concurrency: one goroutine per peer connection reads packets and calls
+// into the hub, whose state is guarded by hub.mu; sends happen under the
+// lock so that every peer sees packets in the order the hub decided them.
+
+// refKey identifies a frame descriptor globally.
+type refKey struct {
+	owner  uint64
+	pool   uint32
+	offset uint64
+}
+
+type poolKey struct {
+	owner uint64
+	pool  uint32
+}
+
+// framePeer is a host or a plugin instance connected to the hub.
+type framePeer struct {
+	id   uint64
+	name string // "host" or `plugin "x"`
+	conn *frames.Conn
+	unit *unit // nil for hosts
+
+	pools map[uint32]ownedPool // pools this peer produced; the hub keeps their fds
+	has   map[poolKey]bool     // pools of others already sent to this peer
+	held  map[refKey]int       // refs this peer holds as host consumer or observer
+	heldN int                  // the sum of held
+	gone  bool
+}
+
+// writes reports whether the peer may edit frames in place: plugins with a
+// transform stage.
+func (p *framePeer) writes() bool {
+	if p.unit == nil {
+		return false
+	}
+	p.unit.mu.Lock()
+	defer p.unit.mu.Unlock()
+	for _, st := range p.unit.rec.Manifest.Streams {
+		if st.Role == manifest.RoleTransform {
+			return true
+		}
+	}
+	return false
+}
+
+type ownedPool struct {
+	f    *os.File
+	size uint64
+}
+
+// stream is one host stream and its chain.
+type stream struct {
+	host      *framePeer
+	id        uint64 // the host's stream id
+	kind      string
+	stages    []*stage // transforms, in order
+	observers []*stage
+	inputEnd  bool
+	ended     bool
+}
+
+// stage is one plugin's part in a stream.
+type stage struct {
+	s       *stream
+	index   int
+	peer    *framePeer
+	sid     uint64 // the stream's id on the plugin's connection
+	spec    manifest.Stream
+	plugin  string
+	fifo    []*inflight // frames sent and not yet answered, in order
+	skipped map[uint64]bool
+	dead    bool   // bypassed (fail-open after a crash)
+	dropped uint64 // observers: frames missed for lack of credit
+}
+
+type inflight struct {
+	seq   uint64
+	frame frameData
+	timer *time.Timer
+}
+
+// frameData is a frame in transit, copied out of its message.
+type frameData struct {
+	fullSeq            uint64
+	part, parts        uint32
+	pts, dts, duration int64
+	keyFrame           bool
+	contentType        string
+	inline             []byte
+	ref                *refKey
+	length             uint64
+	dropped            bool // a stage's answer: nothing passes on
+}
+
+type frameHub struct {
+	d *Daemon
+
+	mu      sync.Mutex
+	nextID  uint64
+	refs    map[refKey]int
+	peers   map[uint64]*framePeer
+	streams map[[2]uint64]*stream // (host peer id, host stream id)
+	stages  map[[2]uint64]*stage  // (plugin peer id, sid)
+	nextSID uint64
+}
+
+func newFrameHub(d *Daemon) *frameHub {
+	return &frameHub{d: d, refs: map[refKey]int{}, peers: map[uint64]*framePeer{},
+		streams: map[[2]uint64]*stream{}, stages: map[[2]uint64]*stage{}}
+}
+
+// attach starts serving a peer's frame socket. The reading goroutine is
+// owned by the hub and ends when the connection does.
+func (h *frameHub) attach(conn *frames.Conn, name string, u *unit) *framePeer {
+	h.mu.Lock()
+	h.nextID++
+	p := &framePeer{id: h.nextID, name: name, conn: conn, unit: u,
+		pools: map[uint32]ownedPool{}, has: map[poolKey]bool{}, held: map[refKey]int{}}
+	h.peers[p.id] = p
+	h.mu.Unlock()
+	h.d.wg.Add(1)
+	go func() {
+		defer h.d.wg.Done()
+		h.read(p)
+	}()
+	return p
+}
+
+func (h *frameHub) read(p *framePeer) {
+	var err error
+	for {
+		msg, fm, fds, rerr := p.conn.Recv()
+		if rerr != nil {
+			err = rerr
+			break
+		}
+		herr := h.handle(p, fm, fds)
+		msg.Release()
+		if herr != nil {
+			err = herr
+			break
+		}
+	}
+	h.gone(p, err)
+}
+
+// handle applies one packet from p.
+func (h *frameHub) handle(p *framePeer, fm schema.FrameMsg, fds []*os.File) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	switch fm.Which() {
+	case schema.FrameMsg_Which_poolAdd:
+		pa, err := fm.PoolAdd()
+		if err != nil || len(fds) != 1 {
+			closeAll(fds)
+			return fmt.Errorf("%s sent a pool without its memory", p.name)
+		}
+		if old, ok := p.pools[pa.Id()]; ok {
+			old.f.Close()
+		}
+		p.pools[pa.Id()] = ownedPool{f: fds[0], size: pa.Size()}
+		return nil
+	case schema.FrameMsg_Which_poolDrop:
+		ref, err := fm.PoolDrop()
+		if err != nil {
+			return err
+		}
+		h.dropPoolLocked(p, ref.Pool())
+	case schema.FrameMsg_Which_open:
+		so, err := fm.Open()
+		if err != nil {
+			return err
+		}
+		h.openLocked(p, so)
+	case schema.FrameMsg_Which_frame:
+		f, err := fm.Frame()
+		if err != nil {
+			return err
+		}
+		fd, err := readFrameData(f, p)
+		if err != nil {
+			return err
+		}
+		if p.unit == nil {
+			h.hostFrameLocked(p, f.Stream(), fd)
+		} else {
+			h.stageFrameLocked(p, f.Stream(), fd)
+		}
+	case schema.FrameMsg_Which_release:
+		r, err := fm.Release()
+		if err != nil {
+			return err
+		}
+		key := refKey{owner: r.Owner(), pool: r.Pool(), offset: r.Offset()}
+		if key.owner == 0 {
+			key.owner = p.id
+		}
+		if p.held[key] > 0 {
+			p.held[key]--
+			p.heldN--
+			if p.held[key] == 0 {
+				delete(p.held, key)
+			}
+			h.unrefLocked(key, r.Length())
+		}
+	case schema.FrameMsg_Which_end:
+		e, err := fm.End()
+		if err != nil {
+			return err
+		}
+		msg, _ := e.Error()
+		if p.unit == nil {
+			h.hostEndLocked(p, e.Stream(), e.Cancel())
+		} else {
+			h.stageEndLocked(p, e.Stream(), msg)
+		}
+	}
+	closeAll(fds)
+	return nil
+}
+
+func closeAll(fds []*os.File) {
+	for _, f := range fds {
+		f.Close()
+	}
+}
+
+func readFrameData(f schema.Frame, p *framePeer) (frameData, error) {
+	ct, _ := f.ContentType()
+	fd := frameData{fullSeq: f.Seq(), pts: f.Pts(), dts: f.Dts(), duration: f.Duration(), keyFrame: f.KeyFrame(),
+		contentType: ct, part: f.Part(), parts: f.Parts(), dropped: f.Dropped()}
+	if fd.dropped {
+		return fd, nil
+	}
+	switch f.Data().Which() {
+	case schema.Frame_data_Which_inline:
+		b, err := f.Data().Inline()
+		if err != nil {
+			return fd, err
+		}
+		fd.inline = append([]byte{}, b...)
+	case schema.Frame_data_Which_ref:
+		r, err := f.Data().Ref()
+		if err != nil {
+			return fd, err
+		}
+		if r.Length() == 0 { // an empty frame shares nothing
+			return fd, nil
+		}
+		k := refKey{owner: r.Owner(), pool: r.Pool(), offset: r.Offset()}
+		if k.owner == 0 {
+			k.owner = p.id
+		}
+		fd.ref, fd.length = &k, r.Length()
+	}
+	return fd, nil
+}
+
+// openLocked builds the chain for a new host stream.
+func (h *frameHub) openLocked(host *framePeer, so schema.StreamOpen) {
+	kind, _ := so.Kind()
+	s := &stream{host: host, id: so.Stream(), kind: kind}
+	type cand struct {
+		u    *unit
+		spec manifest.Stream
+	}
+	var cands []cand
+	for _, u := range h.d.sortedUnits() {
+		u.mu.Lock()
+		active := u.rec.Enabled && !u.removed
+		specs := u.rec.Manifest.Streams
+		u.mu.Unlock()
+		if !active {
+			continue
+		}
+		for _, sp := range specs {
+			if kindMatches(sp.Kind, kind) {
+				cands = append(cands, cand{u, sp})
+			}
+		}
+	}
+	sort.SliceStable(cands, func(i, j int) bool {
+		if cands[i].spec.Priority != cands[j].spec.Priority {
+			return cands[i].spec.Priority < cands[j].spec.Priority
+		}
+		return cands[i].u.name < cands[j].u.name
+	})
+	var names []string
+	for _, c := range cands {
+		peer := c.u.framePeer()
+		if peer == nil || peer.gone {
+			if c.spec.Failure == manifest.FailClosed && c.spec.Role == manifest.RoleTransform {
+				h.sendEndLocked(host, s.id, fmt.Sprintf("plugin %q (stream stage %q) is not running", c.u.name, c.spec.Name), false)
+				return
+			}
+			c.u.logf("stream stage %q skipped for a %s stream: the plugin is not running", c.spec.Name, kind)
+			continue
+		}
+		h.nextSID++
+		st := &stage{s: s, peer: peer, sid: h.nextSID, spec: c.spec, plugin: c.u.name, skipped: map[uint64]bool{}}
+		if c.spec.Role == manifest.RoleObserve {
+			s.observers = append(s.observers, st)
+		} else {
+			st.index = len(s.stages)
+			s.stages = append(s.stages, st)
+		}
+		h.stages[[2]uint64{peer.id, st.sid}] = st
+		meta, _ := so.Meta()
+		_ = peer.conn.Send(func(m schema.FrameMsg) error {
+			o, err := m.NewOpen()
+			if err != nil {
+				return err
+			}
+			o.SetStream(st.sid)
+			if err := o.SetKind(kind); err != nil {
+				return err
+			}
+			if err := o.SetMeta(meta); err != nil {
+				return err
+			}
+			if err := o.SetRole(string(c.spec.Role)); err != nil {
+				return err
+			}
+			return o.SetStage(c.spec.Name)
+		})
+	}
+	h.streams[[2]uint64{host.id, s.id}] = s
+	for _, st := range append(append([]*stage{}, s.stages...), s.observers...) {
+		names = append(names, st.plugin+"/"+st.spec.Name)
+	}
+	_ = host.conn.Send(func(m schema.FrameMsg) error {
+		o, err := m.NewOpened()
+		if err != nil {
+			return err
+		}
+		o.SetStream(s.id)
+		l, err := o.NewStages(int32(len(names)))
+		if err != nil {
+			return err
+		}
+		for i, n := range names {
+			if err := l.Set(i, n); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// kindMatches reports whether a manifest's kind ("video/segment",
+// "video/*" or "*") covers a stream's kind.
+func kindMatches(pattern, kind string) bool {
+	if pattern == "*" || pattern == kind {
+		return true
+	}
+	if prefix, ok := strings.CutSuffix(pattern, "/*"); ok {
+		return strings.HasPrefix(kind, prefix+"/")
+	}
+	return false
+}
+
+// hostFrameLocked takes a frame from a host into its stream.
+func (h *frameHub) hostFrameLocked(host *framePeer, sid uint64, fd frameData) {
+	s := h.streams[[2]uint64{host.id, sid}]
+	if s == nil || s.ended || s.inputEnd {
+		if fd.ref != nil { // nobody will hold it: give it back
+			h.releaseToOwnerLocked(*fd.ref, fd.length)
+		}
+		return
+	}
+	if fd.ref != nil {
+		h.refs[*fd.ref]++
+	}
+	h.forwardLocked(s, 0, fd)
+}
+
+// forwardLocked hands a frame holding one reference to stage index i, or
+// out of the chain when i is past the last stage.
+func (h *frameHub) forwardLocked(s *stream, i int, fd frameData) {
+	for i < len(s.stages) && s.stages[i].dead {
+		i++
+	}
+	if i < len(s.stages) {
+		st := s.stages[i]
+		e := &inflight{seq: fd.fullSeq, frame: fd}
+		st.fifo = append(st.fifo, e)
+		if d := st.spec.Deadline.Duration; d > 0 {
+			e.timer = time.AfterFunc(d, func() { h.timeout(st, e) })
+		}
+		h.sendFrameLocked(st.peer, st.sid, fd)
+		return
+	}
+	// Out of the chain: to the host, and a copy to each observer with
+	// credit left.
+	for _, o := range s.observers {
+		if o.dead || o.peer.gone {
+			continue
+		}
+		if fd.ref != nil {
+			if o.peer.heldN >= observerCredit {
+				o.dropped++
+				continue
+			}
+			h.refs[*fd.ref]++
+			o.peer.held[*fd.ref]++
+			o.peer.heldN++
+		}
+		h.sendFrameLocked(o.peer, o.sid, fd)
+	}
+	if fd.ref != nil {
+		s.host.held[*fd.ref]++ // the chain's reference passes to the host
+		s.host.heldN++
+	}
+	h.sendFrameLocked(s.host, s.id, fd)
+	h.maybeFinishLocked(s)
+}
+
+// observerCredit bounds the frames an observer plugin may hold: a slow
+// observer misses frames rather than slowing the pipeline.
+const observerCredit = 8
+
+// sendFrameLocked sends a frame to a peer, first sending any pool it does
+// not have yet.
+func (h *frameHub) sendFrameLocked(p *framePeer, sid uint64, fd frameData) {
+	if p.gone {
+		return
+	}
+	var ref refKey
+	if fd.ref != nil {
+		ref = *fd.ref
+		pk := poolKey{ref.owner, ref.pool}
+		if ref.owner != p.id && !p.has[pk] {
+			owner := h.peers[ref.owner]
+			if owner == nil {
+				return
+			}
+			op, ok := owner.pools[ref.pool]
+			if !ok {
+				return
+			}
+			// Only transforms may edit frames in place; hosts and
+			// observers get a read-only descriptor of the memory.
+			f := op.f
+			if !p.writes() {
+				ro, err := frames.ReadOnly(op.f)
+				if err != nil {
+					return
+				}
+				defer ro.Close()
+				f = ro
+			}
+			if err := p.conn.Send(func(m schema.FrameMsg) error {
+				pa, err := m.NewPoolAdd()
+				if err != nil {
+					return err
+				}
+				pa.SetId(ref.pool)
+				pa.SetSize(op.size)
+				pa.SetOwner(ref.owner)
+				return nil
+			}, f); err != nil {
+				return
+			}
+			p.has[pk] = true
+		}
+	}
+	_ = p.conn.Send(func(m schema.FrameMsg) error {
+		f, err := m.NewFrame()
+		if err != nil {
+			return err
+		}
+		f.SetStream(sid)
+		f.SetSeq(fd.fullSeq)
+		f.SetPts(fd.pts)
+		f.SetDts(fd.dts)
+		f.SetDuration(fd.duration)
+		f.SetKeyFrame(fd.keyFrame)
+		f.SetPart(fd.part)
+		f.SetParts(fd.parts)
+		if err := f.SetContentType(fd.contentType); err != nil {
+			return err
+		}
+		if fd.ref == nil {
+			return f.Data().SetInline(fd.inline)
+		}
+		r, err := f.Data().NewRef()
+		if err != nil {
+			return err
+		}
+		if ref.owner != p.id {
+			r.SetOwner(ref.owner)
+		}
+		r.SetPool(ref.pool)
+		r.SetOffset(ref.offset)
+		r.SetLength(fd.length)
+		return nil
+	})
+}
+
+// stageFrameLocked takes a stage's answer (one part) for its oldest frame.
+func (h *frameHub) stageFrameLocked(p *framePeer, sid uint64, out frameData) {
+	st := h.stages[[2]uint64{p.id, sid}]
+	if st == nil || st.spec.Role == manifest.RoleObserve {
+		h.dropOutputLocked(p, out, nil)
+		return
+	}
+	if st.skipped[out.fullSeq] || st.dead || st.s.ended {
+		h.dropOutputLocked(p, out, nil)
+		if out.parts <= 1 || out.part+1 >= out.parts {
+			delete(st.skipped, out.fullSeq)
+		}
+		return
+	}
+	if len(st.fifo) == 0 || st.fifo[0].seq != out.fullSeq {
+		h.failStageLocked(st, fmt.Sprintf("answered frame %d out of order", out.fullSeq))
+		h.dropOutputLocked(p, out, nil)
+		return
+	}
+	head := st.fifo[0]
+	in := head.frame
+	if out.dropped {
+		st.fifo = st.fifo[1:]
+		if head.timer != nil {
+			head.timer.Stop()
+		}
+		if in.ref != nil {
+			h.unrefLocked(*in.ref, in.length)
+		}
+		h.maybeEndStageLocked(st)
+		return
+	}
+	// An output is either the input's descriptor (passed on) or one of the
+	// stage's own pools.
+	if out.ref != nil && (in.ref == nil || *out.ref != *in.ref) && out.ref.owner != p.id {
+		h.failStageLocked(st, "answered with a frame it does not own")
+		return
+	}
+	last := out.parts <= 1 || out.part+1 >= out.parts
+	if out.ref != nil {
+		h.refs[*out.ref]++ // held by whatever comes next
+	}
+	if last {
+		st.fifo = st.fifo[1:]
+		if head.timer != nil {
+			head.timer.Stop()
+		}
+		if in.ref != nil {
+			h.unrefLocked(*in.ref, in.length) // the stage's hold ends
+		}
+	}
+	h.forwardLocked(st.s, st.index+1, out)
+	if last {
+		h.maybeEndStageLocked(st)
+	}
+}
+
+// dropOutputLocked gives back an output nobody will use.
+func (h *frameHub) dropOutputLocked(p *framePeer, out frameData, _ *stage) {
+	if out.ref != nil && out.ref.owner == p.id {
+		h.releaseToOwnerLocked(*out.ref, out.length)
+	}
+}
+
+// timeout applies a stage's failure policy to a frame that missed its
+// deadline.
+func (h *frameHub) timeout(st *stage, e *inflight) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if len(st.fifo) == 0 || st.fifo[0] != e || st.s.ended {
+		return
+	}
+	msg := fmt.Sprintf("plugin %q (stream stage %q) missed its %s deadline on frame %d", st.plugin, st.spec.Name, st.spec.Deadline.Duration, e.seq)
+	if st.spec.Failure == manifest.FailClosed {
+		h.endStreamLocked(st.s, msg)
+		return
+	}
+	if u := st.peer.unit; u != nil {
+		u.logf("%s; passing it through untouched (fail-open)", msg)
+	}
+	st.fifo = st.fifo[1:]
+	st.skipped[e.seq] = true
+	h.forwardLocked(st.s, st.index+1, e.frame) // the hold moves on
+	h.maybeEndStageLocked(st)
+}
+
+// failStageLocked handles a stage that broke the protocol or crashed.
+func (h *frameHub) failStageLocked(st *stage, why string) {
+	msg := fmt.Sprintf("plugin %q (stream stage %q) %s", st.plugin, st.spec.Name, why)
+	if st.spec.Role == manifest.RoleObserve || st.spec.Failure != manifest.FailClosed {
+		if u := st.peer.unit; u != nil {
+			u.logf("%s; frames now pass it by untouched (fail-open)", msg)
+		}
+		st.dead = true
+		// Pop one at a time: the stream must not look finished while
+		// frames are still being passed on.
+		for len(st.fifo) > 0 {
+			e := st.fifo[0]
+			st.fifo = st.fifo[1:]
+			if e.timer != nil {
+				e.timer.Stop()
+			}
+			h.forwardLocked(st.s, st.index+1, e.frame)
+		}
+		h.maybeEndStageLocked(st)
+		return
+	}
+	h.endStreamLocked(st.s, msg)
+}
+
+// hostEndLocked: the host has no more frames (or cancels).
+func (h *frameHub) hostEndLocked(host *framePeer, sid uint64, cancel bool) {
+	s := h.streams[[2]uint64{host.id, sid}]
+	if s == nil {
+		return
+	}
+	if cancel {
+		h.endStreamLocked(s, "")
+		return
+	}
+	s.inputEnd = true
+	h.maybeEndStageChainLocked(s)
+}
+
+// stageEndLocked: a plugin ended its part of a stream with an error.
+func (h *frameHub) stageEndLocked(p *framePeer, sid uint64, msg string) {
+	st := h.stages[[2]uint64{p.id, sid}]
+	if st == nil || st.s.ended {
+		return
+	}
+	if msg == "" {
+		msg = "ended the stream"
+	}
+	h.failStageLocked(st, "failed: "+msg)
+}
+
+// maybeEndStageLocked propagates the end of input down the chain once a
+// stage has answered everything.
+func (h *frameHub) maybeEndStageLocked(st *stage) { h.maybeEndStageChainLocked(st.s) }
+
+func (h *frameHub) maybeEndStageChainLocked(s *stream) {
+	if !s.inputEnd || s.ended {
+		return
+	}
+	for _, st := range s.stages {
+		if len(st.fifo) > 0 {
+			return
+		}
+	}
+	h.maybeFinishLocked(s)
+}
+
+// maybeFinishLocked ends a stream whose input ended and whose chain is
+// empty.
+func (h *frameHub) maybeFinishLocked(s *stream) {
+	if !s.inputEnd || s.ended {
+		return
+	}
+	for _, st := range s.stages {
+		if len(st.fifo) > 0 {
+			return
+		}
+	}
+	h.endStreamLocked(s, "")
+}
+
+// endStreamLocked ends a stream: the host is told (with why, if it failed),
+// every stage is told, and every hold the chain had is let go.
+func (h *frameHub) endStreamLocked(s *stream, why string) {
+	if s.ended {
+		return
+	}
+	s.ended = true
+	for _, st := range append(append([]*stage{}, s.stages...), s.observers...) {
+		for _, e := range st.fifo {
+			if e.timer != nil {
+				e.timer.Stop()
+			}
+			if e.frame.ref != nil {
+				h.unrefLocked(*e.frame.ref, e.frame.length)
+			}
+		}
+		st.fifo = nil
+		if !st.peer.gone {
+			h.sendEndLocked(st.peer, st.sid, "", why != "")
+		}
+		delete(h.stages, [2]uint64{st.peer.id, st.sid})
+	}
+	h.sendEndLocked(s.host, s.id, why, false)
+	delete(h.streams, [2]uint64{s.host.id, s.id})
+}
+
+func (h *frameHub) sendEndLocked(p *framePeer, sid uint64, why string, cancel bool) {
+	if p.gone {
+		return
+	}
+	_ = p.conn.Send(func(m schema.FrameMsg) error {
+		e, err := m.NewEnd()
+		if err != nil {
+			return err
+		}
+		e.SetStream(sid)
+		e.SetCancel(cancel)
+		return e.SetError(why)
+	})
+}
+
+// unrefLocked drops one hold on a descriptor and gives it back to its owner
+// when it was the last.
+func (h *frameHub) unrefLocked(k refKey, length uint64) {
+	n := h.refs[k] - 1
+	if n > 0 {
+		h.refs[k] = n
+		return
+	}
+	delete(h.refs, k)
+	h.releaseToOwnerLocked(k, length)
+}
+
+func (h *frameHub) releaseToOwnerLocked(k refKey, length uint64) {
+	owner := h.peers[k.owner]
+	if owner == nil || owner.gone {
+		return
+	}
+	_ = owner.conn.Send(func(m schema.FrameMsg) error {
+		r, err := m.NewRelease()
+		if err != nil {
+			return err
+		}
+		r.SetPool(k.pool)
+		r.SetOffset(k.offset)
+		r.SetLength(length)
+		return nil
+	})
+}
+
+func (h *frameHub) dropPoolLocked(p *framePeer, id uint32) {
+	op, ok := p.pools[id]
+	if !ok {
+		return
+	}
+	delete(p.pools, id)
+	op.f.Close()
+	pk := poolKey{p.id, id}
+	for _, q := range h.peers {
+		if q.has[pk] && !q.gone {
+			delete(q.has, pk)
+			_ = q.conn.Send(func(m schema.FrameMsg) error {
+				r, err := m.NewPoolDrop()
+				if err != nil {
+					return err
+				}
+				r.SetOwner(p.id)
+				r.SetPool(id)
+				return nil
+			})
+		}
+	}
+}
+
+// gone cleans up after a peer whose connection ended: its streams end (a
+// host) or its stages fail by policy (a plugin), and its holds are let go.
+func (h *frameHub) gone(p *framePeer, err error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	p.gone = true
+	p.conn.Close()
+	if p.unit == nil {
+		for k, s := range h.streams {
+			if k[0] == p.id {
+				h.endStreamLocked(s, "")
+			}
+		}
+	} else {
+		why := "stopped mid-stream"
+		if p.unit != nil {
+			p.unit.mu.Lock()
+			if p.unit.lastExit != "" {
+				why = "stopped mid-stream (" + p.unit.lastExit + ")"
+			}
+			p.unit.mu.Unlock()
+		}
+		for k, st := range h.stages {
+			if k[0] == p.id {
+				h.failStageLocked(st, why)
+			}
+		}
+	}
+	for k, n := range p.held {
+		for i := 0; i < n; i++ {
+			h.unrefLocked(k, 0)
+		}
+	}
+	p.held, p.heldN = nil, 0
+	for id := range p.pools {
+		h.dropPoolLocked(p, id)
+	}
+	delete(h.peers, p.id)
+	if err != nil && !errors.Is(err, os.ErrClosed) {
+		h.d.log.Debug("frame peer gone", "peer", p.name, "err", err)
+	}
+}
+
+// closeAll closes every peer connection; their reading goroutines then end.
+func (h *frameHub) closeAll() {
+	h.mu.Lock()
+	peers := make([]*framePeer, 0, len(h.peers))
+	for _, p := range h.peers {
+		peers = append(peers, p)
+	}
+	h.mu.Unlock()
+	for _, p := range peers {
+		p.conn.Close()
+	}
+}

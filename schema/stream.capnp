@@ -1,0 +1,107 @@
+# stream.capnp — frame streams: media frames (one fMP4 segment per track,
+# 4 KiB to 100+ MiB) flowing from a host through a chain of plugins and back.
+#
+# Frames do not travel inside Cap'n Proto messages. Each producer (the host,
+# and every plugin that makes new frames) owns shared-memory pools — memfd
+# files it creates, announces once with PoolAdd and passes as file
+# descriptors — and frames are descriptors into them: (pool, offset,
+# length). A pass-through plugin returns the descriptor it was given, so no
+# frame byte is copied anywhere; the daemon routes descriptors and never maps
+# a pool. Small frames may travel inline instead.
+#
+# Connection: every peer (a host, a plugin) talks to the daemon on its own
+# SOCK_SEQPACKET Unix socket. One packet is one FrameMsg in standard
+# Cap'n Proto framing; PoolAdd packets carry the pool's file descriptor as
+# SCM_RIGHTS. Plugins find theirs at file descriptor 5. A host writes the 9
+# bytes "DPFRAME1\n" on a new connection to the daemon's socket; the daemon
+# answers with one byte and a socket file descriptor (SCM_RIGHTS): the
+# host's frame socket.
+#
+# Memory and flow control: a descriptor is a reference. Whoever receives a
+# frame releases it (Release) when done with it; the daemon counts the
+# references it handed out and sends Release to the pool's owner when the
+# last one is gone. Producers allocate only from their own bounded pools, so
+# a slow consumer holds slots, the producer's allocation waits, and memory
+# stays bounded end to end. A frame larger than a pool gets a pool of its own.
+
+@0xf7ae6596281489a0;
+
+using Go = import "/go.capnp";
+$Go.package("schema");
+$Go.import("github.com/dimplugd/dimplugd/schema");
+
+struct FrameMsg {
+  union {
+    poolAdd @0 :PoolAdd;       # producer → daemon → consumers; carries the memfd
+    poolDrop @1 :FrameRef;     # the owner will not use this pool again (offset and length unused)
+    open @2 :StreamOpen;       # host → daemon; daemon → plugin
+    opened @3 :StreamOpened;   # daemon → host: the chain is ready
+    frame @4 :Frame;           # any direction: a frame of a stream
+    release @5 :FrameRef;      # "I am done with this descriptor"
+    end @6 :StreamEnd;         # no more frames on this stream (either way)
+  }
+}
+
+struct PoolAdd {
+  id @0 :UInt32;       # unique per producer; 0 is never used
+  size @1 :UInt64;     # bytes; the memfd is exactly this long
+  owner @2 :UInt64;    # 0 from the producer ("mine"); the daemon fills in
+                       # the producer's id when it forwards the pool
+}
+
+struct StreamOpen {
+  stream @0 :UInt64;   # chosen by the opener, unique on its connection
+  kind @1 :Text;       # "video/segment", "audio/segment", "subtitle/vtt", ...
+  meta @2 :StreamMeta;
+  role @3 :Text;       # daemon → plugin: "transform" or "observe"
+  stage @4 :Text;      # daemon → plugin: the manifest's stream name
+}
+
+struct StreamMeta {
+  mediaId @0 :Int64;
+  track @1 :Text;
+  codec @2 :Text;      # RFC 6381 codecs string, e.g. "avc1.64001f"
+  timescale @3 :UInt32;
+  extra @4 :List(MetaEntry);
+}
+
+struct MetaEntry {
+  key @0 :Text;
+  value @1 :Text;
+}
+
+struct StreamOpened {
+  stream @0 :UInt64;
+  stages @1 :List(Text); # "plugin/stage" in chain order, observers last
+}
+
+struct Frame {
+  stream @0 :UInt64;
+  seq @1 :UInt64;            # the host's sequence number, kept through the chain
+  pts @2 :Int64;             # presentation timestamp, in timescale units
+  dts @3 :Int64;
+  duration @4 :Int64;
+  keyFrame @5 :Bool;
+  contentType @6 :Text;      # "video/iso.segment", "video/mp4" (init), ...
+  data :union {
+    inline @7 :Data;         # small frames travel in the message
+    ref @8 :FrameRef;        # everything else is a descriptor
+  }
+  part @9 :UInt32;           # a stage may answer one frame with several:
+  parts @10 :UInt32;         # part i of parts (0-based); parts = 0 means 1
+  dropped @11 :Bool;         # a stage's answer: it dropped the frame, nothing passes on
+}
+
+struct FrameRef {
+  owner @0 :UInt64;          # daemon-assigned id of the producer; 0 from a
+                             # producer naming its own pool; peers echo it
+  pool @1 :UInt32;
+  offset @2 :UInt64;
+  length @3 :UInt64;
+}
+
+struct StreamEnd {
+  stream @0 :UInt64;
+  error @1 :Text;            # empty: a clean end; else why the stream failed
+  cancel @2 :Bool;           # the sender gave up (host or daemon)
+}

@@ -1,0 +1,539 @@
+package host
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sync"
+
+	"github.com/dimplugd/dimplugd/schema"
+	"github.com/dimplugd/dimplugd/sdk-go/frames"
+)
+
+// FramesPreamble opens a frame socket on the daemon's socket (see
+// schema/stream.capnp).
+const FramesPreamble = "DPFRAME1\n"
+
+// InlineMax is the largest frame sent inside a message rather than through
+// shared memory: below it, a copy costs less than the descriptor's round
+// trips (measured with `make bench`).
+const InlineMax = 16 << 10
+
+// DefaultPoolSize bounds the shared memory a session's streams have in
+// flight; Send and NewFrame wait when it is full (back-pressure). A frame
+// larger than the pool gets a pool of its own.
+const DefaultPoolSize = 64 << 20
+
+// StreamMeta describes a stream to the plugins in its chain.
+type StreamMeta struct {
+	MediaID   int64
+	Track     string
+	Codec     string
+	Timescale uint32
+	Extra     map[string]string
+}
+
+// Frame is one media frame: an fMP4 segment, an init segment, a subtitle
+// file.
+type Frame struct {
+	Seq         uint64 // the host's sequence number, kept through the chain
+	PTS, DTS    int64  // in the stream's timescale
+	Duration    int64
+	KeyFrame    bool
+	ContentType string
+	// Data is the frame's bytes. For a received frame (and one from
+	// NewFrame) it is shared memory, valid until Release.
+	Data []byte
+
+	slot    *frames.Slot // set by NewFrame
+	release func()
+}
+
+// Release gives a received frame's memory back; Data must not be used
+// afterwards. It is safe to call more than once.
+func (f *Frame) Release() {
+	if f.release != nil {
+		f.release()
+		f.release = nil
+	}
+}
+
+// frameClient is a session's frame socket, shared by its streams. Its
+// reading goroutine ends when the socket closes.
+type frameClient struct {
+	conn  *frames.Conn
+	maps  *frames.Mappings
+	alloc *frames.Allocator
+
+	mu      sync.Mutex
+	pools   map[uint32]*frames.Pool // our own, by id
+	streams map[uint64]*Stream
+	nextID  uint64
+	err     error
+	done    chan struct{}
+}
+
+func dialFrames(ctx context.Context, socket string, poolSize int64) (*frameClient, error) {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "unix", socket)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	uc := c.(*net.UnixConn)
+	if dl, ok := ctx.Deadline(); ok {
+		uc.SetDeadline(dl)
+	}
+	if _, err := io.WriteString(uc, FramesPreamble); err != nil {
+		return nil, err
+	}
+	_, f, err := frames.RecvFD(uc, make([]byte, 1))
+	if err != nil {
+		return nil, fmt.Errorf("open a frame socket (is the daemon too old for frame streams?): %w", err)
+	}
+	if f == nil {
+		return nil, errors.New("the daemon answered without a frame socket")
+	}
+	conn, err := frames.FileConn(f)
+	f.Close()
+	if err != nil {
+		return nil, err
+	}
+	fc := &frameClient{conn: conn, maps: frames.NewMappings(), pools: map[uint32]*frames.Pool{},
+		streams: map[uint64]*Stream{}, done: make(chan struct{})}
+	fc.alloc = frames.NewAllocator(poolSize, frames.AllocatorHooks{
+		Added: func(p *frames.Pool) error {
+			fc.mu.Lock()
+			fc.pools[p.ID()] = p
+			fc.mu.Unlock()
+			return fc.conn.Send(func(m schema.FrameMsg) error {
+				pa, err := m.NewPoolAdd()
+				if err != nil {
+					return err
+				}
+				pa.SetId(p.ID())
+				pa.SetSize(uint64(p.Size()))
+				return nil
+			}, p.File())
+		},
+		Dropped: func(id uint32) {
+			fc.mu.Lock()
+			delete(fc.pools, id)
+			fc.mu.Unlock()
+			_ = fc.conn.Send(func(m schema.FrameMsg) error {
+				r, err := m.NewPoolDrop()
+				if err != nil {
+					return err
+				}
+				r.SetPool(id)
+				return nil
+			})
+		},
+	})
+	go fc.read()
+	return fc, nil
+}
+
+func (fc *frameClient) close() {
+	fc.conn.Close()
+	<-fc.done
+	fc.alloc.Close()
+	fc.maps.Close()
+}
+
+func (fc *frameClient) read() {
+	var err error
+	for {
+		msg, fm, fds, rerr := fc.conn.Recv()
+		if rerr != nil {
+			err = rerr
+			break
+		}
+		fc.handle(fm, fds)
+		msg.Release()
+	}
+	if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrClosed) {
+		err = errors.New("the connection to dimplugd closed")
+	}
+	fc.mu.Lock()
+	fc.err = err
+	streams := fc.streams
+	fc.streams = map[uint64]*Stream{}
+	fc.mu.Unlock()
+	for _, st := range streams {
+		st.finish(err)
+	}
+	close(fc.done)
+}
+
+func (fc *frameClient) handle(fm schema.FrameMsg, fds []*os.File) {
+	switch fm.Which() {
+	case schema.FrameMsg_Which_poolAdd:
+		pa, err := fm.PoolAdd()
+		if err == nil && len(fds) == 1 {
+			_ = fc.maps.Add(pa.Owner(), pa.Id(), fds[0], int64(pa.Size()), false)
+			return
+		}
+	case schema.FrameMsg_Which_poolDrop:
+		if r, err := fm.PoolDrop(); err == nil {
+			_ = fc.maps.Drop(r.Owner(), r.Pool())
+		}
+	case schema.FrameMsg_Which_opened:
+		o, err := fm.Opened()
+		if err != nil {
+			break
+		}
+		var stages []string
+		if l, err := o.Stages(); err == nil {
+			for i := 0; i < l.Len(); i++ {
+				s, _ := l.At(i)
+				stages = append(stages, s)
+			}
+		}
+		if st := fc.stream(o.Stream()); st != nil {
+			st.openedOnce.Do(func() { st.stages = stages; close(st.opened) })
+		}
+	case schema.FrameMsg_Which_frame:
+		f, err := fm.Frame()
+		if err != nil {
+			break
+		}
+		fr, err := fc.received(f)
+		if err != nil {
+			break
+		}
+		if st := fc.stream(f.Stream()); st != nil {
+			st.push(fr)
+		} else {
+			fr.Release()
+		}
+	case schema.FrameMsg_Which_release:
+		if r, err := fm.Release(); err == nil {
+			_ = fc.alloc.Free(r.Pool(), int64(r.Offset()), int64(r.Length()))
+		}
+	case schema.FrameMsg_Which_end:
+		e, err := fm.End()
+		if err != nil {
+			break
+		}
+		msg, _ := e.Error()
+		if st := fc.stream(e.Stream()); st != nil {
+			fc.mu.Lock()
+			delete(fc.streams, st.id)
+			fc.mu.Unlock()
+			if msg != "" {
+				st.finish(fmt.Errorf("stream failed: %s", msg))
+			} else {
+				st.finish(io.EOF)
+			}
+		}
+	}
+	for _, f := range fds {
+		f.Close()
+	}
+}
+
+func (fc *frameClient) stream(id uint64) *Stream {
+	fc.mu.Lock()
+	defer fc.mu.Unlock()
+	return fc.streams[id]
+}
+
+// received turns a frame message into a Frame whose Data views shared
+// memory (or an inline copy).
+func (fc *frameClient) received(f schema.Frame) (*Frame, error) {
+	ct, _ := f.ContentType()
+	fr := &Frame{Seq: f.Seq(), PTS: f.Pts(), DTS: f.Dts(), Duration: f.Duration(), KeyFrame: f.KeyFrame(), ContentType: ct}
+	if f.Data().Which() == schema.Frame_data_Which_inline {
+		b, err := f.Data().Inline()
+		if err != nil {
+			return nil, err
+		}
+		fr.Data = append([]byte{}, b...)
+		return fr, nil
+	}
+	r, err := f.Data().Ref()
+	if err != nil {
+		return nil, err
+	}
+	owner, pool, off, n := r.Owner(), r.Pool(), int64(r.Offset()), int64(r.Length())
+	if owner == 0 {
+		fc.mu.Lock()
+		p := fc.pools[pool]
+		fc.mu.Unlock()
+		if p == nil || off < 0 || n < 0 || off+n > p.Size() {
+			return nil, fmt.Errorf("frame %d refers to unknown memory", fr.Seq)
+		}
+		fr.Data = p.Bytes()[off : off+n : off+n]
+	} else if fr.Data, err = fc.maps.Bytes(owner, pool, off, n); err != nil {
+		return nil, err
+	}
+	fr.release = func() {
+		_ = fc.conn.Send(func(m schema.FrameMsg) error {
+			rr, err := m.NewRelease()
+			if err != nil {
+				return err
+			}
+			rr.SetOwner(owner)
+			rr.SetPool(pool)
+			rr.SetOffset(uint64(off))
+			rr.SetLength(uint64(n))
+			return nil
+		})
+	}
+	return fr, nil
+}
+
+// Stream is a host's frame stream through the plugins whose manifests take
+// its kind. Send and Recv may be used from different goroutines; frames come
+// back in the order they were sent.
+type Stream struct {
+	fc *frameClient
+	id uint64
+
+	opened     chan struct{}
+	openedOnce sync.Once
+	stages     []string
+
+	mu     sync.Mutex
+	queue  []*Frame
+	ready  chan struct{} // capacity 1: queue grew or the stream ended
+	err    error         // set when the stream ended (io.EOF: cleanly)
+	sent   bool          // CloseSend was called
+	closed chan struct{}
+}
+
+// OpenStream opens a frame stream of kind (e.g. "video/segment") through
+// the plugins that take it, in order. The first call opens the session's
+// frame socket.
+func (s *Session) OpenStream(ctx context.Context, kind string, meta StreamMeta) (*Stream, error) {
+	fc, err := s.frameClient(ctx)
+	if err != nil {
+		return nil, err
+	}
+	fc.mu.Lock()
+	if fc.err != nil {
+		fc.mu.Unlock()
+		return nil, fc.err
+	}
+	fc.nextID++
+	st := &Stream{fc: fc, id: fc.nextID, opened: make(chan struct{}), ready: make(chan struct{}, 1), closed: make(chan struct{})}
+	fc.streams[st.id] = st
+	fc.mu.Unlock()
+	err = fc.conn.Send(func(m schema.FrameMsg) error {
+		o, err := m.NewOpen()
+		if err != nil {
+			return err
+		}
+		o.SetStream(st.id)
+		if err := o.SetKind(kind); err != nil {
+			return err
+		}
+		sm, err := o.NewMeta()
+		if err != nil {
+			return err
+		}
+		sm.SetMediaId(meta.MediaID)
+		sm.SetTimescale(meta.Timescale)
+		if err := sm.SetTrack(meta.Track); err != nil {
+			return err
+		}
+		if err := sm.SetCodec(meta.Codec); err != nil {
+			return err
+		}
+		l, err := sm.NewExtra(int32(len(meta.Extra)))
+		if err != nil {
+			return err
+		}
+		i := 0
+		for k, v := range meta.Extra {
+			if err := l.At(i).SetKey(k); err != nil {
+				return err
+			}
+			if err := l.At(i).SetValue(v); err != nil {
+				return err
+			}
+			i++
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open %s stream: %w", kind, err)
+	}
+	select {
+	case <-st.opened:
+		return st, nil
+	case <-st.closed:
+		return nil, fmt.Errorf("open %s stream: %w", kind, st.err)
+	case <-ctx.Done():
+		st.Cancel()
+		return nil, ctx.Err()
+	}
+}
+
+func (s *Session) frameClient(ctx context.Context) (*frameClient, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.frames != nil {
+		return s.frames, nil
+	}
+	fc, err := dialFrames(ctx, s.socket, DefaultPoolSize)
+	if err != nil {
+		return nil, err
+	}
+	s.frames = fc
+	return fc, nil
+}
+
+// Stages lists the chain, "plugin/stage" in order, observers last.
+func (st *Stream) Stages() []string { return st.stages }
+
+// NewFrame returns a frame whose Data is n bytes of shared memory, for a
+// producer to fill in place and Send: the bytes are never copied again. It
+// waits while the session's pool is full.
+func (st *Stream) NewFrame(ctx context.Context, n int) (*Frame, error) {
+	slot, err := st.fc.alloc.Alloc(ctx, int64(n))
+	if err != nil {
+		return nil, fmt.Errorf("allocate a %d byte frame: %w", n, err)
+	}
+	return &Frame{Data: slot.Data, slot: &slot}, nil
+}
+
+// Send sends a frame down the chain. A frame from NewFrame travels as a
+// descriptor; other small frames inline; other large ones are copied into
+// shared memory first (waiting while the pool is full). The caller may
+// reuse f once Send returns.
+func (st *Stream) Send(ctx context.Context, f *Frame) error {
+	select {
+	case <-st.closed:
+		return st.err
+	default:
+	}
+	slot := f.slot
+	if slot != nil && slot.Len == 0 { // nothing to share: an empty frame travels inline
+		_ = st.fc.alloc.Free(slot.Pool, slot.Off, 0)
+		slot = nil
+	}
+	if slot == nil && len(f.Data) > InlineMax {
+		s, err := st.fc.alloc.Alloc(ctx, int64(len(f.Data)))
+		if err != nil {
+			return fmt.Errorf("allocate a %d byte frame: %w", len(f.Data), err)
+		}
+		copy(s.Data, f.Data)
+		slot = &s
+	}
+	f.slot = nil
+	return st.fc.conn.Send(func(m schema.FrameMsg) error {
+		fm, err := m.NewFrame()
+		if err != nil {
+			return err
+		}
+		fm.SetStream(st.id)
+		fm.SetSeq(f.Seq)
+		fm.SetPts(f.PTS)
+		fm.SetDts(f.DTS)
+		fm.SetDuration(f.Duration)
+		fm.SetKeyFrame(f.KeyFrame)
+		if err := fm.SetContentType(f.ContentType); err != nil {
+			return err
+		}
+		if slot == nil {
+			return fm.Data().SetInline(f.Data)
+		}
+		r, err := fm.Data().NewRef()
+		if err != nil {
+			return err
+		}
+		r.SetPool(slot.Pool)
+		r.SetOffset(uint64(slot.Off))
+		r.SetLength(uint64(slot.Len))
+		return nil
+	})
+}
+
+func (st *Stream) push(f *Frame) {
+	st.mu.Lock()
+	st.queue = append(st.queue, f)
+	st.mu.Unlock()
+	select {
+	case st.ready <- struct{}{}:
+	default:
+	}
+}
+
+func (st *Stream) finish(err error) {
+	st.mu.Lock()
+	if st.err == nil {
+		st.err = err
+		close(st.closed)
+	}
+	st.mu.Unlock()
+	select {
+	case st.ready <- struct{}{}:
+	default:
+	}
+}
+
+// Recv returns the next frame out of the chain, in order. It returns io.EOF
+// after the last frame of a stream whose input was closed with CloseSend,
+// and an error naming the plugin when a stage failed the stream. Release
+// each frame when done with it.
+func (st *Stream) Recv(ctx context.Context) (*Frame, error) {
+	for {
+		st.mu.Lock()
+		if len(st.queue) > 0 {
+			f := st.queue[0]
+			st.queue = st.queue[1:]
+			st.mu.Unlock()
+			return f, nil
+		}
+		err := st.err
+		st.mu.Unlock()
+		if err != nil {
+			return nil, err
+		}
+		select {
+		case <-st.ready:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// CloseSend says no more frames will be sent; Recv returns io.EOF once the
+// chain has passed on everything.
+func (st *Stream) CloseSend() error {
+	return st.sendEnd(false)
+}
+
+// Cancel abandons the stream: frames in flight are dropped.
+func (st *Stream) Cancel() error {
+	err := st.sendEnd(true)
+	st.fc.mu.Lock()
+	delete(st.fc.streams, st.id)
+	st.fc.mu.Unlock()
+	st.finish(context.Canceled)
+	st.mu.Lock()
+	q := st.queue
+	st.queue = nil
+	st.mu.Unlock()
+	for _, f := range q {
+		f.Release()
+	}
+	return err
+}
+
+func (st *Stream) sendEnd(cancel bool) error {
+	return st.fc.conn.Send(func(m schema.FrameMsg) error {
+		e, err := m.NewEnd()
+		if err != nil {
+			return err
+		}
+		e.SetStream(st.id)
+		e.SetCancel(cancel)
+		return nil
+	})
+}

@@ -1,0 +1,471 @@
+package plugin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/dimplugd/dimplugd/schema"
+	"github.com/dimplugd/dimplugd/sdk-go/frames"
+)
+
+// FramesFD is where the daemon passes the plugin's frame socket.
+const FramesFD = 5
+
+// inlineMax is the largest output frame sent inside a message.
+const inlineMax = 16 << 10
+
+// outputPoolSize bounds the shared memory a plugin's new frames use; making
+// a frame waits while it is full.
+const outputPoolSize = 64 << 20
+
+// Frame is one media frame in a stream (an fMP4 segment, say).
+type Frame struct {
+	Seq         uint64 // the host's sequence number
+	PTS, DTS    int64  // in the stream's timescale
+	Duration    int64
+	KeyFrame    bool
+	ContentType string
+	// Data is the frame's bytes, usually shared memory: valid during the
+	// handler call only. A transform may change it in place; returning
+	// the same frame then passes it on without a copy.
+	Data []byte
+
+	ref  *frameRef    // where Data lives when it is shared memory
+	slot *frames.Slot // set by Stream.NewFrame
+}
+
+type frameRef struct {
+	owner  uint64
+	pool   uint32
+	offset uint64
+	length uint64
+}
+
+// StreamMeta describes a stream.
+type StreamMeta struct {
+	MediaID   int64
+	Track     string
+	Codec     string
+	Timescale uint32
+	Extra     map[string]string
+}
+
+// Stream is the plugin's view of one stream passing through it.
+type Stream struct {
+	Kind  string // "video/segment", ...
+	Stage string // the manifest's stream name
+	Role  string // "transform" or "observe"
+	Meta  StreamMeta
+
+	fs *frameServer
+	id uint64
+}
+
+// NewFrame returns a frame with n bytes of the plugin's shared memory, for
+// a transform that makes new frames: returning it passes it on without a
+// copy. It waits while the plugin's pool is full.
+func (s *Stream) NewFrame(ctx context.Context, n int) (*Frame, error) {
+	slot, err := s.fs.alloc.Alloc(ctx, int64(n))
+	if err != nil {
+		return nil, fmt.Errorf("allocate a %d byte frame: %w", n, err)
+	}
+	return &Frame{Data: slot.Data, slot: &slot}, nil
+}
+
+// FrameFilter transforms the frames of the stream kinds its manifest
+// declares with role "transform". It returns the frames to pass on, in
+// order: the frame itself (changed in place or not) costs no copy; nil or
+// an empty slice drops the frame; several frames split it. Frames of one
+// stream arrive one at a time, in order.
+type FrameFilter interface {
+	FilterFrame(ctx context.Context, s *Stream, f *Frame) ([]*Frame, error)
+}
+
+// FrameObserver sees the frames of the stream kinds its manifest declares
+// with role "observe", after the chain. It cannot change them. A slow
+// observer misses frames rather than slowing the stream.
+type FrameObserver interface {
+	ObserveFrame(ctx context.Context, s *Stream, f *Frame)
+}
+
+// frameServer serves the plugin's frame socket. Its reading goroutine and
+// one worker per open stream end when the socket closes.
+type frameServer struct {
+	p     any
+	conn  *frames.Conn
+	maps  *frames.Mappings
+	alloc *frames.Allocator
+
+	mu      sync.Mutex
+	pools   map[uint32]*frames.Pool // our own
+	streams map[uint64]*streamWorker
+	wg      sync.WaitGroup
+}
+
+type streamWorker struct {
+	s      *Stream
+	queue  chan *Frame
+	ctx    context.Context
+	cancel context.CancelFunc
+}
+
+func servesFrames(p any) bool {
+	switch p.(type) {
+	case FrameFilter, FrameObserver:
+		return true
+	}
+	return false
+}
+
+func newFrameServer(p any, c *frames.Conn) *frameServer {
+	fs := &frameServer{p: p, conn: c, maps: frames.NewMappings(), pools: map[uint32]*frames.Pool{}, streams: map[uint64]*streamWorker{}}
+	fs.alloc = frames.NewAllocator(outputPoolSize, frames.AllocatorHooks{
+		Added: func(pl *frames.Pool) error {
+			fs.mu.Lock()
+			fs.pools[pl.ID()] = pl
+			fs.mu.Unlock()
+			return fs.conn.Send(func(m schema.FrameMsg) error {
+				pa, err := m.NewPoolAdd()
+				if err != nil {
+					return err
+				}
+				pa.SetId(pl.ID())
+				pa.SetSize(uint64(pl.Size()))
+				return nil
+			}, pl.File())
+		},
+		Dropped: func(id uint32) {
+			fs.mu.Lock()
+			delete(fs.pools, id)
+			fs.mu.Unlock()
+			_ = fs.conn.Send(func(m schema.FrameMsg) error {
+				r, err := m.NewPoolDrop()
+				if err != nil {
+					return err
+				}
+				r.SetPool(id)
+				return nil
+			})
+		},
+	})
+	return fs
+}
+
+// serve reads packets until the socket closes, then stops every worker.
+func (fs *frameServer) serve() {
+	for {
+		msg, fm, fds, err := fs.conn.Recv()
+		if err != nil {
+			break
+		}
+		fs.handle(fm, fds)
+		msg.Release()
+	}
+	fs.mu.Lock()
+	for id, w := range fs.streams {
+		w.cancel()
+		close(w.queue)
+		delete(fs.streams, id)
+	}
+	fs.mu.Unlock()
+	fs.wg.Wait()
+	fs.alloc.Close()
+	fs.maps.Close()
+}
+
+func (fs *frameServer) close() { fs.conn.Close() }
+
+func (fs *frameServer) handle(fm schema.FrameMsg, fds []*os.File) {
+	defer func() {
+		for _, f := range fds {
+			f.Close()
+		}
+	}()
+	switch fm.Which() {
+	case schema.FrameMsg_Which_poolAdd:
+		pa, err := fm.PoolAdd()
+		if err == nil && len(fds) == 1 {
+			// Transforms may edit frames in place: the daemon passes a
+			// writable descriptor to plugins with a transform stage and
+			// a read-only one to the others.
+			_, transform := fs.p.(FrameFilter)
+			writable := false
+			if transform {
+				writable = fdWritable(fds[0])
+			}
+			_ = fs.maps.Add(pa.Owner(), pa.Id(), fds[0], int64(pa.Size()), writable)
+			fds = nil // Add closes it
+		}
+	case schema.FrameMsg_Which_poolDrop:
+		if r, err := fm.PoolDrop(); err == nil {
+			_ = fs.maps.Drop(r.Owner(), r.Pool())
+		}
+	case schema.FrameMsg_Which_open:
+		o, err := fm.Open()
+		if err != nil {
+			return
+		}
+		fs.open(o)
+	case schema.FrameMsg_Which_frame:
+		f, err := fm.Frame()
+		if err != nil {
+			return
+		}
+		fr, err := fs.received(f)
+		fs.mu.Lock()
+		w := fs.streams[f.Stream()]
+		fs.mu.Unlock()
+		if w == nil || err != nil {
+			return
+		}
+		select {
+		case w.queue <- fr:
+		case <-w.ctx.Done():
+		}
+	case schema.FrameMsg_Which_release:
+		if r, err := fm.Release(); err == nil {
+			_ = fs.alloc.Free(r.Pool(), int64(r.Offset()), int64(r.Length()))
+		}
+	case schema.FrameMsg_Which_end:
+		e, err := fm.End()
+		if err != nil {
+			return
+		}
+		fs.mu.Lock()
+		w := fs.streams[e.Stream()]
+		delete(fs.streams, e.Stream())
+		fs.mu.Unlock()
+		if w != nil {
+			if e.Cancel() {
+				w.cancel()
+			}
+			close(w.queue) // the worker finishes what is queued
+		}
+	}
+}
+
+func (fs *frameServer) open(o schema.StreamOpen) {
+	kind, _ := o.Kind()
+	stage, _ := o.Stage()
+	role, _ := o.Role()
+	s := &Stream{Kind: kind, Stage: stage, Role: role, fs: fs, id: o.Stream()}
+	if m, err := o.Meta(); err == nil {
+		s.Meta.MediaID = m.MediaId()
+		s.Meta.Track, _ = m.Track()
+		s.Meta.Codec, _ = m.Codec()
+		s.Meta.Timescale = m.Timescale()
+		if l, err := m.Extra(); err == nil && l.Len() > 0 {
+			s.Meta.Extra = map[string]string{}
+			for i := 0; i < l.Len(); i++ {
+				k, _ := l.At(i).Key()
+				v, _ := l.At(i).Value()
+				s.Meta.Extra[k] = v
+			}
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	// The queue is bounded by the daemon's window; 64 never blocks the
+	// reader in practice, and back-pressure comes from shared memory.
+	w := &streamWorker{s: s, queue: make(chan *Frame, 64), ctx: ctx, cancel: cancel}
+	fs.mu.Lock()
+	fs.streams[s.id] = w
+	fs.mu.Unlock()
+	fs.wg.Add(1)
+	go func() { // one per stream; ends when the stream ends or the socket closes
+		defer fs.wg.Done()
+		defer cancel()
+		for f := range w.queue {
+			if ctx.Err() != nil {
+				continue // cancelled: drain without work
+			}
+			if err := fs.process(ctx, s, f); err != nil {
+				fs.sendEnd(s.id, err.Error())
+				w.cancel()
+			}
+		}
+	}()
+}
+
+// received copies a frame message into a Frame viewing shared memory.
+func (fs *frameServer) received(f schema.Frame) (*Frame, error) {
+	ct, _ := f.ContentType()
+	fr := &Frame{Seq: f.Seq(), PTS: f.Pts(), DTS: f.Dts(), Duration: f.Duration(), KeyFrame: f.KeyFrame(), ContentType: ct}
+	if f.Data().Which() == schema.Frame_data_Which_inline {
+		b, err := f.Data().Inline()
+		if err != nil {
+			return nil, err
+		}
+		fr.Data = append([]byte{}, b...)
+		return fr, nil
+	}
+	r, err := f.Data().Ref()
+	if err != nil {
+		return nil, err
+	}
+	ref := &frameRef{owner: r.Owner(), pool: r.Pool(), offset: r.Offset(), length: r.Length()}
+	if ref.owner == 0 {
+		fs.mu.Lock()
+		p := fs.pools[ref.pool]
+		fs.mu.Unlock()
+		if p == nil || ref.offset+ref.length > uint64(p.Size()) {
+			return nil, fmt.Errorf("frame %d refers to unknown memory", fr.Seq)
+		}
+		fr.Data = p.Bytes()[ref.offset : ref.offset+ref.length : ref.offset+ref.length]
+	} else if fr.Data, err = fs.maps.Bytes(ref.owner, ref.pool, int64(ref.offset), int64(ref.length)); err != nil {
+		return nil, err
+	}
+	fr.ref = ref
+	return fr, nil
+}
+
+// process runs one frame through the plugin's handler and answers.
+func (fs *frameServer) process(ctx context.Context, s *Stream, in *Frame) error {
+	if s.Role == "observe" {
+		if o, ok := fs.p.(FrameObserver); ok {
+			_ = safely("frame observer", func() error { o.ObserveFrame(ctx, s, in); return nil })
+		}
+		if in.ref != nil {
+			fs.release(in.ref)
+		}
+		return nil
+	}
+	ff, ok := fs.p.(FrameFilter)
+	if !ok {
+		return errors.New("the plugin has no frame filter")
+	}
+	var outs []*Frame
+	if err := safely("frame filter", func() (err error) {
+		outs, err = ff.FilterFrame(ctx, s, in)
+		return err
+	}); err != nil {
+		return err
+	}
+	if len(outs) == 0 { // dropped: the answer ends our hold, nothing passes on
+		return fs.conn.Send(func(m schema.FrameMsg) error {
+			fm, err := m.NewFrame()
+			if err != nil {
+				return err
+			}
+			fm.SetStream(s.id)
+			fm.SetSeq(in.Seq)
+			fm.SetDropped(true)
+			return nil
+		})
+	}
+	for i, out := range outs {
+		var ref *frameRef
+		switch {
+		case len(out.Data) == 0:
+			if out.slot != nil {
+				_ = fs.alloc.Free(out.slot.Pool, out.slot.Off, 0)
+				out.slot = nil
+			}
+		case out == in || (in.ref != nil && sameBytes(out.Data, in.Data)):
+			ref = in.ref // passed on: no copy
+		case out.slot != nil:
+			ref = &frameRef{pool: out.slot.Pool, offset: uint64(out.slot.Off), length: uint64(out.slot.Len)}
+			out.slot = nil
+		case len(out.Data) > inlineMax:
+			slot, err := fs.alloc.Alloc(ctx, int64(len(out.Data)))
+			if err != nil {
+				return fmt.Errorf("allocate an output frame: %w", err)
+			}
+			copy(slot.Data, out.Data)
+			ref = &frameRef{pool: slot.Pool, offset: uint64(slot.Off), length: uint64(slot.Len)}
+		}
+		if out.Seq == 0 {
+			out.Seq = in.Seq
+		}
+		if err := fs.send(s.id, in.Seq, uint32(i), uint32(len(outs)), out, ref); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func sameBytes(a, b []byte) bool {
+	return len(a) == len(b) && (len(a) == 0 || unsafe.SliceData(a) == unsafe.SliceData(b))
+}
+
+func (fs *frameServer) send(sid, seq uint64, part, parts uint32, f *Frame, ref *frameRef) error {
+	return fs.conn.Send(func(m schema.FrameMsg) error {
+		fm, err := m.NewFrame()
+		if err != nil {
+			return err
+		}
+		fm.SetStream(sid)
+		fm.SetSeq(seq)
+		fm.SetPart(part)
+		fm.SetParts(parts)
+		fm.SetPts(f.PTS)
+		fm.SetDts(f.DTS)
+		fm.SetDuration(f.Duration)
+		fm.SetKeyFrame(f.KeyFrame)
+		if err := fm.SetContentType(f.ContentType); err != nil {
+			return err
+		}
+		if ref == nil {
+			return fm.Data().SetInline(f.Data)
+		}
+		r, err := fm.Data().NewRef()
+		if err != nil {
+			return err
+		}
+		r.SetOwner(ref.owner)
+		r.SetPool(ref.pool)
+		r.SetOffset(ref.offset)
+		r.SetLength(ref.length)
+		return nil
+	})
+}
+
+func (fs *frameServer) release(ref *frameRef) {
+	_ = fs.conn.Send(func(m schema.FrameMsg) error {
+		r, err := m.NewRelease()
+		if err != nil {
+			return err
+		}
+		r.SetOwner(ref.owner)
+		r.SetPool(ref.pool)
+		r.SetOffset(ref.offset)
+		r.SetLength(ref.length)
+		return nil
+	})
+}
+
+func (fs *frameServer) sendEnd(sid uint64, why string) {
+	_ = fs.conn.Send(func(m schema.FrameMsg) error {
+		e, err := m.NewEnd()
+		if err != nil {
+			return err
+		}
+		e.SetStream(sid)
+		return e.SetError(why)
+	})
+}
+
+// fdWritable reports whether f was opened for writing.
+func fdWritable(f *os.File) bool {
+	flags, err := unix.FcntlInt(f.Fd(), unix.F_GETFL, 0)
+	return err == nil && flags&unix.O_ACCMODE == unix.O_RDWR
+}
+
+// framesFromFD opens the frame socket the daemon passed, if any.
+func framesFromFD() *frames.Conn {
+	f := os.NewFile(FramesFD, "dimplugd-frames")
+	if f == nil {
+		return nil
+	}
+	defer f.Close()
+	c, err := frames.FileConn(f)
+	if err != nil {
+		return nil
+	}
+	return c
+}
