@@ -1,0 +1,81 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"math"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/dimplugd/dimplugd/sandbox/container"
+)
+
+func TestMain(m *testing.M) {
+	container.Init() // the container runtime re-executes this test binary as each sandbox's init
+	os.Exit(m.Run())
+}
+
+// TestQuick runs each section in quick mode and checks that it produced a
+// number for every row. It asserts nothing about the numbers themselves:
+// performance claims live in the printed tables only.
+func TestQuick(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the whole harness")
+	}
+	for _, name := range sectionNames() {
+		t.Run(name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+			defer cancel()
+			var out bytes.Buffer
+			res, err := Run(ctx, Options{Quick: true, Only: []string{name}, Out: &out, Progress: testLog{t}})
+			t.Logf("tables:\n%s", out.String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			tables := res[name]
+			if len(tables) == 0 {
+				t.Fatal("no tables")
+			}
+			for _, tab := range tables {
+				if len(tab.Rows) == 0 {
+					t.Errorf("table %q has no rows", tab.Title)
+				}
+				for _, r := range tab.Rows {
+					if r.Skip != "" {
+						// Skipping is for machines that cannot run a
+						// sandbox; CI must.
+						if os.Getenv("CI") == "true" {
+							t.Errorf("%s: row %q skipped in CI: %s", tab.Title, r.Name, r.Skip)
+						}
+						continue
+					}
+					if len(r.Vals) != len(tab.Cols) {
+						t.Errorf("%s: row %q has %d values for %d columns", tab.Title, r.Name, len(r.Vals), len(tab.Cols))
+						continue
+					}
+					for i, v := range r.Vals {
+						if math.IsNaN(v) && tab.Cols[i].Optional {
+							continue
+						}
+						if math.IsNaN(v) || math.IsInf(v, 0) || (!tab.Cols[i].Signed && v <= 0) {
+							t.Errorf("%s: row %q, column %q: no measurement (%v)", tab.Title, r.Name, tab.Cols[i].Name, v)
+						}
+					}
+				}
+			}
+			if !strings.Contains(out.String(), "### ") {
+				t.Error("nothing printed")
+			}
+		})
+	}
+}
+
+// testLog sends the harness's progress lines to the test log.
+type testLog struct{ t *testing.T }
+
+func (l testLog) Write(p []byte) (int, error) {
+	l.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}

@@ -1,0 +1,511 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/dimplugd/dimplugd/sandbox/container"
+)
+
+// Options configure a run of the harness.
+type Options struct {
+	Quick    bool      // short runs
+	Only     []string  // sections to run; all when empty
+	Out      io.Writer // the tables
+	Progress io.Writer // what the harness is doing; nil for silence
+}
+
+// section is one part of the benchmark.
+type section struct {
+	name  string
+	needs []string // helper binaries, keys of helpers
+	run   func(ctx context.Context, e *env) ([]*Table, error)
+}
+
+func sections() []section {
+	return []section{
+		{"spawn", []string{"fdecho", "media-badge", "dimplugd", "goplug"}, runSpawn},
+		{"hooks", []string{"rawecho", "goplug", "badge", "dimplugd"}, runHooks},
+	}
+}
+
+func sectionNames() []string {
+	var out []string
+	for _, s := range sections() {
+		out = append(out, s.name)
+	}
+	return out
+}
+
+// env is what a section gets: the options, the built helpers and a
+// scratch directory.
+type env struct {
+	opts    Options
+	bins    map[string]string // helper name → binary
+	dir     string            // scratch directory, removed at the end
+	ctErr   error             // why the container runtime cannot run here, or nil
+	modRoot string
+}
+
+// quick picks the quick or the full value.
+func (e *env) quick(q, full int) int {
+	if e.opts.Quick {
+		return q
+	}
+	return full
+}
+
+func (e *env) quickDur(q, full time.Duration) time.Duration {
+	if e.opts.Quick {
+		return q
+	}
+	return full
+}
+
+func (e *env) progress(format string, args ...any) {
+	if e.opts.Progress != nil {
+		fmt.Fprintf(e.opts.Progress, "bench: "+format+"\n", args...)
+	}
+}
+
+// Run runs the selected sections, printing each section's tables to
+// opts.Out as soon as it is done, and returns the tables by section. A
+// failed section does not stop the others; the error joins every failure.
+func Run(ctx context.Context, opts Options) (map[string][]*Table, error) {
+	if opts.Out == nil {
+		opts.Out = io.Discard
+	}
+	var todo []section
+	for _, s := range sections() {
+		if len(opts.Only) == 0 || slices.Contains(opts.Only, s.name) {
+			todo = append(todo, s)
+		}
+	}
+	for _, name := range opts.Only {
+		if !slices.Contains(sectionNames(), name) {
+			return nil, fmt.Errorf("unknown section %q (have %s)", name, strings.Join(sectionNames(), ", "))
+		}
+	}
+
+	dir, err := os.MkdirTemp("", "dimplugd-bench-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	// The sandboxes' mapped uids must pass through the scratch directory
+	// to reach the plugin binaries.
+	if err := os.Chmod(dir, 0o711); err != nil {
+		return nil, err
+	}
+	e := &env{opts: opts, dir: dir, ctErr: container.Available()}
+	if e.ctErr != nil {
+		e.progress("%v: sandboxed rows are skipped", e.ctErr)
+	}
+	if e.modRoot, err = moduleRoot(); err != nil {
+		return nil, err
+	}
+	var need []string
+	for _, s := range todo {
+		for _, n := range s.needs {
+			if !slices.Contains(need, n) {
+				need = append(need, n)
+			}
+		}
+	}
+	start := time.Now()
+	if e.bins, err = buildHelpers(ctx, e.modRoot, filepath.Join(dir, "bin"), need); err != nil {
+		return nil, err
+	}
+	e.progress("built %s in %s", strings.Join(need, ", "), time.Since(start).Round(time.Millisecond))
+
+	mode := ""
+	if opts.Quick {
+		mode += ", QUICK MODE (rough numbers)"
+	}
+	if raceEnabled {
+		mode += ", RACE DETECTOR ON (numbers not comparable)"
+	}
+	fmt.Fprintf(opts.Out, "dimplugd bench — %s, %s/%s, %d CPUs, load %s%s\n\n", runtime.Version(), runtime.GOOS, runtime.GOARCH,
+		runtime.NumCPU(), loadAvg(), mode)
+	out := map[string][]*Table{}
+	var errs []error
+	for _, s := range todo {
+		if ctx.Err() != nil {
+			errs = append(errs, ctx.Err())
+			break
+		}
+		start := time.Now()
+		e.progress("section %s", s.name)
+		tables, err := s.run(ctx, e)
+		for _, t := range tables {
+			t.Print(opts.Out)
+		}
+		out[s.name] = tables
+		if err != nil {
+			errs = append(errs, fmt.Errorf("section %s: %w", s.name, err))
+			fmt.Fprintf(opts.Out, "section %s FAILED: %v\n\n", s.name, err)
+		}
+		e.progress("section %s took %s", s.name, time.Since(start).Round(time.Millisecond))
+	}
+	return out, errors.Join(errs...)
+}
+
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "?"
+	}
+	return strings.Join(f[:3], " ")
+}
+
+// --- building the helpers ---
+
+// helper is a binary the harness builds.
+type helper struct {
+	pkg    string
+	static bool // CGO_ENABLED=0, -trimpath: how plugins are built
+}
+
+var helpers = map[string]helper{
+	"fdecho":      {"./bench/plugins/fdecho", true},
+	"rawecho":     {"./bench/plugins/rawecho", true},
+	"goplug":      {"./bench/plugins/goplug", true},
+	"badge":       {"./bench/plugins/badge", true},
+	"media-badge": {"./examples/plugins/media-badge", true},
+	"dimplugd":    {"./cmd/dimplugd", false},
+}
+
+func moduleRoot() (string, error) {
+	out, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", fmt.Errorf("go env GOMOD: %w", err)
+	}
+	gomod := strings.TrimSpace(string(out))
+	if gomod == "" || gomod == os.DevNull {
+		return "", errors.New("run the benchmark inside the dimplugd module")
+	}
+	return filepath.Dir(gomod), nil
+}
+
+// buildHelpers builds the named helpers into dir: the static ones in one go
+// build, the daemon (cgo, -tags seccomp, like `make build`) in another, at
+// the same time.
+func buildHelpers(ctx context.Context, root, dir string, names []string) (map[string]string, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	var static, dynamic []string
+	bins := map[string]string{}
+	for _, n := range names {
+		h, ok := helpers[n]
+		if !ok {
+			return nil, fmt.Errorf("unknown helper %q", n)
+		}
+		if h.static {
+			static = append(static, h.pkg)
+		} else {
+			dynamic = append(dynamic, h.pkg)
+		}
+		bins[n] = filepath.Join(dir, filepath.Base(h.pkg))
+	}
+	build := func(env []string, args ...string) error {
+		cmd := exec.CommandContext(ctx, "go", append([]string{"build", "-o", dir + "/"}, args...)...)
+		cmd.Dir = root
+		cmd.Env = append(os.Environ(), env...)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("go build %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return nil
+	}
+	var wg sync.WaitGroup
+	errs := make([]error, 2)
+	if len(static) > 0 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[0] = build([]string{"CGO_ENABLED=0"}, append([]string{"-trimpath"}, static...)...)
+		}()
+	}
+	if len(dynamic) > 0 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[1] = build([]string{"CGO_ENABLED=1"}, append([]string{"-tags", "seccomp"}, dynamic...)...)
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return bins, nil
+}
+
+// --- statistics ---
+
+// pct is the p-th percentile (0 < p ≤ 1) of sorted, by nearest rank.
+func pct(sorted []time.Duration, p float64) time.Duration {
+	if len(sorted) == 0 {
+		return 0
+	}
+	i := int(math.Ceil(p*float64(len(sorted)))) - 1
+	return sorted[max(0, min(i, len(sorted)-1))]
+}
+
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return math.NaN()
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+func us(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
+
+// ratio is a/b, NaN when either is missing.
+func ratio(a, b float64) float64 {
+	if b == 0 || math.IsNaN(a) || math.IsNaN(b) {
+		return math.NaN()
+	}
+	return a / b
+}
+
+// --- tables ---
+
+// Table is one printed result table.
+type Table struct {
+	Title string
+	Label string // heading of the row-name column
+	Cols  []Col
+	Rows  []Row
+	Notes []string
+}
+
+// Col is a value column.
+type Col struct {
+	Name   string
+	Format string // fmt verb for the value, e.g. "%.1f"
+	// Signed columns may hold zero or negative values (a difference of
+	// two measurements); the others must be positive when measured.
+	Signed bool
+	// Optional columns may be missing (NaN) in a measured row: a ratio
+	// to a baseline that could not run.
+	Optional bool
+}
+
+// Row is one table row. NaN values print as "–". A row whose Skip is set
+// was not measured, and says why.
+type Row struct {
+	Name    string
+	Vals    []float64
+	Skip    string
+	Formats []string // per-value formats overriding the columns'; optional
+}
+
+// add appends a row.
+func (t *Table) add(name string, vals ...float64) {
+	t.Rows = append(t.Rows, Row{Name: name, Vals: vals})
+}
+
+// skip appends a row that could not be measured.
+func (t *Table) skip(name, why string) { t.Rows = append(t.Rows, Row{Name: name, Skip: why}) }
+
+// note appends a line printed under the table.
+func (t *Table) note(format string, args ...any) {
+	t.Notes = append(t.Notes, fmt.Sprintf(format, args...))
+}
+
+// Print writes t as an aligned Markdown table with its notes.
+func (t *Table) Print(w io.Writer) {
+	cells := [][]string{append([]string{t.Label}, colNames(t.Cols)...)}
+	for _, r := range t.Rows {
+		line := []string{r.Name}
+		for i, c := range t.Cols {
+			switch {
+			case r.Skip != "":
+				if i == 0 {
+					line = append(line, "skipped: "+r.Skip)
+				} else {
+					line = append(line, "")
+				}
+			case i >= len(r.Vals) || math.IsNaN(r.Vals[i]):
+				line = append(line, "–")
+			case i < len(r.Formats) && r.Formats[i] != "":
+				line = append(line, fmtNum(r.Formats[i], r.Vals[i]))
+			default:
+				line = append(line, fmtNum(c.Format, r.Vals[i]))
+			}
+		}
+		cells = append(cells, line)
+	}
+	width := make([]int, len(cells[0]))
+	for _, line := range cells {
+		for i, c := range line {
+			if r := runeLen(c); r > width[i] && !(i == 1 && strings.HasPrefix(c, "skipped: ")) {
+				width[i] = r
+			}
+		}
+	}
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "### %s\n\n", t.Title)
+	for n, line := range cells {
+		b.WriteString("|")
+		for i, c := range line {
+			pad := strings.Repeat(" ", max(0, width[i]-runeLen(c)))
+			if i == 0 {
+				b.WriteString(" " + c + pad + " |")
+			} else {
+				b.WriteString(" " + pad + c + " |")
+			}
+		}
+		b.WriteString("\n")
+		if n == 0 {
+			b.WriteString("|")
+			for i := range line {
+				if i == 0 {
+					b.WriteString(strings.Repeat("-", width[i]+2) + "|")
+				} else {
+					b.WriteString(strings.Repeat("-", width[i]+1) + ":|")
+				}
+			}
+			b.WriteString("\n")
+		}
+	}
+	for _, n := range t.Notes {
+		b.WriteString("\n" + n)
+	}
+	b.WriteString("\n\n")
+	w.Write(b.Bytes())
+}
+
+func colNames(cs []Col) []string {
+	out := make([]string, len(cs))
+	for i, c := range cs {
+		out[i] = c.Name
+	}
+	return out
+}
+
+func runeLen(s string) int { return len([]rune(s)) }
+
+// fmtNum formats v with format, grouping thousands for "%.0f".
+func fmtNum(format string, v float64) string {
+	s := fmt.Sprintf(format, v)
+	if format != "%.0f" || math.Abs(v) < 10000 {
+		return s
+	}
+	neg := strings.HasPrefix(s, "-")
+	s = strings.TrimPrefix(s, "-")
+	var out []byte
+	for i := range len(s) {
+		if i > 0 && (len(s)-i)%3 == 0 {
+			out = append(out, ',')
+		}
+		out = append(out, s[i])
+	}
+	if neg {
+		return "-" + string(out)
+	}
+	return string(out)
+}
+
+// --- small helpers ---
+
+// copyFile copies src to dst with mode.
+func copyFile(src, dst string, mode os.FileMode) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, mode)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	if err := out.Close(); err != nil {
+		return err
+	}
+	return os.Chmod(dst, mode)
+}
+
+// vmRSS reads the resident set size of pid, in bytes.
+func vmRSS(pid int) (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			f := strings.Fields(rest)
+			if len(f) == 2 && f[1] == "kB" {
+				kb, err := strconv.ParseInt(f[0], 10, 64)
+				return kb << 10, err
+			}
+		}
+	}
+	return 0, fmt.Errorf("no VmRSS in /proc/%d/status", pid)
+}
+
+// removeCgroups removes the (empty) cgroup parent rel from every hierarchy.
+func removeCgroups(rel string) {
+	dirs, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup", "*", rel))
+	if d := filepath.Join("/sys/fs/cgroup", rel); isDir(d) {
+		dirs = append(dirs, d) // cgroup v2
+	}
+	for _, d := range dirs {
+		_ = os.Remove(d)
+	}
+}
+
+func isDir(p string) bool {
+	st, err := os.Stat(p)
+	return err == nil && st.IsDir()
+}
+
+// syncBuffer is a bytes.Buffer safe for concurrent writers.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+// Tail returns the last n bytes written.
+func (s *syncBuffer) Tail(n int) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	b := s.b.Bytes()
+	if len(b) > n {
+		b = b[len(b)-n:]
+	}
+	return string(b)
+}

@@ -1,0 +1,83 @@
+// Command bench is dimplugd's benchmark harness, run by `make bench`
+// (go run -tags seccomp ./bench). It measures dimplugd against baselines
+// measured in the same run on the same machine, and prints each result
+// next to its ratio to the baseline, so that the figures in
+// shared/ROADMAP.md ("Figures to beat") can be checked by reading one
+// table. Absolute numbers move with the machine and its load; the ratios
+// are the point.
+//
+// Sections (select with -only, e.g. -only spawn or -only spawn,hooks):
+//
+// spawn — spawn-to-ready: the time from just before a process is started
+// until it has answered the first message on fd 3. Rows: a plain exec of a
+// static Go binary (no sandbox); bubblewrap with comparable isolation
+// (--unshare-all, the binary's directory read-only as /, proc, dev, tmpfs
+// /tmp, no capabilities); the container runtime's cold Start; the
+// container runtime's Prepared.Start, timed alone after an untimed Prepare
+// (the pre-started sandbox path); a real `dimplugd serve` process taking
+// the media-badge example from `enable` to running (handshake answered, as
+// stamped in the daemon's log; a note splits it at "sandbox started"); and,
+// for reference, go-plugin launching its plugin unsandboxed up to the
+// first answered call. Each row gives the median and 90th percentile over
+// N runs after a warm-up and the ratio of its median to bubblewrap's
+// (target for the sandboxed rows: at most 1.2×). A second table gives idle
+// memory: VmRSS read from /proc after the plugin has been idle for a
+// second, for media-badge in the sandbox under the daemon, for the
+// go-plugin plugin and for the plain static binary (the Go runtime's
+// floor), against the 8 MiB target and go-plugin's 13.9 MiB.
+//
+// hooks — one hooked request with the workload of
+// shared/reference/capnp-probe.md (GET, path, 8 headers, 128 B body;
+// response 200, 2 headers, 64 B body; the hook adds one header). Rows: a
+// raw length-prefixed Unix-socket echo between two processes with the same
+// request and response sizes (the floor of any IPC); a hashicorp/go-plugin
+// v1.8.0 plugin answering the same call over its default gRPC transport
+// (protobuf wire format, hand-encoded; see bench/internal/hookwire); and
+// dimplugd: host.Session.Dispatch of a response-phase hook from this
+// process to a `dimplugd serve` process, on to the sandboxed
+// bench/plugins/badge and back (two IPC round trips where go-plugin makes
+// one). Each row gives the sequential p50 and p99 latency and the
+// throughput with 64 calls in flight on one connection; the ratio rows
+// divide dimplugd's figures by the baselines' (target: dimplugd/go-plugin
+// p50 at most 1×). A second table gives the cost of an unhooked request in
+// the host: host.Middleware's ServeHTTP on a route no plugin hooks against
+// calling the handler directly, both with an httptest.ResponseRecorder
+// (target: under 1 µs more).
+//
+// Helper binaries (the probe, the raw echo server, the go-plugin plugin,
+// the badge plugin, media-badge and dimplugd) are built with `go build`
+// into a temporary directory at start; plugins are static (CGO_ENABLED=0).
+// -quick makes every run short; the smoke test in bench_test.go uses it.
+// Everything stays on this machine: Unix sockets and socketpairs only.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/dimplugd/dimplugd/sandbox/container"
+)
+
+func main() {
+	container.Init() // the container runtime re-executes this binary as each sandbox's init
+
+	quick := flag.Bool("quick", false, "short runs (smoke test): the numbers are rough")
+	only := flag.String("only", "", "comma-separated sections to run: "+strings.Join(sectionNames(), ", ")+" (default all)")
+	flag.Parse()
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	opts := Options{Quick: *quick, Out: os.Stdout, Progress: os.Stderr}
+	if *only != "" {
+		opts.Only = strings.Split(*only, ",")
+	}
+	if _, err := Run(ctx, opts); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
