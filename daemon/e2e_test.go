@@ -264,6 +264,57 @@ func TestDaemonKill9(t *testing.T) {
 	if !processGone(first.PID, 5*time.Second) {
 		t.Errorf("the first plugin instance (pid %d) outlived its daemon", first.PID)
 	}
+	if runtimeArgs(t) != nil {
+		return // the rest is about the sandbox's cgroups, state and mounts
+	}
+	// What is left on the host is exactly the running instance: the dead
+	// daemon's cgroups, container state and mounts were swept.
+	cg, states, mounts := d.sandboxLeftovers(t)
+	if len(cg) != 1 || len(states) != 1 {
+		t.Errorf("after kill -9 and restart: cgroups %v, container states %v; want one each (the running instance)", cg, states)
+	}
+	for _, dir := range cg {
+		procs, _ := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
+		if strings.TrimSpace(string(procs)) != fmt.Sprint(second.PID) {
+			t.Errorf("cgroup %s holds %q, want only the running instance %d", dir, procs, second.PID)
+		}
+	}
+	s.Close()
+	d.stop()
+	if cg, states, mounts := d.sandboxLeftovers(t); len(cg)+len(states)+mounts != 0 {
+		t.Errorf("after a clean stop: cgroups %v, container states %v, %d mounts left", cg, states, mounts)
+	}
+	_ = mounts
+}
+
+// sandboxLeftovers lists what the container runtime of this daemon holds on
+// the host: instance cgroups (memory hierarchy), container state
+// directories, and mounts under its state root.
+func (p *daemonProc) sandboxLeftovers(t *testing.T) (cgroups, states []string, mounts int) {
+	t.Helper()
+	cgroups, _ = filepath.Glob(filepath.Join("/sys/fs/cgroup/memory", p.cgroup, "*-*"))
+	var dirs []string
+	for _, c := range cgroups {
+		if fi, err := os.Stat(c); err == nil && fi.IsDir() {
+			dirs = append(dirs, c)
+		}
+	}
+	entries, _ := os.ReadDir(p.ctState)
+	for _, e := range entries {
+		if e.IsDir() && !strings.HasPrefix(e.Name(), ".") {
+			states = append(states, e.Name())
+		}
+	}
+	mi, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(mi), "\n") {
+		if strings.Contains(line, p.ctState) {
+			mounts++
+		}
+	}
+	return dirs, states, mounts
 }
 
 // processGone waits until pid no longer runs (absent, or a zombie waiting
