@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dimplugd/dimplugd/schema"
 	"github.com/dimplugd/dimplugd/sdk-go/host"
 )
 
@@ -47,4 +48,26 @@ func benchDispatch(b *testing.B, s *host.Session) {
 	b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
 	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
 	_ = http.MethodGet
+}
+
+// BenchmarkPluginHop measures the daemon → plugin half of a hooked request:
+// dispatch called in-process, one hook on the plugin's lane.
+func BenchmarkPluginHop(b *testing.B) {
+	td := startDaemon(b, testRuntime(b), fastSupervision)
+	td.install(b, pluginDir(b, testplugManifest("bench", nil, hooks("request", "GET", "/api/v1/media/:id", "2s", "fail-open", 0))))
+	waitState(b, td.ctl, "bench", 30*time.Second, "running", running)
+	req := get("/api/v1/media/42")
+	ctx := context.Background()
+	lat := make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		t0 := time.Now()
+		if out := td.Daemon.dispatch(ctx, schema.Phase_request, req, nil); out.which != schema.DispatchResult_outcome_Which_mutateRequest {
+			b.Fatalf("dispatch: %+v", out)
+		}
+		lat = append(lat, time.Since(t0))
+	}
+	b.StopTimer()
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
 }
