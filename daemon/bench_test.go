@@ -71,3 +71,23 @@ func BenchmarkPluginHop(b *testing.B) {
 	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
 	b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
 }
+
+// BenchmarkHostHopOnly measures the host → daemon half alone: a dispatch
+// that matches no hook, over the host's hook lane, in-process.
+func BenchmarkHostHopOnly(b *testing.B) {
+	td := startDaemon(b, testRuntime(b), fastSupervision)
+	s := dial(b, td.socket)
+	req := get("/nothing/here")
+	ctx := context.Background()
+	lat := make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		t0 := time.Now()
+		if _, err := s.Dispatch(ctx, host.PhaseRequest, req, nil); err != nil {
+			b.Fatal(err)
+		}
+		lat = append(lat, time.Since(t0))
+	}
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
+}
