@@ -64,6 +64,12 @@ type Allocator struct {
 	dedicated map[uint32]dedicatedSlot
 	inUse     int64
 	waiters   []*waiter // FIFO
+
+	// Dedicated pools are bounded too: at most 2×poolSize of them at once
+	// (one is always allowed, whatever its size), so that a producer of
+	// huge frames is held back like any other.
+	dedicatedBytes int64
+	dedicatedFreed chan struct{} // closed and replaced when one is freed
 }
 
 type extent struct{ off, n int64 }
@@ -116,7 +122,7 @@ func (a *Allocator) Alloc(ctx context.Context, n int64) (Slot, error) {
 	case n == 0:
 		return Slot{Data: []byte{}}, nil
 	case n > a.poolSize:
-		return a.allocDedicated(n)
+		return a.allocDedicated(ctx, n)
 	}
 	if err := a.ensureShared(); err != nil {
 		return Slot{}, err
@@ -227,13 +233,41 @@ func (a *Allocator) nextPoolID() uint32 {
 	}
 }
 
-func (a *Allocator) allocDedicated(n int64) (Slot, error) {
-	p, err := a.newPool(roundUp(n, pageSize))
+func (a *Allocator) allocDedicated(ctx context.Context, n int64) (Slot, error) {
+	size := roundUp(n, pageSize)
+	for {
+		a.mu.Lock()
+		if a.closed {
+			a.mu.Unlock()
+			return Slot{}, fmt.Errorf("frames: alloc: allocator %w", ErrClosed)
+		}
+		if a.dedicatedBytes == 0 || a.dedicatedBytes+size <= 2*a.poolSize {
+			a.dedicatedBytes += size
+			a.mu.Unlock()
+			break
+		}
+		if a.dedicatedFreed == nil {
+			a.dedicatedFreed = make(chan struct{})
+		}
+		freed := a.dedicatedFreed
+		a.mu.Unlock()
+		select {
+		case <-freed:
+		case <-ctx.Done():
+			return Slot{}, fmt.Errorf("frames: alloc of a dedicated %d byte pool: %w", n, ctx.Err())
+		}
+	}
+	p, err := a.newPool(size)
 	if err != nil {
+		a.mu.Lock()
+		a.dedicatedBytes -= size
+		a.signalDedicatedLocked()
+		a.mu.Unlock()
 		return Slot{}, err
 	}
 	a.mu.Lock()
 	if a.closed {
+		a.dedicatedBytes -= size
 		a.mu.Unlock()
 		p.Close()
 		return Slot{}, fmt.Errorf("frames: alloc: allocator %w", ErrClosed)
@@ -242,6 +276,14 @@ func (a *Allocator) allocDedicated(n int64) (Slot, error) {
 	a.inUse += p.size
 	a.mu.Unlock()
 	return Slot{Pool: p.id, Off: 0, Len: n, Data: p.Bytes()[:n:n]}, nil
+}
+
+// signalDedicatedLocked wakes allocations waiting for dedicated room.
+func (a *Allocator) signalDedicatedLocked() {
+	if a.dedicatedFreed != nil {
+		close(a.dedicatedFreed)
+		a.dedicatedFreed = nil
+	}
 }
 
 // take carves a slot out of the first free extent that fits. a.mu is held.
@@ -320,6 +362,8 @@ func (a *Allocator) Free(pool uint32, off, n int64) error {
 	}
 	delete(a.dedicated, pool)
 	a.inUse -= p.size
+	a.dedicatedBytes -= p.size
+	a.signalDedicatedLocked()
 	a.mu.Unlock()
 	err := p.Close()
 	if a.hooks.Dropped != nil {
@@ -384,6 +428,7 @@ func (a *Allocator) Close() error {
 	}
 	a.waiters = nil
 	a.free, a.live, a.inUse, a.sharedMem = nil, map[int64]liveSlot{}, 0, nil
+	a.signalDedicatedLocked() // waiters for dedicated room see closed
 	a.mu.Unlock()
 	var errs []error
 	for _, p := range pools {

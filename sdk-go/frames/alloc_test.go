@@ -611,3 +611,44 @@ func checkInvariants(t *testing.T, a *Allocator) {
 		t.Fatalf("spans end at %d of %d", at, a.shared.size)
 	}
 }
+
+// TestDedicatedPoolsAreBounded: frames larger than the shared pool are held
+// back like any other once 2× the pool size of them is in flight.
+func TestDedicatedPoolsAreBounded(t *testing.T) {
+	a := NewAllocator(1<<20, AllocatorHooks{})
+	defer a.Close()
+	ctx := context.Background()
+	s1, err := a.Alloc(ctx, 1<<20+1) // dedicated, ~1 MiB + a page
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A huge one alone is always allowed; with s1 in flight it must wait.
+	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	if _, err := a.Alloc(short, 3<<20); err == nil {
+		t.Fatal("a 3 MiB dedicated pool was granted with 1 MiB in flight and a 2 MiB bound")
+	}
+	got := make(chan error, 1)
+	go func() {
+		s, err := a.Alloc(ctx, 3<<20)
+		if err == nil {
+			err = a.Free(s.Pool, s.Off, s.Len)
+		}
+		got <- err
+	}()
+	time.Sleep(20 * time.Millisecond)
+	if err := a.Free(s1.Pool, s1.Off, s1.Len); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-got:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("freeing the dedicated pool did not wake the waiting allocation")
+	}
+	if a.InUse() != 0 {
+		t.Fatalf("InUse = %d after all frees", a.InUse())
+	}
+}
