@@ -66,10 +66,9 @@ func (f *Frame) Release() {
 type frameClient struct {
 	conn  *frames.Conn
 	maps  *frames.Mappings
-	alloc *frames.Allocator
+	alloc *frames.Producer
 
 	mu      sync.Mutex
-	pools   map[uint32]*frames.Pool // our own, by id
 	streams map[uint64]*Stream
 	nextID  uint64
 	err     error
@@ -102,37 +101,8 @@ func dialFrames(ctx context.Context, socket string, poolSize int64) (*frameClien
 	if err != nil {
 		return nil, err
 	}
-	fc := &frameClient{conn: conn, maps: frames.NewMappings(), pools: map[uint32]*frames.Pool{},
+	fc := &frameClient{conn: conn, maps: frames.NewMappings(), alloc: frames.NewProducer(conn, poolSize),
 		streams: map[uint64]*Stream{}, done: make(chan struct{})}
-	fc.alloc = frames.NewAllocator(poolSize, frames.AllocatorHooks{
-		Added: func(p *frames.Pool) error {
-			fc.mu.Lock()
-			fc.pools[p.ID()] = p
-			fc.mu.Unlock()
-			return fc.conn.Send(func(m schema.FrameMsg) error {
-				pa, err := m.NewPoolAdd()
-				if err != nil {
-					return err
-				}
-				pa.SetId(p.ID())
-				pa.SetSize(uint64(p.Size()))
-				return nil
-			}, p.File())
-		},
-		Dropped: func(id uint32) {
-			fc.mu.Lock()
-			delete(fc.pools, id)
-			fc.mu.Unlock()
-			_ = fc.conn.Send(func(m schema.FrameMsg) error {
-				r, err := m.NewPoolDrop()
-				if err != nil {
-					return err
-				}
-				r.SetPool(id)
-				return nil
-			})
-		},
-	})
 	go fc.read()
 	return fc, nil
 }
@@ -259,31 +229,11 @@ func (fc *frameClient) received(f schema.Frame) (*Frame, error) {
 	if err != nil {
 		return nil, err
 	}
-	owner, pool, off, n := r.Owner(), r.Pool(), int64(r.Offset()), int64(r.Length())
-	if owner == 0 {
-		fc.mu.Lock()
-		p := fc.pools[pool]
-		fc.mu.Unlock()
-		if p == nil || off < 0 || n < 0 || off+n > p.Size() {
-			return nil, fmt.Errorf("frame %d refers to unknown memory", fr.Seq)
-		}
-		fr.Data = p.Bytes()[off : off+n : off+n]
-	} else if fr.Data, err = fc.maps.Bytes(owner, pool, off, n); err != nil {
-		return nil, err
+	if fr.Data, err = frames.Resolve(fc.alloc, fc.maps, r); err != nil {
+		return nil, fmt.Errorf("frame %d: %w", fr.Seq, err)
 	}
-	fr.release = func() {
-		_ = fc.conn.Send(func(m schema.FrameMsg) error {
-			rr, err := m.NewRelease()
-			if err != nil {
-				return err
-			}
-			rr.SetOwner(owner)
-			rr.SetPool(pool)
-			rr.SetOffset(uint64(off))
-			rr.SetLength(uint64(n))
-			return nil
-		})
-	}
+	owner, pool, off, n := r.Owner(), r.Pool(), r.Offset(), r.Length()
+	fr.release = func() { _ = fc.conn.SendRelease(owner, pool, off, n) }
 	return fr, nil
 }
 
@@ -526,14 +476,4 @@ func (st *Stream) Cancel() error {
 	return err
 }
 
-func (st *Stream) sendEnd(cancel bool) error {
-	return st.fc.conn.Send(func(m schema.FrameMsg) error {
-		e, err := m.NewEnd()
-		if err != nil {
-			return err
-		}
-		e.SetStream(st.id)
-		e.SetCancel(cancel)
-		return nil
-	})
-}
+func (st *Stream) sendEnd(cancel bool) error { return st.fc.conn.SendEnd(st.id, "", cancel) }

@@ -100,10 +100,9 @@ type frameServer struct {
 	p     any
 	conn  *frames.Conn
 	maps  *frames.Mappings
-	alloc *frames.Allocator
+	alloc *frames.Producer
 
 	mu      sync.Mutex
-	pools   map[uint32]*frames.Pool // our own
 	streams map[uint64]*streamWorker
 	wg      sync.WaitGroup
 }
@@ -124,37 +123,8 @@ func servesFrames(p any) bool {
 }
 
 func newFrameServer(p any, c *frames.Conn) *frameServer {
-	fs := &frameServer{p: p, conn: c, maps: frames.NewMappings(), pools: map[uint32]*frames.Pool{}, streams: map[uint64]*streamWorker{}}
-	fs.alloc = frames.NewAllocator(outputPoolSize, frames.AllocatorHooks{
-		Added: func(pl *frames.Pool) error {
-			fs.mu.Lock()
-			fs.pools[pl.ID()] = pl
-			fs.mu.Unlock()
-			return fs.conn.Send(func(m schema.FrameMsg) error {
-				pa, err := m.NewPoolAdd()
-				if err != nil {
-					return err
-				}
-				pa.SetId(pl.ID())
-				pa.SetSize(uint64(pl.Size()))
-				return nil
-			}, pl.File())
-		},
-		Dropped: func(id uint32) {
-			fs.mu.Lock()
-			delete(fs.pools, id)
-			fs.mu.Unlock()
-			_ = fs.conn.Send(func(m schema.FrameMsg) error {
-				r, err := m.NewPoolDrop()
-				if err != nil {
-					return err
-				}
-				r.SetPool(id)
-				return nil
-			})
-		},
-	})
-	return fs
+	return &frameServer{p: p, conn: c, maps: frames.NewMappings(), alloc: frames.NewProducer(c, outputPoolSize),
+		streams: map[uint64]*streamWorker{}}
 }
 
 // serve reads packets until the socket closes, then stops every worker.
@@ -309,16 +279,8 @@ func (fs *frameServer) received(f schema.Frame) (*Frame, error) {
 		return nil, err
 	}
 	ref := &frameRef{owner: r.Owner(), pool: r.Pool(), offset: r.Offset(), length: r.Length()}
-	if ref.owner == 0 {
-		fs.mu.Lock()
-		p := fs.pools[ref.pool]
-		fs.mu.Unlock()
-		if p == nil || ref.offset+ref.length > uint64(p.Size()) {
-			return nil, fmt.Errorf("frame %d refers to unknown memory", fr.Seq)
-		}
-		fr.Data = p.Bytes()[ref.offset : ref.offset+ref.length : ref.offset+ref.length]
-	} else if fr.Data, err = fs.maps.Bytes(ref.owner, ref.pool, int64(ref.offset), int64(ref.length)); err != nil {
-		return nil, err
+	if fr.Data, err = frames.Resolve(fs.alloc, fs.maps, r); err != nil {
+		return nil, fmt.Errorf("frame %d: %w", fr.Seq, err)
 	}
 	fr.ref = ref
 	return fr, nil
@@ -426,29 +388,10 @@ func (fs *frameServer) send(sid, seq uint64, part, parts uint32, f *Frame, ref *
 }
 
 func (fs *frameServer) release(ref *frameRef) {
-	_ = fs.conn.Send(func(m schema.FrameMsg) error {
-		r, err := m.NewRelease()
-		if err != nil {
-			return err
-		}
-		r.SetOwner(ref.owner)
-		r.SetPool(ref.pool)
-		r.SetOffset(ref.offset)
-		r.SetLength(ref.length)
-		return nil
-	})
+	_ = fs.conn.SendRelease(ref.owner, ref.pool, ref.offset, ref.length)
 }
 
-func (fs *frameServer) sendEnd(sid uint64, why string) {
-	_ = fs.conn.Send(func(m schema.FrameMsg) error {
-		e, err := m.NewEnd()
-		if err != nil {
-			return err
-		}
-		e.SetStream(sid)
-		return e.SetError(why)
-	})
-}
+func (fs *frameServer) sendEnd(sid uint64, why string) { _ = fs.conn.SendEnd(sid, why, false) }
 
 // fdWritable reports whether f was opened for writing.
 func fdWritable(f *os.File) bool {
