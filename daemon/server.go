@@ -240,55 +240,48 @@ func (s *server) close() {
 // gateway is the bootstrap capability of one client connection.
 type gateway struct{ d *Daemon }
 
-func (g *gateway) negotiate(face string, client string, offered []uint16) (uint16, error) {
+// openFace negotiates the version of a face for a client and, when they
+// share one, lets grant set the face's capability in the results.
+func openFace[A interface {
+	Versions() (capnp.UInt16List, error)
+	Client() (string, error)
+}, R interface {
+	NewDaemonVersions(int32) (capnp.UInt16List, error)
+	SetVersion(uint16)
+}](g *gateway, face string, args A, alloc func() (R, error), grant func(R, string) error) error {
+	offered, err := wire.ReadVersions(args.Versions())
+	if err != nil {
+		return err
+	}
+	client, _ := args.Client()
+	res, err := alloc()
+	if err != nil {
+		return err
+	}
+	if err := wire.WriteVersions(res.NewDaemonVersions, g.d.versions); err != nil {
+		return err
+	}
 	v, err := schema.Negotiate(face, "the daemon", fmt.Sprintf("%s client %q", face, client), g.d.versions, offered)
 	if err != nil {
+		// Version 0 tells the client, which reports both lists.
 		g.d.log.Warn("client refused", "face", face, "client", client, "err", err)
-	}
-	return v, err
-}
-
-func (g *gateway) OpenHost(ctx context.Context, call schema.Daemon_openHost) error {
-	offered, err := wire.ReadVersions(call.Args().Versions())
-	if err != nil {
-		return err
-	}
-	client, _ := call.Args().Client()
-	res, err := call.AllocResults()
-	if err != nil {
-		return err
-	}
-	if err := wire.WriteVersions(res.NewDaemonVersions, g.d.versions); err != nil {
-		return err
-	}
-	v, nerr := g.negotiate("host", client, offered)
-	if nerr != nil {
-		return nil // version 0 tells the host; it reports both lists
-	}
-	res.SetVersion(v)
-	g.d.log.Info("host connected", "client", client, "protocol", v)
-	return res.SetSession(schema.HostSession_ServerToClient(&hostSession{d: g.d}))
-}
-
-func (g *gateway) OpenControl(ctx context.Context, call schema.Daemon_openControl) error {
-	offered, err := wire.ReadVersions(call.Args().Versions())
-	if err != nil {
-		return err
-	}
-	client, _ := call.Args().Client()
-	res, err := call.AllocResults()
-	if err != nil {
-		return err
-	}
-	if err := wire.WriteVersions(res.NewDaemonVersions, g.d.versions); err != nil {
-		return err
-	}
-	v, nerr := g.negotiate("control", client, offered)
-	if nerr != nil {
 		return nil
 	}
 	res.SetVersion(v)
-	return res.SetControl(schema.Control_ServerToClient(&control{d: g.d}))
+	return grant(res, client)
+}
+
+func (g *gateway) OpenHost(ctx context.Context, call schema.Daemon_openHost) error {
+	return openFace(g, "host", call.Args(), call.AllocResults, func(res schema.Daemon_openHost_Results, client string) error {
+		g.d.log.Info("host connected", "client", client)
+		return res.SetSession(schema.HostSession_ServerToClient(&hostSession{d: g.d}))
+	})
+}
+
+func (g *gateway) OpenControl(ctx context.Context, call schema.Daemon_openControl) error {
+	return openFace(g, "control", call.Args(), call.AllocResults, func(res schema.Daemon_openControl_Results, _ string) error {
+		return res.SetControl(schema.Control_ServerToClient(&control{d: g.d}))
+	})
 }
 
 // hostSession serves one host's HostSession capability.

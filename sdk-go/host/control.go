@@ -30,26 +30,10 @@ func DialControl(ctx context.Context, socket string, opts ...Option) (*Control, 
 		return nil, err
 	}
 	defer boot.Release()
-	fut, release := boot.OpenControl(ctx, func(p schema.Daemon_openControl_Params) error {
-		if err := wire.WriteVersions(p.NewVersions, o.versions); err != nil {
-			return err
-		}
-		return p.SetClient(o.client)
-	})
+	fut, release := boot.OpenControl(ctx, func(p schema.Daemon_openControl_Params) error { return offer(p, o) })
 	defer release()
-	res, err := fut.Struct()
+	res, err := negotiated("control", "this client", o, conn, fut)
 	if err != nil {
-		conn.Close()
-		return nil, fmt.Errorf("open control session: %w", err)
-	}
-	theirs, err := wire.ReadVersions(res.DaemonVersions())
-	if err != nil {
-		conn.Close()
-		return nil, err
-	}
-	if res.Version() == 0 {
-		conn.Close()
-		_, err := schema.Negotiate("control", "this client", "the daemon", o.versions, theirs)
 		return nil, err
 	}
 	return &Control{conn: conn, c: res.Control().AddRef(), version: res.Version()}, nil

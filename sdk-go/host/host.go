@@ -105,26 +105,10 @@ func Dial(ctx context.Context, socket string, opts ...Option) (*Session, error) 
 		return nil, err
 	}
 	defer boot.Release()
-	fut, release := boot.OpenHost(ctx, func(p schema.Daemon_openHost_Params) error {
-		if err := wire.WriteVersions(p.NewVersions, o.versions); err != nil {
-			return err
-		}
-		return p.SetClient(o.client)
-	})
+	fut, release := boot.OpenHost(ctx, func(p schema.Daemon_openHost_Params) error { return offer(p, o) })
 	defer release()
-	res, err := fut.Struct()
+	res, err := negotiated("host", "this host", o, conn, fut)
 	if err != nil {
-		conn.Close()
-		return nil, fmt.Errorf("open host session: %w", err)
-	}
-	theirs, err := wire.ReadVersions(res.DaemonVersions())
-	if err != nil {
-		conn.Close()
-		return nil, fmt.Errorf("open host session: %w", err)
-	}
-	if res.Version() == 0 {
-		conn.Close()
-		_, err := schema.Negotiate("host", "this host", "the daemon", o.versions, theirs)
 		return nil, err
 	}
 	sess := &Session{conn: conn, s: res.Session().AddRef(), version: res.Version(), socket: socket}
@@ -134,6 +118,41 @@ func Dial(ctx context.Context, socket string, opts ...Option) (*Session, error) 
 		sess.lane, _ = openLane(ctx, socket)
 	}
 	return sess, nil
+}
+
+// offer fills the version offer of an openHost or openControl call.
+func offer[P interface {
+	NewVersions(int32) (capnp.UInt16List, error)
+	SetClient(string) error
+}](p P, o options) error {
+	if err := wire.WriteVersions(p.NewVersions, o.versions); err != nil {
+		return err
+	}
+	return p.SetClient(o.client)
+}
+
+// negotiated waits for an openHost or openControl answer and checks that
+// the daemon accepted a version; on failure it closes conn.
+func negotiated[R interface {
+	DaemonVersions() (capnp.UInt16List, error)
+	Version() uint16
+}, F interface{ Struct() (R, error) }](face, self string, o options, conn *rpc.Conn, fut F) (R, error) {
+	res, err := fut.Struct()
+	if err != nil {
+		conn.Close()
+		return res, fmt.Errorf("open %s session: %w", face, err)
+	}
+	theirs, err := wire.ReadVersions(res.DaemonVersions())
+	if err != nil {
+		conn.Close()
+		return res, fmt.Errorf("open %s session: %w", face, err)
+	}
+	if res.Version() == 0 {
+		conn.Close()
+		_, err := schema.Negotiate(face, self, "the daemon", o.versions, theirs)
+		return res, err
+	}
+	return res, nil
 }
 
 // openLane opens a hook lane to the daemon (see schema/lane.capnp).
