@@ -40,6 +40,7 @@ type routeEntry struct {
 	method, route string
 	phases        []schema.Phase
 	owner         string
+	hooks         []*hookRef
 }
 
 // routes holds the current table and the hosts watching it.
@@ -113,6 +114,7 @@ func (d *Daemon) rebuildRoutes() {
 			t.entries = append(t.entries, routeEntry{method: h.hook.Method, route: h.hook.Route})
 		}
 		e := &t.entries[i]
+		e.hooks = append(e.hooks, h)
 		if !containsPhase(e.phases, h.phase) {
 			e.phases = append(e.phases, h.phase)
 		}
@@ -163,6 +165,25 @@ func writeTable(s schema.RouteTable, t *table) error {
 		}
 		for j, p := range e.phases {
 			pl.Set(j, p)
+		}
+		hl, err := ent.NewHooks(int32(len(e.hooks)))
+		if err != nil {
+			return err
+		}
+		for j, h := range e.hooks {
+			rh := hl.At(j)
+			if err := rh.SetPlugin(h.plugin); err != nil {
+				return err
+			}
+			if err := rh.SetHook(h.hook.Name); err != nil {
+				return err
+			}
+			rh.SetPhase(h.phase)
+			rh.SetPriority(int32(h.hook.Priority))
+			rh.SetDeadlineMicros(uint64(h.hook.Deadline.Duration / time.Microsecond))
+			if h.hook.Failure == manifest.FailClosed {
+				rh.SetFailurePolicy(schema.FailurePolicy_failClosed)
+			}
 		}
 	}
 	return nil

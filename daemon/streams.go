@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/dimplugd/dimplugd/schema"
@@ -223,6 +224,14 @@ func (h *frameHub) handle(p *framePeer, fm schema.FrameMsg, fds []*os.File) erro
 				delete(p.held, key)
 			}
 			h.unrefLocked(key, r.Length())
+		}
+	case schema.FrameMsg_Which_laneRequest:
+		name, err := fm.LaneRequest()
+		if err != nil {
+			return err
+		}
+		if p.unit == nil {
+			h.grantLaneLocked(p, name)
 		}
 	case schema.FrameMsg_Which_end:
 		e, err := fm.End()
@@ -832,4 +841,60 @@ func (h *frameHub) closeAll() {
 	for _, p := range peers {
 		p.conn.Close()
 	}
+}
+
+// grantLaneLocked sets up a direct hook lane between a host and a running
+// plugin: a socketpair whose ends go to each over their frame sockets. The
+// host then calls the plugin's only hook of a phase itself; everything else
+// still goes through the daemon.
+func (h *frameHub) grantLaneLocked(hostPeer *framePeer, plugin string) {
+	refuse := func(why string) {
+		_ = hostPeer.conn.Send(func(m schema.FrameMsg) error {
+			g, err := m.NewLane()
+			if err != nil {
+				return err
+			}
+			if err := g.SetPlugin(plugin); err != nil {
+				return err
+			}
+			return g.SetError(why)
+		})
+	}
+	u, err := h.d.unit(plugin)
+	if err != nil {
+		refuse(err.Error())
+		return
+	}
+	u.mu.Lock()
+	inst := u.inst
+	u.mu.Unlock()
+	if inst == nil || inst.lane == nil || inst.frames == nil || inst.frames.gone {
+		refuse(fmt.Sprintf("plugin %q is not running, or serves no hook lane", plugin))
+		return
+	}
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		refuse("socketpair: " + err.Error())
+		return
+	}
+	pluginEnd, hostEnd := os.NewFile(uintptr(fds[0]), "direct-lane"), os.NewFile(uintptr(fds[1]), "direct-lane")
+	defer pluginEnd.Close()
+	defer hostEnd.Close()
+	grant := func(to *framePeer, f *os.File) error {
+		return to.conn.Send(func(m schema.FrameMsg) error {
+			g, err := m.NewLane()
+			if err != nil {
+				return err
+			}
+			if err := g.SetPlugin(plugin); err != nil {
+				return err
+			}
+			return g.SetInstance(inst.id)
+		}, f)
+	}
+	if err := grant(inst.frames, pluginEnd); err != nil {
+		refuse("could not reach the plugin: " + err.Error())
+		return
+	}
+	_ = grant(hostPeer, hostEnd)
 }

@@ -506,7 +506,7 @@ func (u *unit) start(ctx context.Context) (*instance, error) {
 	} else {
 		l.lane.Close()
 	}
-	if caps.frames && err == nil && len(rec.Manifest.Streams) > 0 {
+	if caps.frames && err == nil {
 		inst.frames = u.d.hub.attach(l.frames, fmt.Sprintf("plugin %q", u.name), u)
 	} else {
 		l.frames.Close()

@@ -48,6 +48,19 @@ struct RouteEntry {
   route @1 :Text;         # axum-style template
   phases @2 :List(Http.Phase);
   owner @3 :Text;         # for route-phase entries, the owning plugin
+  hooks @4 :List(RouteHook);
+  # The hooks behind the entry, with their contracts: a host that holds a
+  # direct lane to a plugin (see lane.capnp) may call a phase's only hook
+  # itself, honouring the deadline and failure policy given here.
+}
+
+struct RouteHook {
+  plugin @0 :Text;
+  hook @1 :Text;
+  phase @2 :Http.Phase;
+  priority @3 :Int32;
+  deadlineMicros @4 :UInt64;
+  failurePolicy @5 :Http.FailurePolicy;
 }
 
 interface RouteWatcher {

@@ -925,12 +925,12 @@ type RouteEntry capnp.Struct
 const RouteEntry_TypeID = 0xad21f8a074848a17
 
 func NewRouteEntry(s *capnp.Segment) (RouteEntry, error) {
-	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 4})
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 5})
 	return RouteEntry(st), err
 }
 
 func NewRootRouteEntry(s *capnp.Segment) (RouteEntry, error) {
-	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 4})
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 5})
 	return RouteEntry(st), err
 }
 
@@ -1043,12 +1043,36 @@ func (s RouteEntry) SetOwner(v string) error {
 	return capnp.Struct(s).SetText(3, v)
 }
 
+func (s RouteEntry) Hooks() (RouteHook_List, error) {
+	p, err := capnp.Struct(s).Ptr(4)
+	return RouteHook_List(p.List()), err
+}
+
+func (s RouteEntry) HasHooks() bool {
+	return capnp.Struct(s).HasPtr(4)
+}
+
+func (s RouteEntry) SetHooks(v RouteHook_List) error {
+	return capnp.Struct(s).SetPtr(4, v.ToPtr())
+}
+
+// NewHooks sets the hooks field to a newly
+// allocated RouteHook_List, preferring placement in s's segment.
+func (s RouteEntry) NewHooks(n int32) (RouteHook_List, error) {
+	l, err := NewRouteHook_List(capnp.Struct(s).Segment(), n)
+	if err != nil {
+		return RouteHook_List{}, err
+	}
+	err = capnp.Struct(s).SetPtr(4, l.ToPtr())
+	return l, err
+}
+
 // RouteEntry_List is a list of RouteEntry.
 type RouteEntry_List = capnp.StructList[RouteEntry]
 
 // NewRouteEntry creates a new list of RouteEntry.
 func NewRouteEntry_List(s *capnp.Segment, sz int32) (RouteEntry_List, error) {
-	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 0, PointerCount: 4}, sz)
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 0, PointerCount: 5}, sz)
 	return capnp.StructList[RouteEntry](l), err
 }
 
@@ -1058,6 +1082,138 @@ type RouteEntry_Future struct{ *capnp.Future }
 func (f RouteEntry_Future) Struct() (RouteEntry, error) {
 	p, err := f.Future.Ptr()
 	return RouteEntry(p.Struct()), err
+}
+
+type RouteHook capnp.Struct
+
+// RouteHook_TypeID is the unique identifier for the type RouteHook.
+const RouteHook_TypeID = 0xd8f109c792ab4e63
+
+func NewRouteHook(s *capnp.Segment) (RouteHook, error) {
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 16, PointerCount: 2})
+	return RouteHook(st), err
+}
+
+func NewRootRouteHook(s *capnp.Segment) (RouteHook, error) {
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 16, PointerCount: 2})
+	return RouteHook(st), err
+}
+
+func ReadRootRouteHook(msg *capnp.Message) (RouteHook, error) {
+	root, err := msg.Root()
+	return RouteHook(root.Struct()), err
+}
+
+func (s RouteHook) String() string {
+	str, _ := text.Marshal(0xd8f109c792ab4e63, capnp.Struct(s))
+	return str
+}
+
+func (s RouteHook) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Struct(s).EncodeAsPtr(seg)
+}
+
+func (RouteHook) DecodeFromPtr(p capnp.Ptr) RouteHook {
+	return RouteHook(capnp.Struct{}.DecodeFromPtr(p))
+}
+
+func (s RouteHook) ToPtr() capnp.Ptr {
+	return capnp.Struct(s).ToPtr()
+}
+func (s RouteHook) IsValid() bool {
+	return capnp.Struct(s).IsValid()
+}
+
+func (s RouteHook) Message() *capnp.Message {
+	return capnp.Struct(s).Message()
+}
+
+func (s RouteHook) Segment() *capnp.Segment {
+	return capnp.Struct(s).Segment()
+}
+func (s RouteHook) Plugin() (string, error) {
+	p, err := capnp.Struct(s).Ptr(0)
+	return p.Text(), err
+}
+
+func (s RouteHook) HasPlugin() bool {
+	return capnp.Struct(s).HasPtr(0)
+}
+
+func (s RouteHook) PluginBytes() ([]byte, error) {
+	p, err := capnp.Struct(s).Ptr(0)
+	return p.TextBytes(), err
+}
+
+func (s RouteHook) SetPlugin(v string) error {
+	return capnp.Struct(s).SetText(0, v)
+}
+
+func (s RouteHook) Hook() (string, error) {
+	p, err := capnp.Struct(s).Ptr(1)
+	return p.Text(), err
+}
+
+func (s RouteHook) HasHook() bool {
+	return capnp.Struct(s).HasPtr(1)
+}
+
+func (s RouteHook) HookBytes() ([]byte, error) {
+	p, err := capnp.Struct(s).Ptr(1)
+	return p.TextBytes(), err
+}
+
+func (s RouteHook) SetHook(v string) error {
+	return capnp.Struct(s).SetText(1, v)
+}
+
+func (s RouteHook) Phase() Phase {
+	return Phase(capnp.Struct(s).Uint16(0))
+}
+
+func (s RouteHook) SetPhase(v Phase) {
+	capnp.Struct(s).SetUint16(0, uint16(v))
+}
+
+func (s RouteHook) Priority() int32 {
+	return int32(capnp.Struct(s).Uint32(4))
+}
+
+func (s RouteHook) SetPriority(v int32) {
+	capnp.Struct(s).SetUint32(4, uint32(v))
+}
+
+func (s RouteHook) DeadlineMicros() uint64 {
+	return capnp.Struct(s).Uint64(8)
+}
+
+func (s RouteHook) SetDeadlineMicros(v uint64) {
+	capnp.Struct(s).SetUint64(8, v)
+}
+
+func (s RouteHook) FailurePolicy() FailurePolicy {
+	return FailurePolicy(capnp.Struct(s).Uint16(2))
+}
+
+func (s RouteHook) SetFailurePolicy(v FailurePolicy) {
+	capnp.Struct(s).SetUint16(2, uint16(v))
+}
+
+// RouteHook_List is a list of RouteHook.
+type RouteHook_List = capnp.StructList[RouteHook]
+
+// NewRouteHook creates a new list of RouteHook.
+func NewRouteHook_List(s *capnp.Segment, sz int32) (RouteHook_List, error) {
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 16, PointerCount: 2}, sz)
+	return capnp.StructList[RouteHook](l), err
+}
+
+// RouteHook_Future is a wrapper for a RouteHook promised by a client call.
+type RouteHook_Future struct{ *capnp.Future }
+
+func (f RouteHook_Future) Struct() (RouteHook, error) {
+	p, err := f.Future.Ptr()
+	return RouteHook(p.Struct()), err
 }
 
 type RouteWatcher capnp.Client

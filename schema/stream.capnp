@@ -39,7 +39,19 @@ struct FrameMsg {
     frame @4 :Frame;           # any direction: a frame of a stream
     release @5 :FrameRef;      # "I am done with this descriptor"
     end @6 :StreamEnd;         # no more frames on this stream (either way)
+    laneRequest @7 :Text;      # host → daemon: a direct hook lane to this plugin, please
+    lane @8 :LaneGrant;        # daemon → host and → plugin; carries the lane's socket
   }
+}
+
+struct LaneGrant {
+  # A direct hook lane (lane.capnp framing, hook calls only) between a host
+  # and one plugin instance, set up by the daemon: the host gets one end,
+  # the plugin the other, each as SCM_RIGHTS with this message. It ends with
+  # the instance; the host then asks again.
+  plugin @0 :Text;
+  instance @1 :Text;
+  error @2 :Text;            # to the host: why there is no lane (no fd then)
 }
 
 struct PoolAdd {

@@ -12,17 +12,19 @@ type FrameMsg capnp.Struct
 type FrameMsg_Which uint16
 
 const (
-	FrameMsg_Which_poolAdd  FrameMsg_Which = 0
-	FrameMsg_Which_poolDrop FrameMsg_Which = 1
-	FrameMsg_Which_open     FrameMsg_Which = 2
-	FrameMsg_Which_opened   FrameMsg_Which = 3
-	FrameMsg_Which_frame    FrameMsg_Which = 4
-	FrameMsg_Which_release  FrameMsg_Which = 5
-	FrameMsg_Which_end      FrameMsg_Which = 6
+	FrameMsg_Which_poolAdd     FrameMsg_Which = 0
+	FrameMsg_Which_poolDrop    FrameMsg_Which = 1
+	FrameMsg_Which_open        FrameMsg_Which = 2
+	FrameMsg_Which_opened      FrameMsg_Which = 3
+	FrameMsg_Which_frame       FrameMsg_Which = 4
+	FrameMsg_Which_release     FrameMsg_Which = 5
+	FrameMsg_Which_end         FrameMsg_Which = 6
+	FrameMsg_Which_laneRequest FrameMsg_Which = 7
+	FrameMsg_Which_lane        FrameMsg_Which = 8
 )
 
 func (w FrameMsg_Which) String() string {
-	const s = "poolAddpoolDropopenopenedframereleaseend"
+	const s = "poolAddpoolDropopenopenedframereleaseendlaneRequestlane"
 	switch w {
 	case FrameMsg_Which_poolAdd:
 		return s[0:7]
@@ -38,6 +40,10 @@ func (w FrameMsg_Which) String() string {
 		return s[30:37]
 	case FrameMsg_Which_end:
 		return s[37:40]
+	case FrameMsg_Which_laneRequest:
+		return s[40:51]
+	case FrameMsg_Which_lane:
+		return s[51:55]
 
 	}
 	return "FrameMsg_Which(" + strconv.FormatUint(uint64(w), 10) + ")"
@@ -316,6 +322,63 @@ func (s FrameMsg) NewEnd() (StreamEnd, error) {
 	return ss, err
 }
 
+func (s FrameMsg) LaneRequest() (string, error) {
+	if capnp.Struct(s).Uint16(0) != 7 {
+		panic("Which() != laneRequest")
+	}
+	p, err := capnp.Struct(s).Ptr(0)
+	return p.Text(), err
+}
+
+func (s FrameMsg) HasLaneRequest() bool {
+	if capnp.Struct(s).Uint16(0) != 7 {
+		return false
+	}
+	return capnp.Struct(s).HasPtr(0)
+}
+
+func (s FrameMsg) LaneRequestBytes() ([]byte, error) {
+	p, err := capnp.Struct(s).Ptr(0)
+	return p.TextBytes(), err
+}
+
+func (s FrameMsg) SetLaneRequest(v string) error {
+	capnp.Struct(s).SetUint16(0, 7)
+	return capnp.Struct(s).SetText(0, v)
+}
+
+func (s FrameMsg) Lane() (LaneGrant, error) {
+	if capnp.Struct(s).Uint16(0) != 8 {
+		panic("Which() != lane")
+	}
+	p, err := capnp.Struct(s).Ptr(0)
+	return LaneGrant(p.Struct()), err
+}
+
+func (s FrameMsg) HasLane() bool {
+	if capnp.Struct(s).Uint16(0) != 8 {
+		return false
+	}
+	return capnp.Struct(s).HasPtr(0)
+}
+
+func (s FrameMsg) SetLane(v LaneGrant) error {
+	capnp.Struct(s).SetUint16(0, 8)
+	return capnp.Struct(s).SetPtr(0, capnp.Struct(v).ToPtr())
+}
+
+// NewLane sets the lane field to a newly
+// allocated LaneGrant struct, preferring placement in s's segment.
+func (s FrameMsg) NewLane() (LaneGrant, error) {
+	capnp.Struct(s).SetUint16(0, 8)
+	ss, err := NewLaneGrant(capnp.Struct(s).Segment())
+	if err != nil {
+		return LaneGrant{}, err
+	}
+	err = capnp.Struct(s).SetPtr(0, capnp.Struct(ss).ToPtr())
+	return ss, err
+}
+
 // FrameMsg_List is a list of FrameMsg.
 type FrameMsg_List = capnp.StructList[FrameMsg]
 
@@ -352,6 +415,127 @@ func (p FrameMsg_Future) Release() FrameRef_Future {
 }
 func (p FrameMsg_Future) End() StreamEnd_Future {
 	return StreamEnd_Future{Future: p.Future.Field(0, nil)}
+}
+func (p FrameMsg_Future) Lane() LaneGrant_Future {
+	return LaneGrant_Future{Future: p.Future.Field(0, nil)}
+}
+
+type LaneGrant capnp.Struct
+
+// LaneGrant_TypeID is the unique identifier for the type LaneGrant.
+const LaneGrant_TypeID = 0xed595ee91a230b02
+
+func NewLaneGrant(s *capnp.Segment) (LaneGrant, error) {
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 3})
+	return LaneGrant(st), err
+}
+
+func NewRootLaneGrant(s *capnp.Segment) (LaneGrant, error) {
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 3})
+	return LaneGrant(st), err
+}
+
+func ReadRootLaneGrant(msg *capnp.Message) (LaneGrant, error) {
+	root, err := msg.Root()
+	return LaneGrant(root.Struct()), err
+}
+
+func (s LaneGrant) String() string {
+	str, _ := text.Marshal(0xed595ee91a230b02, capnp.Struct(s))
+	return str
+}
+
+func (s LaneGrant) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Struct(s).EncodeAsPtr(seg)
+}
+
+func (LaneGrant) DecodeFromPtr(p capnp.Ptr) LaneGrant {
+	return LaneGrant(capnp.Struct{}.DecodeFromPtr(p))
+}
+
+func (s LaneGrant) ToPtr() capnp.Ptr {
+	return capnp.Struct(s).ToPtr()
+}
+func (s LaneGrant) IsValid() bool {
+	return capnp.Struct(s).IsValid()
+}
+
+func (s LaneGrant) Message() *capnp.Message {
+	return capnp.Struct(s).Message()
+}
+
+func (s LaneGrant) Segment() *capnp.Segment {
+	return capnp.Struct(s).Segment()
+}
+func (s LaneGrant) Plugin() (string, error) {
+	p, err := capnp.Struct(s).Ptr(0)
+	return p.Text(), err
+}
+
+func (s LaneGrant) HasPlugin() bool {
+	return capnp.Struct(s).HasPtr(0)
+}
+
+func (s LaneGrant) PluginBytes() ([]byte, error) {
+	p, err := capnp.Struct(s).Ptr(0)
+	return p.TextBytes(), err
+}
+
+func (s LaneGrant) SetPlugin(v string) error {
+	return capnp.Struct(s).SetText(0, v)
+}
+
+func (s LaneGrant) Instance() (string, error) {
+	p, err := capnp.Struct(s).Ptr(1)
+	return p.Text(), err
+}
+
+func (s LaneGrant) HasInstance() bool {
+	return capnp.Struct(s).HasPtr(1)
+}
+
+func (s LaneGrant) InstanceBytes() ([]byte, error) {
+	p, err := capnp.Struct(s).Ptr(1)
+	return p.TextBytes(), err
+}
+
+func (s LaneGrant) SetInstance(v string) error {
+	return capnp.Struct(s).SetText(1, v)
+}
+
+func (s LaneGrant) Error() (string, error) {
+	p, err := capnp.Struct(s).Ptr(2)
+	return p.Text(), err
+}
+
+func (s LaneGrant) HasError() bool {
+	return capnp.Struct(s).HasPtr(2)
+}
+
+func (s LaneGrant) ErrorBytes() ([]byte, error) {
+	p, err := capnp.Struct(s).Ptr(2)
+	return p.TextBytes(), err
+}
+
+func (s LaneGrant) SetError(v string) error {
+	return capnp.Struct(s).SetText(2, v)
+}
+
+// LaneGrant_List is a list of LaneGrant.
+type LaneGrant_List = capnp.StructList[LaneGrant]
+
+// NewLaneGrant creates a new list of LaneGrant.
+func NewLaneGrant_List(s *capnp.Segment, sz int32) (LaneGrant_List, error) {
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 0, PointerCount: 3}, sz)
+	return capnp.StructList[LaneGrant](l), err
+}
+
+// LaneGrant_Future is a wrapper for a LaneGrant promised by a client call.
+type LaneGrant_Future struct{ *capnp.Future }
+
+func (f LaneGrant_Future) Struct() (LaneGrant, error) {
+	p, err := f.Future.Ptr()
+	return LaneGrant(p.Struct()), err
 }
 
 type PoolAdd capnp.Struct

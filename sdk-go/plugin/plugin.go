@@ -165,10 +165,10 @@ func Serve(p any, opts ...Option) error {
 		}
 		lf.Close()
 	}
-	if servesFrames(p) {
-		if fc := framesFromFD(); fc != nil {
-			opts = append([]Option{func(c *config) { c.frames = fc }}, opts...)
-		}
+	// The frame socket carries frame streams and direct hook lanes to
+	// hosts.
+	if fc := framesFromFD(); fc != nil {
+		opts = append([]Option{func(c *config) { c.frames = fc }}, opts...)
 	}
 	return ServeConn(ctx, conn, p, opts...)
 }
@@ -202,7 +202,9 @@ func ServeConn(ctx context.Context, rwc io.ReadWriteCloser, p any, opts ...Optio
 		<-laneDone
 	}()
 	if cfg.frames != nil {
-		fs := newFrameServer(p, cfg.frames)
+		fs := newFrameServer(p, cfg.frames, s.ready, func(c net.Conn) {
+			_ = wire.ServeLane(laneCtx, c, s.laneHook) // a direct lane from a host
+		})
 		framesDone := make(chan struct{})
 		go func() { defer close(framesDone); fs.serve() }() // ends when the socket closes
 		defer func() {

@@ -31,11 +31,12 @@ type server struct {
 
 	stopReq  chan struct{} // closed by the stop call
 	stopOnce sync.Once
-	fatal    chan error // the handshake failed; buffered
+	ready    chan struct{} // closed once the handshake (and Init) succeeded
+	fatal    chan error    // the handshake failed; buffered
 }
 
 func newServer(p any, cfg config) *server {
-	return &server{p: p, cfg: cfg, stopReq: make(chan struct{}), fatal: make(chan error, 1)}
+	return &server{p: p, cfg: cfg, stopReq: make(chan struct{}), fatal: make(chan error, 1), ready: make(chan struct{})}
 }
 
 // shutdown waits (briefly) for in-flight hooks, calls the plugin's Close and
@@ -124,6 +125,7 @@ func (b *bootstrap) Handshake(ctx context.Context, call schema.PluginBootstrap_h
 	s.mu.Lock()
 	s.host = host
 	s.mu.Unlock()
+	close(s.ready)
 
 	info, err := res.NewInfo()
 	if err != nil {

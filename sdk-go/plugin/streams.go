@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"sync"
 	"unsafe"
@@ -101,9 +102,13 @@ type frameServer struct {
 	conn  *frames.Conn
 	maps  *frames.Mappings
 	alloc *frames.Producer
+	ready <-chan struct{}  // the handshake and Init are done
+	stop  chan struct{}    // closed by close
+	lane  func(c net.Conn) // serves a direct hook lane; returns when it ends
 
 	mu      sync.Mutex
 	streams map[uint64]*streamWorker
+	lanes   map[net.Conn]struct{} // direct hook lanes being served
 	wg      sync.WaitGroup
 }
 
@@ -122,13 +127,18 @@ func servesFrames(p any) bool {
 	return false
 }
 
-func newFrameServer(p any, c *frames.Conn) *frameServer {
+func newFrameServer(p any, c *frames.Conn, ready <-chan struct{}, lane func(net.Conn)) *frameServer {
 	return &frameServer{p: p, conn: c, maps: frames.NewMappings(), alloc: frames.NewProducer(c, outputPoolSize),
-		streams: map[uint64]*streamWorker{}}
+		ready: ready, stop: make(chan struct{}), lane: lane, streams: map[uint64]*streamWorker{}, lanes: map[net.Conn]struct{}{}}
 }
 
 // serve reads packets until the socket closes, then stops every worker.
+// Nothing is handled before the plugin's Init has returned.
 func (fs *frameServer) serve() {
+	select {
+	case <-fs.ready:
+	case <-fs.stop:
+	}
 	for {
 		msg, fm, fds, err := fs.conn.Recv()
 		if err != nil {
@@ -143,13 +153,25 @@ func (fs *frameServer) serve() {
 		close(w.queue)
 		delete(fs.streams, id)
 	}
+	for c := range fs.lanes {
+		c.Close()
+	}
 	fs.mu.Unlock()
 	fs.wg.Wait()
 	fs.alloc.Close()
 	fs.maps.Close()
 }
 
-func (fs *frameServer) close() { fs.conn.Close() }
+func (fs *frameServer) close() {
+	fs.mu.Lock()
+	select {
+	case <-fs.stop:
+	default:
+		close(fs.stop)
+	}
+	fs.mu.Unlock()
+	fs.conn.Close()
+}
 
 func (fs *frameServer) handle(fm schema.FrameMsg, fds []*os.File) {
 	defer func() {
@@ -201,6 +223,22 @@ func (fs *frameServer) handle(fm schema.FrameMsg, fds []*os.File) {
 	case schema.FrameMsg_Which_release:
 		if r, err := fm.Release(); err == nil {
 			_ = fs.alloc.Free(r.Pool(), int64(r.Offset()), int64(r.Length()))
+		}
+	case schema.FrameMsg_Which_lane:
+		if len(fds) == 1 {
+			if c, err := net.FileConn(fds[0]); err == nil {
+				fs.mu.Lock()
+				fs.lanes[c] = struct{}{}
+				fs.mu.Unlock()
+				fs.wg.Add(1)
+				go func() { // ends when the host closes its end, or the plugin stops
+					defer fs.wg.Done()
+					fs.lane(c)
+					fs.mu.Lock()
+					delete(fs.lanes, c)
+					fs.mu.Unlock()
+				}()
+			}
 		}
 	case schema.FrameMsg_Which_end:
 		e, err := fm.End()
