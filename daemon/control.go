@@ -520,7 +520,7 @@ func (d *Daemon) writeStatus(s schema.PluginStatus, u *unit) error {
 			if h.Failure == manifest.FailClosed {
 				hs.SetFailurePolicy(schema.FailurePolicy_failClosed)
 			}
-			calls, failures, circuit := u.breaker(h.Name).stats(now)
+			calls, failures, circuit := u.breaker(h.Name).Stats(now)
 			hs.SetCalls(calls)
 			hs.SetFailures(failures)
 			e = append(e, hs.SetCircuit(circuit))

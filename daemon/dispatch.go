@@ -204,12 +204,12 @@ func readAnswer(r schema.HookResult) (answer, error) {
 // callHook calls one plugin hook under its deadline.
 func (d *Daemon) callHook(ctx context.Context, h *hookRef, phase schema.Phase, req *wire.Request, params []manifest.Param, resp *wire.Response) (answer, *wire.HookError) {
 	where := fmt.Sprintf("on %s %s", req.Method, h.hook.Route)
-	if ok, why := h.breaker.allow(time.Now()); !ok {
+	if ok, why := h.breaker.Allow(time.Now()); !ok {
 		return answer{}, hookErr(h, schema.HookErrorKind_unavailable, why+" "+where)
 	}
 	client, err := h.unit.client()
 	if err != nil {
-		h.breaker.release()
+		h.breaker.Release()
 		return answer{}, hookErr(h, schema.HookErrorKind_unavailable, err.Error()+" "+where)
 	}
 	defer client.release()
@@ -217,9 +217,9 @@ func (d *Daemon) callHook(ctx context.Context, h *hookRef, phase schema.Phase, r
 	// The host giving up and the plugin going away say nothing about the
 	// hook's health.
 	if herr != nil && herr.Kind == schema.HookErrorKind_unavailable {
-		h.breaker.release()
+		h.breaker.Release()
 	} else {
-		h.breaker.record(herr == nil, time.Now())
+		h.breaker.Record(herr == nil, time.Now())
 	}
 	return a, herr
 }

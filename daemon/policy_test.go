@@ -30,7 +30,9 @@ func TestCircuitBreakerAndDeadlineOverride(t *testing.T) {
 	td := startDaemon(t, testRuntime(t), sup)
 	td.install(t, pluginDir(t, testplugManifest("flaky", nil, hooks("request", "GET", "/b/:id", "50ms", "fail-open", 0))))
 	waitState(t, td.ctl, "flaky", 30*time.Second, "running", running)
-	s := dial(t, td.socket)
+	// The daemon's breaker (inspect shows it); TestDirectLane covers the
+	// same contract on a host's direct lane.
+	s := dial(t, td.socket, host.WithoutLane())
 
 	for i := 0; i < 3; i++ {
 		res := dispatch(t, s, host.PhaseRequest, get("/b/1?sleep=1s"), nil)

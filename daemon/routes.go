@@ -9,6 +9,7 @@ import (
 
 	"github.com/dimplugd/dimplugd/schema"
 	"github.com/dimplugd/dimplugd/sdk-go/manifest"
+	"github.com/dimplugd/dimplugd/sdk-go/wire"
 )
 
 // hookRef is one active hook of one plugin.
@@ -18,7 +19,7 @@ type hookRef struct {
 	hook    manifest.Hook // Deadline is the one in force (override or manifest)
 	route   manifest.Route
 	phase   schema.Phase
-	breaker *breaker
+	breaker *wire.Breaker
 }
 
 func (h *hookRef) matches(method, path string) ([]manifest.Param, bool) {
@@ -142,8 +143,10 @@ func containsPhase(ps []schema.Phase, p schema.Phase) bool {
 	return false
 }
 
-func writeTable(s schema.RouteTable, t *table) error {
+func writeTable(s schema.RouteTable, t *table, sup Supervision) error {
 	s.SetVersion(t.version)
+	s.SetBreakerFailures(uint32(sup.BreakerFailures))
+	s.SetBreakerCooldownMicros(uint64(sup.BreakerCooldown / time.Microsecond))
 	l, err := s.NewEntries(int32(len(t.entries)))
 	if err != nil {
 		return err
@@ -243,7 +246,7 @@ func (d *Daemon) addWatcher(c schema.RouteWatcher, sent uint64) *watcher {
 				if err != nil {
 					return err
 				}
-				return writeTable(tb, t)
+				return writeTable(tb, t, d.sup)
 			})
 			_, err := fut.Struct()
 			release()

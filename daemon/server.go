@@ -311,7 +311,7 @@ func (h *hostSession) Routes(ctx context.Context, call schema.HostSession_routes
 	if err != nil {
 		return err
 	}
-	return writeTable(tb, h.d.routes.cur.Load())
+	return writeTable(tb, h.d.routes.cur.Load(), h.d.sup)
 }
 
 func (h *hostSession) WatchRoutes(ctx context.Context, call schema.HostSession_watchRoutes) error {
@@ -328,7 +328,7 @@ func (h *hostSession) WatchRoutes(ctx context.Context, call schema.HostSession_w
 		return err
 	}
 	t := h.d.routes.cur.Load()
-	if err := writeTable(tb, t); err != nil {
+	if err := writeTable(tb, t, h.d.sup); err != nil {
 		return err
 	}
 	w := h.d.addWatcher(c.AddRef(), t.version)

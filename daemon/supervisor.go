@@ -52,8 +52,8 @@ type unit struct {
 	state       string
 	detail      string
 	inst        *instance
-	standby     *launch             // a prepared next instance, when the runtime can
-	breakers    map[string]*breaker // by hook name; kept across restarts and route rebuilds
+	standby     *launch                  // a prepared next instance, when the runtime can
+	breakers    map[string]*wire.Breaker // by hook name; kept across restarts and route rebuilds
 	seq         int
 	restarts    int
 	crashes     []time.Time
@@ -94,15 +94,15 @@ func (u *unit) poke() {
 }
 
 // breaker returns the circuit breaker of one of the plugin's hooks.
-func (u *unit) breaker(hook string) *breaker {
+func (u *unit) breaker(hook string) *wire.Breaker {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if u.breakers == nil {
-		u.breakers = map[string]*breaker{}
+		u.breakers = map[string]*wire.Breaker{}
 	}
 	b, ok := u.breakers[hook]
 	if !ok {
-		b = newBreaker(u.d.sup.BreakerFailures, u.d.sup.BreakerCooldown)
+		b = wire.NewBreaker(u.d.sup.BreakerFailures, u.d.sup.BreakerCooldown)
 		u.breakers[hook] = b
 	}
 	return b

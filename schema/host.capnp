@@ -39,6 +39,9 @@ struct RouteTable {
   # Increases whenever the set of active hooks changes (install, enable,
   # disable, remove, a plugin entering or leaving quarantine).
   entries @1 :List(RouteEntry);
+  breakerFailures @2 :UInt32;
+  breakerCooldownMicros @3 :UInt64;
+  # The daemon's circuit-breaker settings, for hosts calling hooks directly.
 }
 
 struct RouteEntry {

@@ -829,12 +829,12 @@ type RouteTable capnp.Struct
 const RouteTable_TypeID = 0xdcfbce686d48b0fd
 
 func NewRouteTable(s *capnp.Segment) (RouteTable, error) {
-	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 8, PointerCount: 1})
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 24, PointerCount: 1})
 	return RouteTable(st), err
 }
 
 func NewRootRouteTable(s *capnp.Segment) (RouteTable, error) {
-	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 8, PointerCount: 1})
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 24, PointerCount: 1})
 	return RouteTable(st), err
 }
 
@@ -901,13 +901,28 @@ func (s RouteTable) NewEntries(n int32) (RouteEntry_List, error) {
 	err = capnp.Struct(s).SetPtr(0, l.ToPtr())
 	return l, err
 }
+func (s RouteTable) BreakerFailures() uint32 {
+	return capnp.Struct(s).Uint32(8)
+}
+
+func (s RouteTable) SetBreakerFailures(v uint32) {
+	capnp.Struct(s).SetUint32(8, v)
+}
+
+func (s RouteTable) BreakerCooldownMicros() uint64 {
+	return capnp.Struct(s).Uint64(16)
+}
+
+func (s RouteTable) SetBreakerCooldownMicros(v uint64) {
+	capnp.Struct(s).SetUint64(16, v)
+}
 
 // RouteTable_List is a list of RouteTable.
 type RouteTable_List = capnp.StructList[RouteTable]
 
 // NewRouteTable creates a new list of RouteTable.
 func NewRouteTable_List(s *capnp.Segment, sz int32) (RouteTable_List, error) {
-	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 8, PointerCount: 1}, sz)
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 24, PointerCount: 1}, sz)
 	return capnp.StructList[RouteTable](l), err
 }
 

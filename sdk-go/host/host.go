@@ -13,6 +13,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"capnproto.org/go/capnp/v3"
@@ -92,8 +93,13 @@ type Session struct {
 	socket  string
 	frames  *frameClient // opened by the first OpenStream
 
+	routes atomic.Pointer[RouteTable] // pushed by the daemon
+
 	mu       sync.Mutex
-	watching bool
+	watchers []func(*RouteTable)
+	direct   map[string]*directLane // by plugin; see direct.go
+	noDirect bool
+	closed   bool
 }
 
 // Dial opens a host session on the daemon's socket and negotiates the
@@ -111,7 +117,12 @@ func Dial(ctx context.Context, socket string, opts ...Option) (*Session, error) 
 	if err != nil {
 		return nil, err
 	}
-	sess := &Session{conn: conn, s: res.Session().AddRef(), version: res.Version(), socket: socket}
+	sess := &Session{conn: conn, s: res.Session().AddRef(), version: res.Version(), socket: socket,
+		direct: map[string]*directLane{}, noDirect: o.noLane}
+	if err := sess.watch(ctx); err != nil {
+		sess.Close()
+		return nil, err
+	}
 	if !o.noLane {
 		// A daemon without the lane closes the connection; dispatch
 		// then stays on RPC.
@@ -189,6 +200,7 @@ func (s *Session) Done() <-chan struct{} { return s.conn.Done() }
 
 // Close ends the session.
 func (s *Session) Close() error {
+	s.closeLanes()
 	if s.lane != nil {
 		s.lane.Close()
 	}
@@ -258,6 +270,9 @@ func (r *Result) FailureResponse() *Response {
 // response and observe phases). An error means the daemon could not be
 // asked at all (connection lost, bad input); hook failures are in Result.
 func (s *Session) Dispatch(ctx context.Context, phase Phase, req *Request, resp *Response) (*Result, error) {
+	if res, ok := s.dispatchDirect(ctx, phase, req, resp); ok {
+		return res, nil
+	}
 	fill := func(p interface {
 		SetPhase(schema.Phase)
 		NewRequest() (schema.HttpRequest, error)
@@ -367,6 +382,9 @@ func readResult(dr schema.DispatchResult) (*Result, error) {
 type RouteTable struct {
 	Version uint64
 	Entries []RouteEntry
+	// The daemon's circuit-breaker settings, which direct calls follow.
+	BreakerFailures int
+	BreakerCooldown time.Duration
 }
 
 // RouteEntry is one hooked method and route template.
@@ -375,8 +393,18 @@ type RouteEntry struct {
 	Route  string
 	Phases []Phase
 	Owner  string // the plugin owning the route, for route-phase entries
+	Hooks  []RouteHook
 
 	route manifest.Route
+}
+
+// RouteHook is one hook behind a route entry, with its contract.
+type RouteHook struct {
+	Plugin, Hook string
+	Phase        Phase
+	Priority     int
+	Deadline     time.Duration
+	FailClosed   bool
 }
 
 // Match returns the phases hooked for a request, or nil when none is: such
@@ -425,7 +453,8 @@ func (s *Session) Routes(ctx context.Context) (*RouteTable, error) {
 }
 
 func readTable(t schema.RouteTable) (*RouteTable, error) {
-	rt := &RouteTable{Version: t.Version()}
+	rt := &RouteTable{Version: t.Version(), BreakerFailures: int(t.BreakerFailures()),
+		BreakerCooldown: time.Duration(t.BreakerCooldownMicros()) * time.Microsecond}
 	l, err := t.Entries()
 	if err != nil {
 		return nil, err
@@ -445,39 +474,78 @@ func readTable(t schema.RouteTable) (*RouteTable, error) {
 				ent.Phases = append(ent.Phases, pl.At(j))
 			}
 		}
+		if hl, err := e.Hooks(); err == nil {
+			for j := 0; j < hl.Len(); j++ {
+				h := hl.At(j)
+				plugin, _ := h.Plugin()
+				hook, _ := h.Hook()
+				ent.Hooks = append(ent.Hooks, RouteHook{Plugin: plugin, Hook: hook, Phase: h.Phase(), Priority: int(h.Priority()),
+					Deadline:   time.Duration(h.DeadlineMicros()) * time.Microsecond,
+					FailClosed: h.FailurePolicy() == schema.FailurePolicy_failClosed})
+			}
+		}
 		rt.Entries = append(rt.Entries, ent)
 	}
 	return rt, nil
 }
 
+// RouteTable returns the newest route table the daemon pushed. A request
+// matching no entry needs no dispatch at all.
+func (s *Session) RouteTable() *RouteTable { return s.routes.Load() }
+
 // WatchRoutes returns the current route table and calls update with every
 // later version, from the connection's goroutine, until the session ends.
-// update must not block for long. A session has at most one watch.
+// update must not block for long.
 func (s *Session) WatchRoutes(ctx context.Context, update func(*RouteTable)) (*RouteTable, error) {
 	s.mu.Lock()
-	if s.watching {
-		s.mu.Unlock()
-		return nil, errors.New("this session already watches the route table")
-	}
-	s.watching = true
+	s.watchers = append(s.watchers, update)
 	s.mu.Unlock()
-	w := schema.RouteWatcher_ServerToClient(&routeWatcher{update: update})
+	return s.routes.Load(), nil
+}
+
+// watch asks the daemon to push every route table version to the session.
+func (s *Session) watch(ctx context.Context) error {
+	w := schema.RouteWatcher_ServerToClient(&routeWatcher{s: s})
 	fut, release := s.s.WatchRoutes(ctx, func(p schema.HostSession_watchRoutes_Params) error {
 		return p.SetWatcher(w)
 	})
 	defer release()
 	res, err := fut.Struct()
 	if err != nil {
-		return nil, fmt.Errorf("watch route table: %w", err)
+		return fmt.Errorf("watch route table: %w", err)
 	}
 	t, err := res.Table()
 	if err != nil {
-		return nil, err
+		return err
 	}
-	return readTable(t)
+	rt, err := readTable(t)
+	if err != nil {
+		return err
+	}
+	s.setRoutes(rt)
+	return nil
 }
 
-type routeWatcher struct{ update func(*RouteTable) }
+// setRoutes keeps the newest table and tells the watchers.
+func (s *Session) setRoutes(t *RouteTable) {
+	for {
+		cur := s.routes.Load()
+		if cur != nil && cur.Version >= t.Version {
+			return
+		}
+		if s.routes.CompareAndSwap(cur, t) {
+			break
+		}
+	}
+	s.mu.Lock()
+	ws := append([]func(*RouteTable){}, s.watchers...)
+	s.mu.Unlock()
+	for _, w := range ws {
+		w(t)
+	}
+}
+
+type routeWatcher struct{ s *Session }
 
 func (w *routeWatcher) Update(ctx context.Context, call schema.RouteWatcher_update) error {
 	t, err := call.Args().Table()
@@ -488,7 +556,7 @@ func (w *routeWatcher) Update(ctx context.Context, call schema.RouteWatcher_upda
 	if err != nil {
 		return err
 	}
-	w.update(rt)
+	w.s.setRoutes(rt)
 	return nil
 }
 

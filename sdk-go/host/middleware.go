@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"time"
 )
 
@@ -23,7 +22,6 @@ import (
 type Middleware struct {
 	s         *Session
 	next      http.Handler
-	table     atomic.Pointer[RouteTable]
 	opts      middlewareOptions
 	observers sync.WaitGroup // observe dispatches in flight
 }
@@ -65,24 +63,6 @@ func NewMiddleware(ctx context.Context, s *Session, next http.Handler, opts ...M
 	for _, o := range opts {
 		o(&m.opts)
 	}
-	t, err := s.WatchRoutes(ctx, func(t *RouteTable) {
-		for {
-			cur := m.table.Load()
-			if cur != nil && cur.Version >= t.Version {
-				return
-			}
-			if m.table.CompareAndSwap(cur, t) {
-				return
-			}
-		}
-	})
-	if err != nil {
-		return nil, err
-	}
-	m.table.CompareAndSwap(nil, t)
-	if cur := m.table.Load(); cur.Version < t.Version {
-		m.table.Store(t)
-	}
 	return m, nil
 }
 
@@ -101,12 +81,12 @@ func (m *Middleware) Close(ctx context.Context) error {
 }
 
 // RouteTable returns the table the middleware currently routes with.
-func (m *Middleware) RouteTable() *RouteTable { return m.table.Load() }
+func (m *Middleware) RouteTable() *RouteTable { return m.s.RouteTable() }
 
 func has(ps []Phase, p Phase) bool { return containsPhase(ps, p) }
 
 func (m *Middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	phases := m.table.Load().Match(r.Method, r.URL.Path)
+	phases := m.s.RouteTable().Match(r.Method, r.URL.Path)
 	if phases == nil {
 		m.next.ServeHTTP(w, r)
 		return

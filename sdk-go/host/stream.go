@@ -64,6 +64,7 @@ func (f *Frame) Release() {
 // frameClient is a session's frame socket, shared by its streams. Its
 // reading goroutine ends when the socket closes.
 type frameClient struct {
+	s     *Session // takes direct lane grants
 	conn  *frames.Conn
 	maps  *frames.Mappings
 	alloc *frames.Producer
@@ -75,7 +76,7 @@ type frameClient struct {
 	done    chan struct{}
 }
 
-func dialFrames(ctx context.Context, socket string, poolSize int64) (*frameClient, error) {
+func dialFrames(ctx context.Context, s *Session, socket string, poolSize int64) (*frameClient, error) {
 	var d net.Dialer
 	c, err := d.DialContext(ctx, "unix", socket)
 	if err != nil {
@@ -101,7 +102,7 @@ func dialFrames(ctx context.Context, socket string, poolSize int64) (*frameClien
 	if err != nil {
 		return nil, err
 	}
-	fc := &frameClient{conn: conn, maps: frames.NewMappings(), alloc: frames.NewProducer(conn, poolSize),
+	fc := &frameClient{s: s, conn: conn, maps: frames.NewMappings(), alloc: frames.NewProducer(conn, poolSize),
 		streams: map[uint64]*Stream{}, done: make(chan struct{})}
 	go fc.read()
 	return fc, nil
@@ -183,6 +184,16 @@ func (fc *frameClient) handle(fm schema.FrameMsg, fds []*os.File) {
 	case schema.FrameMsg_Which_release:
 		if r, err := fm.Release(); err == nil {
 			_ = fc.alloc.Free(r.Pool(), int64(r.Offset()), int64(r.Length()))
+		}
+	case schema.FrameMsg_Which_lane:
+		if g, err := fm.Lane(); err == nil {
+			plugin, _ := g.Plugin()
+			why, _ := g.Error()
+			var f *os.File
+			if len(fds) == 1 {
+				f = fds[0]
+			}
+			fc.s.laneGranted(plugin, why, f)
 		}
 	case schema.FrameMsg_Which_end:
 		e, err := fm.End()
@@ -330,7 +341,7 @@ func (s *Session) frameClient(ctx context.Context) (*frameClient, error) {
 	if s.frames != nil {
 		return s.frames, nil
 	}
-	fc, err := dialFrames(ctx, s.socket, DefaultPoolSize)
+	fc, err := dialFrames(ctx, s, s.socket, DefaultPoolSize)
 	if err != nil {
 		return nil, err
 	}

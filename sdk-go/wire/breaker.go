@@ -1,4 +1,4 @@
-package daemon
+package wire
 
 import (
 	"fmt"
@@ -6,7 +6,7 @@ import (
 	"time"
 )
 
-// breaker is the circuit breaker of one plugin hook. After a run of
+// Breaker is the circuit breaker of one plugin hook. After a run of
 // consecutive failures (timeouts, errors, rejected results) it opens: calls
 // fail at once, without IPC, for a cool-down that doubles on every failed
 // probe. When the cool-down ends, one call goes through as a probe; its
@@ -14,7 +14,7 @@ import (
 // counted: the supervisor deals with that.
 //
 // It also keeps the hook's call and failure counts for `dimplugctl inspect`.
-type breaker struct {
+type Breaker struct {
 	threshold   int
 	minCooldown time.Duration
 	maxCooldown time.Duration
@@ -28,12 +28,15 @@ type breaker struct {
 	probing     bool
 }
 
-func newBreaker(threshold int, cooldown time.Duration) *breaker {
-	return &breaker{threshold: threshold, minCooldown: cooldown, maxCooldown: 32 * cooldown}
+// NewBreaker returns a closed breaker that opens after threshold
+// consecutive failures, for cooldown (doubling per failed probe, up to 32
+// times). It is safe for concurrent use.
+func NewBreaker(threshold int, cooldown time.Duration) *Breaker {
+	return &Breaker{threshold: threshold, minCooldown: cooldown, maxCooldown: 32 * cooldown}
 }
 
-// allow reports whether a call may go through now, and if not, why.
-func (b *breaker) allow(now time.Time) (bool, string) {
+// Allow reports whether a call may go through now, and if not, why.
+func (b *Breaker) Allow(now time.Time) (bool, string) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.openUntil.IsZero() {
@@ -50,8 +53,8 @@ func (b *breaker) allow(now time.Time) (bool, string) {
 	return true, ""
 }
 
-// record counts the outcome of a call that allow let through.
-func (b *breaker) record(ok bool, now time.Time) {
+// Record counts the outcome of a call that allow let through.
+func (b *Breaker) Record(ok bool, now time.Time) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.calls++
@@ -73,15 +76,15 @@ func (b *breaker) record(ok bool, now time.Time) {
 	}
 }
 
-// release undoes allow for a call that never reached the plugin.
-func (b *breaker) release() {
+// Release undoes Allow for a call that never reached the plugin.
+func (b *Breaker) Release() {
 	b.mu.Lock()
 	b.probing = false
 	b.mu.Unlock()
 }
 
-// stats returns the counts and the circuit's state in words.
-func (b *breaker) stats(now time.Time) (calls, failures uint64, circuit string) {
+// Stats returns the counts and the circuit's state in words.
+func (b *Breaker) Stats(now time.Time) (calls, failures uint64, circuit string) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	switch {

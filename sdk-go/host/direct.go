@@ -1,0 +1,305 @@
+package host
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"time"
+
+	"github.com/dimplugd/dimplugd/schema"
+	"github.com/dimplugd/dimplugd/sdk-go/wire"
+)
+
+// Direct hook lanes.
+//
+// A hooked request normally crosses two connections: host → daemon →
+// plugin. When a phase of a request has exactly one hook, the session may
+// call that plugin itself over a direct lane the daemon set up between the
+// two (schema/stream.capnp, LaneGrant): one round trip instead of two. The
+// session then applies what the daemon would — the hook's deadline, its
+// failure policy, a circuit breaker, the rules of the phase — from the
+// contract the route table carries. Everything else (several hooks in a
+// phase, observers, a plugin without a lane, a lane that broke) goes
+// through the daemon as before.
+
+// directLane is the session's lane to one plugin, or the memory of having
+// asked for one.
+type directLane struct {
+	lane     *wire.LaneClient // nil while asked for or refused
+	breakers map[string]*wire.Breaker
+	askedAt  time.Time
+}
+
+// retryLane is how long a session waits before asking again for a lane the
+// daemon refused (the plugin was not running, say).
+const retryLane = time.Second
+
+// dispatchDirect tries to run a phase's only hook over a direct lane. ok is false
+// when the request must go through the daemon.
+func (s *Session) dispatchDirect(ctx context.Context, phase Phase, req *Request, resp *Response) (res *Result, ok bool) {
+	if s.noDirect || phase == PhaseObserve {
+		return nil, false
+	}
+	t := s.routes.Load()
+	if t == nil {
+		return nil, false
+	}
+	var hook *RouteHook
+	var entry *RouteEntry
+	for i := range t.Entries {
+		e := &t.Entries[i]
+		if e.Method != "*" && e.Method != req.Method {
+			continue
+		}
+		for j := range e.Hooks {
+			if e.Hooks[j].Phase != phase {
+				continue
+			}
+			if _, match := e.route.Match(req.Path); !match {
+				break
+			}
+			if hook != nil {
+				return nil, false // several hooks: the daemon orders them
+			}
+			hook, entry = &e.Hooks[j], e
+		}
+	}
+	if hook == nil {
+		return nil, false
+	}
+	lane, br := s.directLaneFor(hook.Plugin, hook.Hook, t)
+	if lane == nil {
+		return nil, false
+	}
+	params, _ := entry.route.Match(req.Path)
+	herr := func(kind schema.HookErrorKind, msg string) *HookError {
+		return &HookError{Plugin: hook.Plugin, Hook: hook.Hook, Kind: kind, Message: msg}
+	}
+	where := fmt.Sprintf("on %s %s", req.Method, entry.Route)
+	if allowed, why := br.Allow(time.Now()); !allowed {
+		return fail(hook, phase, herr(schema.HookErrorKind_unavailable, why+" "+where)), true
+	}
+	cctx, cancel := context.WithTimeout(ctx, hook.Deadline)
+	defer cancel()
+	start := time.Now()
+	reply, rf, err := lane.Call(cctx, func(f schema.LaneFrame) error {
+		hc, err := f.NewHook()
+		if err != nil {
+			return err
+		}
+		if err := hc.SetHook(hook.Hook); err != nil {
+			return err
+		}
+		hc.SetPhase(phase)
+		hc.SetTimeoutMicros(uint64(hook.Deadline / time.Microsecond))
+		r := *req
+		r.Route = entry.Route
+		r.Params = make([]wire.Param, len(params))
+		for i, p := range params {
+			r.Params[i] = wire.Param{Name: p.Name, Value: p.Value}
+		}
+		rq, err := hc.NewRequest()
+		if err != nil {
+			return err
+		}
+		if err := wire.WriteRequest(rq, &r); err != nil {
+			return err
+		}
+		if resp != nil {
+			rs, err := hc.NewResponse()
+			if err != nil {
+				return err
+			}
+			return wire.WriteResponse(rs, resp)
+		}
+		return nil
+	})
+	if err != nil {
+		switch {
+		case errors.Is(err, wire.ErrLaneClosed):
+			// The instance went away: the daemon knows what to say.
+			br.Release()
+			s.dropLane(hook.Plugin, lane)
+			return nil, false
+		case ctx.Err() != nil:
+			br.Release()
+			return nil, false
+		case errors.Is(cctx.Err(), context.DeadlineExceeded) || time.Since(start) >= hook.Deadline:
+			br.Record(false, time.Now())
+			return fail(hook, phase, herr(schema.HookErrorKind_timeout, fmt.Sprintf("exceeded its %s deadline %s", hook.Deadline, where))), true
+		}
+		br.Record(false, time.Now())
+		return fail(hook, phase, herr(schema.HookErrorKind_failed, "failed "+where+": "+wire.RemoteMessage(err))), true
+	}
+	defer reply.Release()
+	hr, err := rf.HookResult()
+	if err != nil {
+		br.Record(false, time.Now())
+		return fail(hook, phase, herr(schema.HookErrorKind_failed, "sent an unreadable result "+where)), true
+	}
+	res, rejected := resultFor(phase, hr)
+	if rejected != "" {
+		br.Record(false, time.Now())
+		return fail(hook, phase, herr(schema.HookErrorKind_rejected, rejected)), true
+	}
+	br.Record(true, time.Now())
+	if res.Kind != Continue {
+		res.Applied = []string{hook.Plugin + "/" + hook.Hook}
+	}
+	return res, true
+}
+
+// resultFor turns a plugin's answer into what the daemon would have
+// answered for this phase, or says why the answer is not allowed.
+func resultFor(phase Phase, hr schema.HookResult) (*Result, string) {
+	res := &Result{Kind: Continue}
+	var err error
+	switch hr.Which() {
+	case schema.HookResult_Which_continue:
+		if phase == PhaseRoute {
+			return nil, "owns the route but answered without a response"
+		}
+		return res, ""
+	case schema.HookResult_Which_mutateRequest:
+		if phase != PhaseRequest {
+			return nil, "answered with a request mutation outside the request phase"
+		}
+		var ms schema.RequestMutation
+		if ms, err = hr.MutateRequest(); err == nil {
+			res.Kind = MutateRequest
+			res.RequestMutation, err = wire.ReadRequestMutation(ms)
+		}
+		if err == nil && res.RequestMutation.IsZero() {
+			res.Kind = Continue
+		}
+	case schema.HookResult_Which_respond:
+		if phase == PhaseResponse {
+			return nil, "answered a response hook with something other than a response mutation"
+		}
+		var rs schema.HttpResponse
+		if rs, err = hr.Respond(); err == nil {
+			res.Kind = Respond
+			res.Response, err = wire.ReadResponse(rs)
+		}
+	case schema.HookResult_Which_mutateResponse:
+		if phase != PhaseResponse {
+			return nil, "answered with a response mutation outside the response phase"
+		}
+		var ms schema.ResponseMutation
+		if ms, err = hr.MutateResponse(); err == nil {
+			res.Kind = MutateResponse
+			res.ResponseMutation, err = wire.ReadResponseMutation(ms)
+		}
+		if err == nil && res.ResponseMutation.IsZero() {
+			res.Kind = Continue
+		}
+	}
+	if err != nil {
+		return nil, "sent an unreadable result: " + err.Error()
+	}
+	return res, ""
+}
+
+// fail applies a hook's failure policy: route hooks and fail-closed hooks
+// fail the request, fail-open hooks are skipped.
+func fail(h *RouteHook, phase Phase, e *HookError) *Result {
+	if h.FailClosed || phase == PhaseRoute {
+		return &Result{Kind: FailClosed, Failure: e}
+	}
+	return &Result{Kind: Continue, Skipped: []HookError{*e}}
+}
+
+// directLaneFor returns the session's lane to plugin and the hook's
+// breaker, asking the daemon for a lane (in the background) when there is
+// none yet.
+func (s *Session) directLaneFor(plugin, hook string, t *RouteTable) (*wire.LaneClient, *wire.Breaker) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	dl := s.direct[plugin]
+	if dl == nil {
+		dl = &directLane{breakers: map[string]*wire.Breaker{}}
+		s.direct[plugin] = dl
+	}
+	if dl.lane == nil {
+		if time.Since(dl.askedAt) > retryLane {
+			dl.askedAt = time.Now()
+			go s.askLane(plugin) // owned by the session; ends after one send
+		}
+		return nil, nil
+	}
+	br := dl.breakers[hook]
+	if br == nil {
+		failures, cooldown := t.BreakerFailures, t.BreakerCooldown
+		if failures <= 0 || cooldown <= 0 {
+			failures, cooldown = 5, time.Second
+		}
+		br = wire.NewBreaker(failures, cooldown)
+		dl.breakers[hook] = br
+	}
+	return dl.lane, br
+}
+
+func (s *Session) askLane(plugin string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	fc, err := s.frameClient(ctx)
+	if err != nil {
+		return
+	}
+	_ = fc.conn.Send(func(m schema.FrameMsg) error { return m.SetLaneRequest(plugin) })
+}
+
+// laneGranted takes a lane the daemon set up (or its refusal).
+func (s *Session) laneGranted(plugin, why string, f *os.File) {
+	if f == nil {
+		return // refused; asked again after retryLane
+	}
+	c, err := net.FileConn(f)
+	if err != nil {
+		return
+	}
+	l := wire.NewLaneClient(c)
+	s.mu.Lock()
+	dl := s.direct[plugin]
+	if dl == nil || s.closed {
+		s.mu.Unlock()
+		l.Close()
+		return
+	}
+	old := dl.lane
+	dl.lane = l
+	s.mu.Unlock()
+	if old != nil {
+		old.Close()
+	}
+}
+
+// dropLane forgets a lane that broke, so that the next request asks again.
+func (s *Session) dropLane(plugin string, l *wire.LaneClient) {
+	s.mu.Lock()
+	if dl := s.direct[plugin]; dl != nil && dl.lane == l {
+		dl.lane = nil
+		dl.askedAt = time.Time{}
+	}
+	s.mu.Unlock()
+	l.Close()
+}
+
+// closeLanes ends every direct lane.
+func (s *Session) closeLanes() {
+	s.mu.Lock()
+	s.closed = true
+	var ls []*wire.LaneClient
+	for _, dl := range s.direct {
+		if dl.lane != nil {
+			ls = append(ls, dl.lane)
+			dl.lane = nil
+		}
+	}
+	s.mu.Unlock()
+	for _, l := range ls {
+		l.Close()
+	}
+}
