@@ -184,6 +184,7 @@ func (c *cli) approve(m *manifest.Manifest, current *host.PluginStatus, yes bool
 			fmt.Fprintf(c.errw, "  - %s\n", l)
 		}
 	} else {
+		c.describeAccess(m)
 		if p.IsZero() {
 			fmt.Fprintf(c.errw, "%s %s requests no special permissions.\n", m.Name, m.Version)
 			return &p, nil
@@ -206,6 +207,32 @@ func (c *cli) approve(m *manifest.Manifest, current *host.PluginStatus, yes bool
 		return &p, nil
 	}
 	return nil, errors.New("permissions not granted; nothing was installed")
+}
+
+// describeAccess says what traffic the plugin will see or change: hooked
+// requests carry users' headers and bodies, and transform stages may
+// rewrite media.
+func (c *cli) describeAccess(m *manifest.Manifest) {
+	if len(m.Hooks) == 0 && len(m.Streams) == 0 {
+		return
+	}
+	fmt.Fprintf(c.errw, "%s %s will see:\n", m.Name, m.Version)
+	for _, h := range m.Hooks {
+		verb := map[manifest.Phase]string{
+			manifest.PhaseRequest:  "see and change requests to",
+			manifest.PhaseResponse: "see and change responses of",
+			manifest.PhaseRoute:    "answer every request to",
+			manifest.PhaseObserve:  "see a copy of requests and responses of",
+		}[h.Phase]
+		fmt.Fprintf(c.errw, "  - %s %s %s (hook %q)\n", verb, h.Method, h.Route, h.Name)
+	}
+	for _, st := range m.Streams {
+		verb := "see the media frames of"
+		if st.Role == manifest.RoleTransform {
+			verb = "see and change the media frames of"
+		}
+		fmt.Fprintf(c.errw, "  - %s %s streams (stage %q)\n", verb, st.Kind, st.Name)
+	}
 }
 
 // isTerminal reports whether r is a terminal (not merely a character
