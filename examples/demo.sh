@@ -4,7 +4,9 @@
 # story through a Dim-like host (bin/dimhost): a kid logs in, parental
 # controls keep a film from them, the dashboard grows a Trending row, a
 # stream gets an HLS playlist next to Dim's DASH manifest, and the player's
-# progress posts become a watch history. Everything is removed at the end.
+# progress posts become a watch history. Then frame streams: generated fMP4
+# segments flow through a transform (segment-tagger) and an observer
+# (stream-stats) over shared memory. Everything is removed at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=$PWD/bin
@@ -100,6 +102,19 @@ done
 
 step "11. the kid's watch history, from scrobbler's own route (GET /api/v1/plugins/scrobbler/history)"
 get -plugins-only -H "$KID" /api/v1/plugins/scrobbler/history
+
+step "12. frame streams: a 480p track (init.mp4 + 6 × 600 KB fMP4 segments) through segment-tagger, watched by stream-stats"
+note "(dimhost writes each segment straight into shared memory; 3.m4s has no free box, 5.m4s a 64-bit mdat size)"
+"$BIN/dimhost" stream -profile 480p -n 6 -bare 3 -large 5 -json
+note "(tagged in place, a segment comes back as the host's own memory: not one byte copied; 3.m4s had no room, so"
+note " segment-tagger copied it into a new frame of its own memory with a tag box appended after mdat)"
+
+step "13. 1080p (6.3 MB segments), then an audio track: no transform takes audio/*, stream-stats still observes"
+"$BIN/dimhost" stream -profile 1080p -n 4 -bare 1
+"$BIN/dimhost" stream -profile audio -n 4
+
+step "14. stream-stats' route lists every stream it saw, newest first (here: one line per stream)"
+get -plugins-only '/api/v1/plugins/stream-stats/streams?limit=3' | sed -n '1p;$s/},{/},\n{/gp' | cut -c1-150
 
 step "dimplugctl logs parental-controls"
 "$BIN/dimplugctl" logs parental-controls

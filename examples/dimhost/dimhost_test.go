@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -11,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -495,6 +497,8 @@ func TestEndToEnd(t *testing.T) {
 		}
 	})
 
+	t.Run("streams", func(t *testing.T) { testStreams(t, ctx, s, mw) })
+
 	// Without plugins, the plugin-owned routes do not exist.
 	if status, _, _ := call(t, newTestAPI(t), "GET", "/api/v1/plugins/scrobbler/history", kid, ""); status != 404 {
 		t.Errorf("plain API answered the scrobbler's route: %d", status)
@@ -504,4 +508,149 @@ func TestEndToEnd(t *testing.T) {
 func lastLine(b []byte) string {
 	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
 	return lines[len(lines)-1]
+}
+
+// testStreams sends generated fMP4 tracks through segment-tagger (a
+// transform on video/*) and stream-stats (an observer of video/* and
+// audio/*), checks every byte that comes back, and the statistics route.
+func testStreams(t *testing.T, ctx context.Context, s *host.Session, mw http.Handler) {
+	tagBox := func(seq uint64) []byte {
+		tag := fmt.Sprintf("dimplugd:segment-tagger seq=%d", seq)
+		return append(binary.BigEndian.AppendUint32(nil, uint32(8+len(tag))), "free"+tag...)
+	}
+	run := func(c streamConfig, wantStages string, check func(seq uint64, sent, back []byte) error) *streamReport {
+		t.Helper()
+		var errs []string
+		rep, err := runStream(ctx, s, c, func(seq uint64, sent, back []byte) {
+			if err := check(seq, sent, back); err != nil {
+				errs = append(errs, fmt.Sprintf("%s: %v", segmentName(seq), err))
+			}
+		})
+		if err != nil {
+			t.Fatalf("%s stream: %v", c.Track.Name, err)
+		}
+		if got := strings.Join(rep.Stages, " "); got != wantStages {
+			t.Errorf("%s chain %q, want %q", c.Track.Name, got, wantStages)
+		}
+		for _, e := range errs {
+			t.Error(e)
+		}
+		for _, r := range rep.Frames {
+			if r.Err != nil {
+				t.Errorf("%s %s: %v", c.Track.Name, r.Name, r.Err)
+			}
+		}
+		return rep
+	}
+
+	// 480p: segments 0, 1, 3 have a 64-byte free box (3 with a 64-bit
+	// mdat size), segment 2 none.
+	video := streamConfig{Track: fmp4Profiles["480p"], MediaID: 42, TrackID: "42-video", Segments: 4, Free: 64,
+		Bare: []int{2}, Large: []int{3}, Session: "e2e-480p"}
+	rep := run(video, "segment-tagger/tag stream-stats/video", func(seq uint64, sent, back []byte) error {
+		bare := seq == 3
+		switch {
+		case seq == 0: // init: untouched
+			if !bytes.Equal(back, sent) {
+				return fmt.Errorf("init segment changed")
+			}
+		case bare: // appended: the original bytes, then a free box with the tag
+			if !bytes.Equal(back, append(append([]byte{}, sent...), tagBox(seq)...)) {
+				return fmt.Errorf("%d bytes back (sent %d): not the segment plus the tag box", len(back), len(sent))
+			}
+		default: // in place: only the free box's payload, [32, 96), changed
+			tag := fmt.Sprintf("dimplugd:segment-tagger seq=%d", seq)
+			want := append([]byte{}, sent...)
+			copy(want[32:96], append([]byte(tag), make([]byte, 64-len(tag))...))
+			if string(back[24:32]) != "\x00\x00\x00\x48free" || !bytes.Equal(back, want) {
+				return fmt.Errorf("not tagged in place: free box %q", back[24:96])
+			}
+		}
+		return nil
+	})
+	for _, r := range rep.Frames {
+		if wantZero := r.Seq != 3; r.ZeroCopy != wantZero {
+			t.Errorf("%s: zero-copy %v, want %v", r.Name, r.ZeroCopy, wantZero)
+		}
+	}
+
+	// 1080p, 6.3 MB segments whose 16-byte free box is too small: every
+	// media segment becomes a new frame.
+	big := streamConfig{Track: fmp4Profiles["1080p"], MediaID: 42, TrackID: "42-video", Segments: 2, Free: 16, Session: "e2e-1080p"}
+	rep = run(big, "segment-tagger/tag stream-stats/video", func(seq uint64, sent, back []byte) error {
+		if seq > 0 && !bytes.Equal(back, append(append([]byte{}, sent...), tagBox(seq)...)) {
+			return fmt.Errorf("%d bytes back (sent %d): not the segment plus the tag box", len(back), len(sent))
+		}
+		return nil
+	})
+	if rep.Bytes < 12_600_000 {
+		t.Errorf("1080p: %d bytes back", rep.Bytes)
+	}
+
+	// Audio: no transform takes audio/*; the observer does.
+	audio := streamConfig{Track: fmp4Profiles["audio"], MediaID: 42, TrackID: "42-audio", Segments: 3, Free: 64, Session: "e2e-audio"}
+	rep = run(audio, "stream-stats/audio", func(seq uint64, sent, back []byte) error {
+		if !bytes.Equal(back, sent) {
+			return fmt.Errorf("changed without a transform")
+		}
+		return nil
+	})
+	for _, r := range rep.Frames {
+		if !r.ZeroCopy {
+			t.Errorf("audio %s did not come back as the host's memory", r.Name)
+		}
+	}
+
+	// The statistics, through the middleware, as a client would see them.
+	type stats struct {
+		Frames          int     `json:"frames"`
+		InitSegments    int     `json:"init_segments"`
+		Segments        int     `json:"segments"`
+		Missed          int     `json:"missed"`
+		KeyFrames       int     `json:"key_frames"`
+		Samples         int     `json:"samples"`
+		SyncSamples     int     `json:"sync_samples"`
+		Tagged          int     `json:"tagged"`
+		Bytes           int64   `json:"bytes"`
+		SegmentBytes    int64   `json:"segment_bytes"`
+		Min             int64   `json:"min_segment_bytes"`
+		Max             int64   `json:"max_segment_bytes"`
+		Bitrate         int64   `json:"bitrate_bps"`
+		DurationSeconds float64 `json:"duration_seconds"`
+		LastTag         string  `json:"last_tag"`
+	}
+	get := func(c streamConfig) stats {
+		status, body, _, err := streamStats(ctx, mw, c.TrackID, c.Session, c.Segments+1, 10*time.Second)
+		if err != nil || status != 200 {
+			t.Fatalf("%s statistics: %d %v %s", c.Session, status, err, body)
+		}
+		var st stats
+		if err := json.Unmarshal(body, &st); err != nil {
+			t.Fatal(err)
+		}
+		return st
+	}
+	// What the observer saw is the chain's output: segment 2 grew by the tag box.
+	segBytes := int64(0)
+	sizes := []int64{}
+	for n := 0; n < video.Segments; n++ {
+		sz := int64(mediaSegmentSize(video.Track, video.options(n)))
+		if n == 2 {
+			sz += int64(len(tagBox(3)))
+		}
+		sizes = append(sizes, sz)
+		segBytes += sz
+	}
+	want := stats{Frames: 5, InitSegments: 1, Segments: 4, KeyFrames: 4, Samples: 480, SyncSamples: 4, Tagged: 4,
+		Bytes: segBytes + int64(len(initSegment(video.Track))), SegmentBytes: segBytes, Min: slices.Min(sizes), Max: slices.Max(sizes),
+		Bitrate: int64(float64(segBytes*8) / 20), DurationSeconds: 20, LastTag: "dimplugd:segment-tagger seq=4"}
+	if got := get(video); got != want {
+		t.Errorf("480p statistics\n got %+v\nwant %+v", got, want)
+	}
+	if got := get(big); got.Segments != 2 || got.Tagged != 2 || got.Bitrate < 10_000_000 || got.Bitrate > 10_200_000 {
+		t.Errorf("1080p statistics: %+v", got)
+	}
+	if got := get(audio); got.Segments != 3 || got.Tagged != 0 || got.Samples != 3*235 || got.SyncSamples != 3*235 || got.Bitrate < 120_000 || got.Bitrate > 130_000 {
+		t.Errorf("audio statistics: %+v", got)
+	}
 }

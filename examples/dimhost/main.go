@@ -7,10 +7,18 @@
 //
 //	dimhost serve -listen 127.0.0.1:8000 -socket /run/dimplugd/dimplugd.sock
 //	dimhost get [-X POST] [-H 'Authorization: demo-token-2'] [-d BODY] [-plugins-only] /api/v1/media/42
+//	dimhost stream [-profile 480p] [-n 6] [-free 64] [-bare 3] [-large 5]
 //
 // get serves one request twice, through Dim's plain API and through the
 // plugins, and prints both. It authenticates as the owner (demo-token-1)
 // unless -H sets Authorization; -H 'Authorization:' sends no token.
+//
+// stream sends a generated fMP4 track (see fmp4.go) — an init segment and
+// n media segments of Dim's sizes — through dimplugd's frame-stream chain,
+// writing each segment straight into shared memory; it receives them back
+// in order, checks their box structure, prints what the chain changed in
+// each (bytes, tags, whether the host's own memory came back), then the
+// statistics the stream-stats plugin kept, through its route.
 package main
 
 import (
@@ -34,7 +42,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: dimhost serve|get [flags]")
+		fmt.Fprintln(os.Stderr, "usage: dimhost serve|get|stream [flags]")
 		os.Exit(2)
 	}
 	var err error
@@ -43,8 +51,10 @@ func main() {
 		err = serve(os.Args[2:])
 	case "get":
 		err = get(os.Args[2:])
+	case "stream":
+		err = stream(os.Args[2:])
 	default:
-		fmt.Fprintf(os.Stderr, "dimhost: unknown command %q (want serve or get)\n", os.Args[1])
+		fmt.Fprintf(os.Stderr, "dimhost: unknown command %q (want serve, get or stream)\n", os.Args[1])
 		os.Exit(2)
 	}
 	if err != nil {
