@@ -68,6 +68,9 @@ func TestQuick(t *testing.T) {
 			if !strings.Contains(out.String(), "### ") {
 				t.Error("nothing printed")
 			}
+			if name == "streams" {
+				checkStreams(t, tables)
+			}
 		})
 	}
 }
@@ -78,4 +81,47 @@ type testLog struct{ t *testing.T }
 func (l testLog) Write(p []byte) (int, error) {
 	l.t.Log(strings.TrimRight(string(p), "\n"))
 	return len(p), nil
+}
+
+// checkStreams checks that the streams section measured every frame size
+// for every transport, and dimplugd's ratios to both baselines.
+func checkStreams(t *testing.T, tables []*Table) {
+	t.Helper()
+	if len(tables) != 3 {
+		t.Fatalf("streams: %d tables, want 3 (throughput, CPU, inline threshold)", len(tables))
+	}
+	rows := map[string]Row{}
+	for _, r := range tables[0].Rows {
+		rows[r.Name] = r
+	}
+	for _, size := range streamSizes {
+		prefix := sizeName(size) + ": "
+		var memcpy, raw, grpc, dimplugd bool
+		for name, r := range rows {
+			if !strings.HasPrefix(name, prefix) || r.Skip != "" {
+				continue
+			}
+			switch rest := strings.TrimPrefix(name, prefix); {
+			case strings.HasPrefix(rest, "memcpy"):
+				memcpy = true
+			case strings.HasPrefix(rest, "raw"):
+				raw = true
+			case strings.HasPrefix(rest, "gRPC"):
+				grpc = true
+			case strings.HasPrefix(rest, "dimplugd"):
+				dimplugd = true
+				for i := 2; i < 4; i++ {
+					if math.IsNaN(r.Vals[i]) || r.Vals[i] <= 0 {
+						t.Errorf("streams: row %q has no %s", name, tables[0].Cols[i].Name)
+					}
+				}
+			}
+		}
+		if !memcpy || !raw || !grpc || !dimplugd {
+			t.Errorf("streams, %s: memcpy %v, raw %v, gRPC %v, dimplugd %v: a transport is missing", sizeName(size), memcpy, raw, grpc, dimplugd)
+		}
+	}
+	if n := len(tables[2].Rows); n != len(thresholdSizes) {
+		t.Errorf("streams: the threshold table has %d rows, want %d", n, len(thresholdSizes))
+	}
 }

@@ -39,6 +39,7 @@ func sections() []section {
 	return []section{
 		{"spawn", []string{"fdecho", "media-badge", "dimplugd", "goplug"}, runSpawn},
 		{"hooks", []string{"rawecho", "goplug", "badge", "dimplugd"}, runHooks},
+		{"streams", []string{"framesink", "passthrough", "dimplugd"}, runStreams},
 	}
 }
 
@@ -188,6 +189,8 @@ var helpers = map[string]helper{
 	"rawecho":     {"./bench/plugins/rawecho", true},
 	"goplug":      {"./bench/plugins/goplug", true},
 	"badge":       {"./bench/plugins/badge", true},
+	"framesink":   {"./bench/plugins/framesink", true},
+	"passthrough": {"./bench/plugins/passthrough", true},
 	"media-badge": {"./examples/plugins/media-badge", true},
 	"dimplugd":    {"./cmd/dimplugd", false},
 }

@@ -6,7 +6,7 @@
 // table. Absolute numbers move with the machine and its load; the ratios
 // are the point.
 //
-// Sections (select with -only, e.g. -only spawn or -only spawn,hooks):
+// Sections (select with -only, e.g. -only spawn or -only spawn,hooks,streams):
 //
 // spawn — spawn-to-ready: the time from just before a process is started
 // until it has answered the first message on fd 3. Rows: a plain exec of a
@@ -44,9 +44,27 @@
 // calling the handler directly, both with an httptest.ResponseRecorder
 // (target: under 1 µs more).
 //
+// streams — frame streams through a pass-through plugin
+// (bench/plugins/passthrough, installed into a `dimplugd serve` process and
+// sandboxed when the container runtime can run): MB/s and frames/s for
+// 4 KiB, 256 KiB, 1 MiB and 6 MiB frames. Rows: memcpy in this process
+// (the ceiling); a raw length-prefixed Unix-socket stream into a sink in
+// another process; gRPC client-streaming into a sink in another process
+// (default windows, protobuf wire format by hand, see
+// bench/internal/framewire); and dimplugd: the host SDK sends frames it
+// wrote once into shared memory (Stream.NewFrame, Send) and receives them
+// back (Recv, Release) from a sender and a receiver goroutine, timed from
+// the first send to the last receive, plus 4 KiB frames sent inline. Ratio
+// columns divide dimplugd's MB/s by gRPC's and raw's (targets: 1 MiB frames
+// at least 10× gRPC; 4 KiB frames no slower than gRPC). A second table
+// gives the CPU each process of the dimplugd path spends per frame, and a
+// third compares inline frames with shared-memory ones from 1 to 128 KiB,
+// to place host.InlineMax.
+//
 // Helper binaries (the probe, the raw echo server, the go-plugin plugin,
-// the badge plugin, media-badge and dimplugd) are built with `go build`
-// into a temporary directory at start; plugins are static (CGO_ENABLED=0).
+// the badge plugin, media-badge, the stream sinks, the pass-through plugin
+// and dimplugd) are built with `go build` into a temporary directory at
+// start; plugins are static (CGO_ENABLED=0).
 // -quick makes every run short; the smoke test in bench_test.go uses it.
 // Everything stays on this machine: Unix sockets and socketpairs only.
 package main

@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"time"
 
+	"capnproto.org/go/capnp/v3"
+
 	"github.com/dimplugd/dimplugd/schema"
 	"github.com/dimplugd/dimplugd/sdk-go/frames"
 	"github.com/dimplugd/dimplugd/sdk-go/manifest"
@@ -47,6 +49,14 @@ type framePeer struct {
 	held  map[refKey]int       // refs this peer holds as host consumer or observer
 	heldN int                  // the sum of held
 	gone  bool
+
+	// Outgoing packets go through a queue drained by the peer's writer
+	// goroutine, so the hub never blocks on a socket while holding its
+	// lock (a full socket to one plugin must not stall every stream).
+	outMu   sync.Mutex
+	outQ    []outMsg
+	outWake chan struct{} // capacity 1
+	outStop chan struct{} // closed when the peer is gone
 }
 
 // writes reports whether the peer may edit frames in place: plugins with a
@@ -63,6 +73,81 @@ func (p *framePeer) writes() bool {
 		}
 	}
 	return false
+}
+
+// outMsg is one queued packet; it owns its files, closed once sent.
+type outMsg struct {
+	fill  func(schema.FrameMsg) error
+	files []*os.File
+}
+
+// send queues a packet for the peer; it never blocks. files are the
+// packet's own and are closed after sending (or dropping) it.
+func (p *framePeer) send(fill func(schema.FrameMsg) error, files ...*os.File) error {
+	p.outMu.Lock()
+	select {
+	case <-p.outStop:
+		p.outMu.Unlock()
+		closeAll(files)
+		return errors.New("frame peer gone")
+	default:
+	}
+	p.outQ = append(p.outQ, outMsg{fill: fill, files: files})
+	p.outMu.Unlock()
+	select {
+	case p.outWake <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// write drains the queue until the peer is gone; a send error ends the
+// connection, and the reader cleans up.
+func (p *framePeer) write() {
+	for {
+		p.outMu.Lock()
+		q := p.outQ
+		p.outQ = nil
+		p.outMu.Unlock()
+		for i, m := range q {
+			err := p.conn.Send(m.fill, m.files...)
+			closeAll(m.files)
+			if err != nil {
+				for _, rest := range q[i+1:] {
+					closeAll(rest.files)
+				}
+				p.conn.Close()
+				p.drain()
+				return
+			}
+		}
+		select {
+		case <-p.outWake:
+		case <-p.outStop:
+			p.drain()
+			return
+		}
+	}
+}
+
+// drain drops what is still queued.
+func (p *framePeer) drain() {
+	p.outMu.Lock()
+	q := p.outQ
+	p.outQ = nil
+	p.outMu.Unlock()
+	for _, m := range q {
+		closeAll(m.files)
+	}
+}
+
+func dupFile(f *os.File) (*os.File, error) {
+	fd, err := syscall.Dup(int(f.Fd()))
+	if err != nil {
+		return nil, err
+	}
+	syscall.CloseOnExec(fd)
+	return os.NewFile(uintptr(fd), f.Name()), nil
 }
 
 type ownedPool struct {
@@ -118,6 +203,7 @@ type frameHub struct {
 	d *Daemon
 
 	mu      sync.Mutex
+	drained *sync.Cond // signalled when a stage's backlog shrinks
 	nextID  uint64
 	refs    map[refKey]int
 	peers   map[uint64]*framePeer
@@ -127,8 +213,32 @@ type frameHub struct {
 }
 
 func newFrameHub(d *Daemon) *frameHub {
-	return &frameHub{d: d, refs: map[refKey]int{}, peers: map[uint64]*framePeer{},
+	h := &frameHub{d: d, refs: map[refKey]int{}, peers: map[uint64]*framePeer{},
 		streams: map[[2]uint64]*stream{}, stages: map[[2]uint64]*stage{}}
+	h.drained = sync.NewCond(&h.mu)
+	return h
+}
+
+// maxBacklog bounds the frames of one stream waiting at a stage. A host
+// that runs further ahead stops being read — its socket fills and its Send
+// waits — so inline frames, which no pool bounds, cannot pile up in the
+// daemon.
+const maxBacklog = 256
+
+// backloggedLocked reports whether one of the host's streams has a stage
+// with a full backlog.
+func (h *frameHub) backloggedLocked(host *framePeer) bool {
+	for k, s := range h.streams {
+		if k[0] != host.id || s.ended {
+			continue
+		}
+		for _, st := range s.stages {
+			if len(st.fifo) >= maxBacklog {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // attach starts serving a peer's frame socket. The reading goroutine is
@@ -137,13 +247,18 @@ func (h *frameHub) attach(conn *frames.Conn, name string, u *unit) *framePeer {
 	h.mu.Lock()
 	h.nextID++
 	p := &framePeer{id: h.nextID, name: name, conn: conn, unit: u,
-		pools: map[uint32]ownedPool{}, has: map[poolKey]bool{}, held: map[refKey]int{}}
+		pools: map[uint32]ownedPool{}, has: map[poolKey]bool{}, held: map[refKey]int{},
+		outWake: make(chan struct{}, 1), outStop: make(chan struct{})}
 	h.peers[p.id] = p
 	h.mu.Unlock()
-	h.d.wg.Add(1)
-	go func() {
+	h.d.wg.Add(2)
+	go func() { // the peer's reader; ends when the connection does
 		defer h.d.wg.Done()
 		h.read(p)
+	}()
+	go func() { // the peer's writer; ends when the peer is gone
+		defer h.d.wg.Done()
+		p.write()
 	}()
 	return p
 }
@@ -161,6 +276,13 @@ func (h *frameHub) read(p *framePeer) {
 		if herr != nil {
 			err = herr
 			break
+		}
+		if p.unit == nil { // a host: wait while it is too far ahead
+			h.mu.Lock()
+			for !p.gone && h.backloggedLocked(p) {
+				h.drained.Wait()
+			}
+			h.mu.Unlock()
 		}
 	}
 	h.gone(p, err)
@@ -289,6 +411,13 @@ func readFrameData(f schema.Frame, p *framePeer) (frameData, error) {
 // openLocked builds the chain for a new host stream.
 func (h *frameHub) openLocked(host *framePeer, so schema.StreamOpen) {
 	kind, _ := so.Kind()
+	// Packets are built later, by the peers' writers: keep a copy of the
+	// metadata that outlives the host's message.
+	meta, err := detachMeta(so)
+	if err != nil {
+		h.sendEndLocked(host, so.Stream(), "unreadable stream metadata: "+err.Error(), false)
+		return
+	}
 	s := &stream{host: host, id: so.Stream(), kind: kind}
 	type cand struct {
 		u    *unit
@@ -335,8 +464,7 @@ func (h *frameHub) openLocked(host *framePeer, so schema.StreamOpen) {
 			s.stages = append(s.stages, st)
 		}
 		h.stages[[2]uint64{peer.id, st.sid}] = st
-		meta, _ := so.Meta()
-		_ = peer.conn.Send(func(m schema.FrameMsg) error {
+		_ = peer.send(func(m schema.FrameMsg) error {
 			o, err := m.NewOpen()
 			if err != nil {
 				return err
@@ -358,7 +486,7 @@ func (h *frameHub) openLocked(host *framePeer, so schema.StreamOpen) {
 	for _, st := range append(append([]*stage{}, s.stages...), s.observers...) {
 		names = append(names, st.plugin+"/"+st.spec.Name)
 	}
-	_ = host.conn.Send(func(m schema.FrameMsg) error {
+	_ = host.send(func(m schema.FrameMsg) error {
 		o, err := m.NewOpened()
 		if err != nil {
 			return err
@@ -375,6 +503,26 @@ func (h *frameHub) openLocked(host *framePeer, so schema.StreamOpen) {
 		}
 		return nil
 	})
+}
+
+// detachMeta copies a stream's metadata into a message of its own.
+func detachMeta(so schema.StreamOpen) (schema.StreamMeta, error) {
+	meta, err := so.Meta()
+	if err != nil {
+		return schema.StreamMeta{}, err
+	}
+	_, seg, err := capnp.NewMessage(capnp.SingleSegment(nil))
+	if err != nil {
+		return schema.StreamMeta{}, err
+	}
+	holder, err := schema.NewRootStreamOpen(seg)
+	if err != nil {
+		return schema.StreamMeta{}, err
+	}
+	if err := holder.SetMeta(meta); err != nil {
+		return schema.StreamMeta{}, err
+	}
+	return holder.Meta()
 }
 
 // kindMatches reports whether a manifest's kind ("video/segment",
@@ -469,17 +617,20 @@ func (h *frameHub) sendFrameLocked(p *framePeer, sid uint64, fd frameData) {
 				return
 			}
 			// Only transforms may edit frames in place; hosts and
-			// observers get a read-only descriptor of the memory.
-			f := op.f
-			if !p.writes() {
-				ro, err := frames.ReadOnly(op.f)
-				if err != nil {
-					return
-				}
-				defer ro.Close()
-				f = ro
+			// observers get a read-only descriptor of the memory. The
+			// message owns its own descriptor: the pool may be dropped
+			// before the writer sends it.
+			var f *os.File
+			var err error
+			if p.writes() {
+				f, err = dupFile(op.f)
+			} else {
+				f, err = frames.ReadOnly(op.f)
 			}
-			if err := p.conn.Send(func(m schema.FrameMsg) error {
+			if err != nil {
+				return
+			}
+			if err := p.send(func(m schema.FrameMsg) error {
 				pa, err := m.NewPoolAdd()
 				if err != nil {
 					return err
@@ -494,7 +645,7 @@ func (h *frameHub) sendFrameLocked(p *framePeer, sid uint64, fd frameData) {
 			p.has[pk] = true
 		}
 	}
-	_ = p.conn.Send(func(m schema.FrameMsg) error {
+	_ = p.send(func(m schema.FrameMsg) error {
 		f, err := m.NewFrame()
 		if err != nil {
 			return err
@@ -549,6 +700,7 @@ func (h *frameHub) stageFrameLocked(p *framePeer, sid uint64, out frameData) {
 	head := st.fifo[0]
 	in := head.frame
 	if out.dropped {
+		h.drained.Broadcast()
 		st.fifo = st.fifo[1:]
 		if head.timer != nil {
 			head.timer.Stop()
@@ -580,6 +732,7 @@ func (h *frameHub) stageFrameLocked(p *framePeer, sid uint64, out frameData) {
 	}
 	h.forwardLocked(st.s, st.index+1, out)
 	if last {
+		h.drained.Broadcast()
 		h.maybeEndStageLocked(st)
 	}
 }
@@ -608,6 +761,7 @@ func (h *frameHub) timeout(st *stage, e *inflight) {
 		u.logf("%s; passing it through untouched (fail-open)", msg)
 	}
 	st.fifo = st.fifo[1:]
+	h.drained.Broadcast()
 	st.skipped[e.seq] = true
 	h.forwardLocked(st.s, st.index+1, e.frame) // the hold moves on
 	h.maybeEndStageLocked(st)
@@ -621,6 +775,7 @@ func (h *frameHub) failStageLocked(st *stage, why string) {
 			u.logf("%s; frames now pass it by untouched (fail-open)", msg)
 		}
 		st.dead = true
+		defer h.drained.Broadcast()
 		// Pop one at a time: the stream must not look finished while
 		// frames are still being passed on.
 		for len(st.fifo) > 0 {
@@ -700,6 +855,7 @@ func (h *frameHub) endStreamLocked(s *stream, why string) {
 		return
 	}
 	s.ended = true
+	h.drained.Broadcast()
 	for _, st := range append(append([]*stage{}, s.stages...), s.observers...) {
 		for _, e := range st.fifo {
 			if e.timer != nil {
@@ -723,7 +879,7 @@ func (h *frameHub) sendEndLocked(p *framePeer, sid uint64, why string, cancel bo
 	if p.gone {
 		return
 	}
-	_ = p.conn.Send(func(m schema.FrameMsg) error {
+	_ = p.send(func(m schema.FrameMsg) error {
 		e, err := m.NewEnd()
 		if err != nil {
 			return err
@@ -751,7 +907,7 @@ func (h *frameHub) releaseToOwnerLocked(k refKey, length uint64) {
 	if owner == nil || owner.gone {
 		return
 	}
-	_ = owner.conn.Send(func(m schema.FrameMsg) error {
+	_ = owner.send(func(m schema.FrameMsg) error {
 		r, err := m.NewRelease()
 		if err != nil {
 			return err
@@ -774,7 +930,7 @@ func (h *frameHub) dropPoolLocked(p *framePeer, id uint32) {
 	for _, q := range h.peers {
 		if q.has[pk] && !q.gone {
 			delete(q.has, pk)
-			_ = q.conn.Send(func(m schema.FrameMsg) error {
+			_ = q.send(func(m schema.FrameMsg) error {
 				r, err := m.NewPoolDrop()
 				if err != nil {
 					return err
@@ -793,7 +949,11 @@ func (h *frameHub) gone(p *framePeer, err error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	p.gone = true
+	h.drained.Broadcast()
 	p.conn.Close()
+	p.outMu.Lock()
+	close(p.outStop)
+	p.outMu.Unlock()
 	if p.unit == nil {
 		for k, s := range h.streams {
 			if k[0] == p.id {
@@ -849,7 +1009,7 @@ func (h *frameHub) closeAll() {
 // still goes through the daemon.
 func (h *frameHub) grantLaneLocked(hostPeer *framePeer, plugin string) {
 	refuse := func(why string) {
-		_ = hostPeer.conn.Send(func(m schema.FrameMsg) error {
+		_ = hostPeer.send(func(m schema.FrameMsg) error {
 			g, err := m.NewLane()
 			if err != nil {
 				return err
@@ -878,10 +1038,8 @@ func (h *frameHub) grantLaneLocked(hostPeer *framePeer, plugin string) {
 		return
 	}
 	pluginEnd, hostEnd := os.NewFile(uintptr(fds[0]), "direct-lane"), os.NewFile(uintptr(fds[1]), "direct-lane")
-	defer pluginEnd.Close()
-	defer hostEnd.Close()
-	grant := func(to *framePeer, f *os.File) error {
-		return to.conn.Send(func(m schema.FrameMsg) error {
+	grant := func(to *framePeer, f *os.File) error { // the message owns f
+		return to.send(func(m schema.FrameMsg) error {
 			g, err := m.NewLane()
 			if err != nil {
 				return err
@@ -893,6 +1051,7 @@ func (h *frameHub) grantLaneLocked(hostPeer *framePeer, plugin string) {
 		}, f)
 	}
 	if err := grant(inst.frames, pluginEnd); err != nil {
+		hostEnd.Close()
 		refuse("could not reach the plugin: " + err.Error())
 		return
 	}

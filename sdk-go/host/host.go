@@ -49,7 +49,12 @@ type options struct {
 	client   string
 	versions []uint16
 	noLane   bool
+	noDirect bool
 }
+
+// WithoutDirectLanes makes every dispatch go through the daemon, even when
+// a phase has a single hook that could be called directly.
+func WithoutDirectLanes() Option { return func(o *options) { o.noDirect = true } }
 
 // WithoutLane makes the session dispatch over Cap'n Proto RPC only, without
 // opening the hook lane (schema/lane.capnp). Results are the same; the lane
@@ -118,7 +123,7 @@ func Dial(ctx context.Context, socket string, opts ...Option) (*Session, error) 
 		return nil, err
 	}
 	sess := &Session{conn: conn, s: res.Session().AddRef(), version: res.Version(), socket: socket,
-		direct: map[string]*directLane{}, noDirect: o.noLane}
+		direct: map[string]*directLane{}, noDirect: o.noLane || o.noDirect}
 	if err := sess.watch(ctx); err != nil {
 		sess.Close()
 		return nil, err

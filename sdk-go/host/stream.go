@@ -20,7 +20,7 @@ const FramesPreamble = "DPFRAME1\n"
 // InlineMax is the largest frame sent inside a message rather than through
 // shared memory: below it, a copy costs less than the descriptor's round
 // trips (measured with `make bench`).
-const InlineMax = 16 << 10
+const InlineMax = 4 << 10
 
 // DefaultPoolSize bounds the shared memory a session's streams have in
 // flight; Send and NewFrame wait when it is full (back-pressure). A frame
@@ -472,11 +472,11 @@ func (st *Stream) CloseSend() error {
 
 // Cancel abandons the stream: frames in flight are dropped.
 func (st *Stream) Cancel() error {
-	err := st.sendEnd(true)
+	st.finish(context.Canceled) // first: the daemon's answer must not win
 	st.fc.mu.Lock()
 	delete(st.fc.streams, st.id)
 	st.fc.mu.Unlock()
-	st.finish(context.Canceled)
+	err := st.sendEnd(true)
 	st.mu.Lock()
 	q := st.queue
 	st.queue = nil

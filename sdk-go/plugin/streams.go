@@ -19,7 +19,7 @@ import (
 const FramesFD = 5
 
 // inlineMax is the largest output frame sent inside a message.
-const inlineMax = 16 << 10
+const inlineMax = 4 << 10
 
 // outputPoolSize bounds the shared memory a plugin's new frames use; making
 // a frame waits while it is full.
