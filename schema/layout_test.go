@@ -28,7 +28,7 @@ func TestLayout(t *testing.T) {
 	for {
 		var p struct {
 			ImportPath, Doc, Name string
-			Deps               []string
+			Deps                  []string
 		}
 		if err := dec.Decode(&p); err == io.EOF {
 			break
