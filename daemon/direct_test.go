@@ -71,6 +71,22 @@ func TestDirectLane(t *testing.T) {
 	if n := td.dispatches.Load() - before; n != 0 {
 		t.Errorf("%d requests went through the daemon while a direct lane was up", n)
 	}
+	// The host reports its direct calls: inspect counts them (the timeout
+	// and the panic as failures).
+	deadline = time.Now().Add(5 * time.Second)
+	for {
+		st, err := td.ctl.Inspect(context.Background(), "direct")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Hooks[0].Calls >= uint64(len(cases)+1) && st.Hooks[0].Failures >= 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("inspect does not count the direct calls: %+v", st.Hooks)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 
 	// Three timeouts in a row open the breaker (the daemon's settings,
 	// carried by the route table).

@@ -355,6 +355,16 @@ func (h *frameHub) handle(p *framePeer, fm schema.FrameMsg, fds []*os.File) erro
 		if p.unit == nil {
 			h.grantLaneLocked(p, name)
 		}
+	case schema.FrameMsg_Which_hookStats:
+		hs, err := fm.HookStats()
+		if err != nil {
+			return err
+		}
+		plugin, _ := hs.Plugin()
+		hook, _ := hs.Hook()
+		if u, err := h.d.unit(plugin); err == nil && p.unit == nil {
+			u.breaker(hook).Add(hs.Calls(), hs.Failures())
+		}
 	case schema.FrameMsg_Which_end:
 		e, err := fm.End()
 		if err != nil {

@@ -41,7 +41,17 @@ struct FrameMsg {
     end @6 :StreamEnd;         # no more frames on this stream (either way)
     laneRequest @7 :Text;      # host → daemon: a direct hook lane to this plugin, please
     lane @8 :LaneGrant;        # daemon → host and → plugin; carries the lane's socket
+    hookStats @9 :HookStats;   # host → daemon: calls made on direct lanes since the last report
   }
+}
+
+struct HookStats {
+  # What a host's direct calls to one hook added up to since its last
+  # report, so that `dimplugctl inspect` counts every call.
+  plugin @0 :Text;
+  hook @1 :Text;
+  calls @2 :UInt64;
+  failures @3 :UInt64;
 }
 
 struct LaneGrant {

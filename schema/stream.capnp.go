@@ -21,10 +21,11 @@ const (
 	FrameMsg_Which_end         FrameMsg_Which = 6
 	FrameMsg_Which_laneRequest FrameMsg_Which = 7
 	FrameMsg_Which_lane        FrameMsg_Which = 8
+	FrameMsg_Which_hookStats   FrameMsg_Which = 9
 )
 
 func (w FrameMsg_Which) String() string {
-	const s = "poolAddpoolDropopenopenedframereleaseendlaneRequestlane"
+	const s = "poolAddpoolDropopenopenedframereleaseendlaneRequestlanehookStats"
 	switch w {
 	case FrameMsg_Which_poolAdd:
 		return s[0:7]
@@ -44,6 +45,8 @@ func (w FrameMsg_Which) String() string {
 		return s[40:51]
 	case FrameMsg_Which_lane:
 		return s[51:55]
+	case FrameMsg_Which_hookStats:
+		return s[55:64]
 
 	}
 	return "FrameMsg_Which(" + strconv.FormatUint(uint64(w), 10) + ")"
@@ -379,6 +382,38 @@ func (s FrameMsg) NewLane() (LaneGrant, error) {
 	return ss, err
 }
 
+func (s FrameMsg) HookStats() (HookStats, error) {
+	if capnp.Struct(s).Uint16(0) != 9 {
+		panic("Which() != hookStats")
+	}
+	p, err := capnp.Struct(s).Ptr(0)
+	return HookStats(p.Struct()), err
+}
+
+func (s FrameMsg) HasHookStats() bool {
+	if capnp.Struct(s).Uint16(0) != 9 {
+		return false
+	}
+	return capnp.Struct(s).HasPtr(0)
+}
+
+func (s FrameMsg) SetHookStats(v HookStats) error {
+	capnp.Struct(s).SetUint16(0, 9)
+	return capnp.Struct(s).SetPtr(0, capnp.Struct(v).ToPtr())
+}
+
+// NewHookStats sets the hookStats field to a newly
+// allocated HookStats struct, preferring placement in s's segment.
+func (s FrameMsg) NewHookStats() (HookStats, error) {
+	capnp.Struct(s).SetUint16(0, 9)
+	ss, err := NewHookStats(capnp.Struct(s).Segment())
+	if err != nil {
+		return HookStats{}, err
+	}
+	err = capnp.Struct(s).SetPtr(0, capnp.Struct(ss).ToPtr())
+	return ss, err
+}
+
 // FrameMsg_List is a list of FrameMsg.
 type FrameMsg_List = capnp.StructList[FrameMsg]
 
@@ -418,6 +453,125 @@ func (p FrameMsg_Future) End() StreamEnd_Future {
 }
 func (p FrameMsg_Future) Lane() LaneGrant_Future {
 	return LaneGrant_Future{Future: p.Future.Field(0, nil)}
+}
+func (p FrameMsg_Future) HookStats() HookStats_Future {
+	return HookStats_Future{Future: p.Future.Field(0, nil)}
+}
+
+type HookStats capnp.Struct
+
+// HookStats_TypeID is the unique identifier for the type HookStats.
+const HookStats_TypeID = 0x8eb3309846397d42
+
+func NewHookStats(s *capnp.Segment) (HookStats, error) {
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 16, PointerCount: 2})
+	return HookStats(st), err
+}
+
+func NewRootHookStats(s *capnp.Segment) (HookStats, error) {
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 16, PointerCount: 2})
+	return HookStats(st), err
+}
+
+func ReadRootHookStats(msg *capnp.Message) (HookStats, error) {
+	root, err := msg.Root()
+	return HookStats(root.Struct()), err
+}
+
+func (s HookStats) String() string {
+	str, _ := text.Marshal(0x8eb3309846397d42, capnp.Struct(s))
+	return str
+}
+
+func (s HookStats) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Struct(s).EncodeAsPtr(seg)
+}
+
+func (HookStats) DecodeFromPtr(p capnp.Ptr) HookStats {
+	return HookStats(capnp.Struct{}.DecodeFromPtr(p))
+}
+
+func (s HookStats) ToPtr() capnp.Ptr {
+	return capnp.Struct(s).ToPtr()
+}
+func (s HookStats) IsValid() bool {
+	return capnp.Struct(s).IsValid()
+}
+
+func (s HookStats) Message() *capnp.Message {
+	return capnp.Struct(s).Message()
+}
+
+func (s HookStats) Segment() *capnp.Segment {
+	return capnp.Struct(s).Segment()
+}
+func (s HookStats) Plugin() (string, error) {
+	p, err := capnp.Struct(s).Ptr(0)
+	return p.Text(), err
+}
+
+func (s HookStats) HasPlugin() bool {
+	return capnp.Struct(s).HasPtr(0)
+}
+
+func (s HookStats) PluginBytes() ([]byte, error) {
+	p, err := capnp.Struct(s).Ptr(0)
+	return p.TextBytes(), err
+}
+
+func (s HookStats) SetPlugin(v string) error {
+	return capnp.Struct(s).SetText(0, v)
+}
+
+func (s HookStats) Hook() (string, error) {
+	p, err := capnp.Struct(s).Ptr(1)
+	return p.Text(), err
+}
+
+func (s HookStats) HasHook() bool {
+	return capnp.Struct(s).HasPtr(1)
+}
+
+func (s HookStats) HookBytes() ([]byte, error) {
+	p, err := capnp.Struct(s).Ptr(1)
+	return p.TextBytes(), err
+}
+
+func (s HookStats) SetHook(v string) error {
+	return capnp.Struct(s).SetText(1, v)
+}
+
+func (s HookStats) Calls() uint64 {
+	return capnp.Struct(s).Uint64(0)
+}
+
+func (s HookStats) SetCalls(v uint64) {
+	capnp.Struct(s).SetUint64(0, v)
+}
+
+func (s HookStats) Failures() uint64 {
+	return capnp.Struct(s).Uint64(8)
+}
+
+func (s HookStats) SetFailures(v uint64) {
+	capnp.Struct(s).SetUint64(8, v)
+}
+
+// HookStats_List is a list of HookStats.
+type HookStats_List = capnp.StructList[HookStats]
+
+// NewHookStats creates a new list of HookStats.
+func NewHookStats_List(s *capnp.Segment, sz int32) (HookStats_List, error) {
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 16, PointerCount: 2}, sz)
+	return capnp.StructList[HookStats](l), err
+}
+
+// HookStats_Future is a wrapper for a HookStats promised by a client call.
+type HookStats_Future struct{ *capnp.Future }
+
+func (f HookStats_Future) Struct() (HookStats, error) {
+	p, err := f.Future.Ptr()
+	return HookStats(p.Struct()), err
 }
 
 type LaneGrant capnp.Struct

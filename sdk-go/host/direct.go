@@ -29,7 +29,70 @@ import (
 type directLane struct {
 	lane     *wire.LaneClient // nil while asked for or refused
 	breakers map[string]*wire.Breaker
+	reported map[string][2]uint64 // calls, failures already told to the daemon
 	askedAt  time.Time
+}
+
+// statsEvery is how often a session tells the daemon what its direct calls
+// added up to.
+const statsEvery = time.Second
+
+// reportStats sends the daemon the calls and failures made on direct lanes
+// since the last report, so that `dimplugctl inspect` counts them.
+func (s *Session) reportStats() {
+	type delta struct {
+		plugin, hook    string
+		calls, failures uint64
+	}
+	var ds []delta
+	s.mu.Lock()
+	for plugin, dl := range s.direct {
+		for hook, br := range dl.breakers {
+			calls, failures, _ := br.Stats(time.Now())
+			was := dl.reported[hook]
+			if calls != was[0] || failures != was[1] {
+				ds = append(ds, delta{plugin, hook, calls - was[0], failures - was[1]})
+				dl.reported[hook] = [2]uint64{calls, failures}
+			}
+		}
+	}
+	fc := s.frames
+	s.mu.Unlock()
+	if fc == nil {
+		return
+	}
+	for _, d := range ds {
+		_ = fc.conn.Send(func(m schema.FrameMsg) error {
+			hs, err := m.NewHookStats()
+			if err != nil {
+				return err
+			}
+			if err := hs.SetPlugin(d.plugin); err != nil {
+				return err
+			}
+			if err := hs.SetHook(d.hook); err != nil {
+				return err
+			}
+			hs.SetCalls(d.calls)
+			hs.SetFailures(d.failures)
+			return nil
+		})
+	}
+}
+
+// reportLoop reports direct-call stats every statsEvery until the session
+// closes; it is owned by the session.
+func (s *Session) reportLoop(stop <-chan struct{}) {
+	t := time.NewTicker(statsEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+			s.reportStats()
+		}
+	}
 }
 
 // retryLane is how long a session waits before asking again for a lane the
@@ -219,7 +282,7 @@ func (s *Session) directLaneFor(plugin, hook string, t *RouteTable) (*wire.LaneC
 	defer s.mu.Unlock()
 	dl := s.direct[plugin]
 	if dl == nil {
-		dl = &directLane{breakers: map[string]*wire.Breaker{}}
+		dl = &directLane{breakers: map[string]*wire.Breaker{}, reported: map[string][2]uint64{}}
 		s.direct[plugin] = dl
 	}
 	if dl.lane == nil {
@@ -248,6 +311,11 @@ func (s *Session) askLane(plugin string) {
 	if err != nil {
 		return
 	}
+	s.statsOnce.Do(func() {
+		s.statsStop = make(chan struct{})
+		s.statsDone = make(chan struct{})
+		go func() { defer close(s.statsDone); s.reportLoop(s.statsStop) }()
+	})
 	_ = fc.conn.Send(func(m schema.FrameMsg) error { return m.SetLaneRequest(plugin) })
 }
 
@@ -287,10 +355,22 @@ func (s *Session) dropLane(plugin string, l *wire.LaneClient) {
 	l.Close()
 }
 
-// closeLanes ends every direct lane.
+// closeLanes reports the last stats and ends every direct lane.
 func (s *Session) closeLanes() {
 	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return
+	}
 	s.closed = true
+	s.mu.Unlock()
+	s.statsOnce.Do(func() {}) // no reporter can start after this
+	if s.statsStop != nil {
+		close(s.statsStop)
+		<-s.statsDone
+		s.reportStats()
+	}
+	s.mu.Lock()
 	var ls []*wire.LaneClient
 	for _, dl := range s.direct {
 		if dl.lane != nil {

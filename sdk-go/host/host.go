@@ -105,6 +105,9 @@ type Session struct {
 	direct   map[string]*directLane // by plugin; see direct.go
 	noDirect bool
 	closed   bool
+
+	statsOnce            sync.Once
+	statsStop, statsDone chan struct{} // the direct-call stats reporter
 }
 
 // Dial opens a host session on the daemon's socket and negotiates the

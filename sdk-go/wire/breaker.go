@@ -83,6 +83,15 @@ func (b *Breaker) Release() {
 	b.mu.Unlock()
 }
 
+// Add counts calls made elsewhere (a host's direct lane) without changing
+// the circuit's state.
+func (b *Breaker) Add(calls, failures uint64) {
+	b.mu.Lock()
+	b.calls += calls
+	b.failures += failures
+	b.mu.Unlock()
+}
+
 // Stats returns the counts and the circuit's state in words.
 func (b *Breaker) Stats(now time.Time) (calls, failures uint64, circuit string) {
 	b.mu.Lock()
