@@ -19,7 +19,11 @@ type Producer struct {
 }
 
 // NewProducer returns a producer whose shared pool holds poolSize bytes.
-func NewProducer(conn *Conn, poolSize int64) *Producer {
+func NewProducer(conn *Conn, poolSize int64) *Producer { return NewProducerAs(conn, poolSize, 0) }
+
+// NewProducerAs is NewProducer for a peer that names itself owner in its
+// announcements (the daemon's role; 0 means "the sender").
+func NewProducerAs(conn *Conn, poolSize int64, owner uint64) *Producer {
 	p := &Producer{conn: conn, pools: map[uint32]*Pool{}}
 	p.Allocator = NewAllocator(poolSize, AllocatorHooks{
 		Added: func(pl *Pool) error {
@@ -33,6 +37,7 @@ func NewProducer(conn *Conn, poolSize int64) *Producer {
 				}
 				pa.SetId(pl.ID())
 				pa.SetSize(uint64(pl.Size()))
+				pa.SetOwner(owner)
 				return nil
 			}, pl.File())
 		},

@@ -133,6 +133,10 @@ func WithProtocolVersions(vs ...uint16) Option { return func(c *config) { c.vers
 // launchers need it.
 func WithLane(c net.Conn) Option { return func(cfg *config) { cfg.lane = c } }
 
+// WithFrames serves frame streams (schema/stream.capnp) on c, which Serve
+// closes. Serve sets it up by itself from fd 5; package plugintest uses it.
+func WithFrames(c *frames.Conn) Option { return func(cfg *config) { cfg.frames = c } }
+
 // LaneFD is where the daemon passes the hook lane's socket.
 const LaneFD = 4
 
@@ -168,7 +172,7 @@ func Serve(p any, opts ...Option) error {
 	// The frame socket carries frame streams and direct hook lanes to
 	// hosts.
 	if fc := framesFromFD(); fc != nil {
-		opts = append([]Option{func(c *config) { c.frames = fc }}, opts...)
+		opts = append([]Option{WithFrames(fc)}, opts...)
 	}
 	return ServeConn(ctx, conn, p, opts...)
 }

@@ -1,6 +1,7 @@
 package plugin_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"net/http"
@@ -95,5 +96,51 @@ func TestServeOutsideDaemon(t *testing.T) {
 	// The test binary has no fd 3 socket.
 	if err := plugin.Serve(&mixed{}); !errors.Is(err, plugin.ErrNotUnderDaemon) {
 		t.Fatalf("got %v, want ErrNotUnderDaemon", err)
+	}
+}
+
+type framer struct{}
+
+func (framer) FilterFrame(ctx context.Context, s *plugin.Stream, f *plugin.Frame) ([]*plugin.Frame, error) {
+	switch {
+	case len(f.Data) == 0:
+		return nil, nil // drop
+	case f.Data[0] == 'x':
+		for i := range f.Data {
+			f.Data[i] = 'y' // in place
+		}
+		return []*plugin.Frame{f}, nil
+	}
+	out, err := s.NewFrame(ctx, len(f.Data)+len(s.Kind))
+	if err != nil {
+		return nil, err
+	}
+	copy(out.Data, s.Kind)
+	copy(out.Data[len(s.Kind):], f.Data)
+	return []*plugin.Frame{out, {Seq: f.Seq, Data: []byte("tail")}}, nil
+}
+
+func (framer) ObserveFrame(ctx context.Context, s *plugin.Stream, f *plugin.Frame) {}
+
+// TestFramesThroughHarness drives a frame filter through plugintest over
+// the real frame socket and shared memory.
+func TestFramesThroughHarness(t *testing.T) {
+	h := plugintest.Start(t, framer{})
+	st := h.OpenStream("video/segment", "transform", plugin.StreamMeta{MediaID: 1})
+	big := bytes.Repeat([]byte("x"), 1<<20)
+	out, err := st.Filter(&plugin.Frame{Seq: 1, Data: big})
+	if err != nil || len(out) != 1 || !bytes.Equal(out[0].Data, bytes.Repeat([]byte("y"), 1<<20)) {
+		t.Fatalf("in-place filter: %v, %d frames", err, len(out))
+	}
+	out, err = st.Filter(&plugin.Frame{Seq: 2, Data: []byte("abc")})
+	if err != nil || len(out) != 2 || string(out[0].Data) != "video/segmentabc" || string(out[1].Data) != "tail" {
+		t.Fatalf("new frames: %v, %+v", err, out)
+	}
+	if out, err = st.Filter(&plugin.Frame{Seq: 3}); err != nil || len(out) != 0 {
+		t.Fatalf("drop: %v, %+v", err, out)
+	}
+	obs := h.OpenStream("video/segment", "observe", plugin.StreamMeta{})
+	if err := obs.Observe(&plugin.Frame{Seq: 4, Data: []byte("seen")}); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -1,7 +1,8 @@
 // Package plugintest drives a plugin in-process, for plugin authors' tests.
-// It speaks the real protocol to the plugin over a socketpair — handshake,
-// host services, hook calls, shutdown — with a fake host in place of the
-// daemon: an in-memory key-value store and a log you can read.
+// It speaks the real protocol to the plugin over socketpairs — handshake,
+// host services, hook calls, frame streams in shared memory, shutdown —
+// with a fake host in place of the daemon: an in-memory key-value store and
+// a log you can read. OpenStream drives frame filters and observers.
 //
 //	h := plugintest.Start(t, &badge{})
 //	resp := &plugin.Response{Status: 200, Header: http.Header{}, Body: []byte(`{}`)}
@@ -29,6 +30,7 @@ import (
 	"capnproto.org/go/capnp/v3/rpc"
 
 	"github.com/dimplugd/dimplugd/schema"
+	"github.com/dimplugd/dimplugd/sdk-go/frames"
 	"github.com/dimplugd/dimplugd/sdk-go/plugin"
 	"github.com/dimplugd/dimplugd/sdk-go/wire"
 )
@@ -40,6 +42,7 @@ type Harness struct {
 	plugin schema.Plugin
 	served chan error // ServeConn's result
 	host   *fakeHost
+	frames *framePeer // the frame socket, played as the daemon would
 	closed bool
 
 	// Deadline bounds every hook call; default 5s.
@@ -73,7 +76,17 @@ func Start(t testing.TB, p any, opts ...Option) *Harness {
 		t.Fatalf("plugintest: %v", err)
 	}
 	h := &Harness{t: t, served: make(chan error, 1), host: newFakeHost(cfg.kv), Deadline: 5 * time.Second}
-	go func() { h.served <- plugin.ServeConn(context.Background(), theirs, p) }()
+	framesOurs, theirFrames, err := frames.Socketpair()
+	if err != nil {
+		t.Fatalf("plugintest: %v", err)
+	}
+	pluginFrames, err := frames.FileConn(theirFrames)
+	theirFrames.Close()
+	if err != nil {
+		t.Fatalf("plugintest: %v", err)
+	}
+	h.frames = newFramePeer(framesOurs)
+	go func() { h.served <- plugin.ServeConn(context.Background(), theirs, p, plugin.WithFrames(pluginFrames)) }()
 	h.conn = wire.NewConn(ours, capnp.Client{}, nil)
 	t.Cleanup(func() { h.Close() })
 
@@ -154,6 +167,7 @@ func (h *Harness) Close() error {
 		err = fmt.Errorf("plugintest: the plugin did not stop within 10s of the shutdown call")
 	}
 	h.conn.Close()
+	h.frames.close()
 	return err
 }
 
