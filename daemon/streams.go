@@ -188,15 +188,12 @@ type inflight struct {
 
 // frameData is a frame in transit, copied out of its message.
 type frameData struct {
-	fullSeq            uint64
-	part, parts        uint32
-	pts, dts, duration int64
-	keyFrame           bool
-	contentType        string
-	inline             []byte
-	ref                *refKey
-	length             uint64
-	dropped            bool // a stage's answer: nothing passes on
+	frames.Header
+	part, parts uint32
+	inline      []byte
+	ref         *refKey
+	length      uint64
+	dropped     bool // a stage's answer: nothing passes on
 }
 
 type frameHub struct {
@@ -388,9 +385,7 @@ func closeAll(fds []*os.File) {
 }
 
 func readFrameData(f schema.Frame, p *framePeer) (frameData, error) {
-	ct, _ := f.ContentType()
-	fd := frameData{fullSeq: f.Seq(), pts: f.Pts(), dts: f.Dts(), duration: f.Duration(), keyFrame: f.KeyFrame(),
-		contentType: ct, part: f.Part(), parts: f.Parts(), dropped: f.Dropped()}
+	fd := frameData{Header: frames.ReadHeader(f), part: f.Part(), parts: f.Parts(), dropped: f.Dropped()}
 	if fd.dropped {
 		return fd, nil
 	}
@@ -570,7 +565,7 @@ func (h *frameHub) forwardLocked(s *stream, i int, fd frameData) {
 	}
 	if i < len(s.stages) {
 		st := s.stages[i]
-		e := &inflight{seq: fd.fullSeq, frame: fd}
+		e := &inflight{seq: fd.Seq, frame: fd}
 		st.fifo = append(st.fifo, e)
 		if d := st.spec.Deadline.Duration; d > 0 {
 			e.timer = time.AfterFunc(d, func() { h.timeout(st, e) })
@@ -655,36 +650,19 @@ func (h *frameHub) sendFrameLocked(p *framePeer, sid uint64, fd frameData) {
 			p.has[pk] = true
 		}
 	}
+	var r *frames.Ref
+	if fd.ref != nil {
+		r = &frames.Ref{Pool: ref.pool, Offset: ref.offset, Length: fd.length}
+		if ref.owner != p.id {
+			r.Owner = ref.owner
+		}
+	}
 	_ = p.send(func(m schema.FrameMsg) error {
 		f, err := m.NewFrame()
 		if err != nil {
 			return err
 		}
-		f.SetStream(sid)
-		f.SetSeq(fd.fullSeq)
-		f.SetPts(fd.pts)
-		f.SetDts(fd.dts)
-		f.SetDuration(fd.duration)
-		f.SetKeyFrame(fd.keyFrame)
-		f.SetPart(fd.part)
-		f.SetParts(fd.parts)
-		if err := f.SetContentType(fd.contentType); err != nil {
-			return err
-		}
-		if fd.ref == nil {
-			return f.Data().SetInline(fd.inline)
-		}
-		r, err := f.Data().NewRef()
-		if err != nil {
-			return err
-		}
-		if ref.owner != p.id {
-			r.SetOwner(ref.owner)
-		}
-		r.SetPool(ref.pool)
-		r.SetOffset(ref.offset)
-		r.SetLength(fd.length)
-		return nil
+		return frames.WriteFrame(f, sid, fd.Header, fd.part, fd.parts, fd.inline, r)
 	})
 }
 
@@ -695,15 +673,15 @@ func (h *frameHub) stageFrameLocked(p *framePeer, sid uint64, out frameData) {
 		h.dropOutputLocked(p, out, nil)
 		return
 	}
-	if st.skipped[out.fullSeq] || st.dead || st.s.ended {
+	if st.skipped[out.Seq] || st.dead || st.s.ended {
 		h.dropOutputLocked(p, out, nil)
 		if out.parts <= 1 || out.part+1 >= out.parts {
-			delete(st.skipped, out.fullSeq)
+			delete(st.skipped, out.Seq)
 		}
 		return
 	}
-	if len(st.fifo) == 0 || st.fifo[0].seq != out.fullSeq {
-		h.failStageLocked(st, fmt.Sprintf("answered frame %d out of order", out.fullSeq))
+	if len(st.fifo) == 0 || st.fifo[0].seq != out.Seq {
+		h.failStageLocked(st, fmt.Sprintf("answered frame %d out of order", out.Seq))
 		h.dropOutputLocked(p, out, nil)
 		return
 	}

@@ -226,8 +226,8 @@ func (fc *frameClient) stream(id uint64) *Stream {
 // received turns a frame message into a Frame whose Data views shared
 // memory (or an inline copy).
 func (fc *frameClient) received(f schema.Frame) (*Frame, error) {
-	ct, _ := f.ContentType()
-	fr := &Frame{Seq: f.Seq(), PTS: f.Pts(), DTS: f.Dts(), Duration: f.Duration(), KeyFrame: f.KeyFrame(), ContentType: ct}
+	h := frames.ReadHeader(f)
+	fr := &Frame{Seq: h.Seq, PTS: h.PTS, DTS: h.DTS, Duration: h.Duration, KeyFrame: h.KeyFrame, ContentType: h.ContentType}
 	if f.Data().Which() == schema.Frame_data_Which_inline {
 		b, err := f.Data().Inline()
 		if err != nil {
@@ -387,32 +387,11 @@ func (st *Stream) Send(ctx context.Context, f *Frame) error {
 		slot = &s
 	}
 	f.slot = nil
-	return st.fc.conn.Send(func(m schema.FrameMsg) error {
-		fm, err := m.NewFrame()
-		if err != nil {
-			return err
-		}
-		fm.SetStream(st.id)
-		fm.SetSeq(f.Seq)
-		fm.SetPts(f.PTS)
-		fm.SetDts(f.DTS)
-		fm.SetDuration(f.Duration)
-		fm.SetKeyFrame(f.KeyFrame)
-		if err := fm.SetContentType(f.ContentType); err != nil {
-			return err
-		}
-		if slot == nil {
-			return fm.Data().SetInline(f.Data)
-		}
-		r, err := fm.Data().NewRef()
-		if err != nil {
-			return err
-		}
-		r.SetPool(slot.Pool)
-		r.SetOffset(uint64(slot.Off))
-		r.SetLength(uint64(slot.Len))
-		return nil
-	})
+	h := frames.Header{Seq: f.Seq, PTS: f.PTS, DTS: f.DTS, Duration: f.Duration, KeyFrame: f.KeyFrame, ContentType: f.ContentType}
+	if slot == nil {
+		return st.fc.conn.SendFrame(st.id, h, 0, 1, f.Data, nil)
+	}
+	return st.fc.conn.SendFrame(st.id, h, 0, 1, nil, &frames.Ref{Pool: slot.Pool, Offset: uint64(slot.Off), Length: uint64(slot.Len)})
 }
 
 func (st *Stream) push(f *Frame) {

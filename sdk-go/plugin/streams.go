@@ -302,8 +302,8 @@ func (fs *frameServer) open(o schema.StreamOpen) {
 
 // received copies a frame message into a Frame viewing shared memory.
 func (fs *frameServer) received(f schema.Frame) (*Frame, error) {
-	ct, _ := f.ContentType()
-	fr := &Frame{Seq: f.Seq(), PTS: f.Pts(), DTS: f.Dts(), Duration: f.Duration(), KeyFrame: f.KeyFrame(), ContentType: ct}
+	h := frames.ReadHeader(f)
+	fr := &Frame{Seq: h.Seq, PTS: h.PTS, DTS: h.DTS, Duration: h.Duration, KeyFrame: h.KeyFrame, ContentType: h.ContentType}
 	if f.Data().Which() == schema.Frame_data_Which_inline {
 		b, err := f.Data().Inline()
 		if err != nil {
@@ -394,35 +394,11 @@ func sameBytes(a, b []byte) bool {
 }
 
 func (fs *frameServer) send(sid, seq uint64, part, parts uint32, f *Frame, ref *frameRef) error {
-	return fs.conn.Send(func(m schema.FrameMsg) error {
-		fm, err := m.NewFrame()
-		if err != nil {
-			return err
-		}
-		fm.SetStream(sid)
-		fm.SetSeq(seq)
-		fm.SetPart(part)
-		fm.SetParts(parts)
-		fm.SetPts(f.PTS)
-		fm.SetDts(f.DTS)
-		fm.SetDuration(f.Duration)
-		fm.SetKeyFrame(f.KeyFrame)
-		if err := fm.SetContentType(f.ContentType); err != nil {
-			return err
-		}
-		if ref == nil {
-			return fm.Data().SetInline(f.Data)
-		}
-		r, err := fm.Data().NewRef()
-		if err != nil {
-			return err
-		}
-		r.SetOwner(ref.owner)
-		r.SetPool(ref.pool)
-		r.SetOffset(ref.offset)
-		r.SetLength(ref.length)
-		return nil
-	})
+	h := frames.Header{Seq: seq, PTS: f.PTS, DTS: f.DTS, Duration: f.Duration, KeyFrame: f.KeyFrame, ContentType: f.ContentType}
+	if ref == nil {
+		return fs.conn.SendFrame(sid, h, part, parts, f.Data, nil)
+	}
+	return fs.conn.SendFrame(sid, h, part, parts, nil, &frames.Ref{Owner: ref.owner, Pool: ref.pool, Offset: ref.offset, Length: ref.length})
 }
 
 func (fs *frameServer) release(ref *frameRef) {

@@ -182,33 +182,12 @@ func (st *Stream) Filter(f *plugin.Frame) ([]*plugin.Frame, error) {
 		return nil, err
 	}
 	copy(slot.Data, f.Data)
-	err = fp.conn.Send(func(m schema.FrameMsg) error {
-		fm, err := m.NewFrame()
-		if err != nil {
-			return err
-		}
-		fm.SetStream(st.id)
-		fm.SetSeq(f.Seq)
-		fm.SetPts(f.PTS)
-		fm.SetDts(f.DTS)
-		fm.SetDuration(f.Duration)
-		fm.SetKeyFrame(f.KeyFrame)
-		if err := fm.SetContentType(f.ContentType); err != nil {
-			return err
-		}
-		if len(f.Data) == 0 {
-			return fm.Data().SetInline(nil)
-		}
-		r, err := fm.Data().NewRef()
-		if err != nil {
-			return err
-		}
-		r.SetOwner(harnessOwner)
-		r.SetPool(slot.Pool)
-		r.SetOffset(uint64(slot.Off))
-		r.SetLength(uint64(slot.Len))
-		return nil
-	})
+	h := frames.Header{Seq: f.Seq, PTS: f.PTS, DTS: f.DTS, Duration: f.Duration, KeyFrame: f.KeyFrame, ContentType: f.ContentType}
+	if len(f.Data) == 0 {
+		err = fp.conn.SendFrame(st.id, h, 0, 1, nil, nil)
+	} else {
+		err = fp.conn.SendFrame(st.id, h, 0, 1, nil, &frames.Ref{Owner: harnessOwner, Pool: slot.Pool, Offset: uint64(slot.Off), Length: uint64(slot.Len)})
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -260,8 +239,8 @@ func (st *Stream) answer(fm schema.FrameMsg, in frames.Slot, sent *plugin.Frame)
 	if f.Dropped() {
 		return true, nil, nil
 	}
-	ct, _ := f.ContentType()
-	out = &plugin.Frame{Seq: f.Seq(), PTS: f.Pts(), DTS: f.Dts(), Duration: f.Duration(), KeyFrame: f.KeyFrame(), ContentType: ct}
+	h := frames.ReadHeader(f)
+	out = &plugin.Frame{Seq: h.Seq, PTS: h.PTS, DTS: h.DTS, Duration: h.Duration, KeyFrame: h.KeyFrame, ContentType: h.ContentType}
 	switch f.Data().Which() {
 	case schema.Frame_data_Which_inline:
 		b, _ := f.Data().Inline()
@@ -299,28 +278,8 @@ func (st *Stream) Observe(f *plugin.Frame) error {
 		return err
 	}
 	copy(slot.Data, f.Data)
-	if err := fp.conn.Send(func(m schema.FrameMsg) error {
-		fm, err := m.NewFrame()
-		if err != nil {
-			return err
-		}
-		fm.SetStream(st.id)
-		fm.SetSeq(f.Seq)
-		fm.SetDuration(f.Duration)
-		fm.SetKeyFrame(f.KeyFrame)
-		if err := fm.SetContentType(f.ContentType); err != nil {
-			return err
-		}
-		r, err := fm.Data().NewRef()
-		if err != nil {
-			return err
-		}
-		r.SetOwner(harnessOwner)
-		r.SetPool(slot.Pool)
-		r.SetOffset(uint64(slot.Off))
-		r.SetLength(uint64(slot.Len))
-		return nil
-	}); err != nil {
+	h := frames.Header{Seq: f.Seq, Duration: f.Duration, KeyFrame: f.KeyFrame, ContentType: f.ContentType}
+	if err := fp.conn.SendFrame(st.id, h, 0, 1, nil, &frames.Ref{Owner: harnessOwner, Pool: slot.Pool, Offset: uint64(slot.Off), Length: uint64(slot.Len)}); err != nil {
 		return err
 	}
 	// An observer releases the frame when it is done with it.

@@ -1,0 +1,65 @@
+package frames
+
+import "github.com/dimplugd/dimplugd/schema"
+
+// Header is a frame's metadata: it travels unchanged through a chain.
+type Header struct {
+	Seq                uint64
+	PTS, DTS, Duration int64
+	KeyFrame           bool
+	ContentType        string
+}
+
+// ReadHeader copies a frame message's metadata.
+func ReadHeader(f schema.Frame) Header {
+	ct, _ := f.ContentType()
+	return Header{Seq: f.Seq(), PTS: f.Pts(), DTS: f.Dts(), Duration: f.Duration(), KeyFrame: f.KeyFrame(), ContentType: ct}
+}
+
+// Ref names frame bytes in a pool; owner 0 is the sender's own pool.
+type Ref struct {
+	Owner  uint64
+	Pool   uint32
+	Offset uint64
+	Length uint64
+}
+
+// WriteFrame fills a frame message: the bytes inline when ref is nil, else
+// the descriptor. part and parts number the answers to one frame (0 and 1
+// for a single frame).
+func WriteFrame(f schema.Frame, stream uint64, h Header, part, parts uint32, inline []byte, ref *Ref) error {
+	f.SetStream(stream)
+	f.SetSeq(h.Seq)
+	f.SetPts(h.PTS)
+	f.SetDts(h.DTS)
+	f.SetDuration(h.Duration)
+	f.SetKeyFrame(h.KeyFrame)
+	f.SetPart(part)
+	f.SetParts(parts)
+	if err := f.SetContentType(h.ContentType); err != nil {
+		return err
+	}
+	if ref == nil {
+		return f.Data().SetInline(inline)
+	}
+	r, err := f.Data().NewRef()
+	if err != nil {
+		return err
+	}
+	r.SetOwner(ref.Owner)
+	r.SetPool(ref.Pool)
+	r.SetOffset(ref.Offset)
+	r.SetLength(ref.Length)
+	return nil
+}
+
+// SendFrame sends one frame message (see WriteFrame).
+func (c *Conn) SendFrame(stream uint64, h Header, part, parts uint32, inline []byte, ref *Ref) error {
+	return c.Send(func(m schema.FrameMsg) error {
+		f, err := m.NewFrame()
+		if err != nil {
+			return err
+		}
+		return WriteFrame(f, stream, h, part, parts, inline, ref)
+	})
+}
