@@ -1,6 +1,10 @@
 package frames
 
-import "github.com/dimplugd/dimplugd/schema"
+import (
+	"fmt"
+
+	"github.com/dimplugd/dimplugd/schema"
+)
 
 // Header is a frame's metadata: it travels unchanged through a chain.
 type Header struct {
@@ -62,4 +66,26 @@ func (c *Conn) SendFrame(stream uint64, h Header, part, parts uint32, inline []b
 		}
 		return WriteFrame(f, stream, h, part, parts, inline, ref)
 	})
+}
+
+// ReadData returns a frame message's bytes: a copy of inline data, or a
+// view of shared memory (one of own's pools, or a mapping) with its
+// descriptor.
+func ReadData(own *Producer, maps *Mappings, f schema.Frame) ([]byte, *Ref, error) {
+	if f.Data().Which() == schema.Frame_data_Which_inline {
+		b, err := f.Data().Inline()
+		if err != nil {
+			return nil, nil, err
+		}
+		return append([]byte{}, b...), nil, nil
+	}
+	r, err := f.Data().Ref()
+	if err != nil {
+		return nil, nil, err
+	}
+	b, err := Resolve(own, maps, r)
+	if err != nil {
+		return nil, nil, fmt.Errorf("frame %d: %w", f.Seq(), err)
+	}
+	return b, &Ref{Owner: r.Owner(), Pool: r.Pool(), Offset: r.Offset(), Length: r.Length()}, nil
 }

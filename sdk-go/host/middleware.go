@@ -98,25 +98,13 @@ func (m *Middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	if has(phases, PhaseRoute) {
-		res, err := m.s.Dispatch(ctx, PhaseRoute, req, nil)
-		if err != nil {
-			m.unavailable(w, err)
-			return
+	// A route owner answers first; then request hooks may answer or
+	// change the request.
+	for _, phase := range []Phase{PhaseRoute, PhaseRequest} {
+		if !has(phases, phase) {
+			continue
 		}
-		m.logSkipped(res)
-		switch res.Kind {
-		case Respond:
-			writeResponse(w, res.Response)
-			m.observe(phases, req, res.Response)
-			return
-		case FailClosed:
-			writeResponse(w, res.FailureResponse())
-			return
-		}
-	}
-	if has(phases, PhaseRequest) {
-		res, err := m.s.Dispatch(ctx, PhaseRequest, req, nil)
+		res, err := m.s.Dispatch(ctx, phase, req, nil)
 		if err != nil {
 			m.unavailable(w, err)
 			return

@@ -228,23 +228,14 @@ func (fc *frameClient) stream(id uint64) *Stream {
 func (fc *frameClient) received(f schema.Frame) (*Frame, error) {
 	h := frames.ReadHeader(f)
 	fr := &Frame{Seq: h.Seq, PTS: h.PTS, DTS: h.DTS, Duration: h.Duration, KeyFrame: h.KeyFrame, ContentType: h.ContentType}
-	if f.Data().Which() == schema.Frame_data_Which_inline {
-		b, err := f.Data().Inline()
-		if err != nil {
-			return nil, err
-		}
-		fr.Data = append([]byte{}, b...)
-		return fr, nil
-	}
-	r, err := f.Data().Ref()
+	data, ref, err := frames.ReadData(fc.alloc, fc.maps, f)
 	if err != nil {
 		return nil, err
 	}
-	if fr.Data, err = frames.Resolve(fc.alloc, fc.maps, r); err != nil {
-		return nil, fmt.Errorf("frame %d: %w", fr.Seq, err)
+	fr.Data = data
+	if ref != nil {
+		fr.release = func() { _ = fc.conn.SendRelease(ref.Owner, ref.Pool, ref.Offset, ref.Length) }
 	}
-	owner, pool, off, n := r.Owner(), r.Pool(), r.Offset(), r.Length()
-	fr.release = func() { _ = fc.conn.SendRelease(owner, pool, off, n) }
 	return fr, nil
 }
 

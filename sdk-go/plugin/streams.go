@@ -37,15 +37,8 @@ type Frame struct {
 	// the same frame then passes it on without a copy.
 	Data []byte
 
-	ref  *frameRef    // where Data lives when it is shared memory
+	ref  *frames.Ref  // where Data lives when it is shared memory
 	slot *frames.Slot // set by Stream.NewFrame
-}
-
-type frameRef struct {
-	owner  uint64
-	pool   uint32
-	offset uint64
-	length uint64
 }
 
 // StreamMeta describes a stream.
@@ -304,22 +297,11 @@ func (fs *frameServer) open(o schema.StreamOpen) {
 func (fs *frameServer) received(f schema.Frame) (*Frame, error) {
 	h := frames.ReadHeader(f)
 	fr := &Frame{Seq: h.Seq, PTS: h.PTS, DTS: h.DTS, Duration: h.Duration, KeyFrame: h.KeyFrame, ContentType: h.ContentType}
-	if f.Data().Which() == schema.Frame_data_Which_inline {
-		b, err := f.Data().Inline()
-		if err != nil {
-			return nil, err
-		}
-		fr.Data = append([]byte{}, b...)
-		return fr, nil
-	}
-	r, err := f.Data().Ref()
+	data, ref, err := frames.ReadData(fs.alloc, fs.maps, f)
 	if err != nil {
 		return nil, err
 	}
-	ref := &frameRef{owner: r.Owner(), pool: r.Pool(), offset: r.Offset(), length: r.Length()}
-	if fr.Data, err = frames.Resolve(fs.alloc, fs.maps, r); err != nil {
-		return nil, fmt.Errorf("frame %d: %w", fr.Seq, err)
-	}
+	fr.Data = data
 	fr.ref = ref
 	return fr, nil
 }
@@ -359,7 +341,7 @@ func (fs *frameServer) process(ctx context.Context, s *Stream, in *Frame) error 
 		})
 	}
 	for i, out := range outs {
-		var ref *frameRef
+		var ref *frames.Ref
 		switch {
 		case len(out.Data) == 0:
 			if out.slot != nil {
@@ -369,7 +351,7 @@ func (fs *frameServer) process(ctx context.Context, s *Stream, in *Frame) error 
 		case out == in || (in.ref != nil && sameBytes(out.Data, in.Data)):
 			ref = in.ref // passed on: no copy
 		case out.slot != nil:
-			ref = &frameRef{pool: out.slot.Pool, offset: uint64(out.slot.Off), length: uint64(out.slot.Len)}
+			ref = &frames.Ref{Pool: out.slot.Pool, Offset: uint64(out.slot.Off), Length: uint64(out.slot.Len)}
 			out.slot = nil
 		case len(out.Data) > inlineMax:
 			slot, err := fs.alloc.Alloc(ctx, int64(len(out.Data)))
@@ -377,7 +359,7 @@ func (fs *frameServer) process(ctx context.Context, s *Stream, in *Frame) error 
 				return fmt.Errorf("allocate an output frame: %w", err)
 			}
 			copy(slot.Data, out.Data)
-			ref = &frameRef{pool: slot.Pool, offset: uint64(slot.Off), length: uint64(slot.Len)}
+			ref = &frames.Ref{Pool: slot.Pool, Offset: uint64(slot.Off), Length: uint64(slot.Len)}
 		}
 		if out.Seq == 0 {
 			out.Seq = in.Seq
@@ -393,16 +375,16 @@ func sameBytes(a, b []byte) bool {
 	return len(a) == len(b) && (len(a) == 0 || unsafe.SliceData(a) == unsafe.SliceData(b))
 }
 
-func (fs *frameServer) send(sid, seq uint64, part, parts uint32, f *Frame, ref *frameRef) error {
+func (fs *frameServer) send(sid, seq uint64, part, parts uint32, f *Frame, ref *frames.Ref) error {
 	h := frames.Header{Seq: seq, PTS: f.PTS, DTS: f.DTS, Duration: f.Duration, KeyFrame: f.KeyFrame, ContentType: f.ContentType}
 	if ref == nil {
 		return fs.conn.SendFrame(sid, h, part, parts, f.Data, nil)
 	}
-	return fs.conn.SendFrame(sid, h, part, parts, nil, &frames.Ref{Owner: ref.owner, Pool: ref.pool, Offset: ref.offset, Length: ref.length})
+	return fs.conn.SendFrame(sid, h, part, parts, nil, ref)
 }
 
-func (fs *frameServer) release(ref *frameRef) {
-	_ = fs.conn.SendRelease(ref.owner, ref.pool, ref.offset, ref.length)
+func (fs *frameServer) release(ref *frames.Ref) {
+	_ = fs.conn.SendRelease(ref.Owner, ref.Pool, ref.Offset, ref.Length)
 }
 
 func (fs *frameServer) sendEnd(sid uint64, why string) { _ = fs.conn.SendEnd(sid, why, false) }

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"syscall"
 
 	"capnproto.org/go/capnp/v3"
 
@@ -112,7 +113,7 @@ func (l *LaneClient) read() {
 			ch <- msg // buffered: never blocks
 		}
 	}
-	if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
+	if peerGone(err) {
 		err = ErrLaneClosed
 	}
 	l.mu.Lock()
@@ -269,8 +270,14 @@ func ServeLane(ctx context.Context, c net.Conn, h LaneHandler) error {
 	}
 	c.Close()
 	wg.Wait()
-	if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
+	if peerGone(err) {
 		return nil
 	}
 	return err
+}
+
+// peerGone reports whether err only says the other side closed the lane
+// (a reset means it closed with our answers still unread).
+func peerGone(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, syscall.ECONNRESET)
 }
