@@ -35,27 +35,18 @@ var streamSizes = []int{4 << 10, 256 << 10, 1 << 20, 6 << 20}
 
 // thresholdSizes are the frame sizes around host.InlineMax compared inline
 // and by descriptor.
-var thresholdSizes = []int{1 << 10, 4 << 10, 16 << 10, 64 << 10, 128 << 10}
+var thresholdSizes = []int{256, 1 << 10, 4 << 10, 16 << 10, 64 << 10, 128 << 10}
 
 // streamKind is the kind the pass-through plugin takes.
 const streamKind = "video/segment"
 
-// In-flight bounds of the dimplugd runs: frames sent and not yet received
-// back. The host SDK has no such bound (only its shared-memory pool holds
-// a producer back, and nothing holds back inline frames), but the daemon's
-// frame hub deadlocks when a host runs too far ahead: it sends to a peer
-// while holding its lock, so once the plugin's socket and the plugin's
-// 64-frame queue are full, it can no longer read the plugin's answers, and
-// the plugin can no longer take frames. With at most 64 frames in flight
-// the plugin's queue never fills; descriptors are small packets, so 1024
-// of them fit in the sockets' buffers (1.5 MiB each way).
-const (
-	inlineInFlight     = 64
-	descriptorInFlight = 1024
-)
+// streamInFlight bounds the dimplugd runs: frames sent and not yet
+// received back. The host SDK's own bound is its stream window; the
+// frames.Conn client keeps the same depth.
+const streamInFlight = host.Window
 
 // stallAfter fails a dimplugd run when no frame has come back for this
-// long: the hub deadlock, or a lost frame.
+// long: a lost frame, or a stuck pipeline.
 const stallAfter = 10 * time.Second
 
 // runFunc moves n frames of size bytes and returns the time from the first
@@ -220,8 +211,8 @@ func runStreams(ctx context.Context, e *env) ([]*Table, error) {
 		where = "UNSANDBOXED"
 	}
 
-	desc := &streamer{name: "dimplugd, shared memory", run: dimplugdRun(sess, pats, false, descriptorInFlight)}
-	inl := &streamer{name: "dimplugd, inline", run: dimplugdRun(sess, pats, true, inlineInFlight), sizes: []int{4 << 10}}
+	desc := &streamer{name: "dimplugd, shared memory", run: dimplugdRun(sess, pats, false, streamInFlight)}
+	inl := &streamer{name: "dimplugd, []byte", run: dimplugdRun(sess, pats, true, streamInFlight), sizes: []int{4 << 10}}
 
 	// Warm-up, untimed: connections, buffers, and every page of the
 	// host's shared pool (a fresh memfd page faults on first write).
@@ -264,12 +255,10 @@ func runStreams(ctx context.Context, e *env) ([]*Table, error) {
 	main := streamsTable(e, rounds, perRun, maxRun, where, mc, raw, gs, desc, inl)
 	cpu := cpuTable(desc, inl, procs, where)
 
-	// The threshold table: inline against descriptors around InlineMax,
-	// all with 64 frames in flight, and descriptors with 1024.
+	// The threshold table: inline against descriptors around InlineMax.
 	tInl := &streamer{name: "inline, host SDK", run: inl.run, sizes: []int{}}
-	tConn := &streamer{name: "inline, frames.Conn", run: fcc.run(pats, inlineInFlight)}
-	tDesc := &streamer{name: "shared memory, 64 in flight", run: dimplugdRun(sess, pats, false, inlineInFlight)}
-	tDeep := &streamer{name: "shared memory, 1024 in flight", run: desc.run}
+	tConn := &streamer{name: "inline, frames.Conn", run: fcc.run(pats, streamInFlight)}
+	tDesc := &streamer{name: "shared memory", run: desc.run}
 	for _, size := range thresholdSizes {
 		if size <= host.InlineMax {
 			tInl.sizes = append(tInl.sizes, size)
@@ -279,7 +268,7 @@ func runStreams(ctx context.Context, e *env) ([]*Table, error) {
 		for _, size := range thresholdSizes {
 			n := framesFor(perPoint, size, maxPoint)
 			e.progress("streams: threshold round %d/%d: %d frames of %s", r+1, rounds, n, sizeName(size))
-			for _, s := range []*streamer{tInl, tConn, tDesc, tDeep} {
+			for _, s := range []*streamer{tInl, tConn, tDesc} {
 				if !s.takes(size) {
 					continue // the host SDK sends these by descriptor
 				}
@@ -289,7 +278,7 @@ func runStreams(ctx context.Context, e *env) ([]*Table, error) {
 			}
 		}
 	}
-	thr := thresholdTable(rounds, perPoint, maxPoint, tInl, tConn, tDesc, tDeep)
+	thr := thresholdTable(rounds, perPoint, maxPoint, tInl, tConn, tDesc)
 	return []*Table{main, cpu, thr}, nil
 }
 
@@ -303,8 +292,8 @@ func streamsTable(e *env, rounds, perRun, maxRun int, where string, mc, raw, gs,
 	}
 	nan := math.NaN()
 	names := map[*streamer]string{
-		desc: fmt.Sprintf("dimplugd, shared memory (NewFrame, Send; Recv, Release), %d in flight, %s", descriptorInFlight, where),
-		inl:  fmt.Sprintf("dimplugd, inline (Send of a []byte), %d in flight, %s", inlineInFlight, where),
+		desc: fmt.Sprintf("dimplugd, shared memory (NewFrame, Send; Recv, Release), %d in flight, %s", streamInFlight, where),
+		inl:  fmt.Sprintf("dimplugd, Send of a []byte (%s), %d in flight, %s", byteSendPath(4<<10), streamInFlight, where),
 	}
 	for _, size := range streamSizes {
 		sz := sizeName(size)
@@ -321,10 +310,10 @@ func streamsTable(e *env, rounds, perRun, maxRun int, where string, mc, raw, gs,
 		}
 	}
 	t.note("Target: 1 MiB frames at least 10× gRPC streaming: %s.", atLeast(ratio(desc.median(1<<20), gs.median(1<<20)), 10))
-	t.note("Target: 4 KiB frames no slower than gRPC: shared memory %s, inline %s.",
+	t.note("Target: 4 KiB frames no slower than gRPC: NewFrame %s, []byte %s.",
 		atLeast(ratio(desc.median(4<<10), gs.median(4<<10)), 1), atLeast(ratio(inl.median(4<<10), gs.median(4<<10)), 1))
-	t.note("dimplugd rows are a round trip, host → daemon → plugin → daemon → host, timed from the first Send to the last Recv, with a sender and a receiver goroutine. The producer writes each frame into shared memory once (NewFrame); the pass-through plugin returns the descriptor it got; the host Releases each frame. The inline row sends a plain []byte ≤ host.InlineMax, copied into every message.")
-	t.note("In flight: the host SDK bounds only shared memory (its %d MiB pool); the bench also stops the host %d frames ahead (%d for inline frames), because the daemon's frame hub deadlocks when a host runs far ahead of a plugin (see the inFlight constants in bench/streams.go). Deeper pipelines are faster: see the last table.", host.DefaultPoolSize>>20, descriptorInFlight, inlineInFlight)
+	t.note("dimplugd rows are a round trip, host → daemon → plugin → daemon → host, timed from the first Send to the last Recv, with a sender and a receiver goroutine. The producer writes each frame into shared memory once (NewFrame); the pass-through plugin returns the descriptor it got; the host Releases each frame. The []byte row sends a plain []byte: inline up to host.InlineMax (%s), else copied into shared memory by Send.", sizeName(host.InlineMax))
+	t.note("In flight: at most %d frames per stream (host.Window: Send waits while that many are sent and not received back).", host.Window)
 	t.note("Baselines are one way, into a sink in another process, timed from the first write to the sink's count of what arrived. Raw writes a 4-byte length and the frame through a 64 KiB bufio.Writer on a Unix stream socket. gRPC (v1.85.0, protobuf wire format by hand, default windows; only MaxRecvMsgSize raised, as its 4 MiB default is below a 6 MiB frame) sends one message per frame on one client stream over a Unix socket. memcpy copies the frame between two buffers of its size in this process.")
 	if e.opts.Quick {
 		t.note("QUICK MODE: one short run per row; the numbers are rough.")
@@ -354,25 +343,24 @@ func cpuTable(desc, inl *streamer, procs *pathProcs, where string) *Table {
 			}
 			mode := "shared memory"
 			if s == inl {
-				mode = "inline"
+				mode = "[]byte, " + byteSendPath(size)
 			}
 			t.add(fmt.Sprintf("%s: %s", sizeName(size), mode), float64(size)/s.median(size),
 				per(c.host), per(c.daemon), per(c.plugin), per(c.host+c.daemon+c.plugin))
 		}
 	}
 	t.note("Wall is 1/(median frames/s). Host is all of this process (sender and receiver goroutines, the host SDK's reader, the producer's write into shared memory, the GC): getrusage. The daemon (pid %d) and the plugin (pid %d, %s): their threads' run time in /proc/PID/task/*/schedstat. The machine has 2 CPUs.", procs.daemon, procs.plugin, where)
-	t.note("A shared-memory frame is 6 packets on SOCK_SEQPACKET sockets (host → daemon → plugin → daemon → host, then Release host → daemon → host), each one sendmsg and one recvmsg; an inline frame is 4 packets that carry its bytes.")
+	t.note("A frame is 4 messages (host → daemon → plugin → daemon → host; a frame back at its owner is freed there, without a Release), batched: a packet on the SOCK_SEQPACKET sockets carries up to %d KiB of messages, about 500 descriptors or 15 inline 4 KiB frames.", frames.BatchMax>>10)
 	return t
 }
 
-func thresholdTable(rounds, perPoint, maxPoint int, tInl, tConn, tDesc, tDeep *streamer) *Table {
+func thresholdTable(rounds, perPoint, maxPoint int, tInl, tConn, tDesc *streamer) *Table {
 	t := &Table{
 		Title: fmt.Sprintf("streams: inline or shared memory? dimplugd MB/s through the pass-through plugin by frame size, %d MiB per run (at most %d frames), median of %d runs",
 			perPoint>>20, maxPoint, rounds),
 		Label: "frame size",
 		Cols: []Col{{Name: "inline, host SDK", Format: "%.0f", Optional: true}, {Name: "inline, frames.Conn client", Format: "%.0f"},
-			{Name: "shared memory", Format: "%.0f"}, {Name: "shared memory ÷ best inline", Format: "%.2f×"},
-			{Name: "shared memory, 1024 in flight", Format: "%.0f"}},
+			{Name: "shared memory", Format: "%.0f"}, {Name: "shared memory ÷ best inline", Format: "%.2f×"}},
 	}
 	lastInline, firstDesc := 0, 0
 	for _, size := range thresholdSizes {
@@ -381,14 +369,14 @@ func thresholdTable(rounds, perPoint, maxPoint int, tInl, tConn, tDesc, tDeep *s
 		if !math.IsNaN(a) && a > b {
 			best = a
 		}
-		t.add(sizeName(size), a, b, dsc, ratio(dsc, best), tDeep.median(size))
+		t.add(sizeName(size), a, b, dsc, ratio(dsc, best))
 		if best > dsc {
 			lastInline = size
 		} else if firstDesc == 0 {
 			firstDesc = size
 		}
 	}
-	t.note("The first four columns keep %d frames in flight (the most inline frames can have without risking the hub deadlock); the last, %d.", inlineInFlight, descriptorInFlight)
+	t.note("Every column keeps %d frames in flight.", streamInFlight)
 	t.note("host.InlineMax is %s: the host SDK sends larger frames by descriptor, so its column stops there. The frames.Conn client speaks the frame protocol itself (bench/streams.go) and sends every size inline, which the daemon and the pass-through plugin carry as they are: it shows what a larger InlineMax would give (it also skips the SDK's receive queue and a copy).", sizeName(host.InlineMax))
 	switch {
 	case firstDesc == 0:
@@ -400,6 +388,14 @@ func thresholdTable(rounds, perPoint, maxPoint int, tInl, tConn, tDesc, tDeep *s
 		t.note("Inline was faster up to %s, shared memory from %s: the threshold belongs between the two (one noisy point can move it).", sizeName(lastInline), sizeName(firstDesc))
 	}
 	return t
+}
+
+// byteSendPath says how the host SDK sends a []byte of size bytes.
+func byteSendPath(size int) string {
+	if size <= host.InlineMax {
+		return "inline"
+	}
+	return "copied into shared memory"
 }
 
 // atLeast says whether r meets an "at least target×" goal.
@@ -558,8 +554,8 @@ func (w *watchdog) explain(err error, n int) error {
 // dimplugdRun streams frames through the chain with the host SDK: a sender
 // goroutine (NewFrame, the producer's one write into shared memory, Send;
 // or Send of a plain []byte when inline) and this goroutine receiving
-// (Recv, Release), both at once, at most inFlight frames apart.
-func dimplugdRun(sess *host.Session, pats patterns, inline bool, inFlight int) runFunc {
+// (Recv, Release), both at once, at most streamInFlight frames apart.
+func dimplugdRun(sess *host.Session, pats patterns, inline bool, streamInFlight int) runFunc {
 	return func(ctx context.Context, size, n int) (el time.Duration, err error) {
 		ctx, cancel := context.WithCancel(ctx)
 		defer cancel()
@@ -574,7 +570,7 @@ func dimplugdRun(sess *host.Session, pats patterns, inline bool, inFlight int) r
 		wd := newWatchdog(cancel)
 		defer func() { err = wd.explain(err, n) }()
 		data := pats.get(size)
-		credit := make(chan struct{}, inFlight)
+		credit := make(chan struct{}, streamInFlight)
 		sent := make(chan error, 1)
 		t0 := time.Now()
 		go func() {
@@ -673,8 +669,8 @@ func dialFrameConn(ctx context.Context, socket string) (*frameConn, error) {
 }
 
 // run streams n inline frames of size through the chain: a sender
-// goroutine and this one receiving, at most inFlight frames apart.
-func (fc *frameConn) run(pats patterns, inFlight int) runFunc {
+// goroutine and this one receiving, at most streamInFlight frames apart.
+func (fc *frameConn) run(pats patterns, streamInFlight int) runFunc {
 	return func(ctx context.Context, size, n int) (el time.Duration, err error) {
 		ctx, cancel := context.WithCancel(ctx)
 		defer cancel()
@@ -708,7 +704,7 @@ func (fc *frameConn) run(pats patterns, inFlight int) runFunc {
 		wd := newWatchdog(cancel)
 		defer func() { err = wd.explain(err, n) }()
 		data := pats.get(size)
-		credit := make(chan struct{}, inFlight)
+		credit := make(chan struct{}, streamInFlight)
 		sent := make(chan error, 1)
 		t0 := time.Now()
 		go func() {

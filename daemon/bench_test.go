@@ -91,3 +91,60 @@ func BenchmarkHostHopOnly(b *testing.B) {
 	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
 	b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
 }
+
+// BenchmarkStream measures frames through a sandboxed pass-through plugin,
+// the host and the daemon in this process (so that -cpuprofile sees both),
+// at most 1024 frames in flight.
+func BenchmarkStream(b *testing.B) {
+	td := startDaemon(b, testRuntime(b), fastSupervision)
+	td.install(b, pluginDir(b, testplugManifest("passer", []string{"-frames", "pass"}, streamStage("pass", "video/segment", "transform", "fail-closed", "10s", 0))))
+	waitState(b, td.ctl, "passer", 30*time.Second, "running", running)
+	s := dial(b, td.socket)
+	for _, bc := range []struct {
+		name   string
+		size   int
+		inline bool
+	}{{"4KiB-shm", 4 << 10, false}, {"4KiB-inline", 4 << 10, true}, {"1MiB-shm", 1 << 20, false}} {
+		b.Run(bc.name, func(b *testing.B) {
+			ctx := context.Background()
+			st, err := s.OpenStream(ctx, "video/segment", host.StreamMeta{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			payload := make([]byte, bc.size)
+			credit := make(chan struct{}, 1024)
+			errc := make(chan error, 1)
+			b.SetBytes(int64(bc.size))
+			b.ResetTimer()
+			go func() {
+				for i := 0; i < b.N; i++ {
+					credit <- struct{}{}
+					f := &host.Frame{Seq: uint64(i), Data: payload}
+					if !bc.inline {
+						if f, err = st.NewFrame(ctx, bc.size); err != nil {
+							errc <- err
+							return
+						}
+						f.Seq = uint64(i)
+					}
+					if err := st.Send(ctx, f); err != nil {
+						errc <- err
+						return
+					}
+				}
+				errc <- st.CloseSend()
+			}()
+			for i := 0; i < b.N; i++ {
+				f, err := st.Recv(ctx)
+				if err != nil {
+					b.Fatal(err)
+				}
+				f.Release()
+				<-credit
+			}
+			if err := <-errc; err != nil {
+				b.Fatal(err)
+			}
+		})
+	}
+}

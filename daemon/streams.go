@@ -53,10 +53,11 @@ type framePeer struct {
 	// Outgoing packets go through a queue drained by the peer's writer
 	// goroutine, so the hub never blocks on a socket while holding its
 	// lock (a full socket to one plugin must not stall every stream).
-	outMu   sync.Mutex
-	outQ    []outMsg
-	outWake chan struct{} // capacity 1
-	outStop chan struct{} // closed when the peer is gone
+	outMu    sync.Mutex
+	outQ     []outMsg
+	outSpare []outMsg      // the writer's: outQ and outSpare swap on every drain
+	outWake  chan struct{} // capacity 1
+	outStop  chan struct{} // closed when the peer is gone
 }
 
 // writes reports whether the peer may edit frames in place: plugins with a
@@ -75,24 +76,60 @@ func (p *framePeer) writes() bool {
 	return false
 }
 
-// outMsg is one queued packet; it owns its files, closed once sent.
+// outMsg is one queued message: a frame (the common case, kept free of
+// allocations) or any other message built by fill. It owns its files,
+// closed once sent.
 type outMsg struct {
 	fill  func(schema.FrameMsg) error
 	files []*os.File
+
+	frame    bool // a frame of stream sid: the fields below
+	sid      uint64
+	fd       frameData
+	ref      frames.Ref
+	hasRef   bool
+	returned bool
 }
 
-// send queues a packet for the peer; it never blocks. files are the
-// packet's own and are closed after sending (or dropping) it.
+func (m *outMsg) writeFrame(fm schema.FrameMsg) error {
+	f, err := fm.NewFrame()
+	if err != nil {
+		return err
+	}
+	f.SetReturned(m.returned)
+	f.SetDropped(m.fd.dropped)
+	var ref *frames.Ref
+	if m.hasRef {
+		ref = &m.ref
+	}
+	return frames.WriteFrame(f, m.sid, m.fd.Header, m.fd.part, m.fd.parts, m.fd.inline, ref)
+}
+
+// send queues a message for the peer; it never blocks. files are the
+// message's own and are closed after sending (or dropping) it.
 func (p *framePeer) send(fill func(schema.FrameMsg) error, files ...*os.File) error {
+	return p.enqueue(outMsg{fill: fill, files: files})
+}
+
+// sendFrame queues a frame for the peer (see send).
+func (p *framePeer) sendFrame(sid uint64, fd frameData, ref *frames.Ref, returned bool) error {
+	m := outMsg{frame: true, sid: sid, fd: fd, returned: returned}
+	if ref != nil {
+		m.ref, m.hasRef = *ref, true
+	}
+	return p.enqueue(m)
+}
+
+func (p *framePeer) enqueue(m outMsg) error {
 	p.outMu.Lock()
 	select {
 	case <-p.outStop:
 		p.outMu.Unlock()
-		closeAll(files)
+		closeAll(m.files)
 		return errors.New("frame peer gone")
 	default:
 	}
-	p.outQ = append(p.outQ, outMsg{fill: fill, files: files})
+	p.outQ = append(p.outQ, m)
 	p.outMu.Unlock()
 	select {
 	case p.outWake <- struct{}{}:
@@ -107,10 +144,24 @@ func (p *framePeer) write() {
 	for {
 		p.outMu.Lock()
 		q := p.outQ
-		p.outQ = nil
+		p.outQ = p.outSpare[:0]
 		p.outMu.Unlock()
-		for i, m := range q {
-			err := p.conn.Send(m.fill, m.files...)
+		for i := range q {
+			// Everything queued goes out in as few packets as fit
+			// (frames.BatchMax each); a packet with files goes alone.
+			m := &q[i]
+			var err error
+			switch {
+			case len(m.files) > 0:
+				err = p.conn.Send(m.fill, m.files...)
+			case m.frame:
+				err = p.conn.Buffer(m.writeFrame)
+			default:
+				err = p.conn.Buffer(m.fill)
+			}
+			if i == len(q)-1 && err == nil {
+				err = p.conn.Flush()
+			}
 			closeAll(m.files)
 			if err != nil {
 				for _, rest := range q[i+1:] {
@@ -121,6 +172,8 @@ func (p *framePeer) write() {
 				return
 			}
 		}
+		clear(q) // let go of what the messages referenced
+		p.outSpare = q[:0]
 		select {
 		case <-p.outWake:
 		case <-p.outStop:
@@ -174,7 +227,8 @@ type stage struct {
 	sid     uint64 // the stream's id on the plugin's connection
 	spec    manifest.Stream
 	plugin  string
-	fifo    []*inflight // frames sent and not yet answered, in order
+	fifo    []inflight  // frames sent and not yet answered, in order
+	timer   *time.Timer // set while armed for the head's deadline
 	skipped map[uint64]bool
 	dead    bool   // bypassed (fail-open after a crash)
 	dropped uint64 // observers: frames missed for lack of credit
@@ -183,7 +237,7 @@ type stage struct {
 type inflight struct {
 	seq   uint64
 	frame frameData
-	timer *time.Timer
+	due   time.Time // the deadline; zero: none
 }
 
 // frameData is a frame in transit, copied out of its message.
@@ -191,7 +245,8 @@ type frameData struct {
 	frames.Header
 	part, parts uint32
 	inline      []byte
-	ref         *refKey
+	ref         refKey
+	shared      bool // ref names the bytes (else inline)
 	length      uint64
 	dropped     bool // a stage's answer: nothing passes on
 }
@@ -408,7 +463,7 @@ func readFrameData(f schema.Frame, p *framePeer) (frameData, error) {
 		if k.owner == 0 {
 			k.owner = p.id
 		}
-		fd.ref, fd.length = &k, r.Length()
+		fd.ref, fd.shared, fd.length = k, true, r.Length()
 	}
 	return fd, nil
 }
@@ -546,13 +601,13 @@ func kindMatches(pattern, kind string) bool {
 func (h *frameHub) hostFrameLocked(host *framePeer, sid uint64, fd frameData) {
 	s := h.streams[[2]uint64{host.id, sid}]
 	if s == nil || s.ended || s.inputEnd {
-		if fd.ref != nil { // nobody will hold it: give it back
-			h.releaseToOwnerLocked(*fd.ref, fd.length)
+		if fd.shared { // nobody will hold it: give it back
+			h.releaseToOwnerLocked(fd.ref, fd.length)
 		}
 		return
 	}
-	if fd.ref != nil {
-		h.refs[*fd.ref]++
+	if fd.shared {
+		h.refs[fd.ref]++
 	}
 	h.forwardLocked(s, 0, fd)
 }
@@ -565,12 +620,13 @@ func (h *frameHub) forwardLocked(s *stream, i int, fd frameData) {
 	}
 	if i < len(s.stages) {
 		st := s.stages[i]
-		e := &inflight{seq: fd.Seq, frame: fd}
-		st.fifo = append(st.fifo, e)
+		e := inflight{seq: fd.Seq, frame: fd}
 		if d := st.spec.Deadline.Duration; d > 0 {
-			e.timer = time.AfterFunc(d, func() { h.timeout(st, e) })
+			e.due = time.Now().Add(d)
 		}
-		h.sendFrameLocked(st.peer, st.sid, fd)
+		st.fifo = append(st.fifo, e)
+		h.armLocked(st)
+		h.sendFrameLocked(st.peer, st.sid, fd, false)
 		return
 	}
 	// Out of the chain: to the host, and a copy to each observer with
@@ -579,22 +635,30 @@ func (h *frameHub) forwardLocked(s *stream, i int, fd frameData) {
 		if o.dead || o.peer.gone {
 			continue
 		}
-		if fd.ref != nil {
+		if fd.shared {
 			if o.peer.heldN >= observerCredit {
 				o.dropped++
 				continue
 			}
-			h.refs[*fd.ref]++
-			o.peer.held[*fd.ref]++
+			h.refs[fd.ref]++
+			o.peer.held[fd.ref]++
 			o.peer.heldN++
 		}
-		h.sendFrameLocked(o.peer, o.sid, fd)
+		h.sendFrameLocked(o.peer, o.sid, fd, false)
 	}
-	if fd.ref != nil {
-		s.host.held[*fd.ref]++ // the chain's reference passes to the host
-		s.host.heldN++
+	returned := false
+	if fd.shared {
+		if fd.ref.owner == s.host.id && h.refs[fd.ref] == 1 {
+			// The last reference goes back to the owner: it frees
+			// the memory itself, without a Release round trip.
+			delete(h.refs, fd.ref)
+			returned = true
+		} else {
+			s.host.held[fd.ref]++ // the chain's reference passes to the host
+			s.host.heldN++
+		}
 	}
-	h.sendFrameLocked(s.host, s.id, fd)
+	h.sendFrameLocked(s.host, s.id, fd, returned)
 	h.maybeFinishLocked(s)
 }
 
@@ -603,14 +667,15 @@ func (h *frameHub) forwardLocked(s *stream, i int, fd frameData) {
 const observerCredit = 8
 
 // sendFrameLocked sends a frame to a peer, first sending any pool it does
-// not have yet.
-func (h *frameHub) sendFrameLocked(p *framePeer, sid uint64, fd frameData) {
+// not have yet. returned marks a frame going back to its owner as the last
+// reference (see schema.Frame.returned).
+func (h *frameHub) sendFrameLocked(p *framePeer, sid uint64, fd frameData, returned bool) {
 	if p.gone {
 		return
 	}
 	var ref refKey
-	if fd.ref != nil {
-		ref = *fd.ref
+	if fd.shared {
+		ref = fd.ref
 		pk := poolKey{ref.owner, ref.pool}
 		if ref.owner != p.id && !p.has[pk] {
 			owner := h.peers[ref.owner]
@@ -651,19 +716,13 @@ func (h *frameHub) sendFrameLocked(p *framePeer, sid uint64, fd frameData) {
 		}
 	}
 	var r *frames.Ref
-	if fd.ref != nil {
+	if fd.shared {
 		r = &frames.Ref{Pool: ref.pool, Offset: ref.offset, Length: fd.length}
 		if ref.owner != p.id {
 			r.Owner = ref.owner
 		}
 	}
-	_ = p.send(func(m schema.FrameMsg) error {
-		f, err := m.NewFrame()
-		if err != nil {
-			return err
-		}
-		return frames.WriteFrame(f, sid, fd.Header, fd.part, fd.parts, fd.inline, r)
-	})
+	_ = p.sendFrame(sid, fd, r, returned)
 }
 
 // stageFrameLocked takes a stage's answer (one part) for its oldest frame.
@@ -673,7 +732,11 @@ func (h *frameHub) stageFrameLocked(p *framePeer, sid uint64, out frameData) {
 		h.dropOutputLocked(p, out, nil)
 		return
 	}
-	if st.skipped[out.Seq] || st.dead || st.s.ended {
+	if st.s.ended {
+		h.drainAnswerLocked(st, out)
+		return
+	}
+	if st.skipped[out.Seq] || st.dead {
 		h.dropOutputLocked(p, out, nil)
 		if out.parts <= 1 || out.part+1 >= out.parts {
 			delete(st.skipped, out.Seq)
@@ -685,37 +748,33 @@ func (h *frameHub) stageFrameLocked(p *framePeer, sid uint64, out frameData) {
 		h.dropOutputLocked(p, out, nil)
 		return
 	}
-	head := st.fifo[0]
-	in := head.frame
+	in := st.fifo[0].frame
 	if out.dropped {
 		h.drained.Broadcast()
-		st.fifo = st.fifo[1:]
-		if head.timer != nil {
-			head.timer.Stop()
+		st.popLocked()
+		if in.shared {
+			h.unrefLocked(in.ref, in.length)
 		}
-		if in.ref != nil {
-			h.unrefLocked(*in.ref, in.length)
-		}
+		// The host hears of it too: its window counts every frame
+		// until something comes back for it.
+		h.sendFrameLocked(st.s.host, st.s.id, frameData{Header: frames.Header{Seq: in.Seq}, dropped: true}, false)
 		h.maybeEndStageLocked(st)
 		return
 	}
 	// An output is either the input's descriptor (passed on) or one of the
 	// stage's own pools.
-	if out.ref != nil && (in.ref == nil || *out.ref != *in.ref) && out.ref.owner != p.id {
+	if out.shared && (!in.shared || out.ref != in.ref) && out.ref.owner != p.id {
 		h.failStageLocked(st, "answered with a frame it does not own")
 		return
 	}
 	last := out.parts <= 1 || out.part+1 >= out.parts
-	if out.ref != nil {
-		h.refs[*out.ref]++ // held by whatever comes next
+	if out.shared {
+		h.refs[out.ref]++ // held by whatever comes next
 	}
 	if last {
-		st.fifo = st.fifo[1:]
-		if head.timer != nil {
-			head.timer.Stop()
-		}
-		if in.ref != nil {
-			h.unrefLocked(*in.ref, in.length) // the stage's hold ends
+		st.popLocked()
+		if in.shared {
+			h.unrefLocked(in.ref, in.length) // the stage's hold ends
 		}
 	}
 	h.forwardLocked(st.s, st.index+1, out)
@@ -727,51 +786,120 @@ func (h *frameHub) stageFrameLocked(p *framePeer, sid uint64, out frameData) {
 
 // dropOutputLocked gives back an output nobody will use.
 func (h *frameHub) dropOutputLocked(p *framePeer, out frameData, _ *stage) {
-	if out.ref != nil && out.ref.owner == p.id {
-		h.releaseToOwnerLocked(*out.ref, out.length)
+	if out.shared && out.ref.owner == p.id {
+		h.releaseToOwnerLocked(out.ref, out.length)
 	}
 }
 
-// timeout applies a stage's failure policy to a frame that missed its
-// deadline.
-func (h *frameHub) timeout(st *stage, e *inflight) {
+// popLocked removes the stage's oldest frame (answered or given up on).
+func (st *stage) popLocked() {
+	st.fifo[0] = inflight{} // drop its references
+	st.fifo = st.fifo[1:]
+}
+
+// armLocked makes sure a timer will check the stage's oldest frame against
+// its deadline. One timer per stage, not per frame: it fires at the head's
+// deadline, and if that frame was answered meanwhile, re-arms for the next.
+func (h *frameHub) armLocked(st *stage) {
+	if st.timer != nil || len(st.fifo) == 0 || st.fifo[0].due.IsZero() || st.dead || st.s.ended {
+		return
+	}
+	st.timer = time.AfterFunc(time.Until(st.fifo[0].due), func() { h.expire(st) })
+}
+
+func (st *stage) disarmLocked() {
+	if st.timer != nil {
+		st.timer.Stop()
+		st.timer = nil
+	}
+}
+
+// expire applies a stage's failure policy to frames that missed their
+// deadline, oldest first.
+func (h *frameHub) expire(st *stage) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if len(st.fifo) == 0 || st.fifo[0] != e || st.s.ended {
+	st.timer = nil
+	now := time.Now()
+	for !st.s.ended && !st.dead && len(st.fifo) > 0 && !st.fifo[0].due.IsZero() && !now.Before(st.fifo[0].due) {
+		e := st.fifo[0]
+		msg := fmt.Sprintf("plugin %q (stream stage %q) missed its %s deadline on frame %d", st.plugin, st.spec.Name, st.spec.Deadline.Duration, e.seq)
+		if st.spec.Failure == manifest.FailClosed {
+			h.endStreamLocked(st.s, msg)
+			return
+		}
+		if u := st.peer.unit; u != nil {
+			u.logf("%s; passing it through untouched (fail-open)", msg)
+		}
+		st.popLocked()
+		h.drained.Broadcast()
+		st.skipped[e.seq] = true
+		h.forwardLocked(st.s, st.index+1, e.frame) // the hold moves on
+		h.maybeEndStageLocked(st)
+	}
+	h.armLocked(st)
+}
+
+// drainAnswerLocked takes a stage's answer after its stream ended: the
+// plugin may have been using the frame's memory until now, so only now does
+// its hold end. The stage is forgotten once it has answered everything.
+func (h *frameHub) drainAnswerLocked(st *stage, out frameData) {
+	h.dropOutputLocked(st.peer, out, nil)
+	if !out.dropped && out.parts > 1 && out.part+1 < out.parts {
+		return // more parts to come
+	}
+	switch {
+	case st.skipped[out.Seq]:
+		delete(st.skipped, out.Seq)
+	case len(st.fifo) > 0 && st.fifo[0].seq == out.Seq:
+		e := st.fifo[0]
+		st.popLocked()
+		if e.frame.shared {
+			h.unrefLocked(e.frame.ref, e.frame.length)
+		}
+	default: // out of order: no telling what it still uses
+		h.releaseStageLocked(st)
 		return
 	}
-	msg := fmt.Sprintf("plugin %q (stream stage %q) missed its %s deadline on frame %d", st.plugin, st.spec.Name, st.spec.Deadline.Duration, e.seq)
-	if st.spec.Failure == manifest.FailClosed {
-		h.endStreamLocked(st.s, msg)
-		return
+	if len(st.fifo) == 0 {
+		h.releaseStageLocked(st)
 	}
-	if u := st.peer.unit; u != nil {
-		u.logf("%s; passing it through untouched (fail-open)", msg)
+}
+
+// releaseStageLocked ends a stage of an ended stream: its holds are let go
+// and its answers are no longer expected.
+func (h *frameHub) releaseStageLocked(st *stage) {
+	st.disarmLocked()
+	for _, e := range st.fifo {
+		if e.frame.shared {
+			h.unrefLocked(e.frame.ref, e.frame.length)
+		}
 	}
-	st.fifo = st.fifo[1:]
-	h.drained.Broadcast()
-	st.skipped[e.seq] = true
-	h.forwardLocked(st.s, st.index+1, e.frame) // the hold moves on
-	h.maybeEndStageLocked(st)
+	st.fifo = nil
+	if h.stages[[2]uint64{st.peer.id, st.sid}] == st {
+		delete(h.stages, [2]uint64{st.peer.id, st.sid})
+	}
 }
 
 // failStageLocked handles a stage that broke the protocol or crashed.
 func (h *frameHub) failStageLocked(st *stage, why string) {
+	if st.s.ended { // draining: nothing to pass on any more
+		h.releaseStageLocked(st)
+		return
+	}
 	msg := fmt.Sprintf("plugin %q (stream stage %q) %s", st.plugin, st.spec.Name, why)
 	if st.spec.Role == manifest.RoleObserve || st.spec.Failure != manifest.FailClosed {
 		if u := st.peer.unit; u != nil {
 			u.logf("%s; frames now pass it by untouched (fail-open)", msg)
 		}
 		st.dead = true
+		st.disarmLocked()
 		defer h.drained.Broadcast()
 		// Pop one at a time: the stream must not look finished while
 		// frames are still being passed on.
 		for len(st.fifo) > 0 {
 			e := st.fifo[0]
-			st.fifo = st.fifo[1:]
-			if e.timer != nil {
-				e.timer.Stop()
-			}
+			st.popLocked()
 			h.forwardLocked(st.s, st.index+1, e.frame)
 		}
 		h.maybeEndStageLocked(st)
@@ -845,19 +973,20 @@ func (h *frameHub) endStreamLocked(s *stream, why string) {
 	s.ended = true
 	h.drained.Broadcast()
 	for _, st := range append(append([]*stage{}, s.stages...), s.observers...) {
-		for _, e := range st.fifo {
-			if e.timer != nil {
-				e.timer.Stop()
-			}
-			if e.frame.ref != nil {
-				h.unrefLocked(*e.frame.ref, e.frame.length)
-			}
-		}
-		st.fifo = nil
+		st.disarmLocked()
 		if !st.peer.gone {
-			h.sendEndLocked(st.peer, st.sid, "", why != "")
+			// Frames still at the stage mean the stream did not run
+			// its course (a failure, a cancel, a host gone): the plugin
+			// is to stop, not finish them.
+			h.sendEndLocked(st.peer, st.sid, "", why != "" || len(st.fifo) > 0)
 		}
-		delete(h.stages, [2]uint64{st.peer.id, st.sid})
+		// A plugin still holding frames keeps them until it answers
+		// (it is told to stop, and answers what it has not started
+		// with "dropped"): until then, their memory is not given
+		// back to be reused under it.
+		if st.peer.gone || len(st.fifo) == 0 {
+			h.releaseStageLocked(st)
+		}
 	}
 	h.sendEndLocked(s.host, s.id, why, false)
 	delete(h.streams, [2]uint64{s.host.id, s.id})

@@ -10,9 +10,11 @@
 # a pool. Small frames may travel inline instead.
 #
 # Connection: every peer (a host, a plugin) talks to the daemon on its own
-# SOCK_SEQPACKET Unix socket. One packet is one FrameMsg in standard
-# Cap'n Proto framing; PoolAdd packets carry the pool's file descriptor as
-# SCM_RIGHTS. Plugins find theirs at file descriptor 5. A host writes the 9
+# SOCK_SEQPACKET Unix socket. A packet carries one or more FrameMsgs back to
+# back, each in standard Cap'n Proto framing (batching many small frames
+# into one packet is what makes them cheap; packets are at most 192 KiB).
+# A packet with file descriptors (SCM_RIGHTS: a PoolAdd's memfd, a lane's
+# socket) carries exactly one message, the one they belong to. Plugins find theirs at file descriptor 5. A host writes the 9
 # bytes "DPFRAME1\n" on a new connection to the daemon's socket; the daemon
 # answers with one byte and a socket file descriptor (SCM_RIGHTS): the
 # host's frame socket.
@@ -20,7 +22,8 @@
 # Memory and flow control: a descriptor is a reference. Whoever receives a
 # frame releases it (Release) when done with it; the daemon counts the
 # references it handed out and sends Release to the pool's owner when the
-# last one is gone. Producers allocate only from their own bounded pools, so
+# last one is gone. A frame that comes back to its owner as the last
+# reference is marked returned: the owner frees it without a round trip. Producers allocate only from their own bounded pools, so
 # a slow consumer holds slots, the producer's allocation waits, and memory
 # stays bounded end to end. A frame larger than a pool gets a pool of its own.
 
@@ -111,7 +114,14 @@ struct Frame {
   }
   part @9 :UInt32;           # a stage may answer one frame with several:
   parts @10 :UInt32;         # part i of parts (0-based); parts = 0 means 1
-  dropped @11 :Bool;         # a stage's answer: it dropped the frame, nothing passes on
+  dropped @11 :Bool;         # a stage's answer: it dropped the frame, nothing
+                             # passes on (no data then). The daemon tells the
+                             # host too, so that every frame a host sends gets
+                             # an answer: its frames back, or a dropped mark.
+  returned @12 :Bool;        # daemon → the pool's owner (a host): the frame
+                             # comes back with no other holder left, so the
+                             # owner frees the memory itself when done with it
+                             # and sends no Release
 }
 
 struct FrameRef {
@@ -123,6 +133,9 @@ struct FrameRef {
 }
 
 struct StreamEnd {
+  # After an end, a plugin stops work on the stream and answers every frame
+  # it was given and has not answered with "dropped": the daemon gives the
+  # frames' memory back to its owner only then.
   stream @0 :UInt64;
   error @1 :Text;            # empty: a clean end; else why the stream failed
   cancel @2 :Bool;           # the sender gave up (host or daemon)

@@ -1493,6 +1493,14 @@ func (s Frame) SetDropped(v bool) {
 	capnp.Struct(s).SetBit(321, v)
 }
 
+func (s Frame) Returned() bool {
+	return capnp.Struct(s).Bit(322)
+}
+
+func (s Frame) SetReturned(v bool) {
+	capnp.Struct(s).SetBit(322, v)
+}
+
 // Frame_List is a list of Frame.
 type Frame_List = capnp.StructList[Frame]
 

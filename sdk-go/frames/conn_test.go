@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"capnproto.org/go/capnp/v3"
 	"golang.org/x/sys/unix"
 
 	"github.com/dimplugd/dimplugd/schema"
@@ -652,4 +653,199 @@ func TestConnSendBlocksOnSlowPeer(t *testing.T) {
 		msg.Release()
 	}
 	sent.Wait()
+}
+
+func sendSeq(c *Conn, seq uint64, size int, buffer bool) error {
+	fill := func(m schema.FrameMsg) error {
+		f, err := m.NewFrame()
+		if err != nil {
+			return err
+		}
+		f.SetSeq(seq)
+		return f.Data().SetInline(bytes.Repeat([]byte{byte(seq)}, size))
+	}
+	if buffer {
+		return c.Buffer(fill)
+	}
+	return c.Send(fill)
+}
+
+// packets reads raw packets from a frame socket's other end until it has
+// seen want messages, and returns how many packets carried them.
+func countPackets(t *testing.T, f *os.File, want int) (packets int, seqs []uint64) {
+	t.Helper()
+	buf := make([]byte, MaxPacket)
+	for len(seqs) < want {
+		n, err := unix.Read(int(f.Fd()), buf)
+		must(t, err)
+		packets++
+		for b := buf[:n]; len(b) > 0; {
+			l, err := messageLen(b)
+			must(t, err)
+			msg, m, err := readMsg(b[:l])
+			must(t, err)
+			fr, _ := m.Frame()
+			seqs = append(seqs, fr.Seq())
+			msg.Release()
+			b = b[l:]
+		}
+	}
+	return packets, seqs
+}
+
+func readMsg(b []byte) (*capnp.Message, schema.FrameMsg, error) {
+	msg, err := capnp.Unmarshal(b)
+	if err != nil {
+		return nil, schema.FrameMsg{}, err
+	}
+	m, err := schema.ReadRootFrameMsg(msg)
+	return msg, m, err
+}
+
+// Buffered messages travel back to back in one packet, split only where
+// the batch would pass BatchMax, and arrive one by one, in order.
+func TestConnBufferBatchesIntoPackets(t *testing.T) {
+	tests := []struct {
+		name        string
+		count, size int
+		packets     int
+	}{
+		{"small frames", 40, 100, 1},
+		{"4 KiB frames", 40, 4 << 10, 3}, // 15 per 64 KiB packet
+		{"one large message alone", 1, 100 << 10, 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a, theirs, err := Socketpair()
+			must(t, err)
+			defer a.Close()
+			defer theirs.Close()
+			for i := range tt.count {
+				must(t, sendSeq(a, uint64(i), tt.size, true))
+			}
+			must(t, a.Flush())
+			packets, seqs := countPackets(t, theirs, tt.count)
+			if packets != tt.packets {
+				t.Errorf("%d messages of %d bytes took %d packets, want %d", tt.count, tt.size, packets, tt.packets)
+			}
+			for i, s := range seqs {
+				if s != uint64(i) {
+					t.Fatalf("message %d has seq %d", i, s)
+				}
+			}
+		})
+	}
+}
+
+// A peer reads batched packets message by message; a message with a
+// descriptor gets a packet of its own, in its place in the order, and only
+// it gets the descriptor.
+func TestConnBatchesAroundDescriptors(t *testing.T) {
+	a, b := pair(t)
+	p, err := NewPool(9, 4096)
+	must(t, err)
+	defer p.Close()
+	must(t, sendSeq(a, 0, 10, true))
+	must(t, sendSeq(a, 1, 10, true))
+	must(t, a.Send(func(m schema.FrameMsg) error {
+		pa, err := m.NewPoolAdd()
+		pa.SetId(p.ID())
+		return err
+	}, p.File()))
+	must(t, sendSeq(a, 2, 10, true))
+	must(t, sendSeq(a, 3, 10, false))
+	var got []string
+	for range 5 {
+		msg, m, files, err := b.Recv()
+		must(t, err)
+		switch m.Which() {
+		case schema.FrameMsg_Which_frame:
+			f, _ := m.Frame()
+			got = append(got, fmt.Sprintf("frame %d (%d files)", f.Seq(), len(files)))
+		default:
+			got = append(got, fmt.Sprintf("%s (%d files)", m.Which(), len(files)))
+		}
+		closeFiles(files)
+		msg.Release()
+	}
+	want := "frame 0 (0 files), frame 1 (0 files), poolAdd (1 files), frame 2 (0 files), frame 3 (0 files)"
+	if s := strings.Join(got, ", "); s != want {
+		t.Fatalf("got  %s\nwant %s", s, want)
+	}
+}
+
+// Goroutines sending while a write waits for a full socket share packets:
+// fewer packets than messages, each sender's messages in its order.
+func TestConnConcurrentSendsCombine(t *testing.T) {
+	a, theirs, err := Socketpair()
+	must(t, err)
+	defer a.Close()
+	defer theirs.Close()
+	const senders, each = 4, 500
+	var wg sync.WaitGroup
+	for g := range senders {
+		wg.Go(func() {
+			for i := range each {
+				if err := sendSeq(a, uint64(g)<<32|uint64(i), 4<<10, false); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	time.Sleep(50 * time.Millisecond) // 8 MiB: the socket fills, the senders wait
+	packets, seqs := countPackets(t, theirs, senders*each)
+	wg.Wait()
+	next := make([]uint64, senders)
+	for _, s := range seqs {
+		g, i := s>>32, s&(1<<32-1)
+		if i != next[g] {
+			t.Fatalf("sender %d: got %d, want %d", g, i, next[g])
+		}
+		next[g]++
+	}
+	t.Logf("%d messages from %d goroutines in %d packets", len(seqs), senders, packets)
+	if packets >= len(seqs) {
+		t.Errorf("%d messages took %d packets: no batching", len(seqs), packets)
+	}
+}
+
+// A packet whose second message is broken fails that Recv only; the
+// connection goes on with the next packet.
+func TestConnRecvBrokenMessageInBatch(t *testing.T) {
+	ours, theirs, err := Socketpair()
+	must(t, err)
+	defer ours.Close()
+	defer theirs.Close()
+	peer, err := FileConn(theirs)
+	must(t, err)
+	defer peer.Close()
+	must(t, sendSeq(peer, 1, 10, true))
+	peer.wmu.Lock()
+	good := append([]byte(nil), peer.batch...)
+	peer.wmu.Unlock()
+	must(t, peer.Flush())
+	msg, _, _, err := ours.Recv()
+	must(t, err)
+	msg.Release()
+
+	packet := append(append([]byte(nil), good...), 0, 0, 0, 0, 200, 0, 0, 0) // claims 200 words
+	_, err = unix.Write(int(theirs.Fd()), packet)
+	must(t, err)
+	msg, m, _, err := ours.Recv()
+	must(t, err)
+	if f, _ := m.Frame(); f.Seq() != 1 {
+		t.Fatalf("first message: seq %d", f.Seq())
+	}
+	msg.Release()
+	if _, _, _, err := ours.Recv(); err == nil || !strings.Contains(err.Error(), "does not fit") {
+		t.Fatalf("got %v, want an error about the broken message", err)
+	}
+	must(t, sendSeq(peer, 7, 10, false))
+	msg, m, _, err = ours.Recv()
+	must(t, err)
+	if f, _ := m.Frame(); f.Seq() != 7 {
+		t.Fatalf("after the broken packet: seq %d", f.Seq())
+	}
+	msg.Release()
 }

@@ -57,15 +57,21 @@ func WriteFrame(f schema.Frame, stream uint64, h Header, part, parts uint32, inl
 	return nil
 }
 
-// SendFrame sends one frame message (see WriteFrame).
-func (c *Conn) SendFrame(stream uint64, h Header, part, parts uint32, inline []byte, ref *Ref) error {
-	return c.Send(func(m schema.FrameMsg) error {
+// FrameMsg returns a fill function for Send or Buffer: one frame message
+// (see WriteFrame).
+func FrameMsg(stream uint64, h Header, part, parts uint32, inline []byte, ref *Ref) func(schema.FrameMsg) error {
+	return func(m schema.FrameMsg) error {
 		f, err := m.NewFrame()
 		if err != nil {
 			return err
 		}
 		return WriteFrame(f, stream, h, part, parts, inline, ref)
-	})
+	}
+}
+
+// SendFrame sends one frame message (see WriteFrame).
+func (c *Conn) SendFrame(stream uint64, h Header, part, parts uint32, inline []byte, ref *Ref) error {
+	return c.Send(FrameMsg(stream, h, part, parts, inline, ref))
 }
 
 // ReadData returns a frame message's bytes: a copy of inline data, or a

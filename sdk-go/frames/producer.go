@@ -79,24 +79,31 @@ func Resolve(own *Producer, maps *Mappings, r schema.FrameRef) ([]byte, error) {
 	return maps.Bytes(r.Owner(), r.Pool(), int64(r.Offset()), int64(r.Length()))
 }
 
-// SendRelease tells the daemon this peer is done with a descriptor.
-func (c *Conn) SendRelease(owner uint64, pool uint32, off, n uint64) error {
-	return c.Send(func(m schema.FrameMsg) error {
-		r, err := m.NewRelease()
+// ReleaseMsg returns a fill function for Send or Buffer: "this peer is
+// done with a descriptor".
+func ReleaseMsg(r Ref) func(schema.FrameMsg) error {
+	return func(m schema.FrameMsg) error {
+		rel, err := m.NewRelease()
 		if err != nil {
 			return err
 		}
-		r.SetOwner(owner)
-		r.SetPool(pool)
-		r.SetOffset(off)
-		r.SetLength(n)
+		rel.SetOwner(r.Owner)
+		rel.SetPool(r.Pool)
+		rel.SetOffset(r.Offset)
+		rel.SetLength(r.Length)
 		return nil
-	})
+	}
 }
 
-// SendEnd ends a stream on this connection; why, when not empty, fails it.
-func (c *Conn) SendEnd(stream uint64, why string, cancel bool) error {
-	return c.Send(func(m schema.FrameMsg) error {
+// SendRelease tells the daemon this peer is done with a descriptor.
+func (c *Conn) SendRelease(owner uint64, pool uint32, off, n uint64) error {
+	return c.Send(ReleaseMsg(Ref{Owner: owner, Pool: pool, Offset: off, Length: n}))
+}
+
+// EndMsg returns a fill function for Send or Buffer: the end of a stream;
+// why, when not empty, fails it.
+func EndMsg(stream uint64, why string, cancel bool) func(schema.FrameMsg) error {
+	return func(m schema.FrameMsg) error {
 		e, err := m.NewEnd()
 		if err != nil {
 			return err
@@ -104,5 +111,10 @@ func (c *Conn) SendEnd(stream uint64, why string, cancel bool) error {
 		e.SetStream(stream)
 		e.SetCancel(cancel)
 		return e.SetError(why)
-	})
+	}
+}
+
+// SendEnd ends a stream on this connection; why, when not empty, fails it.
+func (c *Conn) SendEnd(stream uint64, why string, cancel bool) error {
+	return c.Send(EndMsg(stream, why, cancel))
 }

@@ -7,6 +7,8 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -18,8 +20,9 @@ import (
 // FramesFD is where the daemon passes the plugin's frame socket.
 const FramesFD = 5
 
-// inlineMax is the largest output frame sent inside a message.
-const inlineMax = 4 << 10
+// inlineMax is the largest output frame sent inside a message (see
+// host.InlineMax for the measurements).
+const inlineMax = 512
 
 // outputPoolSize bounds the shared memory a plugin's new frames use; making
 // a frame waits while it is full.
@@ -99,17 +102,69 @@ type frameServer struct {
 	stop  chan struct{}    // closed by close
 	lane  func(c net.Conn) // serves a direct hook lane; returns when it ends
 
+	flushArmed atomic.Bool // a flushDelay timer is pending
+
 	mu      sync.Mutex
 	streams map[uint64]*streamWorker
 	lanes   map[net.Conn]struct{} // direct hook lanes being served
 	wg      sync.WaitGroup
 }
 
+// streamWorker runs one stream's frames through the handler, in order.
+// Its queue does not block the reader (which must go on reading, to see an
+// end or a cancel): the daemon bounds what a stage has in flight.
 type streamWorker struct {
 	s      *Stream
-	queue  chan *Frame
 	ctx    context.Context
 	cancel context.CancelFunc
+
+	mu     sync.Mutex
+	queue  []*Frame
+	closed bool          // no more frames will come
+	wake   chan struct{} // capacity 1: queue grew or closed
+}
+
+func (w *streamWorker) push(f *Frame) {
+	w.mu.Lock()
+	w.queue = append(w.queue, f)
+	w.mu.Unlock()
+	w.signal()
+}
+
+func (w *streamWorker) close() {
+	w.mu.Lock()
+	w.closed = true
+	w.mu.Unlock()
+	w.signal()
+}
+
+func (w *streamWorker) signal() {
+	select {
+	case w.wake <- struct{}{}:
+	default:
+	}
+}
+
+// next returns the next frame and whether more are queued behind it, or
+// false once the queue is closed and empty.
+func (w *streamWorker) next() (f *Frame, more, ok bool) {
+	for {
+		w.mu.Lock()
+		if len(w.queue) > 0 {
+			f = w.queue[0]
+			w.queue[0] = nil
+			w.queue = w.queue[1:]
+			more = len(w.queue) > 0
+			w.mu.Unlock()
+			return f, more, true
+		}
+		closed := w.closed
+		w.mu.Unlock()
+		if closed {
+			return nil, false, false
+		}
+		<-w.wake
+	}
 }
 
 func servesFrames(p any) bool {
@@ -143,7 +198,7 @@ func (fs *frameServer) serve() {
 	fs.mu.Lock()
 	for id, w := range fs.streams {
 		w.cancel()
-		close(w.queue)
+		w.close()
 		delete(fs.streams, id)
 	}
 	for c := range fs.lanes {
@@ -209,10 +264,7 @@ func (fs *frameServer) handle(fm schema.FrameMsg, fds []*os.File) {
 		if w == nil || err != nil {
 			return
 		}
-		select {
-		case w.queue <- fr:
-		case <-w.ctx.Done():
-		}
+		w.push(fr)
 	case schema.FrameMsg_Which_release:
 		if r, err := fm.Release(); err == nil {
 			_ = fs.alloc.Free(r.Pool(), int64(r.Offset()), int64(r.Length()))
@@ -246,7 +298,7 @@ func (fs *frameServer) handle(fm schema.FrameMsg, fds []*os.File) {
 			if e.Cancel() {
 				w.cancel()
 			}
-			close(w.queue) // the worker finishes what is queued
+			w.close() // the worker finishes what is queued
 		}
 	}
 }
@@ -271,9 +323,7 @@ func (fs *frameServer) open(o schema.StreamOpen) {
 		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	// The queue is bounded by the daemon's window; 64 never blocks the
-	// reader in practice, and back-pressure comes from shared memory.
-	w := &streamWorker{s: s, queue: make(chan *Frame, 64), ctx: ctx, cancel: cancel}
+	w := &streamWorker{s: s, ctx: ctx, cancel: cancel, wake: make(chan struct{}, 1)}
 	fs.mu.Lock()
 	fs.streams[s.id] = w
 	fs.mu.Unlock()
@@ -281,16 +331,51 @@ func (fs *frameServer) open(o schema.StreamOpen) {
 	go func() { // one per stream; ends when the stream ends or the socket closes
 		defer fs.wg.Done()
 		defer cancel()
-		for f := range w.queue {
-			if ctx.Err() != nil {
-				continue // cancelled: drain without work
+		for {
+			f, more, ok := w.next()
+			if !ok {
+				return
 			}
-			if err := fs.process(ctx, s, f); err != nil {
+			if ctx.Err() != nil {
+				fs.skip(s, f) // cancelled: answer without work
+			} else if err := fs.process(ctx, s, f); err != nil {
 				fs.sendEnd(s.id, err.Error())
 				w.cancel()
+				fs.skip(s, f) // the daemon counts on an answer for every frame
+			}
+			// Answers wait in the connection's batch while more frames
+			// are queued, so that one packet carries many of them, but
+			// never longer than flushDelay: the next handler call may
+			// be a slow one.
+			if !more {
+				_ = fs.conn.Flush()
+			} else {
+				fs.flushSoon()
 			}
 		}
 	}()
+}
+
+// skip answers a frame of a cancelled or failed stream without handling
+// it: a transform's answer is "dropped", an observer lets go of its hold.
+// Either way the daemon may give the frame's memory back to its owner.
+func (fs *frameServer) skip(s *Stream, f *Frame) {
+	if s.Role == "observe" {
+		if f.ref != nil {
+			fs.release(f.ref)
+		}
+		return
+	}
+	_ = fs.conn.Buffer(func(m schema.FrameMsg) error {
+		fm, err := m.NewFrame()
+		if err != nil {
+			return err
+		}
+		fm.SetStream(s.id)
+		fm.SetSeq(f.Seq)
+		fm.SetDropped(true)
+		return nil
+	})
 }
 
 // received copies a frame message into a Frame viewing shared memory.
@@ -329,7 +414,7 @@ func (fs *frameServer) process(ctx context.Context, s *Stream, in *Frame) error 
 		return err
 	}
 	if len(outs) == 0 { // dropped: the answer ends our hold, nothing passes on
-		return fs.conn.Send(func(m schema.FrameMsg) error {
+		return fs.conn.Buffer(func(m schema.FrameMsg) error {
 			fm, err := m.NewFrame()
 			if err != nil {
 				return err
@@ -378,14 +463,26 @@ func sameBytes(a, b []byte) bool {
 func (fs *frameServer) send(sid, seq uint64, part, parts uint32, f *Frame, ref *frames.Ref) error {
 	h := frames.Header{Seq: seq, PTS: f.PTS, DTS: f.DTS, Duration: f.Duration, KeyFrame: f.KeyFrame, ContentType: f.ContentType}
 	if ref == nil {
-		return fs.conn.SendFrame(sid, h, part, parts, f.Data, nil)
+		return fs.conn.Buffer(frames.FrameMsg(sid, h, part, parts, f.Data, nil))
 	}
-	return fs.conn.SendFrame(sid, h, part, parts, nil, ref)
+	return fs.conn.Buffer(frames.FrameMsg(sid, h, part, parts, nil, ref))
 }
 
-func (fs *frameServer) release(ref *frames.Ref) {
-	_ = fs.conn.SendRelease(ref.Owner, ref.Pool, ref.Offset, ref.Length)
+// flushDelay bounds how long an answer waits in the connection's batch
+// for others to join it.
+const flushDelay = 200 * time.Microsecond
+
+// flushSoon makes sure the batch is written within flushDelay.
+func (fs *frameServer) flushSoon() {
+	if fs.flushArmed.CompareAndSwap(false, true) {
+		time.AfterFunc(flushDelay, func() {
+			fs.flushArmed.Store(false)
+			_ = fs.conn.Flush()
+		})
+	}
 }
+
+func (fs *frameServer) release(ref *frames.Ref) { _ = fs.conn.Buffer(frames.ReleaseMsg(*ref)) }
 
 func (fs *frameServer) sendEnd(sid uint64, why string) { _ = fs.conn.SendEnd(sid, why, false) }
 

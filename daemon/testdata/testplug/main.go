@@ -38,6 +38,7 @@ type testPlug struct {
 
 	mu                     sync.Mutex
 	frameCount, frameBytes int
+	slowDone               int // frames the slow mode finished
 }
 
 func (p *testPlug) Init(ctx context.Context, h *plugin.Host) error {
@@ -118,8 +119,10 @@ func (p *testPlug) Observe(ctx context.Context, hook string, req *plugin.Request
 //	tag      a new frame: "<name>:" + the frame's bytes, in the plugin's memory
 //	split    two frames: the first and the second half
 //	drop     drop frames with an odd sequence number
-//	slow     sleep 50ms per frame, then pass
+//	slow     sleep 50ms per frame, then pass (counted in KV "slow-frames")
 //	crash    exit(4) on the frame with sequence number 3
+//	stubborn ignore cancellation: KV "stubborn" is "started", then after
+//	         500ms "done", and the frame passes
 func (p *testPlug) FilterFrame(ctx context.Context, s *plugin.Stream, f *plugin.Frame) ([]*plugin.Frame, error) {
 	switch p.frames {
 	case "xor":
@@ -150,6 +153,16 @@ func (p *testPlug) FilterFrame(ctx context.Context, s *plugin.Stream, f *plugin.
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		}
+		p.mu.Lock()
+		p.slowDone++
+		n := p.slowDone
+		p.mu.Unlock()
+		_ = p.host.KV.Set(ctx, "slow-frames", []byte(fmt.Sprint(n)))
+	case "stubborn":
+		bg := context.Background()
+		_ = p.host.KV.Set(bg, "stubborn", []byte("started"))
+		time.Sleep(500 * time.Millisecond)
+		_ = p.host.KV.Set(bg, "stubborn", []byte("done"))
 	case "crash":
 		if f.Seq == 3 {
 			fmt.Fprintln(os.Stderr, "testplug: crashing mid-stream on purpose")
