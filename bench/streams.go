@@ -144,7 +144,7 @@ func runStreams(ctx context.Context, e *env) ([]*Table, error) {
 	rounds := e.quick(1, 3)
 	// Bytes per run, and a cap on the frames per run that keeps the runs
 	// of small frames (slow per frame) within the section's time.
-	perRun, maxRun := e.quick(16<<20, 256<<20), e.quick(2048, 16384)  // the main table
+	perRun, maxRun := e.quick(16<<20, 256<<20), e.quick(2048, 65536)  // the main table
 	perPoint, maxPoint := e.quick(4<<20, 32<<20), e.quick(1024, 4096) // the threshold table
 	pats := patterns{}
 

@@ -275,7 +275,7 @@ func newFrameHub(d *Daemon) *frameHub {
 // that runs further ahead stops being read — its socket fills and its Send
 // waits — so inline frames, which no pool bounds, cannot pile up in the
 // daemon.
-const maxBacklog = 256
+const maxBacklog = 1024
 
 // backloggedLocked reports whether one of the host's streams has a stage
 // with a full backlog.

@@ -315,7 +315,7 @@ type Stream struct {
 // memory bounds large ones), frames waiting in Recv's queue are bounded,
 // and a Cancel never waits behind more than a window of frames. It matches
 // the backlog the daemon allows a stage.
-const Window = 256
+const Window = 1024
 
 // answered frees one place in the window.
 func (st *Stream) answered() {
