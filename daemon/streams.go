@@ -21,9 +21,18 @@ import (
 // pool or touches frame bytes: it forwards descriptors, counts the holders
 // of each one and tells the owner when the last holder let go.
 //
-// Concurrency: one goroutine per peer connection reads packets and calls
-// into the hub, whose state is guarded by hub.mu; sends happen under the
-// lock so that every peer sees packets in the order the hub decided them.
+// Concurrency: one goroutine per peer connection reads messages and calls
+// into the hub, whose state is guarded by hub.mu. Under the lock the hub
+// only queues outgoing messages (in the order it decided them); one writer
+// goroutine per peer drains its queue into batched packets, so a full
+// socket to one plugin never stalls the hub. Both goroutines end with the
+// peer's connection.
+//
+// Holds: a frame at a transform stage is held until the stage answers it,
+// even after its stream ended (the plugin may still be writing into it);
+// a frame given to an observer or a host is held until it releases it. A
+// frame going back to its owner as the last hold is marked returned and
+// counted no more.
 
 // refKey identifies a frame descriptor globally.
 type refKey struct {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -584,5 +585,71 @@ func TestStreamCancelKeepsMemoryUntilAnswered(t *testing.T) {
 	}
 	if n := heldRefs(td); n != 0 {
 		t.Fatalf("the daemon still counts %d holds", n)
+	}
+}
+
+// TestStreamNoLeaks opens sessions and streams over and over — finished,
+// cancelled mid-way, and abandoned by a host that closes its session — and
+// checks that goroutines, file descriptors and the hub's bookkeeping come
+// back to where they were.
+func TestStreamNoLeaks(t *testing.T) {
+	td := startDaemon(t, testRuntime(t), fastSupervision)
+	td.install(t, pluginDir(t, testplugManifest("passer", []string{"-frames", "pass"}, streamStage("pass", "video/segment", "transform", "fail-closed", "10s", 0))))
+	td.install(t, pluginDir(t, testplugManifest("watcher", nil, streamStage("stats", "video/segment", "observe", "fail-open", "10s", 0))))
+	waitState(t, td.ctl, "passer", 30*time.Second, "running", running)
+	waitState(t, td.ctl, "watcher", 30*time.Second, "running", running)
+	cycle := func(i int) {
+		s := dial(t, td.socket)
+		defer s.Close()
+		st := openStream(t, s, "video/segment")
+		switch i % 3 {
+		case 0: // runs its course
+			if out := roundTrip(t, st, []int{100, 4 << 10, 300 << 10, 0}); len(out) != 4 {
+				t.Fatalf("cycle %d: %d frames", i, len(out))
+			}
+		case 1: // cancelled with frames in flight
+			for j := 0; j < 50; j++ {
+				_ = st.Send(context.Background(), &host.Frame{Seq: uint64(j), Data: pattern(uint64(j), 8<<10)})
+			}
+			st.Cancel()
+		case 2: // the host goes away mid-stream
+			for j := 0; j < 50; j++ {
+				_ = st.Send(context.Background(), &host.Frame{Seq: uint64(j), Data: pattern(uint64(j), 8<<10)})
+			}
+		}
+	}
+	cycle(0)
+	settle()
+	hubEmpty := func() string {
+		h := td.Daemon.hub
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		if len(h.refs) != 0 || len(h.streams) != 0 || len(h.stages) != 0 || len(h.peers) != 2 {
+			return fmt.Sprintf("refs %d, streams %d, stages %d, peers %d (want 0, 0, 0, 2)", len(h.refs), len(h.streams), len(h.stages), len(h.peers))
+		}
+		return ""
+	}
+	g0, f0 := runtime.NumGoroutine(), countFDs(t)
+	for i := 0; i < 60; i++ {
+		cycle(i)
+	}
+	var g1, f1 int
+	var hub string
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		g1, f1, hub = runtime.NumGoroutine(), countFDs(t), hubEmpty()
+		if g1 <= g0+2 && f1 <= f0+1 && hub == "" {
+			break
+		}
+	}
+	t.Logf("after 60 sessions: goroutines %d -> %d, fds %d -> %d", g0, g1, f0, f1)
+	if g1 > g0+2 {
+		buf := make([]byte, 1<<20)
+		t.Errorf("goroutines grew from %d to %d:\n%s", g0, g1, buf[:runtime.Stack(buf, true)])
+	}
+	if f1 > f0+1 {
+		t.Errorf("file descriptors grew from %d to %d", f0, f1)
+	}
+	if hub != "" {
+		t.Errorf("the frame hub still holds %s", hub)
 	}
 }

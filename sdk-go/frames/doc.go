@@ -1,6 +1,8 @@
 // Package frames owns the shared-memory transport of frame streams (see
-// schema/stream.capnp): frame sockets carrying one FrameMsg per packet with
-// memfds attached as SCM_RIGHTS (Conn), producers' bounded pools and the
+// schema/stream.capnp): frame sockets whose packets carry batches of
+// FrameMsgs, with memfds attached as SCM_RIGHTS (Conn: senders share a
+// bounded batch, whoever finds no write in progress writes it), producers'
+// bounded pools and the
 // allocator that hands out their slots (Pool, Allocator), and consumers'
 // read views of other producers' pools (Mappings).
 //
