@@ -16,6 +16,7 @@ import (
 	"github.com/dimplugd/dimplugd/schema"
 	"github.com/dimplugd/dimplugd/sdk-go/frames"
 	"github.com/dimplugd/dimplugd/sdk-go/host"
+	"github.com/dimplugd/dimplugd/sdk-go/plugin"
 )
 
 func streamStage(name, kind, role, failure, deadline string, priority int) string {
@@ -651,5 +652,58 @@ func TestStreamNoLeaks(t *testing.T) {
 	}
 	if hub != "" {
 		t.Errorf("the frame hub still holds %s", hub)
+	}
+}
+
+// TestStreamOpenAndClose: a plugin hears of each stream before its first
+// frame (and may refuse it) and after its last, with why it ended.
+func TestStreamOpenAndClose(t *testing.T) {
+	td := startDaemon(t, testRuntime(t), fastSupervision)
+	td.install(t, pluginDir(t, testplugManifest("lifecycle", []string{"-frames", "pass"},
+		streamStage("pass", "video/segment", "transform", "fail-closed", "10s", 0)+
+			streamStage("refuse", "audio/segment", "transform", "fail-closed", "10s", 0))))
+	waitState(t, td.ctl, "lifecycle", 30*time.Second, "running", running)
+	s := dial(t, td.socket)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	closed := func(stage, want string) {
+		t.Helper()
+		for {
+			v, ok, _ := td.store.KV("lifecycle").Get("closed/" + stage)
+			if ok && string(v) == want {
+				td.store.KV("lifecycle").Delete("closed/" + stage)
+				return
+			}
+			if ctx.Err() != nil {
+				t.Fatalf("stage %s: CloseStream heard %q, want %q", stage, v, want)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+
+	st := openStream(t, s, "video/segment")
+	if out := roundTrip(t, st, []int{10, 20}); len(out) != 2 {
+		t.Fatalf("%d frames", len(out))
+	}
+	closed("pass", "<nil>")
+
+	st = openStream(t, s, "video/segment")
+	st.Send(ctx, &host.Frame{Data: []byte("x")})
+	st.Cancel()
+	closed("pass", plugin.ErrStreamCanceled.Error())
+
+	st = openStream(t, s, "audio/segment")
+	st.Send(ctx, &host.Frame{Data: []byte("x")})
+	_, err := st.Recv(ctx)
+	if err == nil || !strings.Contains(err.Error(), `plugin "lifecycle"`) || !strings.Contains(err.Error(), "will not take stream") {
+		t.Fatalf("a refused stream: %v", err)
+	}
+	v, _, _ := td.store.KV("lifecycle").Get("closed/refuse")
+	for !strings.HasPrefix(string(v), "will not take stream") && ctx.Err() == nil {
+		time.Sleep(10 * time.Millisecond)
+		v, _, _ = td.store.KV("lifecycle").Get("closed/refuse")
+	}
+	if !strings.HasPrefix(string(v), "will not take stream") {
+		t.Fatalf("CloseStream of the refused stream heard %q", v)
 	}
 }

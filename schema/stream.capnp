@@ -135,7 +135,8 @@ struct FrameRef {
 struct StreamEnd {
   # After an end, a plugin stops work on the stream and answers every frame
   # it was given and has not answered with "dropped": the daemon gives the
-  # frames' memory back to its owner only then.
+  # frames' memory back to its owner only then. Once done with the stream,
+  # the plugin acknowledges with an end of its own (no error).
   stream @0 :UInt64;
   error @1 :Text;            # empty: a clean end; else why the stream failed
   cancel @2 :Bool;           # the sender gave up (host or daemon)

@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/dimplugd/dimplugd/sdk-go/plugin"
@@ -142,5 +144,62 @@ func TestFramesThroughHarness(t *testing.T) {
 	obs := h.OpenStream("video/segment", "observe", plugin.StreamMeta{})
 	if err := obs.Observe(&plugin.Frame{Seq: 4, Data: []byte("seen")}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// lifecycle records stream opens and closes.
+type lifecycle struct {
+	framer
+	mu     sync.Mutex
+	events []string
+}
+
+func (l *lifecycle) OpenStream(ctx context.Context, s *plugin.Stream) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.events = append(l.events, fmt.Sprintf("open %s", s.Kind))
+	if s.Kind == "audio/segment" {
+		return errors.New("no audio here")
+	}
+	return nil
+}
+
+func (l *lifecycle) CloseStream(ctx context.Context, s *plugin.Stream, err error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.events = append(l.events, fmt.Sprintf("close %s: %v", s.Kind, err))
+}
+
+// TestStreamLifecycle: OpenStream before the first frame (an error fails
+// the stream), CloseStream after the last, with why; plugintest's Close and
+// Cancel return once the plugin is done.
+func TestStreamLifecycle(t *testing.T) {
+	l := &lifecycle{}
+	h := plugintest.Start(t, l)
+	st := h.OpenStream("video/segment", "transform", plugin.StreamMeta{})
+	if _, err := st.Filter(&plugin.Frame{Seq: 3}); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	st = h.OpenStream("video/segment", "transform", plugin.StreamMeta{})
+	if err := st.Cancel(); err != nil {
+		t.Fatal(err)
+	}
+	st = h.OpenStream("audio/segment", "transform", plugin.StreamMeta{})
+	if _, err := st.Filter(&plugin.Frame{Seq: 1, Data: []byte("a")}); err == nil || !strings.Contains(err.Error(), "no audio here") {
+		t.Fatalf("a refused stream: %v", err)
+	}
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	l.mu.Lock()
+	got := strings.Join(l.events, "; ")
+	l.mu.Unlock()
+	want := "open video/segment; close video/segment: <nil>; open video/segment; close video/segment: " + plugin.ErrStreamCanceled.Error() +
+		"; open audio/segment; close audio/segment: no audio here"
+	if got != want {
+		t.Fatalf("events\n got %s\nwant %s", got, want)
 	}
 }

@@ -64,6 +64,10 @@ type Stream struct {
 	id uint64
 }
 
+// ID identifies the stream among those the plugin instance sees (it is the
+// daemon's number for the stream on this plugin's connection).
+func (s *Stream) ID() uint64 { return s.id }
+
 // NewFrame returns a frame with n bytes of the plugin's shared memory, for
 // a transform that makes new frames: returning it passes it on without a
 // copy. It waits while the plugin's pool is full.
@@ -83,6 +87,27 @@ func (s *Stream) NewFrame(ctx context.Context, n int) (*Frame, error) {
 type FrameFilter interface {
 	FilterFrame(ctx context.Context, s *Stream, f *Frame) ([]*Frame, error)
 }
+
+// StreamOpener is told of each new stream before its first frame, on the
+// goroutine that then handles the stream's frames. An error fails the
+// stream at this stage (by the stage's failure policy).
+type StreamOpener interface {
+	OpenStream(ctx context.Context, s *Stream) error
+}
+
+// StreamCloser is told when a stream has ended, after its last frame: err
+// is nil when the stream ran its course, ErrStreamCanceled when the host
+// cancelled it or another stage failed it, or the error that ended it here.
+type StreamCloser interface {
+	CloseStream(ctx context.Context, s *Stream, err error)
+}
+
+// ErrStreamCanceled is what StreamCloser hears for a stream that was
+// cancelled (by the host, or because another stage failed it).
+var ErrStreamCanceled = errors.New("the stream was cancelled")
+
+// errFramesClosed is what StreamCloser hears when the daemon went away.
+var errFramesClosed = errors.New("the frame socket closed")
 
 // FrameObserver sees the frames of the stream kinds its manifest declares
 // with role "observe", after the chain. It cannot change them. A slow
@@ -121,6 +146,7 @@ type streamWorker struct {
 	mu     sync.Mutex
 	queue  []*Frame
 	closed bool          // no more frames will come
+	why    error         // why, when not a clean end
 	wake   chan struct{} // capacity 1: queue grew or closed
 }
 
@@ -131,11 +157,21 @@ func (w *streamWorker) push(f *Frame) {
 	w.signal()
 }
 
-func (w *streamWorker) close() {
+// close ends the queue; why is nil for a clean end.
+func (w *streamWorker) close(why error) {
 	w.mu.Lock()
 	w.closed = true
+	if w.why == nil {
+		w.why = why
+	}
 	w.mu.Unlock()
 	w.signal()
+}
+
+func (w *streamWorker) endReason() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.why
 }
 
 func (w *streamWorker) signal() {
@@ -198,7 +234,7 @@ func (fs *frameServer) serve() {
 	fs.mu.Lock()
 	for id, w := range fs.streams {
 		w.cancel()
-		w.close()
+		w.close(errFramesClosed)
 		delete(fs.streams, id)
 	}
 	for c := range fs.lanes {
@@ -295,10 +331,12 @@ func (fs *frameServer) handle(fm schema.FrameMsg, fds []*os.File) {
 		delete(fs.streams, e.Stream())
 		fs.mu.Unlock()
 		if w != nil {
+			var why error
 			if e.Cancel() {
+				why = ErrStreamCanceled
 				w.cancel()
 			}
-			w.close() // the worker finishes what is queued
+			w.close(why) // the worker finishes what is queued
 		}
 	}
 }
@@ -331,6 +369,31 @@ func (fs *frameServer) open(o schema.StreamOpen) {
 	go func() { // one per stream; ends when the stream ends or the socket closes
 		defer fs.wg.Done()
 		defer cancel()
+		var failed error // why the stream failed here
+		if o, ok := fs.p.(StreamOpener); ok {
+			if err := safely("stream opener", func() error { return o.OpenStream(ctx, s) }); err != nil {
+				failed = err
+				fs.sendEnd(s.id, err.Error())
+				w.cancel()
+			}
+		}
+		defer func() {
+			c, ok := fs.p.(StreamCloser)
+			if !ok {
+				return
+			}
+			why := failed
+			if why == nil {
+				why = w.endReason()
+			}
+			_ = safely("stream closer", func() error { c.CloseStream(context.Background(), s, why); return nil })
+		}()
+		defer func() {
+			// Acknowledge the daemon's end once done with the stream.
+			if w.endReason() != errFramesClosed {
+				fs.sendEnd(s.id, "")
+			}
+		}()
 		for {
 			f, more, ok := w.next()
 			if !ok {
@@ -339,6 +402,7 @@ func (fs *frameServer) open(o schema.StreamOpen) {
 			if ctx.Err() != nil {
 				fs.skip(s, f) // cancelled: answer without work
 			} else if err := fs.process(ctx, s, f); err != nil {
+				failed = err
 				fs.sendEnd(s.id, err.Error())
 				w.cancel()
 				fs.skip(s, f) // the daemon counts on an answer for every frame

@@ -176,6 +176,19 @@ func (p *testPlug) FilterFrame(ctx context.Context, s *plugin.Stream, f *plugin.
 	return []*plugin.Frame{f}, nil
 }
 
+// OpenStream refuses streams of stages named "refuse".
+func (p *testPlug) OpenStream(ctx context.Context, s *plugin.Stream) error {
+	if s.Stage == "refuse" {
+		return fmt.Errorf("will not take stream %d", s.ID())
+	}
+	return nil
+}
+
+// CloseStream records why a stream ended in KV "closed/<stage>".
+func (p *testPlug) CloseStream(ctx context.Context, s *plugin.Stream, err error) {
+	_ = p.host.KV.Set(ctx, "closed/"+s.Stage, []byte(fmt.Sprint(err)))
+}
+
 // ObserveFrame counts frames and bytes per stream kind in the KV store.
 func (p *testPlug) ObserveFrame(ctx context.Context, s *plugin.Stream, f *plugin.Frame) {
 	p.mu.Lock()

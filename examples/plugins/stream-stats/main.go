@@ -21,6 +21,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -36,11 +37,6 @@ import (
 // keep is how many streams the key-value store keeps; older ones go.
 const keep = 100
 
-// idleForget is how long a stream unseen stays in memory. The SDK does not
-// tell observers when a stream ends; a stream that resumes after this gets
-// a new id.
-const idleForget = 10 * time.Minute
-
 // Stats are one stream's statistics, as stored and served.
 type Stats struct {
 	ID        int64             `json:"id"`
@@ -52,6 +48,8 @@ type Stats struct {
 	Extra     map[string]string `json:"extra,omitempty"`
 	FirstSeen time.Time         `json:"first_seen"`
 	LastSeen  time.Time         `json:"last_seen"`
+	Ended     *time.Time        `json:"ended,omitempty"`     // when the stream ended; absent while it runs
+	EndedHow  string            `json:"ended_how,omitempty"` // "completed", "cancelled" or "failed: why"
 
 	Frames       int   `json:"frames"`        // every frame seen
 	InitSegments int   `json:"init_segments"` // ftyp+moov
@@ -105,7 +103,6 @@ type statsPlugin struct {
 	mu      sync.Mutex
 	nextID  int64
 	streams map[*plugin.Stream]*live
-	swept   time.Time
 	pending map[string][]byte // KV writes not yet done
 	created bool              // a stream was created since the last prune
 
@@ -247,14 +244,34 @@ func (p *statsPlugin) ObserveFrame(ctx context.Context, s *plugin.Stream, f *plu
 	}
 	b, _ := json.Marshal(st)
 	p.pending[streamKey(st.ID)] = b
-	if now.Sub(p.swept) > time.Minute {
-		p.swept = now
-		for k, o := range p.streams {
-			if now.Sub(o.st.LastSeen) > idleForget {
-				delete(p.streams, k)
-			}
-		}
+	select {
+	case p.wake <- struct{}{}:
+	default:
 	}
+}
+
+// CloseStream records how a stream ended and forgets it (its statistics
+// stay in the key-value store).
+func (p *statsPlugin) CloseStream(ctx context.Context, s *plugin.Stream, err error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	l := p.streams[s]
+	if l == nil { // no frame seen: nothing to record
+		return
+	}
+	delete(p.streams, s)
+	ended := p.now().UTC()
+	l.st.Ended = &ended
+	switch {
+	case err == nil:
+		l.st.EndedHow = "completed"
+	case errors.Is(err, plugin.ErrStreamCanceled):
+		l.st.EndedHow = "cancelled"
+	default:
+		l.st.EndedHow = "failed: " + err.Error()
+	}
+	b, _ := json.Marshal(l.st)
+	p.pending[streamKey(l.st.ID)] = b
 	select {
 	case p.wake <- struct{}{}:
 	default:

@@ -195,6 +195,19 @@ func TestStats(t *testing.T) {
 	if status, body := route(t, h, "stream", "1", "", 1); status != 200 || !bytes.Contains(body, []byte(`"segments":4`)) {
 		t.Errorf("stream 1: %d %s", status, body)
 	}
+	if bytes.Contains(kv["streams/00000001"], []byte(`"ended`)) {
+		t.Errorf("a running stream is marked ended: %s", kv["streams/00000001"])
+	}
+	// The end of a stream is recorded: run to its end, or cancelled.
+	audio := &plugin.Stream{Kind: "audio/segment", Stage: "audio", Role: "observe", Meta: plugin.StreamMeta{MediaID: 42, Track: "42-audio"}}
+	observe(p, audio, 0, 0, false, initSeg(48000, 1024, 0))
+	p.CloseStream(context.Background(), video, nil)
+	p.CloseStream(context.Background(), audio, plugin.ErrStreamCanceled)
+	for id, how := range map[string]string{"1": `"ended_how":"completed"`, "2": `"ended_how":"cancelled"`} {
+		if status, body := route(t, h, "stream", id, "", 1); status != 200 || !bytes.Contains(body, []byte(how)) || !bytes.Contains(body, []byte(`"ended":"`)) {
+			t.Errorf("stream %s after its end: %d %s", id, status, body)
+		}
+	}
 }
 
 // Without the host's durations and timescale, the segments' samples and the

@@ -267,6 +267,38 @@ func (st *Stream) answer(fm schema.FrameMsg, in frames.Slot, sent *plugin.Frame)
 	return last, out, nil
 }
 
+// Close ends the stream as the daemon does when it ran its course, and
+// waits until the plugin is done with it (after its StreamCloser, if any).
+func (st *Stream) Close() error { return st.end(false) }
+
+// Cancel cancels the stream as the daemon does when the host gives up, and
+// waits until the plugin is done with it.
+func (st *Stream) Cancel() error { return st.end(true) }
+
+func (st *Stream) end(cancel bool) error {
+	fp := st.h.frames
+	if err := fp.conn.SendEnd(st.id, "", cancel); err != nil {
+		return err
+	}
+	for {
+		var fm schema.FrameMsg
+		var ok bool
+		select {
+		case fm, ok = <-st.ch:
+		case <-time.After(st.h.Deadline):
+			return fmt.Errorf("plugintest: the plugin did not finish the stream within %s", st.h.Deadline)
+		}
+		if !ok {
+			return fmt.Errorf("plugintest: the plugin closed its frame socket")
+		}
+		isEnd := fm.Which() == schema.FrameMsg_Which_end
+		st.ch <- fm // let the reader release the message
+		if isEnd {
+			return nil
+		}
+	}
+}
+
 // Observe sends one frame to an observer and waits until it has seen it.
 func (st *Stream) Observe(f *plugin.Frame) error {
 	fp := st.h.frames
