@@ -437,7 +437,7 @@ func TestStandbyRestart(t *testing.T) {
 	}
 	syscall.Kill(first.PID, syscall.SIGKILL)
 	again := waitState(t, td.ctl, "phoenix", 20*time.Second, "restarted", func(s *host.PluginStatus) bool {
-		return s.State == StateRunning && s.PID != first.PID
+		return s.State == StateRunning && s.PID != first.PID && s.PID != 0
 	})
 	if again.PID != sb {
 		t.Errorf("restarted as pid %d, not from the standby (pid %d)", again.PID, sb)

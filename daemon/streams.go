@@ -238,7 +238,7 @@ type stage struct {
 	plugin  string
 	fifo    []inflight  // frames sent and not yet answered, in order
 	timer   *time.Timer // set while armed for the head's deadline
-	skipped map[uint64]bool
+	late    []inflight // frames passed on after a missed deadline, answer still due; each keeps its hold
 	dead    bool   // bypassed (fail-open after a crash)
 	dropped uint64 // observers: frames missed for lack of credit
 }
@@ -525,7 +525,7 @@ func (h *frameHub) openLocked(host *framePeer, so schema.StreamOpen) {
 			continue
 		}
 		h.nextSID++
-		st := &stage{s: s, peer: peer, sid: h.nextSID, spec: c.spec, plugin: c.u.name, skipped: map[uint64]bool{}}
+		st := &stage{s: s, peer: peer, sid: h.nextSID, spec: c.spec, plugin: c.u.name}
 		if c.spec.Role == manifest.RoleObserve {
 			s.observers = append(s.observers, st)
 		} else {
@@ -745,11 +745,11 @@ func (h *frameHub) stageFrameLocked(p *framePeer, sid uint64, out frameData) {
 		h.drainAnswerLocked(st, out)
 		return
 	}
-	if st.skipped[out.Seq] || st.dead {
+	if h.lateAnswerLocked(st, out) {
+		return
+	}
+	if st.dead {
 		h.dropOutputLocked(p, out, nil)
-		if out.parts <= 1 || out.part+1 >= out.parts {
-			delete(st.skipped, out.Seq)
-		}
 		return
 	}
 	if len(st.fifo) == 0 || st.fifo[0].seq != out.Seq {
@@ -842,8 +842,13 @@ func (h *frameHub) expire(st *stage) {
 		}
 		st.popLocked()
 		h.drained.Broadcast()
-		st.skipped[e.seq] = true
-		h.forwardLocked(st.s, st.index+1, e.frame) // the hold moves on
+		// The frame passes on, but the plugin may still be using its
+		// memory: the stage keeps a hold until its late answer.
+		if e.frame.shared {
+			h.refs[e.frame.ref]++
+		}
+		st.late = append(st.late, e)
+		h.forwardLocked(st.s, st.index+1, e.frame)
 		h.maybeEndStageLocked(st)
 	}
 	h.armLocked(st)
@@ -853,13 +858,17 @@ func (h *frameHub) expire(st *stage) {
 // plugin may have been using the frame's memory until now, so only now does
 // its hold end. The stage is forgotten once it has answered everything.
 func (h *frameHub) drainAnswerLocked(st *stage, out frameData) {
+	if h.lateAnswerLocked(st, out) {
+		if len(st.fifo) == 0 && len(st.late) == 0 {
+			h.releaseStageLocked(st)
+		}
+		return
+	}
 	h.dropOutputLocked(st.peer, out, nil)
 	if !out.dropped && out.parts > 1 && out.part+1 < out.parts {
 		return // more parts to come
 	}
 	switch {
-	case st.skipped[out.Seq]:
-		delete(st.skipped, out.Seq)
 	case len(st.fifo) > 0 && st.fifo[0].seq == out.Seq:
 		e := st.fifo[0]
 		st.popLocked()
@@ -870,21 +879,40 @@ func (h *frameHub) drainAnswerLocked(st *stage, out frameData) {
 		h.releaseStageLocked(st)
 		return
 	}
-	if len(st.fifo) == 0 {
+	if len(st.fifo) == 0 && len(st.late) == 0 {
 		h.releaseStageLocked(st)
 	}
+}
+
+// lateAnswerLocked takes an answer to a frame the stage missed the
+// deadline for (answers come in order, so the late ones come first): it is
+// dropped, and the last part ends the stage's hold.
+func (h *frameHub) lateAnswerLocked(st *stage, out frameData) bool {
+	if len(st.late) == 0 {
+		return false
+	}
+	h.dropOutputLocked(st.peer, out, nil)
+	if out.dropped || out.parts <= 1 || out.part+1 >= out.parts {
+		e := st.late[0]
+		st.late[0] = inflight{}
+		st.late = st.late[1:]
+		if e.frame.shared {
+			h.unrefLocked(e.frame.ref, e.frame.length)
+		}
+	}
+	return true
 }
 
 // releaseStageLocked ends a stage of an ended stream: its holds are let go
 // and its answers are no longer expected.
 func (h *frameHub) releaseStageLocked(st *stage) {
 	st.disarmLocked()
-	for _, e := range st.fifo {
+	for _, e := range append(st.fifo, st.late...) {
 		if e.frame.shared {
 			h.unrefLocked(e.frame.ref, e.frame.length)
 		}
 	}
-	st.fifo = nil
+	st.fifo, st.late = nil, nil
 	if h.stages[[2]uint64{st.peer.id, st.sid}] == st {
 		delete(h.stages, [2]uint64{st.peer.id, st.sid})
 	}
@@ -903,6 +931,14 @@ func (h *frameHub) failStageLocked(st *stage, why string) {
 		}
 		st.dead = true
 		st.disarmLocked()
+		if st.peer.gone { // no late answers will come
+			for _, e := range st.late {
+				if e.frame.shared {
+					h.unrefLocked(e.frame.ref, e.frame.length)
+				}
+			}
+			st.late = nil
+		}
 		defer h.drained.Broadcast()
 		// Pop one at a time: the stream must not look finished while
 		// frames are still being passed on.
@@ -987,13 +1023,13 @@ func (h *frameHub) endStreamLocked(s *stream, why string) {
 			// Frames still at the stage mean the stream did not run
 			// its course (a failure, a cancel, a host gone): the plugin
 			// is to stop, not finish them.
-			h.sendEndLocked(st.peer, st.sid, "", why != "" || len(st.fifo) > 0)
+			h.sendEndLocked(st.peer, st.sid, "", why != "" || len(st.fifo)+len(st.late) > 0)
 		}
 		// A plugin still holding frames keeps them until it answers
 		// (it is told to stop, and answers what it has not started
 		// with "dropped"): until then, their memory is not given
 		// back to be reused under it.
-		if st.peer.gone || len(st.fifo) == 0 {
+		if st.peer.gone || len(st.fifo)+len(st.late) == 0 {
 			h.releaseStageLocked(st)
 		}
 	}

@@ -707,3 +707,122 @@ func TestStreamOpenAndClose(t *testing.T) {
 		t.Fatalf("CloseStream of the refused stream heard %q", v)
 	}
 }
+
+// TestStreamDeadlines: a stage that misses a frame's deadline ends a
+// fail-closed stream with an error naming it, and under fail-open the
+// frame passes on untouched; late answers are dropped, in order, and every
+// hold ends.
+func TestStreamDeadlines(t *testing.T) {
+	td := startDaemon(t, testRuntime(t), fastSupervision)
+	td.install(t, pluginDir(t, testplugManifest("slow-closed", []string{"-frames", "slow"}, streamStage("s", "video/segment", "transform", "fail-closed", "20ms", 0))))
+	td.install(t, pluginDir(t, testplugManifest("slow-open", []string{"-frames", "slow"}, streamStage("s", "audio/segment", "transform", "fail-open", "20ms", 0))))
+	waitState(t, td.ctl, "slow-closed", 30*time.Second, "running", running)
+	waitState(t, td.ctl, "slow-open", 30*time.Second, "running", running)
+	s := dial(t, td.socket)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+
+	st := openStream(t, s, "video/segment")
+	for i := 0; i < 3; i++ {
+		st.Send(ctx, &host.Frame{Seq: uint64(i), Data: pattern(uint64(i), 8<<10)})
+	}
+	_, err := st.Recv(ctx)
+	if err == nil || !strings.Contains(err.Error(), `plugin "slow-closed"`) || !strings.Contains(err.Error(), "missed its 20ms deadline on frame 0") {
+		t.Fatalf("fail-closed: %v", err)
+	}
+
+	// Fail-open, with every frame numbered 0: late answers are matched by
+	// their order, not their numbers.
+	st = openStream(t, s, "audio/segment")
+	go func() {
+		for i := 0; i < 6; i++ {
+			f, err := st.NewFrame(ctx, 8<<10)
+			if err != nil {
+				return
+			}
+			copy(f.Data, pattern(uint64(i), 8<<10))
+			st.Send(ctx, f)
+		}
+		st.CloseSend()
+	}()
+	for i := 0; i < 6; i++ {
+		f, err := st.Recv(ctx)
+		if err != nil {
+			t.Fatalf("fail-open, frame %d: %v", i, err)
+		}
+		if !bytes.Equal(f.Data, pattern(uint64(i), 8<<10)) {
+			t.Fatalf("fail-open, frame %d: not the untouched input", i)
+		}
+		f.Release()
+	}
+	if _, err := st.Recv(ctx); !errors.Is(err, io.EOF) {
+		t.Fatalf("fail-open end: %v", err)
+	}
+	for heldRefs(td) != 0 {
+		if ctx.Err() != nil {
+			t.Fatalf("the daemon still counts %d holds after the late answers", heldRefs(td))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	logs, err := td.ctl.Logs(ctx, "slow-open", 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !containsLine(logs, "missed its 20ms deadline on frame 0; passing it through untouched (fail-open)") {
+		t.Fatalf("the plugin's log does not say why frames passed it by: %+v", logs)
+	}
+}
+
+// TestStreamLateAnswerKeepsMemory: a frame passed on after its stage
+// missed the deadline (fail-open) goes back to its producer only once that
+// stage answered too: the plugin may still be writing into it.
+func TestStreamLateAnswerKeepsMemory(t *testing.T) {
+	td := startDaemon(t, testRuntime(t), fastSupervision)
+	td.install(t, pluginDir(t, testplugManifest("stubborn", []string{"-frames", "stubborn"}, streamStage("s", "video/segment", "transform", "fail-open", "50ms", 0))))
+	waitState(t, td.ctl, "stubborn", 30*time.Second, "running", running)
+	conn, prod := rawFrameClient(t, td.socket)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	kv := func() string { v, _, _ := td.store.KV("stubborn").Get("stubborn"); return string(v) }
+	if err := conn.Send(func(m schema.FrameMsg) error {
+		o, err := m.NewOpen()
+		if err != nil {
+			return err
+		}
+		o.SetStream(1)
+		return o.SetKind("video/segment")
+	}); err != nil {
+		t.Fatal(err)
+	}
+	_, done := nextMsg(t, conn, schema.FrameMsg_Which_opened)
+	done()
+	slot, err := prod.Alloc(ctx, 64<<10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := frames.Ref{Pool: slot.Pool, Offset: uint64(slot.Off), Length: uint64(slot.Len)}
+	if err := conn.SendFrame(1, frames.Header{Seq: 1}, 0, 1, nil, &ref); err != nil {
+		t.Fatal(err)
+	}
+	fm, done := nextMsg(t, conn, schema.FrameMsg_Which_frame)
+	f, _ := fm.Frame()
+	if f.Returned() {
+		t.Fatal("a frame the late stage still holds came back marked returned")
+	}
+	done()
+	if got := kv(); got != "started" {
+		t.Fatalf("the frame came back before the deadline passed (plugin: %q)", got)
+	}
+	if err := conn.SendRelease(0, ref.Pool, ref.Offset, ref.Length); err != nil {
+		t.Fatal(err)
+	}
+	fm, done = nextMsg(t, conn, schema.FrameMsg_Which_release)
+	rel, _ := fm.Release()
+	if rel.Pool() != ref.Pool || rel.Offset() != ref.Offset {
+		t.Fatalf("released %d+%d, want %d+%d", rel.Pool(), rel.Offset(), ref.Pool, ref.Offset)
+	}
+	done()
+	if got := kv(); got != "done" {
+		t.Fatalf("the frame's memory came back while the late plugin was still on it (plugin: %q)", got)
+	}
+}

@@ -160,6 +160,7 @@ func (u *unit) run(ctx context.Context) {
 		}
 		reason, crash := u.supervise(ctx, inst)
 		if crash {
+			u.setState(StateBackoff, reason) // not "running" while it is torn down
 			u.teardown(inst)
 			if !u.crashed(ctx, reason) {
 				return
@@ -712,6 +713,9 @@ func (u *unit) teardown(inst *instance) {
 	u.mu.Lock()
 	if u.inst == inst {
 		u.inst = nil
+		if u.state == StateRunning { // no status says running without an instance
+			u.state, u.detail = StateStopped, "stopping"
+		}
 	}
 	u.mu.Unlock()
 	inst.plugin.Release()
