@@ -238,9 +238,9 @@ type stage struct {
 	plugin  string
 	fifo    []inflight  // frames sent and not yet answered, in order
 	timer   *time.Timer // set while armed for the head's deadline
-	late    []inflight // frames passed on after a missed deadline, answer still due; each keeps its hold
-	dead    bool   // bypassed (fail-open after a crash)
-	dropped uint64 // observers: frames missed for lack of credit
+	late    []inflight  // frames passed on after a missed deadline, answer still due; each keeps its hold
+	dead    bool        // bypassed (fail-open after a crash)
+	dropped uint64      // observers: frames missed for lack of credit
 }
 
 type inflight struct {
