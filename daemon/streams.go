@@ -513,7 +513,7 @@ func (h *frameHub) openLocked(host *framePeer, so schema.StreamOpen) {
 		}
 		return cands[i].u.name < cands[j].u.name
 	})
-	var names []string
+	var names, roles []string
 	for _, c := range cands {
 		peer := c.u.framePeer()
 		if peer == nil || peer.gone {
@@ -554,6 +554,7 @@ func (h *frameHub) openLocked(host *framePeer, so schema.StreamOpen) {
 	h.streams[[2]uint64{host.id, s.id}] = s
 	for _, st := range append(append([]*stage{}, s.stages...), s.observers...) {
 		names = append(names, st.plugin+"/"+st.spec.Name)
+		roles = append(roles, string(st.spec.Role))
 	}
 	_ = host.send(func(m schema.FrameMsg) error {
 		o, err := m.NewOpened()
@@ -565,8 +566,15 @@ func (h *frameHub) openLocked(host *framePeer, so schema.StreamOpen) {
 		if err != nil {
 			return err
 		}
-		for i, n := range names {
-			if err := l.Set(i, n); err != nil {
+		r, err := o.NewRoles(int32(len(roles)))
+		if err != nil {
+			return err
+		}
+		for i := range names {
+			if err := l.Set(i, names[i]); err != nil {
+				return err
+			}
+			if err := r.Set(i, roles[i]); err != nil {
 				return err
 			}
 		}

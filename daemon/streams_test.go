@@ -113,6 +113,13 @@ func TestStreamChain(t *testing.T) {
 	if got := strings.Join(st.Stages(), " "); got != "xorer/flip tagger/tag watcher/stats" {
 		t.Fatalf("chain = %q", got)
 	}
+	var roles []string
+	for _, stg := range st.Chain() {
+		roles = append(roles, stg.Plugin+" "+stg.Name+" "+stg.Role)
+	}
+	if got := strings.Join(roles, ", "); got != "xorer flip transform, tagger tag transform, watcher stats observe" {
+		t.Fatalf("chain with roles = %s", got)
+	}
 	sizes := []int{4 << 10, 75 << 10, 256 << 10, 1 << 20, 6 << 20, 100, 0, 3 << 20}
 	out := roundTrip(t, st, sizes)
 	if len(out) != len(sizes) {
@@ -451,6 +458,51 @@ func nextMsg(t *testing.T, c *frames.Conn, kinds ...schema.FrameMsg_Which) (sche
 	}
 }
 
+// openRaw opens stream sid of kind on a raw client and waits until the
+// daemon says it is open.
+func openRaw(t *testing.T, conn *frames.Conn, sid uint64, kind string) {
+	t.Helper()
+	if err := conn.Send(func(m schema.FrameMsg) error {
+		o, err := m.NewOpen()
+		if err != nil {
+			return err
+		}
+		o.SetStream(sid)
+		return o.SetKind(kind)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	_, done := nextMsg(t, conn, schema.FrameMsg_Which_opened)
+	done()
+}
+
+// sendRaw sends a frame of n bytes of the client's shared memory, holding
+// text, and returns its descriptor.
+func sendRaw(t *testing.T, ctx context.Context, conn *frames.Conn, prod *frames.Producer, sid, seq uint64, n int, text string) frames.Ref {
+	t.Helper()
+	slot, err := prod.Alloc(ctx, int64(n))
+	if err != nil {
+		t.Fatal(err)
+	}
+	copy(slot.Data, text)
+	ref := frames.Ref{Pool: slot.Pool, Offset: uint64(slot.Off), Length: uint64(slot.Len)}
+	if err := conn.SendFrame(sid, frames.Header{Seq: seq}, 0, 1, nil, &ref); err != nil {
+		t.Fatal(err)
+	}
+	return ref
+}
+
+// awaitRelease waits for the daemon to give ref back.
+func awaitRelease(t *testing.T, conn *frames.Conn, ref frames.Ref) {
+	t.Helper()
+	fm, done := nextMsg(t, conn, schema.FrameMsg_Which_release)
+	defer done()
+	rel, _ := fm.Release()
+	if rel.Pool() != ref.Pool || rel.Offset() != ref.Offset {
+		t.Fatalf("released %d+%d, want %d+%d", rel.Pool(), rel.Offset(), ref.Pool, ref.Offset)
+	}
+}
+
 // TestStreamReturnedFrames: a frame that comes back to the host that owns
 // its memory, with nobody else holding it, is marked returned (the host
 // frees it without a Release round trip); while an observer holds it too,
@@ -471,27 +523,8 @@ func TestStreamReturnedFrames(t *testing.T) {
 	}{{"video/segment", true}, {"audio/segment", false}} {
 		t.Run(tt.kind, func(t *testing.T) {
 			sid := uint64(i + 1)
-			if err := conn.Send(func(m schema.FrameMsg) error {
-				o, err := m.NewOpen()
-				if err != nil {
-					return err
-				}
-				o.SetStream(sid)
-				return o.SetKind(tt.kind)
-			}); err != nil {
-				t.Fatal(err)
-			}
-			_, done := nextMsg(t, conn, schema.FrameMsg_Which_opened)
-			done()
-			slot, err := prod.Alloc(ctx, 4096)
-			if err != nil {
-				t.Fatal(err)
-			}
-			copy(slot.Data, "returned?")
-			ref := frames.Ref{Pool: slot.Pool, Offset: uint64(slot.Off), Length: uint64(slot.Len)}
-			if err := conn.SendFrame(sid, frames.Header{Seq: 7}, 0, 1, nil, &ref); err != nil {
-				t.Fatal(err)
-			}
+			openRaw(t, conn, sid, tt.kind)
+			ref := sendRaw(t, ctx, conn, prod, sid, 7, 4096, "returned?")
 			fm, done := nextMsg(t, conn, schema.FrameMsg_Which_frame)
 			f, _ := fm.Frame()
 			r, err := f.Data().Ref()
@@ -515,12 +548,7 @@ func TestStreamReturnedFrames(t *testing.T) {
 			if err := conn.SendRelease(0, ref.Pool, ref.Offset, ref.Length); err != nil {
 				t.Fatal(err)
 			}
-			fm, done = nextMsg(t, conn, schema.FrameMsg_Which_release)
-			rel, _ := fm.Release()
-			if rel.Pool() != ref.Pool || rel.Offset() != ref.Offset {
-				t.Fatalf("released %d+%d, want %d+%d", rel.Pool(), rel.Offset(), ref.Pool, ref.Offset)
-			}
-			done()
+			awaitRelease(t, conn, ref)
 		})
 	}
 }
@@ -533,39 +561,28 @@ func heldRefs(td *testDaemon) int {
 	return len(h.refs)
 }
 
+// stubbornStream starts a plugin that works 500ms on every frame whatever
+// happens (KV "stubborn" says "started", then "done"), opens stream 1 to
+// it on a raw client and sends it one frame of shared memory.
+func stubbornStream(t *testing.T, failure, deadline string) (*testDaemon, *frames.Conn, frames.Ref, func() string, context.Context) {
+	t.Helper()
+	td := startDaemon(t, testRuntime(t), fastSupervision)
+	td.install(t, pluginDir(t, testplugManifest("stubborn", []string{"-frames", "stubborn"}, streamStage("s", "video/segment", "transform", failure, deadline, 0))))
+	waitState(t, td.ctl, "stubborn", 30*time.Second, "running", running)
+	conn, prod := rawFrameClient(t, td.socket)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	t.Cleanup(cancel)
+	kv := func() string { v, _, _ := td.store.KV("stubborn").Get("stubborn"); return string(v) }
+	openRaw(t, conn, 1, "video/segment")
+	return td, conn, sendRaw(t, ctx, conn, prod, 1, 1, 64<<10, ""), kv, ctx
+}
+
 // TestStreamCancelKeepsMemoryUntilAnswered: when a stream is cancelled
 // while a plugin works on a frame, the frame's memory goes back to the
 // host only once the plugin has answered: a plugin that ignores the cancel
 // must not be writing into memory the host already reuses.
 func TestStreamCancelKeepsMemoryUntilAnswered(t *testing.T) {
-	td := startDaemon(t, testRuntime(t), fastSupervision)
-	td.install(t, pluginDir(t, testplugManifest("stubborn", []string{"-frames", "stubborn"}, streamStage("s", "video/segment", "transform", "fail-closed", "10s", 0))))
-	waitState(t, td.ctl, "stubborn", 30*time.Second, "running", running)
-	conn, prod := rawFrameClient(t, td.socket)
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	kv := func() string { v, _, _ := td.store.KV("stubborn").Get("stubborn"); return string(v) }
-
-	if err := conn.Send(func(m schema.FrameMsg) error {
-		o, err := m.NewOpen()
-		if err != nil {
-			return err
-		}
-		o.SetStream(1)
-		return o.SetKind("video/segment")
-	}); err != nil {
-		t.Fatal(err)
-	}
-	_, done := nextMsg(t, conn, schema.FrameMsg_Which_opened)
-	done()
-	slot, err := prod.Alloc(ctx, 64<<10)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ref := frames.Ref{Pool: slot.Pool, Offset: uint64(slot.Off), Length: uint64(slot.Len)}
-	if err := conn.SendFrame(1, frames.Header{Seq: 1}, 0, 1, nil, &ref); err != nil {
-		t.Fatal(err)
-	}
+	td, conn, ref, kv, ctx := stubbornStream(t, "fail-closed", "10s")
 	for kv() != "started" {
 		if ctx.Err() != nil {
 			t.Fatal("the plugin never started on the frame")
@@ -575,12 +592,7 @@ func TestStreamCancelKeepsMemoryUntilAnswered(t *testing.T) {
 	if err := conn.SendEnd(1, "", true); err != nil {
 		t.Fatal(err)
 	}
-	fm, done := nextMsg(t, conn, schema.FrameMsg_Which_release)
-	rel, _ := fm.Release()
-	if rel.Pool() != ref.Pool || rel.Offset() != ref.Offset {
-		t.Fatalf("released %d+%d, want %d+%d", rel.Pool(), rel.Offset(), ref.Pool, ref.Offset)
-	}
-	done()
+	awaitRelease(t, conn, ref)
 	if got := kv(); got != "done" {
 		t.Fatalf("the frame's memory came back while the plugin was still on it (plugin: %q)", got)
 	}
@@ -777,33 +789,7 @@ func TestStreamDeadlines(t *testing.T) {
 // missed the deadline (fail-open) goes back to its producer only once that
 // stage answered too: the plugin may still be writing into it.
 func TestStreamLateAnswerKeepsMemory(t *testing.T) {
-	td := startDaemon(t, testRuntime(t), fastSupervision)
-	td.install(t, pluginDir(t, testplugManifest("stubborn", []string{"-frames", "stubborn"}, streamStage("s", "video/segment", "transform", "fail-open", "50ms", 0))))
-	waitState(t, td.ctl, "stubborn", 30*time.Second, "running", running)
-	conn, prod := rawFrameClient(t, td.socket)
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	kv := func() string { v, _, _ := td.store.KV("stubborn").Get("stubborn"); return string(v) }
-	if err := conn.Send(func(m schema.FrameMsg) error {
-		o, err := m.NewOpen()
-		if err != nil {
-			return err
-		}
-		o.SetStream(1)
-		return o.SetKind("video/segment")
-	}); err != nil {
-		t.Fatal(err)
-	}
-	_, done := nextMsg(t, conn, schema.FrameMsg_Which_opened)
-	done()
-	slot, err := prod.Alloc(ctx, 64<<10)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ref := frames.Ref{Pool: slot.Pool, Offset: uint64(slot.Off), Length: uint64(slot.Len)}
-	if err := conn.SendFrame(1, frames.Header{Seq: 1}, 0, 1, nil, &ref); err != nil {
-		t.Fatal(err)
-	}
+	_, conn, ref, kv, _ := stubbornStream(t, "fail-open", "50ms")
 	fm, done := nextMsg(t, conn, schema.FrameMsg_Which_frame)
 	f, _ := fm.Frame()
 	if f.Returned() {
@@ -816,12 +802,7 @@ func TestStreamLateAnswerKeepsMemory(t *testing.T) {
 	if err := conn.SendRelease(0, ref.Pool, ref.Offset, ref.Length); err != nil {
 		t.Fatal(err)
 	}
-	fm, done = nextMsg(t, conn, schema.FrameMsg_Which_release)
-	rel, _ := fm.Release()
-	if rel.Pool() != ref.Pool || rel.Offset() != ref.Offset {
-		t.Fatalf("released %d+%d, want %d+%d", rel.Pool(), rel.Offset(), ref.Pool, ref.Offset)
-	}
-	done()
+	awaitRelease(t, conn, ref)
 	if got := kv(); got != "done" {
 		t.Fatalf("the frame's memory came back while the late plugin was still on it (plugin: %q)", got)
 	}

@@ -98,6 +98,7 @@ struct MetaEntry {
 struct StreamOpened {
   stream @0 :UInt64;
   stages @1 :List(Text); # "plugin/stage" in chain order, observers last
+  roles @2 :List(Text);  # each stage's role, "transform" or "observe"
 }
 
 struct Frame {

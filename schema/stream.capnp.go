@@ -1179,12 +1179,12 @@ type StreamOpened capnp.Struct
 const StreamOpened_TypeID = 0x8095ce4c44d285ad
 
 func NewStreamOpened(s *capnp.Segment) (StreamOpened, error) {
-	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 8, PointerCount: 1})
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 8, PointerCount: 2})
 	return StreamOpened(st), err
 }
 
 func NewRootStreamOpened(s *capnp.Segment) (StreamOpened, error) {
-	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 8, PointerCount: 1})
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 8, PointerCount: 2})
 	return StreamOpened(st), err
 }
 
@@ -1251,13 +1251,36 @@ func (s StreamOpened) NewStages(n int32) (capnp.TextList, error) {
 	err = capnp.Struct(s).SetPtr(0, l.ToPtr())
 	return l, err
 }
+func (s StreamOpened) Roles() (capnp.TextList, error) {
+	p, err := capnp.Struct(s).Ptr(1)
+	return capnp.TextList(p.List()), err
+}
+
+func (s StreamOpened) HasRoles() bool {
+	return capnp.Struct(s).HasPtr(1)
+}
+
+func (s StreamOpened) SetRoles(v capnp.TextList) error {
+	return capnp.Struct(s).SetPtr(1, v.ToPtr())
+}
+
+// NewRoles sets the roles field to a newly
+// allocated capnp.TextList, preferring placement in s's segment.
+func (s StreamOpened) NewRoles(n int32) (capnp.TextList, error) {
+	l, err := capnp.NewTextList(capnp.Struct(s).Segment(), n)
+	if err != nil {
+		return capnp.TextList{}, err
+	}
+	err = capnp.Struct(s).SetPtr(1, l.ToPtr())
+	return l, err
+}
 
 // StreamOpened_List is a list of StreamOpened.
 type StreamOpened_List = capnp.StructList[StreamOpened]
 
 // NewStreamOpened creates a new list of StreamOpened.
 func NewStreamOpened_List(s *capnp.Segment, sz int32) (StreamOpened_List, error) {
-	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 8, PointerCount: 1}, sz)
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 8, PointerCount: 2}, sz)
 	return capnp.StructList[StreamOpened](l), err
 }
 

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"strings"
 	"sync"
 
 	"github.com/dimplugd/dimplugd/schema"
@@ -193,12 +194,17 @@ func (fc *frameClient) handle(fm schema.FrameMsg, fds []*os.File) {
 		if err != nil {
 			break
 		}
-		var stages []string
-		if l, err := o.Stages(); err == nil {
-			for i := 0; i < l.Len(); i++ {
-				s, _ := l.At(i)
-				stages = append(stages, s)
+		var stages []Stage
+		names, _ := o.Stages()
+		roles, _ := o.Roles()
+		for i := 0; i < names.Len(); i++ {
+			name, _ := names.At(i)
+			var stg Stage
+			stg.Plugin, stg.Name, _ = strings.Cut(name, "/")
+			if i < roles.Len() {
+				stg.Role, _ = roles.At(i)
 			}
+			stages = append(stages, stg)
 		}
 		if st := fc.stream(o.Stream()); st != nil {
 			st.openedOnce.Do(func() { st.stages = stages; close(st.opened) })
@@ -297,7 +303,7 @@ type Stream struct {
 
 	opened     chan struct{}
 	openedOnce sync.Once
-	stages     []string
+	stages     []Stage
 
 	mu       sync.Mutex
 	queue    []*Frame
@@ -437,8 +443,28 @@ func (s *Session) frameClient(ctx context.Context) (*frameClient, error) {
 	return fc, nil
 }
 
-// Stages lists the chain, "plugin/stage" in order, observers last.
-func (st *Stream) Stages() []string { return st.stages }
+// Stage is one plugin's part in a stream's chain.
+type Stage struct {
+	Plugin string
+	Name   string // the stage's name in the plugin's manifest
+	Role   string // "transform" or "observe"
+}
+
+// String is "plugin/stage".
+func (s Stage) String() string { return s.Plugin + "/" + s.Name }
+
+// Chain lists the stream's stages: transforms in order, then observers.
+func (st *Stream) Chain() []Stage { return st.stages }
+
+// Stages lists the chain as "plugin/stage", transforms in order, then
+// observers.
+func (st *Stream) Stages() []string {
+	out := make([]string, len(st.stages))
+	for i, s := range st.stages {
+		out[i] = s.String()
+	}
+	return out
+}
 
 // NewFrame returns a frame whose Data is n bytes of shared memory, for a
 // producer to fill in place and Send: the bytes are never copied again. It

@@ -193,15 +193,9 @@ func (st *Stream) Filter(f *plugin.Frame) ([]*plugin.Frame, error) {
 	}
 	var out []*plugin.Frame
 	for {
-		var fm schema.FrameMsg
-		var ok bool
-		select {
-		case fm, ok = <-st.ch:
-		case <-time.After(st.h.Deadline):
-			return nil, fmt.Errorf("plugintest: no answer for frame %d within %s", f.Seq, st.h.Deadline)
-		}
-		if !ok {
-			return nil, fmt.Errorf("plugintest: the plugin closed its frame socket")
+		fm, err := st.next(fmt.Sprintf("no answer for frame %d", f.Seq))
+		if err != nil {
+			return nil, err
 		}
 		done, res, err := st.answer(fm, slot, f)
 		st.ch <- fm // let the reader release the message
@@ -214,6 +208,20 @@ func (st *Stream) Filter(f *plugin.Frame) ([]*plugin.Frame, error) {
 		if done {
 			return out, nil
 		}
+	}
+}
+
+// next waits for the plugin's next message on the stream; the caller
+// hands it back on st.ch when done with it.
+func (st *Stream) next(timeout string) (schema.FrameMsg, error) {
+	select {
+	case fm, ok := <-st.ch:
+		if !ok {
+			return fm, fmt.Errorf("plugintest: the plugin closed its frame socket")
+		}
+		return fm, nil
+	case <-time.After(st.h.Deadline):
+		return schema.FrameMsg{}, fmt.Errorf("plugintest: %s within %s", timeout, st.h.Deadline)
 	}
 }
 
@@ -281,15 +289,9 @@ func (st *Stream) end(cancel bool) error {
 		return err
 	}
 	for {
-		var fm schema.FrameMsg
-		var ok bool
-		select {
-		case fm, ok = <-st.ch:
-		case <-time.After(st.h.Deadline):
-			return fmt.Errorf("plugintest: the plugin did not finish the stream within %s", st.h.Deadline)
-		}
-		if !ok {
-			return fmt.Errorf("plugintest: the plugin closed its frame socket")
+		fm, err := st.next("the plugin did not finish the stream")
+		if err != nil {
+			return err
 		}
 		isEnd := fm.Which() == schema.FrameMsg_Which_end
 		st.ch <- fm // let the reader release the message
