@@ -6,9 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/dimplugd/dimplugd/sdk-go/plugin"
 	"github.com/dimplugd/dimplugd/sdk-go/plugin/plugintest"
@@ -201,5 +203,45 @@ func TestStreamLifecycle(t *testing.T) {
 		"; open audio/segment; close audio/segment: no audio here"
 	if got != want {
 		t.Fatalf("events\n got %s\nwant %s", got, want)
+	}
+}
+
+// TestStreamsNoGoroutineLeak: the plugin side of 100 streams — finished,
+// cancelled, refused — leaves no goroutine behind (each stream's worker
+// ends with it).
+func TestStreamsNoGoroutineLeak(t *testing.T) {
+	h := plugintest.Start(t, &lifecycle{})
+	run := func(i int) {
+		kind := "video/segment"
+		if i%3 == 2 {
+			kind = "audio/segment" // refused by OpenStream
+		}
+		st := h.OpenStream(kind, "transform", plugin.StreamMeta{})
+		_, _ = st.Filter(&plugin.Frame{Seq: uint64(i), Data: []byte("abc")})
+		var err error
+		if i%3 == 1 {
+			err = st.Cancel()
+		} else {
+			err = st.Close()
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	run(0)
+	time.Sleep(300 * time.Millisecond) // the first flush timer
+	g0 := runtime.NumGoroutine()
+	for i := 0; i < 100; i++ {
+		run(i)
+	}
+	var g1 int
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if g1 = runtime.NumGoroutine(); g1 <= g0 {
+			break
+		}
+	}
+	if g1 > g0 {
+		buf := make([]byte, 1<<20)
+		t.Fatalf("goroutines grew from %d to %d over 100 streams:\n%s", g0, g1, buf[:runtime.Stack(buf, true)])
 	}
 }
