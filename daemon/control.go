@@ -526,6 +526,26 @@ func (d *Daemon) writeStatus(s schema.PluginStatus, u *unit) error {
 			e = append(e, hs.SetCircuit(circuit))
 		}
 	}
+	sl, err := s.NewStreams(int32(len(m.Streams)))
+	e = append(e, err)
+	if err == nil {
+		for i, st := range m.Streams {
+			ss := sl.At(i)
+			e = append(e, ss.SetName(st.Name), ss.SetKind(st.Kind), ss.SetRole(string(st.Role)))
+			ss.SetPriority(int32(st.Priority))
+			ss.SetDeadlineMicros(uint64(st.Deadline.Duration / time.Microsecond))
+			if st.Failure == manifest.FailClosed {
+				ss.SetFailurePolicy(schema.FailurePolicy_failClosed)
+			}
+			c := u.stageStats(st.Name)
+			ss.SetStreams(c.streams.Load())
+			ss.SetOpen(uint32(max(c.open.Load(), 0)))
+			ss.SetFrames(c.frames.Load())
+			ss.SetDropped(c.dropped.Load())
+			ss.SetMissedDeadlines(c.missed.Load())
+			ss.SetFailures(c.failures.Load())
+		}
+	}
 	g, err := s.NewGrant()
 	e = append(e, err)
 	if err == nil {

@@ -239,8 +239,9 @@ type stage struct {
 	fifo    []inflight  // frames sent and not yet answered, in order
 	timer   *time.Timer // set while armed for the head's deadline
 	late    []inflight  // frames passed on after a missed deadline, answer still due; each keeps its hold
-	dead    bool        // bypassed (fail-open after a crash)
-	dropped uint64      // observers: frames missed for lack of credit
+	stats   *stageCounters
+	dead    bool   // bypassed (fail-open after a crash)
+	dropped uint64 // observers: frames missed for lack of credit
 }
 
 type inflight struct {
@@ -525,7 +526,9 @@ func (h *frameHub) openLocked(host *framePeer, so schema.StreamOpen) {
 			continue
 		}
 		h.nextSID++
-		st := &stage{s: s, peer: peer, sid: h.nextSID, spec: c.spec, plugin: c.u.name}
+		st := &stage{s: s, peer: peer, sid: h.nextSID, spec: c.spec, plugin: c.u.name, stats: c.u.stageStats(c.spec.Name)}
+		st.stats.streams.Add(1)
+		st.stats.open.Add(1)
 		if c.spec.Role == manifest.RoleObserve {
 			s.observers = append(s.observers, st)
 		} else {
@@ -655,12 +658,14 @@ func (h *frameHub) forwardLocked(s *stream, i int, fd frameData) {
 		if fd.shared {
 			if o.peer.heldN >= observerCredit {
 				o.dropped++
+				o.stats.dropped.Add(1)
 				continue
 			}
 			h.refs[fd.ref]++
 			o.peer.held[fd.ref]++
 			o.peer.heldN++
 		}
+		o.stats.frames.Add(1)
 		h.sendFrameLocked(o.peer, o.sid, fd, false)
 	}
 	returned := false
@@ -767,6 +772,8 @@ func (h *frameHub) stageFrameLocked(p *framePeer, sid uint64, out frameData) {
 	}
 	in := st.fifo[0].frame
 	if out.dropped {
+		st.stats.frames.Add(1)
+		st.stats.dropped.Add(1)
 		h.drained.Broadcast()
 		st.popLocked()
 		if in.shared {
@@ -789,6 +796,7 @@ func (h *frameHub) stageFrameLocked(p *framePeer, sid uint64, out frameData) {
 		h.refs[out.ref]++ // held by whatever comes next
 	}
 	if last {
+		st.stats.frames.Add(1)
 		st.popLocked()
 		if in.shared {
 			h.unrefLocked(in.ref, in.length) // the stage's hold ends
@@ -840,6 +848,7 @@ func (h *frameHub) expire(st *stage) {
 	now := time.Now()
 	for !st.s.ended && !st.dead && len(st.fifo) > 0 && !st.fifo[0].due.IsZero() && !now.Before(st.fifo[0].due) {
 		e := st.fifo[0]
+		st.stats.missed.Add(1)
 		msg := fmt.Sprintf("plugin %q (stream stage %q) missed its %s deadline on frame %d", st.plugin, st.spec.Name, st.spec.Deadline.Duration, e.seq)
 		if st.spec.Failure == manifest.FailClosed {
 			h.endStreamLocked(st.s, msg)
@@ -932,6 +941,7 @@ func (h *frameHub) failStageLocked(st *stage, why string) {
 		h.releaseStageLocked(st)
 		return
 	}
+	st.stats.failures.Add(1)
 	msg := fmt.Sprintf("plugin %q (stream stage %q) %s", st.plugin, st.spec.Name, why)
 	if st.spec.Role == manifest.RoleObserve || st.spec.Failure != manifest.FailClosed {
 		if u := st.peer.unit; u != nil {
@@ -1026,6 +1036,7 @@ func (h *frameHub) endStreamLocked(s *stream, why string) {
 	s.ended = true
 	h.drained.Broadcast()
 	for _, st := range append(append([]*stage{}, s.stages...), s.observers...) {
+		st.stats.open.Add(-1)
 		st.disarmLocked()
 		if !st.peer.gone {
 			// Frames still at the stage mean the stream did not run

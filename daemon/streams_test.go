@@ -191,6 +191,29 @@ func TestStreamSplitAndDrop(t *testing.T) {
 	if out := roundTrip(t, st, many); len(out) != 3*host.Window {
 		t.Fatalf("%d frames, half dropped and the rest split: %d came back, want %d", len(many), len(out), 3*host.Window)
 	}
+	// dimplugctl inspect counts what each stage did.
+	n := len(sizes) + len(many)
+	wantStage(t, td, "dropper", "drop", "2 streams (0 open), %d frames, %d dropped, 0 missed, 0 failed", n, n/2)
+	wantStage(t, td, "splitter", "split", "2 streams (0 open), %d frames, 0 dropped, 0 missed, 0 failed", n/2)
+}
+
+// wantStage checks the counters inspect shows for a plugin's stream stage.
+func wantStage(t *testing.T, td *testDaemon, plugin, stage, format string, args ...any) {
+	t.Helper()
+	st, err := td.ctl.Inspect(context.Background(), plugin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, x := range st.Streams {
+		if x.Name == stage {
+			got := fmt.Sprintf("%d streams (%d open), %d frames, %d dropped, %d missed, %d failed", x.Streams, x.Open, x.Frames, x.Dropped, x.MissedDeadlines, x.Failures)
+			if want := fmt.Sprintf(format, args...); got != want {
+				t.Errorf("%s/%s: inspect says %s, want %s", plugin, stage, got, want)
+			}
+			return
+		}
+	}
+	t.Errorf("%s: inspect shows no stream stage %q: %+v", plugin, stage, st.Streams)
 }
 
 // TestStreamBackPressure: with a slow plugin, the producer is held back by
@@ -776,6 +799,8 @@ func TestStreamDeadlines(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	wantStage(t, td, "slow-closed", "s", "1 streams (0 open), 0 frames, 0 dropped, 1 missed, 0 failed")
+	wantStage(t, td, "slow-open", "s", "1 streams (0 open), 0 frames, 0 dropped, 6 missed, 0 failed")
 	logs, err := td.ctl.Logs(ctx, "slow-open", 0, nil)
 	if err != nil {
 		t.Fatal(err)

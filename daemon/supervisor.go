@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -52,8 +53,9 @@ type unit struct {
 	state       string
 	detail      string
 	inst        *instance
-	standby     *launch                  // a prepared next instance, when the runtime can
-	breakers    map[string]*wire.Breaker // by hook name; kept across restarts and route rebuilds
+	standby     *launch                   // a prepared next instance, when the runtime can
+	breakers    map[string]*wire.Breaker  // by hook name; kept across restarts and route rebuilds
+	stageCounts map[string]*stageCounters // by stream stage name; kept across restarts
 	seq         int
 	restarts    int
 	crashes     []time.Time
@@ -94,6 +96,29 @@ func (u *unit) poke() {
 }
 
 // breaker returns the circuit breaker of one of the plugin's hooks.
+// stageCounters are what one of a plugin's stream stages did since the
+// daemon started (dimplugctl inspect shows them). The frame hub updates
+// them under its lock; readers load them as they are.
+type stageCounters struct {
+	streams, frames, dropped, missed, failures atomic.Uint64
+	open                                       atomic.Int64
+}
+
+// stageStats returns the counters of the plugin's stream stage name.
+func (u *unit) stageStats(name string) *stageCounters {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.stageCounts == nil {
+		u.stageCounts = map[string]*stageCounters{}
+	}
+	c, ok := u.stageCounts[name]
+	if !ok {
+		c = &stageCounters{}
+		u.stageCounts[name] = c
+	}
+	return c
+}
+
 func (u *unit) breaker(hook string) *wire.Breaker {
 	u.mu.Lock()
 	defer u.mu.Unlock()

@@ -74,6 +74,23 @@ struct HookInfo {
   deadlineOverridden @10 :Bool;    # the operator overrode the manifest's deadline
 }
 
+struct StreamStageInfo {
+  # One stream stage of a plugin (manifest [[streams]]), with what it has
+  # done since the daemon started.
+  name @0 :Text;
+  kind @1 :Text;                   # "video/segment", "video/*", "*"
+  role @2 :Text;                   # "transform" or "observe"
+  priority @3 :Int32;
+  deadlineMicros @4 :UInt64;       # per frame; 0: none
+  failurePolicy @5 :Http.FailurePolicy;
+  streams @6 :UInt64;              # streams it took part in
+  open @7 :UInt32;                 # of which still open
+  frames @8 :UInt64;               # frames it answered (transform) or was given (observe)
+  dropped @9 :UInt64;              # frames it dropped (transform), or missed for lack of credit (observe)
+  missedDeadlines @10 :UInt64;     # frames it did not answer in time
+  failures @11 :UInt64;            # streams it failed or was bypassed in (crash, error, broken protocol)
+}
+
 struct PluginStatus {
   name @0 :Text;
   version @1 :Text;
@@ -95,6 +112,7 @@ struct PluginStatus {
   installedAtUnixMs @14 :Int64;
   startedAtUnixMs @15 :Int64;
   dir @16 :Text;
+  streams @17 :List(StreamStageInfo);
 }
 
 struct LogLine {

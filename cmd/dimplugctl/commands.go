@@ -356,6 +356,18 @@ func (c *cli) printStatus(st *host.PluginStatus) {
 		fmt.Fprintf(w, "  %-10s %s %s %s (priority %d, deadline %s%s, %s)\n", h.Name, h.Phase, h.Method, h.Route, h.Priority, h.Deadline, over, h.Failure)
 		fmt.Fprintf(w, "  %-10s %d calls, %d failed, circuit %s\n", "", h.Calls, h.Failures, h.Circuit)
 	}
+	if len(st.Streams) > 0 {
+		fmt.Fprintln(w, "Streams:")
+	}
+	for _, x := range st.Streams {
+		fmt.Fprintf(w, "  %-10s %s %s (priority %d, deadline %s per frame, %s)\n", x.Name, x.Role, x.Kind, x.Priority, x.Deadline, x.Failure)
+		dropped := "dropped"
+		if x.Role == "observe" {
+			dropped = "missed (too slow)"
+		}
+		fmt.Fprintf(w, "  %-10s %d streams (%d open), %d frames, %d %s, %d missed deadlines, %d failures\n", "",
+			x.Streams, x.Open, x.Frames, x.Dropped, dropped, x.MissedDeadlines, x.Failures)
+	}
 	fmt.Fprintln(w, "Granted:")
 	for _, l := range st.Grant.Describe() {
 		fmt.Fprintf(w, "  - %s\n", l)

@@ -498,6 +498,19 @@ func TestEndToEnd(t *testing.T) {
 	})
 
 	t.Run("streams", func(t *testing.T) { testStreams(t, ctx, s, mw) })
+	t.Run("inspect shows stream stages", func(t *testing.T) {
+		out, err := exec.Command(filepath.Join(bin, "dimplugctl"), "--socket", socket, "inspect", "segment-tagger").CombinedOutput()
+		if err != nil {
+			t.Fatalf("dimplugctl inspect: %v\n%s", err, out)
+		}
+		// Two video streams went through it: init + 4 segments, init + 2.
+		for _, want := range []string{"Streams:\n  tag        transform video/* (priority 0, deadline 2s per frame, fail-open)\n",
+			"2 streams (0 open), 8 frames, 0 dropped, 0 missed deadlines, 0 failures"} {
+			if !strings.Contains(string(out), want) {
+				t.Errorf("inspect lacks %q:\n%s", want, out)
+			}
+		}
+	})
 
 	// Without plugins, the plugin-owned routes do not exist.
 	if status, _, _ := call(t, newTestAPI(t), "GET", "/api/v1/plugins/scrobbler/history", kid, ""); status != 404 {

@@ -65,6 +65,23 @@ type HookInfo struct {
 	Circuit            string `json:"circuit"` // closed, open or half-open
 }
 
+// StreamStageInfo is one of a plugin's stream stages and what it did since
+// the daemon started.
+type StreamStageInfo struct {
+	Name            string `json:"name"`
+	Kind            string `json:"kind"`
+	Role            string `json:"role"` // transform or observe
+	Priority        int    `json:"priority"`
+	Deadline        string `json:"deadline"` // per frame
+	Failure         string `json:"failure"`
+	Streams         uint64 `json:"streams"` // streams it took part in
+	Open            int    `json:"open"`    // of which still open
+	Frames          uint64 `json:"frames"`  // answered (transform) or given (observe)
+	Dropped         uint64 `json:"dropped"` // dropped by it (transform), missed for lack of credit (observe)
+	MissedDeadlines uint64 `json:"missed_deadlines"`
+	Failures        uint64 `json:"failures"` // streams it failed or was bypassed in
+}
+
 // PluginStatus is what the daemon knows about one installed plugin.
 type PluginStatus struct {
 	Name            string               `json:"name"`
@@ -80,6 +97,7 @@ type PluginStatus struct {
 	Sandboxed       bool                 `json:"sandboxed"`
 	ProtocolVersion int                  `json:"protocol_version,omitempty"`
 	Hooks           []HookInfo           `json:"hooks"`
+	Streams         []StreamStageInfo    `json:"streams"`
 	Grant           manifest.Permissions `json:"grant"`
 	InstalledAt     time.Time            `json:"installed_at"`
 	StartedAt       *time.Time           `json:"started_at,omitempty"`
@@ -104,6 +122,7 @@ func readStatus(s schema.PluginStatus) PluginStatus {
 		InstalledAt:     time.UnixMilli(s.InstalledAtUnixMs()),
 		Dir:             t(s.Dir()),
 		Hooks:           []HookInfo{},
+		Streams:         []StreamStageInfo{},
 	}
 	if ms := s.StartedAtUnixMs(); ms != 0 {
 		at := time.UnixMilli(ms)
@@ -120,6 +139,21 @@ func readStatus(s schema.PluginStatus) PluginStatus {
 				Name: t(h.Name()), Phase: h.Phase().String(), Method: t(h.Method()), Route: t(h.Route()),
 				Priority: int(h.Priority()), Deadline: (time.Duration(h.DeadlineMicros()) * time.Microsecond).String(), Failure: fp,
 				DeadlineOverridden: h.DeadlineOverridden(), Calls: h.Calls(), Failures: h.Failures(), Circuit: t(h.Circuit()),
+			})
+		}
+	}
+	if sl, err := s.Streams(); err == nil {
+		for i := 0; i < sl.Len(); i++ {
+			x := sl.At(i)
+			fp := "fail-open"
+			if x.FailurePolicy() == schema.FailurePolicy_failClosed {
+				fp = "fail-closed"
+			}
+			st.Streams = append(st.Streams, StreamStageInfo{
+				Name: t(x.Name()), Kind: t(x.Kind()), Role: t(x.Role()), Priority: int(x.Priority()),
+				Deadline: (time.Duration(x.DeadlineMicros()) * time.Microsecond).String(), Failure: fp,
+				Streams: x.Streams(), Open: int(x.Open()), Frames: x.Frames(), Dropped: x.Dropped(),
+				MissedDeadlines: x.MissedDeadlines(), Failures: x.Failures(),
 			})
 		}
 	}
