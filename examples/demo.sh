@@ -116,6 +116,10 @@ step "13. 1080p (6.3 MB segments), then an audio track: no transform takes audio
 step "14. stream-stats' route lists every stream it saw, newest first (here: one line per stream)"
 get -plugins-only '/api/v1/plugins/stream-stats/streams?limit=3' | sed -n '1p;$s/},{/},\n{/gp' | cut -c1-150
 
+step "15. what the operator sees: dimplugctl inspect counts each stream stage's work"
+"$BIN/dimplugctl" inspect segment-tagger | sed -n '/^Streams:/,/^Granted:/p' | sed '$d'
+"$BIN/dimplugctl" inspect stream-stats | sed -n '/^Streams:/,/^Granted:/p' | sed '1d;$d'
+
 step "dimplugctl logs parental-controls"
 "$BIN/dimplugctl" logs parental-controls
 

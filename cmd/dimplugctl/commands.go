@@ -360,13 +360,15 @@ func (c *cli) printStatus(st *host.PluginStatus) {
 		fmt.Fprintln(w, "Streams:")
 	}
 	for _, x := range st.Streams {
-		fmt.Fprintf(w, "  %-10s %s %s (priority %d, deadline %s per frame, %s)\n", x.Name, x.Role, x.Kind, x.Priority, x.Deadline, x.Failure)
-		dropped := "dropped"
-		if x.Role == "observe" {
-			dropped = "missed (too slow)"
+		if x.Role == "observe" { // observers never hold the stream up: no deadline
+			fmt.Fprintf(w, "  %-10s %s %s (priority %d)\n", x.Name, x.Role, x.Kind, x.Priority)
+			fmt.Fprintf(w, "  %-10s %d streams (%d open), %d frames, %d missed for being too slow, %d failures\n", "",
+				x.Streams, x.Open, x.Frames, x.Dropped, x.Failures)
+			continue
 		}
-		fmt.Fprintf(w, "  %-10s %d streams (%d open), %d frames, %d %s, %d missed deadlines, %d failures\n", "",
-			x.Streams, x.Open, x.Frames, x.Dropped, dropped, x.MissedDeadlines, x.Failures)
+		fmt.Fprintf(w, "  %-10s %s %s (priority %d, deadline %s per frame, %s)\n", x.Name, x.Role, x.Kind, x.Priority, x.Deadline, x.Failure)
+		fmt.Fprintf(w, "  %-10s %d streams (%d open), %d frames, %d dropped, %d missed deadlines, %d failures\n", "",
+			x.Streams, x.Open, x.Frames, x.Dropped, x.MissedDeadlines, x.Failures)
 	}
 	fmt.Fprintln(w, "Granted:")
 	for _, l := range st.Grant.Describe() {
