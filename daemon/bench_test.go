@@ -15,9 +15,9 @@ import (
 // daemon to a sandboxed plugin and back (the bench/ harness compares it
 // with go-plugin; this keeps a number next to the code).
 func BenchmarkHookedDispatch(b *testing.B) {
-	td := startDaemon(b, testRuntime(b), fastSupervision)
-	td.install(b, pluginDir(b, testplugManifest("bench", nil, hooks("request", "GET", "/api/v1/media/:id", "2s", "fail-open", 0))))
-	waitState(b, td.ctl, "bench", 30*time.Second, "running", running)
+	td := startWithPlugins(b, fastSupervision,
+		testPlugin{"bench", "", hooks("request", "GET", "/api/v1/media/:id", "2s", "fail-open", 0)},
+	)
 	for _, mode := range []struct {
 		name string
 		opts []host.Option
@@ -53,9 +53,9 @@ func benchDispatch(b *testing.B, s *host.Session) {
 // BenchmarkPluginHop measures the daemon → plugin half of a hooked request:
 // dispatch called in-process, one hook on the plugin's lane.
 func BenchmarkPluginHop(b *testing.B) {
-	td := startDaemon(b, testRuntime(b), fastSupervision)
-	td.install(b, pluginDir(b, testplugManifest("bench", nil, hooks("request", "GET", "/api/v1/media/:id", "2s", "fail-open", 0))))
-	waitState(b, td.ctl, "bench", 30*time.Second, "running", running)
+	td := startWithPlugins(b, fastSupervision,
+		testPlugin{"bench", "", hooks("request", "GET", "/api/v1/media/:id", "2s", "fail-open", 0)},
+	)
 	req := get("/api/v1/media/42")
 	ctx := context.Background()
 	lat := make([]time.Duration, 0, b.N)
@@ -96,9 +96,9 @@ func BenchmarkHostHopOnly(b *testing.B) {
 // the host and the daemon in this process (so that -cpuprofile sees both),
 // at most 1024 frames in flight.
 func BenchmarkStream(b *testing.B) {
-	td := startDaemon(b, testRuntime(b), fastSupervision)
-	td.install(b, pluginDir(b, testplugManifest("passer", []string{"-frames", "pass"}, streamStage("pass", "video/segment", "transform", "fail-closed", "10s", 0))))
-	waitState(b, td.ctl, "passer", 30*time.Second, "running", running)
+	td := startWithPlugins(b, fastSupervision,
+		testPlugin{"passer", "pass", streamStage("pass", "video/segment", "transform", "fail-closed", "10s", 0)},
+	)
 	s := dial(b, td.socket)
 	for _, bc := range []struct {
 		name   string

@@ -252,3 +252,24 @@ func dial(t testing.TB, socket string, opts ...host.Option) *host.Session {
 	t.Cleanup(func() { s.Close() })
 	return s
 }
+
+// testPlugin is a testplug plugin to install: its -frames mode ("" for
+// none) and what its manifest adds (hooks, [[streams]] stages).
+type testPlugin struct{ name, frames, extra string }
+
+// startWithPlugins starts a daemon with the plugins installed and running.
+func startWithPlugins(t testing.TB, sup Supervision, plugins ...testPlugin) *testDaemon {
+	t.Helper()
+	td := startDaemon(t, testRuntime(t), sup)
+	for _, p := range plugins {
+		var args []string
+		if p.frames != "" {
+			args = []string{"-frames", p.frames}
+		}
+		td.install(t, pluginDir(t, testplugManifest(p.name, args, p.extra)))
+	}
+	for _, p := range plugins {
+		waitState(t, td.ctl, p.name, 30*time.Second, "running", running)
+	}
+	return td
+}

@@ -58,6 +58,9 @@ type framePeer struct {
 	held  map[refKey]int       // refs this peer holds as host consumer or observer
 	heldN int                  // the sum of held
 	gone  bool
+	// fedLast is the stream the host's last message fed a frame into
+	// (reader goroutine, under the hub's lock).
+	fedLast *stream
 
 	// Outgoing packets go through a queue drained by the peer's writer
 	// goroutine, so the hub never blocks on a socket while holding its
@@ -230,18 +233,17 @@ type stream struct {
 
 // stage is one plugin's part in a stream.
 type stage struct {
-	s       *stream
-	index   int
-	peer    *framePeer
-	sid     uint64 // the stream's id on the plugin's connection
-	spec    manifest.Stream
-	plugin  string
-	fifo    []inflight  // frames sent and not yet answered, in order
-	timer   *time.Timer // set while armed for the head's deadline
-	late    []inflight  // frames passed on after a missed deadline, answer still due; each keeps its hold
-	stats   *stageCounters
-	dead    bool   // bypassed (fail-open after a crash)
-	dropped uint64 // observers: frames missed for lack of credit
+	s      *stream
+	index  int
+	peer   *framePeer
+	sid    uint64 // the stream's id on the plugin's connection
+	spec   manifest.Stream
+	plugin string
+	fifo   []inflight  // frames sent and not yet answered, in order
+	timer  *time.Timer // set while armed for the head's deadline
+	late   []inflight  // frames passed on after a missed deadline, answer still due; each keeps its hold
+	stats  *stageCounters
+	dead   bool // bypassed (fail-open after a crash)
 }
 
 type inflight struct {
@@ -287,17 +289,15 @@ func newFrameHub(d *Daemon) *frameHub {
 // daemon.
 const maxBacklog = 1024
 
-// backloggedLocked reports whether one of the host's streams has a stage
-// with a full backlog.
-func (h *frameHub) backloggedLocked(host *framePeer) bool {
-	for k, s := range h.streams {
-		if k[0] != host.id || s.ended {
-			continue
-		}
-		for _, st := range s.stages {
-			if len(st.fifo) >= maxBacklog {
-				return true
-			}
+// backloggedLocked reports whether one of the stream's stages has a full
+// backlog.
+func (s *stream) backloggedLocked() bool {
+	if s.ended {
+		return false
+	}
+	for _, st := range s.stages {
+		if len(st.fifo) >= maxBacklog {
+			return true
 		}
 	}
 	return false
@@ -333,27 +333,26 @@ func (h *frameHub) read(p *framePeer) {
 			err = rerr
 			break
 		}
-		herr := h.handle(p, fm, fds)
+		h.mu.Lock()
+		herr := h.handleLocked(p, fm, fds)
+		// A host whose last frame filled a stage's backlog is not read
+		// until the stage catches up (only a frame can fill one).
+		for s := p.fedLast; s != nil && !p.gone && s.backloggedLocked(); {
+			h.drained.Wait()
+		}
+		p.fedLast = nil
+		h.mu.Unlock()
 		msg.Release()
 		if herr != nil {
 			err = herr
 			break
 		}
-		if p.unit == nil { // a host: wait while it is too far ahead
-			h.mu.Lock()
-			for !p.gone && h.backloggedLocked(p) {
-				h.drained.Wait()
-			}
-			h.mu.Unlock()
-		}
 	}
 	h.gone(p, err)
 }
 
-// handle applies one packet from p.
-func (h *frameHub) handle(p *framePeer, fm schema.FrameMsg, fds []*os.File) error {
-	h.mu.Lock()
-	defer h.mu.Unlock()
+// handleLocked applies one message from p.
+func (h *frameHub) handleLocked(p *framePeer, fm schema.FrameMsg, fds []*os.File) error {
 	switch fm.Which() {
 	case schema.FrameMsg_Which_poolAdd:
 		pa, err := fm.PoolAdd()
@@ -629,6 +628,7 @@ func (h *frameHub) hostFrameLocked(host *framePeer, sid uint64, fd frameData) {
 	if fd.shared {
 		h.refs[fd.ref]++
 	}
+	host.fedLast = s
 	h.forwardLocked(s, 0, fd)
 }
 
@@ -657,7 +657,6 @@ func (h *frameHub) forwardLocked(s *stream, i int, fd frameData) {
 		}
 		if fd.shared {
 			if o.peer.heldN >= observerCredit {
-				o.dropped++
 				o.stats.dropped.Add(1)
 				continue
 			}

@@ -100,14 +100,12 @@ func roundTrip(t *testing.T, st *host.Stream, sizes []int) [][]byte {
 // transforms (one edits in place, one makes new frames) and an observer, and
 // checks every byte and the order.
 func TestStreamChain(t *testing.T) {
-	td := startDaemon(t, testRuntime(t), fastSupervision)
-	td.install(t, pluginDir(t, testplugManifest("xorer", []string{"-frames", "xor"}, streamStage("flip", "video/segment", "transform", "fail-closed", "10s", 1))))
-	td.install(t, pluginDir(t, testplugManifest("tagger", []string{"-frames", "tag"}, streamStage("tag", "video/*", "transform", "fail-closed", "10s", 2))))
-	td.install(t, pluginDir(t, testplugManifest("watcher", nil, streamStage("stats", "video/segment", "observe", "fail-open", "10s", 0))))
-	td.install(t, pluginDir(t, testplugManifest("audio-only", []string{"-frames", "xor"}, streamStage("flip", "audio/segment", "transform", "fail-closed", "10s", 0))))
-	for _, n := range []string{"xorer", "tagger", "watcher", "audio-only"} {
-		waitState(t, td.ctl, n, 30*time.Second, "running", running)
-	}
+	td := startWithPlugins(t, fastSupervision,
+		testPlugin{"xorer", "xor", streamStage("flip", "video/segment", "transform", "fail-closed", "10s", 1)},
+		testPlugin{"tagger", "tag", streamStage("tag", "video/*", "transform", "fail-closed", "10s", 2)},
+		testPlugin{"watcher", "", streamStage("stats", "video/segment", "observe", "fail-open", "10s", 0)},
+		testPlugin{"audio-only", "xor", streamStage("flip", "audio/segment", "transform", "fail-closed", "10s", 0)},
+	)
 	s := dial(t, td.socket)
 	st := openStream(t, s, "video/segment")
 	if got := strings.Join(st.Stages(), " "); got != "xorer/flip tagger/tag watcher/stats" {
@@ -148,9 +146,9 @@ func TestStreamChain(t *testing.T) {
 // TestStreamHugeFrame passes a 100 MiB frame — larger than the shared pool
 // and than a Cap'n Proto message may be — through a pass-through plugin.
 func TestStreamHugeFrame(t *testing.T) {
-	td := startDaemon(t, testRuntime(t), fastSupervision)
-	td.install(t, pluginDir(t, testplugManifest("passer", []string{"-frames", "pass"}, streamStage("pass", "video/segment", "transform", "fail-closed", "30s", 0))))
-	waitState(t, td.ctl, "passer", 30*time.Second, "running", running)
+	td := startWithPlugins(t, fastSupervision,
+		testPlugin{"passer", "pass", streamStage("pass", "video/segment", "transform", "fail-closed", "30s", 0)},
+	)
 	s := dial(t, td.socket)
 	st := openStream(t, s, "video/segment")
 	out := roundTrip(t, st, []int{100 << 20, 1 << 20})
@@ -162,11 +160,10 @@ func TestStreamHugeFrame(t *testing.T) {
 // TestStreamSplitAndDrop: a stage may answer a frame with several, or with
 // none.
 func TestStreamSplitAndDrop(t *testing.T) {
-	td := startDaemon(t, testRuntime(t), fastSupervision)
-	td.install(t, pluginDir(t, testplugManifest("dropper", []string{"-frames", "drop"}, streamStage("drop", "audio/segment", "transform", "fail-closed", "10s", 0))))
-	td.install(t, pluginDir(t, testplugManifest("splitter", []string{"-frames", "split"}, streamStage("split", "audio/segment", "transform", "fail-closed", "10s", 1))))
-	waitState(t, td.ctl, "dropper", 30*time.Second, "running", running)
-	waitState(t, td.ctl, "splitter", 30*time.Second, "running", running)
+	td := startWithPlugins(t, fastSupervision,
+		testPlugin{"dropper", "drop", streamStage("drop", "audio/segment", "transform", "fail-closed", "10s", 0)},
+		testPlugin{"splitter", "split", streamStage("split", "audio/segment", "transform", "fail-closed", "10s", 1)},
+	)
 	s := dial(t, td.socket)
 	st := openStream(t, s, "audio/segment")
 	sizes := []int{64 << 10, 64 << 10, 200 << 10, 8 << 10}
@@ -219,9 +216,9 @@ func wantStage(t *testing.T, td *testDaemon, plugin, stage, format string, args 
 // TestStreamBackPressure: with a slow plugin, the producer is held back by
 // its bounded shared memory instead of queueing without bound.
 func TestStreamBackPressure(t *testing.T) {
-	td := startDaemon(t, testRuntime(t), fastSupervision)
-	td.install(t, pluginDir(t, testplugManifest("slowpoke", []string{"-frames", "slow"}, streamStage("slow", "video/segment", "transform", "fail-closed", "30s", 0))))
-	waitState(t, td.ctl, "slowpoke", 30*time.Second, "running", running)
+	td := startWithPlugins(t, fastSupervision,
+		testPlugin{"slowpoke", "slow", streamStage("slow", "video/segment", "transform", "fail-closed", "30s", 0)},
+	)
 	s := dial(t, td.socket)
 	st := openStream(t, s, "video/segment")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -268,13 +265,11 @@ func TestStreamBackPressure(t *testing.T) {
 func TestStreamFailures(t *testing.T) {
 	sup := fastSupervision
 	sup.QuarantineCrashes = 100
-	td := startDaemon(t, testRuntime(t), sup)
-	td.install(t, pluginDir(t, testplugManifest("closed-crasher", []string{"-frames", "crash"}, streamStage("c", "video/segment", "transform", "fail-closed", "10s", 0))))
-	td.install(t, pluginDir(t, testplugManifest("open-crasher", []string{"-frames", "crash"}, streamStage("c", "audio/segment", "transform", "fail-open", "10s", 0))))
-	td.install(t, pluginDir(t, testplugManifest("failer", []string{"-frames", "fail"}, streamStage("f", "subtitle/vtt", "transform", "fail-closed", "10s", 0))))
-	for _, n := range []string{"closed-crasher", "open-crasher", "failer"} {
-		waitState(t, td.ctl, n, 30*time.Second, "running", running)
-	}
+	td := startWithPlugins(t, sup,
+		testPlugin{"closed-crasher", "crash", streamStage("c", "video/segment", "transform", "fail-closed", "10s", 0)},
+		testPlugin{"open-crasher", "crash", streamStage("c", "audio/segment", "transform", "fail-open", "10s", 0)},
+		testPlugin{"failer", "fail", streamStage("f", "subtitle/vtt", "transform", "fail-closed", "10s", 0)},
+	)
 	s := dial(t, td.socket)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -366,9 +361,9 @@ func TestStreamFailures(t *testing.T) {
 // order; a cancel with a full pipeline does not wait for the slow plugin
 // to work through it, and the plugin is free for the next stream at once.
 func TestStreamBackPressureSmallFrames(t *testing.T) {
-	td := startDaemon(t, testRuntime(t), fastSupervision)
-	td.install(t, pluginDir(t, testplugManifest("slowpoke", []string{"-frames", "slow"}, streamStage("slow", "video/*", "transform", "fail-closed", "60s", 0))))
-	waitState(t, td.ctl, "slowpoke", 30*time.Second, "running", running)
+	td := startWithPlugins(t, fastSupervision,
+		testPlugin{"slowpoke", "slow", streamStage("slow", "video/*", "transform", "fail-closed", "60s", 0)},
+	)
 	s := dial(t, td.socket)
 	st := openStream(t, s, "video/segment")
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -532,11 +527,10 @@ func awaitRelease(t *testing.T, conn *frames.Conn, ref frames.Ref) {
 // the host releases it as usual and the daemon gives it back once both
 // have.
 func TestStreamReturnedFrames(t *testing.T) {
-	td := startDaemon(t, testRuntime(t), fastSupervision)
-	td.install(t, pluginDir(t, testplugManifest("passer", []string{"-frames", "pass"}, streamStage("pass", "*", "transform", "fail-closed", "10s", 0))))
-	td.install(t, pluginDir(t, testplugManifest("watcher", nil, streamStage("stats", "audio/segment", "observe", "fail-open", "10s", 0))))
-	waitState(t, td.ctl, "passer", 30*time.Second, "running", running)
-	waitState(t, td.ctl, "watcher", 30*time.Second, "running", running)
+	td := startWithPlugins(t, fastSupervision,
+		testPlugin{"passer", "pass", streamStage("pass", "*", "transform", "fail-closed", "10s", 0)},
+		testPlugin{"watcher", "", streamStage("stats", "audio/segment", "observe", "fail-open", "10s", 0)},
+	)
 	conn, prod := rawFrameClient(t, td.socket)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -589,9 +583,9 @@ func heldRefs(td *testDaemon) int {
 // it on a raw client and sends it one frame of shared memory.
 func stubbornStream(t *testing.T, failure, deadline string) (*testDaemon, *frames.Conn, frames.Ref, func() string, context.Context) {
 	t.Helper()
-	td := startDaemon(t, testRuntime(t), fastSupervision)
-	td.install(t, pluginDir(t, testplugManifest("stubborn", []string{"-frames", "stubborn"}, streamStage("s", "video/segment", "transform", failure, deadline, 0))))
-	waitState(t, td.ctl, "stubborn", 30*time.Second, "running", running)
+	td := startWithPlugins(t, fastSupervision,
+		testPlugin{"stubborn", "stubborn", streamStage("s", "video/segment", "transform", failure, deadline, 0)},
+	)
 	conn, prod := rawFrameClient(t, td.socket)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	t.Cleanup(cancel)
@@ -629,11 +623,10 @@ func TestStreamCancelKeepsMemoryUntilAnswered(t *testing.T) {
 // checks that goroutines, file descriptors and the hub's bookkeeping come
 // back to where they were.
 func TestStreamNoLeaks(t *testing.T) {
-	td := startDaemon(t, testRuntime(t), fastSupervision)
-	td.install(t, pluginDir(t, testplugManifest("passer", []string{"-frames", "pass"}, streamStage("pass", "video/segment", "transform", "fail-closed", "10s", 0))))
-	td.install(t, pluginDir(t, testplugManifest("watcher", nil, streamStage("stats", "video/segment", "observe", "fail-open", "10s", 0))))
-	waitState(t, td.ctl, "passer", 30*time.Second, "running", running)
-	waitState(t, td.ctl, "watcher", 30*time.Second, "running", running)
+	td := startWithPlugins(t, fastSupervision,
+		testPlugin{"passer", "pass", streamStage("pass", "video/segment", "transform", "fail-closed", "10s", 0)},
+		testPlugin{"watcher", "", streamStage("stats", "video/segment", "observe", "fail-open", "10s", 0)},
+	)
 	cycle := func(i int) {
 		s := dial(t, td.socket)
 		defer s.Close()
@@ -693,11 +686,9 @@ func TestStreamNoLeaks(t *testing.T) {
 // TestStreamOpenAndClose: a plugin hears of each stream before its first
 // frame (and may refuse it) and after its last, with why it ended.
 func TestStreamOpenAndClose(t *testing.T) {
-	td := startDaemon(t, testRuntime(t), fastSupervision)
-	td.install(t, pluginDir(t, testplugManifest("lifecycle", []string{"-frames", "pass"},
-		streamStage("pass", "video/segment", "transform", "fail-closed", "10s", 0)+
-			streamStage("refuse", "audio/segment", "transform", "fail-closed", "10s", 0))))
-	waitState(t, td.ctl, "lifecycle", 30*time.Second, "running", running)
+	td := startWithPlugins(t, fastSupervision, testPlugin{"lifecycle", "pass",
+		streamStage("pass", "video/segment", "transform", "fail-closed", "10s", 0) +
+			streamStage("refuse", "audio/segment", "transform", "fail-closed", "10s", 0)})
 	s := dial(t, td.socket)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -748,11 +739,10 @@ func TestStreamOpenAndClose(t *testing.T) {
 // frame passes on untouched; late answers are dropped, in order, and every
 // hold ends.
 func TestStreamDeadlines(t *testing.T) {
-	td := startDaemon(t, testRuntime(t), fastSupervision)
-	td.install(t, pluginDir(t, testplugManifest("slow-closed", []string{"-frames", "slow"}, streamStage("s", "video/segment", "transform", "fail-closed", "20ms", 0))))
-	td.install(t, pluginDir(t, testplugManifest("slow-open", []string{"-frames", "slow"}, streamStage("s", "audio/segment", "transform", "fail-open", "20ms", 0))))
-	waitState(t, td.ctl, "slow-closed", 30*time.Second, "running", running)
-	waitState(t, td.ctl, "slow-open", 30*time.Second, "running", running)
+	td := startWithPlugins(t, fastSupervision,
+		testPlugin{"slow-closed", "slow", streamStage("s", "video/segment", "transform", "fail-closed", "20ms", 0)},
+		testPlugin{"slow-open", "slow", streamStage("s", "audio/segment", "transform", "fail-open", "20ms", 0)},
+	)
 	s := dial(t, td.socket)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()

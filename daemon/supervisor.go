@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"sync"
@@ -321,51 +322,44 @@ func specKey(rec registry.Record) string {
 
 // newLaunch creates the channels of a new instance and the spec holding the
 // plugin's ends, which the caller closes once the runtime has them.
-func (u *unit) newLaunch(rec registry.Record) (*launch, *sandbox.Spec, func(), error) {
+func (u *unit) newLaunch(rec registry.Record) (l *launch, spec *sandbox.Spec, closeTheirs func(), err error) {
 	u.mu.Lock()
 	u.seq++
 	id := fmt.Sprintf("%s-%d", u.name, u.seq)
 	u.mu.Unlock()
+	var opened []io.Closer // closed if a later step fails
+	defer func() {
+		if err != nil {
+			for _, c := range opened {
+				c.Close()
+			}
+		}
+	}()
 	nc, theirs, err := socketpair("control")
 	if err != nil {
 		return nil, nil, nil, err
 	}
+	opened = append(opened, nc, theirs)
 	lane, theirLane, err := socketpair("lane")
 	if err != nil {
-		nc.Close()
-		theirs.Close()
 		return nil, nil, nil, err
 	}
+	opened = append(opened, lane, theirLane)
 	fc, theirFrames, err := frames.Socketpair()
 	if err != nil {
-		nc.Close()
-		theirs.Close()
-		lane.Close()
-		theirLane.Close()
 		return nil, nil, nil, err
 	}
-	closeOnErr := func() { fc.Close(); theirFrames.Close() }
+	opened = append(opened, fc, theirFrames)
 	outR, outW, err := os.Pipe()
 	if err != nil {
-		nc.Close()
-		theirs.Close()
-		lane.Close()
-		theirLane.Close()
-		closeOnErr()
 		return nil, nil, nil, err
 	}
+	opened = append(opened, outR, outW)
 	errR, errW, err := os.Pipe()
 	if err != nil {
-		nc.Close()
-		theirs.Close()
-		lane.Close()
-		theirLane.Close()
-		closeOnErr()
-		outR.Close()
-		outW.Close()
 		return nil, nil, nil, err
 	}
-	spec := &sandbox.Spec{
+	spec = &sandbox.Spec{
 		ID:         id,
 		Plugin:     u.name,
 		Root:       rec.Dir,
@@ -385,7 +379,7 @@ func (u *unit) newLaunch(rec registry.Record) (*launch, *sandbox.Spec, func(), e
 		Limits:  limitsFromGrant(rec.Grant),
 		Mounts:  mountsFromGrant(rec.Grant),
 	}
-	closeTheirs := func() {
+	closeTheirs = func() {
 		theirs.Close()
 		theirLane.Close()
 		theirFrames.Close()

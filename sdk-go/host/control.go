@@ -104,6 +104,14 @@ type PluginStatus struct {
 	Dir             string               `json:"dir"`
 }
 
+// failureName is a failure policy as manifests spell it.
+func failureName(p schema.FailurePolicy) string {
+	if p == schema.FailurePolicy_failClosed {
+		return "fail-closed"
+	}
+	return "fail-open"
+}
+
 func readStatus(s schema.PluginStatus) PluginStatus {
 	t := func(v string, _ error) string { return v }
 	st := PluginStatus{
@@ -131,10 +139,7 @@ func readStatus(s schema.PluginStatus) PluginStatus {
 	if hl, err := s.Hooks(); err == nil {
 		for i := 0; i < hl.Len(); i++ {
 			h := hl.At(i)
-			fp := "fail-open"
-			if h.FailurePolicy() == schema.FailurePolicy_failClosed {
-				fp = "fail-closed"
-			}
+			fp := failureName(h.FailurePolicy())
 			st.Hooks = append(st.Hooks, HookInfo{
 				Name: t(h.Name()), Phase: h.Phase().String(), Method: t(h.Method()), Route: t(h.Route()),
 				Priority: int(h.Priority()), Deadline: (time.Duration(h.DeadlineMicros()) * time.Microsecond).String(), Failure: fp,
@@ -145,10 +150,7 @@ func readStatus(s schema.PluginStatus) PluginStatus {
 	if sl, err := s.Streams(); err == nil {
 		for i := 0; i < sl.Len(); i++ {
 			x := sl.At(i)
-			fp := "fail-open"
-			if x.FailurePolicy() == schema.FailurePolicy_failClosed {
-				fp = "fail-closed"
-			}
+			fp := failureName(x.FailurePolicy())
 			st.Streams = append(st.Streams, StreamStageInfo{
 				Name: t(x.Name()), Kind: t(x.Kind()), Role: t(x.Role()), Priority: int(x.Priority()),
 				Deadline: (time.Duration(x.DeadlineMicros()) * time.Microsecond).String(), Failure: fp,

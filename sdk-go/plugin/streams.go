@@ -430,16 +430,7 @@ func (fs *frameServer) skip(s *Stream, f *Frame) {
 		}
 		return
 	}
-	_ = fs.conn.Buffer(func(m schema.FrameMsg) error {
-		fm, err := m.NewFrame()
-		if err != nil {
-			return err
-		}
-		fm.SetStream(s.id)
-		fm.SetSeq(f.Seq)
-		fm.SetDropped(true)
-		return nil
-	})
+	_ = fs.answerDropped(s.id, f.Seq)
 }
 
 // received copies a frame message into a Frame viewing shared memory.
@@ -478,16 +469,7 @@ func (fs *frameServer) process(ctx context.Context, s *Stream, in *Frame) error 
 		return err
 	}
 	if len(outs) == 0 { // dropped: the answer ends our hold, nothing passes on
-		return fs.conn.Buffer(func(m schema.FrameMsg) error {
-			fm, err := m.NewFrame()
-			if err != nil {
-				return err
-			}
-			fm.SetStream(s.id)
-			fm.SetSeq(in.Seq)
-			fm.SetDropped(true)
-			return nil
-		})
+		return fs.answerDropped(s.id, in.Seq)
 	}
 	for i, out := range outs {
 		var ref *frames.Ref
@@ -518,6 +500,21 @@ func (fs *frameServer) process(ctx context.Context, s *Stream, in *Frame) error 
 		}
 	}
 	return nil
+}
+
+// answerDropped answers frame seq of stream sid with "dropped": nothing
+// passes on, and the daemon's hold on the frame ends.
+func (fs *frameServer) answerDropped(sid, seq uint64) error {
+	return fs.conn.Buffer(func(m schema.FrameMsg) error {
+		fm, err := m.NewFrame()
+		if err != nil {
+			return err
+		}
+		fm.SetStream(sid)
+		fm.SetSeq(seq)
+		fm.SetDropped(true)
+		return nil
+	})
 }
 
 func sameBytes(a, b []byte) bool {
