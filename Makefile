@@ -18,9 +18,24 @@ endif
 
 export CGO_ENABLED := 1
 
+# Fuzz targets, as package:FuzzName. `make fuzz` (and `make test`, after the
+# unit tests) runs each for FUZZTIME, one at a time: go test -fuzz takes one
+# target per run. Their seed corpora are f.Add seeds in the tests plus
+# testdata/fuzz/<FuzzName>/ in each package.
+FUZZTIME ?= 10s
+FUZZ_TARGETS := \
+	./sdk-go/wire:FuzzLaneReadFrame \
+	./sdk-go/wire:FuzzServeLane \
+	./sdk-go/wire:FuzzLaneConvert \
+	./daemon:FuzzControlArgs \
+	./daemon:FuzzFrameMsg \
+	./sdk-go/termesc:FuzzString \
+	./sdk-go/manifest:FuzzParse \
+	./sdk-go/manifest:FuzzRoute
+
 EXAMPLE_PLUGINS := $(notdir $(wildcard examples/plugins/*))
 
-.PHONY: all deps build plugins generate check-generate test lint demo bench clean
+.PHONY: all deps build plugins generate check-generate test fuzz lint demo bench clean
 
 all: build
 
@@ -62,6 +77,14 @@ lint:
 
 test: deps build lint check-generate
 	$(GO) test $(GOFLAGS_BUILD) $(TESTFLAGS) -count=1 -timeout 20m ./...
+	@$(MAKE) --no-print-directory fuzz
+
+fuzz:
+	@for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; name=$${t##*:}; \
+		echo "fuzzing $$name ($$pkg) for $(FUZZTIME)"; \
+		$(GO) test $(GOFLAGS_BUILD) -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+	done
 
 demo: build
 	./examples/demo.sh

@@ -22,7 +22,8 @@ type daemonProc struct {
 	dir       string // state dir and socket
 	ctState   string // container runtime state, on /run (tmpfs)
 	cgroup    string
-	socket    string
+	socket    string // the host socket
+	control   string // the control socket
 	sandboxed bool
 	log       *syncBuffer
 	waited    chan struct{}
@@ -41,12 +42,13 @@ func startDaemon(ctx context.Context, e *env, tag string) (*daemonProc, error) {
 	d := &daemonProc{
 		dir:       dir,
 		socket:    filepath.Join(dir, "d.sock"),
+		control:   filepath.Join(dir, "control.sock"),
 		cgroup:    fmt.Sprintf("dimplugd-bench-%d-%s", os.Getpid(), tag),
 		sandboxed: e.ctErr == nil,
 		log:       &syncBuffer{},
 		waited:    make(chan struct{}),
 	}
-	args := []string{"serve", "--state-dir", filepath.Join(dir, "state"), "--socket", d.socket}
+	args := []string{"serve", "--state-dir", filepath.Join(dir, "state"), "--socket", d.socket, "--control-socket", d.control}
 	if d.sandboxed {
 		if d.ctState, err = os.MkdirTemp("/run", "dimplugd-bench-"); err != nil {
 			os.RemoveAll(dir)
@@ -66,7 +68,7 @@ func startDaemon(ctx context.Context, e *env, tag string) (*daemonProc, error) {
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		cctx, cancel := context.WithTimeout(ctx, time.Second)
-		d.ctl, err = host.DialControl(cctx, d.socket)
+		d.ctl, err = host.DialControl(cctx, d.control)
 		cancel()
 		if err == nil {
 			return d, nil

@@ -35,7 +35,7 @@ var streamSizes = []int{4 << 10, 256 << 10, 1 << 20, 6 << 20}
 
 // thresholdSizes are the frame sizes around host.InlineMax compared inline
 // and by descriptor.
-var thresholdSizes = []int{256, 1 << 10, 4 << 10, 16 << 10, 64 << 10, 128 << 10}
+var thresholdSizes = []int{256, 1 << 10, 4 << 10, 16 << 10, 64 << 10} // the daemon takes at most 64 KiB inline
 
 // streamKind is the kind the pass-through plugin takes.
 const streamKind = "video/segment"

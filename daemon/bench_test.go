@@ -16,7 +16,7 @@ import (
 // with go-plugin; this keeps a number next to the code).
 func BenchmarkHookedDispatch(b *testing.B) {
 	td := startWithPlugins(b, fastSupervision,
-		testPlugin{"bench", "", hooks("request", "GET", "/api/v1/media/:id", "2s", "fail-open", 0)},
+		testPlugin{name: "bench", frames: "", extra: hooks("request", "GET", "/api/v1/media/:id", "2s", "fail-open", 0)},
 	)
 	for _, mode := range []struct {
 		name string
@@ -54,7 +54,7 @@ func benchDispatch(b *testing.B, s *host.Session) {
 // dispatch called in-process, one hook on the plugin's lane.
 func BenchmarkPluginHop(b *testing.B) {
 	td := startWithPlugins(b, fastSupervision,
-		testPlugin{"bench", "", hooks("request", "GET", "/api/v1/media/:id", "2s", "fail-open", 0)},
+		testPlugin{name: "bench", frames: "", extra: hooks("request", "GET", "/api/v1/media/:id", "2s", "fail-open", 0)},
 	)
 	req := get("/api/v1/media/42")
 	ctx := context.Background()
@@ -97,7 +97,7 @@ func BenchmarkHostHopOnly(b *testing.B) {
 // at most 1024 frames in flight.
 func BenchmarkStream(b *testing.B) {
 	td := startWithPlugins(b, fastSupervision,
-		testPlugin{"passer", "pass", streamStage("pass", "video/segment", "transform", "fail-closed", "10s", 0)},
+		testPlugin{name: "passer", frames: "pass", extra: streamStage("pass", "video/segment", "transform", "fail-closed", "10s", 0)},
 	)
 	s := dial(b, td.socket)
 	for _, bc := range []struct {

@@ -35,6 +35,9 @@ func (d *Daemon) Install(ctx context.Context, archive []byte, opts registry.Inst
 	enable := opts.Enable
 	opts.Enable = false // enabled below, after the conflict check
 	opts.Check = func(m *manifest.Manifest, prev *registry.Record) error {
+		if err := checkFitsMachine(thisMachine(), m, opts.Grant, prev); err != nil {
+			return err
+		}
 		if prev == nil || opts.Grant != nil {
 			return nil
 		}
@@ -213,23 +216,9 @@ func (d *Daemon) checkConflicts(name string, m *manifest.Manifest) error {
 }
 
 func (c *control) Install(ctx context.Context, call schema.Control_install) error {
-	args := call.Args()
-	archive, err := args.Archive()
+	archive, opts, err := readInstallArgs(call.Args())
 	if err != nil {
 		return err
-	}
-	o, err := args.Options()
-	if err != nil {
-		return err
-	}
-	opts := registry.InstallOptions{Replace: o.Replace(), Enable: o.Enable()}
-	if o.HasGrant() {
-		g, err := o.Grant()
-		if err != nil {
-			return err
-		}
-		p := wire.ReadPermissions(g)
-		opts.Grant = &p
 	}
 	rec, err := c.d.Install(ctx, archive, opts)
 	if err != nil {
@@ -257,7 +246,7 @@ func (c *control) List(ctx context.Context, call schema.Control_list) error {
 }
 
 func (c *control) Inspect(ctx context.Context, call schema.Control_inspect) error {
-	name, err := call.Args().Name()
+	name, err := argName(call.Args())
 	if err != nil {
 		return err
 	}
@@ -265,7 +254,7 @@ func (c *control) Inspect(ctx context.Context, call schema.Control_inspect) erro
 }
 
 func (c *control) Enable(ctx context.Context, call schema.Control_enable) error {
-	name, err := call.Args().Name()
+	name, err := argName(call.Args())
 	if err != nil {
 		return err
 	}
@@ -276,7 +265,7 @@ func (c *control) Enable(ctx context.Context, call schema.Control_enable) error 
 }
 
 func (c *control) Disable(ctx context.Context, call schema.Control_disable) error {
-	name, err := call.Args().Name()
+	name, err := argName(call.Args())
 	if err != nil {
 		return err
 	}
@@ -287,7 +276,7 @@ func (c *control) Disable(ctx context.Context, call schema.Control_disable) erro
 }
 
 func (c *control) Remove(ctx context.Context, call schema.Control_remove) error {
-	name, err := call.Args().Name()
+	name, err := argName(call.Args())
 	if err != nil {
 		return err
 	}
@@ -296,7 +285,7 @@ func (c *control) Remove(ctx context.Context, call schema.Control_remove) error 
 }
 
 func (c *control) Restart(ctx context.Context, call schema.Control_restart) error {
-	name, err := call.Args().Name()
+	name, err := argName(call.Args())
 	if err != nil {
 		return err
 	}
@@ -307,16 +296,11 @@ func (c *control) Restart(ctx context.Context, call schema.Control_restart) erro
 }
 
 func (c *control) SetHookDeadline(ctx context.Context, call schema.Control_setHookDeadline) error {
-	args := call.Args()
-	name, err := args.Name()
+	name, hook, deadline, err := readSetHookDeadlineArgs(call.Args())
 	if err != nil {
 		return err
 	}
-	hook, err := args.Hook()
-	if err != nil {
-		return err
-	}
-	if _, err := c.d.SetHookDeadline(name, hook, time.Duration(args.DeadlineMicros())*time.Microsecond); err != nil {
+	if _, err := c.d.SetHookDeadline(name, hook, deadline); err != nil {
 		return err
 	}
 	return statusInto(c.d, call.AllocResults, name)
@@ -355,7 +339,7 @@ func (c *control) Status(ctx context.Context, call schema.Control_status) error 
 
 func (c *control) Logs(ctx context.Context, call schema.Control_logs) error {
 	args := call.Args()
-	name, err := args.Name()
+	name, err := argName(args)
 	if err != nil {
 		return err
 	}
@@ -368,10 +352,14 @@ func (c *control) Logs(ctx context.Context, call schema.Control_logs) error {
 		return err
 	}
 	var sub *logbuf.Subscription
+	var lines []logbuf.Line
 	if args.HasSink() {
-		sub = u.logs.Subscribe() // before the tail, so no line falls between
+		lines, sub = u.logs.TailAndSubscribe(int(args.Tail()))
+	} else {
+		lines = u.logs.Tail(int(args.Tail()))
 	}
-	lines := u.logs.Tail(int(args.Tail()))
+	// The answer holds at most the plugin's log byte cap of text
+	// (Config.LogBytes) plus about 40 bytes per line.
 	l, err := res.NewLines(int32(len(lines)))
 	if err != nil {
 		if sub != nil {
@@ -393,6 +381,14 @@ func (c *control) Logs(ctx context.Context, call schema.Control_logs) error {
 	return nil
 }
 
+// Each push of `logs -f` holds at most followBatchLines lines and
+// followBatchBytes bytes of text (or one line, cut to the line cap, when
+// that line alone is larger).
+const (
+	followBatchLines = 256
+	followBatchBytes = 256 << 10
+)
+
 // follow pushes new log lines to a sink until a push fails, the plugin is
 // removed or the daemon closes. The goroutine is owned by the daemon.
 func (d *Daemon) follow(u *unit, sub *logbuf.Subscription, sink schema.LogSink) {
@@ -402,26 +398,20 @@ func (d *Daemon) follow(u *unit, sub *logbuf.Subscription, sink schema.LogSink) 
 		defer sink.Release()
 		defer sub.Close()
 		for {
-			var batch []logbuf.Line
 			select {
 			case <-d.ctx.Done():
 				return
 			case <-u.done:
 				return
-			case l := <-sub.C():
-				batch = append(batch, l)
+			case <-sub.C():
 			}
-		more:
-			for len(batch) < 256 {
-				select {
-				case l := <-sub.C():
-					batch = append(batch, l)
-				default:
-					break more
-				}
+			batch, dropped := sub.Next(followBatchLines, followBatchBytes)
+			if dropped > 0 {
+				note := logbuf.Line{Time: time.Now(), Stream: logbuf.Daemon, Text: fmt.Sprintf("(%d lines dropped: the reader fell behind)", dropped)}
+				batch = append([]logbuf.Line{note}, batch...)
 			}
-			if n := sub.Dropped(); n > 0 {
-				batch = append(batch, logbuf.Line{Time: time.Now(), Stream: "daemon", Text: fmt.Sprintf("(%d lines dropped: the reader fell behind)", n)})
+			if len(batch) == 0 {
+				continue
 			}
 			ctx, cancel := context.WithTimeout(d.ctx, 30*time.Second)
 			fut, release := sink.Push(ctx, func(p schema.LogSink_push_Params) error {

@@ -1,8 +1,9 @@
 // Package daemon is dimplugd's supervisor as a library: it owns the
 // installed plugins (through package registry), starts each enabled plugin
 // through a sandbox.Runtime, supervises it (health checks, restart with
-// backoff, quarantine), dispatches hooks to it, and serves the host face and
-// the control face on a Unix socket.
+// backoff, quarantine), dispatches hooks to it, and serves the host face on
+// its host socket and the control face on its control socket, each with its
+// own rights (see server.go and peer.go) and limits (limits.go).
 //
 // cmd/dimplugd maps flags onto a Config and calls Start:
 //
@@ -20,6 +21,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"sort"
@@ -27,9 +29,11 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/dimplugd/dimplugd/daemon/logbuf"
 	"github.com/dimplugd/dimplugd/daemon/registry"
 	"github.com/dimplugd/dimplugd/sandbox"
 	"github.com/dimplugd/dimplugd/schema"
+	"github.com/dimplugd/dimplugd/sdk-go/wire"
 )
 
 // Version is the daemon's release, reported by `dimplugd version` and the
@@ -41,11 +45,25 @@ type Config struct {
 	// StateDir holds the registry database and installed plugins.
 	// Required.
 	StateDir string
-	// Socket is the path of the Unix socket serving the host and control
-	// faces. Required.
+	// Socket is the path of the host socket: the host face, hook lanes and
+	// frame sockets. Required.
 	Socket string
-	// SocketMode is the socket file's permission bits; default 0660.
+	// ControlSocket is the path of the control socket (the control face,
+	// for operators); default control.sock next to Socket.
+	ControlSocket string
+	// HostGroup is the group (name or gid) whose members may use the host
+	// socket besides root and the daemon's own user; the socket file then
+	// belongs to it with mode 0660. Default none: mode 0600.
+	HostGroup string
+	// OperatorGroup is the same for the control socket. Default none:
+	// root and the daemon's user only, mode 0600.
+	OperatorGroup string
+	// SocketMode overrides the host socket file's permission bits (default
+	// 0660 with a HostGroup, else 0600). The peer check holds whatever the
+	// mode.
 	SocketMode os.FileMode
+	// Limits bound connections, messages and their timeouts.
+	Limits Limits
 	// Runtime starts plugin instances. Required.
 	Runtime sandbox.Runtime
 	// Logger receives the daemon's own log; default slog.Default().
@@ -56,8 +74,19 @@ type Config struct {
 	// only tests set it.
 	ProtocolVersions []uint16
 	// LogLines is how many lines of each plugin's log are kept; default
-	// 2000.
+	// 2000 (logbuf.DefaultLines).
 	LogLines int
+	// LogBytes is how many bytes of log text are kept per plugin, all
+	// lines together, the oldest lines dropped first; default 1 MiB
+	// (logbuf.DefaultBytes).
+	LogBytes int
+	// LogLineBytes is the longest log line kept; a longer line is cut
+	// and ends with a marker saying how many bytes were cut. Default
+	// 8 KiB (logbuf.DefaultLineBytes).
+	LogLineBytes int
+	// Resolver resolves the host names plugins fetch through the Fetcher
+	// capability; default net.DefaultResolver. Tests set their own.
+	Resolver Resolver
 }
 
 // Supervision tunes how plugins are watched and restarted.
@@ -130,7 +159,14 @@ type Daemon struct {
 
 	routes routes
 	hub    *frameHub // frame streams
-	server *server
+	server *server   // the host socket
+	ctlSrv *server   // the control socket
+	limits Limits
+	// budget bounds the bytes of half-received client messages.
+	budget *wire.Budget
+	// pluginBudget bounds the bytes of half-received plugin messages.
+	pluginBudget *wire.Budget
+	openConns    atomic.Int64 // on both sockets
 	// dispatches counts host dispatch calls, so tests can prove that
 	// unhooked requests cost no IPC.
 	dispatches atomic.Int64
@@ -145,14 +181,34 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 	if cfg.StateDir == "" || cfg.Socket == "" || cfg.Runtime == nil {
 		return nil, errors.New("daemon: StateDir, Socket and Runtime are required")
 	}
+	if cfg.ControlSocket == "" {
+		cfg.ControlSocket = filepath.Join(filepath.Dir(cfg.Socket), "control.sock")
+	}
+	hostGroup, err := lookupGroup(cfg.HostGroup)
+	if err != nil {
+		return nil, fmt.Errorf("host group: %w", err)
+	}
+	opGroup, err := lookupGroup(cfg.OperatorGroup)
+	if err != nil {
+		return nil, fmt.Errorf("operator group: %w", err)
+	}
 	if cfg.SocketMode == 0 {
-		cfg.SocketMode = 0o660
+		cfg.SocketMode = 0o600
+		if hostGroup.set {
+			cfg.SocketMode = 0o660
+		}
+	}
+	ctlMode := os.FileMode(0o600)
+	if opGroup.set {
+		ctlMode = 0o660
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	if cfg.LogLines <= 0 {
-		cfg.LogLines = 2000
+	lim := logbuf.Limits{Lines: cfg.LogLines, Bytes: cfg.LogBytes, LineBytes: cfg.LogLineBytes}.WithDefaults()
+	cfg.LogLines, cfg.LogBytes, cfg.LogLineBytes = lim.Lines, lim.Bytes, lim.LineBytes
+	if cfg.Resolver == nil {
+		cfg.Resolver = net.DefaultResolver
 	}
 	d := &Daemon{
 		cfg:      cfg,
@@ -165,9 +221,11 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 	if d.versions == nil {
 		d.versions = schema.SupportedVersions
 	}
+	d.limits = cfg.Limits.withDefaults()
+	d.budget = wire.NewBudget(d.limits.ReceiveBudget)
+	d.pluginBudget = wire.NewBudget(d.limits.ReceiveBudget)
 	d.routes.init()
 	d.hub = newFrameHub(d)
-	var err error
 	if d.cfg.StateDir, err = filepath.Abs(cfg.StateDir); err != nil {
 		return nil, fmt.Errorf("state directory: %w", err)
 	}
@@ -196,11 +254,16 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 	d.mu.Unlock()
 	d.rebuildRoutes()
 
-	if d.server, err = listen(d, cfg.Socket, cfg.SocketMode); err != nil {
+	if d.server, err = listen(d, faceHost, cfg.Socket, cfg.SocketMode, hostGroup); err != nil {
 		d.Close()
 		return nil, err
 	}
-	d.log.Info("dimplugd started", "version", Version, "socket", cfg.Socket, "state", d.cfg.StateDir,
+	if d.ctlSrv, err = listen(d, faceControl, cfg.ControlSocket, ctlMode, opGroup); err != nil {
+		d.Close()
+		return nil, err
+	}
+	d.log.Info("dimplugd started", "version", Version, "socket", cfg.Socket, "control_socket", cfg.ControlSocket,
+		"host_group", cfg.HostGroup, "operator_group", cfg.OperatorGroup, "state", d.cfg.StateDir,
 		"runtime", cfg.Runtime.Name(), "sandboxed", cfg.Runtime.Sandboxed(), "plugins", len(recs))
 	return d, nil
 }
@@ -216,6 +279,9 @@ func (d *Daemon) Close() error {
 	d.closed = true
 	if d.server != nil {
 		d.server.close()
+	}
+	if d.ctlSrv != nil {
+		d.ctlSrv.close()
 	}
 	d.cancel()
 	d.mu.Lock()
@@ -235,8 +301,11 @@ func (d *Daemon) Close() error {
 	return err
 }
 
-// Socket returns the path the daemon serves.
+// Socket returns the path of the host socket.
 func (d *Daemon) Socket() string { return d.cfg.Socket }
+
+// ControlSocket returns the path of the control socket.
+func (d *Daemon) ControlSocket() string { return d.cfg.ControlSocket }
 
 // addUnitLocked creates the supervision goroutine for an installed plugin.
 // d.mu must be held.

@@ -293,7 +293,7 @@ func TestHandshakeMismatch(t *testing.T) {
 	if !errors.As(err, &vm) || !strings.Contains(err.Error(), "the daemon speaks v1 but this host speaks v99") {
 		t.Fatalf("host side: got %v", err)
 	}
-	_, err = host.DialControl(ctx, td.socket, host.WithProtocolVersions(99))
+	_, err = host.DialControl(ctx, td.control, host.WithProtocolVersions(99))
 	if !errors.As(err, &vm) {
 		t.Fatalf("control side: got %v", err)
 	}

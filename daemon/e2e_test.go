@@ -22,7 +22,8 @@ import (
 type daemonProc struct {
 	t       *testing.T
 	cmd     *exec.Cmd
-	socket  string
+	socket  string // the host socket
+	control string // the control socket
 	state   string
 	ctState string
 	cgroup  string
@@ -49,6 +50,7 @@ func newDaemonProc(t *testing.T) *daemonProc {
 	return &daemonProc{
 		t:       t,
 		socket:  filepath.Join(dir, "d.sock"),
+		control: filepath.Join(dir, "control.sock"),
 		state:   filepath.Join(dir, "state"),
 		ctState: filepath.Join(dir, "ct"),
 		cgroup:  fmt.Sprintf("dimplugd-e2e-%d", os.Getpid()),
@@ -59,7 +61,7 @@ func (p *daemonProc) start() {
 	t := p.t
 	bin := buildBin(t, "./cmd/dimplugd", false)
 	args := append([]string{"serve", "--state-dir", p.state, "--socket", p.socket,
-		"--container-state", p.ctState, "--cgroup-parent", p.cgroup}, runtimeArgs(t)...)
+		"--control-socket", p.control, "--container-state", p.ctState, "--cgroup-parent", p.cgroup}, runtimeArgs(t)...)
 	p.cmd = exec.Command(bin, args...)
 	p.log = &bytes.Buffer{}
 	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
@@ -72,7 +74,7 @@ func (p *daemonProc) start() {
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		c, err := host.DialControl(ctx, p.socket)
+		c, err := host.DialControl(ctx, p.control)
 		cancel()
 		if err == nil {
 			c.Close()
@@ -119,7 +121,7 @@ func (p *daemonProc) kill9() {
 func (p *daemonProc) ctl(wantFail bool, args ...string) (string, string) {
 	p.t.Helper()
 	bin := buildBin(p.t, "./cmd/dimplugctl", true)
-	cmd := exec.Command(bin, append([]string{"--socket", p.socket}, args...)...)
+	cmd := exec.Command(bin, append([]string{"--socket", p.control}, args...)...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()

@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -154,9 +155,10 @@ args = [%s]
 // testDaemon is a daemon running in the test process.
 type testDaemon struct {
 	*Daemon
-	socket string
-	state  string
-	ctl    *host.Control
+	socket  string // the host socket
+	control string // the control socket
+	state   string
+	ctl     *host.Control
 }
 
 // fastSupervision keeps restart tests short.
@@ -174,22 +176,28 @@ var fastSupervision = Supervision{
 
 func startDaemon(t testing.TB, rt sandbox.Runtime, sup Supervision) *testDaemon {
 	t.Helper()
+	return startDaemonConfig(t, Config{Runtime: rt, Supervision: sup})
+}
+
+// startDaemonConfig starts a daemon with cfg, filling in StateDir, Socket,
+// ControlSocket and Logger (and Runtime when nil).
+func startDaemonConfig(t testing.TB, cfg Config) *testDaemon {
+	t.Helper()
 	dir := shortTempDir(t, "dpd")
-	td := &testDaemon{socket: filepath.Join(dir, "d.sock"), state: filepath.Join(dir, "state")}
-	d, err := Start(context.Background(), Config{
-		StateDir:    td.state,
-		Socket:      td.socket,
-		Runtime:     rt,
-		Supervision: sup,
-		Logger:      slog.New(slog.NewTextHandler(io.Discard, nil)),
-	})
+	td := &testDaemon{socket: filepath.Join(dir, "d.sock"), control: filepath.Join(dir, "c.sock"), state: filepath.Join(dir, "state")}
+	cfg.StateDir, cfg.Socket, cfg.ControlSocket = td.state, td.socket, td.control
+	if cfg.Runtime == nil {
+		cfg.Runtime = testRuntime(t)
+	}
+	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	d, err := Start(context.Background(), cfg)
 	if err != nil {
 		t.Fatalf("start daemon: %v", err)
 	}
 	td.Daemon = d
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if td.ctl, err = host.DialControl(ctx, td.socket); err != nil {
+	if td.ctl, err = host.DialControl(ctx, td.control); err != nil {
 		d.Close()
 		t.Fatalf("dial control: %v", err)
 	}
@@ -221,22 +229,59 @@ func (td *testDaemon) install(t testing.TB, dir string) *host.PluginStatus {
 // timeout with the last status seen.
 func waitState(t testing.TB, ctl *host.Control, name string, timeout time.Duration, what string, cond func(*host.PluginStatus) bool) *host.PluginStatus {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
 	var last *host.PluginStatus
-	for time.Now().Before(deadline) {
+	if poll(timeout, func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
 		st, err := ctl.Inspect(ctx, name)
-		cancel()
 		if err == nil {
 			last = st
-			if cond(st) {
-				return st
-			}
 		}
-		time.Sleep(20 * time.Millisecond)
+		return err == nil && cond(st)
+	}) {
+		return last
 	}
 	t.Fatalf("plugin %q: timed out after %s waiting for %s; last status: %+v", name, timeout, what, last)
 	return nil
+}
+
+// poll calls cond until it holds (true) or timeout has passed (false).
+// Every test that waits for a condition waits through it.
+func poll(timeout time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return true
+}
+
+// waitFor polls cond until it holds, failing the test after timeout.
+func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	if !poll(timeout, cond) {
+		t.Fatalf("timed out after %s waiting for %s", timeout, what)
+	}
+}
+
+// syncLog collects output written from several goroutines.
+type syncLog struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *syncLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *syncLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 func running(st *host.PluginStatus) bool { return st.State == StateRunning }
@@ -255,7 +300,10 @@ func dial(t testing.TB, socket string, opts ...host.Option) *host.Session {
 
 // testPlugin is a testplug plugin to install: its -frames mode ("" for
 // none) and what its manifest adds (hooks, [[streams]] stages).
-type testPlugin struct{ name, frames, extra string }
+type testPlugin struct {
+	name, frames, extra string
+	args                []string // more arguments for testplug
+}
 
 // startWithPlugins starts a daemon with the plugins installed and running.
 func startWithPlugins(t testing.TB, sup Supervision, plugins ...testPlugin) *testDaemon {
@@ -266,6 +314,7 @@ func startWithPlugins(t testing.TB, sup Supervision, plugins ...testPlugin) *tes
 		if p.frames != "" {
 			args = []string{"-frames", p.frames}
 		}
+		args = append(args, p.args...)
 		td.install(t, pluginDir(t, testplugManifest(p.name, args, p.extra)))
 	}
 	for _, p := range plugins {

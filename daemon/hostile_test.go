@@ -164,6 +164,7 @@ func TestHostilePlugin(t *testing.T) {
 		{name: "mknod-device", errno: "EPERM"},
 		{name: "connect-loopback", arg: ln.Addr().String(), errno: "ECONNREFUSED"},
 		{name: "connect-control-socket", arg: td.socket, errno: "ENOENT"},
+		{name: "connect-control-socket", arg: td.control, errno: "ENOENT"}, // the operators' socket too
 		{name: "raw-socket", errno: "EPERM"},
 		{name: "packet-socket", errno: "EPERM"},
 		{name: "netlink-socket", errno: "EPERM"},

@@ -10,39 +10,61 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"capnproto.org/go/capnp/v3"
+	rpccp "capnproto.org/go/capnp/v3/std/capnp/rpc"
 
 	"github.com/dimplugd/dimplugd/schema"
 	"github.com/dimplugd/dimplugd/sdk-go/frames"
 	"github.com/dimplugd/dimplugd/sdk-go/wire"
 )
 
-// server accepts host and CLI connections on the daemon's Unix socket. Its
-// accept goroutine and one goroutine per connection end in close.
+// server accepts the connections of one of the daemon's sockets: the host
+// socket (host face, hook lanes, frame sockets) or the control socket
+// (control face). Its accept goroutine and one goroutine per connection end
+// in close.
 type server struct {
-	d    *Daemon
-	ln   *net.UnixListener
-	path string
+	d     *Daemon
+	ln    *net.UnixListener
+	path  string
+	face  face
+	group group // who besides root and the daemon's user may connect
+	cap   int   // connections per peer uid
+	lim   wire.Limits
+	stop  chan struct{} // closed by close: ends the accept backoff
 
 	mu      sync.Mutex
 	conns   map[net.Conn]struct{}
+	uids    map[uint32]int // open connections by peer uid
 	closing bool
 	wg      sync.WaitGroup
+
+	refusedAt     time.Time // last refusal logged
+	refusedQuiet  int       // refusals not logged since
+	lingering     atomic.Int32
+	acceptErrs    int
+	acceptBackoff time.Duration
 }
 
-func listen(d *Daemon, path string, mode os.FileMode) (*server, error) {
+// listen creates the socket at path, owned by root (or the daemon's user)
+// and g's group, with mode, and starts accepting on it.
+func listen(d *Daemon, f face, path string, mode os.FileMode, g group) (*server, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, fmt.Errorf("create socket directory: %w", err)
+	}
+	flag := "--socket"
+	if f == faceControl {
+		flag = "--control-socket"
 	}
 	if _, err := os.Lstat(path); err == nil {
 		// A socket file exists: refuse if a daemon answers on it, else it
 		// is left over from a daemon that died.
 		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
 			c.Close()
-			return nil, fmt.Errorf("another dimplugd is already serving %s (stop it or pass a different --socket)", path)
+			return nil, fmt.Errorf("another dimplugd is already serving %s (stop it or pass a different %s)", path, flag)
 		}
 		if err := os.Remove(path); err != nil {
 			return nil, fmt.Errorf("remove stale socket %s: %w", path, err)
@@ -55,39 +77,180 @@ func listen(d *Daemon, path string, mode os.FileMode) (*server, error) {
 		return nil, fmt.Errorf("listen on %s: %w", path, err)
 	}
 	ln.SetUnlinkOnClose(true)
+	if g.set {
+		if err := os.Chown(path, -1, int(g.gid)); err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("give the %s socket to group %q: %w", f, g.name, err)
+		}
+	}
 	if err := os.Chmod(path, mode); err != nil {
 		ln.Close()
 		return nil, fmt.Errorf("set socket mode: %w", err)
 	}
-	s := &server{d: d, ln: ln, path: path, conns: map[net.Conn]struct{}{}}
+	s := &server{d: d, ln: ln, path: path, face: f, group: g, lim: d.wireLimits(f), stop: make(chan struct{}),
+		conns: map[net.Conn]struct{}{}, uids: map[uint32]int{}}
+	s.cap = d.limits.HostConnsPerUID
+	if f == faceControl {
+		s.cap = d.limits.ControlConnsPerUID
+	}
 	s.wg.Add(1)
 	go s.accept()
 	return s, nil
 }
 
+// accept runs until close. A failing accept (EMFILE, ENFILE, ENOBUFS...)
+// never ends it: it backs off from 5 ms, doubling up to 1 s, as net/http
+// does, and logs once per burst.
 func (s *server) accept() {
 	defer s.wg.Done()
 	for {
 		c, err := s.ln.AcceptUnix()
 		if err != nil {
-			if !errors.Is(err, net.ErrClosed) {
-				s.d.log.Error("accept", "err", err)
+			if errors.Is(err, net.ErrClosed) {
+				return
 			}
-			return
+			if s.acceptBackoff == 0 {
+				s.acceptBackoff = 5 * time.Millisecond
+				s.d.log.Error("accept failed; retrying with backoff until it succeeds", "socket", s.face.String(), "err", err)
+			} else {
+				s.acceptBackoff = min(2*s.acceptBackoff, time.Second)
+			}
+			s.acceptErrs++
+			t := time.NewTimer(s.acceptBackoff)
+			select {
+			case <-t.C:
+			case <-s.stop:
+				t.Stop()
+				return
+			}
+			continue
 		}
-		s.wg.Add(1)
-		go func() { // owned by the server; ends when the client disconnects or close
-			defer s.wg.Done()
-			s.serve(c)
-		}()
+		if s.acceptBackoff != 0 {
+			s.d.log.Info("accept works again", "socket", s.face.String(), "failed_accepts", s.acceptErrs)
+			s.acceptBackoff, s.acceptErrs = 0, 0
+		}
+		s.admit(c)
 	}
 }
 
-// serve runs one client connection: Cap'n Proto RPC, or the hook lane when
-// the client opens with its preamble (see schema/lane.capnp).
-func (s *server) serve(c *net.UnixConn) {
-	br := bufio.NewReaderSize(c, 64<<10)
-	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+// admit checks a new connection's peer against the socket's rights and
+// caps, then serves it on its own goroutine, or refuses it.
+func (s *server) admit(c *net.UnixConn) {
+	p, err := peerOf(c)
+	if err != nil {
+		s.d.log.Warn("connection refused: cannot read its peer's credentials", "socket", s.face.String(), "err", err)
+		c.Close()
+		return
+	}
+	if err := allow(s.face, s.group, p); err != nil {
+		s.refuse(c, p, err)
+		return
+	}
+	if err := s.take(p.uid); err != nil {
+		s.refuse(c, p, err)
+		return
+	}
+	s.wg.Add(1)
+	go func() { // owned by the server; ends when the client disconnects or close
+		defer s.wg.Done()
+		defer s.give(p.uid)
+		s.serve(c, p)
+	}()
+}
+
+// take counts a connection of uid against the caps.
+func (s *server) take(uid uint32) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.uids[uid] >= s.cap {
+		flag := "--host-conns-per-uid"
+		if s.face == faceControl {
+			flag = "--control-conns-per-uid"
+		}
+		return fmt.Errorf("%s socket: too many connections: uid %d already has %d open (the cap per uid, %s)", s.face, uid, s.uids[uid], flag)
+	}
+	if n := s.d.openConns.Add(1); n > int64(s.d.limits.MaxConns) {
+		s.d.openConns.Add(-1)
+		return fmt.Errorf("%s socket: too many connections: the daemon has %d open (the cap, --max-conns)", s.face, n-1)
+	}
+	s.uids[uid]++
+	return nil
+}
+
+func (s *server) give(uid uint32) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.d.openConns.Add(-1)
+	if s.uids[uid]--; s.uids[uid] <= 0 {
+		delete(s.uids, uid)
+	}
+}
+
+// maxLingering bounds the refused connections kept open briefly so that
+// their peers read why; beyond it refusals close at once.
+const maxLingering = 64
+
+// refuse tells the peer why (a Cap'n Proto abort message, which the SDK
+// reports) and closes the connection. It logs at most once a second.
+func (s *server) refuse(c *net.UnixConn, p peer, why error) {
+	s.mu.Lock()
+	now := time.Now()
+	if now.Sub(s.refusedAt) >= time.Second {
+		s.d.log.Warn("connection refused", "socket", s.face.String(), "uid", p.uid, "pid", p.pid, "err", why,
+			"also_refused_since_last_logged", s.refusedQuiet)
+		s.refusedAt, s.refusedQuiet = now, 0
+	} else {
+		s.refusedQuiet++
+	}
+	s.mu.Unlock()
+	c.SetWriteDeadline(now.Add(100 * time.Millisecond))
+	_, _ = c.Write(abortMessage(why.Error()))
+	if s.lingering.Add(1) > maxLingering {
+		s.lingering.Add(-1)
+		c.Close()
+		return
+	}
+	// Half-close and drain what the peer already sent, so that it reads
+	// the abort rather than a reset.
+	c.CloseWrite()
+	s.wg.Add(1)
+	go func() { // ends within a second
+		defer s.wg.Done()
+		defer s.lingering.Add(-1)
+		c.SetReadDeadline(time.Now().Add(time.Second))
+		io.Copy(io.Discard, io.LimitReader(c, 1<<20))
+		c.Close()
+	}()
+}
+
+// abortMessage is a Cap'n Proto RPC abort carrying reason.
+func abortMessage(reason string) []byte {
+	msg, seg, err := capnp.NewMessage(capnp.SingleSegment(nil))
+	if err != nil {
+		return nil
+	}
+	m, err := rpccp.NewRootMessage(seg)
+	if err != nil {
+		return nil
+	}
+	e, err := m.NewAbort()
+	if err != nil {
+		return nil
+	}
+	e.SetType(rpccp.Exception_Type_failed)
+	if e.SetReason(reason) != nil {
+		return nil
+	}
+	b, _ := msg.Marshal()
+	return b
+}
+
+// serve runs one client connection: Cap'n Proto RPC, or (host socket only)
+// the hook lane or the frame socket when the client opens with their
+// preamble (see schema/lane.capnp).
+func (s *server) serve(c *net.UnixConn, p peer) {
+	br := bufio.NewReaderSize(c, 4<<10)
+	c.SetReadDeadline(time.Now().Add(s.d.limits.FirstMessageTimeout))
 	first, err := br.Peek(1)
 	c.SetReadDeadline(time.Time{})
 	if err != nil {
@@ -96,11 +259,16 @@ func (s *server) serve(c *net.UnixConn) {
 	}
 	bc := &bufferedConn{Conn: c, r: br}
 	if first[0] == wire.LanePreamble[0] {
-		s.serveLane(bc)
+		if s.face != faceHost {
+			s.d.log.Warn("control socket: a hook lane or frame socket was asked for; hosts use the host socket", "uid", p.uid, "pid", p.pid)
+			c.Close()
+			return
+		}
+		s.serveLane(bc, p)
 		return
 	}
-	gw := schema.Daemon_ServerToClient(&gateway{d: s.d})
-	conn := wire.NewConn(bc, capnp.Client(gw), rpcLogger{})
+	gw := schema.Daemon_ServerToClient(&gateway{d: s.d, face: s.face, peer: p})
+	conn := wire.NewConnLimited(bc, capnp.Client(gw), rpcLogger{}, s.lim)
 	if !s.track(bc, true) {
 		conn.Close()
 		return
@@ -129,15 +297,15 @@ func (s *server) track(c net.Conn, open bool) bool {
 // FramesPreamble opens a host's frame socket (see schema/stream.capnp).
 const FramesPreamble = "DPFRAME1\n"
 
-func (s *server) serveLane(c *bufferedConn) {
+func (s *server) serveLane(c *bufferedConn, p peer) {
 	defer c.Close()
 	pre := make([]byte, len(wire.LanePreamble))
-	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	c.SetReadDeadline(time.Now().Add(s.d.limits.FirstMessageTimeout))
 	if _, err := io.ReadFull(c, pre); err != nil {
 		return
 	}
 	if string(pre) == FramesPreamble[:len(pre)] {
-		s.serveFrames(c)
+		s.serveFrames(c, p)
 		return
 	}
 	if string(pre) != wire.LanePreamble {
@@ -151,12 +319,16 @@ func (s *server) serveLane(c *bufferedConn) {
 		return
 	}
 	defer s.track(c, false)
-	_ = wire.ServeLane(s.d.ctx, c, s.d.laneDispatch)
+	lim := s.lim
+	lim.FirstMessage = 0 // the preamble was the first message
+	_ = wire.ServeLaneLimited(s.d.ctx, c, s.d.laneDispatch, lim)
 }
 
 // serveFrames hands a host its frame socket: the rest of the preamble, then
-// one byte and the socket's fd; the stream connection then closes.
-func (s *server) serveFrames(c *bufferedConn) {
+// one byte and the socket's fd; the stream connection then closes. A uid
+// with HostConnsPerUID frame sockets open already gets a 0 byte and why
+// instead.
+func (s *server) serveFrames(c *bufferedConn, p peer) {
 	rest := make([]byte, len(FramesPreamble)-len(wire.LanePreamble))
 	if _, err := io.ReadFull(c, rest); err != nil || string(rest) != FramesPreamble[len(wire.LanePreamble):] {
 		return
@@ -165,17 +337,25 @@ func (s *server) serveFrames(c *bufferedConn) {
 	if !ok {
 		return
 	}
+	if !s.d.hub.reserveHost(p.uid, s.d.limits.HostConnsPerUID) {
+		why := fmt.Sprintf("too many frame sockets: uid %d already has %d open (the cap per uid, --host-conns-per-uid)", p.uid, s.d.limits.HostConnsPerUID)
+		s.d.log.Warn("frame socket refused", "uid", p.uid, "pid", p.pid, "why", why)
+		_, _ = uc.Write(append([]byte{0}, why...))
+		return
+	}
 	ours, theirs, err := frames.Socketpair()
 	if err != nil {
+		s.d.hub.unreserveHost(p.uid)
 		s.d.log.Error("frame socket for a host", "err", err)
 		return
 	}
 	defer theirs.Close()
 	if err := frames.SendFD(uc, []byte{1}, theirs); err != nil {
+		s.d.hub.unreserveHost(p.uid)
 		ours.Close()
 		return
 	}
-	s.d.hub.attach(ours, "host", nil)
+	s.d.hub.attachHost(ours, p.uid)
 }
 
 // laneDispatch answers a dispatch call on a host's hook lane.
@@ -224,6 +404,7 @@ func (b *bufferedConn) Read(p []byte) (int, error) { return b.r.Read(p) }
 
 func (s *server) close() {
 	s.ln.Close()
+	close(s.stop)
 	s.mu.Lock()
 	s.closing = true
 	conns := make([]net.Conn, 0, len(s.conns))
@@ -237,8 +418,24 @@ func (s *server) close() {
 	s.wg.Wait()
 }
 
-// gateway is the bootstrap capability of one client connection.
-type gateway struct{ d *Daemon }
+// gateway is the bootstrap capability of one client connection. It opens
+// only the face its socket serves.
+type gateway struct {
+	d    *Daemon
+	face face
+	peer peer
+}
+
+// wrongSocket refuses a face asked for on the other face's socket.
+func (g *gateway) wrongSocket(want face) error {
+	g.d.log.Warn("client refused: face asked for on the wrong socket", "face", want.String(), "socket", g.face.String(), "uid", g.peer.uid, "pid", g.peer.pid)
+	if want == faceControl {
+		return fmt.Errorf("control face: %w: this is dimplugd's host socket, which serves hosts only; operators use the control socket %s (dimplugctl --socket, $DIMPLUGD_CONTROL_SOCKET)",
+			errDenied, g.d.cfg.ControlSocket)
+	}
+	return fmt.Errorf("host face: %w: this is dimplugd's control socket, which serves operators only; hosts use the host socket %s ($DIMPLUGD_SOCKET)",
+		errDenied, g.d.cfg.Socket)
+}
 
 // openFace negotiates the version of a face for a client and, when they
 // share one, lets grant set the face's capability in the results.
@@ -272,6 +469,9 @@ func openFace[A interface {
 }
 
 func (g *gateway) OpenHost(ctx context.Context, call schema.Daemon_openHost) error {
+	if g.face != faceHost {
+		return g.wrongSocket(faceHost)
+	}
 	return openFace(g, "host", call.Args(), call.AllocResults, func(res schema.Daemon_openHost_Results, client string) error {
 		g.d.log.Info("host connected", "client", client)
 		return res.SetSession(schema.HostSession_ServerToClient(&hostSession{d: g.d}))
@@ -279,6 +479,9 @@ func (g *gateway) OpenHost(ctx context.Context, call schema.Daemon_openHost) err
 }
 
 func (g *gateway) OpenControl(ctx context.Context, call schema.Daemon_openControl) error {
+	if g.face != faceControl {
+		return g.wrongSocket(faceControl)
+	}
 	return openFace(g, "control", call.Args(), call.AllocResults, func(res schema.Daemon_openControl_Results, _ string) error {
 		return res.SetControl(schema.Control_ServerToClient(&control{d: g.d}))
 	})

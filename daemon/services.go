@@ -4,12 +4,13 @@ import (
 	"context"
 	"strings"
 
+	"github.com/dimplugd/dimplugd/daemon/logbuf"
 	"github.com/dimplugd/dimplugd/daemon/registry"
 	"github.com/dimplugd/dimplugd/schema"
 )
 
 // logServer is the Logger capability granted to a plugin: lines land in the
-// plugin's log buffer.
+// plugin's log buffer as source "log", cut to the buffer's line cap.
 type logServer struct{ u *unit }
 
 func (s *logServer) Log(ctx context.Context, call schema.Logger_log) error {
@@ -18,29 +19,53 @@ func (s *logServer) Log(ctx context.Context, call schema.Logger_log) error {
 	if err != nil {
 		return err
 	}
-	var b strings.Builder
-	b.WriteString(strings.ToUpper(args.Level().String()))
-	b.WriteByte(' ')
-	b.WriteString(text)
 	fields, err := args.Fields()
 	if err != nil {
 		return err
 	}
+	// Build at most the line cap; count the rest.
+	b := cappedBuilder{max: s.u.logs.Limits().LineBytes}
+	b.WriteString(strings.ToUpper(args.Level().String()))
+	b.WriteString(" ")
+	b.WriteString(text)
 	for i := 0; i < fields.Len(); i++ {
 		f := fields.At(i)
 		k, _ := f.Key()
 		v, _ := f.Value()
-		b.WriteByte(' ')
+		b.WriteString(" ")
 		b.WriteString(k)
-		b.WriteByte('=')
+		b.WriteString("=")
+		if b.full() {
+			b.dropped += len(v) // not quoted: an estimate, without copying v
+			continue
+		}
 		if strings.ContainsAny(v, " \t\"=") {
 			v = `"` + strings.ReplaceAll(v, `"`, `\"`) + `"`
 		}
 		b.WriteString(v)
 	}
-	s.u.logs.Append("log", b.String())
+	s.u.logs.AppendCut(logbuf.Log, b.String(), b.dropped)
 	return nil
 }
+
+// cappedBuilder keeps the first max bytes written and counts the rest.
+type cappedBuilder struct {
+	b       strings.Builder
+	max     int
+	dropped int
+}
+
+func (c *cappedBuilder) WriteString(s string) {
+	if room := c.max - c.b.Len(); room < len(s) {
+		c.dropped += len(s) - max(room, 0)
+		s = s[:max(room, 0)]
+	}
+	c.b.WriteString(s)
+}
+
+func (c *cappedBuilder) full() bool { return c.b.Len() >= c.max }
+
+func (c *cappedBuilder) String() string { return c.b.String() }
 
 // kvServer is the KeyValue capability granted to a plugin, backed by the
 // plugin's bucket in the registry.

@@ -3,8 +3,11 @@ package daemon
 import (
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -27,6 +30,17 @@ import (
 // goroutine per peer drains its queue into batched packets, so a full
 // socket to one plugin never stalls the hub. Both goroutines end with the
 // peer's connection.
+//
+// Trust: every peer is hostile until checked (docs/protocol.md, "Frame
+// memory"). A pool is accepted only as a sealed memfd of its announced size
+// (frames.CheckPool on the received descriptor; nothing is ever reopened or
+// mapped here), it belongs to the scope its producer named — a host and one
+// exact chain — and only frames of streams of that scope may name it. A
+// host names only its own pools; a stage answers a frame with that frame's
+// own descriptor or one of its own pools, in order, in at most maxParts
+// parts. A plugin that breaks the protocol is cut off (its stages fail by
+// their policies, its instance restarts); a host that does is refused that
+// stream, or cut off when the message is not about one stream.
 //
 // Holds: a frame at a transform stage is held until the stage answers it,
 // even after its stream ended (the plugin may still be writing into it);
@@ -58,6 +72,15 @@ type framePeer struct {
 	held  map[refKey]int       // refs this peer holds as host consumer or observer
 	heldN int                  // the sum of held
 	gone  bool
+	// goneCh is closed once the peer is gone; why says why, when it
+	// broke the protocol.
+	goneCh chan struct{}
+	why    string
+	lanes  map[string]bool // a host's: plugins it was granted a direct lane to
+	nOpen  int             // a host's open streams; a plugin's live stages
+	// A host's uid, counted in frameHub.hostsByUID while reserved.
+	uid      uint32
+	reserved bool
 	// fedLast is the stream the host's last message fed a frame into
 	// (reader goroutine, under the hub's lock).
 	fedLast *stream
@@ -70,22 +93,6 @@ type framePeer struct {
 	outSpare []outMsg      // the writer's: outQ and outSpare swap on every drain
 	outWake  chan struct{} // capacity 1
 	outStop  chan struct{} // closed when the peer is gone
-}
-
-// writes reports whether the peer may edit frames in place: plugins with a
-// transform stage.
-func (p *framePeer) writes() bool {
-	if p.unit == nil {
-		return false
-	}
-	p.unit.mu.Lock()
-	defer p.unit.mu.Unlock()
-	for _, st := range p.unit.rec.Manifest.Streams {
-		if st.Role == manifest.RoleTransform {
-			return true
-		}
-	}
-	return false
 }
 
 // outMsg is one queued message: a frame (the common case, kept free of
@@ -216,14 +223,19 @@ func dupFile(f *os.File) (*os.File, error) {
 }
 
 type ownedPool struct {
-	f    *os.File
-	size uint64
+	f     *os.File
+	size  uint64
+	scope uint64
+	// dropping: the owner dropped the pool while frames in it were still
+	// held; consumers are told once the last hold ends.
+	dropping bool
 }
 
 // stream is one host stream and its chain.
 type stream struct {
 	host      *framePeer
 	id        uint64 // the host's stream id
+	scope     uint64 // its pools' scope (see schema StreamOpened.scope)
 	kind      string
 	stages    []*stage // transforms, in order
 	observers []*stage
@@ -244,6 +256,10 @@ type stage struct {
 	late   []inflight  // frames passed on after a missed deadline, answer still due; each keeps its hold
 	stats  *stageCounters
 	dead   bool // bypassed (fail-open after a crash)
+	// The answer in progress to the oldest frame: parts seen, parts
+	// announced, inline bytes so far.
+	part, parts uint32
+	inlineN     int
 }
 
 type inflight struct {
@@ -270,15 +286,28 @@ type frameHub struct {
 	drained *sync.Cond // signalled when a stage's backlog shrinks
 	nextID  uint64
 	refs    map[refKey]int
-	peers   map[uint64]*framePeer
-	streams map[[2]uint64]*stream // (host peer id, host stream id)
-	stages  map[[2]uint64]*stage  // (plugin peer id, sid)
-	nextSID uint64
+	// poolHolds is the sum of refs per pool: a dropped pool is forgotten
+	// by its consumers only once nothing in it is held.
+	poolHolds map[poolKey]int
+	// scopes number each (host, exact chain) pair; members are the peers
+	// whose pools may serve a scope.
+	scopes    map[string]uint64
+	members   map[uint64]map[uint64]bool
+	scopeHost map[uint64]uint64 // each scope's host
+	// hostsByUID counts the hosts' frame sockets per peer uid (capped).
+	hostsByUID map[uint32]int
+	nextScope  uint64
+	peers      map[uint64]*framePeer
+	streams    map[[2]uint64]*stream // (host peer id, host stream id)
+	stages     map[[2]uint64]*stage  // (plugin peer id, sid)
+	nextSID    uint64
 }
 
 func newFrameHub(d *Daemon) *frameHub {
-	h := &frameHub{d: d, refs: map[refKey]int{}, peers: map[uint64]*framePeer{},
-		streams: map[[2]uint64]*stream{}, stages: map[[2]uint64]*stage{}}
+	h := &frameHub{d: d, refs: map[refKey]int{}, poolHolds: map[poolKey]int{}, peers: map[uint64]*framePeer{},
+		streams: map[[2]uint64]*stream{}, stages: map[[2]uint64]*stage{},
+		scopes: map[string]uint64{}, members: map[uint64]map[uint64]bool{}, scopeHost: map[uint64]uint64{},
+		hostsByUID: map[uint32]int{}}
 	h.drained = sync.NewCond(&h.mu)
 	return h
 }
@@ -288,6 +317,26 @@ func newFrameHub(d *Daemon) *frameHub {
 // waits — so inline frames, which no pool bounds, cannot pile up in the
 // daemon.
 const maxBacklog = 1024
+
+// Limits on what one peer may ask of the hub (docs/protocol.md, "Frame
+// memory"). Breaking one cuts the peer off or refuses the stream.
+const (
+	// maxPoolsPerPeer bounds the pools a peer has announced and not
+	// dropped: one shared pool per scope plus a few dedicated ones is
+	// what the SDKs use.
+	maxPoolsPerPeer = 256
+	// maxStreamsPerHost bounds a host's open streams.
+	maxStreamsPerHost = 256
+	// maxStagesPerPlugin bounds the streams one plugin instance takes
+	// part in at once; beyond, it is skipped (or, fail-closed, the
+	// stream is refused).
+	maxStagesPerPlugin = 1024
+	// maxParts bounds the frames a transform answers one frame with.
+	maxParts = 16
+	// maxInline bounds the bytes of a frame sent inline, and of all the
+	// inline parts of one answer (the SDKs inline up to 512 bytes).
+	maxInline = 64 << 10
+)
 
 // backloggedLocked reports whether one of the stream's stages has a full
 // backlog.
@@ -303,13 +352,48 @@ func (s *stream) backloggedLocked() bool {
 	return false
 }
 
+// reserveHost counts a new frame socket for uid, unless it has max open.
+func (h *frameHub) reserveHost(uid uint32, max int) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if max > 0 && h.hostsByUID[uid] >= max {
+		return false
+	}
+	h.hostsByUID[uid]++
+	return true
+}
+
+// unreserveHost undoes reserveHost.
+func (h *frameHub) unreserveHost(uid uint32) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.unreserveHostLocked(uid)
+}
+
+func (h *frameHub) unreserveHostLocked(uid uint32) {
+	if h.hostsByUID[uid]--; h.hostsByUID[uid] <= 0 {
+		delete(h.hostsByUID, uid)
+	}
+}
+
 // attach starts serving a peer's frame socket. The reading goroutine is
 // owned by the hub and ends when the connection does.
 func (h *frameHub) attach(conn *frames.Conn, name string, u *unit) *framePeer {
+	return h.attachPeer(conn, name, u, 0, false)
+}
+
+// attachHost starts serving a host's frame socket, counted for uid (see
+// reserveHost) until it is gone.
+func (h *frameHub) attachHost(conn *frames.Conn, uid uint32) *framePeer {
+	return h.attachPeer(conn, "host", nil, uid, true)
+}
+
+func (h *frameHub) attachPeer(conn *frames.Conn, name string, u *unit, uid uint32, reserved bool) *framePeer {
 	h.mu.Lock()
 	h.nextID++
-	p := &framePeer{id: h.nextID, name: name, conn: conn, unit: u,
+	p := &framePeer{id: h.nextID, name: name, conn: conn, unit: u, uid: uid, reserved: reserved,
 		pools: map[uint32]ownedPool{}, has: map[poolKey]bool{}, held: map[refKey]int{},
+		goneCh: make(chan struct{}), lanes: map[string]bool{},
 		outWake: make(chan struct{}, 1), outStop: make(chan struct{})}
 	h.peers[p.id] = p
 	h.mu.Unlock()
@@ -358,12 +442,12 @@ func (h *frameHub) handleLocked(p *framePeer, fm schema.FrameMsg, fds []*os.File
 		pa, err := fm.PoolAdd()
 		if err != nil || len(fds) != 1 {
 			closeAll(fds)
-			return fmt.Errorf("%s sent a pool without its memory", p.name)
+			return fmt.Errorf("sent a pool with %d file descriptors (want its memfd alone)", len(fds))
 		}
-		if old, ok := p.pools[pa.Id()]; ok {
-			old.f.Close()
+		if err := h.addPoolLocked(p, pa, fds[0]); err != nil {
+			fds[0].Close()
+			return err
 		}
-		p.pools[pa.Id()] = ownedPool{f: fds[0], size: pa.Size()}
 		return nil
 	case schema.FrameMsg_Which_poolDrop:
 		ref, err := fm.PoolDrop()
@@ -372,6 +456,10 @@ func (h *frameHub) handleLocked(p *framePeer, fm schema.FrameMsg, fds []*os.File
 		}
 		h.dropPoolLocked(p, ref.Pool())
 	case schema.FrameMsg_Which_open:
+		if p.unit != nil {
+			closeAll(fds)
+			return errors.New("opened a stream: only hosts open streams")
+		}
 		so, err := fm.Open()
 		if err != nil {
 			return err
@@ -384,6 +472,7 @@ func (h *frameHub) handleLocked(p *framePeer, fm schema.FrameMsg, fds []*os.File
 		}
 		fd, err := readFrameData(f, p)
 		if err != nil {
+			closeAll(fds)
 			return err
 		}
 		if p.unit == nil {
@@ -409,21 +498,29 @@ func (h *frameHub) handleLocked(p *framePeer, fm schema.FrameMsg, fds []*os.File
 			h.unrefLocked(key, r.Length())
 		}
 	case schema.FrameMsg_Which_laneRequest:
+		if p.unit != nil {
+			closeAll(fds)
+			return errors.New("asked for a direct hook lane: only hosts do")
+		}
 		name, err := fm.LaneRequest()
 		if err != nil {
 			return err
 		}
-		if p.unit == nil {
-			h.grantLaneLocked(p, name)
-		}
+		h.grantLaneLocked(p, name)
 	case schema.FrameMsg_Which_hookStats:
+		if p.unit != nil {
+			closeAll(fds)
+			return errors.New("reported hook calls: only hosts do")
+		}
 		hs, err := fm.HookStats()
 		if err != nil {
 			return err
 		}
 		plugin, _ := hs.Plugin()
 		hook, _ := hs.Hook()
-		if u, err := h.d.unit(plugin); err == nil && p.unit == nil {
+		// Only calls on a lane this host was granted count, and only for
+		// a hook the plugin has.
+		if u, err := h.d.unit(plugin); err == nil && p.lanes[plugin] && u.hasHook(hook) {
 			u.breaker(hook).Add(hs.Calls(), hs.Failures())
 		}
 	case schema.FrameMsg_Which_end:
@@ -459,6 +556,9 @@ func readFrameData(f schema.Frame, p *framePeer) (frameData, error) {
 		if err != nil {
 			return fd, err
 		}
+		if len(b) > maxInline {
+			return fd, fmt.Errorf("sent frame %d with %d bytes inline (at most %d; larger frames travel in shared memory)", fd.Seq, len(b), maxInline)
+		}
 		fd.inline = append([]byte{}, b...)
 	case schema.Frame_data_Which_ref:
 		r, err := f.Data().Ref()
@@ -485,6 +585,14 @@ func (h *frameHub) openLocked(host *framePeer, so schema.StreamOpen) {
 	meta, err := detachMeta(so)
 	if err != nil {
 		h.sendEndLocked(host, so.Stream(), "unreadable stream metadata: "+err.Error(), false)
+		return
+	}
+	if _, dup := h.streams[[2]uint64{host.id, so.Stream()}]; dup {
+		h.sendEndLocked(host, so.Stream(), fmt.Sprintf("stream %d is already open on this connection", so.Stream()), false)
+		return
+	}
+	if host.nOpen >= maxStreamsPerHost {
+		h.sendEndLocked(host, so.Stream(), fmt.Sprintf("too many open streams: a host may have %d at once", maxStreamsPerHost), false)
 		return
 	}
 	s := &stream{host: host, id: so.Stream(), kind: kind}
@@ -516,41 +624,54 @@ func (h *frameHub) openLocked(host *framePeer, so schema.StreamOpen) {
 	var names, roles []string
 	for _, c := range cands {
 		peer := c.u.framePeer()
-		if peer == nil || peer.gone {
+		why := "the plugin is not running"
+		if peer != nil && !peer.gone && peer.nOpen >= maxStagesPerPlugin {
+			why = fmt.Sprintf("the plugin is already in %d streams", maxStagesPerPlugin)
+		} else if peer != nil && !peer.gone {
+			why = ""
+		}
+		if why != "" {
 			if c.spec.Failure == manifest.FailClosed && c.spec.Role == manifest.RoleTransform {
-				h.sendEndLocked(host, s.id, fmt.Sprintf("plugin %q (stream stage %q) is not running", c.u.name, c.spec.Name), false)
+				h.sendEndLocked(host, s.id, fmt.Sprintf("plugin %q (stream stage %q): %s", c.u.name, c.spec.Name, why), false)
 				return
 			}
-			c.u.logf("stream stage %q skipped for a %s stream: the plugin is not running", c.spec.Name, kind)
+			c.u.logf("stream stage %q skipped for a %s stream: %s", c.spec.Name, kind, why)
 			continue
 		}
 		h.nextSID++
 		st := &stage{s: s, peer: peer, sid: h.nextSID, spec: c.spec, plugin: c.u.name, stats: c.u.stageStats(c.spec.Name)}
-		st.stats.streams.Add(1)
-		st.stats.open.Add(1)
 		if c.spec.Role == manifest.RoleObserve {
 			s.observers = append(s.observers, st)
 		} else {
 			st.index = len(s.stages)
 			s.stages = append(s.stages, st)
 		}
+	}
+	s.scope = h.scopeLocked(s)
+	host.nOpen++
+	for _, st := range append(append([]*stage{}, s.stages...), s.observers...) {
+		peer := st.peer
+		st.stats.streams.Add(1)
+		st.stats.open.Add(1)
 		h.stages[[2]uint64{peer.id, st.sid}] = st
+		peer.nOpen++
 		_ = peer.send(func(m schema.FrameMsg) error {
 			o, err := m.NewOpen()
 			if err != nil {
 				return err
 			}
 			o.SetStream(st.sid)
+			o.SetScope(s.scope)
 			if err := o.SetKind(kind); err != nil {
 				return err
 			}
 			if err := o.SetMeta(meta); err != nil {
 				return err
 			}
-			if err := o.SetRole(string(c.spec.Role)); err != nil {
+			if err := o.SetRole(string(st.spec.Role)); err != nil {
 				return err
 			}
-			return o.SetStage(c.spec.Name)
+			return o.SetStage(st.spec.Name)
 		})
 	}
 	h.streams[[2]uint64{host.id, s.id}] = s
@@ -564,6 +685,7 @@ func (h *frameHub) openLocked(host *framePeer, so schema.StreamOpen) {
 			return err
 		}
 		o.SetStream(s.id)
+		o.SetScope(s.scope)
 		l, err := o.NewStages(int32(len(names)))
 		if err != nil {
 			return err
@@ -604,6 +726,81 @@ func detachMeta(so schema.StreamOpen) (schema.StreamMeta, error) {
 	return holder.Meta()
 }
 
+// scopeLocked returns the number of the stream's scope: its host and its
+// exact chain (the same plugin instances, stages and roles). Streams of one
+// scope may share pools, because the same peers see all their frames.
+func (h *frameHub) scopeLocked(s *stream) uint64 {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%d", s.host.id)
+	for _, st := range append(append([]*stage{}, s.stages...), s.observers...) {
+		fmt.Fprintf(&b, "|%d/%s/%s", st.peer.id, st.spec.Name, st.spec.Role)
+	}
+	key := b.String()
+	if id, ok := h.scopes[key]; ok {
+		return id
+	}
+	h.nextScope++
+	id := h.nextScope
+	h.scopes[key] = id
+	m := map[uint64]bool{s.host.id: true}
+	for _, st := range s.stages {
+		m[st.peer.id] = true
+	}
+	h.members[id] = m
+	h.scopeHost[id] = s.host.id
+	return id
+}
+
+// addPoolLocked takes a pool a peer announced, after checking its memory
+// (frames.CheckPool, on the received descriptor) and its scope.
+func (h *frameHub) addPoolLocked(p *framePeer, pa schema.PoolAdd, f *os.File) error {
+	id, size, scope := pa.Id(), pa.Size(), pa.Scope()
+	switch {
+	case id == 0:
+		return errors.New("announced pool 0 (ids start at 1)")
+	case p.pools[id].f != nil:
+		return fmt.Errorf("announced pool %d twice", id)
+	case len(p.pools) >= maxPoolsPerPeer:
+		return fmt.Errorf("announced more than %d pools", maxPoolsPerPeer)
+	case !h.members[scope][p.id]:
+		return fmt.Errorf("announced pool %d for scope %d, which is not a scope of its streams", id, scope)
+	case size > 1<<40:
+		return fmt.Errorf("announced pool %d of %d bytes", id, size)
+	}
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var cerr error
+	if err := rc.Control(func(fd uintptr) { cerr = frames.CheckPool(int(fd), int64(size)) }); err != nil {
+		return err
+	}
+	if cerr != nil {
+		return fmt.Errorf("announced pool %d that is not shareable memory: %w", id, cerr)
+	}
+	p.pools[id] = ownedPool{f: f, size: size, scope: scope}
+	return nil
+}
+
+// checkOwnRefLocked checks that a descriptor names bytes inside one of p's
+// own pools that serves scope.
+func (h *frameHub) checkOwnRefLocked(p *framePeer, fd frameData, scope uint64) error {
+	k := fd.ref
+	if k.owner != p.id {
+		return fmt.Errorf("names pool %d of another peer", k.pool)
+	}
+	op, ok := p.pools[k.pool]
+	switch {
+	case !ok || op.dropping:
+		return fmt.Errorf("names pool %d, which it has not announced", k.pool)
+	case op.scope != scope:
+		return fmt.Errorf("names pool %d of another scope (%d, the stream's is %d)", k.pool, op.scope, scope)
+	case k.offset > op.size || fd.length > op.size-k.offset:
+		return fmt.Errorf("names bytes %d+%d outside its %d-byte pool %d", k.offset, fd.length, op.size, k.pool)
+	}
+	return nil
+}
+
 // kindMatches reports whether a manifest's kind ("video/segment",
 // "video/*" or "*") covers a stream's kind.
 func kindMatches(pattern, kind string) bool {
@@ -620,13 +817,20 @@ func kindMatches(pattern, kind string) bool {
 func (h *frameHub) hostFrameLocked(host *framePeer, sid uint64, fd frameData) {
 	s := h.streams[[2]uint64{host.id, sid}]
 	if s == nil || s.ended || s.inputEnd {
-		if fd.shared { // nobody will hold it: give it back
+		if fd.shared && fd.ref.owner == host.id { // nobody will hold it: give it back
 			h.releaseToOwnerLocked(fd.ref, fd.length)
 		}
 		return
 	}
 	if fd.shared {
-		h.refs[fd.ref]++
+		if err := h.checkOwnRefLocked(host, fd, s.scope); err != nil {
+			if fd.ref.owner == host.id {
+				h.releaseToOwnerLocked(fd.ref, fd.length)
+			}
+			h.endStreamLocked(s, fmt.Sprintf("the host's frame %d was refused: it %v", fd.Seq, err))
+			return
+		}
+		h.holdLocked(fd.ref)
 	}
 	host.fedLast = s
 	h.forwardLocked(s, 0, fd)
@@ -660,7 +864,7 @@ func (h *frameHub) forwardLocked(s *stream, i int, fd frameData) {
 				o.stats.dropped.Add(1)
 				continue
 			}
-			h.refs[fd.ref]++
+			h.holdLocked(fd.ref)
 			o.peer.held[fd.ref]++
 			o.peer.heldN++
 		}
@@ -672,7 +876,7 @@ func (h *frameHub) forwardLocked(s *stream, i int, fd frameData) {
 		if fd.ref.owner == s.host.id && h.refs[fd.ref] == 1 {
 			// The last reference goes back to the owner: it frees
 			// the memory itself, without a Release round trip.
-			delete(h.refs, fd.ref)
+			h.dropHoldLocked(fd.ref)
 			returned = true
 		} else {
 			s.host.held[fd.ref]++ // the chain's reference passes to the host
@@ -699,6 +903,8 @@ func (h *frameHub) sendFrameLocked(p *framePeer, sid uint64, fd frameData, retur
 		ref = fd.ref
 		pk := poolKey{ref.owner, ref.pool}
 		if ref.owner != p.id && !p.has[pk] {
+			// The pool is known: it was checked when the frame came in,
+			// and a pool with frames held in it is not forgotten.
 			owner := h.peers[ref.owner]
 			if owner == nil {
 				return
@@ -707,18 +913,13 @@ func (h *frameHub) sendFrameLocked(p *framePeer, sid uint64, fd frameData, retur
 			if !ok {
 				return
 			}
-			// Only transforms may edit frames in place; hosts and
-			// observers get a read-only descriptor of the memory. The
-			// message owns its own descriptor: the pool may be dropped
-			// before the writer sends it.
-			var f *os.File
-			var err error
-			if p.writes() {
-				f, err = dupFile(op.f)
-			} else {
-				f, err = frames.ReadOnly(op.f)
-			}
+			// Every consumer gets the same sealed memfd: nobody but
+			// its producer can write it. The message owns its own
+			// descriptor: the pool may be dropped before the writer
+			// sends it.
+			f, err := dupFile(op.f)
 			if err != nil {
+				h.d.log.Error("frame hub: dup a pool descriptor", "err", err)
 				return
 			}
 			if err := p.send(func(m schema.FrameMsg) error {
@@ -771,6 +972,10 @@ func (h *frameHub) stageFrameLocked(p *framePeer, sid uint64, out frameData) {
 	}
 	in := st.fifo[0].frame
 	if out.dropped {
+		if st.part != 0 {
+			h.failStageLocked(st, fmt.Sprintf("dropped frame %d after answering part of it", out.Seq))
+			return
+		}
 		st.stats.frames.Add(1)
 		st.stats.dropped.Add(1)
 		h.drained.Broadcast()
@@ -784,15 +989,25 @@ func (h *frameHub) stageFrameLocked(p *framePeer, sid uint64, out frameData) {
 		h.maybeEndStageLocked(st)
 		return
 	}
-	// An output is either the input's descriptor (passed on) or one of the
-	// stage's own pools.
-	if out.shared && (!in.shared || out.ref != in.ref) && out.ref.owner != p.id {
-		h.failStageLocked(st, "answered with a frame it does not own")
+	if err := h.checkAnswerLocked(st, in, out); err != nil {
+		if out.shared && out.ref.owner == p.id {
+			h.releaseToOwnerLocked(out.ref, out.length)
+		}
+		h.failStageLocked(st, fmt.Sprintf("answered frame %d wrongly: it %v", out.Seq, err))
+		if st.s.ended {
+			// A stage that broke the protocol keeps nothing: what it
+			// holds goes back to its owners now.
+			h.releaseStageLocked(st)
+		}
 		return
 	}
-	last := out.parts <= 1 || out.part+1 >= out.parts
+	st.part++
+	last := st.part == st.parts
+	if last {
+		st.part, st.parts, st.inlineN = 0, 0, 0
+	}
 	if out.shared {
-		h.refs[out.ref]++ // held by whatever comes next
+		h.holdLocked(out.ref) // held by whatever comes next
 	}
 	if last {
 		st.stats.frames.Add(1)
@@ -806,6 +1021,36 @@ func (h *frameHub) stageFrameLocked(p *framePeer, sid uint64, out frameData) {
 		h.drained.Broadcast()
 		h.maybeEndStageLocked(st)
 	}
+}
+
+// checkAnswerLocked checks one part of a stage's answer to its oldest frame
+// in: parts come in order, at most maxParts of them and maxInline bytes
+// inline in all; a descriptor is either in's own, whole (passed on), or
+// names the stage's own pool of the stream's scope.
+func (h *frameHub) checkAnswerLocked(st *stage, in, out frameData) error {
+	parts := max(out.parts, 1)
+	switch {
+	case parts > maxParts:
+		return fmt.Errorf("split it into %d parts (at most %d)", parts, maxParts)
+	case st.part > 0 && parts != st.parts:
+		return fmt.Errorf("changed its number of parts from %d to %d", st.parts, parts)
+	case out.part != st.part:
+		return fmt.Errorf("sent part %d where part %d was due", out.part, st.part)
+	case st.inlineN+len(out.inline) > maxInline:
+		return fmt.Errorf("answered with more than %d bytes inline", maxInline)
+	}
+	if out.shared {
+		if in.shared && out.ref == in.ref {
+			if out.length != in.length {
+				return fmt.Errorf("passed it on as %d bytes of its %d (to change a frame, make a new one)", out.length, in.length)
+			}
+		} else if err := h.checkOwnRefLocked(st.peer, out, st.s.scope); err != nil {
+			return err
+		}
+	}
+	st.parts = parts
+	st.inlineN += len(out.inline)
+	return nil
 }
 
 // dropOutputLocked gives back an output nobody will use.
@@ -861,7 +1106,7 @@ func (h *frameHub) expire(st *stage) {
 		// The frame passes on, but the plugin may still be using its
 		// memory: the stage keeps a hold until its late answer.
 		if e.frame.shared {
-			h.refs[e.frame.ref]++
+			h.holdLocked(e.frame.ref)
 		}
 		st.late = append(st.late, e)
 		h.forwardLocked(st.s, st.index+1, e.frame)
@@ -931,6 +1176,7 @@ func (h *frameHub) releaseStageLocked(st *stage) {
 	st.fifo, st.late = nil, nil
 	if h.stages[[2]uint64{st.peer.id, st.sid}] == st {
 		delete(h.stages, [2]uint64{st.peer.id, st.sid})
+		st.peer.nOpen--
 	}
 }
 
@@ -941,6 +1187,7 @@ func (h *frameHub) failStageLocked(st *stage, why string) {
 		return
 	}
 	st.stats.failures.Add(1)
+	st.part, st.parts, st.inlineN = 0, 0, 0
 	msg := fmt.Sprintf("plugin %q (stream stage %q) %s", st.plugin, st.spec.Name, why)
 	if st.spec.Role == manifest.RoleObserve || st.spec.Failure != manifest.FailClosed {
 		if u := st.peer.unit; u != nil {
@@ -1026,6 +1273,23 @@ func (h *frameHub) maybeFinishLocked(s *stream) {
 	h.endStreamLocked(s, "")
 }
 
+// drainTimeout bounds how long a plugin keeps the frames it held when
+// their stream ended, if it does not answer them.
+const drainTimeout = 30 * time.Second
+
+// drainExpired lets go of what a stage of an ended stream still holds.
+func (h *frameHub) drainExpired(st *stage) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.stages[[2]uint64{st.peer.id, st.sid}] != st {
+		return // answered meanwhile
+	}
+	if u := st.peer.unit; u != nil {
+		u.logf("stream stage %q did not answer %d frames within %s of their stream's end: their memory goes back to its owner", st.spec.Name, len(st.fifo)+len(st.late), drainTimeout)
+	}
+	h.releaseStageLocked(st)
+}
+
 // endStreamLocked ends a stream: the host is told (with why, if it failed),
 // every stage is told, and every hold the chain had is let go.
 func (h *frameHub) endStreamLocked(s *stream, why string) {
@@ -1033,6 +1297,7 @@ func (h *frameHub) endStreamLocked(s *stream, why string) {
 		return
 	}
 	s.ended = true
+	s.host.nOpen--
 	h.drained.Broadcast()
 	for _, st := range append(append([]*stage{}, s.stages...), s.observers...) {
 		st.stats.open.Add(-1)
@@ -1047,8 +1312,14 @@ func (h *frameHub) endStreamLocked(s *stream, why string) {
 		// (it is told to stop, and answers what it has not started
 		// with "dropped"): until then, their memory is not given
 		// back to be reused under it.
+		// Its frames are read-only to it, so this is for its own sake
+		// (no frame it still reads changes under it), and bounded: a
+		// plugin that does not answer within drainTimeout loses them.
 		if st.peer.gone || len(st.fifo)+len(st.late) == 0 {
 			h.releaseStageLocked(st)
+		} else {
+			st := st
+			time.AfterFunc(drainTimeout, func() { h.drainExpired(st) })
 		}
 	}
 	h.sendEndLocked(s.host, s.id, why, false)
@@ -1073,13 +1344,41 @@ func (h *frameHub) sendEndLocked(p *framePeer, sid uint64, why string, cancel bo
 // unrefLocked drops one hold on a descriptor and gives it back to its owner
 // when it was the last.
 func (h *frameHub) unrefLocked(k refKey, length uint64) {
-	n := h.refs[k] - 1
-	if n > 0 {
-		h.refs[k] = n
-		return
+	if h.dropHoldLocked(k) {
+		h.releaseToOwnerLocked(k, length)
 	}
-	delete(h.refs, k)
-	h.releaseToOwnerLocked(k, length)
+}
+
+// holdLocked adds a hold on a descriptor.
+func (h *frameHub) holdLocked(k refKey) {
+	h.refs[k]++
+	h.poolHolds[poolKey{k.owner, k.pool}]++
+}
+
+// dropHoldLocked removes a hold and reports whether it was the last on the
+// descriptor. A pool its owner dropped while frames in it were held is
+// forgotten once the last of them is let go.
+func (h *frameHub) dropHoldLocked(k refKey) (last bool) {
+	n, ok := h.refs[k]
+	if !ok {
+		return true
+	}
+	if n > 1 {
+		h.refs[k] = n - 1
+	} else {
+		delete(h.refs, k)
+		last = true
+	}
+	pk := poolKey{k.owner, k.pool}
+	if m := h.poolHolds[pk] - 1; m > 0 {
+		h.poolHolds[pk] = m
+		return last
+	}
+	delete(h.poolHolds, pk)
+	if owner := h.peers[pk.owner]; owner != nil && owner.pools[pk.pool].dropping {
+		h.dropPoolLocked(owner, pk.pool)
+	}
+	return last
 }
 
 func (h *frameHub) releaseToOwnerLocked(k refKey, length uint64) {
@@ -1104,9 +1403,20 @@ func (h *frameHub) dropPoolLocked(p *framePeer, id uint32) {
 	if !ok {
 		return
 	}
+	pk := poolKey{p.id, id}
+	if h.poolHolds[pk] > 0 {
+		// Frames in it are still held: consumers keep their mappings
+		// until the last is let go (unmapping under a held frame would
+		// crash its holder).
+		op.dropping = true
+		p.pools[id] = op
+		return
+	}
 	delete(p.pools, id)
 	op.f.Close()
-	pk := poolKey{p.id, id}
+	if p.gone && len(p.pools) == 0 {
+		delete(h.peers, p.id)
+	}
 	for _, q := range h.peers {
 		if q.has[pk] && !q.gone {
 			delete(q.has, pk)
@@ -1129,11 +1439,20 @@ func (h *frameHub) gone(p *framePeer, err error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	p.gone = true
+	if p.reserved {
+		p.reserved = false
+		h.unreserveHostLocked(p.uid)
+	}
+	if err != nil && p.why == "" && !isConnEnd(err) {
+		p.why = err.Error()
+	}
+	close(p.goneCh)
 	h.drained.Broadcast()
 	p.conn.Close()
 	p.outMu.Lock()
 	close(p.outStop)
 	p.outMu.Unlock()
+	h.forgetScopesLocked(p)
 	if p.unit == nil {
 		for k, s := range h.streams {
 			if k[0] == p.id {
@@ -1142,7 +1461,10 @@ func (h *frameHub) gone(p *framePeer, err error) {
 		}
 	} else {
 		why := "stopped mid-stream"
-		if p.unit != nil {
+		if p.why != "" {
+			why = "broke the frame protocol and was cut off: it " + p.why
+			p.unit.logf("frame socket cut off: the plugin %s", p.why)
+		} else {
 			p.unit.mu.Lock()
 			if p.unit.lastExit != "" {
 				why = "stopped mid-stream (" + p.unit.lastExit + ")"
@@ -1164,10 +1486,55 @@ func (h *frameHub) gone(p *framePeer, err error) {
 	for id := range p.pools {
 		h.dropPoolLocked(p, id)
 	}
-	delete(h.peers, p.id)
-	if err != nil && !errors.Is(err, os.ErrClosed) {
+	if len(p.pools) == 0 {
+		delete(h.peers, p.id)
+	} // else it stays, gone, until the frames held in its pools are let go
+	if p.why != "" {
+		h.d.log.Warn("frame peer cut off", "peer", p.name, "why", p.why)
+	} else if err != nil && !errors.Is(err, os.ErrClosed) {
 		h.d.log.Debug("frame peer gone", "peer", p.name, "err", err)
 	}
+}
+
+// isConnEnd reports whether err is the connection ending rather than the
+// peer breaking the protocol.
+func isConnEnd(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, os.ErrClosed) || errors.Is(err, net.ErrClosed) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+}
+
+// forgetScopesLocked forgets the scopes a gone peer was part of: new
+// streams get new ones. The scopes of a host that is still there stay
+// known to its members until it is gone too (a pool announced for one just
+// as a plugin left is not a violation; no stream will take its frames).
+func (h *frameHub) forgetScopesLocked(p *framePeer) {
+	for key := range h.scopes {
+		if scopeHas(key, p.id) {
+			delete(h.scopes, key)
+		}
+	}
+	if p.unit == nil {
+		for id, m := range h.members {
+			if m[p.id] && h.scopeHost[id] == p.id {
+				delete(h.members, id)
+				delete(h.scopeHost, id)
+			}
+		}
+	}
+}
+
+// scopeHas reports whether a scope key names peer id (as the host, or as
+// any stage, observers included).
+func scopeHas(key string, id uint64) bool {
+	for i, part := range strings.Split(key, "|") {
+		if i > 0 {
+			part, _, _ = strings.Cut(part, "/")
+		}
+		if part == strconv.FormatUint(id, 10) {
+			return true
+		}
+	}
+	return false
 }
 
 // closeAll closes every peer connection; their reading goroutines then end.
@@ -1235,5 +1602,29 @@ func (h *frameHub) grantLaneLocked(hostPeer *framePeer, plugin string) {
 		refuse("could not reach the plugin: " + err.Error())
 		return
 	}
-	_ = grant(hostPeer, hostEnd)
+	if grant(hostPeer, hostEnd) == nil {
+		hostPeer.lanes[plugin] = true
+	}
+}
+
+// hasHook reports whether the plugin's manifest has a hook of that name.
+func (u *unit) hasHook(name string) bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	for _, hk := range u.rec.Manifest.Hooks {
+		if hk.Name == name {
+			return true
+		}
+	}
+	return false
+}
+
+// cutReason says why the hub cut the peer off, or "" if it did not.
+func (p *framePeer) cutReason() string {
+	select {
+	case <-p.goneCh:
+		return p.why // written before goneCh closed
+	default:
+		return ""
+	}
 }

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"runtime"
 	"strings"
 	"sync/atomic"
@@ -101,10 +100,10 @@ func roundTrip(t *testing.T, st *host.Stream, sizes []int) [][]byte {
 // checks every byte and the order.
 func TestStreamChain(t *testing.T) {
 	td := startWithPlugins(t, fastSupervision,
-		testPlugin{"xorer", "xor", streamStage("flip", "video/segment", "transform", "fail-closed", "10s", 1)},
-		testPlugin{"tagger", "tag", streamStage("tag", "video/*", "transform", "fail-closed", "10s", 2)},
-		testPlugin{"watcher", "", streamStage("stats", "video/segment", "observe", "fail-open", "10s", 0)},
-		testPlugin{"audio-only", "xor", streamStage("flip", "audio/segment", "transform", "fail-closed", "10s", 0)},
+		testPlugin{name: "xorer", frames: "xor", extra: streamStage("flip", "video/segment", "transform", "fail-closed", "10s", 1)},
+		testPlugin{name: "tagger", frames: "tag", extra: streamStage("tag", "video/*", "transform", "fail-closed", "10s", 2)},
+		testPlugin{name: "watcher", frames: "", extra: streamStage("stats", "video/segment", "observe", "fail-open", "10s", 0)},
+		testPlugin{name: "audio-only", frames: "xor", extra: streamStage("flip", "audio/segment", "transform", "fail-closed", "10s", 0)},
 	)
 	s := dial(t, td.socket)
 	st := openStream(t, s, "video/segment")
@@ -147,7 +146,7 @@ func TestStreamChain(t *testing.T) {
 // and than a Cap'n Proto message may be — through a pass-through plugin.
 func TestStreamHugeFrame(t *testing.T) {
 	td := startWithPlugins(t, fastSupervision,
-		testPlugin{"passer", "pass", streamStage("pass", "video/segment", "transform", "fail-closed", "30s", 0)},
+		testPlugin{name: "passer", frames: "pass", extra: streamStage("pass", "video/segment", "transform", "fail-closed", "30s", 0)},
 	)
 	s := dial(t, td.socket)
 	st := openStream(t, s, "video/segment")
@@ -161,8 +160,8 @@ func TestStreamHugeFrame(t *testing.T) {
 // none.
 func TestStreamSplitAndDrop(t *testing.T) {
 	td := startWithPlugins(t, fastSupervision,
-		testPlugin{"dropper", "drop", streamStage("drop", "audio/segment", "transform", "fail-closed", "10s", 0)},
-		testPlugin{"splitter", "split", streamStage("split", "audio/segment", "transform", "fail-closed", "10s", 1)},
+		testPlugin{name: "dropper", frames: "drop", extra: streamStage("drop", "audio/segment", "transform", "fail-closed", "10s", 0)},
+		testPlugin{name: "splitter", frames: "split", extra: streamStage("split", "audio/segment", "transform", "fail-closed", "10s", 1)},
 	)
 	s := dial(t, td.socket)
 	st := openStream(t, s, "audio/segment")
@@ -217,7 +216,7 @@ func wantStage(t *testing.T, td *testDaemon, plugin, stage, format string, args 
 // its bounded shared memory instead of queueing without bound.
 func TestStreamBackPressure(t *testing.T) {
 	td := startWithPlugins(t, fastSupervision,
-		testPlugin{"slowpoke", "slow", streamStage("slow", "video/segment", "transform", "fail-closed", "30s", 0)},
+		testPlugin{name: "slowpoke", frames: "slow", extra: streamStage("slow", "video/segment", "transform", "fail-closed", "30s", 0)},
 	)
 	s := dial(t, td.socket)
 	st := openStream(t, s, "video/segment")
@@ -266,9 +265,9 @@ func TestStreamFailures(t *testing.T) {
 	sup := fastSupervision
 	sup.QuarantineCrashes = 100
 	td := startWithPlugins(t, sup,
-		testPlugin{"closed-crasher", "crash", streamStage("c", "video/segment", "transform", "fail-closed", "10s", 0)},
-		testPlugin{"open-crasher", "crash", streamStage("c", "audio/segment", "transform", "fail-open", "10s", 0)},
-		testPlugin{"failer", "fail", streamStage("f", "subtitle/vtt", "transform", "fail-closed", "10s", 0)},
+		testPlugin{name: "closed-crasher", frames: "crash", extra: streamStage("c", "video/segment", "transform", "fail-closed", "10s", 0)},
+		testPlugin{name: "open-crasher", frames: "crash", extra: streamStage("c", "audio/segment", "transform", "fail-open", "10s", 0)},
+		testPlugin{name: "failer", frames: "fail", extra: streamStage("f", "subtitle/vtt", "transform", "fail-closed", "10s", 0)},
 	)
 	s := dial(t, td.socket)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -362,7 +361,7 @@ func TestStreamFailures(t *testing.T) {
 // to work through it, and the plugin is free for the next stream at once.
 func TestStreamBackPressureSmallFrames(t *testing.T) {
 	td := startWithPlugins(t, fastSupervision,
-		testPlugin{"slowpoke", "slow", streamStage("slow", "video/*", "transform", "fail-closed", "60s", 0)},
+		testPlugin{name: "slowpoke", frames: "slow", extra: streamStage("slow", "video/*", "transform", "fail-closed", "60s", 0)},
 	)
 	s := dial(t, td.socket)
 	st := openStream(t, s, "video/segment")
@@ -434,18 +433,7 @@ func TestStreamBackPressureSmallFrames(t *testing.T) {
 // daemon sends.
 func rawFrameClient(t *testing.T, socket string) (*frames.Conn, *frames.Producer) {
 	t.Helper()
-	c, err := net.Dial("unix", socket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if _, err := io.WriteString(c, host.FramesPreamble); err != nil {
-		t.Fatal(err)
-	}
-	_, f, err := frames.RecvFD(c.(*net.UnixConn), make([]byte, 1))
-	if err != nil || f == nil {
-		t.Fatalf("frame socket: %v %v", f, err)
-	}
+	f := dialFrameSocket(t, socket)
 	conn, err := frames.FileConn(f)
 	f.Close()
 	if err != nil {
@@ -476,9 +464,9 @@ func nextMsg(t *testing.T, c *frames.Conn, kinds ...schema.FrameMsg_Which) (sche
 	}
 }
 
-// openRaw opens stream sid of kind on a raw client and waits until the
-// daemon says it is open.
-func openRaw(t *testing.T, conn *frames.Conn, sid uint64, kind string) {
+// openRaw opens stream sid of kind on a raw client, waits until the
+// daemon says it is open and returns the stream's pool scope.
+func openRaw(t *testing.T, conn *frames.Conn, sid uint64, kind string) uint64 {
 	t.Helper()
 	if err := conn.Send(func(m schema.FrameMsg) error {
 		o, err := m.NewOpen()
@@ -490,15 +478,20 @@ func openRaw(t *testing.T, conn *frames.Conn, sid uint64, kind string) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	_, done := nextMsg(t, conn, schema.FrameMsg_Which_opened)
-	done()
+	fm, done := nextMsg(t, conn, schema.FrameMsg_Which_opened)
+	defer done()
+	o, _ := fm.Opened()
+	if o.Stream() != sid || o.Scope() == 0 {
+		t.Fatalf("opened stream %d in scope %d, want stream %d in a scope", o.Stream(), o.Scope(), sid)
+	}
+	return o.Scope()
 }
 
-// sendRaw sends a frame of n bytes of the client's shared memory, holding
-// text, and returns its descriptor.
-func sendRaw(t *testing.T, ctx context.Context, conn *frames.Conn, prod *frames.Producer, sid, seq uint64, n int, text string) frames.Ref {
+// sendRaw sends a frame of n bytes of the client's shared memory (a pool
+// of scope), holding text, and returns its descriptor.
+func sendRaw(t *testing.T, ctx context.Context, conn *frames.Conn, prod *frames.Producer, scope, sid, seq uint64, n int, text string) frames.Ref {
 	t.Helper()
-	slot, err := prod.Alloc(ctx, int64(n))
+	slot, err := prod.Alloc(ctx, scope, int64(n))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -528,8 +521,8 @@ func awaitRelease(t *testing.T, conn *frames.Conn, ref frames.Ref) {
 // have.
 func TestStreamReturnedFrames(t *testing.T) {
 	td := startWithPlugins(t, fastSupervision,
-		testPlugin{"passer", "pass", streamStage("pass", "*", "transform", "fail-closed", "10s", 0)},
-		testPlugin{"watcher", "", streamStage("stats", "audio/segment", "observe", "fail-open", "10s", 0)},
+		testPlugin{name: "passer", frames: "pass", extra: streamStage("pass", "*", "transform", "fail-closed", "10s", 0)},
+		testPlugin{name: "watcher", frames: "", extra: streamStage("stats", "audio/segment", "observe", "fail-open", "10s", 0)},
 	)
 	conn, prod := rawFrameClient(t, td.socket)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -540,8 +533,8 @@ func TestStreamReturnedFrames(t *testing.T) {
 	}{{"video/segment", true}, {"audio/segment", false}} {
 		t.Run(tt.kind, func(t *testing.T) {
 			sid := uint64(i + 1)
-			openRaw(t, conn, sid, tt.kind)
-			ref := sendRaw(t, ctx, conn, prod, sid, 7, 4096, "returned?")
+			scope := openRaw(t, conn, sid, tt.kind)
+			ref := sendRaw(t, ctx, conn, prod, scope, sid, 7, 4096, "returned?")
 			fm, done := nextMsg(t, conn, schema.FrameMsg_Which_frame)
 			f, _ := fm.Frame()
 			r, err := f.Data().Ref()
@@ -584,14 +577,14 @@ func heldRefs(td *testDaemon) int {
 func stubbornStream(t *testing.T, failure, deadline string) (*testDaemon, *frames.Conn, frames.Ref, func() string, context.Context) {
 	t.Helper()
 	td := startWithPlugins(t, fastSupervision,
-		testPlugin{"stubborn", "stubborn", streamStage("s", "video/segment", "transform", failure, deadline, 0)},
+		testPlugin{name: "stubborn", frames: "stubborn", extra: streamStage("s", "video/segment", "transform", failure, deadline, 0)},
 	)
 	conn, prod := rawFrameClient(t, td.socket)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	t.Cleanup(cancel)
 	kv := func() string { v, _, _ := td.store.KV("stubborn").Get("stubborn"); return string(v) }
-	openRaw(t, conn, 1, "video/segment")
-	return td, conn, sendRaw(t, ctx, conn, prod, 1, 1, 64<<10, ""), kv, ctx
+	scope := openRaw(t, conn, 1, "video/segment")
+	return td, conn, sendRaw(t, ctx, conn, prod, scope, 1, 1, 64<<10, ""), kv, ctx
 }
 
 // TestStreamCancelKeepsMemoryUntilAnswered: when a stream is cancelled
@@ -624,8 +617,8 @@ func TestStreamCancelKeepsMemoryUntilAnswered(t *testing.T) {
 // back to where they were.
 func TestStreamNoLeaks(t *testing.T) {
 	td := startWithPlugins(t, fastSupervision,
-		testPlugin{"passer", "pass", streamStage("pass", "video/segment", "transform", "fail-closed", "10s", 0)},
-		testPlugin{"watcher", "", streamStage("stats", "video/segment", "observe", "fail-open", "10s", 0)},
+		testPlugin{name: "passer", frames: "pass", extra: streamStage("pass", "video/segment", "transform", "fail-closed", "10s", 0)},
+		testPlugin{name: "watcher", frames: "", extra: streamStage("stats", "video/segment", "observe", "fail-open", "10s", 0)},
 	)
 	cycle := func(i int) {
 		s := dial(t, td.socket)
@@ -686,9 +679,8 @@ func TestStreamNoLeaks(t *testing.T) {
 // TestStreamOpenAndClose: a plugin hears of each stream before its first
 // frame (and may refuse it) and after its last, with why it ended.
 func TestStreamOpenAndClose(t *testing.T) {
-	td := startWithPlugins(t, fastSupervision, testPlugin{"lifecycle", "pass",
-		streamStage("pass", "video/segment", "transform", "fail-closed", "10s", 0) +
-			streamStage("refuse", "audio/segment", "transform", "fail-closed", "10s", 0)})
+	td := startWithPlugins(t, fastSupervision, testPlugin{name: "lifecycle", frames: "pass", extra: streamStage("pass", "video/segment", "transform", "fail-closed", "10s", 0) +
+		streamStage("refuse", "audio/segment", "transform", "fail-closed", "10s", 0)})
 	s := dial(t, td.socket)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -740,8 +732,8 @@ func TestStreamOpenAndClose(t *testing.T) {
 // hold ends.
 func TestStreamDeadlines(t *testing.T) {
 	td := startWithPlugins(t, fastSupervision,
-		testPlugin{"slow-closed", "slow", streamStage("s", "video/segment", "transform", "fail-closed", "20ms", 0)},
-		testPlugin{"slow-open", "slow", streamStage("s", "audio/segment", "transform", "fail-open", "20ms", 0)},
+		testPlugin{name: "slow-closed", frames: "slow", extra: streamStage("s", "video/segment", "transform", "fail-closed", "20ms", 0)},
+		testPlugin{name: "slow-open", frames: "slow", extra: streamStage("s", "audio/segment", "transform", "fail-open", "20ms", 0)},
 	)
 	s := dial(t, td.socket)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)

@@ -80,7 +80,7 @@ func newUnit(d *Daemon, rec registry.Record) *unit {
 	u := &unit{
 		d:     d,
 		name:  rec.Name,
-		logs:  logbuf.New(d.cfg.LogLines),
+		logs:  logbuf.New(logbuf.Limits{Lines: d.cfg.LogLines, Bytes: d.cfg.LogBytes, LineBytes: d.cfg.LogLineBytes}),
 		kick:  make(chan struct{}, 1),
 		done:  make(chan struct{}),
 		rec:   rec,
@@ -152,7 +152,7 @@ func (u *unit) setState(state, detail string) {
 }
 
 func (u *unit) logf(format string, args ...any) {
-	u.logs.Append("daemon", fmt.Sprintf(format, args...))
+	u.logs.Append(logbuf.Daemon, fmt.Sprintf(format, args...))
 }
 
 // run is the unit's supervision loop. It returns when ctx is done or the
@@ -512,12 +512,12 @@ func (u *unit) start(ctx context.Context) (*instance, error) {
 	go func() { // owned by the instance; ends when the plugin's output closes
 		var wg sync.WaitGroup
 		wg.Add(2)
-		go func() { defer wg.Done(); u.logs.Copy("stdout", outR) }()
-		go func() { defer wg.Done(); u.logs.Copy("stderr", errR) }()
+		go func() { defer wg.Done(); u.logs.Copy(logbuf.Stdout, outR) }()
+		go func() { defer wg.Done(); u.logs.Copy(logbuf.Stderr, errR) }()
 		wg.Wait()
 		close(inst.ioDone)
 	}()
-	inst.conn = wire.NewConn(l.nc, capnp.Client{}, rpcLogger{})
+	inst.conn = wire.NewConnLimited(l.nc, capnp.Client{}, rpcLogger{}, u.d.pluginWireLimits())
 	u.logf("%s instance %s (pid %d, runtime %s)", how, l.id, proc.Pid(), u.d.cfg.Runtime.Name())
 
 	caps, err := u.handshake(ctx, inst, rec)
@@ -575,7 +575,7 @@ func (u *unit) handshake(ctx context.Context, inst *instance, rec registry.Recor
 			return err
 		}
 		if len(rec.Grant.OutboundHosts) > 0 {
-			if err := svc.SetFetch(schema.Fetcher_ServerToClient(newFetchServer(u.name, rec.Grant))); err != nil {
+			if err := svc.SetFetch(schema.Fetcher_ServerToClient(newFetchServer(u.name, rec.Grant, u.d.cfg.Resolver))); err != nil {
 				return err
 			}
 		}
@@ -642,10 +642,26 @@ func (u *unit) supervise(ctx context.Context, inst *instance) (reason string, cr
 	tick := time.NewTicker(sup.HealthInterval)
 	defer tick.Stop()
 	fails := 0
+	var framesGone <-chan struct{} // nil: the plugin takes no streams
+	if inst.frames != nil {
+		framesGone = inst.frames.goneCh
+	}
 	for {
 		select {
 		case <-inst.proc.Done():
 			return "the plugin " + inst.proc.Wait().String(), true
+		case <-framesGone:
+			// A plugin without its frame socket cannot serve its
+			// stages: restart it rather than show it running.
+			if r := inst.frames.cutReason(); r != "" {
+				return "the plugin broke the frame protocol: it " + r, true
+			}
+			select { // most often, the plugin is on its way out
+			case <-inst.proc.Done():
+				return "the plugin " + inst.proc.Wait().String(), true
+			case <-time.After(sup.StopGrace):
+				return "the plugin closed its frame socket", true
+			}
 		case <-inst.conn.Done():
 			// The plugin closed its control socket; it is on its way out.
 			select {

@@ -13,8 +13,9 @@ BIN=$PWD/bin
 
 TMP=$(mktemp -d /tmp/dimplugd-demo.XXXXXX)
 chmod 711 "$TMP" # sandboxed plugins run as unprivileged uids that pass through it
-SOCK=$TMP/dimplugd.sock
-export DIMPLUGD_SOCKET=$SOCK
+SOCK=$TMP/dimplugd.sock # the host socket: dimhost (the Dim stand-in) connects here
+CTL=$TMP/control.sock   # the control socket: dimplugctl connects here
+export DIMPLUGD_SOCKET=$SOCK DIMPLUGD_CONTROL_SOCKET=$CTL
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 note() { printf '\033[2m%s\033[0m\n' "$*"; }
@@ -30,7 +31,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 step "starting dimplugd (state in $TMP)"
-"$BIN/dimplugd" serve --state-dir "$TMP/state" --socket "$SOCK" \
+"$BIN/dimplugd" serve --state-dir "$TMP/state" --socket "$SOCK" --control-socket "$CTL" \
 	--container-state "$TMP/containers" --cgroup-parent "dimplugd-demo-$$" \
 	${RUNTIME_ARGS[@]+"${RUNTIME_ARGS[@]}"} 2>"$TMP/daemon.log" &
 DAEMON=$!
@@ -41,7 +42,7 @@ cleanup() {
 }
 trap cleanup EXIT
 for _ in $(seq 100); do
-	[ -S "$SOCK" ] && break
+	[ -S "$CTL" ] && break # created after the host socket
 	kill -0 "$DAEMON" 2>/dev/null || { cat "$TMP/daemon.log"; exit 1; }
 	sleep 0.05
 done
@@ -106,8 +107,8 @@ get -plugins-only -H "$KID" /api/v1/plugins/scrobbler/history
 step "12. frame streams: a 480p track (init.mp4 + 6 × 600 KB fMP4 segments) through segment-tagger, watched by stream-stats"
 note "(dimhost writes each segment straight into shared memory; 3.m4s has no free box, 5.m4s a 64-bit mdat size)"
 "$BIN/dimhost" stream -profile 480p -n 6 -bare 3 -large 5 -json
-note "(tagged in place, a segment comes back as the host's own memory: not one byte copied; 3.m4s had no room, so"
-note " segment-tagger copied it into a new frame of its own memory with a tag box appended after mdat)"
+note "(the init segment comes back as the host's own memory, not one byte copied; segment-tagger copies each media"
+note " segment once into its own memory — frames it receives are read-only — and tags the free box, or appends one)"
 
 step "13. 1080p (6.3 MB segments), then an audio track: no transform takes audio/*, stream-stats still observes"
 "$BIN/dimhost" stream -profile 1080p -n 4 -bare 1

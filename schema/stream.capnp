@@ -68,10 +68,21 @@ struct LaneGrant {
 }
 
 struct PoolAdd {
+  # The memfd travels with this message (SCM_RIGHTS, exactly one). The
+  # daemon accepts it only if it is a memfd of exactly `size` bytes sealed
+  # with F_SEAL_SHRINK, F_SEAL_GROW and F_SEAL_FUTURE_WRITE (checked with
+  # fstat and F_GET_SEALS on the received descriptor itself; it is never
+  # reopened): then only the producer, which mapped it before sealing, can
+  # ever write it, and every consumer maps it read-only.
   id @0 :UInt32;       # unique per producer; 0 is never used
   size @1 :UInt64;     # bytes; the memfd is exactly this long
   owner @2 :UInt64;    # 0 from the producer ("mine"); the daemon fills in
                        # the producer's id when it forwards the pool
+  scope @3 :UInt64;    # the scope the pool serves (see StreamOpened.scope):
+                       # its frames may travel only in streams of that
+                       # scope, so only the peers of that scope's chain
+                       # ever receive the pool. 0 from the daemon when it
+                       # forwards (consumers need not know).
 }
 
 struct StreamOpen {
@@ -80,6 +91,9 @@ struct StreamOpen {
   meta @2 :StreamMeta;
   role @3 :Text;       # daemon → plugin: "transform" or "observe"
   stage @4 :Text;      # daemon → plugin: the manifest's stream name
+  scope @5 :UInt64;    # daemon → plugin: the pool scope of the stream (see
+                       # StreamOpened.scope); new frames for this stream
+                       # come from pools announced with this scope
 }
 
 struct StreamMeta {
@@ -99,6 +113,12 @@ struct StreamOpened {
   stream @0 :UInt64;
   stages @1 :List(Text); # "plugin/stage" in chain order, observers last
   roles @2 :List(Text);  # each stage's role, "transform" or "observe"
+  scope @3 :UInt64;      # the pool scope: the daemon's number for this
+                         # host and this exact chain (the same plugin
+                         # instances in the same roles). Frames of the
+                         # stream must come from pools announced with this
+                         # scope; streams of one scope may share pools,
+                         # because the same peers see all of them. Never 0.
 }
 
 struct Frame {

@@ -698,12 +698,12 @@ type PoolAdd capnp.Struct
 const PoolAdd_TypeID = 0xad05cc690b437e16
 
 func NewPoolAdd(s *capnp.Segment) (PoolAdd, error) {
-	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 24, PointerCount: 0})
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 32, PointerCount: 0})
 	return PoolAdd(st), err
 }
 
 func NewRootPoolAdd(s *capnp.Segment) (PoolAdd, error) {
-	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 24, PointerCount: 0})
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 32, PointerCount: 0})
 	return PoolAdd(st), err
 }
 
@@ -763,12 +763,20 @@ func (s PoolAdd) SetOwner(v uint64) {
 	capnp.Struct(s).SetUint64(16, v)
 }
 
+func (s PoolAdd) Scope() uint64 {
+	return capnp.Struct(s).Uint64(24)
+}
+
+func (s PoolAdd) SetScope(v uint64) {
+	capnp.Struct(s).SetUint64(24, v)
+}
+
 // PoolAdd_List is a list of PoolAdd.
 type PoolAdd_List = capnp.StructList[PoolAdd]
 
 // NewPoolAdd creates a new list of PoolAdd.
 func NewPoolAdd_List(s *capnp.Segment, sz int32) (PoolAdd_List, error) {
-	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 24, PointerCount: 0}, sz)
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 32, PointerCount: 0}, sz)
 	return capnp.StructList[PoolAdd](l), err
 }
 
@@ -786,12 +794,12 @@ type StreamOpen capnp.Struct
 const StreamOpen_TypeID = 0xe27920de42a40f57
 
 func NewStreamOpen(s *capnp.Segment) (StreamOpen, error) {
-	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 8, PointerCount: 4})
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 16, PointerCount: 4})
 	return StreamOpen(st), err
 }
 
 func NewRootStreamOpen(s *capnp.Segment) (StreamOpen, error) {
-	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 8, PointerCount: 4})
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 16, PointerCount: 4})
 	return StreamOpen(st), err
 }
 
@@ -913,12 +921,20 @@ func (s StreamOpen) SetStage(v string) error {
 	return capnp.Struct(s).SetText(3, v)
 }
 
+func (s StreamOpen) Scope() uint64 {
+	return capnp.Struct(s).Uint64(8)
+}
+
+func (s StreamOpen) SetScope(v uint64) {
+	capnp.Struct(s).SetUint64(8, v)
+}
+
 // StreamOpen_List is a list of StreamOpen.
 type StreamOpen_List = capnp.StructList[StreamOpen]
 
 // NewStreamOpen creates a new list of StreamOpen.
 func NewStreamOpen_List(s *capnp.Segment, sz int32) (StreamOpen_List, error) {
-	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 8, PointerCount: 4}, sz)
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 16, PointerCount: 4}, sz)
 	return capnp.StructList[StreamOpen](l), err
 }
 
@@ -1179,12 +1195,12 @@ type StreamOpened capnp.Struct
 const StreamOpened_TypeID = 0x8095ce4c44d285ad
 
 func NewStreamOpened(s *capnp.Segment) (StreamOpened, error) {
-	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 8, PointerCount: 2})
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 16, PointerCount: 2})
 	return StreamOpened(st), err
 }
 
 func NewRootStreamOpened(s *capnp.Segment) (StreamOpened, error) {
-	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 8, PointerCount: 2})
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 16, PointerCount: 2})
 	return StreamOpened(st), err
 }
 
@@ -1274,13 +1290,20 @@ func (s StreamOpened) NewRoles(n int32) (capnp.TextList, error) {
 	err = capnp.Struct(s).SetPtr(1, l.ToPtr())
 	return l, err
 }
+func (s StreamOpened) Scope() uint64 {
+	return capnp.Struct(s).Uint64(8)
+}
+
+func (s StreamOpened) SetScope(v uint64) {
+	capnp.Struct(s).SetUint64(8, v)
+}
 
 // StreamOpened_List is a list of StreamOpened.
 type StreamOpened_List = capnp.StructList[StreamOpened]
 
 // NewStreamOpened creates a new list of StreamOpened.
 func NewStreamOpened_List(s *capnp.Segment, sz int32) (StreamOpened_List, error) {
-	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 8, PointerCount: 2}, sz)
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 16, PointerCount: 2}, sz)
 	return capnp.StructList[StreamOpened](l), err
 }
 

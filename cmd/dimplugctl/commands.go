@@ -19,6 +19,7 @@ import (
 
 	"github.com/dimplugd/dimplugd/sdk-go/host"
 	"github.com/dimplugd/dimplugd/sdk-go/manifest"
+	"github.com/dimplugd/dimplugd/sdk-go/termesc"
 )
 
 // usageError marks errors that should exit with code 2.
@@ -56,8 +57,9 @@ func (c *cli) rootCmd() *cobra.Command {
 	root := &cobra.Command{
 		Use:   "dimplugctl",
 		Short: "Manage the plugins of a dimplugd daemon",
-		Long: `dimplugctl talks to a running dimplugd over its Unix socket to install,
+		Long: `dimplugctl talks to a running dimplugd over its control socket to install,
 inspect, enable, disable, restart and remove plugins, and to read their logs.
+Only root, the daemon's user and members of its --operator-group may.
 
 Exit codes: 0 success, 1 the operation failed, 2 bad usage.`,
 		SilenceUsage:  true,
@@ -65,7 +67,7 @@ Exit codes: 0 success, 1 the operation failed, 2 bad usage.`,
 	}
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error { return usageError{err} })
 	pf := root.PersistentFlags()
-	pf.StringVar(&c.socket, "socket", host.DefaultSocket(), "daemon socket ($DIMPLUGD_SOCKET)")
+	pf.StringVar(&c.socket, "socket", host.DefaultControlSocket(), "the daemon's control socket ($DIMPLUGD_CONTROL_SOCKET)")
 	pf.BoolVar(&c.json, "json", false, "print machine-readable JSON")
 	pf.DurationVar(&c.timeout, "timeout", 60*time.Second, "give up on the daemon after this long")
 
@@ -432,12 +434,15 @@ func (c *cli) logsCmd() *cobra.Command {
 		ValidArgsFunction: c.completeNames,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			print := func(l host.LogLine) {
+				// A plugin's text is escaped (termesc): no escape sequence,
+				// carriage return or line break of its own reaches the
+				// terminal, so the time and source columns are always ours.
 				if c.json {
 					b, _ := json.Marshal(l)
-					fmt.Fprintln(c.out, string(b))
+					fmt.Fprintln(c.out, string(termesc.JSON(b)))
 					return
 				}
-				fmt.Fprintf(c.out, "%s %-6s %s\n", l.Time.Format("15:04:05.000"), l.Stream, l.Text)
+				fmt.Fprintf(c.out, "%s %-6s %s\n", l.Time.Format("15:04:05.000"), termesc.String(l.Stream), termesc.String(l.Text))
 			}
 			if !follow {
 				return c.withControl(func(ctx context.Context, ctl *host.Control) error {

@@ -17,6 +17,7 @@ import (
 	"github.com/dimplugd/dimplugd/sandbox/container"
 	"github.com/dimplugd/dimplugd/schema"
 	"github.com/dimplugd/dimplugd/sdk-go/host"
+	"github.com/dimplugd/dimplugd/sdk-go/manifest"
 )
 
 type usageError struct{ error }
@@ -67,7 +68,12 @@ func serveCmd() *cobra.Command {
 	var (
 		stateDir   string
 		socket     string
+		ctlSocket  string
+		hostGroup  string
+		opGroup    string
 		socketMode uint32
+		limits     daemon.Limits
+		sizes      [3]string // host message, control message, receive budget
 		runtime    string
 		insecure   bool
 		debug      bool
@@ -95,15 +101,33 @@ func serveCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			for i, dst := range []*int64{&limits.HostMessageSize, &limits.ControlMessageSize, &limits.ReceiveBudget} {
+				if sizes[i] == "" {
+					continue
+				}
+				n, err := manifest.ParseSize(sizes[i])
+				if err != nil {
+					return usageError{err}
+				}
+				*dst = int64(n)
+			}
+			if !cmd.Flags().Changed("control-socket") && cmd.Flags().Changed("socket") && os.Getenv("DIMPLUGD_CONTROL_SOCKET") == "" {
+				// The control socket follows a host socket moved by hand.
+				ctlSocket = filepath.Join(filepath.Dir(socket), "control.sock")
+			}
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
 			d, err := daemon.Start(ctx, daemon.Config{
-				StateDir:    stateDir,
-				Socket:      socket,
-				SocketMode:  os.FileMode(socketMode),
-				Runtime:     rt,
-				Logger:      log,
-				Supervision: daemon.Supervision{Standby: prestart},
+				StateDir:      stateDir,
+				Socket:        socket,
+				ControlSocket: ctlSocket,
+				HostGroup:     hostGroup,
+				OperatorGroup: opGroup,
+				Limits:        limits,
+				SocketMode:    os.FileMode(socketMode),
+				Runtime:       rt,
+				Logger:        log,
+				Supervision:   daemon.Supervision{Standby: prestart},
 			})
 			if err != nil {
 				closeRuntime(rt)
@@ -118,8 +142,19 @@ func serveCmd() *cobra.Command {
 	}
 	f := cmd.Flags()
 	f.StringVar(&stateDir, "state-dir", defaultStateDir(), "directory for installed plugins and their data")
-	f.StringVar(&socket, "socket", host.DefaultSocket(), "Unix socket for hosts and dimplugctl ($DIMPLUGD_SOCKET)")
-	f.Uint32Var(&socketMode, "socket-mode", 0o660, "permission bits of the socket file")
+	f.StringVar(&socket, "socket", host.DefaultSocket(), "host socket: Unix socket for hosts such as Dim ($DIMPLUGD_SOCKET)")
+	f.StringVar(&ctlSocket, "control-socket", host.DefaultControlSocket(), "control socket: Unix socket for operators and dimplugctl ($DIMPLUGD_CONTROL_SOCKET; default control.sock next to --socket)")
+	f.StringVar(&hostGroup, "host-group", "", "group (name or gid) that may use the host socket besides root and the daemon's user; the socket gets mode 0660 and this group (default: none, mode 0600)")
+	f.StringVar(&opGroup, "operator-group", "", "group (name or gid) that may use the control socket besides root and the daemon's user (default: none, mode 0600)")
+	f.Uint32Var(&socketMode, "socket-mode", 0, "permission bits of the host socket file (default 0660 with --host-group, else 0600)")
+	f.IntVar(&limits.MaxConns, "max-conns", 0, "connections open on both sockets together (default 1024)")
+	f.IntVar(&limits.HostConnsPerUID, "host-conns-per-uid", 0, "connections one peer uid may hold on the host socket (default 64)")
+	f.IntVar(&limits.ControlConnsPerUID, "control-conns-per-uid", 0, "connections one peer uid may hold on the control socket (default 16)")
+	f.DurationVar(&limits.FirstMessageTimeout, "first-message-timeout", 0, "time a new connection has to send its first complete message (default 10s)")
+	f.DurationVar(&limits.MessageTimeout, "message-timeout", 0, "time a message may take from its first byte to its last (default 30s)")
+	f.StringVar(&sizes[0], "host-message-size", "", "largest message on the host socket (default 32MiB)")
+	f.StringVar(&sizes[1], "control-message-size", "", "largest message on the control socket, e.g. an install archive (default 64MiB)")
+	f.StringVar(&sizes[2], "receive-budget", "", "bytes all half-received messages may hold together (default 128MiB)")
 	f.StringVar(&runtime, "runtime", "container", `how plugins run: "container" (libcontainer sandbox) or "process" (no sandbox, development only)`)
 	f.BoolVar(&insecure, "insecure-no-sandbox", false, "run plugins as plain processes WITHOUT any sandbox (development only)")
 	f.BoolVar(&debug, "debug", false, "log debug messages")

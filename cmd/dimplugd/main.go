@@ -1,6 +1,6 @@
 // Command dimplugd is the dimplugd plugin daemon: it runs every enabled
-// plugin in its own sandbox and serves hosts (Dim) and the operator CLI on a
-// Unix socket. It maps flags onto daemon.Config and calls daemon.Start; the
+// plugin in its own sandbox and serves hosts (Dim) on its host socket and the
+// operator CLI on its control socket. It maps flags onto daemon.Config and calls daemon.Start; the
 // daemon package holds everything else.
 //
 // Exit codes: 0 clean shutdown, 1 the daemon failed, 2 bad usage.

@@ -80,7 +80,7 @@ func newHandler(ctx context.Context, socket string, api *API) (*host.Middleware,
 func serve(args []string) error {
 	fs := flag.NewFlagSet("serve", flag.ExitOnError)
 	listen := fs.String("listen", "127.0.0.1:8000", "address to serve on (loopback by default)")
-	socket := fs.String("socket", host.DefaultSocket(), "dimplugd socket")
+	socket := fs.String("socket", host.DefaultSocket(), "dimplugd's host socket ($DIMPLUGD_SOCKET)")
 	segments := fs.String("segments", "", "directory of stream segments (default: generate test fixtures in a temporary directory)")
 	fs.Parse(args)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
@@ -129,7 +129,7 @@ func (h headerFlags) Set(s string) error {
 // over a real loopback HTTP server, and prints both.
 func get(args []string) error {
 	fs := flag.NewFlagSet("get", flag.ExitOnError)
-	socket := fs.String("socket", host.DefaultSocket(), "dimplugd socket")
+	socket := fs.String("socket", host.DefaultSocket(), "dimplugd's host socket ($DIMPLUGD_SOCKET)")
 	method := fs.String("X", "GET", "HTTP method")
 	body := fs.String("d", "", "request body")
 	pluginsOnly := fs.Bool("plugins-only", false, "only send the request through dimplugd")

@@ -332,7 +332,7 @@ func (l *intList) Set(s string) error {
 // frame stream chain, compared frame by frame, then its statistics.
 func stream(args []string) error {
 	fs := flag.NewFlagSet("stream", flag.ExitOnError)
-	socket := fs.String("socket", host.DefaultSocket(), "dimplugd socket")
+	socket := fs.String("socket", host.DefaultSocket(), "dimplugd's host socket ($DIMPLUGD_SOCKET)")
 	profile := fs.String("profile", "480p", "track profile: audio (75 KB segments), 480p (600 KB), 720p (3.1 MB), 1080p (6.3 MB)")
 	size := fs.String("size", "", "override the mdat payload per segment, e.g. 250KB or 2MiB")
 	segments := fs.Int("n", 6, "media segments after the init segment")

@@ -32,6 +32,10 @@ type AllocatorHooks struct {
 	// Dropped is called when a dedicated pool was freed and closed:
 	// announce poolDrop.
 	Dropped func(id uint32)
+	// NewID, when set, numbers new pools instead of the allocator's own
+	// counter (for producers whose allocators share one id space). It is
+	// called with the allocator's lock held and must not call back.
+	NewID func() uint32
 }
 
 // Allocator hands out slots from a producer's pools, blocking when they are
@@ -220,6 +224,9 @@ func (a *Allocator) newPool(size int64) (*Pool, error) {
 
 // nextPoolID returns an id that is neither 0 nor in use. a.mu is held.
 func (a *Allocator) nextPoolID() uint32 {
+	if a.hooks.NewID != nil {
+		return a.hooks.NewID()
+	}
 	for {
 		a.nextID++
 		id := a.nextID

@@ -407,11 +407,7 @@ func TestAlloc100MiBThroughMappings(t *testing.T) {
 	const owner = 4
 	a := NewAllocator(1<<20, AllocatorHooks{
 		Added: func(p *Pool) error {
-			ro, err := ReadOnly(p.File()) // what a consumer would get
-			if err != nil {
-				return err
-			}
-			return maps.Add(owner, p.ID(), ro, p.Size(), false)
+			return maps.Add(owner, p.ID(), dup(t, p.File()), p.Size())
 		},
 		Dropped: func(id uint32) { must(t, maps.Drop(owner, id)) },
 	})

@@ -322,7 +322,7 @@ func TestConnPassesPoolFD(t *testing.T) {
 
 	maps := NewMappings()
 	defer maps.Close()
-	must(t, maps.Add(1, id, files[0], size, false))
+	must(t, maps.Add(1, id, files[0], size))
 	view, err := maps.Bytes(1, id, 4096, 23)
 	must(t, err)
 	if string(view) != "hello from the producer" {
@@ -354,7 +354,7 @@ func TestConnSendSeveralFDs(t *testing.T) {
 	maps := NewMappings()
 	defer maps.Close()
 	for i, f := range files {
-		must(t, maps.Add(1, uint32(i+1), f, 4096, false))
+		must(t, maps.Add(1, uint32(i+1), f, 4096))
 		v, err := maps.Bytes(1, uint32(i+1), 0, 1)
 		must(t, err)
 		if v[0] != byte(i+10) {

@@ -36,21 +36,16 @@ func NewMappings() *Mappings {
 // Add maps a pool announced by PoolAdd: f is its memfd and size the size
 // the announcement gave. Add always closes f (the mapping keeps the memory).
 //
-// Producers are not trusted, so before mapping Add checks that f is a
-// regular file whose size (fstat) is exactly size, and that it is sealed
-// against shrinking (F_SEAL_SHRINK): a producer that shrank a mapped memfd
-// would make the consumer fault (SIGBUS) on the pages it cut off. Growing
-// is harmless. The mapping is MAP_SHARED and PROT_READ, plus PROT_WRITE
-// when writable (which fails if f was opened read-only or is write-sealed).
-func (m *Mappings) Add(owner uint64, id uint32, f *os.File, size int64, writable bool) error {
+// Producers are not trusted: before mapping, Add checks f with CheckPool,
+// so that a producer cannot shrink the memory under the consumer (which
+// would fault, SIGBUS, on the pages cut off). The mapping is MAP_SHARED and
+// PROT_READ: only a pool's producer writes it.
+func (m *Mappings) Add(owner uint64, id uint32, f *os.File, size int64) error {
 	k := poolKey{owner, id}
 	if f == nil {
 		return fmt.Errorf("frames: %s: no file", k)
 	}
 	defer f.Close()
-	if size <= 0 || int64(int(size)) != size {
-		return fmt.Errorf("frames: %s: invalid size %d", k, size)
-	}
 	m.mu.RLock()
 	_, dup := m.m[k]
 	closed := m.closed
@@ -66,7 +61,13 @@ func (m *Mappings) Add(owner uint64, id uint32, f *os.File, size int64, writable
 		return fmt.Errorf("frames: %s: %w", k, err)
 	}
 	var data []byte
-	cerr := rc.Control(func(fd uintptr) { data, err = mapChecked(int(fd), size, writable) })
+	cerr := rc.Control(func(fd uintptr) {
+		if err = CheckPool(int(fd), size); err != nil {
+			return
+		}
+		data, err = unix.Mmap(int(fd), 0, int(size), unix.PROT_READ, unix.MAP_SHARED)
+		err = os.NewSyscallError("mmap", err)
+	})
 	if cerr != nil {
 		return fmt.Errorf("frames: %s: %w", k, cerr)
 	}
@@ -87,35 +88,6 @@ func (m *Mappings) Add(owner uint64, id uint32, f *os.File, size int64, writable
 	}
 	m.m[k] = data
 	return nil
-}
-
-func mapChecked(fd int, size int64, writable bool) ([]byte, error) {
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
-		return nil, os.NewSyscallError("fstat", err)
-	}
-	if st.Mode&unix.S_IFMT != unix.S_IFREG {
-		return nil, fmt.Errorf("not a memfd (mode %#o)", st.Mode)
-	}
-	if st.Size != size {
-		return nil, fmt.Errorf("the memfd has %d bytes, announced %d", st.Size, size)
-	}
-	seals, err := unix.FcntlInt(uintptr(fd), unix.F_GET_SEALS, 0)
-	if err != nil {
-		return nil, fmt.Errorf("not a sealable memfd: %w", os.NewSyscallError("fcntl(F_GET_SEALS)", err))
-	}
-	if seals&unix.F_SEAL_SHRINK == 0 {
-		return nil, errors.New("the memfd is not sealed against shrinking (F_SEAL_SHRINK)")
-	}
-	prot := unix.PROT_READ
-	if writable {
-		prot |= unix.PROT_WRITE
-	}
-	data, err := unix.Mmap(fd, 0, int(size), prot, unix.MAP_SHARED)
-	if err != nil {
-		return nil, os.NewSyscallError("mmap", err)
-	}
-	return data, nil
 }
 
 // Drop unmaps a pool (after its owner's poolDrop).
@@ -172,26 +144,4 @@ func (m *Mappings) Close() error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// ReadOnly returns a new read-only open file description of the memfd f
-// (by reopening /proc/self/fd/N), to hand to consumers that must not be
-// able to write into the producer's pool: a consumer can only map it with
-// PROT_READ. Seals are kept (they belong to the memfd). The caller keeps f.
-func ReadOnly(f *os.File) (*os.File, error) {
-	rc, err := f.SyscallConn()
-	if err != nil {
-		return nil, fmt.Errorf("frames: reopen %s read-only: %w", f.Name(), err)
-	}
-	var ro *os.File
-	cerr := rc.Control(func(fd uintptr) {
-		ro, err = os.OpenFile(fmt.Sprintf("/proc/self/fd/%d", fd), os.O_RDONLY|unix.O_CLOEXEC, 0)
-	})
-	if cerr != nil {
-		err = cerr
-	}
-	if err != nil {
-		return nil, fmt.Errorf("frames: reopen %s read-only: %w", f.Name(), err)
-	}
-	return ro, nil
 }

@@ -22,19 +22,19 @@ func dup(t testing.TB, f *os.File) *os.File {
 	return os.NewFile(uintptr(fd), f.Name())
 }
 
-func mappedPool(t testing.TB, m *Mappings, owner uint64, id uint32, size int64, writable bool) *Pool {
+func mappedPool(t testing.TB, m *Mappings, owner uint64, id uint32, size int64) *Pool {
 	t.Helper()
 	p, err := NewPool(id, size)
 	must(t, err)
 	t.Cleanup(func() { p.Close() })
-	must(t, m.Add(owner, id, dup(t, p.File()), size, writable))
+	must(t, m.Add(owner, id, dup(t, p.File()), size))
 	return p
 }
 
 func TestMappingsBounds(t *testing.T) {
 	m := NewMappings()
 	defer m.Close()
-	mappedPool(t, m, 7, 3, 65536, false)
+	mappedPool(t, m, 7, 3, 65536)
 	tests := []struct {
 		name   string
 		off, n int64
@@ -75,8 +75,8 @@ func TestMappingsBounds(t *testing.T) {
 func TestMappingsDrop(t *testing.T) {
 	m := NewMappings()
 	defer m.Close()
-	mappedPool(t, m, 1, 1, 4096, false)
-	mappedPool(t, m, 2, 1, 4096, false) // same id, another owner
+	mappedPool(t, m, 1, 1, 4096)
+	mappedPool(t, m, 2, 1, 4096) // same id, another owner
 	must(t, m.Drop(1, 1))
 	if _, err := m.Bytes(1, 1, 0, 1); err == nil {
 		t.Fatal("Bytes after Drop succeeded")
@@ -94,7 +94,7 @@ func TestMappingsDrop(t *testing.T) {
 	p, err := NewPool(9, 4096)
 	must(t, err)
 	defer p.Close()
-	if err := m.Add(1, 9, dup(t, p.File()), 4096, false); !errors.Is(err, ErrClosed) {
+	if err := m.Add(1, 9, dup(t, p.File()), 4096); !errors.Is(err, ErrClosed) {
 		t.Fatalf("Add after Close: %v", err)
 	}
 }
@@ -125,34 +125,85 @@ func perms(t *testing.T, b []byte) string {
 func TestMappingsProtection(t *testing.T) {
 	m := NewMappings()
 	defer m.Close()
-	ro := mappedPool(t, m, 1, 1, 8192, false)
-	rw := mappedPool(t, m, 1, 2, 8192, true)
-	vro, err := m.Bytes(1, 1, 0, 8192)
+	p := mappedPool(t, m, 1, 1, 8192)
+	v, err := m.Bytes(1, 1, 0, 8192)
 	must(t, err)
-	vrw, err := m.Bytes(1, 2, 0, 8192)
-	must(t, err)
-	if got := perms(t, vro); got != "r--s" {
-		t.Errorf("read-only mapping is %q, want r--s", got)
+	if got := perms(t, v); got != "r--s" {
+		t.Errorf("consumer's mapping is %q, want r--s", got)
 	}
-	if got := perms(t, vrw); got != "rw-s" {
-		t.Errorf("writable mapping is %q, want rw-s", got)
-	}
-	if got := perms(t, ro.Bytes()); got != "rw-s" {
+	if got := perms(t, p.Bytes()); got != "rw-s" {
 		t.Errorf("producer's pool is %q, want rw-s", got)
 	}
-	copy(vrw[100:], "written by a consumer")
-	if string(rw.Bytes()[100:121]) != "written by a consumer" {
-		t.Error("a writable mapping's write is not in the pool")
+	copy(p.Bytes()[100:], "written by the producer")
+	if string(v[100:123]) != "written by the producer" {
+		t.Error("the producer's write is not in the consumer's view")
 	}
+}
 
-	// A read-only reopened memfd cannot be mapped writable at all.
-	rofile, err := ReadOnly(ro.File())
+// What a consumer holding a pool's descriptor can do to the memory, on
+// this kernel: every way to write it that a hostile plugin could try,
+// with the descriptor as received (open read-write: the producer's own)
+// and reopened through /proc/self/fd as root. Only the producer's mapping,
+// made before the seals, writes; F_SEAL_FUTURE_WRITE refuses the rest.
+func TestPoolWriteSealHolds(t *testing.T) {
+	p, err := NewPool(1, 8192)
 	must(t, err)
-	if err := m.Add(2, 1, rofile, 8192, true); err == nil || !errors.Is(err, unix.EACCES) {
-		t.Fatalf("writable mapping of a read-only fd: %v", err)
+	defer p.Close()
+	copy(p.Bytes(), "original")
+	recv := dup(t, p.File())
+	defer recv.Close()
+	reopened, err := os.OpenFile(fmt.Sprintf("/proc/self/fd/%d", recv.Fd()), os.O_RDWR, 0)
+	if err != nil {
+		t.Logf("reopening read-write through /proc refused: %v", err)
+	} else {
+		defer reopened.Close()
 	}
-	if rofile.Fd() != ^uintptr(0) {
-		t.Error("Add did not close the file it failed on")
+	fds := map[string]*os.File{"received": recv}
+	if reopened != nil {
+		fds["reopened read-write"] = reopened
+	}
+	for name, f := range fds {
+		fd := int(f.Fd())
+		if b, err := unix.Mmap(fd, 0, 8192, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED); err == nil {
+			unix.Munmap(b)
+			t.Errorf("%s: a writable shared mapping was allowed", name)
+		}
+		b, err := unix.Mmap(fd, 0, 8192, unix.PROT_READ, unix.MAP_SHARED)
+		must(t, err)
+		if err := unix.Mprotect(b, unix.PROT_READ|unix.PROT_WRITE); err == nil {
+			t.Errorf("%s: mprotect made a read-only shared mapping writable", name)
+		}
+		unix.Munmap(b)
+		if _, err := unix.Pwrite(fd, []byte("overwritten"), 0); err == nil {
+			t.Errorf("%s: pwrite was allowed", name)
+		}
+		if err := unix.Fallocate(fd, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, 0, 4096); err == nil {
+			t.Errorf("%s: punching a hole was allowed", name)
+		}
+		for _, size := range []int64{0, 4096, 1 << 20} {
+			if err := unix.Ftruncate(fd, size); err == nil {
+				t.Errorf("%s: ftruncate to %d was allowed", name, size)
+			}
+		}
+		if _, err := unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, unix.F_SEAL_WRITE); err == nil {
+			t.Errorf("%s: more seals could be added", name)
+		}
+		// A private writable mapping is allowed, but copies on write:
+		// the pool does not change.
+		if b, err := unix.Mmap(fd, 0, 8192, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE); err == nil {
+			copy(b, "private!")
+			unix.Munmap(b)
+		}
+	}
+	if got := string(p.Bytes()[:8]); got != "original" {
+		t.Fatalf("the pool holds %q after the consumer's attempts", got)
+	}
+	copy(p.Bytes(), "producer")
+	b, err := unix.Mmap(int(recv.Fd()), 0, 8192, unix.PROT_READ, unix.MAP_SHARED)
+	must(t, err)
+	defer unix.Munmap(b)
+	if string(b[:8]) != "producer" {
+		t.Fatal("the producer's own mapping no longer writes the pool")
 	}
 }
 
@@ -175,22 +226,36 @@ func TestMappingsRejectsUntrustedMemfds(t *testing.T) {
 	rd, wr, err := os.Pipe()
 	must(t, err)
 	defer wr.Close()
+	fifoPath := t.TempDir() + "/fifo"
+	must(t, unix.Mkfifo(fifoPath, 0o600))
+	fifo, err := os.OpenFile(fifoPath, os.O_RDWR, 0) // O_RDWR: does not block
+	must(t, err)
+	kallsyms, err := os.Open("/proc/kallsyms")
+	must(t, err)
+	sock, sock2, err := Socketpair()
+	must(t, err)
+	defer sock.Close()
+	const all = PoolSeals | unix.F_SEAL_SEAL
 	tests := []struct {
 		name string
 		f    *os.File
 		size int64
 		want string
 	}{
-		{"unsealed", memfd(4096, 0), 4096, "not sealed against shrinking"},
-		{"grow seal only", memfd(4096, unix.F_SEAL_GROW), 4096, "not sealed against shrinking"},
-		{"smaller than announced", memfd(4096, unix.F_SEAL_SHRINK), 8192, "the memfd has 4096 bytes, announced 8192"},
-		{"larger than announced", memfd(8192, unix.F_SEAL_SHRINK), 4096, "the memfd has 8192 bytes, announced 4096"},
-		{"regular file", tmp, 4096, "not a sealable memfd"},
+		{"unsealed", memfd(4096, 0), 4096, "not sealed against shrinking, growing and writing"},
+		{"no write seal", memfd(4096, unix.F_SEAL_SHRINK|unix.F_SEAL_GROW), 4096, "not sealed against shrinking, growing and writing"},
+		{"no grow seal", memfd(4096, unix.F_SEAL_SHRINK|unix.F_SEAL_FUTURE_WRITE), 4096, "not sealed"},
+		{"smaller than announced", memfd(4096, all), 8192, "the memfd has 4096 bytes, announced 8192"},
+		{"larger than announced", memfd(8192, all), 4096, "the memfd has 8192 bytes, announced 4096"},
+		{"regular file", tmp, 4096, "not a sealed memfd"},
+		{"/proc/kallsyms", kallsyms, 0x1000, "bytes, announced"},
 		{"pipe", rd, 4096, "not a memfd"},
-		{"zero size", memfd(4096, unix.F_SEAL_SHRINK), 0, "invalid size 0"},
+		{"fifo", fifo, 4096, "not a memfd"},
+		{"socket", sock2, 4096, "not a memfd"},
+		{"zero size", memfd(4096, all), 0, "invalid pool size 0"},
 	}
 	for i, tt := range tests {
-		err := m.Add(5, uint32(i+1), tt.f, tt.size, false)
+		err := m.Add(5, uint32(i+1), tt.f, tt.size)
 		if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("pool %d of owner 5: ", i+1)) || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("%s: got %v, want %q", tt.name, err, tt.want)
 		}
@@ -198,9 +263,8 @@ func TestMappingsRejectsUntrustedMemfds(t *testing.T) {
 			t.Errorf("%s: file left open", tt.name)
 		}
 	}
-	// Sealed against shrinking only is enough (growing is harmless).
-	must(t, m.Add(5, 100, memfd(4096, unix.F_SEAL_SHRINK), 4096, false))
-	if err := m.Add(5, 100, memfd(4096, unix.F_SEAL_SHRINK), 4096, false); err == nil || !strings.Contains(err.Error(), "already mapped") {
+	must(t, m.Add(5, 100, memfd(4096, all), 4096))
+	if err := m.Add(5, 100, memfd(4096, all), 4096); err == nil || !strings.Contains(err.Error(), "already mapped") {
 		t.Errorf("duplicate: %v", err)
 	}
 }
@@ -210,7 +274,7 @@ func TestPoolSealsAndErrors(t *testing.T) {
 	must(t, err)
 	seals, err := unix.FcntlInt(p.File().Fd(), unix.F_GET_SEALS, 0)
 	must(t, err)
-	if want := unix.F_SEAL_SHRINK | unix.F_SEAL_GROW | unix.F_SEAL_SEAL; seals != want {
+	if want := unix.F_SEAL_SHRINK | unix.F_SEAL_GROW | unix.F_SEAL_FUTURE_WRITE | unix.F_SEAL_SEAL; seals != want {
 		t.Errorf("seals %#x, want %#x", seals, want)
 	}
 	if err := unix.Ftruncate(int(p.File().Fd()), 0); err == nil {
@@ -250,9 +314,7 @@ func TestNoFDLeak(t *testing.T) {
 	for i := range 100 {
 		p, err := NewPool(uint32(i+1), 64<<10)
 		must(t, err)
-		ro, err := ReadOnly(p.File())
-		must(t, err)
-		must(t, m.Add(1, p.ID(), ro, p.Size(), false))
+		must(t, m.Add(1, p.ID(), dup(t, p.File()), p.Size()))
 		if i%2 == 0 {
 			must(t, m.Drop(1, p.ID()))
 		}
@@ -265,7 +327,7 @@ func TestNoFDLeak(t *testing.T) {
 	a := NewAllocator(64<<10, AllocatorHooks{
 		Added: func(p *Pool) error {
 			h.hooks().Added(p)
-			return maps.Add(1, p.ID(), dup(t, p.File()), p.Size(), false)
+			return maps.Add(1, p.ID(), dup(t, p.File()), p.Size())
 		},
 		Dropped: func(id uint32) { must(t, maps.Drop(1, id)) },
 	})

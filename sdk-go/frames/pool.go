@@ -12,8 +12,12 @@ import (
 var pageSize = int64(os.Getpagesize())
 
 // Pool is one memfd-backed shared memory region owned by a producer,
-// mapped read-write. The memfd is sealed against shrinking and growing, so
-// consumers that map it can rely on its size.
+// mapped read-write by it alone. The memfd is sealed against shrinking and
+// growing, so consumers that map it can rely on its size, and with
+// F_SEAL_FUTURE_WRITE once the producer's own mapping exists: nobody can
+// write it any more except through that mapping — not through this
+// descriptor, a duplicate of it, or a reopening of it through /proc (see
+// CheckPool and docs/protocol.md, "Frame memory").
 type Pool struct {
 	id   uint32
 	size int64
@@ -24,8 +28,9 @@ type Pool struct {
 }
 
 // NewPool creates a pool of size bytes: memfd_create("dimplugd-frames",
-// MFD_CLOEXEC|MFD_ALLOW_SEALING), ftruncate to size, F_SEAL_SHRINK and
-// F_SEAL_GROW, and a read-write MAP_SHARED mapping. id must not be 0.
+// MFD_CLOEXEC|MFD_ALLOW_SEALING), ftruncate to size, a read-write
+// MAP_SHARED mapping, then the seals PoolSeals (shrink, grow, future
+// writes, and no more seals). id must not be 0.
 func NewPool(id uint32, size int64) (*Pool, error) {
 	if id == 0 {
 		return nil, fmt.Errorf("frames: pool 0: id 0 is reserved")
@@ -44,14 +49,51 @@ func NewPool(id uint32, size int64) (*Pool, error) {
 	if err := unix.Ftruncate(fd, size); err != nil {
 		return fail("ftruncate", err)
 	}
-	if _, err := unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, unix.F_SEAL_SHRINK|unix.F_SEAL_GROW|unix.F_SEAL_SEAL); err != nil {
-		return fail("fcntl(F_ADD_SEALS)", err)
-	}
 	data, err := unix.Mmap(fd, 0, int(size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
 	if err != nil {
 		return fail("mmap", err)
 	}
+	// The writable mapping exists: from now on it is the only way to
+	// write the pool.
+	if _, err := unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, PoolSeals|unix.F_SEAL_SEAL); err != nil {
+		unix.Munmap(data)
+		return fail("fcntl(F_ADD_SEALS)", err)
+	}
 	return &Pool{id: id, size: size, f: os.NewFile(uintptr(fd), "dimplugd-frames"), data: data}, nil
+}
+
+// PoolSeals are the seals every pool's memfd carries, and that CheckPool
+// requires of a pool a peer announces.
+const PoolSeals = unix.F_SEAL_SHRINK | unix.F_SEAL_GROW | unix.F_SEAL_FUTURE_WRITE
+
+// CheckPool checks a received pool descriptor without opening, mapping or
+// reading anything through it: fstat says it is a regular file of exactly
+// size bytes, and F_GET_SEALS (which only memfds and hugetlbfs files
+// answer, and only a memfd made with MFD_ALLOW_SEALING can have these
+// seals) says it is sealed with PoolSeals. Neither call can block, whatever
+// the descriptor is (a FIFO, a socket, a device).
+func CheckPool(fd int, size int64) error {
+	if size <= 0 || int64(int(size)) != size {
+		return fmt.Errorf("invalid pool size %d", size)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return os.NewSyscallError("fstat", err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return fmt.Errorf("not a memfd (file type %#o)", st.Mode&unix.S_IFMT)
+	}
+	if st.Size != size {
+		return fmt.Errorf("the memfd has %d bytes, announced %d", st.Size, size)
+	}
+	seals, err := unix.FcntlInt(uintptr(fd), unix.F_GET_SEALS, 0)
+	if err != nil {
+		return fmt.Errorf("not a sealed memfd: %w", os.NewSyscallError("fcntl(F_GET_SEALS)", err))
+	}
+	if seals&PoolSeals != PoolSeals {
+		return fmt.Errorf("the memfd is not sealed against shrinking, growing and writing (seals %#x, want %#x)", seals, PoolSeals)
+	}
+	return nil
 }
 
 // ID returns the pool's id, unique per producer.

@@ -1,61 +1,240 @@
 package frames
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"sync"
 
 	"github.com/dimplugd/dimplugd/schema"
 )
 
-// Producer is one peer's own shared memory: an Allocator whose pools are
-// announced to the daemon on conn as they are created (PoolAdd with the
-// memfd) and dropped (poolDrop). Hosts and plugins use it to make frames.
+// Producer is one peer's own shared memory, in scopes. A scope is the
+// daemon's number for a host and an exact chain of plugin instances
+// (schema StreamOpened.scope): frames of a stream come from pools of its
+// scope, so a pool only ever reaches the peers that see every frame in it
+// anyway. Each scope has its own Allocator, whose pools are announced to
+// the daemon on conn as they are created (PoolAdd with the memfd and the
+// scope) and dropped (poolDrop). Pool ids are unique across the
+// producer's scopes. Hosts and plugins use it to make frames.
+//
+// A scope lives while streams use it (Use, Done) or any of its slots is
+// live; then its pools are dropped.
 type Producer struct {
-	*Allocator
-	conn *Conn
+	conn     *Conn
+	owner    uint64
+	poolSize int64
 
-	mu    sync.Mutex
-	pools map[uint32]*Pool
+	mu     sync.Mutex
+	closed bool
+	nextID uint32
+	pools  map[uint32]*Pool // every live pool, by id
+	byPool map[uint32]*scope
+	scopes map[uint64]*scope
 }
 
-// NewProducer returns a producer whose shared pool holds poolSize bytes.
+type scope struct {
+	id    uint64
+	alloc *Allocator
+	users int // streams using it (Use − Done)
+}
+
+// NewProducer returns a producer whose scopes each have a shared pool of
+// poolSize bytes.
 func NewProducer(conn *Conn, poolSize int64) *Producer { return NewProducerAs(conn, poolSize, 0) }
 
 // NewProducerAs is NewProducer for a peer that names itself owner in its
 // announcements (the daemon's role; 0 means "the sender").
 func NewProducerAs(conn *Conn, poolSize int64, owner uint64) *Producer {
-	p := &Producer{conn: conn, pools: map[uint32]*Pool{}}
-	p.Allocator = NewAllocator(poolSize, AllocatorHooks{
+	return &Producer{conn: conn, owner: owner, poolSize: poolSize,
+		pools: map[uint32]*Pool{}, byPool: map[uint32]*scope{}, scopes: map[uint64]*scope{}}
+}
+
+// PoolSize returns the size of each scope's shared pool.
+func (p *Producer) PoolSize() int64 { return roundUp(max(p.poolSize, pageSize), pageSize) }
+
+// scopeLocked returns scope id's state, creating it.
+func (p *Producer) scopeLocked(id uint64) (*scope, error) {
+	if p.closed {
+		return nil, fmt.Errorf("frames: producer %w", ErrClosed)
+	}
+	if sc := p.scopes[id]; sc != nil {
+		return sc, nil
+	}
+	sc := &scope{id: id}
+	sc.alloc = NewAllocator(p.poolSize, AllocatorHooks{
+		NewID: p.newID,
 		Added: func(pl *Pool) error {
 			p.mu.Lock()
 			p.pools[pl.ID()] = pl
+			p.byPool[pl.ID()] = sc
 			p.mu.Unlock()
-			return conn.Send(func(m schema.FrameMsg) error {
+			return p.conn.Send(func(m schema.FrameMsg) error {
 				pa, err := m.NewPoolAdd()
 				if err != nil {
 					return err
 				}
 				pa.SetId(pl.ID())
 				pa.SetSize(uint64(pl.Size()))
-				pa.SetOwner(owner)
+				pa.SetOwner(p.owner)
+				pa.SetScope(id)
 				return nil
 			}, pl.File())
 		},
-		Dropped: func(id uint32) {
-			p.mu.Lock()
-			delete(p.pools, id)
-			p.mu.Unlock()
-			_ = conn.Send(func(m schema.FrameMsg) error {
-				r, err := m.NewPoolDrop()
-				if err != nil {
-					return err
-				}
-				r.SetPool(id)
-				return nil
-			})
-		},
+		Dropped: p.dropped,
 	})
-	return p
+	p.scopes[id] = sc
+	return sc, nil
+}
+
+// newID numbers a new pool (called under an allocator's lock).
+func (p *Producer) newID() uint32 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for {
+		p.nextID++
+		if _, used := p.pools[p.nextID]; p.nextID != 0 && !used {
+			return p.nextID
+		}
+	}
+}
+
+// dropped forgets a pool and tells the daemon.
+func (p *Producer) dropped(id uint32) {
+	p.mu.Lock()
+	delete(p.pools, id)
+	delete(p.byPool, id)
+	p.mu.Unlock()
+	_ = p.conn.Send(func(m schema.FrameMsg) error {
+		r, err := m.NewPoolDrop()
+		if err != nil {
+			return err
+		}
+		r.SetPool(id)
+		return nil
+	})
+}
+
+// Use says a stream of scope id is open: the scope's pools stay.
+func (p *Producer) Use(id uint64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if sc, err := p.scopeLocked(id); err == nil {
+		sc.users++
+	}
+}
+
+// Done says a stream of scope id has ended. Once no stream uses the scope
+// and none of its slots is live, its pools are dropped.
+func (p *Producer) Done(id uint64) {
+	p.mu.Lock()
+	sc := p.scopes[id]
+	if sc != nil && sc.users > 0 {
+		sc.users--
+	}
+	p.mu.Unlock()
+	if sc != nil {
+		p.maybeRetire(sc)
+	}
+}
+
+// maybeRetire closes an unused scope's allocator and drops its pools.
+// (Lock order: an allocator's lock, then p.mu; so InUse is asked first.)
+func (p *Producer) maybeRetire(sc *scope) {
+	if sc.alloc.InUse() > 0 {
+		return
+	}
+	p.mu.Lock()
+	if sc.users > 0 || p.scopes[sc.id] != sc {
+		p.mu.Unlock()
+		return
+	}
+	delete(p.scopes, sc.id)
+	var ids []uint32
+	for id, owner := range p.byPool {
+		if owner == sc {
+			ids = append(ids, id)
+		}
+	}
+	p.mu.Unlock()
+	_ = sc.alloc.Close()
+	for _, id := range ids {
+		p.dropped(id)
+	}
+}
+
+// Alloc returns a slot of n bytes from scope's pools (see Allocator.Alloc:
+// it waits while the scope's pool is full).
+func (p *Producer) Alloc(ctx context.Context, scopeID uint64, n int64) (Slot, error) {
+	for {
+		p.mu.Lock()
+		sc, err := p.scopeLocked(scopeID)
+		p.mu.Unlock()
+		if err != nil {
+			return Slot{}, err
+		}
+		s, err := sc.alloc.Alloc(ctx, n)
+		if errors.Is(err, ErrClosed) {
+			p.mu.Lock()
+			retired := !p.closed && p.scopes[scopeID] != sc
+			p.mu.Unlock()
+			if retired { // retired under us while unused: make it anew
+				continue
+			}
+		}
+		return s, err
+	}
+}
+
+// Free gives back a slot of one of the producer's pools, whichever scope
+// it is in.
+func (p *Producer) Free(pool uint32, off, n int64) error {
+	p.mu.Lock()
+	sc := p.byPool[pool]
+	p.mu.Unlock()
+	if sc == nil {
+		if n == 0 {
+			return nil
+		}
+		return fmt.Errorf("frames: free of %d+%d: pool %d is not one of ours", off, n, pool)
+	}
+	err := sc.alloc.Free(pool, off, n)
+	p.maybeRetire(sc)
+	return err
+}
+
+// InUse is the bytes of live slots in all scopes.
+func (p *Producer) InUse() int64 {
+	p.mu.Lock()
+	scopes := make([]*scope, 0, len(p.scopes))
+	for _, sc := range p.scopes {
+		scopes = append(scopes, sc)
+	}
+	p.mu.Unlock()
+	var n int64
+	for _, sc := range scopes {
+		n += sc.alloc.InUse()
+	}
+	return n
+}
+
+// Close closes every scope's allocator (unmapping the producer's pools).
+func (p *Producer) Close() error {
+	p.mu.Lock()
+	p.closed = true
+	scopes := p.scopes
+	p.scopes = map[uint64]*scope{}
+	p.mu.Unlock()
+	var errs []error
+	for _, sc := range scopes {
+		if err := sc.alloc.Close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	p.mu.Lock()
+	p.pools, p.byPool = map[uint32]*Pool{}, map[uint32]*scope{}
+	p.mu.Unlock()
+	return errors.Join(errs...)
 }
 
 // View returns n bytes at off in one of the producer's own pools.
@@ -66,7 +245,11 @@ func (p *Producer) View(pool uint32, off, n uint64) ([]byte, error) {
 	if pl == nil || off > uint64(pl.Size()) || n > uint64(pl.Size())-off {
 		return nil, fmt.Errorf("frames: %d+%d is not in one of our pools (pool %d)", off, n, pool)
 	}
-	return pl.Bytes()[off : off+n : off+n], nil
+	b := pl.Bytes()
+	if b == nil {
+		return nil, fmt.Errorf("frames: pool %d: %w", pool, ErrClosed)
+	}
+	return b[off : off+n : off+n], nil
 }
 
 // Resolve returns the bytes a frame descriptor names: one of the

@@ -19,20 +19,22 @@ type Control struct {
 	version uint16
 }
 
-// DialControl opens the control face on the daemon's socket.
+// DialControl opens the control face on the daemon's control socket
+// (DefaultControlSocket, `dimplugd serve --control-socket`). Only root, the
+// daemon's user and members of its --operator-group may.
 func DialControl(ctx context.Context, socket string, opts ...Option) (*Control, error) {
 	o := buildOptions(opts)
 	if o.client == "dimplugd-sdk-go host" {
 		o.client = "dimplugd-sdk-go control"
 	}
-	conn, boot, err := dial(ctx, socket)
+	conn, boot, ac, err := dial(ctx, "control", socket)
 	if err != nil {
 		return nil, err
 	}
 	defer boot.Release()
 	fut, release := boot.OpenControl(ctx, func(p schema.Daemon_openControl_Params) error { return offer(p, o) })
 	defer release()
-	res, err := negotiated("control", "this client", o, conn, fut)
+	res, err := negotiated("control", "this client", o, conn, ac, fut)
 	if err != nil {
 		return nil, err
 	}

@@ -1,7 +1,8 @@
 // Package host is what a Go host (Dim's Go-side tooling, the example
 // dimhost, tests) imports to use dimplugd: Dial opens a session on the
-// daemon's socket to read the route table and dispatch hooks; DialControl
-// opens the operator's control face (install, list, enable, ...).
+// daemon's host socket (DefaultSocket) to read the route table and dispatch
+// hooks; DialControl opens the operator's control face (install, list,
+// enable, ...) on the daemon's control socket (DefaultControlSocket).
 //
 // This package must not import the daemon, the sandbox or cobra.
 package host
@@ -12,8 +13,11 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"capnproto.org/go/capnp/v3"
@@ -76,16 +80,61 @@ func buildOptions(opts []Option) options {
 	return o
 }
 
-// dial connects to the daemon's socket and returns the connection and its
-// bootstrap capability.
-func dial(ctx context.Context, socket string) (*rpc.Conn, schema.Daemon, error) {
+// dial connects to one of the daemon's sockets (face "host" or "control")
+// and returns the connection, its bootstrap capability and what catches the
+// daemon's reason when it refuses the connection.
+func dial(ctx context.Context, face, socket string) (*rpc.Conn, schema.Daemon, *abortCatcher, error) {
 	var d net.Dialer
 	c, err := d.DialContext(ctx, "unix", socket)
 	if err != nil {
-		return nil, schema.Daemon{}, fmt.Errorf("connect to dimplugd at %s: %w (is the daemon running? start it with: dimplugd serve)", socket, err)
+		return nil, schema.Daemon{}, nil, dialError(face, socket, err)
 	}
-	conn := wire.NewConn(c, capnp.Client{}, quietLogger{})
-	return conn, schema.Daemon(conn.Bootstrap(ctx)), nil
+	ac := &abortCatcher{}
+	conn := wire.NewConn(c, capnp.Client{}, ac)
+	return conn, schema.Daemon(conn.Bootstrap(ctx)), ac, nil
+}
+
+// dialError explains a failed connect.
+func dialError(face, socket string, err error) error {
+	if errors.Is(err, syscall.EACCES) || errors.Is(err, syscall.EPERM) {
+		who := "hosts must run as root, as the daemon's user or in the daemon's --host-group"
+		if face == "control" {
+			who = "operators must run as root, as the daemon's user or in the daemon's --operator-group"
+		}
+		return fmt.Errorf("dimplugd: %s socket %s: permission denied for uid %d: %s", face, socket, os.Geteuid(), who)
+	}
+	return fmt.Errorf("connect to dimplugd's %s socket at %s: %w (is the daemon running? start it with: dimplugd serve)", face, socket, err)
+}
+
+// abortCatcher is a connection's logger: it keeps the reason of an abort
+// from the daemon (sent when it refuses a connection) and drops the rest.
+type abortCatcher struct {
+	mu     sync.Mutex
+	reason string
+}
+
+func (a *abortCatcher) Debug(string, ...any) {}
+func (a *abortCatcher) Info(string, ...any)  {}
+func (a *abortCatcher) Warn(string, ...any)  {}
+func (a *abortCatcher) Error(msg string, _ ...any) {
+	const mark = "remote abort: "
+	if i := strings.Index(msg, mark); i >= 0 {
+		a.mu.Lock()
+		a.reason = msg[i+len(mark):]
+		a.mu.Unlock()
+	}
+}
+
+// refusal is the daemon's reason for refusing the connection, waiting a
+// moment for conn to end when it has not yet; "" when it did not refuse.
+func (a *abortCatcher) refusal(conn *rpc.Conn) string {
+	select {
+	case <-conn.Done():
+	case <-time.After(200 * time.Millisecond):
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.reason
 }
 
 // Session is a host's connection to the daemon. It is safe for concurrent
@@ -110,18 +159,18 @@ type Session struct {
 	statsStop, statsDone chan struct{} // the direct-call stats reporter
 }
 
-// Dial opens a host session on the daemon's socket and negotiates the
-// protocol version.
+// Dial opens a host session on the daemon's host socket (DefaultSocket,
+// `dimplugd serve --socket`) and negotiates the protocol version.
 func Dial(ctx context.Context, socket string, opts ...Option) (*Session, error) {
 	o := buildOptions(opts)
-	conn, boot, err := dial(ctx, socket)
+	conn, boot, ac, err := dial(ctx, "host", socket)
 	if err != nil {
 		return nil, err
 	}
 	defer boot.Release()
 	fut, release := boot.OpenHost(ctx, func(p schema.Daemon_openHost_Params) error { return offer(p, o) })
 	defer release()
-	res, err := negotiated("host", "this host", o, conn, fut)
+	res, err := negotiated("host", "this host", o, conn, ac, fut)
 	if err != nil {
 		return nil, err
 	}
@@ -155,9 +204,13 @@ func offer[P interface {
 func negotiated[R interface {
 	DaemonVersions() (capnp.UInt16List, error)
 	Version() uint16
-}, F interface{ Struct() (R, error) }](face, self string, o options, conn *rpc.Conn, fut F) (R, error) {
+}, F interface{ Struct() (R, error) }](face, self string, o options, conn *rpc.Conn, ac *abortCatcher, fut F) (R, error) {
 	res, err := fut.Struct()
 	if err != nil {
+		if why := ac.refusal(conn); why != "" {
+			conn.Close()
+			return res, fmt.Errorf("dimplugd: %s", why)
+		}
 		conn.Close()
 		return res, fmt.Errorf("open %s session: %w", face, err)
 	}

@@ -1,6 +1,7 @@
 package host
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -9,6 +10,9 @@ import (
 	"os"
 	"strings"
 	"sync"
+
+	"capnproto.org/go/capnp/v3"
+	rpccp "capnproto.org/go/capnp/v3/std/capnp/rpc"
 
 	"github.com/dimplugd/dimplugd/schema"
 	"github.com/dimplugd/dimplugd/sdk-go/frames"
@@ -98,11 +102,15 @@ func dialFrames(ctx context.Context, s *Session, socket string, poolSize int64) 
 	if _, err := io.WriteString(uc, FramesPreamble); err != nil {
 		return nil, err
 	}
-	_, f, err := frames.RecvFD(uc, make([]byte, 1))
+	buf := make([]byte, 512)
+	n, f, err := frames.RecvFD(uc, buf)
 	if err != nil {
 		return nil, fmt.Errorf("open a frame socket (is the daemon too old for frame streams?): %w", err)
 	}
 	if f == nil {
+		if why := frameRefusal(buf[:n]); why != "" {
+			return nil, fmt.Errorf("dimplugd refused a frame socket: %s", why)
+		}
 		return nil, errors.New("the daemon answered without a frame socket")
 	}
 	conn, err := frames.FileConn(f)
@@ -116,6 +124,29 @@ func dialFrames(ctx context.Context, s *Session, socket string, poolSize int64) 
 	go fc.read()
 	go fc.flusher()
 	return fc, nil
+}
+
+// frameRefusal reads why the daemon refused a frame socket: a 0 byte and
+// the reason (the frame hub's caps), or a Cap'n Proto RPC abort (the
+// socket's connection caps, answered before the preamble is read).
+func frameRefusal(b []byte) string {
+	if len(b) > 1 && b[0] == 0 && !bytes.ContainsRune(b[1:], 0) {
+		return string(b[1:])
+	}
+	msg, err := capnp.Unmarshal(b)
+	if err != nil {
+		return ""
+	}
+	m, err := rpccp.ReadRootMessage(msg)
+	if err != nil || m.Which() != rpccp.Message_Which_abort {
+		return ""
+	}
+	ex, err := m.Abort()
+	if err != nil {
+		return ""
+	}
+	why, _ := ex.Reason()
+	return why
 }
 
 // flusher writes what frames and releases left in the connection's batch;
@@ -182,7 +213,7 @@ func (fc *frameClient) handle(fm schema.FrameMsg, fds []*os.File) {
 	case schema.FrameMsg_Which_poolAdd:
 		pa, err := fm.PoolAdd()
 		if err == nil && len(fds) == 1 {
-			_ = fc.maps.Add(pa.Owner(), pa.Id(), fds[0], int64(pa.Size()), false)
+			_ = fc.maps.Add(pa.Owner(), pa.Id(), fds[0], int64(pa.Size()))
 			return
 		}
 	case schema.FrameMsg_Which_poolDrop:
@@ -207,7 +238,11 @@ func (fc *frameClient) handle(fm schema.FrameMsg, fds []*os.File) {
 			stages = append(stages, stg)
 		}
 		if st := fc.stream(o.Stream()); st != nil {
-			st.openedOnce.Do(func() { st.stages = stages; close(st.opened) })
+			st.openedOnce.Do(func() {
+				st.stages, st.scope = stages, o.Scope()
+				fc.alloc.Use(st.scope)
+				close(st.opened)
+			})
 		}
 	case schema.FrameMsg_Which_frame:
 		f, err := fm.Frame()
@@ -304,6 +339,7 @@ type Stream struct {
 	opened     chan struct{}
 	openedOnce sync.Once
 	stages     []Stage
+	scope      uint64 // the daemon's pool scope: frames come from its pools
 
 	mu       sync.Mutex
 	queue    []*Frame
@@ -470,7 +506,7 @@ func (st *Stream) Stages() []string {
 // producer to fill in place and Send: the bytes are never copied again. It
 // waits while the session's pool is full.
 func (st *Stream) NewFrame(ctx context.Context, n int) (*Frame, error) {
-	slot, err := st.fc.alloc.Alloc(ctx, int64(n))
+	slot, err := st.fc.alloc.Alloc(ctx, st.scope, int64(n))
 	if err != nil {
 		return nil, fmt.Errorf("allocate a %d byte frame: %w", n, err)
 	}
@@ -499,7 +535,7 @@ func (st *Stream) send(ctx context.Context, f *Frame) error {
 		slot = nil
 	}
 	if slot == nil && len(f.Data) > InlineMax {
-		s, err := st.fc.alloc.Alloc(ctx, int64(len(f.Data)))
+		s, err := st.fc.alloc.Alloc(ctx, st.scope, int64(len(f.Data)))
 		if err != nil {
 			return fmt.Errorf("allocate a %d byte frame: %w", len(f.Data), err)
 		}
@@ -527,11 +563,20 @@ func (st *Stream) push(f *Frame, final bool) {
 
 func (st *Stream) finish(err error) {
 	st.mu.Lock()
-	if st.err == nil {
+	first := st.err == nil
+	if first {
 		st.err = err
 		close(st.closed)
 	}
 	st.mu.Unlock()
+	if first {
+		// Once opened, the stream used its scope's pools; it no longer
+		// does (they go once their frames are all back).
+		st.openedOnce.Do(func() {})
+		if st.scope != 0 {
+			st.fc.alloc.Done(st.scope)
+		}
+	}
 	select {
 	case st.ready <- struct{}{}:
 	default:

@@ -727,8 +727,8 @@ func (d *decoder) permissions(r *rawPermissions) Permissions {
 		}
 	}
 	if n, ok := d.integer(pre+"pids", r.Pids); ok {
-		if n < MinPids {
-			d.addf(pre+"pids", "%d is below the minimum of %d", n, MinPids)
+		if msg := pidsProblem(n); msg != "" {
+			d.addf(pre+"pids", "%s", msg)
 		} else {
 			p.Pids = n
 		}
@@ -743,6 +743,8 @@ func (d *decoder) permissions(r *rawPermissions) Permissions {
 	if n, ok := d.integer(pre+"open_files", r.OpenFiles); ok {
 		if n < MinOpenFiles {
 			d.addf(pre+"open_files", "%d is below the minimum of %d", n, MinOpenFiles)
+		} else if msg := openFilesProblem(uint64(n)); msg != "" {
+			d.addf(pre+"open_files", "%s", msg)
 		} else {
 			p.OpenFiles = uint64(n)
 		}

@@ -20,6 +20,23 @@ const (
 	MinOpenFiles = 16
 )
 
+// Maximums for permissions that hold on any machine. Limits that depend on
+// the machine (more memory than it has) are checked by the daemon at
+// install.
+const (
+	// MaxPids is Linux's PID_MAX_LIMIT: no system runs more tasks.
+	MaxPids = 1 << 22
+	// MaxCPU is a CPU quota no machine this runs on can use.
+	MaxCPU = 1024
+	// MaxOpenFiles is Linux's default fs.nr_open, the most
+	// RLIMIT_NOFILE may be set to unless the host raised it.
+	MaxOpenFiles = 1 << 20
+)
+
+// SandboxPaths are the directories every sandbox mounts for itself; a
+// granted path cannot be in them.
+var SandboxPaths = []string{"/proc", "/sys", "/dev", "/tmp"}
+
 // Permissions is what a plugin asks for in its manifest, and the same shape
 // is what an operator grants. A zero field means "not asked for": the
 // sandbox applies its default for resource limits, and grants no paths or
@@ -75,16 +92,20 @@ func (p Permissions) check(add func(field, problem string)) {
 			add("tmp", msg)
 		}
 	}
-	if p.Pids != 0 && p.Pids < MinPids {
-		add("pids", fmt.Sprintf("%d is below the minimum of %d", p.Pids, MinPids))
+	if p.Pids != 0 {
+		if msg := pidsProblem(p.Pids); msg != "" {
+			add("pids", msg)
+		}
 	}
 	if p.CPU != 0 {
 		if msg := cpuProblem(p.CPU); msg != "" {
 			add("cpu", msg)
 		}
 	}
-	if p.OpenFiles != 0 && p.OpenFiles < MinOpenFiles {
-		add("open_files", fmt.Sprintf("%d is below the minimum of %d", p.OpenFiles, MinOpenFiles))
+	if p.OpenFiles != 0 {
+		if msg := openFilesProblem(min(p.OpenFiles, math.MaxInt64)); msg != "" {
+			add("open_files", msg)
+		}
 	}
 	p.checkLists(add)
 }
@@ -92,6 +113,7 @@ func (p Permissions) check(add func(field, problem string)) {
 // checkLists checks the path and host lists.
 func (p Permissions) checkLists(add func(field, problem string)) {
 	seen := make(map[string]int)
+	var good []int // indexes of the valid paths so far
 	for i, path := range p.ReadOnlyPaths {
 		field := fmt.Sprintf("read_only_paths[%d]", i)
 		if msg := readPathProblem(path); msg != "" {
@@ -100,6 +122,25 @@ func (p Permissions) checkLists(add func(field, problem string)) {
 			add(field, fmt.Sprintf("%q repeats read_only_paths[%d]", path, j))
 		} else {
 			seen[path] = i
+			// The sandbox mounts each path at the same place: one inside
+			// another would need a mount point in the granted directory.
+			nested := false
+			for _, j := range good {
+				o := p.ReadOnlyPaths[j]
+				switch {
+				case pathCovers(o, path):
+					add(field, fmt.Sprintf("%q is inside read_only_paths[%d] (%q), which already grants it", path, j, o))
+				case pathCovers(path, o):
+					add(field, fmt.Sprintf("%q contains read_only_paths[%d] (%q); grant only %q", path, j, o, path))
+				default:
+					continue
+				}
+				nested = true
+				break
+			}
+			if !nested {
+				good = append(good, i)
+			}
 		}
 	}
 	clear(seen)
@@ -128,6 +169,28 @@ func cpuProblem(c float64) string {
 		return fmt.Sprintf("%v is not a number of cores", c)
 	case c < MinCPU:
 		return fmt.Sprintf("%g is below the minimum of %g cores", c, MinCPU)
+	case c > MaxCPU:
+		return fmt.Sprintf("%g is above the maximum of %d cores", c, MaxCPU)
+	}
+	return ""
+}
+
+func pidsProblem(n int64) string {
+	switch {
+	case n < MinPids:
+		return fmt.Sprintf("%d is below the minimum of %d", n, MinPids)
+	case n > MaxPids:
+		return fmt.Sprintf("%d is above the maximum of %d (Linux's limit on tasks)", n, MaxPids)
+	}
+	return ""
+}
+
+func openFilesProblem(n uint64) string {
+	switch {
+	case n < MinOpenFiles:
+		return fmt.Sprintf("%d is below the minimum of %d", n, MinOpenFiles)
+	case n > MaxOpenFiles:
+		return fmt.Sprintf("%d is above the maximum of %d (Linux's default fs.nr_open)", n, MaxOpenFiles)
 	}
 	return ""
 }
@@ -142,6 +205,11 @@ func readPathProblem(p string) string {
 		return fmt.Sprintf("%q is not clean (write %q)", p, filepath.Clean(p))
 	case p == "/":
 		return `"/" would expose the whole host filesystem; name the directories the plugin needs`
+	}
+	for _, sp := range SandboxPaths {
+		if pathCovers(sp, p) {
+			return fmt.Sprintf("%q: the sandbox mounts its own %s; a plugin cannot be granted paths in /proc, /sys, /dev or /tmp", p, sp)
+		}
 	}
 	return ""
 }

@@ -117,3 +117,49 @@ func TestPermissionsValidate(t *testing.T) {
 		t.Errorf("Validate =\n%v\nwant\n%s", err, strings.Join(want, "\n"))
 	}
 }
+
+// TestNeverStarts: permissions no sandbox can start with are refused, as a
+// grant (Validate) and in a manifest (Parse), with the field named.
+func TestNeverStarts(t *testing.T) {
+	tests := []struct {
+		name  string
+		p     Permissions
+		toml  string // the same in a manifest's [permissions]
+		field string
+		want  string
+	}{
+		{"memory too small for Go", Permissions{Memory: 4 * MiB}, `memory = "4MiB"`, "memory", "below the minimum of 16 MiB"},
+		{"tmp tiny", Permissions{Tmp: 4 * KiB}, `tmp = "4KiB"`, "tmp", "below the minimum of 1 MiB"},
+		{"pids below the Go runtime", Permissions{Pids: 1}, `pids = 1`, "pids", "below the minimum of 16"},
+		{"pids no kernel allows", Permissions{Pids: MaxPids + 1}, `pids = 4194305`, "pids", "above the maximum of 4194304"},
+		{"cpu negative", Permissions{CPU: -0.5}, `cpu = -0.5`, "cpu", "below the minimum of 0.01 cores"},
+		{"cpu absurd", Permissions{CPU: 1e9}, `cpu = 1e9`, "cpu", "above the maximum of 1024 cores"},
+		{"open files tiny", Permissions{OpenFiles: 3}, `open_files = 3`, "open_files", "below the minimum of 16"},
+		{"open files above nr_open", Permissions{OpenFiles: 1 << 30}, `open_files = 1073741824`, "open_files", "above the maximum of 1048576"},
+		{"path in /proc", Permissions{ReadOnlyPaths: []string{"/proc/self"}}, `read_only_paths = ["/proc/self"]`, "read_only_paths[0]", "the sandbox mounts its own /proc"},
+		{"path /sys", Permissions{ReadOnlyPaths: []string{"/sys"}}, `read_only_paths = ["/sys"]`, "read_only_paths[0]", "the sandbox mounts its own /sys"},
+		{"path in /dev", Permissions{ReadOnlyPaths: []string{"/dev/dri"}}, `read_only_paths = ["/dev/dri"]`, "read_only_paths[0]", "the sandbox mounts its own /dev"},
+		{"path in /tmp", Permissions{ReadOnlyPaths: []string{"/tmp/x"}}, `read_only_paths = ["/tmp/x"]`, "read_only_paths[0]", "the sandbox mounts its own /tmp"},
+		{"nested paths", Permissions{ReadOnlyPaths: []string{"/srv/a", "/srv/a/b"}}, `read_only_paths = ["/srv/a", "/srv/a/b"]`, "read_only_paths[1]", `inside read_only_paths[0] ("/srv/a")`},
+		{"containing path", Permissions{ReadOnlyPaths: []string{"/srv/a/b", "/srv"}}, `read_only_paths = ["/srv/a/b", "/srv"]`, "read_only_paths[1]", `contains read_only_paths[0] ("/srv/a/b"); grant only "/srv"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := tt.p.Validate()
+			if err == nil || !strings.Contains(err.Error(), tt.field+": ") || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("Validate(%+v) = %v, want %s: ...%s", tt.p, err, tt.field, tt.want)
+			}
+			doc := "name = \"x\"\nversion = \"1.0.0\"\nentrypoint = \"x\"\n[permissions]\n" + tt.toml + "\n"
+			_, err = Parse([]byte(doc), "")
+			if err == nil || !strings.Contains(err.Error(), "plugin.toml: permissions."+tt.field+": ") || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("Parse(%s) = %v, want plugin.toml: permissions.%s: ...%s", tt.toml, err, tt.field, tt.want)
+			}
+		})
+	}
+	// Near the edges, still fine.
+	ok := Permissions{Memory: MinMemory, Pids: MaxPids, CPU: MaxCPU, OpenFiles: MaxOpenFiles,
+		ReadOnlyPaths: []string{"/srv/a", "/srv/ab", "/devices", "/tmpfiles", "/procedures"}}
+	if err := ok.Validate(); err != nil {
+		t.Errorf("Validate(%+v) = %v", ok, err)
+	}
+}

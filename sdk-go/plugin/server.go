@@ -368,6 +368,10 @@ func safely(what string, f func() error) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			fmt.Fprintf(os.Stderr, "panic in %s: %v\n%s", what, r, debug.Stack())
+			if f, ok := r.(interface{ Addr() uintptr }); ok && f.Addr() != 0 {
+				err = fmt.Errorf("%s faulted at %#x: %v (received frames are read-only shared memory: to change one, make a new frame)", what, f.Addr(), r)
+				return
+			}
 			err = fmt.Errorf("%s panicked: %v", what, r)
 		}
 	}()

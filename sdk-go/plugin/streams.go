@@ -6,12 +6,11 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
 	"unsafe"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/dimplugd/dimplugd/schema"
 	"github.com/dimplugd/dimplugd/sdk-go/frames"
@@ -35,9 +34,13 @@ type Frame struct {
 	Duration    int64
 	KeyFrame    bool
 	ContentType string
-	// Data is the frame's bytes, usually shared memory: valid during the
-	// handler call only. A transform may change it in place; returning
-	// the same frame then passes it on without a copy.
+	// Data is the frame's bytes. In a received frame it is usually shared
+	// memory that only its producer may write: read-only, and valid during
+	// the handler call only. Writing into it fails the stream (the handler
+	// panics with a fault, which the SDK turns into the stream's error).
+	// To change a frame, make a new one (Stream.NewFrame, then copy and
+	// edit) or return a Frame whose Data is a slice of your own; returning
+	// the received frame itself passes it on without a copy.
 	Data []byte
 
 	ref  *frames.Ref  // where Data lives when it is shared memory
@@ -60,8 +63,9 @@ type Stream struct {
 	Role  string // "transform" or "observe"
 	Meta  StreamMeta
 
-	fs *frameServer
-	id uint64
+	fs    *frameServer
+	id    uint64
+	scope uint64 // the daemon's pool scope: new frames come from its pools
 }
 
 // ID identifies the stream among those the plugin instance sees (it is the
@@ -72,7 +76,7 @@ func (s *Stream) ID() uint64 { return s.id }
 // a transform that makes new frames: returning it passes it on without a
 // copy. It waits while the plugin's pool is full.
 func (s *Stream) NewFrame(ctx context.Context, n int) (*Frame, error) {
-	slot, err := s.fs.alloc.Alloc(ctx, int64(n))
+	slot, err := s.fs.alloc.Alloc(ctx, s.scope, int64(n))
 	if err != nil {
 		return nil, fmt.Errorf("allocate a %d byte frame: %w", n, err)
 	}
@@ -267,15 +271,8 @@ func (fs *frameServer) handle(fm schema.FrameMsg, fds []*os.File) {
 	case schema.FrameMsg_Which_poolAdd:
 		pa, err := fm.PoolAdd()
 		if err == nil && len(fds) == 1 {
-			// Transforms may edit frames in place: the daemon passes a
-			// writable descriptor to plugins with a transform stage and
-			// a read-only one to the others.
-			_, transform := fs.p.(FrameFilter)
-			writable := false
-			if transform {
-				writable = fdWritable(fds[0])
-			}
-			_ = fs.maps.Add(pa.Owner(), pa.Id(), fds[0], int64(pa.Size()), writable)
+			// Read-only: only a pool's producer writes it.
+			_ = fs.maps.Add(pa.Owner(), pa.Id(), fds[0], int64(pa.Size()))
 			fds = nil // Add closes it
 		}
 	case schema.FrameMsg_Which_poolDrop:
@@ -345,7 +342,7 @@ func (fs *frameServer) open(o schema.StreamOpen) {
 	kind, _ := o.Kind()
 	stage, _ := o.Stage()
 	role, _ := o.Role()
-	s := &Stream{Kind: kind, Stage: stage, Role: role, fs: fs, id: o.Stream()}
+	s := &Stream{Kind: kind, Stage: stage, Role: role, fs: fs, id: o.Stream(), scope: o.Scope()}
 	if m, err := o.Meta(); err == nil {
 		s.Meta.MediaID = m.MediaId()
 		s.Meta.Track, _ = m.Track()
@@ -366,9 +363,14 @@ func (fs *frameServer) open(o schema.StreamOpen) {
 	fs.streams[s.id] = w
 	fs.mu.Unlock()
 	fs.wg.Add(1)
+	fs.alloc.Use(s.scope)
 	go func() { // one per stream; ends when the stream ends or the socket closes
 		defer fs.wg.Done()
 		defer cancel()
+		defer fs.alloc.Done(s.scope)
+		// A handler that writes into a read-only frame faults: with this,
+		// the fault is a panic that fails the stream, not a crash.
+		debug.SetPanicOnFault(true)
 		var failed error // why the stream failed here
 		if o, ok := fs.p.(StreamOpener); ok {
 			if err := safely("stream opener", func() error { return o.OpenStream(ctx, s) }); err != nil {
@@ -485,7 +487,7 @@ func (fs *frameServer) process(ctx context.Context, s *Stream, in *Frame) error 
 			ref = &frames.Ref{Pool: out.slot.Pool, Offset: uint64(out.slot.Off), Length: uint64(out.slot.Len)}
 			out.slot = nil
 		case len(out.Data) > inlineMax:
-			slot, err := fs.alloc.Alloc(ctx, int64(len(out.Data)))
+			slot, err := fs.alloc.Alloc(ctx, s.scope, int64(len(out.Data)))
 			if err != nil {
 				return fmt.Errorf("allocate an output frame: %w", err)
 			}
@@ -546,12 +548,6 @@ func (fs *frameServer) flushSoon() {
 func (fs *frameServer) release(ref *frames.Ref) { _ = fs.conn.Buffer(frames.ReleaseMsg(*ref)) }
 
 func (fs *frameServer) sendEnd(sid uint64, why string) { _ = fs.conn.SendEnd(sid, why, false) }
-
-// fdWritable reports whether f was opened for writing.
-func fdWritable(f *os.File) bool {
-	flags, err := unix.FcntlInt(f.Fd(), unix.F_GETFL, 0)
-	return err == nil && flags&unix.O_ACCMODE == unix.O_RDWR
-}
 
 // framesFromFD opens the frame socket the daemon passed, if any.
 func framesFromFD() *frames.Conn {

@@ -43,8 +43,22 @@ func (e *errs) set(err error) {
 	}
 }
 
+// MaxHeaders and MaxParams bound the header and route parameter lists a
+// request, response or mutation may carry. A list of empty structs costs
+// its sender one word per entry at most (none at all under a Cap'n Proto
+// list of zero-sized elements, beyond the traversal limit), so without a cap
+// an 80-byte message could make the reader allocate hundreds of megabytes.
+const (
+	MaxHeaders = 8192
+	MaxParams  = 1024
+)
+
 func readHeaders(l schema.Header_List, e *errs) http.Header {
-	h := make(http.Header, l.Len())
+	if l.Len() > MaxHeaders {
+		e.set(fmt.Errorf("%d headers: more than the %d allowed", l.Len(), MaxHeaders))
+		return nil
+	}
+	h := make(http.Header, min(l.Len(), 32))
 	for i := 0; i < l.Len(); i++ {
 		hd := l.At(i)
 		name := e.text(hd.Name())
@@ -111,7 +125,9 @@ func ReadRequest(s schema.HttpRequest) (*Request, error) {
 	}
 	pl, err := s.Params()
 	e.set(err)
-	if pl.Len() > 0 {
+	if pl.Len() > MaxParams {
+		e.set(fmt.Errorf("%d route parameters: more than the %d allowed", pl.Len(), MaxParams))
+	} else if pl.Len() > 0 {
 		r.Params = make([]Param, pl.Len())
 		for i := range r.Params {
 			p := pl.At(i)

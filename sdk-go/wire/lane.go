@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"sync"
 	"syscall"
 
@@ -54,15 +55,47 @@ func readFrame(r *bufio.Reader) (uint64, *capnp.Message, error) {
 		return 0, nil, fmt.Errorf("hook lane: frame of %d bytes out of bounds", n)
 	}
 	id := binary.LittleEndian.Uint64(hdr[4:])
-	buf := make([]byte, n-8)
-	if _, err := io.ReadFull(r, buf); err != nil {
+	buf, err := readBody(r, int(n-8))
+	if err != nil {
 		return 0, nil, err
 	}
 	msg, err := capnp.Unmarshal(buf)
 	if err != nil {
-		return 0, nil, fmt.Errorf("hook lane: %w", err)
+		// Not wrapped: a malformed frame must not read as the peer's clean
+		// end of stream (capnp reports an empty message as io.EOF).
+		return 0, nil, fmt.Errorf("hook lane: malformed frame %d: %v", id, err)
 	}
 	return id, msg, nil
+}
+
+// laneReadChunk is what readBody allocates before the peer has sent more.
+const laneReadChunk = 64 << 10
+
+// readBody reads a frame body of size bytes. It allocates as the bytes
+// arrive (doubling from laneReadChunk), never the declared size up front:
+// a length prefix alone must not make the reader commit 64 MiB.
+func readBody(r io.Reader, size int) ([]byte, error) {
+	buf := make([]byte, min(size, laneReadChunk))
+	if _, err := io.ReadFull(r, buf); err != nil {
+		return nil, unexpectedEOF(err)
+	}
+	for len(buf) < size {
+		have, next := len(buf), min(size, 2*len(buf))
+		buf = slices.Grow(buf, next-have)[:next]
+		if _, err := io.ReadFull(r, buf[have:]); err != nil {
+			return nil, unexpectedEOF(err)
+		}
+	}
+	return buf, nil
+}
+
+// unexpectedEOF turns io.EOF inside a frame into io.ErrUnexpectedEOF: the
+// peer stopped in the middle of a frame, which is not a clean end.
+func unexpectedEOF(err error) error {
+	if err == io.EOF {
+		return io.ErrUnexpectedEOF
+	}
+	return err
 }
 
 // NewFrame returns a new message with a LaneFrame root, for a request or a
@@ -207,6 +240,10 @@ type LaneHandler func(ctx context.Context, req schema.LaneFrame, reply schema.La
 // request on its own goroutine; a cancel frame cancels that request's
 // context. It closes c and returns once every handler has finished.
 func ServeLane(ctx context.Context, c net.Conn, h LaneHandler) error {
+	return serveLane(ctx, c, h, nil)
+}
+
+func serveLane(ctx context.Context, c net.Conn, h LaneHandler, lim *Limits) error {
 	ctx, cancelAll := context.WithCancel(ctx)
 	defer cancelAll()
 	go func() { <-ctx.Done(); c.Close() }()
@@ -218,11 +255,16 @@ func ServeLane(ctx context.Context, c net.Conn, h LaneHandler) error {
 		wg       sync.WaitGroup
 	)
 	r := bufio.NewReaderSize(c, 64<<10)
+	read := func() (uint64, *capnp.Message, error) { return readFrame(r) }
+	if lim != nil {
+		lr := newLimitedReader(r, c, *lim)
+		read = func() (uint64, *capnp.Message, error) { return readFrameLimited(lr) }
+	}
 	var err error
 	for {
 		var id uint64
 		var msg *capnp.Message
-		if id, msg, err = readFrame(r); err != nil {
+		if id, msg, err = read(); err != nil {
 			break
 		}
 		f, ferr := schema.ReadRootLaneFrame(msg)

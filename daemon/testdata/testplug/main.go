@@ -10,7 +10,8 @@
 //	request:  adds "X-Test-Request: <name>", appends "seen=<name>" to the
 //	          query; answers 403 for paths containing "forbidden"; sleeps
 //	          for ?sleep=<duration>; panics for ?panic=1; fetches
-//	          ?fetch=<url> through the daemon and answers with the result.
+//	          ?fetch=<url> through the daemon and answers with the result;
+//	          prints hostile log output for ?print=<mode> (see print).
 //	response: adds "X-Test-Response: <name>" and increments the KV counter
 //	          "hits", returned in "X-Test-Hits".
 //	route:    answers 200 with "owned by <name>: <path> <params>".
@@ -22,6 +23,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -74,6 +76,9 @@ func (p *testPlug) HookRequest(ctx context.Context, hook string, req *plugin.Req
 	if q.Get("panic") == "1" {
 		panic("testplug was asked to panic")
 	}
+	if mode := q.Get("print"); mode != "" {
+		return p.print(ctx, mode, q)
+	}
 	if strings.Contains(req.Path, "forbidden") {
 		return &plugin.Response{Status: 403, Body: []byte("forbidden by " + p.name)}, nil
 	}
@@ -83,6 +88,63 @@ func (p *testPlug) HookRequest(ctx context.Context, hook string, req *plugin.Req
 	}
 	req.RawQuery += "seen=" + p.name
 	return nil, nil
+}
+
+// ForgedDaemonLine is what -print=forge writes to look like the daemon.
+const forgedDaemonLine = "12:00:00.000 daemon started instance forged (pid 1, runtime container)"
+
+// print writes hostile log output for the log tests (?print=<mode>):
+//
+//	huge    n lines (default 12) of size bytes (default 16 MiB) on stdout,
+//	        without allocating them whole
+//	many    n lines of size bytes on stderr
+//	biglog  one Logger call with size bytes of text
+//	forge   lines that pass for the daemon's and terminal escape sequences,
+//	        on stdout, stderr and the Logger
+func (p *testPlug) print(ctx context.Context, mode string, q url.Values) (*plugin.Response, error) {
+	n, err := strconv.Atoi(q.Get("n"))
+	if err != nil {
+		n = 12
+	}
+	size, err := strconv.Atoi(q.Get("size"))
+	if err != nil {
+		size = 16 << 20
+	}
+	chunk := []byte(strings.Repeat("x", 64<<10))
+	writeLine := func(w io.Writer) error {
+		for left := size; left > 0; left -= len(chunk) {
+			if _, err := w.Write(chunk[:min(left, len(chunk))]); err != nil {
+				return err
+			}
+		}
+		_, err := w.Write([]byte("\n"))
+		return err
+	}
+	var werr error
+	switch mode {
+	case "huge":
+		for i := 0; i < n && werr == nil; i++ {
+			werr = writeLine(os.Stdout)
+		}
+	case "many":
+		for i := 0; i < n && werr == nil; i++ {
+			werr = writeLine(os.Stderr)
+		}
+	case "biglog":
+		p.host.Log.Info(strings.Repeat("y", size))
+	case "forge":
+		fmt.Fprintln(os.Stdout, forgedDaemonLine)
+		fmt.Fprint(os.Stdout, "innocent\r"+forgedDaemonLine+"\n")
+		fmt.Fprint(os.Stdout, "\x1b[2J\x1b[H\x1b]0;pwned\x07\x1b]52;c;cm0gLXJmIC8=\x07\u009b31mC1\x7f\bback\n")
+		fmt.Fprint(os.Stderr, "\x1b[31mred on stderr\x1b[0m\n")
+		p.host.Log.Info("from the logger\n"+forgedDaemonLine+"\x1b[2K", "k", "v\rforged")
+	default:
+		return &plugin.Response{Status: 400, Body: []byte("unknown print mode " + mode)}, nil
+	}
+	if werr != nil {
+		return &plugin.Response{Status: 500, Body: []byte(werr.Error())}, nil
+	}
+	return &plugin.Response{Status: 200, Body: []byte("printed " + mode)}, nil
 }
 
 func (p *testPlug) HookResponse(ctx context.Context, hook string, req *plugin.Request, resp *plugin.Response) error {
@@ -115,7 +177,8 @@ func (p *testPlug) Observe(ctx context.Context, hook string, req *plugin.Request
 // FilterFrame implements the stream stages: -frames picks the behaviour.
 //
 //	pass     return the frame itself (no copy)
-//	xor      flip every byte in place (xor 0x5a) and pass it on
+//	xor      a new frame: every byte flipped (xor 0x5a)
+//	scribble write into the frame it was given (read-only) and pass it on
 //	tag      a new frame: "<name>:" + the frame's bytes, in the plugin's memory
 //	split    two frames: the first and the second half
 //	drop     drop frames with an odd sequence number
@@ -126,8 +189,18 @@ func (p *testPlug) Observe(ctx context.Context, hook string, req *plugin.Request
 func (p *testPlug) FilterFrame(ctx context.Context, s *plugin.Stream, f *plugin.Frame) ([]*plugin.Frame, error) {
 	switch p.frames {
 	case "xor":
+		out, err := s.NewFrame(ctx, len(f.Data))
+		if err != nil {
+			return nil, err
+		}
 		for i := range f.Data {
-			f.Data[i] ^= 0x5a
+			out.Data[i] = f.Data[i] ^ 0x5a
+		}
+		out.Seq = f.Seq
+		return []*plugin.Frame{out}, nil
+	case "scribble": // writes into the frame it was given: read-only memory
+		if len(f.Data) > 0 {
+			f.Data[0] ^= 0x5a
 		}
 	case "tag":
 		out, err := s.NewFrame(ctx, len(p.name)+1+len(f.Data))
@@ -204,7 +277,14 @@ func main() {
 	framesMode := flag.String("frames", "pass", "what stream stages do to frames")
 	crash := flag.Bool("crash", false, "exit right after the handshake")
 	name := flag.String("name", "", "name to write into headers")
+	raw := flag.String("raw", "", "speak the frame protocol directly, breaking it this way (see raw.go)")
 	flag.Parse()
+	if *raw != "" {
+		if err := startRaw(*raw); err != nil {
+			fmt.Fprintln(os.Stderr, "testplug:", err)
+			os.Exit(1)
+		}
+	}
 	var opts []plugin.Option
 	if *versions != 0 {
 		opts = append(opts, plugin.WithProtocolVersions(uint16(*versions)))

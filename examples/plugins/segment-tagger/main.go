@@ -9,11 +9,12 @@
 //     BMFF or is not a media segment (no moof box), passes on untouched:
 //     the very same frame, no byte changed;
 //   - a media segment with a top-level free or skip box whose payload holds
-//     the tag is edited in place: the payload of the first such box becomes
-//     "dimplugd:segment-tagger seq=<N>" (N is the frame's sequence number)
-//     followed by zero bytes up to the box's end. No box header, and no
-//     byte outside that payload, changes; the frame keeps its size and is
-//     returned itself, so it passes on without a copy;
+//     the tag is copied into a new frame of the same size (Stream.NewFrame,
+//     the plugin's shared memory: received frames are read-only, only their
+//     producer writes them), where the payload of the first such box
+//     becomes "dimplugd:segment-tagger seq=<N>" (N is the frame's sequence
+//     number) followed by zero bytes up to the box's end. No box header,
+//     and no byte outside that payload, changes;
 //   - a media segment without such room is copied into a new frame
 //     (Stream.NewFrame, the plugin's shared memory) with an 8-byte header
 //     free box holding the tag appended after the last box. The original
@@ -116,20 +117,23 @@ func has(bs []box, typ string) bool {
 // fragmented file, is left alone).
 func isMediaSegment(bs []box) bool { return has(bs, "moof") && !has(bs, "moov") }
 
-// tagInPlace writes tag into the payload of the first free or skip box of
-// b with room for it, zero-filling the rest of that payload, and returns
-// the box; ok is false when no box has room.
-func tagInPlace(b []byte, bs []box, tag string) (box, bool) {
+// roomFor returns the first free or skip box of bs whose payload can hold
+// tag; ok is false when none can.
+func roomFor(bs []box, tag string) (box, bool) {
 	for _, x := range bs {
-		if (x.typ != "free" && x.typ != "skip") || x.size-x.hdr < len(tag) {
-			continue
+		if (x.typ == "free" || x.typ == "skip") && x.size-x.hdr >= len(tag) {
+			return x, true
 		}
-		p := b[x.off+x.hdr : x.off+x.size]
-		n := copy(p, tag)
-		clear(p[n:])
-		return x, true
 	}
 	return box{}, false
+}
+
+// tagInto writes tag into the payload of box x of b, zero-filling the rest
+// of that payload.
+func tagInto(b []byte, x box, tag string) {
+	p := b[x.off+x.hdr : x.off+x.size]
+	n := copy(p, tag)
+	clear(p[n:])
 }
 
 // appendedSize is the size of a frame of n bytes with the tag box appended.
@@ -168,22 +172,28 @@ func (t *tagger) FilterFrame(ctx context.Context, s *plugin.Stream, f *plugin.Fr
 		return []*plugin.Frame{f}, nil
 	}
 	tag := tagFor(f.Seq)
-	if _, ok := tagInPlace(f.Data, bs, tag); ok {
-		return []*plugin.Frame{f}, nil // edited in place: no copy
-	}
-	if err := appendable(bs); err != nil {
-		t.warn("cannot tag segment: passed on untouched", "seq", f.Seq, "err", err)
-		return []*plugin.Frame{f}, nil
-	}
 	alloc := t.newFrame
 	if alloc == nil {
 		alloc = func(ctx context.Context, s *plugin.Stream, n int) (*plugin.Frame, error) { return s.NewFrame(ctx, n) }
 	}
-	out, err := alloc(ctx, s, appendedSize(len(f.Data), tag))
-	if err != nil {
-		return nil, err
+	var out *plugin.Frame
+	if x, ok := roomFor(bs, tag); ok {
+		// One copy into our own memory, then the tag over the free box.
+		if out, err = alloc(ctx, s, len(f.Data)); err != nil {
+			return nil, err
+		}
+		copy(out.Data, f.Data)
+		tagInto(out.Data, x, tag)
+	} else {
+		if err := appendable(bs); err != nil {
+			t.warn("cannot tag segment: passed on untouched", "seq", f.Seq, "err", err)
+			return []*plugin.Frame{f}, nil
+		}
+		if out, err = alloc(ctx, s, appendedSize(len(f.Data), tag)); err != nil {
+			return nil, err
+		}
+		writeAppended(out.Data, f.Data, bs, tag)
 	}
-	writeAppended(out.Data, f.Data, bs, tag)
 	out.Seq, out.PTS, out.DTS, out.Duration, out.KeyFrame, out.ContentType = f.Seq, f.PTS, f.DTS, f.Duration, f.KeyFrame, f.ContentType
 	return []*plugin.Frame{out}, nil
 }

@@ -16,6 +16,7 @@ import (
 const (
 	harnessOwner = 2
 	pluginOwner  = 1
+	harnessScope = 1 // every stream of the harness shares one pool scope
 )
 
 // framePeer is the harness's side of the plugin's frame socket: it plays
@@ -77,7 +78,7 @@ func (fp *framePeer) read() {
 		case schema.FrameMsg_Which_poolAdd:
 			if pa, err := fm.PoolAdd(); err == nil && len(fds) == 1 {
 				// The plugin's own pools: owner 0 in its messages.
-				_ = fp.maps.Add(pluginOwner, pa.Id(), fds[0], int64(pa.Size()), false)
+				_ = fp.maps.Add(pluginOwner, pa.Id(), fds[0], int64(pa.Size()))
 				fds = nil
 			}
 		case schema.FrameMsg_Which_release:
@@ -151,6 +152,7 @@ func (h *Harness) OpenStream(kind, role string, meta plugin.StreamMeta) *Stream 
 		if err := o.SetRole(role); err != nil {
 			return err
 		}
+		o.SetScope(harnessScope)
 		if err := o.SetStage("test"); err != nil {
 			return err
 		}
@@ -177,7 +179,7 @@ func (st *Stream) Filter(f *plugin.Frame) ([]*plugin.Frame, error) {
 	fp := st.h.frames
 	ctx, cancel := context.WithTimeout(context.Background(), st.h.Deadline)
 	defer cancel()
-	slot, err := fp.own.Alloc(ctx, int64(len(f.Data)))
+	slot, err := fp.own.Alloc(ctx, harnessScope, int64(len(f.Data)))
 	if err != nil {
 		return nil, err
 	}
@@ -307,7 +309,7 @@ func (st *Stream) Observe(f *plugin.Frame) error {
 	ctx, cancel := context.WithTimeout(context.Background(), st.h.Deadline)
 	defer cancel()
 	before := fp.own.InUse()
-	slot, err := fp.own.Alloc(ctx, int64(len(f.Data)))
+	slot, err := fp.own.Alloc(ctx, harnessScope, int64(len(f.Data)))
 	if err != nil {
 		return err
 	}

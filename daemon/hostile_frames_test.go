@@ -1,0 +1,383 @@
+//go:build linux
+
+package daemon
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/dimplugd/dimplugd/schema"
+	"github.com/dimplugd/dimplugd/sdk-go/frames"
+	"github.com/dimplugd/dimplugd/sdk-go/host"
+)
+
+// The frame side of the hostile suite: sandboxed plugins that speak the
+// frame protocol themselves (testplug -raw, see its raw.go) and raw host
+// clients, each breaking one rule of docs/protocol.md "Frame memory". Each
+// case shows the attack fails with an error naming the attacker, the
+// attacker alone is cut off or refused, and the daemon, other plugins and
+// other hosts keep working with their frames intact.
+
+// hostileFrameCases are the plugin attacks: the testplug -raw mode, what
+// the host's stream error must say, and whether the daemon cuts the plugin
+// off (and so restarts it) rather than failing only the stream.
+var hostileFrameCases = []struct {
+	mode, want string
+	cut        bool
+}{
+	{"longer", "passed it on as 8192 bytes of its 4096", false},
+	{"shorter", "passed it on as 4095 bytes of its 4096", false},
+	{"parts", "split it into 5001 parts (at most 16)", false},
+	{"foreign", "names pool 1 of another peer", false},
+	{"oob", "names bytes 65528+4096 outside its 65536-byte pool 1", false},
+	{"open", "was cut off: it opened a stream: only hosts open streams", true},
+	{"lane", "was cut off: it asked for a direct hook lane: only hosts do", true},
+	{"hookstats", "was cut off: it reported hook calls: only hosts do", true},
+	{"noscope", "which is not a scope of its streams", true},
+	{"pipe-pool", "that is not shareable memory: not a memfd", true},
+	{"unsealed-pool", "not sealed against shrinking, growing and writing", true},
+}
+
+func TestHostileFramePlugins(t *testing.T) {
+	plugins := []testPlugin{
+		{name: "passer", frames: "pass", extra: streamStage("pass", "video/segment", "transform", "fail-closed", "10s", 0)},
+		{name: "scribbler", frames: "scribble", extra: streamStage("scribble", "evil/scribble", "transform", "fail-closed", "10s", 0)},
+	}
+	for _, c := range hostileFrameCases {
+		plugins = append(plugins, testPlugin{name: "evil-" + c.mode, extra: streamStage("s", "evil/"+c.mode, "transform", "fail-closed", "10s", 0),
+			args: []string{"-raw", c.mode}})
+	}
+	td := startWithPlugins(t, fastSupervision, plugins...)
+	s := dial(t, td.socket)
+	other := dial(t, td.socket) // another host, streaming all along
+
+	// The control: a stream through a well-behaved plugin, before and
+	// after every attack, on both hosts.
+	good := func(t *testing.T, s *host.Session, seq uint64) {
+		t.Helper()
+		st := openStream(t, s, "video/segment")
+		out := roundTrip(t, st, []int{4096, 1 << 20})
+		for i, n := range []int{4096, 1 << 20} {
+			if !bytes.Equal(out[i], pattern(uint64(i), n)) {
+				t.Fatalf("host's frame %d changed on its way through passer", i)
+			}
+		}
+		st.CloseSend()
+	}
+	good(t, s, 0)
+
+	for _, c := range hostileFrameCases {
+		t.Run(c.mode, func(t *testing.T) {
+			name := "evil-" + c.mode
+			before := waitState(t, td.ctl, name, 30*time.Second, "running", running)
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			st, err := s.OpenStream(ctx, "evil/"+c.mode, host.StreamMeta{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			f, err := st.NewFrame(ctx, 4096)
+			if err != nil {
+				t.Fatal(err)
+			}
+			copy(f.Data, pattern(9, 4096))
+			if err := st.Send(ctx, f); err != nil && !strings.Contains(err.Error(), name) {
+				t.Fatalf("send: %v", err)
+			}
+			got, err := st.Recv(ctx)
+			if err == nil {
+				got.Release()
+				t.Fatalf("the stream went on: frame %d came back", got.Seq)
+			}
+			if !strings.Contains(err.Error(), fmt.Sprintf("plugin %q", name)) || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("stream error %q\nwant it to name plugin %q and say %q", err, name, c.want)
+			}
+			if c.cut {
+				// Cut off, its instance restarts: it does not go on
+				// showing "running" without its frame socket.
+				st := waitState(t, td.ctl, name, 30*time.Second, "restarted", func(st *host.PluginStatus) bool {
+					return st.Restarts > before.Restarts && st.State == StateRunning
+				})
+				if !strings.Contains(st.LastExit, "broke the frame protocol") {
+					t.Errorf("last exit %q does not say why it was cut off", st.LastExit)
+				}
+			} else if st := waitState(t, td.ctl, name, 5*time.Second, "running", running); st.Restarts != before.Restarts {
+				t.Errorf("a wrong answer restarted the plugin (%d → %d restarts)", before.Restarts, st.Restarts)
+			}
+			good(t, s, 1)
+			good(t, other, 2)
+		})
+	}
+
+	// A filter that writes into the frame it was given: the memory is
+	// read-only to it, so its stream fails (fail-closed), naming it; the
+	// host's bytes are untouched and the plugin keeps running.
+	t.Run("scribble", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		// A second stream of the same scope keeps the host's pool
+		// mapped after the first one fails, so that the test can look
+		// at the frame's bytes afterwards.
+		keep := openStream(t, s, "evil/scribble")
+		defer keep.Cancel()
+		st := openStream(t, s, "evil/scribble")
+		f, err := st.NewFrame(ctx, 4096)
+		if err != nil {
+			t.Fatal(err)
+		}
+		copy(f.Data, pattern(3, 4096))
+		mine := f.Data // the host's own view of its shared memory
+		if err := st.Send(ctx, f); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := st.Recv(ctx); err == nil || !strings.Contains(err.Error(), `plugin "scribbler"`) || !strings.Contains(err.Error(), "read-only") {
+			t.Fatalf("stream error %v, want the scribbler's fault on read-only memory", err)
+		}
+		if !bytes.Equal(mine, pattern(3, 4096)) {
+			t.Fatal("the plugin changed the host's frame")
+		}
+		if st := waitState(t, td.ctl, "scribbler", 5*time.Second, "running", running); st.Restarts != 0 {
+			t.Errorf("scribbler restarted %d times", st.Restarts)
+		}
+	})
+
+	good(t, s, 3)
+	waitHolds(t, td, 0)
+}
+
+// waitHolds waits until the hub holds n frame references.
+func waitHolds(t *testing.T, td *testDaemon, n int) {
+	t.Helper()
+	waitFor(t, 10*time.Second, fmt.Sprintf("the hub to hold %d frame references", n), func() bool { return heldRefs(td) == n })
+}
+
+// Host attacks, with raw frame clients: pools that are not sealed memfds
+// (a FIFO, /proc/kallsyms, unsealed memory), pools of another host, and
+// releases of frames the host does not hold. The daemon never reopens or
+// blocks on a descriptor; the attacking host alone is refused or cut off.
+func TestHostileFrameHosts(t *testing.T) {
+	td := startWithPlugins(t, fastSupervision,
+		testPlugin{name: "passer", frames: "pass", extra: streamStage("pass", "video/segment", "transform", "fail-closed", "10s", 0)},
+		testPlugin{name: "watcher", frames: "", extra: streamStage("stats", "video/segment", "observe", "fail-open", "10s", 0)},
+	)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+
+	// The victim: a host with a frame of its own in flight, held by the
+	// observer and by the victim once it comes back.
+	victim, vprod := rawFrameClient(t, td.socket)
+	vscope := openRaw(t, victim, 1, "video/segment")
+	vref := sendRaw(t, ctx, victim, vprod, vscope, 1, 1, 4096, "the victim's frame")
+	fm, done := nextMsg(t, victim, schema.FrameMsg_Which_frame)
+	f, _ := fm.Frame()
+	if f.Returned() {
+		t.Fatal("the frame came back returned although the observer holds it")
+	}
+	done()
+	victimID := func() uint64 {
+		td.hub.mu.Lock()
+		defer td.hub.mu.Unlock()
+		for _, st := range td.hub.streams {
+			return st.host.id
+		}
+		t.Fatal("no stream")
+		return 0
+	}()
+
+	cutOff := func(t *testing.T, c *frames.Conn) {
+		t.Helper()
+		for {
+			msg, _, fds, err := c.Recv()
+			if err != nil {
+				return // cut off
+			}
+			closeAll(fds)
+			msg.Release()
+		}
+	}
+	memfd := func(seals int) *os.File {
+		fd, err := unix.MemfdCreate("evil", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
+		if err != nil {
+			t.Fatal(err)
+		}
+		unix.Ftruncate(fd, 1<<16)
+		if _, err := unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, seals); err != nil {
+			t.Fatal(err)
+		}
+		return os.NewFile(uintptr(fd), "evil")
+	}
+	badPools := []struct {
+		name string
+		file func(t *testing.T) *os.File
+	}{
+		{"fifo", func(t *testing.T) *os.File {
+			path := t.TempDir() + "/fifo"
+			if err := unix.Mkfifo(path, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			f, err := os.OpenFile(path, os.O_WRONLY|unix.O_NONBLOCK, 0)
+			if err != nil { // no reader: open the read side first
+				r, rerr := os.OpenFile(path, os.O_RDONLY|unix.O_NONBLOCK, 0)
+				if rerr != nil {
+					t.Fatal(rerr)
+				}
+				t.Cleanup(func() { r.Close() })
+				if f, err = os.OpenFile(path, os.O_WRONLY|unix.O_NONBLOCK, 0); err != nil {
+					t.Fatal(err)
+				}
+			}
+			return f
+		}},
+		{"kallsyms", func(t *testing.T) *os.File {
+			f, err := os.Open("/proc/kallsyms")
+			if err != nil {
+				t.Fatal(err)
+			}
+			return f
+		}},
+		{"unsealed memfd", func(t *testing.T) *os.File { return memfd(unix.F_SEAL_SHRINK | unix.F_SEAL_GROW) }},
+	}
+	for _, bp := range badPools {
+		t.Run("pool "+bp.name, func(t *testing.T) {
+			c, _ := rawFrameClient(t, td.socket)
+			scope := openRaw(t, c, 1, "video/segment")
+			f := bp.file(t)
+			if err := c.Send(func(m schema.FrameMsg) error {
+				pa, err := m.NewPoolAdd()
+				if err != nil {
+					return err
+				}
+				pa.SetId(1)
+				pa.SetSize(1 << 16)
+				pa.SetScope(scope)
+				return nil
+			}, f); err != nil {
+				t.Fatal(err)
+			}
+			f.Close()
+			cutOff(t, c)
+			checkHostsWork(t, td, ctx)
+		})
+	}
+
+	// Another host's pool: named in a frame, the stream is refused; the
+	// victim's frame is neither released nor touched.
+	t.Run("names another host's pool", func(t *testing.T) {
+		c, _ := rawFrameClient(t, td.socket)
+		openRaw(t, c, 1, "video/segment")
+		ref := frames.Ref{Owner: victimID, Pool: vref.Pool, Offset: vref.Offset, Length: vref.Length}
+		if err := c.SendFrame(1, frames.Header{Seq: 1}, 0, 1, nil, &ref); err != nil {
+			t.Fatal(err)
+		}
+		fm, done := nextMsg(t, c, schema.FrameMsg_Which_end)
+		e, _ := fm.End()
+		why, _ := e.Error()
+		done()
+		if !strings.Contains(why, "the host's frame 1 was refused: it names pool") || !strings.Contains(why, "of another peer") {
+			t.Fatalf("end %q", why)
+		}
+		// Releases of frames it does not hold change nothing.
+		for i := 0; i < 10; i++ {
+			if err := c.SendRelease(victimID, vref.Pool, vref.Offset, vref.Length); err != nil {
+				t.Fatal(err)
+			}
+		}
+		checkHostsWork(t, td, ctx)
+	})
+
+	// The victim was not given its frame back behind its back: it still
+	// holds it (and so does the observer, or has released it).
+	victim.Send(frames.ReleaseMsg(frames.Ref{Pool: vref.Pool, Offset: vref.Offset, Length: vref.Length}))
+	awaitRelease(t, victim, vref)
+}
+
+// checkHostsWork streams through the chain with a well-behaved host.
+func checkHostsWork(t *testing.T, td *testDaemon, ctx context.Context) {
+	t.Helper()
+	s := dial(t, td.socket)
+	st := openStream(t, s, "video/segment")
+	out := roundTrip(t, st, []int{4096})
+	if !bytes.Equal(out[0], pattern(0, 4096)) {
+		t.Fatal("a well-behaved host's frame changed")
+	}
+	st.CloseSend()
+}
+
+// A host reporting direct-lane calls counts only for plugins it was
+// granted a lane to.
+func TestHostileHookStats(t *testing.T) {
+	td := startWithPlugins(t, fastSupervision, testPlugin{name: "counted", extra: hooks("request", "GET", "/x", "1s", "fail-open", 0)})
+	c, _ := rawFrameClient(t, td.socket)
+	if err := c.Send(func(m schema.FrameMsg) error {
+		hs, err := m.NewHookStats()
+		if err != nil {
+			return err
+		}
+		hs.SetCalls(83726)
+		hs.SetFailures(83726)
+		if err := hs.SetPlugin("counted"); err != nil {
+			return err
+		}
+		return hs.SetHook("request-hook")
+	}); err != nil {
+		t.Fatal(err)
+	}
+	// A message after it, answered: the report was handled by then.
+	openRaw(t, c, 1, "video/segment")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	st, err := td.ctl.Inspect(ctx, "counted")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range st.Hooks {
+		if h.Calls != 0 || h.Failures != 0 {
+			t.Fatalf("hook %s: %d calls, %d failures reported by a host without a lane", h.Name, h.Calls, h.Failures)
+		}
+	}
+}
+
+// Frame sockets outlive the connection that asked for them: they are
+// capped per uid like connections (HostConnsPerUID), and a refused host is
+// told why.
+func TestHostileFrameSocketFlood(t *testing.T) {
+	// A host session holds two connections (RPC and its hook lane) plus
+	// its frame socket; frame sockets have a count of their own.
+	td := startDaemonConfig(t, Config{Supervision: fastSupervision, Limits: Limits{HostConnsPerUID: 6}})
+	var socks []*os.File
+	for i := 0; i < 6; i++ {
+		socks = append(socks, dialFrameSocket(t, td.socket))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := host.Dial(ctx, td.socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	_, err = s.OpenStream(ctx, "video/segment", host.StreamMeta{})
+	if err == nil || !strings.Contains(err.Error(), "dimplugd refused a frame socket: too many frame sockets: uid 0 already has 6 open") {
+		t.Fatalf("a fifth frame socket: %v", err)
+	}
+	socks[0].Close()
+	waitFor(t, 10*time.Second, "one frame socket fewer", func() bool {
+		td.hub.mu.Lock()
+		defer td.hub.mu.Unlock()
+		return td.hub.hostsByUID[0] == 5
+	})
+	s2 := dial(t, td.socket)
+	st := openStream(t, s2, "video/segment")
+	if out := roundTrip(t, st, []int{4096}); !bytes.Equal(out[0], pattern(0, 4096)) {
+		t.Fatal("frame changed")
+	}
+	for _, f := range socks[1:] {
+		f.Close()
+	}
+}
