@@ -4,6 +4,8 @@ package daemon
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -73,9 +75,18 @@ func TestCheckFitsMachine(t *testing.T) {
 // left installed, and a good plugin installs afterwards.
 func TestInstallRefusesNeverStarting(t *testing.T) {
 	td := startDaemon(t, testRuntime(t), fastSupervision)
-	install := func(name, perms string) error {
+	install := func(name, perms string, real bool) error {
 		t.Helper()
-		archive, err := host.Archive(pluginDir(t, testplugManifest(name, nil, "[permissions]\n"+perms)))
+		dir := t.TempDir() // refused before it runs: a stand-in entrypoint is enough
+		manifest := testplugManifest(name, nil, "[permissions]\n"+perms)
+		if real {
+			dir = pluginDir(t, manifest)
+		} else if err := os.WriteFile(filepath.Join(dir, "plugin.toml"), []byte(manifest), 0o644); err != nil {
+			t.Fatal(err)
+		} else if err := os.WriteFile(filepath.Join(dir, "testplug"), []byte("#!/bin/false\n"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		archive, err := host.Archive(dir)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -91,7 +102,7 @@ func TestInstallRefusesNeverStarting(t *testing.T) {
 		{"huge", `memory = "64TiB"` + "\n", "plugin.toml: permissions.memory: 64 TiB is more than this machine's"},
 		{"many-cores", "cpu = 1024\n", "plugin.toml: permissions.cpu: 1024 cores is more than this machine's"},
 	} {
-		err := install(tt.name, tt.perms)
+		err := install(tt.name, tt.perms, false)
 		if err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("install %s: %v\nwant an error containing %s", tt.name, err, tt.want)
 		}
@@ -102,7 +113,7 @@ func TestInstallRefusesNeverStarting(t *testing.T) {
 	if err != nil || len(list) != 0 {
 		t.Fatalf("after refused installs: %+v, %v", list, err)
 	}
-	if err := install("fine", `memory = "32MiB"`+"\n"); err != nil {
+	if err := install("fine", `memory = "32MiB"`+"\n", true); err != nil {
 		t.Fatalf("a plugin that fits: %v", err)
 	}
 	waitState(t, td.ctl, "fine", 30*time.Second, "running", running)

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"slices"
 	"sync"
 	"syscall"
 
@@ -44,58 +43,10 @@ func writeFrame(c net.Conn, mu *sync.Mutex, id uint64, msg *capnp.Message) error
 	return err
 }
 
-// readFrame reads one frame; the message owns its buffer.
+// readFrame reads one frame with no limits but the frame size; the
+// message owns its buffer. (See readFrameLimited.)
 func readFrame(r *bufio.Reader) (uint64, *capnp.Message, error) {
-	var hdr [12]byte
-	if _, err := io.ReadFull(r, hdr[:]); err != nil {
-		return 0, nil, err
-	}
-	n := binary.LittleEndian.Uint32(hdr[:4])
-	if n < 8 || n > maxLaneFrame {
-		return 0, nil, fmt.Errorf("hook lane: frame of %d bytes out of bounds", n)
-	}
-	id := binary.LittleEndian.Uint64(hdr[4:])
-	buf, err := readBody(r, int(n-8))
-	if err != nil {
-		return 0, nil, err
-	}
-	msg, err := capnp.Unmarshal(buf)
-	if err != nil {
-		// Not wrapped: a malformed frame must not read as the peer's clean
-		// end of stream (capnp reports an empty message as io.EOF).
-		return 0, nil, fmt.Errorf("hook lane: malformed frame %d: %v", id, err)
-	}
-	return id, msg, nil
-}
-
-// laneReadChunk is what readBody allocates before the peer has sent more.
-const laneReadChunk = 64 << 10
-
-// readBody reads a frame body of size bytes. It allocates as the bytes
-// arrive (doubling from laneReadChunk), never the declared size up front:
-// a length prefix alone must not make the reader commit 64 MiB.
-func readBody(r io.Reader, size int) ([]byte, error) {
-	buf := make([]byte, min(size, laneReadChunk))
-	if _, err := io.ReadFull(r, buf); err != nil {
-		return nil, unexpectedEOF(err)
-	}
-	for len(buf) < size {
-		have, next := len(buf), min(size, 2*len(buf))
-		buf = slices.Grow(buf, next-have)[:next]
-		if _, err := io.ReadFull(r, buf[have:]); err != nil {
-			return nil, unexpectedEOF(err)
-		}
-	}
-	return buf, nil
-}
-
-// unexpectedEOF turns io.EOF inside a frame into io.ErrUnexpectedEOF: the
-// peer stopped in the middle of a frame, which is not a clean end.
-func unexpectedEOF(err error) error {
-	if err == io.EOF {
-		return io.ErrUnexpectedEOF
-	}
-	return err
+	return readFrameLimited(newLimitedReader(r, nil, Limits{}))
 }
 
 // NewFrame returns a new message with a LaneFrame root, for a request or a

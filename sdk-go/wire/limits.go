@@ -209,13 +209,14 @@ func (lr *limitedReader) end() {
 }
 
 // readBody reads n bytes into a buffer that starts with prefix. Beyond
-// smallMessage, the buffer grows as bytes arrive, each step taken from the
-// budget, so a peer pins only what it really sent (at most twice that).
-// The returned function gives the budget back; the caller calls it once it
-// has the message.
+// smallMessage, the buffer grows as bytes arrive (doubling), each step
+// taken from the budget when there is one, so a peer pins only what it
+// really sent (at most twice that): a length prefix alone never makes the
+// reader commit the size it announces. The returned function gives the
+// budget back; the caller calls it once it has the message.
 func (lr *limitedReader) readBody(prefix []byte, n int64, deadline time.Time) ([]byte, func(), error) {
 	total := int64(len(prefix)) + n
-	if total <= smallMessage || lr.lim.Budget == nil && lr.dl == nil {
+	if total <= smallMessage {
 		buf := make([]byte, total)
 		copy(buf, prefix)
 		if _, err := io.ReadFull(lr.r, buf[len(prefix):]); err != nil {

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"strings"
 
 	"golang.org/x/sys/unix"
 
@@ -11,10 +12,11 @@ import (
 	"github.com/dimplugd/dimplugd/sdk-go/plugin"
 )
 
-// -raw MODE makes testplug a hostile frame peer: it keeps the daemon's
-// frame socket for itself (the SDK serves a dummy in its place, so the
-// handshake still says "frames") and speaks the protocol directly,
-// breaking it as MODE says:
+// -raw makes testplug a hostile frame peer: it keeps the daemon's frame
+// socket for itself (the SDK serves a dummy in its place, so the handshake
+// still says "frames") and speaks the protocol directly, breaking it as
+// each stream's kind says ("evil/MODE"; -raw MODE for streams of other
+// kinds):
 //
 //	pass          answer every frame with its own descriptor (a control)
 //	longer        answer with the frame's descriptor, 4096 bytes longer
@@ -51,11 +53,10 @@ func startRaw(mode string) error {
 	return nil
 }
 
-func rawServe(conn *frames.Conn, mode string) {
-	say := func(format string, args ...any) {
-		fmt.Fprintf(os.Stderr, "testplug raw %s: "+format+"\n", append([]any{mode}, args...)...)
-	}
+func rawServe(conn *frames.Conn, defaultMode string) {
+	say := func(format string, args ...any) { fmt.Fprintf(os.Stderr, "testplug raw: "+format+"\n", args...) }
 	var own *frames.Pool
+	modes := map[uint64]string{} // by stream
 	for {
 		msg, fm, fds, err := conn.Recv()
 		if err != nil {
@@ -65,7 +66,13 @@ func rawServe(conn *frames.Conn, mode string) {
 		switch fm.Which() {
 		case schema.FrameMsg_Which_open:
 			o, _ := fm.Open()
-			say("stream %d opened in scope %d", o.Stream(), o.Scope())
+			kind, _ := o.Kind()
+			mode, ok := strings.CutPrefix(kind, "evil/")
+			if !ok {
+				mode = defaultMode
+			}
+			modes[o.Stream()] = mode
+			say("stream %d (%s) opened in scope %d", o.Stream(), mode, o.Scope())
 			switch mode {
 			case "open":
 				err = conn.Send(func(m schema.FrameMsg) error {
@@ -118,9 +125,10 @@ func rawServe(conn *frames.Conn, mode string) {
 			}
 		case schema.FrameMsg_Which_frame:
 			f, _ := fm.Frame()
-			err = rawAnswer(conn, mode, f, own)
+			err = rawAnswer(conn, modes[f.Stream()], f, own)
 		case schema.FrameMsg_Which_end:
 			e, _ := fm.End()
+			delete(modes, e.Stream())
 			err = conn.SendEnd(e.Stream(), "", false)
 		}
 		if err != nil {
