@@ -385,3 +385,101 @@ func TestHostileFrameSocketFlood(t *testing.T) {
 		f.Close()
 	}
 }
+
+// A plugin that answers a call on a direct hook lane with a frame that is
+// not one fails that call only: the host drops the lane, goes through the
+// daemon meanwhile and asks for a new lane (before, every later call to
+// the plugin failed until the host restarted).
+func TestHostileDirectLaneReply(t *testing.T) {
+	td := startWithPlugins(t, fastSupervision, testPlugin{name: "garbler", args: []string{"-raw", "pass"},
+		extra: hooks("request", "GET", "/g/:id", "2s", "fail-closed", 0)})
+	s := dial(t, td.socket)
+	ok := func(res *host.Result) bool {
+		return res.Kind == host.MutateRequest && res.RequestMutation.Header.Get("X-Test-Request") == "garbler"
+	}
+	// Through the daemon until the lane is granted; its first call gets
+	// the garbled answer.
+	var garbled *host.Result
+	waitFor(t, 10*time.Second, "a call on the direct lane", func() bool {
+		res := dispatch(t, s, host.PhaseRequest, get("/g/1"), nil)
+		if !ok(res) {
+			garbled = res
+		}
+		return garbled != nil
+	})
+	if garbled.Kind != host.FailClosed || !strings.Contains(string(garbled.FailureResponse().Body), "malformed frame") {
+		t.Fatalf("the garbled call: %+v", garbled)
+	}
+	for i := 0; i < 20; i++ {
+		if res := dispatch(t, s, host.PhaseRequest, get(fmt.Sprintf("/g/%d", i)), nil); !ok(res) {
+			t.Fatalf("call %d after the garbled one: %+v", i, res)
+		}
+	}
+}
+
+// Pools stay in their scope: an observer that watches only video streams
+// never receives the pool of an audio stream of the same host, and a host
+// cannot move a frame of one scope's pool into a stream of another (before,
+// one pool served all of a session's streams, so an observer could read
+// and write frames of streams whose chain did not include it).
+func TestFramePoolsStayInTheirScope(t *testing.T) {
+	td := startWithPlugins(t, fastSupervision,
+		testPlugin{name: "passer", frames: "pass", extra: streamStage("pass", "*", "transform", "fail-closed", "10s", 0)},
+		testPlugin{name: "watcher", extra: streamStage("stats", "video/segment", "observe", "fail-open", "10s", 0)},
+	)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	c, prod := rawFrameClient(t, td.socket)
+	video := openRaw(t, c, 1, "video/segment")
+	audio := openRaw(t, c, 2, "audio/segment")
+	if video == audio {
+		t.Fatalf("streams with different chains share scope %d", video)
+	}
+	vref := sendRaw(t, ctx, c, prod, video, 1, 1, 4096, "video")
+	aref := sendRaw(t, ctx, c, prod, audio, 2, 1, 4096, "audio")
+	if vref.Pool == aref.Pool {
+		t.Fatalf("the producer put both streams' frames in pool %d", vref.Pool)
+	}
+	for i := 0; i < 2; i++ {
+		fm, done := nextMsg(t, c, schema.FrameMsg_Which_frame)
+		f, _ := fm.Frame()
+		if r, err := f.Data().Ref(); err != nil || r.Length() != 4096 {
+			t.Fatalf("frame back: %v", err)
+		}
+		done()
+	}
+	watcherHas := func() []poolKey {
+		td.hub.mu.Lock()
+		defer td.hub.mu.Unlock()
+		var got []poolKey
+		for _, p := range td.hub.peers {
+			if p.unit != nil && p.unit.name == "watcher" {
+				for k := range p.has {
+					got = append(got, k)
+				}
+			}
+		}
+		return got
+	}
+	got := watcherHas()
+	if len(got) != 1 || got[0].pool != vref.Pool {
+		t.Fatalf("the video-only observer was given pools %v; want only the video stream's pool %d", got, vref.Pool)
+	}
+
+	// The video pool named in the audio stream: refused, naming the scope.
+	bad := frames.Ref{Pool: vref.Pool, Offset: vref.Offset, Length: vref.Length}
+	if err := c.SendFrame(2, frames.Header{Seq: 2}, 0, 1, nil, &bad); err != nil {
+		t.Fatal(err)
+	}
+	fm, done := nextMsg(t, c, schema.FrameMsg_Which_end)
+	e, _ := fm.End()
+	why, _ := e.Error()
+	sid := e.Stream()
+	done()
+	if sid != 2 || !strings.Contains(why, "of another scope") {
+		t.Fatalf("stream %d ended with %q; want stream 2 refused for naming another scope's pool", sid, why)
+	}
+	if got := watcherHas(); len(got) != 1 {
+		t.Fatalf("the observer now has pools %v", got)
+	}
+}

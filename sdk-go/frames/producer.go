@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/dimplugd/dimplugd/schema"
 )
@@ -19,7 +20,9 @@ import (
 // producer's scopes. Hosts and plugins use it to make frames.
 //
 // A scope lives while streams use it (Use, Done) or any of its slots is
-// live; then its pools are dropped.
+// live, and then ScopeIdle more: a new stream of the same scope (the same
+// chain) finds its pools mapped and their pages warm. Then its pools are
+// dropped.
 type Producer struct {
 	conn     *Conn
 	owner    uint64
@@ -36,8 +39,12 @@ type Producer struct {
 type scope struct {
 	id    uint64
 	alloc *Allocator
-	users int // streams using it (Use − Done)
+	users int         // streams using it (Use − Done)
+	idle  *time.Timer // armed while it has no user and no live slot
 }
+
+// ScopeIdle is how long a scope's pools outlive its last stream and slot.
+const ScopeIdle = 10 * time.Second
 
 // NewProducer returns a producer whose scopes each have a shared pool of
 // poolSize bytes.
@@ -121,6 +128,10 @@ func (p *Producer) Use(id uint64) {
 	defer p.mu.Unlock()
 	if sc, err := p.scopeLocked(id); err == nil {
 		sc.users++
+		if sc.idle != nil {
+			sc.idle.Stop()
+			sc.idle = nil
+		}
 	}
 }
 
@@ -138,14 +149,32 @@ func (p *Producer) Done(id uint64) {
 	}
 }
 
-// maybeRetire closes an unused scope's allocator and drops its pools.
+// maybeRetire arms the idle timer of a scope with no user and no live
+// slot; retire then drops it if it is still unused.
 // (Lock order: an allocator's lock, then p.mu; so InUse is asked first.)
 func (p *Producer) maybeRetire(sc *scope) {
 	if sc.alloc.InUse() > 0 {
 		return
 	}
 	p.mu.Lock()
+	defer p.mu.Unlock()
+	if sc.users > 0 || p.scopes[sc.id] != sc || sc.idle != nil {
+		return
+	}
+	sc.idle = time.AfterFunc(ScopeIdle, func() { p.retire(sc) })
+}
+
+// retire closes an unused scope's allocator and drops its pools.
+func (p *Producer) retire(sc *scope) {
+	if sc.alloc.InUse() > 0 {
+		p.mu.Lock()
+		sc.idle = nil // a slot is live again: Free arms it anew
+		p.mu.Unlock()
+		return
+	}
+	p.mu.Lock()
 	if sc.users > 0 || p.scopes[sc.id] != sc {
+		sc.idle = nil
 		p.mu.Unlock()
 		return
 	}
@@ -224,6 +253,11 @@ func (p *Producer) Close() error {
 	p.closed = true
 	scopes := p.scopes
 	p.scopes = map[uint64]*scope{}
+	for _, sc := range scopes {
+		if sc.idle != nil {
+			sc.idle.Stop()
+		}
+	}
 	p.mu.Unlock()
 	var errs []error
 	for _, sc := range scopes {

@@ -180,12 +180,21 @@ func (s *Session) dispatchDirect(ctx context.Context, phase Phase, req *Request,
 		return nil
 	})
 	if err != nil {
-		switch {
-		case errors.Is(err, wire.ErrLaneClosed):
+		if errors.Is(err, wire.ErrLaneClosed) {
 			// The instance went away: the daemon knows what to say.
 			br.Release()
 			s.dropLane(hook.Plugin, lane)
 			return nil, false
+		}
+		select {
+		case <-lane.Done():
+			// The lane broke under this call (the plugin sent a frame
+			// that is not one): this call fails, and the next asks for
+			// a new lane, going through the daemon meanwhile.
+			s.dropLane(hook.Plugin, lane)
+		default:
+		}
+		switch {
 		case ctx.Err() != nil:
 			br.Release()
 			return nil, false

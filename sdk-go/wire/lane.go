@@ -145,6 +145,9 @@ func (l *LaneClient) Call(ctx context.Context, fill func(schema.LaneFrame) error
 	l.mu.Unlock()
 	if err := writeFrame(l.c, &l.wmu, id, msg); err != nil {
 		l.forget(id)
+		if peerGone(err) { // the other end closed: as for a read
+			return nil, schema.LaneFrame{}, ErrLaneClosed
+		}
 		return nil, schema.LaneFrame{}, fmt.Errorf("hook lane: %w", err)
 	}
 	select {
@@ -272,5 +275,5 @@ func serveLane(ctx context.Context, c net.Conn, h LaneHandler, lim *Limits) erro
 // peerGone reports whether err only says the other side closed the lane
 // (a reset means it closed with our answers still unread).
 func peerGone(err error) bool {
-	return errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, syscall.ECONNRESET)
+	return errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"encoding/binary"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 
@@ -57,6 +59,7 @@ func rawServe(conn *frames.Conn, defaultMode string) {
 	say := func(format string, args ...any) { fmt.Fprintf(os.Stderr, "testplug raw: "+format+"\n", args...) }
 	var own *frames.Pool
 	modes := map[uint64]string{} // by stream
+	lanes := 0                   // direct hook lanes granted
 	for {
 		msg, fm, fds, err := conn.Recv()
 		if err != nil {
@@ -121,6 +124,20 @@ func rawServe(conn *frames.Conn, defaultMode string) {
 					mf := os.NewFile(uintptr(fd), "evil")
 					err = conn.Send(poolAdd(1, 1<<16, o.Scope()), mf)
 					mf.Close()
+				}
+			}
+		case schema.FrameMsg_Which_lane:
+			// A direct hook lane: the first one answers its first call
+			// with a frame that is not Cap'n Proto; later ones are
+			// closed at once (the host then goes through the daemon).
+			if len(fds) == 1 {
+				lane := fds[0]
+				fds = nil
+				lanes++
+				if lanes == 1 {
+					go garbleLane(lane)
+				} else {
+					lane.Close()
 				}
 			}
 		case schema.FrameMsg_Which_frame:
@@ -188,4 +205,24 @@ func rawAnswer(conn *frames.Conn, mode string, f schema.Frame, own *frames.Pool)
 		return conn.SendFrame(f.Stream(), h, 0, 1, b, nil)
 	}
 	return conn.SendFrame(f.Stream(), h, 0, 1, nil, &out)
+}
+
+// garbleLane reads the first hook call on a direct lane and answers it
+// with a well-framed reply whose body is not a Cap'n Proto message.
+func garbleLane(f *os.File) {
+	defer f.Close()
+	var hdr [12]byte
+	if _, err := io.ReadFull(f, hdr[:]); err != nil {
+		return
+	}
+	n := binary.LittleEndian.Uint32(hdr[:4])
+	if _, err := io.CopyN(io.Discard, f, int64(n)-8); err != nil {
+		return
+	}
+	reply := make([]byte, 12+8)
+	binary.LittleEndian.PutUint32(reply[:4], 16)
+	copy(reply[4:12], hdr[4:12]) // the call's id
+	copy(reply[12:], "garbage!")
+	f.Write(reply)
+	io.Copy(io.Discard, f) // until the host gives up on the lane
 }
