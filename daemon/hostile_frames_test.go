@@ -483,3 +483,39 @@ func TestFramePoolsStayInTheirScope(t *testing.T) {
 		t.Fatalf("the observer now has pools %v", got)
 	}
 }
+
+// A host that opens streams without end is refused past maxStreamsPerHost,
+// with an error; its open streams and other hosts go on.
+func TestHostileStreamFlood(t *testing.T) {
+	td := startWithPlugins(t, fastSupervision,
+		testPlugin{name: "passer", frames: "pass", extra: streamStage("pass", "*", "transform", "fail-closed", "10s", 0)})
+	c, _ := rawFrameClient(t, td.socket)
+	for i := 1; i <= maxStreamsPerHost; i++ {
+		openRaw(t, c, uint64(i), "video/segment")
+	}
+	if err := c.Send(func(m schema.FrameMsg) error {
+		o, err := m.NewOpen()
+		if err != nil {
+			return err
+		}
+		o.SetStream(maxStreamsPerHost + 1)
+		return o.SetKind("video/segment")
+	}); err != nil {
+		t.Fatal(err)
+	}
+	fm, done := nextMsg(t, c, schema.FrameMsg_Which_end)
+	e, _ := fm.End()
+	why, _ := e.Error()
+	sid := e.Stream()
+	done()
+	if sid != maxStreamsPerHost+1 || !strings.Contains(why, fmt.Sprintf("too many open streams: a host may have %d at once", maxStreamsPerHost)) {
+		t.Fatalf("stream %d ended with %q", sid, why)
+	}
+	td.hub.mu.Lock()
+	n := len(td.hub.streams)
+	td.hub.mu.Unlock()
+	if n != maxStreamsPerHost {
+		t.Fatalf("%d streams open, want %d", n, maxStreamsPerHost)
+	}
+	checkHostsWork(t, td, context.Background())
+}
