@@ -11,6 +11,7 @@ import (
 	"github.com/dimplugd/dimplugd/daemon/logbuf"
 	"github.com/dimplugd/dimplugd/daemon/registry"
 	"github.com/dimplugd/dimplugd/schema"
+	"github.com/dimplugd/dimplugd/sdk-go/errdefs"
 	"github.com/dimplugd/dimplugd/sdk-go/manifest"
 	"github.com/dimplugd/dimplugd/sdk-go/wire"
 )
@@ -22,11 +23,12 @@ type control struct{ d *Daemon }
 
 // Errors the control face reports.
 var (
-	// ErrConflict reports two plugins claiming the same route.
-	ErrConflict = errors.New("route conflict")
+	// ErrConflict reports two plugins claiming the same route; it is of
+	// class errdefs.ErrConflict.
+	ErrConflict = errdefs.New(errdefs.ErrConflict, "route conflict")
 	// ErrNeedsApproval reports an upgrade asking for permissions the
-	// operator has not granted.
-	ErrNeedsApproval = errors.New("new permissions need approval")
+	// operator has not granted; it is of class errdefs.ErrConflict.
+	ErrNeedsApproval = errdefs.New(errdefs.ErrConflict, "new permissions need approval")
 )
 
 // Install installs (or with opts.Replace, upgrades) a plugin from a tar
@@ -58,7 +60,7 @@ func (d *Daemon) Install(ctx context.Context, archive []byte, opts registry.Inst
 	if existed {
 		u.mu.Lock()
 		u.rec = rec
-		u.failed = false
+		u.letBackLocked("reinstalled", StateFailed)
 		u.restartReq = true
 		u.mu.Unlock()
 	} else {
@@ -101,7 +103,8 @@ func (d *Daemon) Enable(name string) (registry.Record, error) {
 	}
 	u.mu.Lock()
 	u.rec = rec
-	u.failed, u.quarantined, u.crashes, u.restarts = false, false, nil, 0
+	u.letBackLocked("enabled", StateQuarantined, StateFailed)
+	u.crashes, u.restarts = nil, 0
 	u.mu.Unlock()
 	u.logf("enabled")
 	d.rebuildRoutes()
@@ -137,9 +140,10 @@ func (d *Daemon) Restart(name string) error {
 	u.mu.Lock()
 	if !u.rec.Enabled {
 		u.mu.Unlock()
-		return fmt.Errorf("plugin %q is disabled: enable it instead (dimplugctl enable %s)", name, name)
+		return errdefs.WithClass(fmt.Errorf("plugin %q is disabled: enable it instead (dimplugctl enable %s)", name, name), errdefs.ErrConflict)
 	}
-	u.quarantined, u.failed, u.crashes, u.restartReq = false, false, nil, true
+	u.letBackLocked("restart requested", StateQuarantined, StateFailed)
+	u.crashes, u.restartReq = nil, true
 	u.mu.Unlock()
 	u.logf("restart requested")
 	u.poke()
@@ -215,7 +219,51 @@ func (d *Daemon) checkConflicts(name string, m *manifest.Manifest) error {
 	return nil
 }
 
+// The control face's methods: each marks its error with its class (see
+// errdefs) so that dimplugctl can tell not found from invalid, here and
+// only here.
+
 func (c *control) Install(ctx context.Context, call schema.Control_install) error {
+	return errdefs.ToWire(c.install(ctx, call))
+}
+
+func (c *control) List(ctx context.Context, call schema.Control_list) error {
+	return errdefs.ToWire(c.list(ctx, call))
+}
+
+func (c *control) Inspect(ctx context.Context, call schema.Control_inspect) error {
+	return errdefs.ToWire(c.inspect(ctx, call))
+}
+
+func (c *control) Enable(ctx context.Context, call schema.Control_enable) error {
+	return errdefs.ToWire(c.enable(ctx, call))
+}
+
+func (c *control) Disable(ctx context.Context, call schema.Control_disable) error {
+	return errdefs.ToWire(c.disable(ctx, call))
+}
+
+func (c *control) Remove(ctx context.Context, call schema.Control_remove) error {
+	return errdefs.ToWire(c.remove(ctx, call))
+}
+
+func (c *control) Restart(ctx context.Context, call schema.Control_restart) error {
+	return errdefs.ToWire(c.restart(ctx, call))
+}
+
+func (c *control) SetHookDeadline(ctx context.Context, call schema.Control_setHookDeadline) error {
+	return errdefs.ToWire(c.setHookDeadline(ctx, call))
+}
+
+func (c *control) Status(ctx context.Context, call schema.Control_status) error {
+	return errdefs.ToWire(c.status(ctx, call))
+}
+
+func (c *control) Logs(ctx context.Context, call schema.Control_logs) error {
+	return errdefs.ToWire(c.logs(ctx, call))
+}
+
+func (c *control) install(ctx context.Context, call schema.Control_install) error {
 	archive, opts, err := readInstallArgs(call.Args())
 	if err != nil {
 		return err
@@ -227,7 +275,7 @@ func (c *control) Install(ctx context.Context, call schema.Control_install) erro
 	return statusInto(c.d, call.AllocResults, rec.Name)
 }
 
-func (c *control) List(ctx context.Context, call schema.Control_list) error {
+func (c *control) list(ctx context.Context, call schema.Control_list) error {
 	res, err := call.AllocResults()
 	if err != nil {
 		return err
@@ -245,7 +293,7 @@ func (c *control) List(ctx context.Context, call schema.Control_list) error {
 	return nil
 }
 
-func (c *control) Inspect(ctx context.Context, call schema.Control_inspect) error {
+func (c *control) inspect(ctx context.Context, call schema.Control_inspect) error {
 	name, err := argName(call.Args())
 	if err != nil {
 		return err
@@ -253,7 +301,7 @@ func (c *control) Inspect(ctx context.Context, call schema.Control_inspect) erro
 	return statusInto(c.d, call.AllocResults, name)
 }
 
-func (c *control) Enable(ctx context.Context, call schema.Control_enable) error {
+func (c *control) enable(ctx context.Context, call schema.Control_enable) error {
 	name, err := argName(call.Args())
 	if err != nil {
 		return err
@@ -264,7 +312,7 @@ func (c *control) Enable(ctx context.Context, call schema.Control_enable) error 
 	return statusInto(c.d, call.AllocResults, name)
 }
 
-func (c *control) Disable(ctx context.Context, call schema.Control_disable) error {
+func (c *control) disable(ctx context.Context, call schema.Control_disable) error {
 	name, err := argName(call.Args())
 	if err != nil {
 		return err
@@ -275,7 +323,7 @@ func (c *control) Disable(ctx context.Context, call schema.Control_disable) erro
 	return statusInto(c.d, call.AllocResults, name)
 }
 
-func (c *control) Remove(ctx context.Context, call schema.Control_remove) error {
+func (c *control) remove(ctx context.Context, call schema.Control_remove) error {
 	name, err := argName(call.Args())
 	if err != nil {
 		return err
@@ -284,7 +332,7 @@ func (c *control) Remove(ctx context.Context, call schema.Control_remove) error 
 	return c.d.Remove(name)
 }
 
-func (c *control) Restart(ctx context.Context, call schema.Control_restart) error {
+func (c *control) restart(ctx context.Context, call schema.Control_restart) error {
 	name, err := argName(call.Args())
 	if err != nil {
 		return err
@@ -295,7 +343,7 @@ func (c *control) Restart(ctx context.Context, call schema.Control_restart) erro
 	return statusInto(c.d, call.AllocResults, name)
 }
 
-func (c *control) SetHookDeadline(ctx context.Context, call schema.Control_setHookDeadline) error {
+func (c *control) setHookDeadline(ctx context.Context, call schema.Control_setHookDeadline) error {
 	name, hook, deadline, err := readSetHookDeadlineArgs(call.Args())
 	if err != nil {
 		return err
@@ -306,7 +354,7 @@ func (c *control) SetHookDeadline(ctx context.Context, call schema.Control_setHo
 	return statusInto(c.d, call.AllocResults, name)
 }
 
-func (c *control) Status(ctx context.Context, call schema.Control_status) error {
+func (c *control) status(ctx context.Context, call schema.Control_status) error {
 	res, err := call.AllocResults()
 	if err != nil {
 		return err
@@ -337,7 +385,7 @@ func (c *control) Status(ctx context.Context, call schema.Control_status) error 
 	return nil
 }
 
-func (c *control) Logs(ctx context.Context, call schema.Control_logs) error {
+func (c *control) logs(ctx context.Context, call schema.Control_logs) error {
 	args := call.Args()
 	name, err := argName(args)
 	if err != nil {
@@ -465,17 +513,9 @@ func statusInto[R interface {
 }
 
 func (d *Daemon) writeStatus(s schema.PluginStatus, u *unit) error {
-	u.mu.Lock()
-	rec := u.rec
-	state, detail := u.state, u.detail
-	restarts, lastExit := u.restarts, u.lastExit
-	var pid int
-	var started time.Time
-	var version uint16
-	if u.inst != nil {
-		pid, started, version = u.inst.proc.Pid(), u.inst.started, u.inst.version
-	}
-	u.mu.Unlock()
+	rec, us := u.status()
+	state, detail, restarts, lastExit := us.state, us.detail, us.restarts, us.lastExit
+	pid, started, version := us.pid, us.started, us.version
 
 	m := rec.Manifest
 	var e []error

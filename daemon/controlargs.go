@@ -8,6 +8,7 @@ import (
 
 	"github.com/dimplugd/dimplugd/daemon/registry"
 	"github.com/dimplugd/dimplugd/schema"
+	"github.com/dimplugd/dimplugd/sdk-go/errdefs"
 	"github.com/dimplugd/dimplugd/sdk-go/manifest"
 	"github.com/dimplugd/dimplugd/sdk-go/wire"
 )
@@ -30,9 +31,9 @@ func readName(what, s string, err error) (string, error) {
 	}
 	if !validName(s) {
 		if len(s) > 64 {
-			return "", fmt.Errorf("%s name of %d bytes is not a valid name (want 1 to 40 lowercase letters, digits or dashes, starting with a letter)", what, len(s))
+			return "", errdefs.WithClass(fmt.Errorf("%s name of %d bytes is not a valid name (want 1 to 40 lowercase letters, digits or dashes, starting with a letter)", what, len(s)), errdefs.ErrInvalid)
 		}
-		return "", fmt.Errorf("%q is not a valid %s name (want 1 to 40 lowercase letters, digits or dashes, starting with a letter)", s, what)
+		return "", errdefs.WithClass(fmt.Errorf("%q is not a valid %s name (want 1 to 40 lowercase letters, digits or dashes, starting with a letter)", s, what), errdefs.ErrInvalid)
 	}
 	return s, nil
 }

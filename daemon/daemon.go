@@ -172,6 +172,24 @@ type Daemon struct {
 	dispatches atomic.Int64
 	closeMu    sync.Mutex
 	closed     bool
+	errc       chan error // capacity 1: the first server loop that died (see Err)
+}
+
+// Err returns a channel that receives an error when one of the daemon's
+// server loops (the accept loop of the host or control socket) dies while
+// the daemon is meant to be serving: the daemon no longer does its job, and
+// its owner should Close it and exit non-zero. Only the first such error is
+// delivered; the channel is never closed. (etcd's embed.Etcd.Err is the
+// model.)
+func (d *Daemon) Err() <-chan error { return d.errc }
+
+// fail reports a dead server loop through Err.
+func (d *Daemon) fail(err error) {
+	d.log.Error("a server loop died; the daemon is not serving", "err", err)
+	select {
+	case d.errc <- err:
+	default:
+	}
 }
 
 // Start opens the state directory, sweeps instances left by an earlier
@@ -212,6 +230,7 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 	}
 	d := &Daemon{
 		cfg:      cfg,
+		errc:     make(chan error, 1),
 		sup:      cfg.Supervision.withDefaults(),
 		log:      cfg.Logger,
 		versions: cfg.ProtocolVersions,

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"iter"
 	"strings"
 	"time"
 
@@ -43,116 +44,125 @@ func (d *Daemon) dispatch(ctx context.Context, phase schema.Phase, req *wire.Req
 	hooks := t.phases[phase]
 	switch phase {
 	case schema.Phase_request:
-		var work *wire.Request
-		for _, h := range hooks {
-			params, ok := h.matches(req.Method, req.Path)
-			if !ok {
-				continue
-			}
-			if work == nil {
-				work = req.Clone()
-			}
-			a, herr := d.callHook(ctx, h, phase, work, params, nil)
-			if herr == nil {
-				switch a.which {
-				case schema.HookResult_Which_continue:
-				case schema.HookResult_Which_mutateRequest:
-					a.reqMut.Apply(work)
-					out.applied = append(out.applied, h.plugin+"/"+h.hook.Name)
-				case schema.HookResult_Which_respond:
-					out.which, out.resp = schema.DispatchResult_outcome_Which_respond, a.resp
-					out.applied = append(out.applied, h.plugin+"/"+h.hook.Name)
-					return out
-				default:
-					herr = hookErr(h, schema.HookErrorKind_rejected, "answered a request hook with a response mutation")
-				}
-			}
-			if herr != nil && out.failed(h, herr) {
-				return out
-			}
-		}
-		if work != nil {
-			if m := wire.DiffRequest(req, work); !m.IsZero() {
-				out.which, out.reqMut = schema.DispatchResult_outcome_Which_mutateRequest, m
-			}
-		}
-
+		d.dispatchRequest(ctx, hooks, req, out)
 	case schema.Phase_response:
-		var work *wire.Response
-		for _, h := range hooks {
-			params, ok := h.matches(req.Method, req.Path)
-			if !ok {
-				continue
-			}
-			if work == nil {
-				work = resp.Clone()
-			}
-			a, herr := d.callHook(ctx, h, phase, req, params, work)
-			if herr == nil {
-				switch a.which {
-				case schema.HookResult_Which_continue:
-				case schema.HookResult_Which_mutateResponse:
-					a.respMut.Apply(work)
-					out.applied = append(out.applied, h.plugin+"/"+h.hook.Name)
-				default:
-					herr = hookErr(h, schema.HookErrorKind_rejected, "answered a response hook with something other than a response mutation")
-				}
-			}
-			if herr != nil && out.failed(h, herr) {
-				return out
-			}
-		}
-		if work != nil {
-			if m := wire.DiffResponse(resp, work); !m.IsZero() {
-				out.which, out.respMut = schema.DispatchResult_outcome_Which_mutateResponse, m
-			}
-		}
-
+		d.dispatchResponse(ctx, hooks, req, resp, out)
 	case schema.Phase_route:
-		for _, h := range hooks {
-			params, ok := h.matches(req.Method, req.Path)
-			if !ok {
-				continue
-			}
-			a, herr := d.callHook(ctx, h, phase, req, params, nil)
-			if herr == nil && a.which != schema.HookResult_Which_respond {
-				herr = hookErr(h, schema.HookErrorKind_rejected, "owns the route but answered without a response")
-			}
-			if herr != nil {
-				// The owner of a route is the only one who can answer it:
-				// whatever its policy, a failure fails the request.
-				out.which, out.fail = schema.DispatchResult_outcome_Which_failClosed, herr
-				return out
-			}
-			out.which, out.resp = schema.DispatchResult_outcome_Which_respond, a.resp
-			out.applied = append(out.applied, h.plugin+"/"+h.hook.Name)
-			return out
-		}
-
+		d.dispatchRoute(ctx, hooks, req, out)
 	case schema.Phase_observe:
-		for _, h := range hooks {
-			params, ok := h.matches(req.Method, req.Path)
-			if !ok {
-				continue
-			}
-			select {
-			case observeSlots <- struct{}{}:
-			default:
-				out.skipped = append(out.skipped, *hookErr(h, schema.HookErrorKind_unavailable,
-					fmt.Sprintf("observer dropped: %d observe calls already in flight", maxObservers)))
-				continue
-			}
-			d.wg.Add(1)
-			go func() { // owned by the daemon; ends at the hook's deadline at the latest
-				defer d.wg.Done()
-				defer func() { <-observeSlots }()
-				if _, herr := d.callHook(d.ctx, h, phase, req, params, resp); herr != nil {
-					h.unit.logf("observe hook %q failed: %s", h.hook.Name, herr.Message)
-				}
-			}()
-		}
+		d.dispatchObserve(hooks, req, resp, out)
 	}
 	return out
+}
+
+// dispatchRequest runs the request hooks in turn, each on the request as
+// the ones before left it; a hook that answers ends the phase.
+func (d *Daemon) dispatchRequest(ctx context.Context, hooks []*hookRef, req *wire.Request, out *outcome) {
+	var work *wire.Request
+	for h, params := range matching(hooks, req) {
+		if work == nil {
+			work = req.Clone()
+		}
+		a, herr := d.callHook(ctx, h, schema.Phase_request, work, params, nil)
+		if herr != nil {
+			if out.failed(h, herr) {
+				return
+			}
+			continue
+		}
+		switch a.Kind {
+		case schema.HookResult_Which_mutateRequest:
+			a.RequestMutation.Apply(work)
+			out.applied = append(out.applied, h.name())
+		case schema.HookResult_Which_respond:
+			out.which, out.resp = schema.DispatchResult_outcome_Which_respond, a.Response
+			out.applied = append(out.applied, h.name())
+			return
+		}
+	}
+	if work != nil {
+		if m := wire.DiffRequest(req, work); !m.IsZero() {
+			out.which, out.reqMut = schema.DispatchResult_outcome_Which_mutateRequest, m
+		}
+	}
+}
+
+// dispatchResponse runs the response hooks in turn, each on the response
+// as the ones before left it.
+func (d *Daemon) dispatchResponse(ctx context.Context, hooks []*hookRef, req *wire.Request, resp *wire.Response, out *outcome) {
+	var work *wire.Response
+	for h, params := range matching(hooks, req) {
+		if work == nil {
+			work = resp.Clone()
+		}
+		a, herr := d.callHook(ctx, h, schema.Phase_response, req, params, work)
+		if herr != nil {
+			if out.failed(h, herr) {
+				return
+			}
+			continue
+		}
+		if a.Kind == schema.HookResult_Which_mutateResponse {
+			a.ResponseMutation.Apply(work)
+			out.applied = append(out.applied, h.name())
+		}
+	}
+	if work != nil {
+		if m := wire.DiffResponse(resp, work); !m.IsZero() {
+			out.which, out.respMut = schema.DispatchResult_outcome_Which_mutateResponse, m
+		}
+	}
+}
+
+// dispatchRoute asks the first matching route hook, the route's owner, to
+// answer the request.
+func (d *Daemon) dispatchRoute(ctx context.Context, hooks []*hookRef, req *wire.Request, out *outcome) {
+	for h, params := range matching(hooks, req) {
+		a, herr := d.callHook(ctx, h, schema.Phase_route, req, params, nil)
+		if herr != nil {
+			// The owner of a route is the only one who can answer it:
+			// whatever its policy, a failure fails the request.
+			out.which, out.fail = schema.DispatchResult_outcome_Which_failClosed, herr
+			return
+		}
+		out.which, out.resp = schema.DispatchResult_outcome_Which_respond, a.Response
+		out.applied = append(out.applied, h.name())
+		return
+	}
+}
+
+// dispatchObserve hands the observers their copies in the background and
+// returns at once; what they answer is ignored.
+func (d *Daemon) dispatchObserve(hooks []*hookRef, req *wire.Request, resp *wire.Response, out *outcome) {
+	for h, params := range matching(hooks, req) {
+		select {
+		case observeSlots <- struct{}{}:
+		default:
+			out.skipped = append(out.skipped, *hookErr(h, schema.HookErrorKind_unavailable,
+				fmt.Sprintf("observer dropped: %d observe calls already in flight", maxObservers)))
+			continue
+		}
+		d.wg.Add(1)
+		go func() { // owned by the daemon; ends at the hook's deadline at the latest
+			defer d.wg.Done()
+			defer func() { <-observeSlots }()
+			if _, herr := d.callHook(d.ctx, h, schema.Phase_observe, req, params, resp); herr != nil {
+				h.unit.logf("observe hook %q failed: %s", h.hook.Name, herr.Message)
+			}
+		}()
+	}
+}
+
+// matching yields the hooks that match req, in order, with the route
+// parameters each one's route takes from the path.
+func matching(hooks []*hookRef, req *wire.Request) iter.Seq2[*hookRef, []manifest.Param] {
+	return func(yield func(*hookRef, []manifest.Param) bool) {
+		for _, h := range hooks {
+			if params, ok := h.matches(req.Method, req.Path); ok && !yield(h, params) {
+				return
+			}
+		}
+	}
 }
 
 // failed records a hook failure and reports whether it ends the request
@@ -166,51 +176,23 @@ func (o *outcome) failed(h *hookRef, e *wire.HookError) bool {
 	return false
 }
 
+// name is "plugin/hook", as a dispatch result lists the hooks it applied.
+func (h *hookRef) name() string { return h.plugin + "/" + h.hook.Name }
+
 func hookErr(h *hookRef, kind schema.HookErrorKind, msg string) *wire.HookError {
 	return &wire.HookError{Plugin: h.plugin, Hook: h.hook.Name, Kind: kind, Message: msg}
 }
 
-// answer is a plugin's hook result, copied out of its message.
-type answer struct {
-	which   schema.HookResult_Which
-	reqMut  wire.RequestMutation
-	resp    *wire.Response
-	respMut wire.ResponseMutation
-}
-
-func readAnswer(r schema.HookResult) (answer, error) {
-	a := answer{which: r.Which()}
-	var err error
-	switch a.which {
-	case schema.HookResult_Which_mutateRequest:
-		var ms schema.RequestMutation
-		if ms, err = r.MutateRequest(); err == nil {
-			a.reqMut, err = wire.ReadRequestMutation(ms)
-		}
-	case schema.HookResult_Which_respond:
-		var rs schema.HttpResponse
-		if rs, err = r.Respond(); err == nil {
-			a.resp, err = wire.ReadResponse(rs)
-		}
-	case schema.HookResult_Which_mutateResponse:
-		var ms schema.ResponseMutation
-		if ms, err = r.MutateResponse(); err == nil {
-			a.respMut, err = wire.ReadResponseMutation(ms)
-		}
-	}
-	return a, err
-}
-
 // callHook calls one plugin hook under its deadline.
-func (d *Daemon) callHook(ctx context.Context, h *hookRef, phase schema.Phase, req *wire.Request, params []manifest.Param, resp *wire.Response) (answer, *wire.HookError) {
+func (d *Daemon) callHook(ctx context.Context, h *hookRef, phase schema.Phase, req *wire.Request, params []manifest.Param, resp *wire.Response) (wire.HookAnswer, *wire.HookError) {
 	where := fmt.Sprintf("on %s %s", req.Method, h.hook.Route)
 	if ok, why := h.breaker.Allow(time.Now()); !ok {
-		return answer{}, hookErr(h, schema.HookErrorKind_unavailable, why+" "+where)
+		return wire.HookAnswer{}, hookErr(h, schema.HookErrorKind_unavailable, why+" "+where)
 	}
 	client, err := h.unit.client()
 	if err != nil {
 		h.breaker.Release()
-		return answer{}, hookErr(h, schema.HookErrorKind_unavailable, err.Error()+" "+where)
+		return wire.HookAnswer{}, hookErr(h, schema.HookErrorKind_unavailable, err.Error()+" "+where)
 	}
 	defer client.release()
 	a, herr := d.call(ctx, client, h, phase, req, params, resp, where)
@@ -224,38 +206,14 @@ func (d *Daemon) callHook(ctx context.Context, h *hookRef, phase schema.Phase, r
 	return a, herr
 }
 
-func (d *Daemon) call(ctx context.Context, ref pluginRef, h *hookRef, phase schema.Phase, req *wire.Request, params []manifest.Param, resp *wire.Response, where string) (answer, *wire.HookError) {
+func (d *Daemon) call(ctx context.Context, ref pluginRef, h *hookRef, phase schema.Phase, req *wire.Request, params []manifest.Param, resp *wire.Response, where string) (wire.HookAnswer, *wire.HookError) {
 	deadline := h.hook.Deadline.Duration
 	start := time.Now()
 	cctx, cancel := context.WithTimeout(ctx, deadline)
 	defer cancel()
 	fill := func(hc schema.HookCall) error {
-		if err := hc.SetHook(h.hook.Name); err != nil {
-			return err
-		}
-		hc.SetPhase(phase)
-		hc.SetTimeoutMicros(uint64(deadline / time.Microsecond))
-		rq, err := hc.NewRequest()
-		if err != nil {
-			return err
-		}
-		r := *req
-		r.Route = h.hook.Route
-		r.Params = make([]wire.Param, len(params))
-		for i, p := range params {
-			r.Params[i] = wire.Param{Name: p.Name, Value: p.Value}
-		}
-		if err := wire.WriteRequest(rq, &r); err != nil {
-			return err
-		}
-		if resp != nil {
-			rs, err := hc.NewResponse()
-			if err != nil {
-				return err
-			}
-			return wire.WriteResponse(rs, resp)
-		}
-		return nil
+		return wire.WriteHookCall(hc, &wire.HookCall{Hook: h.hook.Name, Phase: phase, Timeout: deadline,
+			Request: wire.HookRequest(req, h.hook.Route, params), Response: resp})
 	}
 
 	var result schema.HookResult
@@ -272,13 +230,9 @@ func (d *Daemon) call(ctx context.Context, ref pluginRef, h *hookRef, phase sche
 		})
 		if err == nil {
 			defer reply.Release()
-			if rf.Which() != schema.LaneFrame_Which_hookResult {
-				err = fmt.Errorf("unexpected %s reply on the hook lane", rf.Which())
-			} else {
-				result, err = rf.HookResult()
-			}
+			result, err = wire.LaneHookResult(rf)
 		} else if errors.Is(err, wire.ErrLaneClosed) {
-			return answer{}, hookErr(h, schema.HookErrorKind_unavailable, "stopped while handling the request "+where)
+			return wire.HookAnswer{}, hookErr(h, schema.HookErrorKind_unavailable, "stopped while handling the request "+where)
 		}
 	} else {
 		fut, release := ref.plugin.Hook(cctx, func(p schema.Plugin_hook_Params) error {
@@ -293,7 +247,7 @@ func (d *Daemon) call(ctx context.Context, ref pluginRef, h *hookRef, phase sche
 		if res, err = fut.Struct(); err == nil {
 			result, err = res.Result()
 		} else if isDisconnected(err) && !errors.Is(cctx.Err(), context.DeadlineExceeded) && ctx.Err() == nil {
-			return answer{}, hookErr(h, schema.HookErrorKind_unavailable, "stopped while handling the request "+where)
+			return wire.HookAnswer{}, hookErr(h, schema.HookErrorKind_unavailable, "stopped while handling the request "+where)
 		}
 	}
 	if err != nil {
@@ -303,15 +257,15 @@ func (d *Daemon) call(ctx context.Context, ref pluginRef, h *hookRef, phase sche
 			strings.HasSuffix(err.Error(), context.DeadlineExceeded.Error())
 		switch {
 		case timedOut && ctx.Err() == nil:
-			return answer{}, hookErr(h, schema.HookErrorKind_timeout, fmt.Sprintf("exceeded its %s deadline %s", deadline, where))
+			return wire.HookAnswer{}, hookErr(h, schema.HookErrorKind_timeout, fmt.Sprintf("exceeded its %s deadline %s", deadline, where))
 		case ctx.Err() != nil:
-			return answer{}, hookErr(h, schema.HookErrorKind_unavailable, "the host cancelled the request "+where)
+			return wire.HookAnswer{}, hookErr(h, schema.HookErrorKind_unavailable, "the host cancelled the request "+where)
 		}
-		return answer{}, hookErr(h, schema.HookErrorKind_failed, "failed "+where+": "+wire.RemoteMessage(err))
+		return wire.HookAnswer{}, hookErr(h, schema.HookErrorKind_failed, "failed "+where+": "+wire.RemoteMessage(err))
 	}
-	a, err := readAnswer(result)
+	a, err := wire.ReadHookResult(phase, result)
 	if err != nil {
-		return answer{}, hookErr(h, schema.HookErrorKind_failed, "sent an unreadable result "+where+": "+err.Error())
+		return wire.HookAnswer{}, wire.AnswerError(h.plugin, h.hook.Name, where, err)
 	}
 	return a, nil
 }

@@ -194,6 +194,26 @@ func TestEndToEndWithBinaries(t *testing.T) {
 		}
 	}
 
+	// Errors keep their class through the socket, and the exit code
+	// follows it (README's CLI reference).
+	for _, tt := range []struct {
+		args []string
+		code int
+	}{
+		{[]string{"inspect", "no-such-plugin"}, 3},
+		{[]string{"install", "--yes", exampleDir(t)}, 4},
+		{[]string{"inspect", "Not-A-Name"}, 5},
+	} {
+		bin := buildBin(t, "./cmd/dimplugctl", true)
+		cmd := exec.Command(bin, append([]string{"--socket", d.control}, tt.args...)...)
+		var errb bytes.Buffer
+		cmd.Stderr = &errb
+		err := cmd.Run()
+		if cmd.ProcessState.ExitCode() != tt.code || strings.Contains(errb.String(), "[") {
+			t.Errorf("dimplugctl %s: %v, exit code %d (want %d)\nstderr: %s", strings.Join(tt.args, " "), err, cmd.ProcessState.ExitCode(), tt.code, errb.String())
+		}
+	}
+
 	out, _ = d.ctl(false, "ls")
 	if !strings.Contains(out, "media-badge") || !strings.Contains(out, "running") {
 		t.Errorf("ls: %s", out)

@@ -1,7 +1,6 @@
 package daemon
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -11,6 +10,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/dimplugd/dimplugd/sdk-go/errdefs"
 )
 
 // face is what a socket serves.
@@ -120,7 +121,7 @@ func lookupGroup(s string) (group, error) {
 }
 
 // errDenied is the kind of every refusal for lack of rights.
-var errDenied = errors.New("permission denied")
+var errDenied = errdefs.ErrPermissionDenied
 
 // allow decides whether p may use a socket serving f whose allowed group
 // is g: root, the daemon's own user and members of g may.

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/dimplugd/dimplugd/schema"
+	"github.com/dimplugd/dimplugd/sdk-go/errdefs"
 	"github.com/dimplugd/dimplugd/sdk-go/host"
 )
 
@@ -102,7 +103,7 @@ func TestRouteConflicts(t *testing.T) {
 	if _, err := td.ctl.Install(context.Background(), archive, host.InstallOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := td.ctl.Enable(context.Background(), "usurper"); err == nil || !errors.Is(err, err) || !strings.Contains(err.Error(), "route conflict") {
+	if _, err := td.ctl.Enable(context.Background(), "usurper"); err == nil || !errors.Is(err, errdefs.ErrConflict) || !strings.Contains(err.Error(), "route conflict") {
 		t.Errorf("conflicting enable: %v", err)
 	}
 	// Disjoint routes are fine.

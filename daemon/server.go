@@ -98,15 +98,24 @@ func listen(d *Daemon, f face, path string, mode os.FileMode, g group) (*server,
 	return s, nil
 }
 
-// accept runs until close. A failing accept (EMFILE, ENFILE, ENOBUFS...)
+// accept runs until close. A failing accept for lack of resources
+// (EMFILE, ENFILE, ENOBUFS...) or a connection gone before it was taken
 // never ends it: it backs off from 5 ms, doubling up to 1 s, as net/http
-// does, and logs once per burst.
+// does, and logs once per burst. Any other failure (the listening socket
+// is broken or was closed behind the server's back) ends it and is
+// reported through Daemon.Err.
 func (s *server) accept() {
 	defer s.wg.Done()
 	for {
 		c, err := s.ln.AcceptUnix()
 		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
+			select {
+			case <-s.stop:
+				return
+			default:
+			}
+			if !acceptRetryable(err) {
+				s.d.fail(fmt.Errorf("%s socket %s: accept: %w", s.face, s.path, err))
 				return
 			}
 			if s.acceptBackoff == 0 {
@@ -131,6 +140,20 @@ func (s *server) accept() {
 		}
 		s.admit(c)
 	}
+}
+
+// acceptRetryable tells a failed accept that may work later (resources
+// run out, a connection reset before it was taken, a signal) from one that
+// never will.
+func acceptRetryable(err error) bool {
+	for _, e := range []syscall.Errno{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM,
+		syscall.ECONNABORTED, syscall.ECONNRESET, syscall.EINTR, syscall.EAGAIN, syscall.EPROTO, syscall.EPERM} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 // admit checks a new connection's peer against the socket's rights and

@@ -241,6 +241,7 @@ type stream struct {
 	observers []*stage
 	inputEnd  bool
 	ended     bool
+	cancelled bool // by its host (or the host went away): stages hear a cancel
 }
 
 // stage is one plugin's part in a stream.
@@ -1224,6 +1225,7 @@ func (h *frameHub) hostEndLocked(host *framePeer, sid uint64, cancel bool) {
 		return
 	}
 	if cancel {
+		s.cancelled = true
 		h.endStreamLocked(s, "")
 		return
 	}
@@ -1306,7 +1308,7 @@ func (h *frameHub) endStreamLocked(s *stream, why string) {
 			// Frames still at the stage mean the stream did not run
 			// its course (a failure, a cancel, a host gone): the plugin
 			// is to stop, not finish them.
-			h.sendEndLocked(st.peer, st.sid, "", why != "" || len(st.fifo)+len(st.late) > 0)
+			h.sendEndLocked(st.peer, st.sid, "", why != "" || s.cancelled || len(st.fifo)+len(st.late) > 0)
 		}
 		// A plugin still holding frames keeps them until it answers
 		// (it is told to stop, and answers what it has not started
@@ -1456,6 +1458,7 @@ func (h *frameHub) gone(p *framePeer, err error) {
 	if p.unit == nil {
 		for k, s := range h.streams {
 			if k[0] == p.id {
+				s.cancelled = true // the host is gone: its stages stop
 				h.endStreamLocked(s, "")
 			}
 		}

@@ -24,19 +24,10 @@ import (
 	"github.com/dimplugd/dimplugd/sdk-go/wire"
 )
 
-// Plugin states, as shown by `dimplugctl inspect`.
-const (
-	StateStopped     = "stopped"
-	StateStarting    = "starting"
-	StateRunning     = "running"
-	StateBackoff     = "backoff"
-	StateQuarantined = "quarantined"
-	StateFailed      = "failed"
-)
-
 // unit supervises one installed plugin. Its run goroutine, started by the
 // daemon, is the only one that starts and stops instances; everything else
-// changes the desired state under mu and kicks it.
+// changes the desired state under mu and kicks it. Its state (see
+// pluginState) changes only through transitionLocked.
 type unit struct {
 	d    *Daemon
 	name string
@@ -45,15 +36,14 @@ type unit struct {
 	kick chan struct{} // capacity 1: the desired state changed
 	done chan struct{} // closed when run returns
 
-	mu          sync.Mutex
-	rec         registry.Record
-	removed     bool
-	restartReq  bool
-	quarantined bool
-	failed      bool // could not start for a reason restarting won't fix
-	state       string
-	detail      string
-	inst        *instance
+	mu  sync.Mutex
+	rec registry.Record
+	// The operator's requests to the run loop, which acts on them; they
+	// are not states and may come in any state.
+	removed     bool // the plugin is being removed; never cleared
+	restartReq  bool // restart the running instance (cleared when the run loop starts over)
+	state       pluginState
+	inst        *instance                 // the running state's instance, else nil; written only by transitionLocked
 	standby     *launch                   // a prepared next instance, when the runtime can
 	breakers    map[string]*wire.Breaker  // by hook name; kept across restarts and route rebuilds
 	stageCounts map[string]*stageCounters // by stream stage name; kept across restarts
@@ -84,7 +74,7 @@ func newUnit(d *Daemon, rec registry.Record) *unit {
 		kick:  make(chan struct{}, 1),
 		done:  make(chan struct{}),
 		rec:   rec,
-		state: StateStopped,
+		state: stoppedState{},
 	}
 	return u
 }
@@ -136,19 +126,13 @@ func (u *unit) breaker(hook string) *wire.Breaker {
 
 // wantedLocked reports whether an instance should be running.
 func (u *unit) wantedLocked() bool {
-	return u.rec.Enabled && !u.removed && !u.quarantined && !u.failed
+	return u.rec.Enabled && !u.removed && !u.outLocked()
 }
 
 func (u *unit) wanted() bool {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	return u.wantedLocked()
-}
-
-func (u *unit) setState(state, detail string) {
-	u.mu.Lock()
-	u.state, u.detail = state, detail
-	u.mu.Unlock()
 }
 
 func (u *unit) logf(format string, args ...any) {
@@ -171,10 +155,7 @@ func (u *unit) run(ctx context.Context) {
 			}
 			var perm *permanentError
 			if errors.As(err, &perm) {
-				u.mu.Lock()
-				u.failed = true
-				u.state, u.detail = StateFailed, err.Error()
-				u.mu.Unlock()
+				_ = u.transition(failedState{why: err.Error()})
 				u.logf("cannot start: %v", err)
 				u.d.log.Error("plugin cannot start", "plugin", u.name, "err", err)
 				continue
@@ -186,7 +167,7 @@ func (u *unit) run(ctx context.Context) {
 		}
 		reason, crash := u.supervise(ctx, inst)
 		if crash {
-			u.setState(StateBackoff, reason) // not "running" while it is torn down
+			_ = u.transition(backoffState{why: reason}) // not "running" while it is torn down
 			u.teardown(inst)
 			if !u.crashed(ctx, reason) {
 				return
@@ -206,7 +187,7 @@ func (u *unit) waitWanted(ctx context.Context) bool {
 	for {
 		u.mu.Lock()
 		if u.removed {
-			u.state, u.detail = StateStopped, "removed"
+			_ = u.transitionLocked(stoppedState{why: "removed"})
 			u.mu.Unlock()
 			return false
 		}
@@ -215,8 +196,8 @@ func (u *unit) waitWanted(ctx context.Context) bool {
 			u.mu.Unlock()
 			return true
 		}
-		if !u.quarantined && !u.failed {
-			u.state, u.detail = StateStopped, "disabled"
+		if !u.outLocked() {
+			_ = u.transitionLocked(stoppedState{why: "disabled"})
 		}
 		u.mu.Unlock()
 		u.dropStandby()
@@ -246,11 +227,9 @@ func (u *unit) crashed(ctx context.Context, why string) bool {
 	u.crashes = append(kept, now)
 	n := len(u.crashes)
 	if n >= sup.QuarantineCrashes {
-		u.quarantined = true
-		u.state = StateQuarantined
-		u.detail = fmt.Sprintf("crashed %d times within %s (last: %s); fix the plugin, then run: dimplugctl restart %s",
+		detail := fmt.Sprintf("crashed %d times within %s (last: %s); fix the plugin, then run: dimplugctl restart %s",
 			n, sup.QuarantineWindow, why, u.name)
-		detail := u.detail
+		_ = u.transitionLocked(quarantinedState{why: detail})
 		u.mu.Unlock()
 		u.logf("quarantined: %s", detail)
 		u.d.log.Error("plugin quarantined", "plugin", u.name, "crashes", n, "last", why)
@@ -260,8 +239,7 @@ func (u *unit) crashed(ctx context.Context, why string) bool {
 	if delay > sup.BackoffMax || delay <= 0 {
 		delay = sup.BackoffMax
 	}
-	u.state = StateBackoff
-	u.detail = fmt.Sprintf("%s; restarting in %s", why, delay.Round(time.Millisecond))
+	_ = u.transitionLocked(backoffState{why: why, delay: delay, until: now.Add(delay)})
 	u.mu.Unlock()
 	u.logf("%s; restarting in %s (crash %d of %d allowed within %s)", why, delay, n, sup.QuarantineCrashes-1, sup.QuarantineWindow)
 	u.d.log.Warn("plugin crashed", "plugin", u.name, "why", why, "restart_in", delay)
@@ -471,7 +449,7 @@ func (u *unit) dropStandby() {
 func (u *unit) start(ctx context.Context) (*instance, error) {
 	u.mu.Lock()
 	rec := u.rec
-	u.state, u.detail = StateStarting, ""
+	_ = u.transitionLocked(startingState{})
 	u.mu.Unlock()
 	if !u.d.cfg.Runtime.Sandboxed() {
 		u.logf("WARNING: starting WITHOUT a sandbox (runtime %q): this plugin can do anything the daemon can", u.d.cfg.Runtime.Name())
@@ -542,10 +520,10 @@ func (u *unit) start(ctx context.Context) (*instance, error) {
 		u.teardown(inst)
 		return nil, err
 	}
-	u.mu.Lock()
-	u.inst = inst
-	u.state, u.detail = StateRunning, ""
-	u.mu.Unlock()
+	if err := u.transition(runningState{inst: inst}); err != nil { // a supervisor bug; not served half-registered
+		u.teardown(inst)
+		return nil, err
+	}
 	u.logf("instance %s ready (protocol v%d)", l.id, inst.version)
 	u.prepareStandby(ctx, rec)
 	return inst, nil
@@ -746,11 +724,8 @@ func (u *unit) stop(inst *instance, reason string) {
 // it still runs.
 func (u *unit) teardown(inst *instance) {
 	u.mu.Lock()
-	if u.inst == inst {
-		u.inst = nil
-		if u.state == StateRunning { // no status says running without an instance
-			u.state, u.detail = StateStopped, "stopping"
-		}
+	if r, ok := u.state.(runningState); ok && r.inst == inst { // a crashed one is in backoff already
+		_ = u.transitionLocked(stoppedState{why: "stopping"})
 	}
 	u.mu.Unlock()
 	inst.plugin.Release()
@@ -795,19 +770,18 @@ func (r pluginRef) release() { r.plugin.Release() }
 func (u *unit) client() (pluginRef, error) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	if u.inst != nil {
-		if u.inst.lane != nil {
-			return pluginRef{lane: u.inst.lane}, nil
+	switch s := u.state.(type) {
+	case runningState:
+		if s.inst.lane != nil {
+			return pluginRef{lane: s.inst.lane}, nil
 		}
-		return pluginRef{plugin: u.inst.plugin.AddRef()}, nil
-	}
-	switch u.state {
-	case StateBackoff, StateQuarantined, StateFailed:
-		return pluginRef{}, fmt.Errorf("is not running (%s: %s)", u.state, u.detail)
-	case StateStarting:
+		return pluginRef{plugin: s.inst.plugin.AddRef()}, nil
+	case backoffState, quarantinedState, failedState:
+		return pluginRef{}, fmt.Errorf("is not running (%s: %s)", s.name(), s.detail())
+	case startingState:
 		return pluginRef{}, errors.New("is not running (starting)")
 	}
-	return pluginRef{}, fmt.Errorf("is not running (%s)", u.state)
+	return pluginRef{}, fmt.Errorf("is not running (%s)", u.state.name())
 }
 
 func phaseOf(p manifest.Phase) schema.Phase {

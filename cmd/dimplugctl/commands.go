@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/signal"
 	"strings"
@@ -17,6 +18,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 
+	"github.com/dimplugd/dimplugd/sdk-go/errdefs"
 	"github.com/dimplugd/dimplugd/sdk-go/host"
 	"github.com/dimplugd/dimplugd/sdk-go/manifest"
 	"github.com/dimplugd/dimplugd/sdk-go/termesc"
@@ -50,6 +52,31 @@ func run(args []string, in io.Reader, out, errw io.Writer) int {
 	if errors.As(err, &ue) {
 		return 2
 	}
+	return exitCode(err)
+}
+
+// exitCodes maps the classes of error (errdefs, carried from the daemon) to
+// exit codes; the README's CLI reference lists them.
+var exitCodes = []struct {
+	class error
+	code  int
+}{
+	{errdefs.ErrNotFound, 3},
+	{errdefs.ErrAlreadyExists, 4},
+	{errdefs.ErrInvalid, 5},
+	{errdefs.ErrConflict, 6},
+	{errdefs.ErrUnavailable, 7},
+	{errdefs.ErrPermissionDenied, 8},
+}
+
+// exitCode is the exit code of a failed command: its class's, or 1.
+func exitCode(err error) int {
+	class := errdefs.Class(err)
+	for _, c := range exitCodes {
+		if c.class == class {
+			return c.code
+		}
+	}
 	return 1
 }
 
@@ -61,7 +88,10 @@ func (c *cli) rootCmd() *cobra.Command {
 inspect, enable, disable, restart and remove plugins, and to read their logs.
 Only root, the daemon's user and members of its --operator-group may.
 
-Exit codes: 0 success, 1 the operation failed, 2 bad usage.`,
+Exit codes: 0 success, 1 the operation failed, 2 bad usage, 3 not found,
+4 already exists, 5 invalid (manifest, archive or argument), 6 conflict
+(route clash, disabled plugin, new permissions to approve), 7 daemon or
+plugin unavailable, 8 permission denied.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
@@ -126,7 +156,10 @@ the install is refused.`,
 			dir := args[0]
 			m, err := manifest.Load(dir)
 			if err != nil {
-				return err
+				if errors.Is(err, fs.ErrNotExist) {
+					return errdefs.WithClass(err, errdefs.ErrNotFound)
+				}
+				return errdefs.WithClass(err, errdefs.ErrInvalid)
 			}
 			var current *host.PluginStatus
 			if replace {

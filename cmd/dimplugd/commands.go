@@ -133,9 +133,14 @@ func serveCmd() *cobra.Command {
 				closeRuntime(rt)
 				return err
 			}
-			<-ctx.Done()
-			log.Info("shutting down")
-			err = d.Close()
+			var failed error
+			select {
+			case <-ctx.Done():
+				log.Info("shutting down")
+			case failed = <-d.Err():
+				log.Error("shutting down: the daemon stopped serving", "err", failed)
+			}
+			err = errors.Join(failed, d.Close())
 			closeRuntime(rt)
 			return err
 		},

@@ -10,22 +10,26 @@ import (
 	"strings"
 	"time"
 
+	"github.com/dimplugd/dimplugd/sdk-go/errdefs"
 	"github.com/dimplugd/dimplugd/sdk-go/manifest"
 	bolt "go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
 )
 
-// Errors returned by the Store; test for them with errors.Is.
+// Errors returned by the Store; test for them with errors.Is. Each is also
+// of the errdefs class its comment names, which the daemon's faces carry
+// to their clients.
 var (
-	// ErrNotFound means the plugin is not installed.
-	ErrNotFound = errors.New("not installed")
+	// ErrNotFound means the plugin is not installed (errdefs.ErrNotFound).
+	ErrNotFound = errdefs.New(errdefs.ErrNotFound, "not installed")
 	// ErrExists means a plugin of that name is installed and the install
-	// did not ask to replace it.
-	ErrExists = errors.New("already installed")
+	// did not ask to replace it (errdefs.ErrAlreadyExists).
+	ErrExists = errdefs.New(errdefs.ErrAlreadyExists, "already installed")
 	// ErrInvalid means the input was rejected: an invalid manifest or
 	// grant, an unsafe archive entry, or a key or value over its limit.
-	// Such errors print their own message, not this one.
-	ErrInvalid = errors.New("invalid input")
+	// Such errors print their own message, not this one
+	// (errdefs.ErrInvalid).
+	ErrInvalid = errdefs.New(errdefs.ErrInvalid, "invalid input")
 )
 
 // schemaVersion is the layout version this code reads and writes.
@@ -86,9 +90,11 @@ type invalidError struct {
 	err error
 }
 
-func (e *invalidError) Error() string        { return e.msg }
-func (e *invalidError) Unwrap() error        { return e.err }
-func (e *invalidError) Is(target error) bool { return target == ErrInvalid }
+func (e *invalidError) Error() string { return e.msg }
+func (e *invalidError) Unwrap() error { return e.err }
+func (e *invalidError) Is(target error) bool {
+	return target == ErrInvalid || target == errdefs.ErrInvalid
+}
 
 func invalidf(format string, args ...any) error {
 	return &invalidError{msg: fmt.Sprintf(format, args...)}

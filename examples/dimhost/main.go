@@ -64,8 +64,8 @@ func main() {
 }
 
 // newHandler wraps api in the dimplugd middleware.
-func newHandler(ctx context.Context, socket string, api *API) (*host.Middleware, *host.Session, error) {
-	s, err := host.Dial(ctx, socket, host.WithClientName("dimhost example"))
+func newHandler(ctx context.Context, socket string, api *API, opts ...host.Option) (*host.Middleware, *host.Session, error) {
+	s, err := host.Dial(ctx, socket, append([]host.Option{host.WithClientName("dimhost example")}, opts...)...)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -82,6 +82,7 @@ func serve(args []string) error {
 	listen := fs.String("listen", "127.0.0.1:8000", "address to serve on (loopback by default)")
 	socket := fs.String("socket", host.DefaultSocket(), "dimplugd's host socket ($DIMPLUGD_SOCKET)")
 	segments := fs.String("segments", "", "directory of stream segments (default: generate test fixtures in a temporary directory)")
+	routeCache := fs.String("route-cache", "", "file keeping dimplugd's route table, so that a restart while the daemon is down still applies hook policies")
 	fs.Parse(args)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
@@ -93,7 +94,13 @@ func serve(args []string) error {
 		defer cleanup()
 		*segments = dir
 	}
-	h, s, err := newHandler(ctx, *socket, NewAPI(*segments))
+	// Serve whether or not dimplugd is up yet: the session connects (and
+	// reconnects after a daemon restart) by itself.
+	opts := []host.Option{host.WithStartDegraded()}
+	if *routeCache != "" {
+		opts = append(opts, host.WithRouteCache(*routeCache))
+	}
+	h, s, err := newHandler(ctx, *socket, NewAPI(*segments), opts...)
 	if err != nil {
 		return err
 	}

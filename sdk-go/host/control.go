@@ -2,12 +2,15 @@ package host
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"syscall"
 	"time"
 
 	"capnproto.org/go/capnp/v3/rpc"
 
 	"github.com/dimplugd/dimplugd/schema"
+	"github.com/dimplugd/dimplugd/sdk-go/errdefs"
 	"github.com/dimplugd/dimplugd/sdk-go/manifest"
 	"github.com/dimplugd/dimplugd/sdk-go/wire"
 )
@@ -29,14 +32,14 @@ func DialControl(ctx context.Context, socket string, opts ...Option) (*Control, 
 	}
 	conn, boot, ac, err := dial(ctx, "control", socket)
 	if err != nil {
-		return nil, err
+		return nil, dialClass(err)
 	}
 	defer boot.Release()
 	fut, release := boot.OpenControl(ctx, func(p schema.Daemon_openControl_Params) error { return offer(p, o) })
 	defer release()
 	res, err := negotiated("control", "this client", o, conn, ac, fut)
 	if err != nil {
-		return nil, err
+		return nil, dialClass(err)
 	}
 	return &Control{conn: conn, c: res.Control().AddRef(), version: res.Version()}, nil
 }
@@ -418,17 +421,41 @@ func (c *Control) Status(ctx context.Context) (*DaemonStatus, error) {
 }
 
 // RemoteError is an error the daemon answered with; Error returns the
-// daemon's message without transport decoration.
-type RemoteError struct{ Msg string }
+// daemon's message without transport decoration or class mark, and
+// errors.Is sees its class (errdefs.ErrNotFound and the others) when the
+// daemon gave one.
+type RemoteError struct {
+	Msg   string
+	Class error // one of the errdefs classes, or nil
+}
 
 func (e *RemoteError) Error() string { return e.Msg }
 
+// Unwrap returns the error's class (nil when it has none).
+func (e *RemoteError) Unwrap() error { return e.Class }
+
+// cleanErr turns an error of a control call into what dimplugctl shows: the
+// daemon's message with its class, or a lost connection (unavailable).
 func cleanErr(err error) error {
 	if err == nil {
 		return nil
 	}
 	if isClosed(err) {
-		return fmt.Errorf("lost the connection to dimplugd: %w", err)
+		return errdefs.WithClass(fmt.Errorf("lost the connection to dimplugd: %w", err), errdefs.ErrUnavailable)
 	}
-	return &RemoteError{Msg: wire.RemoteMessage(err)}
+	class, msg := wire.RemoteClass(err)
+	return &RemoteError{Msg: msg, Class: class}
+}
+
+// dialClass gives an error opening the control face its class: a daemon
+// that is not there is unavailable, a refusal for lack of rights is
+// permission denied.
+func dialClass(err error) error {
+	switch {
+	case errdefs.Class(err) != nil:
+		return err
+	case errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.ENOENT):
+		return errdefs.WithClass(err, errdefs.ErrUnavailable)
+	}
+	return err
 }

@@ -152,32 +152,8 @@ func (s *Session) dispatchDirect(ctx context.Context, phase Phase, req *Request,
 		if err != nil {
 			return err
 		}
-		if err := hc.SetHook(hook.Hook); err != nil {
-			return err
-		}
-		hc.SetPhase(phase)
-		hc.SetTimeoutMicros(uint64(hook.Deadline / time.Microsecond))
-		r := *req
-		r.Route = entry.Route
-		r.Params = make([]wire.Param, len(params))
-		for i, p := range params {
-			r.Params[i] = wire.Param{Name: p.Name, Value: p.Value}
-		}
-		rq, err := hc.NewRequest()
-		if err != nil {
-			return err
-		}
-		if err := wire.WriteRequest(rq, &r); err != nil {
-			return err
-		}
-		if resp != nil {
-			rs, err := hc.NewResponse()
-			if err != nil {
-				return err
-			}
-			return wire.WriteResponse(rs, resp)
-		}
-		return nil
+		return wire.WriteHookCall(hc, &wire.HookCall{Hook: hook.Hook, Phase: phase, Timeout: hook.Deadline,
+			Request: wire.HookRequest(req, entry.Route, params), Response: resp})
 	})
 	if err != nil {
 		if errors.Is(err, wire.ErrLaneClosed) {
@@ -206,72 +182,36 @@ func (s *Session) dispatchDirect(ctx context.Context, phase Phase, req *Request,
 		return fail(hook, phase, herr(schema.HookErrorKind_failed, "failed "+where+": "+wire.RemoteMessage(err))), true
 	}
 	defer reply.Release()
-	hr, err := rf.HookResult()
+	hr, err := wire.LaneHookResult(rf)
 	if err != nil {
 		br.Record(false, time.Now())
-		return fail(hook, phase, herr(schema.HookErrorKind_failed, "sent an unreadable result "+where)), true
+		return fail(hook, phase, herr(schema.HookErrorKind_failed, "failed "+where+": "+err.Error())), true
 	}
-	res, rejected := resultFor(phase, hr)
-	if rejected != "" {
+	a, err := wire.ReadHookResult(phase, hr)
+	if err != nil {
 		br.Record(false, time.Now())
-		return fail(hook, phase, herr(schema.HookErrorKind_rejected, rejected)), true
+		return fail(hook, phase, wire.AnswerError(hook.Plugin, hook.Hook, where, err)), true
 	}
 	br.Record(true, time.Now())
+	return resultOf(hook, a), true
+}
+
+// resultOf is what the daemon would have answered for a phase whose only
+// hook answered a.
+func resultOf(hook *RouteHook, a wire.HookAnswer) *Result {
+	res := &Result{Kind: Continue}
+	switch a.Kind {
+	case schema.HookResult_Which_mutateRequest:
+		res.Kind, res.RequestMutation = MutateRequest, a.RequestMutation
+	case schema.HookResult_Which_respond:
+		res.Kind, res.Response = Respond, a.Response
+	case schema.HookResult_Which_mutateResponse:
+		res.Kind, res.ResponseMutation = MutateResponse, a.ResponseMutation
+	}
 	if res.Kind != Continue {
 		res.Applied = []string{hook.Plugin + "/" + hook.Hook}
 	}
-	return res, true
-}
-
-// resultFor turns a plugin's answer into what the daemon would have
-// answered for this phase, or says why the answer is not allowed.
-func resultFor(phase Phase, hr schema.HookResult) (*Result, string) {
-	res := &Result{Kind: Continue}
-	var err error
-	switch hr.Which() {
-	case schema.HookResult_Which_continue:
-		if phase == PhaseRoute {
-			return nil, "owns the route but answered without a response"
-		}
-		return res, ""
-	case schema.HookResult_Which_mutateRequest:
-		if phase != PhaseRequest {
-			return nil, "answered with a request mutation outside the request phase"
-		}
-		var ms schema.RequestMutation
-		if ms, err = hr.MutateRequest(); err == nil {
-			res.Kind = MutateRequest
-			res.RequestMutation, err = wire.ReadRequestMutation(ms)
-		}
-		if err == nil && res.RequestMutation.IsZero() {
-			res.Kind = Continue
-		}
-	case schema.HookResult_Which_respond:
-		if phase == PhaseResponse {
-			return nil, "answered a response hook with something other than a response mutation"
-		}
-		var rs schema.HttpResponse
-		if rs, err = hr.Respond(); err == nil {
-			res.Kind = Respond
-			res.Response, err = wire.ReadResponse(rs)
-		}
-	case schema.HookResult_Which_mutateResponse:
-		if phase != PhaseResponse {
-			return nil, "answered with a response mutation outside the response phase"
-		}
-		var ms schema.ResponseMutation
-		if ms, err = hr.MutateResponse(); err == nil {
-			res.Kind = MutateResponse
-			res.ResponseMutation, err = wire.ReadResponseMutation(ms)
-		}
-		if err == nil && res.ResponseMutation.IsZero() {
-			res.Kind = Continue
-		}
-	}
-	if err != nil {
-		return nil, "sent an unreadable result: " + err.Error()
-	}
-	return res, ""
+	return res
 }
 
 // fail applies a hook's failure policy: route hooks and fail-closed hooks

@@ -24,6 +24,7 @@ import (
 	"capnproto.org/go/capnp/v3/rpc"
 
 	"github.com/dimplugd/dimplugd/schema"
+	"github.com/dimplugd/dimplugd/sdk-go/errdefs"
 	"github.com/dimplugd/dimplugd/sdk-go/manifest"
 	"github.com/dimplugd/dimplugd/sdk-go/wire"
 )
@@ -54,7 +55,23 @@ type options struct {
 	versions []uint16
 	noLane   bool
 	noDirect bool
+	degraded bool   // Dial returns even when the daemon is not there yet
+	cache    string // route table cache file ("": none)
 }
+
+// WithStartDegraded lets Dial return at once when the daemon is not
+// running (its socket is missing or refuses connections): the session
+// connects in the background as soon as the daemon is up. Until then it
+// dispatches by the last route table it knows (see WithRouteCache):
+// fail-closed hooks answer 503 naming the daemon, fail-open ones are
+// skipped, other routes are untouched. Without a cached table it knows no
+// hook, so every request passes untouched until the daemon answers.
+func WithStartDegraded() Option { return func(o *options) { o.degraded = true } }
+
+// WithRouteCache keeps the newest route table in file (written atomically
+// on every change), and starts from it: a host restarted while the daemon
+// is down still applies its hooks' failure policies.
+func WithRouteCache(file string) Option { return func(o *options) { o.cache = file } }
 
 // WithoutDirectLanes makes every dispatch go through the daemon, even when
 // a phase has a single hook that could be called directly.
@@ -101,9 +118,9 @@ func dialError(face, socket string, err error) error {
 		if face == "control" {
 			who = "operators must run as root, as the daemon's user or in the daemon's --operator-group"
 		}
-		return fmt.Errorf("dimplugd: %s socket %s: permission denied for uid %d: %s", face, socket, os.Geteuid(), who)
+		return errdefs.New(errdefs.ErrPermissionDenied, fmt.Sprintf("dimplugd: %s socket %s: permission denied for uid %d: %s", face, socket, os.Geteuid(), who))
 	}
-	return fmt.Errorf("connect to dimplugd's %s socket at %s: %w (is the daemon running? start it with: dimplugd serve)", face, socket, err)
+	return errdefs.WithClass(fmt.Errorf("connect to dimplugd's %s socket at %s: %w (is the daemon running? start it with: dimplugd serve)", face, socket, err), errdefs.ErrUnavailable)
 }
 
 // abortCatcher is a connection's logger: it keeps the reason of an abort
@@ -139,54 +156,200 @@ func (a *abortCatcher) refusal(conn *rpc.Conn) string {
 
 // Session is a host's connection to the daemon. It is safe for concurrent
 // use; one session serves any number of requests in flight.
+//
+// It outlives the daemon: when the connection ends (a restart, an upgrade,
+// a crash), a keeper goroutine redials with backoff (50 ms doubling to 2 s),
+// redoes the handshake, fetches the route table again and reopens the hook
+// lane; direct lanes and frame sockets are asked for again on first use.
+// While the daemon is away, Dispatch answers by each hook's policy at once
+// (see Dispatch). The keeper ends with Close.
 type Session struct {
-	conn    *rpc.Conn
-	s       schema.HostSession
-	version uint16
-	lane    *wire.LaneClient // nil: dispatch over RPC
-	socket  string
-	frames  *frameClient // opened by the first OpenStream
+	socket string
+	opts   options
 
-	routes atomic.Pointer[RouteTable] // pushed by the daemon
+	link   atomic.Pointer[link]       // nil while the daemon is away
+	routes atomic.Pointer[RouteTable] // pushed by the daemon; kept while it is away
 
 	mu       sync.Mutex
 	watchers []func(*RouteTable)
 	direct   map[string]*directLane // by plugin; see direct.go
 	noDirect bool
 	closed   bool
+	frames   *frameClient // of the current link, opened by the first OpenStream or lane
+
+	stop       chan struct{} // closed by Close
+	keeperDone chan struct{}
+	reconnects atomic.Int64
+	version    atomic.Uint32 // of the newest link
 
 	statsOnce            sync.Once
 	statsStop, statsDone chan struct{} // the direct-call stats reporter
 }
 
+// link is one connection to one daemon: the RPC session and its hook lane.
+type link struct {
+	conn    *rpc.Conn
+	s       schema.HostSession
+	version uint16
+	lane    *wire.LaneClient // nil: dispatch over RPC
+}
+
+// gone reports whether the link's connection has ended.
+func (l *link) gone() bool {
+	select {
+	case <-l.conn.Done():
+		return true
+	default:
+		return false
+	}
+}
+
+func (l *link) close() {
+	if l.lane != nil {
+		l.lane.Close()
+	}
+	l.s.Release()
+	l.conn.Close()
+}
+
 // Dial opens a host session on the daemon's host socket (DefaultSocket,
-// `dimplugd serve --socket`) and negotiates the protocol version.
+// `dimplugd serve --socket`) and negotiates the protocol version. The
+// session reconnects by itself whenever the daemon goes away; with
+// WithStartDegraded it does not even need the daemon to be up yet.
 func Dial(ctx context.Context, socket string, opts ...Option) (*Session, error) {
 	o := buildOptions(opts)
-	conn, boot, ac, err := dial(ctx, "host", socket)
+	sess := &Session{socket: socket, opts: o, direct: map[string]*directLane{}, noDirect: o.noLane || o.noDirect,
+		stop: make(chan struct{}), keeperDone: make(chan struct{})}
+	if o.cache != "" {
+		if t, err := loadRoutes(o.cache); err == nil {
+			sess.routes.Store(t)
+		}
+	}
+	l, err := sess.connect(ctx)
+	switch {
+	case err == nil:
+		sess.link.Store(l)
+	case o.degraded && daemonAbsent(err):
+		l = nil // the keeper connects when the daemon comes
+	default:
+		return nil, err
+	}
+	go func() { // the keeper; ends with Close
+		defer close(sess.keeperDone)
+		sess.keep(l)
+	}()
+	return sess, nil
+}
+
+// daemonAbsent reports whether a failed connect means that no daemon is
+// listening (yet), rather than one refusing this host.
+func daemonAbsent(err error) bool {
+	return errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED)
+}
+
+// connect dials the daemon, negotiates, fetches the route table (replacing
+// whatever the session knew: a new daemon numbers its tables anew) and
+// opens the hook lane.
+func (s *Session) connect(ctx context.Context) (*link, error) {
+	conn, boot, ac, err := dial(ctx, "host", s.socket)
 	if err != nil {
 		return nil, err
 	}
 	defer boot.Release()
-	fut, release := boot.OpenHost(ctx, func(p schema.Daemon_openHost_Params) error { return offer(p, o) })
+	fut, release := boot.OpenHost(ctx, func(p schema.Daemon_openHost_Params) error { return offer(p, s.opts) })
 	defer release()
-	res, err := negotiated("host", "this host", o, conn, ac, fut)
+	res, err := negotiated("host", "this host", s.opts, conn, ac, fut)
 	if err != nil {
 		return nil, err
 	}
-	sess := &Session{conn: conn, s: res.Session().AddRef(), version: res.Version(), socket: socket,
-		direct: map[string]*directLane{}, noDirect: o.noLane || o.noDirect}
-	if err := sess.watch(ctx); err != nil {
-		sess.Close()
+	l := &link{conn: conn, s: res.Session().AddRef(), version: res.Version()}
+	if err := s.watch(ctx, l); err != nil {
+		l.close()
 		return nil, err
 	}
-	if !o.noLane {
+	if !s.opts.noLane {
 		// A daemon without the lane closes the connection; dispatch
 		// then stays on RPC.
-		sess.lane, _ = openLane(ctx, socket)
+		l.lane, _ = openLane(ctx, s.socket)
 	}
-	return sess, nil
+	s.version.Store(uint32(l.version))
+	return l, nil
 }
+
+// Reconnect backoff.
+const (
+	redialFirst = 50 * time.Millisecond
+	redialMax   = 2 * time.Second
+)
+
+// keep watches the current link and, when it ends, connects again until
+// it succeeds or the session closes.
+func (s *Session) keep(l *link) {
+	for {
+		if l != nil {
+			select {
+			case <-l.conn.Done():
+			case <-s.stop:
+				return
+			}
+			s.lost(l)
+		}
+		wait := time.Duration(0) // the first try is at once
+		for {
+			select {
+			case <-s.stop:
+				return
+			case <-time.After(wait):
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			nl, err := s.connect(ctx)
+			cancel()
+			if err == nil {
+				l = nl
+				break
+			}
+			wait = min(max(2*wait, redialFirst), redialMax)
+		}
+		s.mu.Lock()
+		closed := s.closed
+		if !closed {
+			s.link.Store(l)
+		}
+		s.mu.Unlock()
+		if closed {
+			l.close()
+			return
+		}
+		s.reconnects.Add(1)
+	}
+}
+
+// lost forgets a link that ended: dispatch follows the hooks' policies
+// until the keeper has a new one; the frame socket and direct lanes of the
+// old daemon are dropped (their streams end with an error saying so).
+func (s *Session) lost(l *link) {
+	s.link.CompareAndSwap(l, nil)
+	l.close()
+	s.dropFrames()
+}
+
+// dropFrames closes the session's frame socket, if it has one.
+func (s *Session) dropFrames() {
+	s.mu.Lock()
+	fc := s.frames
+	s.frames = nil
+	s.mu.Unlock()
+	if fc != nil {
+		fc.close()
+	}
+}
+
+// Connected reports whether the session is connected to the daemon now.
+func (s *Session) Connected() bool { return s.link.Load() != nil }
+
+// Reconnects counts the times the session connected again after losing the
+// daemon.
+func (s *Session) Reconnects() int64 { return s.reconnects.Load() }
 
 // offer fills the version offer of an openHost or openControl call.
 func offer[P interface {
@@ -209,7 +372,14 @@ func negotiated[R interface {
 	if err != nil {
 		if why := ac.refusal(conn); why != "" {
 			conn.Close()
-			return res, fmt.Errorf("dimplugd: %s", why)
+			class, msg := errdefs.FromWire(why)
+			if class == nil && strings.Contains(msg, "permission denied") {
+				class = errdefs.ErrPermissionDenied // a daemon that does not mark its refusals
+			}
+			if class == nil {
+				return res, fmt.Errorf("dimplugd: %s", msg)
+			}
+			return res, errdefs.New(class, "dimplugd: "+msg)
 		}
 		conn.Close()
 		return res, fmt.Errorf("open %s session: %w", face, err)
@@ -250,34 +420,36 @@ func openLane(ctx context.Context, socket string) (*wire.LaneClient, error) {
 	return wire.NewLaneClient(c), nil
 }
 
-// Lane reports whether the session dispatches on the hook lane.
-func (s *Session) Lane() bool { return s.lane != nil }
+// Lane reports whether the session dispatches on the hook lane now.
+func (s *Session) Lane() bool {
+	l := s.link.Load()
+	return l != nil && l.lane != nil
+}
 
-// Version is the negotiated protocol version.
-func (s *Session) Version() uint16 { return s.version }
+// Version is the protocol version negotiated with the newest daemon.
+func (s *Session) Version() uint16 { return uint16(s.version.Load()) }
 
-// Done is closed when the connection to the daemon ends.
-func (s *Session) Done() <-chan struct{} { return s.conn.Done() }
+// Done is closed when the session is closed (not when the daemon goes
+// away: the session then reconnects).
+func (s *Session) Done() <-chan struct{} { return s.stop }
 
-// Close ends the session.
+// Close ends the session and its keeper.
 func (s *Session) Close() error {
-	s.closeLanes()
-	if s.lane != nil {
-		s.lane.Close()
-	}
 	s.mu.Lock()
-	fc := s.frames
-	s.frames = nil
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	close(s.stop)
 	s.mu.Unlock()
-	if fc != nil {
-		fc.close()
+	<-s.keeperDone
+	s.closeLanes()
+	s.dropFrames()
+	if l := s.link.Swap(nil); l != nil {
+		l.close()
 	}
-	s.s.Release()
-	err := s.conn.Close()
-	if err != nil && isClosed(err) {
-		err = nil
-	}
-	return err
+	return nil
 }
 
 // ResultKind says what a dispatch decided.
@@ -330,10 +502,56 @@ func (r *Result) FailureResponse() *Response {
 // Dispatch runs the hooks of phase that match req (resp is read in the
 // response and observe phases). An error means the daemon could not be
 // asked at all (connection lost, bad input); hook failures are in Result.
+//
+// While the daemon is away (restarting, upgrading, crashed) Dispatch does
+// not wait: it answers by the hooks' policies from the last route table —
+// a fail-closed hook (or a route owner) fails the request as unavailable,
+// naming the plugin and saying that dimplugd is not reachable; fail-open
+// hooks are skipped (Result.Skipped says why). A call cut off by the
+// daemon going away is answered the same way.
 func (s *Session) Dispatch(ctx context.Context, phase Phase, req *Request, resp *Response) (*Result, error) {
 	if res, ok := s.dispatchDirect(ctx, phase, req, resp); ok {
 		return res, nil
 	}
+	l := s.link.Load()
+	if l == nil {
+		return s.away(phase, req), nil
+	}
+	res, err := l.dispatch(ctx, phase, req, resp)
+	if err != nil && ctx.Err() == nil && (l.gone() || connLost(err)) {
+		return s.away(phase, req), nil
+	}
+	return res, err
+}
+
+// away answers a phase by its hooks' failure policies, as while the daemon
+// is not reachable.
+func (s *Session) away(phase Phase, req *Request) *Result {
+	res := &Result{Kind: Continue}
+	t := s.routes.Load()
+	if t == nil {
+		return res
+	}
+	for _, h := range t.hooks(phase, req.Method, req.Path) {
+		e := &HookError{Plugin: h.Plugin, Hook: h.Hook, Kind: schema.HookErrorKind_unavailable,
+			Message: "is unavailable: dimplugd is not reachable (the host is reconnecting)"}
+		if r := fail(h, phase, e); r.Kind == FailClosed {
+			return r
+		}
+		res.Skipped = append(res.Skipped, *e)
+	}
+	return res
+}
+
+// connLost reports whether a dispatch error means the connection to the
+// daemon ended under the call.
+func connLost(err error) bool {
+	return errors.Is(err, wire.ErrLaneClosed) || errors.Is(err, rpc.ErrConnClosed) || errors.Is(err, net.ErrClosed) ||
+		errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+}
+
+// dispatch asks the daemon: on the hook lane, else over RPC.
+func (l *link) dispatch(ctx context.Context, phase Phase, req *Request, resp *Response) (*Result, error) {
 	fill := func(p interface {
 		SetPhase(schema.Phase)
 		NewRequest() (schema.HttpRequest, error)
@@ -356,8 +574,8 @@ func (s *Session) Dispatch(ctx context.Context, phase Phase, req *Request, resp 
 		}
 		return nil
 	}
-	if s.lane != nil {
-		reply, rf, err := s.lane.Call(ctx, func(f schema.LaneFrame) error {
+	if l.lane != nil {
+		reply, rf, err := l.lane.Call(ctx, func(f schema.LaneFrame) error {
 			ld, err := f.NewDispatch()
 			if err != nil {
 				return err
@@ -374,7 +592,7 @@ func (s *Session) Dispatch(ctx context.Context, phase Phase, req *Request, resp 
 		}
 		return readResult(dr)
 	}
-	fut, release := s.s.Dispatch(ctx, func(p schema.HostSession_dispatch_Params) error { return fill(p) })
+	fut, release := l.s.Dispatch(ctx, func(p schema.HostSession_dispatch_Params) error { return fill(p) })
 	defer release()
 	res, err := fut.Struct()
 	if err != nil {
@@ -471,6 +689,9 @@ type RouteHook struct {
 // Match returns the phases hooked for a request, or nil when none is: such
 // a request needs no dispatch at all.
 func (t *RouteTable) Match(method, path string) []Phase {
+	if t == nil {
+		return nil
+	}
 	var out []Phase
 	for i := range t.Entries {
 		e := &t.Entries[i]
@@ -498,9 +719,17 @@ func containsPhase(ps []Phase, p Phase) bool {
 	return false
 }
 
-// Routes fetches the current route table.
+// ErrDaemonAway is returned by calls that need the daemon while the session
+// is reconnecting to it.
+var ErrDaemonAway = errors.New("dimplugd is not reachable (the session is reconnecting)")
+
+// Routes fetches the current route table from the daemon.
 func (s *Session) Routes(ctx context.Context) (*RouteTable, error) {
-	fut, release := s.s.Routes(ctx, nil)
+	l := s.link.Load()
+	if l == nil {
+		return nil, fmt.Errorf("get route table: %w", ErrDaemonAway)
+	}
+	fut, release := l.s.Routes(ctx, nil)
 	defer release()
 	res, err := fut.Struct()
 	if err != nil {
@@ -550,6 +779,26 @@ func readTable(t schema.RouteTable) (*RouteTable, error) {
 	return rt, nil
 }
 
+// hooks returns the hooks of phase that a request matches, in table order.
+func (t *RouteTable) hooks(phase Phase, method, path string) []*RouteHook {
+	var out []*RouteHook
+	for i := range t.Entries {
+		e := &t.Entries[i]
+		if e.Method != "*" && e.Method != method {
+			continue
+		}
+		if _, ok := e.route.Match(path); !ok {
+			continue
+		}
+		for j := range e.Hooks {
+			if e.Hooks[j].Phase == phase {
+				out = append(out, &e.Hooks[j])
+			}
+		}
+	}
+	return out
+}
+
 // RouteTable returns the newest route table the daemon pushed. A request
 // matching no entry needs no dispatch at all.
 func (s *Session) RouteTable() *RouteTable { return s.routes.Load() }
@@ -564,10 +813,12 @@ func (s *Session) WatchRoutes(ctx context.Context, update func(*RouteTable)) (*R
 	return s.routes.Load(), nil
 }
 
-// watch asks the daemon to push every route table version to the session.
-func (s *Session) watch(ctx context.Context) error {
+// watch asks the daemon on l to push every route table version to the
+// session, and takes its current table in place of whatever the session
+// knew (a new daemon numbers its tables anew).
+func (s *Session) watch(ctx context.Context, l *link) error {
 	w := schema.RouteWatcher_ServerToClient(&routeWatcher{s: s})
-	fut, release := s.s.WatchRoutes(ctx, func(p schema.HostSession_watchRoutes_Params) error {
+	fut, release := l.s.WatchRoutes(ctx, func(p schema.HostSession_watchRoutes_Params) error {
 		return p.SetWatcher(w)
 	})
 	defer release()
@@ -583,7 +834,8 @@ func (s *Session) watch(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	s.setRoutes(rt)
+	s.routes.Store(rt)
+	s.routesChanged(rt)
 	return nil
 }
 
@@ -597,6 +849,14 @@ func (s *Session) setRoutes(t *RouteTable) {
 		if s.routes.CompareAndSwap(cur, t) {
 			break
 		}
+	}
+	s.routesChanged(t)
+}
+
+// routesChanged tells the watchers and the cache of a new table.
+func (s *Session) routesChanged(t *RouteTable) {
+	if s.opts.cache != "" {
+		_ = saveRoutes(s.opts.cache, t) // a cache that cannot be written only costs a cold start
 	}
 	s.mu.Lock()
 	ws := append([]func(*RouteTable){}, s.watchers...)

@@ -10,6 +10,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"syscall"
 
 	"capnproto.org/go/capnp/v3"
 	rpccp "capnproto.org/go/capnp/v3/std/capnp/rpc"
@@ -194,8 +195,9 @@ func (fc *frameClient) read() {
 		fc.handle(fm, fds)
 		msg.Release()
 	}
-	if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrClosed) {
-		err = errors.New("the connection to dimplugd closed")
+	if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrClosed) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) {
+		err = ErrStreamCut
 	}
 	fc.mu.Lock()
 	fc.err = err
@@ -398,7 +400,10 @@ func (st *Stream) enter(ctx context.Context) error {
 
 // OpenStream opens a frame stream of kind (e.g. "video/segment") through
 // the plugins that take it, in order. The first call opens the session's
-// frame socket.
+// frame socket. It fails when the daemon refuses the stream (e.g. a
+// fail-closed stage whose plugin is not running); a stream that opened and
+// then failed (e.g. a plugin refused it) is returned, and its Recv reports
+// the failure.
 func (s *Session) OpenStream(ctx context.Context, kind string, meta StreamMeta) (*Stream, error) {
 	fc, err := s.frameClient(ctx)
 	if err != nil {
@@ -454,10 +459,21 @@ func (s *Session) OpenStream(ctx context.Context, kind string, meta StreamMeta) 
 	if err != nil {
 		return nil, fmt.Errorf("open %s stream: %w", kind, err)
 	}
+	// The reader handles the daemon's messages in order: it closes opened
+	// (the chain is built) before closed (the stream ended), and never
+	// closes opened after closed. So when closed is seen, opened tells
+	// for certain whether the daemon opened the stream first: a stream it
+	// refused fails here; one that opened and then failed (a plugin
+	// refused it, say) is returned, and Recv reports why.
 	select {
 	case <-st.opened:
 		return st, nil
 	case <-st.closed:
+		select {
+		case <-st.opened:
+			return st, nil
+		default:
+		}
 		return nil, fmt.Errorf("open %s stream: %w", kind, st.err)
 	case <-ctx.Done():
 		st.Cancel()
@@ -465,11 +481,28 @@ func (s *Session) OpenStream(ctx context.Context, kind string, meta StreamMeta) 
 	}
 }
 
+// ErrStreamCut ends the streams that were open when the daemon went away
+// (a restart, an upgrade, a crash): their frames are lost. Open new streams
+// once the session is connected again (OpenStream says ErrDaemonAway until
+// then).
+var ErrStreamCut = errors.New("dimplugd went away: the stream was cut off (open a new one once the daemon is back)")
+
+// frameClient returns the session's frame socket to the current daemon,
+// opening one when there is none or the last one ended with its daemon.
 func (s *Session) frameClient(ctx context.Context) (*frameClient, error) {
+	if s.link.Load() == nil {
+		return nil, ErrDaemonAway
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.frames != nil {
-		return s.frames, nil
+	if fc := s.frames; fc != nil {
+		select {
+		case <-fc.done: // its daemon went away
+			s.frames = nil
+			go fc.close() // owned by nobody else now; ends at once
+		default:
+			return fc, nil
+		}
 	}
 	fc, err := dialFrames(ctx, s, s.socket, DefaultPoolSize)
 	if err != nil {

@@ -226,53 +226,40 @@ func (s *server) laneHook(ctx context.Context, req, reply schema.LaneFrame) erro
 }
 
 // hook runs one hook call, from RPC or the lane; alloc makes the result.
-func (s *server) hook(ctx context.Context, hc schema.HookCall, alloc func() (schema.HookResult, error)) error {
+func (s *server) hook(ctx context.Context, hs schema.HookCall, alloc func() (schema.HookResult, error)) error {
 	if err := s.begin(); err != nil {
 		return err
 	}
 	defer s.inflight.Done()
-	hook, err := hc.Hook()
+	hc, err := wire.ReadHookCall(hs)
 	if err != nil {
 		return err
 	}
-	if t := hc.TimeoutMicros(); t > 0 {
+	if hc.Timeout > 0 {
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, time.Duration(t)*time.Microsecond)
+		ctx, cancel = context.WithTimeout(ctx, hc.Timeout)
 		defer cancel()
 	}
-	rq, err := hc.Request()
+	a, err := runHook(ctx, s.p, &hc)
 	if err != nil {
 		return err
-	}
-	req, err := wire.ReadRequest(rq)
-	if err != nil {
-		return err
-	}
-	phase := hc.Phase()
-	var resp *Response
-	if phase == schema.Phase_response || phase == schema.Phase_observe {
-		rs, err := hc.Response()
-		if err != nil {
-			return err
-		}
-		if resp, err = wire.ReadResponse(rs); err != nil {
-			return err
-		}
 	}
 	out, err := alloc()
 	if err != nil {
 		return err
 	}
-	return runHook(ctx, s.p, phase, hook, req, resp, out)
+	return wire.WriteHookResult(hc.Phase, out, &a)
 }
 
-// runHook calls the handler for phase and writes what it did into out.
-func runHook(ctx context.Context, p any, phase schema.Phase, hook string, req *Request, resp *Response, out schema.HookResult) error {
-	switch phase {
+// runHook calls the handler for the call's phase and returns what it did.
+func runHook(ctx context.Context, p any, hc *wire.HookCall) (wire.HookAnswer, error) {
+	hook, req, resp := hc.Hook, hc.Request, hc.Response
+	cont := wire.HookAnswer{Kind: schema.HookResult_Which_continue}
+	switch hc.Phase {
 	case schema.Phase_request:
 		h, ok := p.(RequestHook)
 		if !ok {
-			return missingHandler(phase, hook)
+			return cont, missingHandler(hc.Phase, hook)
 		}
 		before := req.Clone()
 		var answer *Response
@@ -280,79 +267,58 @@ func runHook(ctx context.Context, p any, phase schema.Phase, hook string, req *R
 			answer, err = h.HookRequest(ctx, hook, req)
 			return err
 		}); err != nil {
-			return err
+			return cont, err
 		}
 		if answer != nil {
-			return writeRespond(out, answer)
+			return respond(answer), nil
 		}
-		m := wire.DiffRequest(before, req)
-		if m.IsZero() {
-			out.SetContinue()
-			return nil
-		}
-		ms, err := out.NewMutateRequest()
-		if err != nil {
-			return err
-		}
-		return wire.WriteRequestMutation(ms, &m)
+		return wire.HookAnswer{Kind: schema.HookResult_Which_mutateRequest, RequestMutation: wire.DiffRequest(before, req)}, nil
 
 	case schema.Phase_response:
 		h, ok := p.(ResponseHook)
 		if !ok {
-			return missingHandler(phase, hook)
+			return cont, missingHandler(hc.Phase, hook)
 		}
 		before := resp.Clone()
 		if err := safely("hook "+quote(hook), func() error { return h.HookResponse(ctx, hook, req, resp) }); err != nil {
-			return err
+			return cont, err
 		}
-		m := wire.DiffResponse(before, resp)
-		if m.IsZero() {
-			out.SetContinue()
-			return nil
-		}
-		ms, err := out.NewMutateResponse()
-		if err != nil {
-			return err
-		}
-		return wire.WriteResponseMutation(ms, &m)
+		return wire.HookAnswer{Kind: schema.HookResult_Which_mutateResponse, ResponseMutation: wire.DiffResponse(before, resp)}, nil
 
 	case schema.Phase_route:
 		h, ok := p.(RouteHandler)
 		if !ok {
-			return missingHandler(phase, hook)
+			return cont, missingHandler(hc.Phase, hook)
 		}
 		var answer *Response
 		if err := safely("hook "+quote(hook), func() (err error) {
 			answer, err = h.ServeRoute(ctx, hook, req)
 			return err
 		}); err != nil {
-			return err
+			return cont, err
 		}
 		if answer == nil {
-			return fmt.Errorf("route hook %q returned no response", hook)
+			return cont, fmt.Errorf("route hook %q returned no response", hook)
 		}
-		return writeRespond(out, answer)
+		return respond(answer), nil
 
 	case schema.Phase_observe:
 		h, ok := p.(Observer)
 		if !ok {
-			return missingHandler(phase, hook)
+			return cont, missingHandler(hc.Phase, hook)
 		}
-		out.SetContinue()
-		return safely("hook "+quote(hook), func() error { h.Observe(ctx, hook, req, resp); return nil })
+		return cont, safely("hook "+quote(hook), func() error { h.Observe(ctx, hook, req, resp); return nil })
 	}
-	return fmt.Errorf("hook %q: unknown phase %d", hook, phase)
+	return cont, fmt.Errorf("hook %q: unknown phase %d", hook, hc.Phase)
 }
 
-func writeRespond(out schema.HookResult, r *Response) error {
+// respond is the answer of a hook that answered the request itself; a
+// response without a status is a 200.
+func respond(r *Response) wire.HookAnswer {
 	if r.Status == 0 {
 		r.Status = 200
 	}
-	rs, err := out.NewRespond()
-	if err != nil {
-		return err
-	}
-	return wire.WriteResponse(rs, r)
+	return wire.HookAnswer{Kind: schema.HookResult_Which_respond, Response: r}
 }
 
 func missingHandler(phase schema.Phase, hook string) error {

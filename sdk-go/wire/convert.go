@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/dimplugd/dimplugd/schema"
+	"github.com/dimplugd/dimplugd/sdk-go/errdefs"
 )
 
 // Phase is where in a request's life a hook runs; see schema.Phase.
@@ -301,6 +302,11 @@ type HookError struct {
 
 func (e *HookError) Error() string {
 	return fmt.Sprintf("plugin %q hook %q: %s", e.Plugin, e.Hook, e.Message)
+}
+
+// Is reports a hook whose plugin was not running as errdefs.ErrUnavailable.
+func (e *HookError) Is(target error) bool {
+	return target == errdefs.ErrUnavailable && e.Kind == schema.HookErrorKind_unavailable
 }
 
 // Status is the HTTP status a host answers with when this error fails a

@@ -1,6 +1,10 @@
 package wire
 
-import "regexp"
+import (
+	"regexp"
+
+	"github.com/dimplugd/dimplugd/sdk-go/errdefs"
+)
 
 // rpcPrefix matches the decoration go-capnp adds to an error returned by a
 // remote method ("plugin.capnp:Fetcher.fetch: ", "capnp: ", "rpc: ").
@@ -8,24 +12,41 @@ var rpcPrefix = regexp.MustCompile(`^((\w+\.capnp:\w+\.\w+|capnp|rpc|remote erro
 
 // RemoteError wraps an error returned over RPC for the person reading it:
 // what the caller was doing, then the remote side's own message without
-// transport decoration. errors.Is and errors.As still see the original.
+// transport decoration or class mark (see errdefs). errors.Is and errors.As
+// still see the original, and errors.Is sees the class the remote side
+// marked.
 func RemoteError(doing string, err error) error {
 	if err == nil {
 		return nil
 	}
-	return &remoteError{msg: doing + ": " + rpcPrefix.ReplaceAllString(err.Error(), ""), err: err}
+	class, msg := RemoteClass(err)
+	return &remoteError{msg: doing + ": " + msg, err: err, class: class}
 }
 
 // RemoteMessage is the remote side's message of err without transport
-// decoration.
+// decoration or class mark.
 func RemoteMessage(err error) string {
-	return rpcPrefix.ReplaceAllString(err.Error(), "")
+	_, msg := RemoteClass(err)
+	return msg
+}
+
+// RemoteClass reads an error returned over RPC: the class the remote side
+// marked it with (one of the errdefs sentinels, or nil) and its message
+// without transport decoration or mark.
+func RemoteClass(err error) (class error, msg string) {
+	return errdefs.FromWire(rpcPrefix.ReplaceAllString(err.Error(), ""))
 }
 
 type remoteError struct {
-	msg string
-	err error
+	msg   string
+	err   error
+	class error
 }
 
 func (e *remoteError) Error() string { return e.msg }
-func (e *remoteError) Unwrap() error { return e.err }
+func (e *remoteError) Unwrap() []error {
+	if e.class == nil {
+		return []error{e.err}
+	}
+	return []error{e.err, e.class}
+}

@@ -171,10 +171,9 @@ func (h *Harness) Close() error {
 	return err
 }
 
-// call runs one hook and returns the plugin's result, copied out.
-func (h *Harness) call(hook string, phase schema.Phase, req *plugin.Request, resp *plugin.Response) (schema.HookResult_Which, wire.RequestMutation, *plugin.Response, wire.ResponseMutation, error) {
-	var rm wire.RequestMutation
-	var sm wire.ResponseMutation
+// call runs one hook and returns the plugin's answer, copied out and
+// checked against the rules of its phase as the daemon would.
+func (h *Harness) call(hook string, phase schema.Phase, req *plugin.Request, resp *plugin.Response) (wire.HookAnswer, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), h.Deadline)
 	defer cancel()
 	fut, release := h.plugin.Hook(ctx, func(p schema.Plugin_hook_Params) error {
@@ -182,100 +181,59 @@ func (h *Harness) call(hook string, phase schema.Phase, req *plugin.Request, res
 		if err != nil {
 			return err
 		}
-		if err := hc.SetHook(hook); err != nil {
-			return err
-		}
-		hc.SetPhase(phase)
-		hc.SetTimeoutMicros(uint64(h.Deadline / time.Microsecond))
-		rq, err := hc.NewRequest()
-		if err != nil {
-			return err
-		}
-		if err := wire.WriteRequest(rq, req); err != nil {
-			return err
-		}
-		if resp != nil {
-			rs, err := hc.NewResponse()
-			if err != nil {
-				return err
-			}
-			return wire.WriteResponse(rs, resp)
-		}
-		return nil
+		return wire.WriteHookCall(hc, &wire.HookCall{Hook: hook, Phase: phase, Timeout: h.Deadline, Request: req, Response: resp})
 	})
 	defer release()
 	res, err := fut.Struct()
 	if err != nil {
-		return 0, rm, nil, sm, err
+		return wire.HookAnswer{}, err
 	}
 	r, err := res.Result()
 	if err != nil {
-		return 0, rm, nil, sm, err
+		return wire.HookAnswer{}, err
 	}
-	var answer *plugin.Response
-	switch r.Which() {
-	case schema.HookResult_Which_mutateRequest:
-		ms, err := r.MutateRequest()
-		if err == nil {
-			rm, err = wire.ReadRequestMutation(ms)
-		}
-		if err != nil {
-			return 0, rm, nil, sm, err
-		}
-	case schema.HookResult_Which_respond:
-		rs, err := r.Respond()
-		if err == nil {
-			answer, err = wire.ReadResponse(rs)
-		}
-		if err != nil {
-			return 0, rm, nil, sm, err
-		}
-	case schema.HookResult_Which_mutateResponse:
-		ms, err := r.MutateResponse()
-		if err == nil {
-			sm, err = wire.ReadResponseMutation(ms)
-		}
-		if err != nil {
-			return 0, rm, nil, sm, err
-		}
+	a, err := wire.ReadHookResult(phase, r)
+	if err != nil {
+		he := wire.AnswerError("", hook, fmt.Sprintf("on %s %s", req.Method, req.Path), err)
+		return wire.HookAnswer{}, fmt.Errorf("plugintest: hook %q %s", hook, he.Message)
 	}
-	return r.Which(), rm, answer, sm, nil
+	return a, nil
 }
 
 // Request runs a request-phase hook. The plugin's changes are applied to
 // req; a non-nil Response means the plugin answered the request itself.
 func (h *Harness) Request(hook string, req *plugin.Request) (*plugin.Response, error) {
-	_, m, answer, _, err := h.call(hook, schema.Phase_request, req, nil)
+	a, err := h.call(hook, schema.Phase_request, req, nil)
 	if err != nil {
 		return nil, err
 	}
 	if req.Header == nil {
 		req.Header = map[string][]string{}
 	}
-	m.Apply(req)
-	return answer, nil
+	a.RequestMutation.Apply(req)
+	return a.Response, nil
 }
 
 // Response runs a response-phase hook; the plugin's changes are applied to
 // resp.
 func (h *Harness) Response(hook string, req *plugin.Request, resp *plugin.Response) error {
-	_, _, _, m, err := h.call(hook, schema.Phase_response, req, resp)
+	a, err := h.call(hook, schema.Phase_response, req, resp)
 	if err != nil {
 		return err
 	}
-	m.Apply(resp)
+	a.ResponseMutation.Apply(resp)
 	return nil
 }
 
 // Route runs a route-phase hook and returns the plugin's response.
 func (h *Harness) Route(hook string, req *plugin.Request) (*plugin.Response, error) {
-	_, _, answer, _, err := h.call(hook, schema.Phase_route, req, nil)
-	return answer, err
+	a, err := h.call(hook, schema.Phase_route, req, nil)
+	return a.Response, err
 }
 
 // Observe runs an observe-phase hook and waits for it to finish.
 func (h *Harness) Observe(hook string, req *plugin.Request, resp *plugin.Response) error {
-	_, _, _, _, err := h.call(hook, schema.Phase_observe, req, resp)
+	_, err := h.call(hook, schema.Phase_observe, req, resp)
 	return err
 }
 
