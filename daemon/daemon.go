@@ -170,9 +170,11 @@ type Daemon struct {
 	// dispatches counts host dispatch calls, so tests can prove that
 	// unhooked requests cost no IPC.
 	dispatches atomic.Int64
-	closeMu    sync.Mutex
-	closed     bool
-	errc       chan error // capacity 1: the first server loop that died (see Err)
+	// calls counts the dispatches in flight, which Close lets finish.
+	calls   atomic.Int64
+	closeMu sync.Mutex
+	closed  bool
+	errc    chan error // capacity 1: the first server loop that died (see Err)
 }
 
 // Err returns a channel that receives an error when one of the daemon's
@@ -296,6 +298,7 @@ func (d *Daemon) Close() error {
 		return nil
 	}
 	d.closed = true
+	d.drain()
 	if d.server != nil {
 		d.server.close()
 	}
@@ -318,6 +321,34 @@ func (d *Daemon) Close() error {
 	err := d.store.Close()
 	d.log.Info("dimplugd stopped")
 	return err
+}
+
+// drainMax bounds how long a graceful stop waits for calls in flight.
+const drainMax = 10 * time.Second
+
+// drain is the first step of a graceful stop: the sockets stop accepting
+// connections, then the hook calls in flight finish (each within its own
+// deadline; all within drainMax). Closing the connections afterwards is
+// what tells hosts to reconnect: the Go SDK does so at once, answering by
+// the hooks' policies until the new daemon is up.
+func (d *Daemon) drain() {
+	for _, s := range []*server{d.server, d.ctlSrv} {
+		if s != nil {
+			s.stopAccepting()
+		}
+	}
+	n := d.calls.Load()
+	if n == 0 {
+		return
+	}
+	d.log.Info("draining: waiting for hook calls in flight", "calls", n)
+	deadline := time.Now().Add(drainMax)
+	for d.calls.Load() > 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if n := d.calls.Load(); n > 0 {
+		d.log.Warn("drained for too long; cutting the calls still in flight", "calls", n, "waited", drainMax)
+	}
 }
 
 // Socket returns the path of the host socket.

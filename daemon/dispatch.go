@@ -5,10 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"iter"
-	"strings"
 	"time"
 
-	"capnproto.org/go/capnp/v3"
 	"capnproto.org/go/capnp/v3/exc"
 
 	"github.com/dimplugd/dimplugd/schema"
@@ -36,6 +34,8 @@ var observeSlots = make(chan struct{}, maxObservers)
 
 // dispatch runs every hook of phase matching req, in order.
 func (d *Daemon) dispatch(ctx context.Context, phase schema.Phase, req *wire.Request, resp *wire.Response) *outcome {
+	d.calls.Add(1) // a graceful stop waits for it (see Close)
+	defer d.calls.Add(-1)
 	out := &outcome{which: schema.DispatchResult_outcome_Which_continue}
 	t := d.routes.cur.Load()
 	if int(phase) >= len(t.phases) {
@@ -207,61 +207,32 @@ func (d *Daemon) callHook(ctx context.Context, h *hookRef, phase schema.Phase, r
 }
 
 func (d *Daemon) call(ctx context.Context, ref pluginRef, h *hookRef, phase schema.Phase, req *wire.Request, params []manifest.Param, resp *wire.Response, where string) (wire.HookAnswer, *wire.HookError) {
-	deadline := h.hook.Deadline.Duration
-	start := time.Now()
-	cctx, cancel := context.WithTimeout(ctx, deadline)
-	defer cancel()
-	fill := func(hc schema.HookCall) error {
-		return wire.WriteHookCall(hc, &wire.HookCall{Hook: h.hook.Name, Phase: phase, Timeout: deadline,
-			Request: wire.HookRequest(req, h.hook.Route, params), Response: resp})
-	}
-
-	var result schema.HookResult
-	var err error
+	c := &wire.HookCall{Hook: h.hook.Name, Phase: phase, Timeout: h.hook.Deadline.Duration,
+		Request: wire.HookRequest(req, h.hook.Route, params), Response: resp}
 	if ref.lane != nil {
-		var reply *capnp.Message
-		var rf schema.LaneFrame
-		reply, rf, err = ref.lane.Call(cctx, func(f schema.LaneFrame) error {
-			hc, err := f.NewHook()
-			if err != nil {
-				return err
-			}
-			return fill(hc)
-		})
-		if err == nil {
-			defer reply.Release()
-			result, err = wire.LaneHookResult(rf)
-		} else if errors.Is(err, wire.ErrLaneClosed) {
-			return wire.HookAnswer{}, hookErr(h, schema.HookErrorKind_unavailable, "stopped while handling the request "+where)
+		return wire.CallHook(ctx, ref.lane, c, h.plugin, where)
+	}
+	// Plugins without the lane: Cap'n Proto RPC.
+	cctx, cancel := context.WithTimeout(ctx, c.Timeout)
+	defer cancel()
+	start := time.Now()
+	fut, release := ref.plugin.Hook(cctx, func(p schema.Plugin_hook_Params) error {
+		hc, err := p.NewCall()
+		if err != nil {
+			return err
 		}
-	} else {
-		fut, release := ref.plugin.Hook(cctx, func(p schema.Plugin_hook_Params) error {
-			hc, err := p.NewCall()
-			if err != nil {
-				return err
-			}
-			return fill(hc)
-		})
-		defer release()
-		var res schema.Plugin_hook_Results
-		if res, err = fut.Struct(); err == nil {
-			result, err = res.Result()
-		} else if isDisconnected(err) && !errors.Is(cctx.Err(), context.DeadlineExceeded) && ctx.Err() == nil {
-			return wire.HookAnswer{}, hookErr(h, schema.HookErrorKind_unavailable, "stopped while handling the request "+where)
-		}
+		return wire.WriteHookCall(hc, c)
+	})
+	defer release()
+	res, err := fut.Struct()
+	var result schema.HookResult
+	if err == nil {
+		result, err = res.Result()
+	} else if isDisconnected(err) && !errors.Is(cctx.Err(), context.DeadlineExceeded) && ctx.Err() == nil {
+		return wire.HookAnswer{}, hookErr(h, schema.HookErrorKind_unavailable, "stopped while handling the request "+where)
 	}
 	if err != nil {
-		// The plugin enforces the same deadline and may answer with its own
-		// "context deadline exceeded" a moment before ours fires.
-		timedOut := errors.Is(cctx.Err(), context.DeadlineExceeded) || time.Since(start) >= deadline ||
-			strings.HasSuffix(err.Error(), context.DeadlineExceeded.Error())
-		switch {
-		case timedOut && ctx.Err() == nil:
-			return wire.HookAnswer{}, hookErr(h, schema.HookErrorKind_timeout, fmt.Sprintf("exceeded its %s deadline %s", deadline, where))
-		case ctx.Err() != nil:
-			return wire.HookAnswer{}, hookErr(h, schema.HookErrorKind_unavailable, "the host cancelled the request "+where)
-		}
-		return wire.HookAnswer{}, hookErr(h, schema.HookErrorKind_failed, "failed "+where+": "+wire.RemoteMessage(err))
+		return wire.HookAnswer{}, wire.CallError(ctx, cctx, start, c.Timeout, err, h.plugin, h.hook.Name, where)
 	}
 	a, err := wire.ReadHookResult(phase, result)
 	if err != nil {

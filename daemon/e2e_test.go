@@ -29,6 +29,7 @@ type daemonProc struct {
 	cgroup  string
 	log     *bytes.Buffer
 	waited  chan struct{}
+	bin     string // the dimplugd binary to start; "" builds ./cmd/dimplugd
 }
 
 // runtimeArgs picks the sandbox for daemon processes the way testRuntime
@@ -59,7 +60,10 @@ func newDaemonProc(t *testing.T) *daemonProc {
 
 func (p *daemonProc) start() {
 	t := p.t
-	bin := buildBin(t, "./cmd/dimplugd", false)
+	bin := p.bin
+	if bin == "" {
+		bin = buildBin(t, "./cmd/dimplugd", false)
+	}
 	args := append([]string{"serve", "--state-dir", p.state, "--socket", p.socket,
 		"--control-socket", p.control, "--container-state", p.ctState, "--cgroup-parent", p.cgroup}, runtimeArgs(t)...)
 	p.cmd = exec.Command(bin, args...)

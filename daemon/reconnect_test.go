@@ -118,11 +118,16 @@ func TestHostRidesThroughDaemonRestarts(t *testing.T) {
 	if res := dispatch(t, s, host.PhaseRequest, get("/closed/1"), nil); res.Kind != host.MutateRequest {
 		t.Fatalf("before the restarts: %+v", res)
 	}
+	// An upgrade: the running daemon stops gracefully and another
+	// binary starts on the same state.
+	next := filepath.Join(t.TempDir(), "dimplugd-next")
+	copyFile(t, buildBin(t, "./cmd/dimplugd", false), next, 0o755)
 	for _, c := range []struct {
 		name string
 		down func()
 	}{
 		{"graceful restart", d.stop},
+		{"upgrade to a new binary", func() { d.stop(); d.bin = next }},
 		{"kill -9", d.kill9},
 	} {
 		t.Run(c.name, func(t *testing.T) {
@@ -217,5 +222,36 @@ func TestHostStartsBeforeDaemon(t *testing.T) {
 			res, err := s.Dispatch(ctx, host.PhaseRequest, get("/closed/1"), nil)
 			return err == nil && res.Kind == host.MutateRequest
 		})
+	}
+}
+
+// TestGracefulStopDrains: a daemon stopped with SIGTERM (by the service
+// manager, for a restart or an upgrade) stops accepting work, lets the hook
+// calls in flight finish, and only then closes its connections and stops
+// its plugins: a slow call under way is answered normally.
+func TestGracefulStopDrains(t *testing.T) {
+	d := newDaemonProc(t)
+	d.start()
+	hookedPlugins(t, d)
+	s := dial(t, d.socket, host.WithoutDirectLanes()) // through the daemon
+	type answer struct {
+		res *host.Result
+		err error
+	}
+	done := make(chan answer, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		res, err := s.Dispatch(ctx, host.PhaseRequest, get("/closed/1?sleep=800ms"), nil)
+		done <- answer{res, err}
+	}()
+	time.Sleep(300 * time.Millisecond) // the call is at the plugin
+	d.stop()
+	a := <-done
+	if a.err != nil || a.res.Kind != host.MutateRequest || a.res.RequestMutation.Header.Get("X-Test-Request") != "closedplug" {
+		t.Fatalf("a call in flight during a graceful stop: %+v, %v; want it answered normally", a.res, a.err)
+	}
+	if !strings.Contains(d.log.String(), "draining: waiting for hook calls in flight") {
+		t.Errorf("the daemon did not say it drained:\n%s", d.log)
 	}
 }

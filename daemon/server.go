@@ -27,14 +27,15 @@ import (
 // (control face). Its accept goroutine and one goroutine per connection end
 // in close.
 type server struct {
-	d     *Daemon
-	ln    *net.UnixListener
-	path  string
-	face  face
-	group group // who besides root and the daemon's user may connect
-	cap   int   // connections per peer uid
-	lim   wire.Limits
-	stop  chan struct{} // closed by close: ends the accept backoff
+	d        *Daemon
+	ln       *net.UnixListener
+	path     string
+	face     face
+	group    group // who besides root and the daemon's user may connect
+	cap      int   // connections per peer uid
+	lim      wire.Limits
+	stop     chan struct{} // closed by stopAccepting: ends the accept loop and its backoff
+	stopOnce sync.Once
 
 	mu      sync.Mutex
 	conns   map[net.Conn]struct{}
@@ -425,9 +426,17 @@ type bufferedConn struct {
 
 func (b *bufferedConn) Read(p []byte) (int, error) { return b.r.Read(p) }
 
+// stopAccepting closes the listener (and ends the accept loop); the
+// connections already open go on. It is the first step of close.
+func (s *server) stopAccepting() {
+	s.stopOnce.Do(func() {
+		close(s.stop) // first: the accept loop must see it was asked to end
+		s.ln.Close()
+	})
+}
+
 func (s *server) close() {
-	s.ln.Close()
-	close(s.stop)
+	s.stopAccepting()
 	s.mu.Lock()
 	s.closing = true
 	conns := make([]net.Conn, 0, len(s.conns))

@@ -2,7 +2,6 @@ package host
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -137,60 +136,29 @@ func (s *Session) dispatchDirect(ctx context.Context, phase Phase, req *Request,
 		return nil, false
 	}
 	params, _ := entry.route.Match(req.Path)
-	herr := func(kind schema.HookErrorKind, msg string) *HookError {
-		return &HookError{Plugin: hook.Plugin, Hook: hook.Hook, Kind: kind, Message: msg}
-	}
 	where := fmt.Sprintf("on %s %s", req.Method, entry.Route)
 	if allowed, why := br.Allow(time.Now()); !allowed {
-		return fail(hook, phase, herr(schema.HookErrorKind_unavailable, why+" "+where)), true
+		return fail(hook, phase, &HookError{Plugin: hook.Plugin, Hook: hook.Hook, Kind: schema.HookErrorKind_unavailable, Message: why + " " + where}), true
 	}
-	cctx, cancel := context.WithTimeout(ctx, hook.Deadline)
-	defer cancel()
-	start := time.Now()
-	reply, rf, err := lane.Call(cctx, func(f schema.LaneFrame) error {
-		hc, err := f.NewHook()
-		if err != nil {
-			return err
-		}
-		return wire.WriteHookCall(hc, &wire.HookCall{Hook: hook.Hook, Phase: phase, Timeout: hook.Deadline,
-			Request: wire.HookRequest(req, entry.Route, params), Response: resp})
-	})
-	if err != nil {
-		if errors.Is(err, wire.ErrLaneClosed) {
-			// The instance went away: the daemon knows what to say.
-			br.Release()
-			s.dropLane(hook.Plugin, lane)
-			return nil, false
-		}
+	a, herr := wire.CallHook(ctx, lane, &wire.HookCall{Hook: hook.Hook, Phase: phase, Timeout: hook.Deadline,
+		Request: wire.HookRequest(req, entry.Route, params), Response: resp}, hook.Plugin, where)
+	if herr != nil {
 		select {
 		case <-lane.Done():
-			// The lane broke under this call (the plugin sent a frame
-			// that is not one): this call fails, and the next asks for
-			// a new lane, going through the daemon meanwhile.
+			// The lane closed (the instance went away) or broke (the
+			// plugin sent a frame that is not one): the next call asks
+			// for a new lane, going through the daemon meanwhile.
 			s.dropLane(hook.Plugin, lane)
 		default:
 		}
-		switch {
-		case ctx.Err() != nil:
+		if herr.Kind == schema.HookErrorKind_unavailable {
+			// The plugin went away, or the host gave up: the daemon
+			// knows what to say.
 			br.Release()
 			return nil, false
-		case errors.Is(cctx.Err(), context.DeadlineExceeded) || time.Since(start) >= hook.Deadline:
-			br.Record(false, time.Now())
-			return fail(hook, phase, herr(schema.HookErrorKind_timeout, fmt.Sprintf("exceeded its %s deadline %s", hook.Deadline, where))), true
 		}
 		br.Record(false, time.Now())
-		return fail(hook, phase, herr(schema.HookErrorKind_failed, "failed "+where+": "+wire.RemoteMessage(err))), true
-	}
-	defer reply.Release()
-	hr, err := wire.LaneHookResult(rf)
-	if err != nil {
-		br.Record(false, time.Now())
-		return fail(hook, phase, herr(schema.HookErrorKind_failed, "failed "+where+": "+err.Error())), true
-	}
-	a, err := wire.ReadHookResult(phase, hr)
-	if err != nil {
-		br.Record(false, time.Now())
-		return fail(hook, phase, wire.AnswerError(hook.Plugin, hook.Hook, where, err)), true
+		return fail(hook, phase, herr), true
 	}
 	br.Record(true, time.Now())
 	return resultOf(hook, a), true

@@ -178,6 +178,8 @@ type Session struct {
 	frames   *frameClient // of the current link, opened by the first OpenStream or lane
 
 	stop       chan struct{} // closed by Close
+	stopCtx    context.Context
+	cancel     context.CancelFunc // ends stopCtx: a reconnect under way gives up
 	keeperDone chan struct{}
 	reconnects atomic.Int64
 	version    atomic.Uint32 // of the newest link
@@ -220,6 +222,7 @@ func Dial(ctx context.Context, socket string, opts ...Option) (*Session, error) 
 	o := buildOptions(opts)
 	sess := &Session{socket: socket, opts: o, direct: map[string]*directLane{}, noDirect: o.noLane || o.noDirect,
 		stop: make(chan struct{}), keeperDone: make(chan struct{})}
+	sess.stopCtx, sess.cancel = context.WithCancel(context.Background())
 	if o.cache != "" {
 		if t, err := loadRoutes(o.cache); err == nil {
 			sess.routes.Store(t)
@@ -232,6 +235,7 @@ func Dial(ctx context.Context, socket string, opts ...Option) (*Session, error) 
 	case o.degraded && daemonAbsent(err):
 		l = nil // the keeper connects when the daemon comes
 	default:
+		sess.cancel()
 		return nil, err
 	}
 	go func() { // the keeper; ends with Close
@@ -301,7 +305,7 @@ func (s *Session) keep(l *link) {
 				return
 			case <-time.After(wait):
 			}
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			ctx, cancel := context.WithTimeout(s.stopCtx, 5*time.Second)
 			nl, err := s.connect(ctx)
 			cancel()
 			if err == nil {
@@ -442,6 +446,7 @@ func (s *Session) Close() error {
 	}
 	s.closed = true
 	close(s.stop)
+	s.cancel()
 	s.mu.Unlock()
 	<-s.keeperDone
 	s.closeLanes()

@@ -1,0 +1,71 @@
+package wire
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/dimplugd/dimplugd/schema"
+)
+
+// CallHook calls one plugin hook on a hook lane (the daemon's lane to a
+// plugin, or a host's direct lane) under c.Timeout, and reads the answer by
+// the phase rules (ReadHookResult). A failure is a HookError naming plugin
+// and hook, worded for the people who read it (where is "on GET /route"):
+//
+//   - unavailable: the lane closed under the call (the plugin went away),
+//     or ctx ended (the caller gave up);
+//   - timeout: no answer within c.Timeout;
+//   - failed: the plugin's error, or a reply that is not a hook result;
+//   - rejected: an answer the phase does not allow.
+func CallHook(ctx context.Context, lane *LaneClient, c *HookCall, plugin, where string) (HookAnswer, *HookError) {
+	cctx, cancel := context.WithTimeout(ctx, c.Timeout)
+	defer cancel()
+	start := time.Now()
+	reply, rf, err := lane.Call(cctx, func(f schema.LaneFrame) error {
+		hc, err := f.NewHook()
+		if err != nil {
+			return err
+		}
+		return WriteHookCall(hc, c)
+	})
+	if err != nil {
+		if errors.Is(err, ErrLaneClosed) {
+			return HookAnswer{}, &HookError{Plugin: plugin, Hook: c.Hook, Kind: schema.HookErrorKind_unavailable,
+				Message: "stopped while handling the request " + where}
+		}
+		return HookAnswer{}, CallError(ctx, cctx, start, c.Timeout, err, plugin, c.Hook, where)
+	}
+	defer reply.Release()
+	hr, err := LaneHookResult(rf)
+	if err != nil {
+		return HookAnswer{}, &HookError{Plugin: plugin, Hook: c.Hook, Kind: schema.HookErrorKind_failed, Message: "failed " + where + ": " + err.Error()}
+	}
+	a, err := ReadHookResult(c.Phase, hr)
+	if err != nil {
+		return HookAnswer{}, AnswerError(plugin, c.Hook, where, err)
+	}
+	return a, nil
+}
+
+// CallError words a hook call that returned err (on any transport): the
+// caller gave up (ctx ended: unavailable), the deadline passed (cctx, from
+// start: timeout; the plugin enforces the same deadline and may answer with
+// its own "context deadline exceeded" a moment before cctx fires), or the
+// call failed.
+func CallError(ctx, cctx context.Context, start time.Time, timeout time.Duration, err error, plugin, hook, where string) *HookError {
+	e := &HookError{Plugin: plugin, Hook: hook}
+	timedOut := errors.Is(cctx.Err(), context.DeadlineExceeded) || time.Since(start) >= timeout ||
+		strings.HasSuffix(err.Error(), context.DeadlineExceeded.Error())
+	switch {
+	case ctx.Err() != nil:
+		e.Kind, e.Message = schema.HookErrorKind_unavailable, "the host cancelled the request "+where
+	case timedOut:
+		e.Kind, e.Message = schema.HookErrorKind_timeout, fmt.Sprintf("exceeded its %s deadline %s", timeout, where)
+	default:
+		e.Kind, e.Message = schema.HookErrorKind_failed, "failed "+where+": "+RemoteMessage(err)
+	}
+	return e
+}
