@@ -554,6 +554,15 @@ func (d *Daemon) writeStatus(s schema.PluginStatus, u *unit) error {
 			hs.SetCalls(calls)
 			hs.SetFailures(failures)
 			e = append(e, hs.SetCircuit(circuit))
+			causes, counts := u.policy(h.Name).snapshot()
+			cl, err := hs.NewByPolicy(int32(len(causes)))
+			e = append(e, err)
+			for j := range causes {
+				if err == nil {
+					e = append(e, cl.At(j).SetCause(causes[j]))
+					cl.At(j).SetCount(counts[j])
+				}
+			}
 		}
 	}
 	sl, err := s.NewStreams(int32(len(m.Streams)))

@@ -183,19 +183,46 @@ func hookErr(h *hookRef, kind schema.HookErrorKind, msg string) *wire.HookError 
 	return &wire.HookError{Plugin: h.plugin, Hook: h.hook.Name, Kind: kind, Message: msg}
 }
 
+// policyCause is the cause under which a failed call is counted.
+func policyCause(ctx context.Context, herr *wire.HookError) string {
+	switch herr.Kind {
+	case schema.HookErrorKind_timeout:
+		return causeDeadline
+	case schema.HookErrorKind_rejected:
+		return causeRejected
+	case schema.HookErrorKind_unavailable:
+		if ctx.Err() != nil {
+			return causeCancelled
+		}
+		return causeCrashed
+	}
+	return causeFailed
+}
+
 // callHook calls one plugin hook under its deadline.
 func (d *Daemon) callHook(ctx context.Context, h *hookRef, phase schema.Phase, req *wire.Request, params []manifest.Param, resp *wire.Response) (wire.HookAnswer, *wire.HookError) {
 	where := fmt.Sprintf("on %s %s", req.Method, h.hook.Route)
+	counts := h.unit.policy(h.hook.Name)
 	if ok, why := h.breaker.Allow(time.Now()); !ok {
+		counts.add(causeBreaker)
 		return wire.HookAnswer{}, hookErr(h, schema.HookErrorKind_unavailable, why+" "+where)
 	}
 	client, err := h.unit.client()
 	if err != nil {
 		h.breaker.Release()
+		cause := causeNotRunning
+		var nr *notRunning
+		if errors.As(err, &nr) {
+			cause = nr.cause
+		}
+		counts.add(cause)
 		return wire.HookAnswer{}, hookErr(h, schema.HookErrorKind_unavailable, err.Error()+" "+where)
 	}
 	defer client.release()
 	a, herr := d.call(ctx, client, h, phase, req, params, resp, where)
+	if herr != nil {
+		counts.add(policyCause(ctx, herr))
+	}
 	// The host giving up and the plugin going away say nothing about the
 	// hook's health.
 	if herr != nil && herr.Kind == schema.HookErrorKind_unavailable {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -247,5 +248,53 @@ func TestKillPluginUnderLoad(t *testing.T) {
 	}
 	if ok.Load() == 0 || degraded.Load()+failedClosed.Load() == 0 {
 		t.Fatalf("the kills were not observed (ok %d, degraded %d, failed closed %d)", ok.Load(), degraded.Load(), failedClosed.Load())
+	}
+}
+
+// TestPolicyCounts: every call answered by policy instead of the plugin
+// is counted under its cause in inspect, after a known sequence of faults:
+// three missed deadlines open the breaker, two more calls meet the open
+// breaker, and four calls arrive while another plugin is down after a
+// crash.
+func TestPolicyCounts(t *testing.T) {
+	sup := fastSupervision
+	sup.BreakerFailures = 3
+	sup.BreakerCooldown = time.Minute
+	sup.BackoffInitial = 3 * time.Second
+	td := startDaemon(t, testRuntime(t), sup)
+	td.install(t, pluginDir(t, testplugManifest("counted", nil, hooks("request", "GET", "/c/:id", "100ms", "fail-open", 0))))
+	td.install(t, pluginDir(t, testplugManifest("victim", nil, hooks("request", "GET", "/v/:id", "1s", "fail-open", 0))))
+	waitState(t, td.ctl, "counted", 30*time.Second, "running", running)
+	victim := waitState(t, td.ctl, "victim", 30*time.Second, "running", running)
+	s := dial(t, td.socket, host.WithoutDirectLanes()) // the daemon makes every call
+
+	for i := 0; i < 5; i++ {
+		dispatch(t, s, host.PhaseRequest, get("/c/1?sleep=300ms"), nil)
+	}
+	if err := syscall.Kill(victim.PID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitState(t, td.ctl, "victim", 10*time.Second, "backoff", func(st *host.PluginStatus) bool { return st.State == StateBackoff })
+	for i := 0; i < 4; i++ {
+		if res := dispatch(t, s, host.PhaseRequest, get("/v/1"), nil); res.Kind != host.Continue || len(res.Skipped) != 1 {
+			t.Fatalf("a call to a plugin that is down: %+v", res)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for _, c := range []struct {
+		plugin string
+		want   map[string]uint64
+	}{
+		{"counted", map[string]uint64{"deadline": 3, "breaker open": 2}},
+		{"victim", map[string]uint64{"not running": 4}},
+	} {
+		st, err := td.ctl.Inspect(ctx, c.plugin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := st.Hooks[0].ByPolicy; !maps.Equal(got, c.want) {
+			t.Errorf("%s: answered by policy %v, want %v", c.plugin, got, c.want)
+		}
 	}
 }

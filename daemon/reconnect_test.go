@@ -242,10 +242,10 @@ func TestGracefulStopDrains(t *testing.T) {
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		res, err := s.Dispatch(ctx, host.PhaseRequest, get("/closed/1?sleep=800ms"), nil)
+		res, err := s.Dispatch(ctx, host.PhaseRequest, get("/closed/1?sleep=1500ms"), nil)
 		done <- answer{res, err}
 	}()
-	time.Sleep(300 * time.Millisecond) // the call is at the plugin
+	time.Sleep(800 * time.Millisecond) // the call is at the plugin (the hook's deadline is 2s)
 	d.stop()
 	a := <-done
 	if a.err != nil || a.res.Kind != host.MutateRequest || a.res.RequestMutation.Header.Get("X-Test-Request") != "closedplug" {

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"sort"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -47,10 +48,13 @@ type unit struct {
 	standby     *launch                   // a prepared next instance, when the runtime can
 	breakers    map[string]*wire.Breaker  // by hook name; kept across restarts and route rebuilds
 	stageCounts map[string]*stageCounters // by stream stage name; kept across restarts
-	seq         int
-	restarts    int
-	crashes     []time.Time
-	lastExit    string
+	// policyCounts are each hook's answers by policy, by cause; kept
+	// across restarts.
+	policyCounts map[string]*policyCounts
+	seq          int
+	restarts     int
+	crashes      []time.Time
+	lastExit     string
 }
 
 // instance is one running process of a plugin and its connection.
@@ -776,12 +780,78 @@ func (u *unit) client() (pluginRef, error) {
 			return pluginRef{lane: s.inst.lane}, nil
 		}
 		return pluginRef{plugin: s.inst.plugin.AddRef()}, nil
-	case backoffState, quarantinedState, failedState:
-		return pluginRef{}, fmt.Errorf("is not running (%s: %s)", s.name(), s.detail())
+	case quarantinedState:
+		return pluginRef{}, &notRunning{cause: causeQuarantined, msg: fmt.Sprintf("is not running (%s: %s)", s.name(), s.detail())}
+	case backoffState, failedState:
+		return pluginRef{}, &notRunning{cause: causeNotRunning, msg: fmt.Sprintf("is not running (%s: %s)", s.name(), s.detail())}
 	case startingState:
-		return pluginRef{}, errors.New("is not running (starting)")
+		return pluginRef{}, &notRunning{cause: causeStarting, msg: "is not running (starting)"}
 	}
-	return pluginRef{}, fmt.Errorf("is not running (%s)", u.state.name())
+	return pluginRef{}, &notRunning{cause: causeNotRunning, msg: fmt.Sprintf("is not running (%s)", u.state.name())}
+}
+
+// notRunning is client's error: why no call can be made, and its cause
+// for the counts.
+type notRunning struct{ cause, msg string }
+
+func (e *notRunning) Error() string { return e.msg }
+
+// The causes of answers by policy, as `dimplugctl inspect` counts them
+// (schema CauseCount).
+const (
+	causeNotRunning  = "not running"
+	causeQuarantined = "quarantined"
+	causeStarting    = "starting"
+	causeBreaker     = "breaker open"
+	causeDeadline    = "deadline"
+	causeCrashed     = "crashed"
+	causeFailed      = "failed"
+	causeRejected    = "rejected"
+	causeCancelled   = "cancelled"
+)
+
+// policyCounts counts one hook's answers by policy, by cause.
+type policyCounts struct {
+	mu sync.Mutex
+	n  map[string]uint64
+}
+
+func (c *policyCounts) add(cause string) {
+	c.mu.Lock()
+	if c.n == nil {
+		c.n = map[string]uint64{}
+	}
+	c.n[cause]++
+	c.mu.Unlock()
+}
+
+// snapshot returns the counts, causes in a stable order.
+func (c *policyCounts) snapshot() (causes []string, counts []uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for k := range c.n {
+		causes = append(causes, k)
+	}
+	sort.Strings(causes)
+	for _, k := range causes {
+		counts = append(counts, c.n[k])
+	}
+	return causes, counts
+}
+
+// policy returns the answers-by-policy counts of hook name.
+func (u *unit) policy(name string) *policyCounts {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.policyCounts == nil {
+		u.policyCounts = map[string]*policyCounts{}
+	}
+	c, ok := u.policyCounts[name]
+	if !ok {
+		c = &policyCounts{}
+		u.policyCounts[name] = c
+	}
+	return c
 }
 
 func phaseOf(p manifest.Phase) schema.Phase {

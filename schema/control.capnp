@@ -72,6 +72,19 @@ struct HookInfo {
   failures @8 :UInt64;             # of which failed (timeouts, errors, rejected results)
   circuit @9 :Text;                # the circuit breaker: "closed", "open" or "half-open"
   deadlineOverridden @10 :Bool;    # the operator overrode the manifest's deadline
+  byPolicy @11 :List(CauseCount);  # calls not answered by the plugin, answered by the
+                                   # hook's failure policy instead, by cause (see CauseCount)
+}
+
+struct CauseCount {
+  # How many calls of a hook were answered by its failure policy for one
+  # cause since the daemon started. Causes: "not running" (stopped, in
+  # backoff or failed), "quarantined", "starting", "breaker open",
+  # "deadline", "crashed" (stopped while handling the call), "failed" (an
+  # error), "rejected" (an answer its phase does not allow), "cancelled"
+  # (the host gave up).
+  cause @0 :Text;
+  count @1 :UInt64;
 }
 
 struct StreamStageInfo {

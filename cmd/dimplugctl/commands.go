@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"os"
 	"os/signal"
+	"sort"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -390,6 +391,18 @@ func (c *cli) printStatus(st *host.PluginStatus) {
 		}
 		fmt.Fprintf(w, "  %-10s %s %s %s (priority %d, deadline %s%s, %s)\n", h.Name, h.Phase, h.Method, h.Route, h.Priority, h.Deadline, over, h.Failure)
 		fmt.Fprintf(w, "  %-10s %d calls, %d failed, circuit %s\n", "", h.Calls, h.Failures, h.Circuit)
+		if len(h.ByPolicy) > 0 {
+			causes := make([]string, 0, len(h.ByPolicy))
+			for c := range h.ByPolicy {
+				causes = append(causes, c)
+			}
+			sort.Strings(causes)
+			var parts []string
+			for _, c := range causes {
+				parts = append(parts, fmt.Sprintf("%d %s", h.ByPolicy[c], c))
+			}
+			fmt.Fprintf(w, "  %-10s answered by policy: %s\n", "", strings.Join(parts, ", "))
+		}
 	}
 	if len(st.Streams) > 0 {
 		fmt.Fprintln(w, "Streams:")

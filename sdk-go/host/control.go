@@ -68,6 +68,11 @@ type HookInfo struct {
 	Calls              uint64 `json:"calls"`
 	Failures           uint64 `json:"failures"`
 	Circuit            string `json:"circuit"` // closed, open or half-open
+	// ByPolicy counts the calls answered by the hook's failure policy
+	// instead of the plugin, by cause: "not running", "quarantined",
+	// "starting", "breaker open", "deadline", "crashed", "failed",
+	// "rejected", "cancelled".
+	ByPolicy map[string]uint64 `json:"by_policy,omitempty"`
 }
 
 // StreamStageInfo is one of a plugin's stream stages and what it did since
@@ -145,11 +150,18 @@ func readStatus(s schema.PluginStatus) PluginStatus {
 		for i := 0; i < hl.Len(); i++ {
 			h := hl.At(i)
 			fp := failureName(h.FailurePolicy())
-			st.Hooks = append(st.Hooks, HookInfo{
+			hi := HookInfo{
 				Name: t(h.Name()), Phase: h.Phase().String(), Method: t(h.Method()), Route: t(h.Route()),
 				Priority: int(h.Priority()), Deadline: (time.Duration(h.DeadlineMicros()) * time.Microsecond).String(), Failure: fp,
 				DeadlineOverridden: h.DeadlineOverridden(), Calls: h.Calls(), Failures: h.Failures(), Circuit: t(h.Circuit()),
-			})
+			}
+			if bl, err := h.ByPolicy(); err == nil && bl.Len() > 0 {
+				hi.ByPolicy = map[string]uint64{}
+				for j := 0; j < bl.Len(); j++ {
+					hi.ByPolicy[t(bl.At(j).Cause())] += bl.At(j).Count()
+				}
+			}
+			st.Hooks = append(st.Hooks, hi)
 		}
 	}
 	if sl, err := s.Streams(); err == nil {
