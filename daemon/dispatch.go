@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"iter"
+	"sync"
 	"time"
 
 	"capnproto.org/go/capnp/v3/exc"
@@ -133,6 +134,13 @@ func (d *Daemon) dispatchRoute(ctx context.Context, hooks []*hookRef, req *wire.
 
 // dispatchObserve hands the observers their copies in the background and
 // returns at once; what they answer is ignored.
+//
+// Ordering: each plugin gets its observations one at a time, in the order
+// the daemon dispatched them (its queue, observeQueue), so observations a
+// host sends in order (one Dispatch after another returned, as the host
+// SDK's Middleware does) reach each plugin in that order, and a plugin
+// never handles two observations at once. A slow observer only delays its
+// own queue (up to its deadline per call).
 func (d *Daemon) dispatchObserve(hooks []*hookRef, req *wire.Request, resp *wire.Response, out *outcome) {
 	for h, params := range matching(hooks, req) {
 		select {
@@ -142,15 +150,50 @@ func (d *Daemon) dispatchObserve(hooks []*hookRef, req *wire.Request, resp *wire
 				fmt.Sprintf("observer dropped: %d observe calls already in flight", maxObservers)))
 			continue
 		}
-		d.wg.Add(1)
-		go func() { // owned by the daemon; ends at the hook's deadline at the latest
-			defer d.wg.Done()
+		h.unit.observeQ.push(d, func() {
 			defer func() { <-observeSlots }()
 			if _, herr := d.callHook(d.ctx, h, schema.Phase_observe, req, params, resp); herr != nil {
 				h.unit.logf("observe hook %q failed: %s", h.hook.Name, herr.Message)
 			}
-		}()
+		})
 	}
+}
+
+// observeQueue is a plugin's observe calls, made one after another in the
+// order they were queued, by a goroutine that runs while the queue is not
+// empty.
+type observeQueue struct {
+	mu      sync.Mutex
+	calls   []func()
+	running bool
+}
+
+func (q *observeQueue) push(d *Daemon, call func()) {
+	q.mu.Lock()
+	q.calls = append(q.calls, call)
+	start := !q.running
+	q.running = true
+	q.mu.Unlock()
+	if !start {
+		return
+	}
+	d.wg.Add(1)
+	go func() { // owned by the daemon; each call ends at its hook's deadline at the latest
+		defer d.wg.Done()
+		for {
+			q.mu.Lock()
+			if len(q.calls) == 0 {
+				q.running = false
+				q.mu.Unlock()
+				return
+			}
+			call := q.calls[0]
+			q.calls[0] = nil
+			q.calls = q.calls[1:]
+			q.mu.Unlock()
+			call()
+		}
+	}()
 }
 
 // matching yields the hooks that match req, in order, with the route

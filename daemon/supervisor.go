@@ -51,6 +51,7 @@ type unit struct {
 	// policyCounts are each hook's answers by policy, by cause; kept
 	// across restarts.
 	policyCounts map[string]*policyCounts
+	observeQ     observeQueue // its observe calls, in order (see dispatchObserve)
 	seq          int
 	restarts     int
 	crashes      []time.Time

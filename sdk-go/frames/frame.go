@@ -95,3 +95,30 @@ func ReadData(own *Producer, maps *Mappings, f schema.Frame) ([]byte, *Ref, erro
 	}
 	return b, &Ref{Owner: r.Owner(), Pool: r.Pool(), Offset: r.Offset(), Length: r.Length()}, nil
 }
+
+// HoldData is ReadData for a frame handed to an application: a frame in
+// shared memory comes with a function that lets go of its view (see
+// Producer.Hold and Mappings.Hold), which must be called once the view is
+// no longer used; until then neither a poolDrop nor closing own or maps
+// unmaps it. An inline frame is a copy, and comes with no function.
+func HoldData(own *Producer, maps *Mappings, f schema.Frame) ([]byte, *Ref, func(), error) {
+	if f.Data().Which() == schema.Frame_data_Which_inline {
+		b, _, err := ReadData(own, maps, f)
+		return b, nil, nil, err
+	}
+	r, err := f.Data().Ref()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	var b []byte
+	var release func()
+	if r.Owner() == 0 {
+		b, release, err = own.Hold(r.Pool(), r.Offset(), r.Length())
+	} else {
+		b, release, err = maps.Hold(r.Owner(), r.Pool(), int64(r.Offset()), int64(r.Length()))
+	}
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("frame %d: %w", f.Seq(), err)
+	}
+	return b, &Ref{Owner: r.Owner(), Pool: r.Pool(), Offset: r.Offset(), Length: r.Length()}, release, nil
+}

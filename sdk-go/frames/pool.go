@@ -23,8 +23,10 @@ type Pool struct {
 	size int64
 	f    *os.File
 
-	mu   sync.Mutex // guards data against Close
-	data []byte
+	mu      sync.Mutex // guards data against Close
+	data    []byte
+	holds   int  // views handed out with Hold and not yet let go
+	closing bool // Close was called while held: the last let-go unmaps
 }
 
 // NewPool creates a pool of size bytes: memfd_create("dimplugd-frames",
@@ -111,20 +113,61 @@ func (p *Pool) File() *os.File { return p.f }
 func (p *Pool) Bytes() []byte {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.closing {
+		return nil
+	}
 	return p.data
 }
 
-// Close unmaps the pool and closes its memfd. Consumers' mappings stay
-// valid until they drop them. Closing twice returns an error wrapping
-// ErrClosed.
+// Hold keeps the pool's mapping while a view of it is in use (a frame
+// handed to an application): Close then leaves the unmapping to the last
+// let-go. It fails once the pool is closed. Call the returned function,
+// once, when the view is no longer used; a view never let go keeps its
+// memory mapped until the process exits.
+func (p *Pool) Hold() (func(), error) {
+	_, release, err := p.hold()
+	return release, err
+}
+
+// hold is Hold, also returning the mapping it holds.
+func (p *Pool) hold() ([]byte, func(), error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.data == nil || p.closing {
+		return nil, nil, fmt.Errorf("frames: pool %d: %w", p.id, ErrClosed)
+	}
+	p.holds++
+	var once sync.Once
+	return p.data, func() { once.Do(p.unhold) }, nil
+}
+
+func (p *Pool) unhold() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.holds--
+	if p.holds == 0 && p.closing {
+		unix.Munmap(p.data)
+		p.data, p.closing = nil, false
+	}
+}
+
+// Close closes the pool's memfd and unmaps it, or, while views of it are
+// held (Hold), leaves the unmapping to the last let-go. Bytes returns nil
+// after Close either way. Consumers' mappings stay valid until they drop
+// them. Closing twice returns an error wrapping ErrClosed.
 func (p *Pool) Close() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.data == nil {
+	if p.data == nil || p.closing {
 		return fmt.Errorf("frames: pool %d: %w", p.id, ErrClosed)
 	}
-	err := unix.Munmap(p.data)
-	p.data = nil
+	var err error
+	if p.holds > 0 {
+		p.closing = true
+	} else {
+		err = unix.Munmap(p.data)
+		p.data = nil
+	}
 	if cerr := p.f.Close(); err == nil {
 		err = cerr
 	}

@@ -286,6 +286,23 @@ func (p *Producer) View(pool uint32, off, n uint64) ([]byte, error) {
 	return b[off : off+n : off+n], nil
 }
 
+// Hold is View for a view that stays mapped until the returned function is
+// called (once), even if the pool is freed or the producer closed
+// meanwhile (see Pool.Hold).
+func (p *Producer) Hold(pool uint32, off, n uint64) ([]byte, func(), error) {
+	p.mu.Lock()
+	pl := p.pools[pool]
+	p.mu.Unlock()
+	if pl == nil || off > uint64(pl.Size()) || n > uint64(pl.Size())-off {
+		return nil, nil, fmt.Errorf("frames: %d+%d is not in one of our pools (pool %d)", off, n, pool)
+	}
+	b, release, err := pl.hold()
+	if err != nil {
+		return nil, nil, err
+	}
+	return b[off : off+n : off+n], release, nil
+}
+
 // Resolve returns the bytes a frame descriptor names: one of the
 // producer's own pools when its owner is 0, else a mapping of another
 // producer's pool.

@@ -52,7 +52,12 @@ type Frame struct {
 	KeyFrame    bool
 	ContentType string
 	// Data is the frame's bytes. For a received frame (and one from
-	// NewFrame) it is shared memory, valid until Release.
+	// NewFrame, until Send) it is shared memory, valid until Release: the
+	// frame holds its mapping, so that neither the daemon dropping the
+	// pool nor Session.Close unmaps it under the frame (their unmapping
+	// waits for the last Release). A frame never released keeps its
+	// memory mapped until the process exits. Using Data after Release
+	// (or a NewFrame frame's after Send) is the caller's bug.
 	Data []byte
 
 	slot    *frames.Slot // set by NewFrame
@@ -60,8 +65,10 @@ type Frame struct {
 	final   bool // received: the last answer to a frame sent
 }
 
-// Release gives a received frame's memory back; Data must not be used
-// afterwards. It is safe to call more than once.
+// Release gives a received frame's memory back (and a NewFrame frame's,
+// when it was not sent); Data must not be used afterwards. It is safe to
+// call more than once, and after Session.Close (which leaves the memory of
+// frames still held mapped until their Release).
 func (f *Frame) Release() {
 	if f.release != nil {
 		f.release()
@@ -315,7 +322,9 @@ func (fc *frameClient) stream(id uint64) *Stream {
 func (fc *frameClient) received(f schema.Frame) (*Frame, error) {
 	h := frames.ReadHeader(f)
 	fr := &Frame{Seq: h.Seq, PTS: h.PTS, DTS: h.DTS, Duration: h.Duration, KeyFrame: h.KeyFrame, ContentType: h.ContentType}
-	data, ref, err := frames.ReadData(fc.alloc, fc.maps, f)
+	// The view is held: neither a poolDrop nor Session.Close unmaps it
+	// before Release (see Frame).
+	data, ref, unhold, err := frames.HoldData(fc.alloc, fc.maps, f)
 	if err != nil {
 		return nil, err
 	}
@@ -324,9 +333,15 @@ func (fc *frameClient) received(f schema.Frame) (*Frame, error) {
 	case ref == nil:
 	case f.Returned() && ref.Owner == 0:
 		// Our own frame, back with no other holder: free it here.
-		fr.release = func() { _ = fc.alloc.Free(ref.Pool, int64(ref.Offset), int64(ref.Length)) }
+		fr.release = func() {
+			_ = fc.alloc.Free(ref.Pool, int64(ref.Offset), int64(ref.Length))
+			unhold()
+		}
 	default:
-		fr.release = func() { _ = fc.buffer(frames.ReleaseMsg(*ref)) }
+		fr.release = func() {
+			_ = fc.buffer(frames.ReleaseMsg(*ref))
+			unhold()
+		}
 	}
 	return fr, nil
 }
@@ -543,7 +558,24 @@ func (st *Stream) NewFrame(ctx context.Context, n int) (*Frame, error) {
 	if err != nil {
 		return nil, fmt.Errorf("allocate a %d byte frame: %w", n, err)
 	}
-	return &Frame{Data: slot.Data, slot: &slot}, nil
+	f := &Frame{Data: slot.Data, slot: &slot}
+	if slot.Len > 0 {
+		// Held until Send or Release: Session.Close does not unmap it
+		// under the producer filling it.
+		_, unhold, err := st.fc.alloc.Hold(slot.Pool, uint64(slot.Off), uint64(slot.Len))
+		if err != nil {
+			_ = st.fc.alloc.Free(slot.Pool, slot.Off, slot.Len)
+			return nil, fmt.Errorf("allocate a %d byte frame: %w", n, err)
+		}
+		f.release = func() {
+			if s := f.slot; s != nil { // never sent: its slot is free again
+				f.slot = nil
+				_ = st.fc.alloc.Free(s.Pool, s.Off, s.Len)
+			}
+			unhold()
+		}
+	}
+	return f, nil
 }
 
 // Send sends a frame down the chain. A frame from NewFrame travels as a
@@ -575,7 +607,12 @@ func (st *Stream) send(ctx context.Context, f *Frame) error {
 		copy(s.Data, f.Data)
 		slot = &s
 	}
-	f.slot = nil
+	if f.slot != nil {
+		// A frame from NewFrame is the chain's now: no longer held (nor
+		// to be freed by Release).
+		f.slot = nil
+		defer f.Release()
+	}
 	h := frames.Header{Seq: f.Seq, PTS: f.PTS, DTS: f.DTS, Duration: f.Duration, KeyFrame: f.KeyFrame, ContentType: f.ContentType}
 	if slot == nil {
 		return st.fc.buffer(frames.FrameMsg(st.id, h, 0, 1, f.Data, nil))

@@ -15,7 +15,9 @@
 //	response: adds "X-Test-Response: <name>" and increments the KV counter
 //	          "hits", returned in "X-Test-Hits".
 //	route:    answers 200 with "owned by <name>: <path> <params>".
-//	observe:  stores the last observed path in KV key "observed".
+//	observe:  stores the last observed path in KV key "observed"; for
+//	          /ordered/<n>, counts observations and inversions (n lower
+//	          than the last one's) in KV "ordered" ("<count> <inversions>").
 package main
 
 import (
@@ -38,9 +40,10 @@ type testPlug struct {
 	frames string
 	host   *plugin.Host
 
-	mu                     sync.Mutex
-	frameCount, frameBytes int
-	slowDone               int // frames the slow mode finished
+	mu                                    sync.Mutex
+	frameCount, frameBytes                int
+	slowDone                              int // frames the slow mode finished
+	orderedCount, inversions, orderedLast int // observations of /ordered/<n>
 }
 
 func (p *testPlug) Init(ctx context.Context, h *plugin.Host) error {
@@ -171,6 +174,22 @@ func (p *testPlug) ServeRoute(ctx context.Context, hook string, req *plugin.Requ
 }
 
 func (p *testPlug) Observe(ctx context.Context, hook string, req *plugin.Request, resp *plugin.Response) {
+	if rest, ok := strings.CutPrefix(req.Path, "/ordered/"); ok {
+		// Observations of increasing positions: "ordered" is how many came
+		// and how many went backwards ("<count> <inversions>").
+		n, _ := strconv.Atoi(rest)
+		p.mu.Lock()
+		p.orderedCount++
+		if n < p.orderedLast {
+			p.inversions++
+		}
+		p.orderedLast = n
+		v := fmt.Sprintf("%d %d", p.orderedCount, p.inversions)
+		p.mu.Unlock()
+		time.Sleep(time.Duration(n%3) * time.Millisecond) // uneven handling times
+		_ = p.host.KV.Set(ctx, "ordered", []byte(v))
+		return
+	}
 	_ = p.host.KV.Set(ctx, "observed", []byte(req.Path))
 }
 
