@@ -64,8 +64,15 @@ func (p *daemonProc) start() {
 	if bin == "" {
 		bin = buildBin(t, "./cmd/dimplugd", false)
 	}
-	args := append([]string{"serve", "--state-dir", p.state, "--socket", p.socket,
-		"--control-socket", p.control, "--container-state", p.ctState, "--cgroup-parent", p.cgroup}, runtimeArgs(t)...)
+	args := []string{"serve", "--state-dir", p.state, "--socket", p.socket, "--control-socket", p.control}
+	// Empty: the daemon derives them from its state directory.
+	if p.ctState != "" {
+		args = append(args, "--container-state", p.ctState)
+	}
+	if p.cgroup != "" {
+		args = append(args, "--cgroup-parent", p.cgroup)
+	}
+	args = append(args, runtimeArgs(t)...)
 	p.cmd = exec.Command(bin, args...)
 	p.log = &bytes.Buffer{}
 	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log

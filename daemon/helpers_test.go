@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -67,6 +68,8 @@ func buildBin(t testing.TB, pkg string, static bool) string {
 	return out
 }
 
+var runtimeSeq atomic.Int64
+
 // testRuntime returns the container runtime where it can run. In CI it must:
 // a sandbox test never skips there.
 func testRuntime(t testing.TB) sandbox.Runtime {
@@ -84,7 +87,7 @@ func testRuntime(t testing.TB) sandbox.Runtime {
 	}
 	rt, err := container.New(container.Config{
 		StateRoot:    shortTempDir(t, "ct"),
-		CgroupParent: fmt.Sprintf("dimplugd-test-%d", os.Getpid()),
+		CgroupParent: fmt.Sprintf("dimplugd-test-%d-%d", os.Getpid(), runtimeSeq.Add(1)), // one Runtime per cgroup parent
 	})
 	if err != nil {
 		t.Fatalf("container runtime: %v", err)

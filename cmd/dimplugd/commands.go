@@ -97,6 +97,18 @@ func serveCmd() *cobra.Command {
 				}
 				runtime = "process"
 			}
+			// The container state and cgroup parent belong to one daemon:
+			// unless set by hand they are derived from the state directory.
+			derivedState, derivedParent, err := container.DefaultsFor(stateDir)
+			if err != nil {
+				return err
+			}
+			if !cmd.Flags().Changed("container-state") {
+				ctState = derivedState
+			}
+			if !cmd.Flags().Changed("cgroup-parent") {
+				cgParent = derivedParent
+			}
 			rt, err := pickRuntime(runtime, container.Config{StateRoot: ctState, CgroupParent: cgParent})
 			if err != nil {
 				return err
@@ -163,9 +175,9 @@ func serveCmd() *cobra.Command {
 	f.StringVar(&runtime, "runtime", "container", `how plugins run: "container" (libcontainer sandbox) or "process" (no sandbox, development only)`)
 	f.BoolVar(&insecure, "insecure-no-sandbox", false, "run plugins as plain processes WITHOUT any sandbox (development only)")
 	f.BoolVar(&debug, "debug", false, "log debug messages")
-	f.StringVar(&ctState, "container-state", container.DefaultStateRoot, "state directory of the container runtime (keep it on a tmpfs)")
+	f.StringVar(&ctState, "container-state", "", "state directory of the container runtime, owned by this daemon alone (keep it on a tmpfs; default "+container.DefaultRunDir+"/<hash of the state dir>)")
 	f.BoolVar(&prestart, "prestart", false, "keep a pre-started sandbox per plugin so restarts skip sandbox set-up (about 15 MiB each)")
-	f.StringVar(&cgParent, "cgroup-parent", container.DefaultCgroupParent, "cgroup under which each plugin gets its own")
+	f.StringVar(&cgParent, "cgroup-parent", "", "cgroup under which each plugin gets its own, owned by this daemon alone (default dimplugd-<hash of the state dir>)")
 	return cmd
 }
 

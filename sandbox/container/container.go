@@ -3,6 +3,8 @@
 package container
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -23,9 +25,15 @@ type Runtime struct {
 	cfg            Config
 	swapAccounting bool // the memory controller can limit memory+swap
 
-	mu   sync.Mutex
-	lock *os.File            // holds the flock on <StateRoot>/.lock; nil once closed
-	live map[string]*process // instances started by this Runtime and not yet destroyed; nil entries are starting
+	// startMu is held shared by every libcontainer start and exclusively
+	// by reapFailedStarts (see reap.go).
+	startMu sync.RWMutex
+
+	mu     sync.Mutex
+	lock   *os.File            // holds the flock on <StateRoot>/.lock; nil once closed
+	cgLock *os.File            // holds the flock on the cgroup parent's lock file
+	live   map[string]*process // instances started by this Runtime and not yet destroyed; nil entries are starting
+	inits  map[int]bool        // host pids of started instances' inits not yet reaped
 }
 
 // lockFileName is the file under the state root whose flock marks the
@@ -72,7 +80,12 @@ func New(cfg Config) (*Runtime, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Runtime{cfg: cfg, swapAccounting: hasSwapAccounting(), lock: lock, live: make(map[string]*process)}, nil
+	cgLock, err := lockCgroupParent(cfg.CgroupParent, cfg.StateRoot)
+	if err != nil {
+		lock.Close()
+		return nil, err
+	}
+	return &Runtime{cfg: cfg, swapAccounting: hasSwapAccounting(), lock: lock, cgLock: cgLock, live: make(map[string]*process), inits: make(map[int]bool)}, nil
 }
 
 // lockStateRoot takes an exclusive flock on the state root's lock file, so
@@ -95,8 +108,40 @@ func lockStateRoot(root string) (*os.File, error) {
 	return f, nil
 }
 
-// Close releases the Runtime's claim on its state root, so that another
-// Runtime may use it. It does not stop instances; after Close, Start and
+// cgroupLockDir holds one lock file per cgroup parent in use.
+var cgroupLockDir = filepath.Join(DefaultRunDir, "cgroup-parents")
+
+// lockCgroupParent takes an exclusive flock on the cgroup parent's lock file
+// (named after a hash of the parent, holding the owner's state root), so
+// that two Runtimes never share a cgroup parent: Sweep kills every instance
+// under it that its Runtime did not start.
+func lockCgroupParent(parent, stateRoot string) (*os.File, error) {
+	if err := os.MkdirAll(cgroupLockDir, 0o711); err != nil {
+		return nil, fmt.Errorf("container runtime: lock cgroup parent: %w", err)
+	}
+	sum := sha256.Sum256([]byte(parent))
+	path := filepath.Join(cgroupLockDir, hex.EncodeToString(sum[:12])+".lock")
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("container runtime: lock cgroup parent: %w", err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		owner, _ := os.ReadFile(path)
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("container runtime: cgroup parent %q is in use by another running daemon (container state %s; lock %s); give each daemon its own --cgroup-parent, or leave it unset to derive one from the state directory",
+				parent, strings.TrimSpace(string(owner)), path)
+		}
+		return nil, fmt.Errorf("container runtime: lock cgroup parent: %w", err)
+	}
+	if err := f.Truncate(0); err == nil {
+		_, _ = f.WriteAt([]byte(stateRoot+"\n"), 0)
+	}
+	return f, nil
+}
+
+// Close releases the Runtime's claim on its state root and cgroup parent,
+// so that another Runtime may use them. It does not stop instances; after Close, Start and
 // Sweep fail. Close is idempotent.
 func (r *Runtime) Close() error {
 	r.mu.Lock()
@@ -111,8 +156,8 @@ func (r *Runtime) Close() error {
 			_ = os.Remove(d)
 		}
 	}
-	err := r.lock.Close()
-	r.lock = nil
+	err := errors.Join(r.lock.Close(), r.cgLock.Close())
+	r.lock, r.cgLock = nil, nil
 	return err
 }
 

@@ -32,6 +32,7 @@ type process struct {
 	pid    int
 	memDir string // memory cgroup directory, for the OOM counter
 	rootfs string
+	outs   []*outCopy // output copies wait waits for, like exec.Cmd.Wait
 
 	done chan struct{}
 	exit sandbox.Exit // written by wait before done is closed
@@ -48,6 +49,11 @@ var _ sandbox.Process = (*process)(nil)
 func (p *process) wait() {
 	defer close(p.done)
 	st, err := p.lp.Wait()
+	p.rt.dropInit(p.pid)
+	// The pid namespace died with its init, so nothing holds the pipes.
+	for _, oc := range p.outs {
+		<-oc.done
+	}
 	var ex sandbox.Exit
 	ws, ok := waitStatus(st)
 	switch {

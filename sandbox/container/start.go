@@ -156,22 +156,60 @@ func (r *Runtime) prepare(ctx context.Context, spec *sandbox.Spec, verb string) 
 		return nil, fail("create container", err)
 	}
 
+	// Output goes through pipes of our own, not os/exec's: exec.Cmd.Wait
+	// waits for its copying goroutines, which never end while a set-up
+	// stage that outlived a killed stage 0 holds the pipe, and that stage
+	// waits for libcontainer: Start would hang for good.
+	var outs []*outCopy
+	stdout, oc, err := copyOutput(orNil(spec.Stdout))
+	if err != nil {
+		_ = removeRootfs(rootfs)
+		_ = c.Destroy()
+		return nil, fail("create output pipe", err)
+	}
+	if oc != nil {
+		outs = append(outs, oc)
+	}
+	stderr, oc, err := copyOutput(orNil(spec.Stderr))
+	if err != nil {
+		for _, oc := range outs {
+			oc.abandon()
+		}
+		_ = removeRootfs(rootfs)
+		_ = c.Destroy()
+		return nil, fail("create output pipe", err)
+	}
+	if oc != nil {
+		outs = append(outs, oc)
+	}
 	lp := &libcontainer.Process{
 		Args:       append([]string{entry}, spec.Args...),
 		Env:        pluginEnv(spec.Env),
 		Cwd:        "/",
-		Stdout:     orNil(spec.Stdout),
-		Stderr:     orNil(spec.Stderr),
+		Stdout:     stdout,
+		Stderr:     stderr,
 		ExtraFiles: spec.ExtraFiles(),
 		Init:       true,
 	}
-	if err := c.Start(lp); err != nil {
+	r.startMu.RLock()
+	err = c.Start(lp)
+	pid := 0
+	if err == nil {
+		pid, _ = lp.Pid()
+		r.addInit(pid)
+	}
+	r.startMu.RUnlock()
+	for _, oc := range outs {
+		oc.w.Close() // the instance holds its own copies
+	}
+	if err != nil {
+		// A set-up process that died early leaves its siblings unwaited.
+		r.reapFailedStarts()
 		ctx, cancel := context.WithTimeout(context.Background(), destroyTimeout)
 		defer cancel()
 		_ = r.cleanup(ctx, c, spec.ID, rootfs)
 		return nil, fail("start container init", err)
 	}
-	pid, _ := lp.Pid()
 	p := &process{
 		rt:     r,
 		id:     spec.ID,
@@ -180,6 +218,7 @@ func (r *Runtime) prepare(ctx context.Context, spec *sandbox.Spec, verb string) 
 		lp:     lp,
 		pid:    pid,
 		rootfs: rootfs,
+		outs:   outs,
 		done:   make(chan struct{}),
 	}
 	if st, err := c.State(); err == nil {
@@ -231,6 +270,42 @@ func pluginEnv(env []string) []string {
 		}
 	}
 	return append(out, "HOME=/tmp")
+}
+
+// outCopy copies what an instance writes to the write end of a pipe into
+// the writer the spec named.
+type outCopy struct {
+	w    *os.File // write end, closed once the instance holds it
+	r    *os.File
+	done chan struct{} // closed when every write end is closed and the copy ended
+}
+
+// copyOutput returns w when it is nil or a file, which the instance can
+// write to directly; otherwise the write end of a pipe copied into w.
+func copyOutput(w io.Writer) (io.Writer, *outCopy, error) {
+	if w == nil {
+		return nil, nil, nil
+	}
+	if f, ok := w.(*os.File); ok {
+		return f, nil, nil
+	}
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return nil, nil, err
+	}
+	oc := &outCopy{w: pw, r: pr, done: make(chan struct{})}
+	go func() {
+		defer close(oc.done)
+		_, _ = io.Copy(w, pr)
+		pr.Close()
+	}()
+	return pw, oc, nil
+}
+
+// abandon ends a copy whose pipe was never handed to an instance.
+func (oc *outCopy) abandon() {
+	oc.w.Close()
+	<-oc.done
 }
 
 // orNil turns a nil *os.File inside w into a nil interface: libcontainer
