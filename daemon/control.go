@@ -64,7 +64,7 @@ func (d *Daemon) Install(ctx context.Context, archive []byte, opts registry.Inst
 		u.restartReq = true
 		u.mu.Unlock()
 	} else {
-		u = d.addUnitLocked(rec)
+		u = d.addUnitLocked(rec, nil)
 	}
 	d.mu.Unlock()
 	u.logf("installed version %s", rec.Manifest.Version)

@@ -14,6 +14,13 @@
 // Goroutines: Start launches the socket's accept loop, one supervision
 // goroutine per installed plugin and one goroutine per client connection;
 // Close ends all of them and stops every plugin gracefully.
+//
+// Upgrades in place (handover.go): Upgrade drains like Close but, instead
+// of stopping the plugins, hands each one that supports it a new control
+// socket and lane, and returns a Handover record naming every descriptor
+// the next process image needs; the caller executes the new binary, which
+// passes the record in Config.Handover so that Start adopts those
+// sandboxes (after sandbox.Adopter checked them) instead of sweeping them.
 package daemon
 
 import (
@@ -87,6 +94,10 @@ type Config struct {
 	// Resolver resolves the host names plugins fetch through the Fetcher
 	// capability; default net.DefaultResolver. Tests set their own.
 	Resolver Resolver
+	// Handover, when set, is the record of a daemon that upgraded in
+	// place (see Upgrade, ReadHandover): Start adopts its listening sockets
+	// and running plugins instead of starting afresh. Start owns it.
+	Handover *Handover
 }
 
 // Supervision tunes how plugins are watched and restarted.
@@ -174,7 +185,10 @@ type Daemon struct {
 	calls   atomic.Int64
 	closeMu sync.Mutex
 	closed  bool
-	errc    chan error // capacity 1: the first server loop that died (see Err)
+	// upgrading is set by Upgrade: units park their running instances
+	// instead of stopping them.
+	upgrading atomic.Bool
+	errc      chan error // capacity 1: the first server loop that died (see Err)
 }
 
 // Err returns a channel that receives an error when one of the daemon's
@@ -198,6 +212,9 @@ func (d *Daemon) fail(err error) {
 // daemon, starts every enabled plugin and begins serving the socket. The
 // returned daemon runs until Close; ctx only bounds start-up.
 func Start(ctx context.Context, cfg Config) (*Daemon, error) {
+	if cfg.Handover != nil {
+		defer cfg.Handover.Discard() // closes whatever Start did not take
+	}
 	if cfg.StateDir == "" || cfg.Socket == "" || cfg.Runtime == nil {
 		return nil, errors.New("daemon: StateDir, Socket and Runtime are required")
 	}
@@ -253,7 +270,21 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 	if d.store, err = registry.Open(d.cfg.StateDir); err != nil {
 		return nil, err
 	}
+	// Instances handed over by an upgrading daemon are adopted before
+	// Sweep, which ends every other instance left in the runtime.
+	var adopted map[string]*adoption
+	if cfg.Handover != nil {
+		adopted = d.adoptHandover(ctx, cfg.Handover)
+	}
+	discardAdopted := func() {
+		for name, a := range adopted {
+			if err := a.discard(); err != nil {
+				d.log.Warn("destroy a handed-over plugin instance", "plugin", name, "err", err)
+			}
+		}
+	}
 	if err := cfg.Runtime.Sweep(ctx); err != nil {
+		discardAdopted()
 		d.store.Close()
 		return nil, fmt.Errorf("sweep instances left by an earlier daemon: %w", err)
 	}
@@ -264,22 +295,30 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 
 	recs, err := d.store.List()
 	if err != nil {
+		discardAdopted()
 		d.cancel()
 		d.store.Close()
 		return nil, err
 	}
 	d.mu.Lock()
 	for _, rec := range recs {
-		d.addUnitLocked(rec)
+		d.addUnitLocked(rec, adopted[rec.Name])
+		delete(adopted, rec.Name)
 	}
 	d.mu.Unlock()
+	// Handed over, but no longer installed.
+	discardAdopted()
 	d.rebuildRoutes()
 
-	if d.server, err = listen(d, faceHost, cfg.Socket, cfg.SocketMode, hostGroup); err != nil {
+	var inherited [2]*os.File // listening sockets handed over
+	if h := cfg.Handover; h != nil {
+		inherited[0], inherited[1] = takeFile(&h.Socket, "host socket"), takeFile(&h.Control, "control socket")
+	}
+	if d.server, err = listen(d, faceHost, cfg.Socket, cfg.SocketMode, hostGroup, inherited[0]); err != nil {
 		d.Close()
 		return nil, err
 	}
-	if d.ctlSrv, err = listen(d, faceControl, cfg.ControlSocket, ctlMode, opGroup); err != nil {
+	if d.ctlSrv, err = listen(d, faceControl, cfg.ControlSocket, ctlMode, opGroup, inherited[1]); err != nil {
 		d.Close()
 		return nil, err
 	}
@@ -299,28 +338,7 @@ func (d *Daemon) Close() error {
 	}
 	d.closed = true
 	d.drain()
-	if d.server != nil {
-		d.server.close()
-	}
-	if d.ctlSrv != nil {
-		d.ctlSrv.close()
-	}
-	d.cancel()
-	d.mu.Lock()
-	units := make([]*unit, 0, len(d.units))
-	for _, u := range d.units {
-		units = append(units, u)
-	}
-	d.mu.Unlock()
-	for _, u := range units {
-		<-u.done
-	}
-	d.hub.closeAll()
-	d.wg.Wait()
-	d.routes.closeWatchers()
-	err := d.store.Close()
-	d.log.Info("dimplugd stopped")
-	return err
+	return d.closeRest()
 }
 
 // drainMax bounds how long a graceful stop waits for calls in flight.
@@ -359,8 +377,9 @@ func (d *Daemon) ControlSocket() string { return d.cfg.ControlSocket }
 
 // addUnitLocked creates the supervision goroutine for an installed plugin.
 // d.mu must be held.
-func (d *Daemon) addUnitLocked(rec registry.Record) *unit {
+func (d *Daemon) addUnitLocked(rec registry.Record, a *adoption) *unit {
 	u := newUnit(d, rec)
+	u.adopted = a
 	d.units[rec.Name] = u
 	d.wg.Add(1)
 	go func() {

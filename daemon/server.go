@@ -52,7 +52,7 @@ type server struct {
 
 // listen creates the socket at path, owned by root (or the daemon's user)
 // and g's group, with mode, and starts accepting on it.
-func listen(d *Daemon, f face, path string, mode os.FileMode, g group) (*server, error) {
+func listen(d *Daemon, f face, path string, mode os.FileMode, g group, inherited *os.File) (*server, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, fmt.Errorf("create socket directory: %w", err)
 	}
@@ -60,7 +60,13 @@ func listen(d *Daemon, f face, path string, mode os.FileMode, g group) (*server,
 	if f == faceControl {
 		flag = "--control-socket"
 	}
-	if _, err := os.Lstat(path); err == nil {
+	var ln *net.UnixListener
+	if inherited != nil {
+		// Handed over by the daemon this one replaced: the same socket,
+		// with the connections made meanwhile waiting in its backlog.
+		ln = inheritListener(d, inherited, path)
+	}
+	if _, err := os.Lstat(path); ln == nil && err == nil {
 		// A socket file exists: refuse if a daemon answers on it, else it
 		// is left over from a daemon that died.
 		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
@@ -71,11 +77,14 @@ func listen(d *Daemon, f face, path string, mode os.FileMode, g group) (*server,
 			return nil, fmt.Errorf("remove stale socket %s: %w", path, err)
 		}
 	}
-	old := syscall.Umask(0o177) // the socket is never world-accessible, even briefly
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
-	syscall.Umask(old)
-	if err != nil {
-		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	if ln == nil {
+		old := syscall.Umask(0o177) // the socket is never world-accessible, even briefly
+		var err error
+		ln, err = net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+		syscall.Umask(old)
+		if err != nil {
+			return nil, fmt.Errorf("listen on %s: %w", path, err)
+		}
 	}
 	ln.SetUnlinkOnClose(true)
 	if g.set {
@@ -428,6 +437,36 @@ func (b *bufferedConn) Read(p []byte) (int, error) { return b.r.Read(p) }
 
 // stopAccepting closes the listener (and ends the accept loop); the
 // connections already open go on. It is the first step of close.
+// inheritListener returns the listening socket handed over in f if it is
+// a Unix stream socket bound to path, else nil (f is closed either way).
+func inheritListener(d *Daemon, f *os.File, path string) *net.UnixListener {
+	defer f.Close()
+	l, err := net.FileListener(f)
+	if err != nil {
+		d.log.Warn("handed-over socket unusable; listening afresh", "socket", path, "err", err)
+		return nil
+	}
+	ul, ok := l.(*net.UnixListener)
+	if !ok || ul.Addr().String() != path {
+		d.log.Warn("handed-over socket is not the one configured; listening afresh", "socket", path, "got", l.Addr().String())
+		l.Close()
+		return nil
+	}
+	ul.SetUnlinkOnClose(false) // the path is ours; it must not go if we give up on it
+	return ul
+}
+
+// keepListener duplicates the listening socket for the daemon image that
+// replaces this one and makes sure closing it leaves the socket file.
+func (s *server) keepListener() (int, error) {
+	fd, err := keepAcrossExec(s.ln)
+	if err != nil {
+		return -1, fmt.Errorf("keep the %s socket: %w", s.face, err)
+	}
+	s.ln.SetUnlinkOnClose(false)
+	return fd, nil
+}
+
 func (s *server) stopAccepting() {
 	s.stopOnce.Do(func() {
 		close(s.stop) // first: the accept loop must see it was asked to end

@@ -77,7 +77,10 @@ type framePeer struct {
 	goneCh chan struct{}
 	why    string
 	lanes  map[string]bool // a host's: plugins it was granted a direct lane to
-	nOpen  int             // a host's open streams; a plugin's live stages
+	// rebound is closed when the plugin answers a rebind (see
+	// expectRebound); under the hub's lock.
+	rebound chan struct{}
+	nOpen   int // a host's open streams; a plugin's live stages
 	// A host's uid, counted in frameHub.hostsByUID while reserved.
 	uid      uint32
 	reserved bool
@@ -523,6 +526,15 @@ func (h *frameHub) handleLocked(p *framePeer, fm schema.FrameMsg, fds []*os.File
 		// a hook the plugin has.
 		if u, err := h.d.unit(plugin); err == nil && p.lanes[plugin] && u.hasHook(hook) {
 			u.breaker(hook).Add(hs.Calls(), hs.Failures())
+		}
+	case schema.FrameMsg_Which_rebound:
+		if p.unit == nil {
+			closeAll(fds)
+			return errors.New("answered a rebind: only plugins do")
+		}
+		if p.rebound != nil {
+			close(p.rebound)
+			p.rebound = nil
 		}
 	case schema.FrameMsg_Which_end:
 		e, err := fm.End()
@@ -1551,6 +1563,35 @@ func (h *frameHub) closeAll() {
 	for _, p := range peers {
 		p.conn.Close()
 	}
+}
+
+// closeHosts closes every host's frame socket and waits until the hub has
+// ended their streams, so that each stage has been sent its end.
+func (h *frameHub) closeHosts() {
+	h.mu.Lock()
+	var hosts []*framePeer
+	for _, p := range h.peers {
+		if p.unit == nil {
+			hosts = append(hosts, p)
+		}
+	}
+	h.mu.Unlock()
+	for _, p := range hosts {
+		p.conn.Close()
+	}
+	for _, p := range hosts {
+		<-p.goneCh
+	}
+}
+
+// expectRebound returns a channel closed when plugin peer p answers the
+// rebind about to be sent.
+func (h *frameHub) expectRebound(p *framePeer) <-chan struct{} {
+	ch := make(chan struct{})
+	h.mu.Lock()
+	p.rebound = ch
+	h.mu.Unlock()
+	return ch
 }
 
 // grantLaneLocked sets up a direct hook lane between a host and a running

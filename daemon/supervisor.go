@@ -52,10 +52,15 @@ type unit struct {
 	// across restarts.
 	policyCounts map[string]*policyCounts
 	observeQ     observeQueue // its observe calls, in order (see dispatchObserve)
-	seq          int
-	restarts     int
-	crashes      []time.Time
-	lastExit     string
+	// adopted is an instance an upgrading daemon handed over, for the
+	// run loop to take on its first turn; parked is the running instance
+	// the run loop left for Upgrade to hand over.
+	adopted  *adoption
+	parked   *instance
+	seq      int
+	restarts int
+	crashes  []time.Time
+	lastExit string
 }
 
 // instance is one running process of a plugin and its connection.
@@ -67,8 +72,12 @@ type instance struct {
 	lane    *wire.LaneClient // nil when the plugin does not serve the hook lane
 	frames  *framePeer       // nil when the plugin takes no frame streams
 	version uint16
+	rebind  bool // the plugin can be handed to an upgraded daemon (PluginInfo.rebind)
 	started time.Time
-	ioDone  chan struct{} // stdout and stderr copied to the end
+	// outR and errR are the read ends of the plugin's output, kept for a
+	// hand-over; the instance's log goroutine reads them.
+	outR, errR *os.File
+	ioDone     chan struct{} // stdout and stderr copied to the end
 }
 
 func newUnit(d *Daemon, rec registry.Record) *unit {
@@ -149,11 +158,22 @@ func (u *unit) logf(format string, args ...any) {
 func (u *unit) run(ctx context.Context) {
 	defer close(u.done)
 	defer u.dropStandby()
+	defer func() { // not taken: the daemon closed first
+		if a := u.takeAdopted(); a != nil {
+			_ = a.discard()
+		}
+	}()
 	for {
 		if !u.waitWanted(ctx) {
 			return
 		}
-		inst, err := u.start(ctx)
+		var inst *instance
+		var err error
+		if a := u.takeAdopted(); a != nil {
+			inst, err = u.adopt(ctx, a)
+		} else {
+			inst, err = u.start(ctx)
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return
@@ -178,6 +198,13 @@ func (u *unit) run(ctx context.Context) {
 				return
 			}
 			continue
+		}
+		if ctx.Err() != nil && u.d.upgrading.Load() && inst.rebind && inst.frames != nil {
+			// Upgrade hands it to the new daemon image.
+			u.mu.Lock()
+			u.parked = inst
+			u.mu.Unlock()
+			return
 		}
 		u.stop(inst, reason)
 		if ctx.Err() != nil {
@@ -290,11 +317,20 @@ func (l *launch) close() {
 	if l.prepared != nil {
 		l.prepared.Discard()
 	}
-	l.nc.Close()
-	l.lane.Close()
-	l.frames.Close()
-	l.outR.Close()
-	l.errR.Close()
+	if l.nc != nil {
+		l.nc.Close()
+	}
+	if l.lane != nil { // an adopted instance may have none
+		l.lane.Close()
+	}
+	if l.frames != nil {
+		l.frames.Close()
+	}
+	for _, f := range []*os.File{l.outR, l.errR} {
+		if f != nil {
+			f.Close()
+		}
+	}
 }
 
 // specKey identifies what an instance is built from: a standby prepared
@@ -490,7 +526,27 @@ func (u *unit) start(ctx context.Context) (*instance, error) {
 			return nil, fmt.Errorf("start: %w", err)
 		}
 	}
-	inst := &instance{id: l.id, proc: proc, started: time.Now(), ioDone: make(chan struct{})}
+	return u.connect(ctx, l, proc, rec, how, time.Now())
+}
+
+// adopt takes over an instance an upgrading daemon handed over: the same
+// handshake as a new instance, on the control socket it was given for this.
+func (u *unit) adopt(ctx context.Context, a *adoption) (*instance, error) {
+	u.mu.Lock()
+	rec := u.rec
+	if a.hp.Seq > u.seq {
+		u.seq = a.hp.Seq // the next instance ids stay unique
+	}
+	u.restarts += a.hp.Restarts
+	_ = u.transitionLocked(startingState{})
+	u.mu.Unlock()
+	return u.connect(ctx, a.l, a.proc, rec, "adopted from the daemon before the upgrade:", a.hp.Started)
+}
+
+// connect completes an instance whose process runs: its output goes to
+// the plugin's log, the handshake, then its lane and frame socket.
+func (u *unit) connect(ctx context.Context, l *launch, proc sandbox.Process, rec registry.Record, how string, started time.Time) (*instance, error) {
+	inst := &instance{id: l.id, proc: proc, started: started, ioDone: make(chan struct{}), outR: l.outR, errR: l.errR}
 	outR, errR := l.outR, l.errR
 	go func() { // owned by the instance; ends when the plugin's output closes
 		var wg sync.WaitGroup
@@ -504,11 +560,12 @@ func (u *unit) start(ctx context.Context) (*instance, error) {
 	u.logf("%s instance %s (pid %d, runtime %s)", how, l.id, proc.Pid(), u.d.cfg.Runtime.Name())
 
 	caps, err := u.handshake(ctx, inst, rec)
-	if caps.lane {
+	if caps.lane && l.lane != nil {
 		inst.lane = wire.NewLaneClient(l.lane)
-	} else {
+	} else if l.lane != nil {
 		l.lane.Close()
 	}
+	inst.rebind = caps.rebind
 	if caps.frames && err == nil {
 		inst.frames = u.d.hub.attach(l.frames, fmt.Sprintf("plugin %q", u.name), u)
 	} else {
@@ -534,8 +591,18 @@ func (u *unit) start(ctx context.Context) (*instance, error) {
 	return inst, nil
 }
 
+// takeAdopted returns the handed-over instance waiting for the run loop,
+// if any, and forgets it.
+func (u *unit) takeAdopted() *adoption {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	a := u.adopted
+	u.adopted = nil
+	return a
+}
+
 // pluginCaps is what a plugin said it serves besides RPC.
-type pluginCaps struct{ lane, frames bool }
+type pluginCaps struct{ lane, frames, rebind bool }
 
 // handshake negotiates with a new instance and reports what it serves.
 func (u *unit) handshake(ctx context.Context, inst *instance, rec registry.Record) (caps pluginCaps, err error) {
@@ -615,7 +682,7 @@ func (u *unit) handshake(ctx context.Context, inst *instance, rec registry.Recor
 		}
 	}
 	inst.plugin = res.Plugin().AddRef()
-	return pluginCaps{lane: info.Lane(), frames: info.Frames()}, nil
+	return pluginCaps{lane: info.Lane(), frames: info.Frames(), rebind: info.Rebind() && info.Frames()}, nil
 }
 
 // supervise watches a running instance until it ends or should stop. It

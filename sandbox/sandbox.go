@@ -226,6 +226,22 @@ func signalName(s syscall.Signal) string {
 	return fmt.Sprintf("%d (%s)", int(s), s.String())
 }
 
+// Adopter is implemented by runtimes whose instances can outlive the
+// process image of the daemon that started them: when the daemon upgrades
+// in place (it executes its new binary in its own process, keeping its
+// children and the descriptors it chose to keep), the new image adopts the
+// instances the old one handed over instead of starting them again.
+type Adopter interface {
+	// Adopt takes over the running instance id of plugin, whose first
+	// process was pid. It finds the instance by what the runtime itself
+	// recorded (its container state and cgroup), never by the pid alone:
+	// it fails unless that instance is running with pid as its first
+	// process, pid sits in the instance's own cgroup and is a child of
+	// this process. The instance is then this Runtime's as if it had
+	// started it: Sweep leaves it alone and Destroy removes it.
+	Adopt(ctx context.Context, id, plugin string, pid int) (Process, error)
+}
+
 // Preparer is implemented by runtimes that can set an instance up ahead of
 // need — a pre-started sandbox — so that starting it later costs little
 // more than the plugin's own start-up. The supervisor keeps one prepared

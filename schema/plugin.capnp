@@ -47,6 +47,12 @@ struct PluginInfo {
   phases @3 :List(Http.Phase);  # the phases the plugin has handlers for
   lane @4 :Bool;                # the plugin serves the hook lane on fd 4 (lane.capnp)
   frames @5 :Bool;              # the plugin serves frame streams on fd 5 (stream.capnp)
+  rebind @6 :Bool;
+  # The plugin takes a new control socket (and hook lane) over its frame
+  # socket (FrameMsg.rebind), so a daemon being upgraded in place can hand
+  # it, still running, to the new daemon binary instead of restarting it.
+  # Needs `frames`. A plugin that does not set it is stopped and started
+  # again across an upgrade.
 }
 
 interface Plugin {

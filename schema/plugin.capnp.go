@@ -704,6 +704,14 @@ func (s PluginInfo) SetFrames(v bool) {
 	capnp.Struct(s).SetBit(1, v)
 }
 
+func (s PluginInfo) Rebind() bool {
+	return capnp.Struct(s).Bit(2)
+}
+
+func (s PluginInfo) SetRebind(v bool) {
+	capnp.Struct(s).SetBit(2, v)
+}
+
 // PluginInfo_List is a list of PluginInfo.
 type PluginInfo_List = capnp.StructList[PluginInfo]
 

@@ -45,7 +45,32 @@ struct FrameMsg {
     laneRequest @7 :Text;      # host → daemon: a direct hook lane to this plugin, please
     lane @8 :LaneGrant;        # daemon → host and → plugin; carries the lane's socket
     hookStats @9 :HookStats;   # host → daemon: calls made on direct lanes since the last report
+    rebind @10 :Rebind;        # daemon → plugin: carries a new control socket (and hook lane)
+    rebound @11 :Rebind;       # plugin → daemon: the rebind is done (no fds)
   }
+}
+
+struct Rebind {
+  # An in-place upgrade of the daemon (see docs/protocol.md, "Upgrades in
+  # place"). Only sent to a plugin whose PluginInfo.rebind is set, after
+  # every stream of the plugin has ended and every hook call on its lane was
+  # answered. The message carries one or two sockets (SCM_RIGHTS): first the
+  # new control socket, then, if the plugin serves the hook lane, its new
+  # lane. The plugin then
+  #   1. ends whatever is left of its streams and forgets every pool it
+  #      mapped or announced (pool ids and scopes start over with the new
+  #      daemon);
+  #   2. serves its bootstrap (PluginBootstrap) on the new control socket
+  #      and hook calls on the new lane, and stops treating the end of the
+  #      old control socket (fd 3) and old lane (fd 4) as the daemon going
+  #      away: they close when the old daemon's process image is replaced;
+  #   3. answers `rebound` with the same instance id.
+  # The new daemon calls handshake again on the new control socket, with new
+  # host services; the plugin swaps them in without running its
+  # initialisation again, and keeps its instance id, its direct lanes to
+  # hosts and this frame socket. A plugin that does not answer within a few
+  # seconds is stopped and started again by the new daemon.
+  instance @0 :Text;         # the instance being handed over
 }
 
 struct HookStats {

@@ -22,10 +22,12 @@ const (
 	FrameMsg_Which_laneRequest FrameMsg_Which = 7
 	FrameMsg_Which_lane        FrameMsg_Which = 8
 	FrameMsg_Which_hookStats   FrameMsg_Which = 9
+	FrameMsg_Which_rebind      FrameMsg_Which = 10
+	FrameMsg_Which_rebound     FrameMsg_Which = 11
 )
 
 func (w FrameMsg_Which) String() string {
-	const s = "poolAddpoolDropopenopenedframereleaseendlaneRequestlanehookStats"
+	const s = "poolAddpoolDropopenopenedframereleaseendlaneRequestlanehookStatsrebindrebound"
 	switch w {
 	case FrameMsg_Which_poolAdd:
 		return s[0:7]
@@ -47,6 +49,10 @@ func (w FrameMsg_Which) String() string {
 		return s[51:55]
 	case FrameMsg_Which_hookStats:
 		return s[55:64]
+	case FrameMsg_Which_rebind:
+		return s[64:70]
+	case FrameMsg_Which_rebound:
+		return s[70:77]
 
 	}
 	return "FrameMsg_Which(" + strconv.FormatUint(uint64(w), 10) + ")"
@@ -414,6 +420,70 @@ func (s FrameMsg) NewHookStats() (HookStats, error) {
 	return ss, err
 }
 
+func (s FrameMsg) Rebind() (Rebind, error) {
+	if capnp.Struct(s).Uint16(0) != 10 {
+		panic("Which() != rebind")
+	}
+	p, err := capnp.Struct(s).Ptr(0)
+	return Rebind(p.Struct()), err
+}
+
+func (s FrameMsg) HasRebind() bool {
+	if capnp.Struct(s).Uint16(0) != 10 {
+		return false
+	}
+	return capnp.Struct(s).HasPtr(0)
+}
+
+func (s FrameMsg) SetRebind(v Rebind) error {
+	capnp.Struct(s).SetUint16(0, 10)
+	return capnp.Struct(s).SetPtr(0, capnp.Struct(v).ToPtr())
+}
+
+// NewRebind sets the rebind field to a newly
+// allocated Rebind struct, preferring placement in s's segment.
+func (s FrameMsg) NewRebind() (Rebind, error) {
+	capnp.Struct(s).SetUint16(0, 10)
+	ss, err := NewRebind(capnp.Struct(s).Segment())
+	if err != nil {
+		return Rebind{}, err
+	}
+	err = capnp.Struct(s).SetPtr(0, capnp.Struct(ss).ToPtr())
+	return ss, err
+}
+
+func (s FrameMsg) Rebound() (Rebind, error) {
+	if capnp.Struct(s).Uint16(0) != 11 {
+		panic("Which() != rebound")
+	}
+	p, err := capnp.Struct(s).Ptr(0)
+	return Rebind(p.Struct()), err
+}
+
+func (s FrameMsg) HasRebound() bool {
+	if capnp.Struct(s).Uint16(0) != 11 {
+		return false
+	}
+	return capnp.Struct(s).HasPtr(0)
+}
+
+func (s FrameMsg) SetRebound(v Rebind) error {
+	capnp.Struct(s).SetUint16(0, 11)
+	return capnp.Struct(s).SetPtr(0, capnp.Struct(v).ToPtr())
+}
+
+// NewRebound sets the rebound field to a newly
+// allocated Rebind struct, preferring placement in s's segment.
+func (s FrameMsg) NewRebound() (Rebind, error) {
+	capnp.Struct(s).SetUint16(0, 11)
+	ss, err := NewRebind(capnp.Struct(s).Segment())
+	if err != nil {
+		return Rebind{}, err
+	}
+	err = capnp.Struct(s).SetPtr(0, capnp.Struct(ss).ToPtr())
+	return ss, err
+}
+
 // FrameMsg_List is a list of FrameMsg.
 type FrameMsg_List = capnp.StructList[FrameMsg]
 
@@ -456,6 +526,94 @@ func (p FrameMsg_Future) Lane() LaneGrant_Future {
 }
 func (p FrameMsg_Future) HookStats() HookStats_Future {
 	return HookStats_Future{Future: p.Future.Field(0, nil)}
+}
+func (p FrameMsg_Future) Rebind() Rebind_Future {
+	return Rebind_Future{Future: p.Future.Field(0, nil)}
+}
+func (p FrameMsg_Future) Rebound() Rebind_Future {
+	return Rebind_Future{Future: p.Future.Field(0, nil)}
+}
+
+type Rebind capnp.Struct
+
+// Rebind_TypeID is the unique identifier for the type Rebind.
+const Rebind_TypeID = 0xb07bc83684290e27
+
+func NewRebind(s *capnp.Segment) (Rebind, error) {
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1})
+	return Rebind(st), err
+}
+
+func NewRootRebind(s *capnp.Segment) (Rebind, error) {
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1})
+	return Rebind(st), err
+}
+
+func ReadRootRebind(msg *capnp.Message) (Rebind, error) {
+	root, err := msg.Root()
+	return Rebind(root.Struct()), err
+}
+
+func (s Rebind) String() string {
+	str, _ := text.Marshal(0xb07bc83684290e27, capnp.Struct(s))
+	return str
+}
+
+func (s Rebind) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Struct(s).EncodeAsPtr(seg)
+}
+
+func (Rebind) DecodeFromPtr(p capnp.Ptr) Rebind {
+	return Rebind(capnp.Struct{}.DecodeFromPtr(p))
+}
+
+func (s Rebind) ToPtr() capnp.Ptr {
+	return capnp.Struct(s).ToPtr()
+}
+func (s Rebind) IsValid() bool {
+	return capnp.Struct(s).IsValid()
+}
+
+func (s Rebind) Message() *capnp.Message {
+	return capnp.Struct(s).Message()
+}
+
+func (s Rebind) Segment() *capnp.Segment {
+	return capnp.Struct(s).Segment()
+}
+func (s Rebind) Instance() (string, error) {
+	p, err := capnp.Struct(s).Ptr(0)
+	return p.Text(), err
+}
+
+func (s Rebind) HasInstance() bool {
+	return capnp.Struct(s).HasPtr(0)
+}
+
+func (s Rebind) InstanceBytes() ([]byte, error) {
+	p, err := capnp.Struct(s).Ptr(0)
+	return p.TextBytes(), err
+}
+
+func (s Rebind) SetInstance(v string) error {
+	return capnp.Struct(s).SetText(0, v)
+}
+
+// Rebind_List is a list of Rebind.
+type Rebind_List = capnp.StructList[Rebind]
+
+// NewRebind creates a new list of Rebind.
+func NewRebind_List(s *capnp.Segment, sz int32) (Rebind_List, error) {
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1}, sz)
+	return capnp.StructList[Rebind](l), err
+}
+
+// Rebind_Future is a wrapper for a Rebind promised by a client call.
+type Rebind_Future struct{ *capnp.Future }
+
+func (f Rebind_Future) Struct() (Rebind, error) {
+	p, err := f.Future.Ptr()
+	return Rebind(p.Struct()), err
 }
 
 type HookStats capnp.Struct

@@ -129,7 +129,7 @@ func serveCmd() *cobra.Command {
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
-			d, err := daemon.Start(ctx, daemon.Config{
+			cfg := daemon.Config{
 				StateDir:      stateDir,
 				Socket:        socket,
 				ControlSocket: ctlSocket,
@@ -140,21 +140,51 @@ func serveCmd() *cobra.Command {
 				Runtime:       rt,
 				Logger:        log,
 				Supervision:   daemon.Supervision{Standby: prestart},
-			})
-			if err != nil {
+			}
+			if v, ok := os.LookupEnv(daemon.HandoverEnv); ok {
+				os.Unsetenv(daemon.HandoverEnv)
+				h, err := daemon.ReadHandover(v)
+				if err != nil {
+					log.Warn("not adopting the plugins of the daemon before the upgrade; they start again", "err", err)
+				} else {
+					cfg.Handover = h
+				}
+			}
+			upgrade := make(chan os.Signal, 1)
+			signal.Notify(upgrade, syscall.SIGUSR2)
+			defer signal.Stop(upgrade)
+			for {
+				d, err := daemon.Start(ctx, cfg)
+				cfg.Handover = nil // Start took it
+				if err != nil {
+					closeRuntime(rt)
+					return err
+				}
+				var failed error
+				select {
+				case <-ctx.Done():
+					log.Info("shutting down")
+				case failed = <-d.Err():
+					log.Error("shutting down: the daemon stopped serving", "err", failed)
+				case <-upgrade:
+					h, err := upgradeInPlace(ctx, d, log)
+					closeRuntime(rt)
+					if err != nil {
+						return err
+					}
+					// The new binary could not be executed: this one
+					// adopts its own hand-over and serves on.
+					if rt, err = pickRuntime(runtime, container.Config{StateRoot: ctState, CgroupParent: cgParent}); err != nil {
+						h.Discard()
+						return err
+					}
+					cfg.Runtime, cfg.Handover = rt, h
+					continue
+				}
+				err = errors.Join(failed, d.Close())
 				closeRuntime(rt)
 				return err
 			}
-			var failed error
-			select {
-			case <-ctx.Done():
-				log.Info("shutting down")
-			case failed = <-d.Err():
-				log.Error("shutting down: the daemon stopped serving", "err", failed)
-			}
-			err = errors.Join(failed, d.Close())
-			closeRuntime(rt)
-			return err
 		},
 	}
 	f := cmd.Flags()
@@ -205,12 +235,19 @@ func closeRuntime(rt sandbox.Runtime) {
 }
 
 func versionCmd() *cobra.Command {
-	return &cobra.Command{
+	var handover bool
+	cmd := &cobra.Command{
 		Use:   "version",
 		Short: "Print the daemon's version and protocol versions",
 		Args:  cobra.NoArgs,
 		Run: func(cmd *cobra.Command, args []string) {
+			if handover {
+				fmt.Println(daemon.HandoverVersion)
+				return
+			}
 			fmt.Printf("dimplugd %s (protocol %s)\n", daemon.Version, schema.FormatVersions(schema.SupportedVersions))
 		},
 	}
+	cmd.Flags().BoolVar(&handover, "handover", false, "print only the version of the upgrade hand-over record this binary reads")
+	return cmd
 }

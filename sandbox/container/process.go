@@ -28,7 +28,7 @@ type process struct {
 	id     string
 	plugin string
 	c      *libcontainer.Container
-	lp     *libcontainer.Process
+	lp     initProcess
 	pid    int
 	memDir string // memory cgroup directory, for the OOM counter
 	rootfs string
@@ -42,6 +42,15 @@ type process struct {
 }
 
 var _ sandbox.Process = (*process)(nil)
+
+// initProcess is the instance's first process as the Runtime waits for and
+// signals it: libcontainer's Process for an instance it started, the
+// os.Process of an adopted one (see Adopt). Both wait for the child by its
+// pid and never reap anything else.
+type initProcess interface {
+	Wait() (*os.ProcessState, error)
+	Signal(os.Signal) error
+}
 
 // wait reaps the instance's init and records how it ended. The OOM counter
 // is read here, while the cgroup still exists: Destroy waits for done before

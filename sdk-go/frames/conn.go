@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"syscall"
 
 	"capnproto.org/go/capnp/v3"
 	"golang.org/x/sys/unix"
@@ -450,6 +451,10 @@ func messageLen(b []byte) (int, error) {
 	}
 	return int(total), nil
 }
+
+// SyscallConn gives access to the socket's descriptor (to hand it over
+// across execve, say).
+func (c *Conn) SyscallConn() (syscall.RawConn, error) { return c.uc.SyscallConn() }
 
 // Close closes the socket. A Recv in progress returns an error.
 func (c *Conn) Close() error {

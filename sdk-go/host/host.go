@@ -169,6 +169,9 @@ type Session struct {
 
 	link   atomic.Pointer[link]       // nil while the daemon is away
 	routes atomic.Pointer[RouteTable] // pushed by the daemon; kept while it is away
+	// attempt is closed when the keeper's connect attempt under way ends;
+	// nil between attempts (see awaitLink).
+	attempt atomic.Pointer[connectAttempt]
 
 	mu       sync.Mutex
 	watchers []func(*RouteTable)
@@ -290,20 +293,28 @@ const (
 // it succeeds or the session closes.
 func (s *Session) keep(l *link) {
 	for {
+		var done *connectAttempt
 		if l != nil {
 			select {
 			case <-l.conn.Done():
 			case <-s.stop:
 				return
 			}
+			done = s.beginAttempt() // the first try, at once, starts now
 			s.lost(l)
 		}
 		wait := time.Duration(0) // the first try is at once
 		for {
-			select {
-			case <-s.stop:
-				return
-			case <-time.After(wait):
+			if wait > 0 {
+				select {
+				case <-s.stop:
+					s.endAttempt(done)
+					return
+				case <-time.After(wait):
+				}
+			}
+			if done == nil {
+				done = s.beginAttempt()
 			}
 			ctx, cancel := context.WithTimeout(s.stopCtx, 5*time.Second)
 			nl, err := s.connect(ctx)
@@ -312,6 +323,8 @@ func (s *Session) keep(l *link) {
 				l = nl
 				break
 			}
+			s.endAttempt(done)
+			done = nil
 			wait = min(max(2*wait, redialFirst), redialMax)
 		}
 		s.mu.Lock()
@@ -320,12 +333,60 @@ func (s *Session) keep(l *link) {
 			s.link.Store(l)
 		}
 		s.mu.Unlock()
+		s.endAttempt(done) // after the link is in place: waiters find it
 		if closed {
 			l.close()
 			return
 		}
 		s.reconnects.Add(1)
 	}
+}
+
+// connectAttempt is one of the keeper's attempts to connect; done is
+// closed when it ends.
+type connectAttempt struct{ done chan struct{} }
+
+// beginAttempt marks a connect attempt under way.
+func (s *Session) beginAttempt() *connectAttempt {
+	a := &connectAttempt{done: make(chan struct{})}
+	s.attempt.Store(a)
+	return a
+}
+
+// endAttempt marks attempt a ended.
+func (s *Session) endAttempt(a *connectAttempt) {
+	if a == nil {
+		return
+	}
+	s.attempt.CompareAndSwap(a, nil)
+	close(a.done)
+}
+
+// attemptWait bounds how long a dispatch waits for a connect attempt under
+// way.
+const attemptWait = time.Second
+
+// awaitLink waits for the connect attempt under way, if there is one, and
+// returns the link it made, or nil. An attempt lasts only as long as the
+// daemon's socket takes to answer: nothing listening (the daemon stopped or
+// died) fails it at once, while a socket that accepts — as it does while
+// the daemon upgrades in place, handing its listening socket to the new
+// binary — holds the call until the new daemon serves it, at most
+// attemptWait or the call's context.
+func (s *Session) awaitLink(ctx context.Context) *link {
+	a := s.attempt.Load()
+	if a == nil {
+		return nil
+	}
+	t := time.NewTimer(attemptWait)
+	defer t.Stop()
+	select {
+	case <-a.done:
+	case <-ctx.Done():
+	case <-t.C:
+	case <-s.stop:
+	}
+	return s.link.Load()
 }
 
 // lost forgets a link that ended: dispatch follows the hooks' policies
@@ -519,6 +580,9 @@ func (s *Session) Dispatch(ctx context.Context, phase Phase, req *Request, resp 
 		return res, nil
 	}
 	l := s.link.Load()
+	if l == nil {
+		l = s.awaitLink(ctx)
+	}
 	if l == nil {
 		return s.away(phase, req), nil
 	}

@@ -14,7 +14,7 @@ import (
 // fetchTransport is an http.RoundTripper that sends every request through
 // the daemon's Fetcher capability: a sandboxed plugin has no network of its
 // own, and reaches only the hosts the operator granted.
-type fetchTransport struct{ c schema.Fetcher }
+type fetchTransport struct{ c *capRef[schema.Fetcher] }
 
 func (t *fetchTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	var body []byte
@@ -30,7 +30,9 @@ func (t *fetchTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if d, ok := req.Context().Deadline(); ok {
 		timeout = time.Until(d)
 	}
-	fut, release := t.c.Fetch(req.Context(), func(p schema.Fetcher_fetch_Params) error {
+	c := t.c.get()
+	defer c.Release()
+	fut, release := c.Fetch(req.Context(), func(p schema.Fetcher_fetch_Params) error {
 		fr, err := p.NewRequest()
 		if err != nil {
 			return err

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/dimplugd/dimplugd/schema"
@@ -32,8 +33,35 @@ type Host struct {
 	// outbound host was granted. Redirects to hosts outside the grant fail.
 	HTTP *http.Client
 
-	logger schema.Logger
-	fetch  schema.Fetcher
+	logger capRef[schema.Logger]
+	fetch  capRef[schema.Fetcher]
+}
+
+// capRef holds a capability the daemon granted. A daemon upgraded in place
+// grants its own on the new connection (see the rebind in server.go), and
+// the holder swaps them in under the plugin's feet.
+type capRef[T interface {
+	AddRef() T
+	Release()
+}] struct {
+	mu sync.Mutex
+	c  T
+}
+
+// get returns a reference to the current capability; release it after use.
+func (r *capRef[T]) get() T {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.c.AddRef()
+}
+
+// set takes c, releasing the capability it replaces.
+func (r *capRef[T]) set(c T) {
+	r.mu.Lock()
+	old := r.c
+	r.c = c
+	r.mu.Unlock()
+	old.Release()
 }
 
 func newHost(inst schema.InstanceInfo, svc schema.HostServices) *Host {
@@ -41,28 +69,44 @@ func newHost(inst schema.InstanceInfo, svc schema.HostServices) *Host {
 	id, _ := inst.InstanceId()
 	h := &Host{Name: name, InstanceID: id, Sandboxed: inst.Sandboxed()}
 	if svc.HasLog() {
-		l := svc.Log()
-		h.logger = l.AddRef()
-		h.Log = slog.New(&logHandler{c: h.logger})
+		h.logger.set(svc.Log().AddRef())
+		h.Log = slog.New(&logHandler{c: &h.logger})
 	} else {
 		h.Log = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
 	if svc.HasKv() {
-		kv := svc.Kv()
-		h.KV = &KV{c: kv.AddRef()}
+		h.KV = &KV{}
+		h.KV.c.set(svc.Kv().AddRef())
 	}
 	if svc.HasFetch() {
-		h.fetch = svc.Fetch().AddRef()
-		h.HTTP = &http.Client{Transport: &fetchTransport{c: h.fetch}}
+		h.fetch.set(svc.Fetch().AddRef())
+		h.HTTP = &http.Client{Transport: &fetchTransport{c: &h.fetch}}
 	}
 	return h
 }
 
+// rebind swaps in the services of a daemon upgraded in place. What was not
+// granted at Init stays so (the grants do not change across an upgrade).
+func (h *Host) rebind(svc schema.HostServices) {
+	if h.Log != nil && svc.HasLog() {
+		h.logger.set(svc.Log().AddRef())
+	}
+	if h.KV != nil && svc.HasKv() {
+		h.KV.c.set(svc.Kv().AddRef())
+	}
+	if h.HTTP != nil && svc.HasFetch() {
+		h.fetch.set(svc.Fetch().AddRef())
+	}
+}
+
 func (h *Host) release() {
-	h.logger.Release()
-	h.fetch.Release()
+	var nullLog schema.Logger
+	var nullFetch schema.Fetcher
+	h.logger.set(nullLog)
+	h.fetch.set(nullFetch)
 	if h.KV != nil {
-		h.KV.c.Release()
+		var nullKV schema.KeyValue
+		h.KV.c.set(nullKV)
 	}
 }
 
@@ -72,14 +116,16 @@ var ErrKVUnavailable = errors.New("key-value store not granted to this plugin")
 
 // KV is the plugin's private key-value store, kept by the daemon across
 // plugin and daemon restarts. Keys are 1–1024 bytes, values at most 1 MiB.
-type KV struct{ c schema.KeyValue }
+type KV struct{ c capRef[schema.KeyValue] }
 
 // Get returns the value stored under key and whether there was one.
 func (kv *KV) Get(ctx context.Context, key string) ([]byte, bool, error) {
 	if kv == nil {
 		return nil, false, ErrKVUnavailable
 	}
-	fut, release := kv.c.Get(ctx, func(p schema.KeyValue_get_Params) error { return p.SetKey(key) })
+	c := kv.c.get()
+	defer c.Release()
+	fut, release := c.Get(ctx, func(p schema.KeyValue_get_Params) error { return p.SetKey(key) })
 	defer release()
 	res, err := fut.Struct()
 	if err != nil {
@@ -100,7 +146,9 @@ func (kv *KV) Set(ctx context.Context, key string, value []byte) error {
 	if kv == nil {
 		return ErrKVUnavailable
 	}
-	fut, release := kv.c.Set(ctx, func(p schema.KeyValue_set_Params) error {
+	c := kv.c.get()
+	defer c.Release()
+	fut, release := c.Set(ctx, func(p schema.KeyValue_set_Params) error {
 		if err := p.SetKey(key); err != nil {
 			return err
 		}
@@ -118,7 +166,9 @@ func (kv *KV) Delete(ctx context.Context, key string) error {
 	if kv == nil {
 		return ErrKVUnavailable
 	}
-	fut, release := kv.c.Delete(ctx, func(p schema.KeyValue_delete_Params) error { return p.SetKey(key) })
+	c := kv.c.get()
+	defer c.Release()
+	fut, release := c.Delete(ctx, func(p schema.KeyValue_delete_Params) error { return p.SetKey(key) })
 	defer release()
 	if _, err := fut.Struct(); err != nil {
 		return fmt.Errorf("kv delete %q: %w", key, err)
@@ -132,7 +182,9 @@ func (kv *KV) List(ctx context.Context, prefix string, limit int) ([]string, err
 	if kv == nil {
 		return nil, ErrKVUnavailable
 	}
-	fut, release := kv.c.List(ctx, func(p schema.KeyValue_list_Params) error {
+	c := kv.c.get()
+	defer c.Release()
+	fut, release := c.List(ctx, func(p schema.KeyValue_list_Params) error {
 		p.SetLimit(uint32(limit))
 		return p.SetPrefix(prefix)
 	})
@@ -158,7 +210,7 @@ func (kv *KV) List(ctx context.Context, prefix string, limit int) ([]string, err
 // capability. Each record is one call, awaited, so lines keep their order
 // and a flood of logs slows the plugin rather than the daemon's memory.
 type logHandler struct {
-	c     schema.Logger
+	c     *capRef[schema.Logger]
 	attrs []slog.Attr
 	group string
 }
@@ -176,7 +228,9 @@ func (h *logHandler) Handle(_ context.Context, r slog.Record) error {
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	fut, release := h.c.Log(ctx, func(p schema.Logger_log_Params) error {
+	c := h.c.get()
+	defer c.Release()
+	fut, release := c.Log(ctx, func(p schema.Logger_log_Params) error {
 		p.SetLevel(level(r.Level))
 		if err := p.SetText(r.Message); err != nil {
 			return err

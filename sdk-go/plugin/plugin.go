@@ -190,7 +190,8 @@ func ServeConn(ctx context.Context, rwc io.ReadWriteCloser, p any, opts ...Optio
 	}
 	s := newServer(p, cfg)
 	boot := schema.PluginBootstrap_ServerToClient(&bootstrap{s: s})
-	conn := wire.NewConn(rwc, capnpClient(boot), quietLogger{})
+	defer boot.Release()
+	conn := wire.NewConn(rwc, capnpClient(boot.AddRef()), quietLogger{})
 	laneDone := make(chan struct{})
 	laneCtx, stopLane := context.WithCancel(context.Background())
 	if cfg.lane != nil {
@@ -205,9 +206,27 @@ func ServeConn(ctx context.Context, rwc io.ReadWriteCloser, p any, opts ...Optio
 		stopLane()
 		<-laneDone
 	}()
+	// A daemon upgraded in place hands the plugin a new control socket
+	// over the frame socket: the loop below moves to it.
+	type rebind struct {
+		ctl  net.Conn
+		done chan struct{}
+	}
+	rebinds := make(chan rebind)
+	serving := make(chan struct{}) // closed when the loop below ends
 	if cfg.frames != nil {
 		fs := newFrameServer(p, cfg.frames, s.ready, func(c net.Conn) {
-			_ = wire.ServeLane(laneCtx, c, s.laneHook) // a direct lane from a host
+			_ = wire.ServeLane(laneCtx, c, s.laneHook) // a direct lane from a host, or the daemon's new lane
+		}, func(ctl net.Conn) bool {
+			rb := rebind{ctl: ctl, done: make(chan struct{})}
+			select {
+			case rebinds <- rb:
+				<-rb.done
+				return true
+			case <-serving:
+				ctl.Close()
+				return false
+			}
 		})
 		framesDone := make(chan struct{})
 		go func() { defer close(framesDone); fs.serve() }() // ends when the socket closes
@@ -218,19 +237,30 @@ func ServeConn(ctx context.Context, rwc io.ReadWriteCloser, p any, opts ...Optio
 	}
 
 	var err error
-	select {
-	case <-ctx.Done():
-	case <-conn.Done():
-	case <-s.stopReq:
-	case err = <-s.fatal:
-		// Let the answer reach the daemon, which reports the mismatch
-		// and closes the connection.
+loop:
+	for {
 		select {
-		case <-conn.Done():
 		case <-ctx.Done():
-		case <-time.After(5 * time.Second):
+		case <-conn.Done():
+		case <-s.stopReq:
+		case rb := <-rebinds:
+			old := conn
+			conn = wire.NewConn(rb.ctl, capnpClient(boot.AddRef()), quietLogger{})
+			close(rb.done)
+			old.Close() // the old daemon's; it ends with its process image
+			continue
+		case err = <-s.fatal:
+			// Let the answer reach the daemon, which reports the mismatch
+			// and closes the connection.
+			select {
+			case <-conn.Done():
+			case <-ctx.Done():
+			case <-time.After(5 * time.Second):
+			}
 		}
+		break loop
 	}
+	close(serving)
 	s.shutdown()
 	if cerr := conn.Close(); cerr != nil && err == nil && !isClosedErr(cerr) {
 		err = cerr

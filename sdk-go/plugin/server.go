@@ -113,7 +113,16 @@ func (b *bootstrap) Handshake(ctx context.Context, call schema.PluginBootstrap_h
 	if err != nil {
 		return fmt.Errorf("handshake: %w", err)
 	}
-	host := newHost(inst, svc)
+	s.mu.Lock()
+	host := s.host
+	s.mu.Unlock()
+	if host != nil {
+		// A daemon upgraded in place, on the control socket it handed
+		// over: the plugin is initialised already and keeps its state.
+		host.rebind(svc)
+		return answerHandshake(res, host.Name, s)
+	}
+	host = newHost(inst, svc)
 
 	if in, ok := s.p.(Initializer); ok {
 		call.Go()
@@ -126,12 +135,17 @@ func (b *bootstrap) Handshake(ctx context.Context, call schema.PluginBootstrap_h
 	s.host = host
 	s.mu.Unlock()
 	close(s.ready)
+	return answerHandshake(res, host.Name, s)
+}
 
+// answerHandshake fills the handshake's results: the plugin's info and its
+// Plugin capability.
+func answerHandshake(res schema.PluginBootstrap_handshake_Results, name string, s *server) error {
 	info, err := res.NewInfo()
 	if err != nil {
 		return err
 	}
-	if err := writeInfo(info, host.Name, s); err != nil {
+	if err := writeInfo(info, name, s); err != nil {
 		return err
 	}
 	return res.SetPlugin(schema.Plugin_ServerToClient(&pluginServer{s: s}))
@@ -140,6 +154,7 @@ func (b *bootstrap) Handshake(ctx context.Context, call schema.PluginBootstrap_h
 func writeInfo(info schema.PluginInfo, name string, s *server) error {
 	info.SetLane(s.cfg.lane != nil)
 	info.SetFrames(s.cfg.frames != nil)
+	info.SetRebind(s.cfg.frames != nil) // see frameServer.rebound
 	if err := info.SetName(name); err != nil {
 		return err
 	}

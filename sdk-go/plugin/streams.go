@@ -113,6 +113,10 @@ var ErrStreamCanceled = errors.New("the stream was cancelled")
 // errFramesClosed is what StreamCloser hears when the daemon went away.
 var errFramesClosed = errors.New("the frame socket closed")
 
+// errRebound is what StreamCloser hears for a stream still open when the
+// daemon was upgraded in place.
+var errRebound = errors.New("the daemon was upgraded")
+
 // FrameObserver sees the frames of the stream kinds its manifest declares
 // with role "observe", after the chain. It cannot change them. A slow
 // observer misses frames rather than slowing the stream.
@@ -130,13 +134,20 @@ type frameServer struct {
 	ready <-chan struct{}  // the handshake and Init are done
 	stop  chan struct{}    // closed by close
 	lane  func(c net.Conn) // serves a direct hook lane; returns when it ends
+	// rebind moves the plugin's control connection to ctl for a daemon
+	// upgraded in place (FrameMsg.rebind); it returns once the old one is
+	// no longer the plugin's, false if the plugin is stopping.
+	rebind func(ctl net.Conn) bool
 
 	flushArmed atomic.Bool // a flushDelay timer is pending
 
 	mu      sync.Mutex
 	streams map[uint64]*streamWorker
 	lanes   map[net.Conn]struct{} // direct hook lanes being served
-	wg      sync.WaitGroup
+	wg      sync.WaitGroup        // lane goroutines
+	// streamWG counts stream workers. maps and alloc change only while it
+	// is zero (see restart), under the reader goroutine.
+	streamWG sync.WaitGroup
 }
 
 // streamWorker runs one stream's frames through the handler, in order.
@@ -215,9 +226,9 @@ func servesFrames(p any) bool {
 	return false
 }
 
-func newFrameServer(p any, c *frames.Conn, ready <-chan struct{}, lane func(net.Conn)) *frameServer {
+func newFrameServer(p any, c *frames.Conn, ready <-chan struct{}, lane func(net.Conn), rebind func(net.Conn) bool) *frameServer {
 	return &frameServer{p: p, conn: c, maps: frames.NewMappings(), alloc: frames.NewProducer(c, outputPoolSize),
-		ready: ready, stop: make(chan struct{}), lane: lane, streams: map[uint64]*streamWorker{}, lanes: map[net.Conn]struct{}{}}
+		ready: ready, stop: make(chan struct{}), lane: lane, rebind: rebind, streams: map[uint64]*streamWorker{}, lanes: map[net.Conn]struct{}{}}
 }
 
 // serve reads packets until the socket closes, then stops every worker.
@@ -246,8 +257,41 @@ func (fs *frameServer) serve() {
 	}
 	fs.mu.Unlock()
 	fs.wg.Wait()
+	fs.streamWG.Wait()
 	fs.alloc.Close()
 	fs.maps.Close()
+}
+
+// restart ends every stream still open and forgets every pool, for a new
+// daemon whose pool ids and scopes start over. Reader goroutine only.
+func (fs *frameServer) restart() {
+	fs.mu.Lock()
+	for id, w := range fs.streams {
+		w.cancel()
+		w.close(errRebound)
+		delete(fs.streams, id)
+	}
+	fs.mu.Unlock()
+	fs.streamWG.Wait()
+	fs.alloc.Close()
+	fs.maps.Close()
+	fs.maps, fs.alloc = frames.NewMappings(), frames.NewProducer(fs.conn, outputPoolSize)
+}
+
+// serveLane serves a hook lane handed over the frame socket until it
+// closes or the plugin stops.
+func (fs *frameServer) serveLane(c net.Conn) {
+	fs.mu.Lock()
+	fs.lanes[c] = struct{}{}
+	fs.mu.Unlock()
+	fs.wg.Add(1)
+	go func() { // ends when the other end closes, or the plugin stops
+		defer fs.wg.Done()
+		fs.lane(c)
+		fs.mu.Lock()
+		delete(fs.lanes, c)
+		fs.mu.Unlock()
+	}()
 }
 
 func (fs *frameServer) close() {
@@ -305,19 +349,11 @@ func (fs *frameServer) handle(fm schema.FrameMsg, fds []*os.File) {
 	case schema.FrameMsg_Which_lane:
 		if len(fds) == 1 {
 			if c, err := net.FileConn(fds[0]); err == nil {
-				fs.mu.Lock()
-				fs.lanes[c] = struct{}{}
-				fs.mu.Unlock()
-				fs.wg.Add(1)
-				go func() { // ends when the host closes its end, or the plugin stops
-					defer fs.wg.Done()
-					fs.lane(c)
-					fs.mu.Lock()
-					delete(fs.lanes, c)
-					fs.mu.Unlock()
-				}()
+				fs.serveLane(c) // a direct lane from a host
 			}
 		}
+	case schema.FrameMsg_Which_rebind:
+		fs.rebound(fm, fds)
 	case schema.FrameMsg_Which_end:
 		e, err := fm.End()
 		if err != nil {
@@ -336,6 +372,42 @@ func (fs *frameServer) handle(fm schema.FrameMsg, fds []*os.File) {
 			w.close(why) // the worker finishes what is queued
 		}
 	}
+}
+
+// rebound takes the new control socket and lane of a daemon upgraded in
+// place (see schema/stream.capnp, Rebind) and answers once the plugin
+// serves them.
+func (fs *frameServer) rebound(fm schema.FrameMsg, fds []*os.File) {
+	r, err := fm.Rebind()
+	if err != nil || len(fds) < 1 || len(fds) > 2 || fs.rebind == nil {
+		return
+	}
+	inst, _ := r.Instance()
+	ctl, err := net.FileConn(fds[0])
+	if err != nil {
+		return
+	}
+	var lane net.Conn
+	if len(fds) == 2 {
+		if lane, err = net.FileConn(fds[1]); err != nil {
+			ctl.Close()
+			return
+		}
+	}
+	fs.restart()
+	if lane != nil {
+		fs.serveLane(lane)
+	}
+	if !fs.rebind(ctl) {
+		return
+	}
+	_ = fs.conn.Send(func(m schema.FrameMsg) error {
+		rb, err := m.NewRebound()
+		if err != nil {
+			return err
+		}
+		return rb.SetInstance(inst)
+	})
 }
 
 func (fs *frameServer) open(o schema.StreamOpen) {
@@ -362,10 +434,10 @@ func (fs *frameServer) open(o schema.StreamOpen) {
 	fs.mu.Lock()
 	fs.streams[s.id] = w
 	fs.mu.Unlock()
-	fs.wg.Add(1)
+	fs.streamWG.Add(1)
 	fs.alloc.Use(s.scope)
 	go func() { // one per stream; ends when the stream ends or the socket closes
-		defer fs.wg.Done()
+		defer fs.streamWG.Done()
 		defer cancel()
 		defer fs.alloc.Done(s.scope)
 		// A handler that writes into a read-only frame faults: with this,
