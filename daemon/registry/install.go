@@ -40,8 +40,9 @@ type InstallOptions struct {
 // (directories and regular files only, exec bits kept, symbolic links
 // followed only to files inside src; see MaxInstallSize and
 // MaxInstallFiles), validates the copy's manifest and entrypoint, and
-// commits. On failure nothing is left behind. On replace, the old files are
-// deleted after the commit.
+// commits. On failure nothing is left behind. A replace is preceded by a
+// backup of the registry; the old files are slated for deletion in the
+// commit and deleted once no kept backup refers to them (see Remove).
 func (s *Store) InstallDir(ctx context.Context, src string, opt InstallOptions) (Record, error) {
 	return s.install(ctx, src, opt, func(ctx context.Context, stage string) error {
 		return s.copyTree(ctx, src, stage)
@@ -102,19 +103,52 @@ func (s *Store) installStaged(ctx context.Context, opt InstallOptions, fill func
 	if err := ctx.Err(); err != nil {
 		return Record{Name: m.Name}, err
 	}
-	// Fail early, before moving files, in the common case.
-	if !opt.Replace {
-		if _, err := s.Get(m.Name); err == nil {
+	// Fail early, before moving files, in the common case; back up
+	// before replacing.
+	if _, err := s.Get(m.Name); err == nil {
+		if !opt.Replace {
 			return Record{Name: m.Name}, fmt.Errorf("%w (replace it to upgrade)", ErrExists)
 		}
+		if _, err := s.backup(false); err != nil {
+			return Record{Name: m.Name}, fmt.Errorf("back up the registry before replacing the plugin: %w", err)
+		}
 	}
-	final := filepath.Join(s.dir, pluginsDir, m.Name+"-"+randomSuffix())
-	if err := os.Rename(stage, final); err != nil {
+	rec, old, err := s.commitStaged(stage, m, opt)
+	if err != nil {
 		return Record{Name: m.Name}, err
+	}
+	if old != nil {
+		s.collect()
+	}
+	return rec, nil
+}
+
+// commitStaged moves the staged plugin into plugins/ and commits its
+// record, returning the record it replaced, if any. The directory is
+// slated for deletion (an install intent) before it is moved, and the
+// commit removes the intent, so a crash in between leaves a directory that
+// Open deletes because the registry says so.
+func (s *Store) commitStaged(stage string, m *manifest.Manifest, opt InstallOptions) (Record, *Record, error) {
+	s.snap.RLock()
+	defer s.snap.RUnlock()
+	final := filepath.Join(s.dir, pluginsDir, m.Name+"-"+randomSuffix())
+	key := []byte(pluginsDir + "/" + filepath.Base(final))
+	if err := s.db.Update(func(tx *bolt.Tx) error {
+		return s.slate(tx, final, gcEntry{Why: gcInstall, Plugin: m.Name})
+	}); err != nil {
+		return Record{}, nil, fmt.Errorf("record the install: %w", err)
+	}
+	undo := func() {
+		os.RemoveAll(final)
+		_ = s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketGC).Delete(key) }) // else Open collects it
+	}
+	if err := os.Rename(stage, final); err != nil {
+		undo()
+		return Record{}, nil, err
 	}
 	if err := syncDir(filepath.Dir(final)); err != nil {
-		os.RemoveAll(final)
-		return Record{Name: m.Name}, err
+		undo()
+		return Record{}, nil, err
 	}
 	grant := m.Permissions
 	if opt.Grant != nil {
@@ -131,7 +165,7 @@ func (s *Store) installStaged(ctx context.Context, opt InstallOptions, fill func
 		UpdatedAt:   t,
 	}
 	var old *Record
-	err = s.db.Update(func(tx *bolt.Tx) error {
+	err := s.db.Update(func(tx *bolt.Tx) error {
 		if err := s.fail("commit"); err != nil {
 			return err
 		}
@@ -169,22 +203,28 @@ func (s *Store) installStaged(ctx context.Context, opt InstallOptions, fill func
 				return err
 			}
 		}
+		if err := tx.Bucket(bucketGC).Delete(key); err != nil {
+			return err
+		}
+		if old != nil && old.Dir != final {
+			if err := s.slate(tx, old.Dir, gcEntry{Why: gcReplaced, Plugin: m.Name, Gen: s.gen}); err != nil {
+				return err
+			}
+		}
 		return s.putRecord(tx, rec)
 	})
 	if err != nil {
-		os.RemoveAll(final)
-		return Record{Name: m.Name}, err
+		undo()
+		return Record{}, nil, err
 	}
-	if old != nil && s.ownsDir(old.Dir) && old.Dir != final {
-		_ = os.RemoveAll(old.Dir) // Open collects it if this fails
-	}
-	return rec, nil
+	return rec, old, nil
 }
 
 // ownsDir reports whether dir is a plugin directory of this store, so that
 // a damaged record can never make the store delete anything else.
 func (s *Store) ownsDir(dir string) bool {
-	return filepath.Dir(dir) == filepath.Join(s.dir, pluginsDir)
+	base := filepath.Base(dir)
+	return filepath.Dir(dir) == filepath.Join(s.dir, pluginsDir) && base != ".." && base != "."
 }
 
 func (s *Store) fail(point string) error {

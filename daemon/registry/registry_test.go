@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/dimplugd/dimplugd/sdk-go/manifest"
+	bolt "go.etcd.io/bbolt"
 )
 
 // writePlugin creates a plugin directory: a plugin.toml for name and
@@ -76,6 +77,29 @@ func assertClean(t *testing.T, s *Store) {
 	var want []string
 	for _, r := range recs {
 		want = append(want, filepath.Base(r.Dir))
+	}
+	// Directories the registry slated for deletion stay while a kept
+	// backup may refer to them (see collectLocked); nothing else does.
+	backups, err := listBackups(s.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var gc map[string]gcEntry
+	if err := s.db.View(func(tx *bolt.Tx) (err error) {
+		_, gc, err = s.referenced(tx)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for key, e := range gc {
+		switch {
+		case e.Why == gcInstall:
+			t.Errorf("gc bucket holds the intent of an install in progress: %s", key)
+		case len(backups) == 0 || e.Gen < backups[len(backups)-1].gen:
+			t.Errorf("%s (%s) is slated, and no kept backup needs it, but it was not deleted", key, e.Why)
+		default:
+			want = append(want, strings.TrimPrefix(key, pluginsDir+"/"))
+		}
 	}
 	sort.Strings(want)
 	if got := readDir(t, filepath.Join(s.dir, pluginsDir)); !reflect.DeepEqual(got, want) {
@@ -341,8 +365,21 @@ func TestReplaceKeepsDataAndEnabled(t *testing.T) {
 		t.Fatalf("a failing Check: %v", err)
 	}
 	assertClean(t, s)
+	// The replaced files stay while the backup taken before the replace
+	// may be restored; they go once that backup is rotated out.
+	if _, err := os.Stat(v1.Dir); err != nil {
+		t.Errorf("old files gone while the backup before the replace is kept: %v", err)
+	}
+	for i := 0; i < DefaultKeepBackups; i++ {
+		if err := s.KV("up").Set("rotate", []byte{byte(i)}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Backup(); err != nil {
+			t.Fatal(err)
+		}
+	}
 	if _, err := os.Stat(v1.Dir); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("old files remain: %v", err)
+		t.Errorf("old files remain after every backup that knew them was rotated out: %v", err)
 	}
 	if v, ok, _ := s.KV("up").Get("state"); !ok || string(v) != "v1 data" {
 		t.Errorf("KV after replace = %q, %v", v, ok)

@@ -4,10 +4,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/dimplugd/dimplugd/sdk-go/errdefs"
@@ -30,23 +33,70 @@ var (
 	// Such errors print their own message, not this one
 	// (errdefs.ErrInvalid).
 	ErrInvalid = errdefs.New(errdefs.ErrInvalid, "invalid input")
+	// ErrDamaged means the registry database fails its checks (see
+	// DamageError) or is missing while plugins are installed: the daemon
+	// must not start on it until the operator restores a backup or
+	// accepts an older commit (errdefs.ErrConflict).
+	ErrDamaged = errdefs.New(errdefs.ErrConflict, "registry damaged")
+	// ErrInUse means another process holds the state directory's lock
+	// (errdefs.ErrUnavailable).
+	ErrInUse = errdefs.New(errdefs.ErrUnavailable, "state directory in use")
 )
 
-// schemaVersion is the layout version this code reads and writes.
-const schemaVersion = "1"
+// schemaVersion is the layout version this code reads and writes. Version
+// 2 added the gc bucket; Open migrates version 1 after a backup.
+const schemaVersion = "2"
 
 const (
 	dbFileName  = "registry.db"
 	pluginsDir  = "plugins"
 	stagingDir  = "staging"
+	backupDir   = "backup"
+	lostDir     = "lost+found"
 	lockTimeout = time.Second
 )
+
+// Defaults of Options.
+const (
+	DefaultBackupInterval = time.Hour
+	DefaultKeepBackups    = 3
+)
+
+// Options tune OpenWith; the zero value is what Open uses.
+type Options struct {
+	// BackupInterval is how often the open Store backs up its database,
+	// when something changed since its last backup. Zero means
+	// DefaultBackupInterval; negative turns scheduled backups off (the
+	// backups before a replace or a schema migration are still taken).
+	BackupInterval time.Duration
+	// KeepBackups is how many backups to keep in backup/; older ones are
+	// deleted as new ones are taken. Zero means DefaultKeepBackups.
+	KeepBackups int
+	// Logger gets warnings: what Open reconciled (directories moved to
+	// lost+found/, records whose files are missing) and failed scheduled
+	// backups. Nil means slog.Default().
+	Logger *slog.Logger
+}
+
+func (o Options) withDefaults() Options {
+	if o.BackupInterval == 0 {
+		o.BackupInterval = DefaultBackupInterval
+	}
+	if o.KeepBackups <= 0 {
+		o.KeepBackups = DefaultKeepBackups
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	return o
+}
 
 var (
 	bucketMeta    = []byte("meta")
 	bucketPlugins = []byte("plugins")
 	bucketKV      = []byte("kv")
 	bucketKVSize  = []byte("kvsize")
+	bucketGC      = []byte("gc")
 	keySchema     = []byte("schema")
 )
 
@@ -75,8 +125,30 @@ type Record struct {
 
 // Store is an open state directory. Close it when done.
 type Store struct {
-	dir string // absolute state directory
-	db  *bolt.DB
+	dir  string // absolute state directory
+	db   *bolt.DB
+	lock *os.File // holds the state directory's lock
+	opt  Options
+	log  *slog.Logger
+
+	// snap orders backups against commits that unreference a plugin
+	// directory or span an install: those hold it for reading; a backup
+	// holds it to take its generation and begin its snapshot, so the
+	// generation a gc entry records is exact, and no backup ever holds
+	// the intent of an install in progress.
+	snap sync.RWMutex
+	gen  uint64 // generation of the newest backup, 0 if none; guarded by snap
+
+	// maint serializes backups, their rotation and garbage collection.
+	maint        sync.Mutex
+	lastBackupTx int // txid the last backup of this process saw; guarded by maint
+
+	warnMu    sync.Mutex
+	warnings  []string // what Open reconciled; guarded by warnMu
+	stop      chan struct{}
+	loopDone  sync.WaitGroup
+	closeOnce sync.Once
+	closeErr  error
 
 	// failpoint, when set by tests, is called at named points of an
 	// install and fails it by returning an error.
@@ -100,12 +172,24 @@ func invalidf(format string, args ...any) error {
 	return &invalidError{msg: fmt.Sprintf(format, args...)}
 }
 
-// Open opens (creating if needed) the state directory stateDir and its
-// database, waiting up to a second for another process's lock. It then
-// removes what an interrupted install, replace or remove left behind:
-// everything in staging/ and every directory in plugins/ no record refers
-// to.
-func Open(stateDir string) (*Store, error) {
+// Open opens the state directory stateDir with the default Options; see
+// OpenWith.
+func Open(stateDir string) (*Store, error) { return OpenWith(stateDir, Options{}) }
+
+// OpenWith opens (creating if needed) the state directory stateDir,
+// waiting up to a second for another process's lock. Before it opens the
+// database for writing it checks it (see CheckState); a damaged,
+// truncated or empty registry.db, or a missing one while plugins are
+// installed, is refused with an error (ErrDamaged) that says what is wrong
+// and how to restore, and the file is left untouched. A database whose
+// free pages outnumber its live ones (and is over 1 MiB) is compacted.
+//
+// It then reconciles the directory with the registry: staging/ is emptied
+// (nothing there was ever committed), the directories the registry slated
+// for deletion are deleted once no backup needs them, and any other
+// directory in plugins/ that no record refers to is moved to lost+found/
+// with a warning; nothing else is deleted. Warnings returns what it found.
+func OpenWith(stateDir string, opt Options) (*Store, error) {
 	if stateDir == "" {
 		return nil, errors.New("open state directory: no directory given")
 	}
@@ -116,92 +200,162 @@ func Open(stateDir string) (*Store, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create state directory: %w", err)
 	}
-	db, err := bolt.Open(filepath.Join(dir, dbFileName), 0o600, &bolt.Options{Timeout: lockTimeout})
-	if errors.Is(err, berrors.ErrTimeout) {
-		return nil, fmt.Errorf("state directory %s is in use by another dimplugd (stop it or pass a different --state-dir)", dir)
+	opt = opt.withDefaults()
+	inUse := func() error {
+		return &classedError{sentinel: ErrInUse, msg: fmt.Sprintf(
+			"state directory %s is in use by another dimplugd (stop it or pass a different --state-dir)", dir)}
+	}
+	lock, err := lockState(dir, lockTimeout)
+	if errors.Is(err, errLocked) {
+		return nil, inUse()
 	}
 	if err != nil {
-		return nil, fmt.Errorf("open registry database in %s: %w", dir, err)
+		return nil, fmt.Errorf("lock state directory %s: %w", dir, err)
 	}
-	s := &Store{dir: dir, db: db}
-	if err := s.init(); err != nil {
-		db.Close()
+	s := &Store{dir: dir, lock: lock, opt: opt, log: opt.Logger, stop: make(chan struct{})}
+	if err := s.open(); err != nil {
+		if s.db != nil {
+			s.db.Close()
+		}
+		lock.Close()
+		if errors.Is(err, errLocked) {
+			return nil, inUse()
+		}
 		return nil, err
+	}
+	if opt.BackupInterval > 0 {
+		s.loopDone.Add(1)
+		go s.backupLoop(opt.BackupInterval)
 	}
 	return s, nil
 }
 
+func (s *Store) open() error {
+	path := s.dbPath()
+	_, err := os.Stat(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		if err := refuseMissing(s.dir); err != nil {
+			return err
+		}
+	case err != nil:
+		return fmt.Errorf("open registry database: %w", err)
+	default:
+		info, err := checkFile(path, lockTimeout)
+		if errors.Is(err, errLocked) {
+			return err
+		}
+		if err != nil {
+			return refusal(s.dir, err)
+		}
+		if shouldCompact(info) {
+			before, after, err := compactFile(path)
+			if err != nil {
+				return fmt.Errorf("compact registry database %s: %w", path, err)
+			}
+			s.log.Info("compacted the registry database", "path", path, "before", before, "after", after)
+		}
+	}
+	for _, d := range []string{pluginsDir, stagingDir, backupDir} {
+		if err := os.MkdirAll(filepath.Join(s.dir, d), 0o700); err != nil {
+			return fmt.Errorf("initialize registry: %w", err)
+		}
+	}
+	backups, err := listBackups(s.dir)
+	if err != nil {
+		return fmt.Errorf("initialize registry: %w", err)
+	}
+	if len(backups) > 0 {
+		s.gen = backups[0].gen
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: lockTimeout})
+	if errors.Is(err, berrors.ErrTimeout) {
+		return errLocked
+	}
+	if err != nil {
+		return fmt.Errorf("open registry database in %s: %w", s.dir, err)
+	}
+	s.db = db
+	if err := s.init(); err != nil {
+		return err
+	}
+	return s.reconcile()
+}
+
+func (s *Store) dbPath() string { return filepath.Join(s.dir, dbFileName) }
+
 func (s *Store) init() error {
+	var found string
+	if err := s.db.View(func(tx *bolt.Tx) error {
+		if meta := tx.Bucket(bucketMeta); meta != nil {
+			found = string(meta.Get(keySchema))
+		}
+		return nil
+	}); err != nil {
+		return fmt.Errorf("initialize registry in %s: %w", s.dir, err)
+	}
+	switch found {
+	case "", schemaVersion:
+	case "1":
+		if _, err := s.backup(true); err != nil {
+			return fmt.Errorf("back up the registry in %s before migrating its schema from 1 to %s: %w", s.dir, schemaVersion, err)
+		}
+		s.log.Info("migrating the registry schema", "from", found, "to", schemaVersion, "backup", filepath.Join(s.dir, backupDir))
+	default:
+		return fmt.Errorf("state directory %s has registry schema %q, and this dimplugd reads only %q: use the dimplugd that wrote it",
+			s.dir, found, schemaVersion)
+	}
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		meta, err := tx.CreateBucketIfNotExists(bucketMeta)
 		if err != nil {
 			return err
 		}
-		switch v := meta.Get(keySchema); {
-		case v == nil:
-			if err := meta.Put(keySchema, []byte(schemaVersion)); err != nil {
-				return err
-			}
-		case string(v) != schemaVersion:
-			return fmt.Errorf("state directory %s has registry schema %q, and this dimplugd reads only %q: use the dimplugd that wrote it",
-				s.dir, v, schemaVersion)
-		}
-		for _, b := range [][]byte{bucketPlugins, bucketKV, bucketKVSize} {
+		for _, b := range [][]byte{bucketPlugins, bucketKV, bucketKVSize, bucketGC} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
+		}
+		if found != schemaVersion {
+			return meta.Put(keySchema, []byte(schemaVersion))
 		}
 		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("initialize registry in %s: %w", s.dir, err)
 	}
-	for _, d := range []string{pluginsDir, stagingDir} {
-		if err := os.MkdirAll(filepath.Join(s.dir, d), 0o700); err != nil {
-			return fmt.Errorf("initialize registry: %w", err)
-		}
-	}
-	return s.collectGarbage()
-}
-
-// collectGarbage removes staging leftovers and unreferenced plugin
-// directories. It runs under the database lock, before any install.
-func (s *Store) collectGarbage() error {
-	keep := make(map[string]bool)
-	recs, err := s.List()
-	if err != nil {
-		return err
-	}
-	for _, r := range recs {
-		keep[filepath.Base(r.Dir)] = true
-	}
-	var errs []error
-	for _, d := range []string{stagingDir, pluginsDir} {
-		entries, err := os.ReadDir(filepath.Join(s.dir, d))
-		if err != nil {
-			return fmt.Errorf("clean up state directory: %w", err)
-		}
-		for _, e := range entries {
-			if d == pluginsDir && keep[e.Name()] {
-				continue
-			}
-			if err := os.RemoveAll(filepath.Join(s.dir, d, e.Name())); err != nil {
-				errs = append(errs, err)
-			}
-		}
-	}
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("clean up state directory: %w", err)
-	}
 	return nil
 }
 
-// Close closes the database. The Store must not be used afterwards.
+// Warnings returns what Open reconciled: directories moved to lost+found/
+// and records whose files are missing. The daemon logs them; they are also
+// logged to Options.Logger.
+func (s *Store) Warnings() []string {
+	s.warnMu.Lock()
+	defer s.warnMu.Unlock()
+	return slices.Clone(s.warnings)
+}
+
+func (s *Store) warn(format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	s.warnMu.Lock()
+	s.warnings = append(s.warnings, msg)
+	s.warnMu.Unlock()
+	s.log.Warn(msg, "state", s.dir)
+}
+
+// Close stops the backup schedule, closes the database and releases the
+// state directory. The Store must not be used afterwards; closing again
+// returns the first result.
 func (s *Store) Close() error {
-	if err := s.db.Close(); err != nil {
-		return fmt.Errorf("close registry in %s: %w", s.dir, err)
-	}
-	return nil
+	s.closeOnce.Do(func() {
+		close(s.stop)
+		s.loopDone.Wait()
+		if err := s.db.Close(); err != nil {
+			s.closeErr = fmt.Errorf("close registry in %s: %w", s.dir, err)
+		}
+		s.lock.Close()
+	})
+	return s.closeErr
 }
 
 // Get returns the record of an installed plugin.
@@ -314,26 +468,29 @@ func (s *Store) update(name string, change func(*Record) error) (Record, error) 
 }
 
 // Remove uninstalls a plugin: its record and key-value data go in one
-// transaction, then its files are deleted (or collected by the next Open if
-// that fails).
+// transaction, which also slates its files for deletion; they are deleted
+// at once unless a kept backup still refers to them (then when the last
+// such backup is rotated out).
 func (s *Store) Remove(name string) error {
-	var rec Record
+	s.snap.RLock()
 	err := s.db.Update(func(tx *bolt.Tx) error {
-		var err error
-		if rec, err = s.getRecord(tx, name); err != nil {
+		rec, err := s.getRecord(tx, name)
+		if err != nil {
 			return err
 		}
 		if err := tx.Bucket(bucketPlugins).Delete([]byte(name)); err != nil {
 			return err
 		}
-		return deleteKV(tx, name)
+		if err := deleteKV(tx, name); err != nil {
+			return err
+		}
+		return s.slate(tx, rec.Dir, gcEntry{Why: gcRemoved, Plugin: name, Gen: s.gen})
 	})
+	s.snap.RUnlock()
 	if err != nil {
 		return fmt.Errorf("remove plugin %q: %w", name, err)
 	}
-	if s.ownsDir(rec.Dir) {
-		_ = os.RemoveAll(rec.Dir) // Open collects it if this fails
-	}
+	s.collect()
 	return nil
 }
 
