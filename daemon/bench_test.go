@@ -62,8 +62,8 @@ func BenchmarkPluginHop(b *testing.B) {
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		t0 := time.Now()
-		if out := td.Daemon.dispatch(ctx, schema.Phase_request, req, nil); out.which != schema.DispatchResult_outcome_Which_mutateRequest {
-			b.Fatalf("dispatch: %+v", out)
+		if out, err := td.Daemon.dispatch(ctx, schema.Phase_request, req, nil); err != nil || out.which != schema.DispatchResult_outcome_Which_mutateRequest {
+			b.Fatalf("dispatch: %+v, %v", out, err)
 		}
 		lat = append(lat, time.Since(t0))
 	}

@@ -182,7 +182,15 @@ type Daemon struct {
 	// unhooked requests cost no IPC.
 	dispatches atomic.Int64
 	// calls counts the dispatches in flight, which Close lets finish.
-	calls   atomic.Int64
+	calls atomic.Int64 // dispatches in flight
+	// draining is set when a graceful stop or an upgrade begins: dispatch
+	// refuses new calls, so that calls stops growing.
+	draining atomic.Bool
+	// goodbye is closed when a drain has answered every call it started:
+	// each host lane then sends the stopping frame and closes (lanes
+	// counts them), telling its host that what is left was not started.
+	goodbye chan struct{}
+	lanes   laneSet
 	closeMu sync.Mutex
 	closed  bool
 	// upgrading is set by Upgrade: units park their running instances
@@ -250,6 +258,7 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 	d := &Daemon{
 		cfg:      cfg,
 		errc:     make(chan error, 1),
+		goodbye:  make(chan struct{}),
 		sup:      cfg.Supervision.withDefaults(),
 		log:      cfg.Logger,
 		versions: cfg.ProtocolVersions,
@@ -267,7 +276,7 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 	if d.cfg.StateDir, err = filepath.Abs(cfg.StateDir); err != nil {
 		return nil, fmt.Errorf("state directory: %w", err)
 	}
-	if d.store, err = registry.Open(d.cfg.StateDir); err != nil {
+	if d.store, err = registry.OpenWith(d.cfg.StateDir, registry.Options{Logger: d.log.With("component", "registry")}); err != nil {
 		return nil, err
 	}
 	// Instances handed over by an upgrading daemon are adopted before
@@ -300,8 +309,12 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 		d.store.Close()
 		return nil, err
 	}
+	var adopting []*adoption
 	d.mu.Lock()
 	for _, rec := range recs {
+		if a := adopted[rec.Name]; a != nil {
+			adopting = append(adopting, a)
+		}
 		d.addUnitLocked(rec, adopted[rec.Name])
 		delete(adopted, rec.Name)
 	}
@@ -309,6 +322,9 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 	// Handed over, but no longer installed.
 	discardAdopted()
 	d.rebuildRoutes()
+	// Hosts are served once the adopted plugins run here, so that no host
+	// finds one "starting"; their connections wait in the backlog.
+	d.awaitAdopted(adopting)
 
 	var inherited [2]*os.File // listening sockets handed over
 	if h := cfg.Handover; h != nil {
@@ -345,29 +361,42 @@ func (d *Daemon) Close() error {
 const drainMax = 10 * time.Second
 
 // drain is the first step of a graceful stop: the sockets stop accepting
-// connections, then the hook calls in flight finish (each within its own
+// connections and new hook calls are refused with wire.ErrStopping (the
+// host sends them again to the next daemon), then the hook calls in flight
+// finish (each within its own
 // deadline; all within drainMax). Closing the connections afterwards is
 // what tells hosts to reconnect: the Go SDK does so at once, answering by
 // the hooks' policies until the new daemon is up.
 func (d *Daemon) drain() {
+	d.draining.Store(true) // new dispatches are refused (see dispatch)
 	for _, s := range []*server{d.server, d.ctlSrv} {
 		if s != nil {
 			s.stopAccepting()
 		}
 	}
-	n := d.calls.Load()
-	if n == 0 {
-		return
-	}
-	d.log.Info("draining: waiting for hook calls in flight", "calls", n)
-	deadline := time.Now().Add(drainMax)
-	for d.calls.Load() > 0 && time.Now().Before(deadline) {
-		time.Sleep(5 * time.Millisecond)
+	if n := d.calls.Load(); n > 0 {
+		d.log.Info("draining: waiting for hook calls in flight", "calls", n)
+		deadline := time.Now().Add(drainMax)
+		for d.calls.Load() > 0 && time.Now().Before(deadline) {
+			time.Sleep(5 * time.Millisecond)
+		}
 	}
 	if n := d.calls.Load(); n > 0 {
 		d.log.Warn("drained for too long; cutting the calls still in flight", "calls", n, "waited", drainMax)
+		return
+	}
+	// Every call started is answered: the host lanes say so and close,
+	// within goodbyeMax (their handlers only refuse new calls now).
+	close(d.goodbye)
+	select {
+	case <-d.lanes.idle():
+	case <-time.After(goodbyeMax):
+		d.log.Warn("host lanes did not close after the drain; closing them", "waited", goodbyeMax)
 	}
 }
+
+// goodbyeMax bounds how long a drain waits for host lanes to close.
+const goodbyeMax = time.Second
 
 // Socket returns the path of the host socket.
 func (d *Daemon) Socket() string { return d.cfg.Socket }

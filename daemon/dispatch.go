@@ -33,14 +33,20 @@ const maxObservers = 256
 
 var observeSlots = make(chan struct{}, maxObservers)
 
-// dispatch runs every hook of phase matching req, in order.
-func (d *Daemon) dispatch(ctx context.Context, phase schema.Phase, req *wire.Request, resp *wire.Response) *outcome {
-	d.calls.Add(1) // a graceful stop waits for it (see Close)
+// dispatch runs every hook of phase matching req, in order. A call that
+// arrives while the daemon drains (see drain) is refused with
+// wire.ErrStopping before any hook runs, so the host can send it again to
+// the next daemon.
+func (d *Daemon) dispatch(ctx context.Context, phase schema.Phase, req *wire.Request, resp *wire.Response) (*outcome, error) {
+	d.calls.Add(1) // a graceful stop waits for it (see drain)
 	defer d.calls.Add(-1)
+	if d.draining.Load() {
+		return nil, wire.ErrStopping
+	}
 	out := &outcome{which: schema.DispatchResult_outcome_Which_continue}
 	t := d.routes.cur.Load()
 	if int(phase) >= len(t.phases) {
-		return out
+		return out, nil
 	}
 	hooks := t.phases[phase]
 	switch phase {
@@ -53,7 +59,7 @@ func (d *Daemon) dispatch(ctx context.Context, phase schema.Phase, req *wire.Req
 	case schema.Phase_observe:
 		d.dispatchObserve(hooks, req, resp, out)
 	}
-	return out
+	return out, nil
 }
 
 // dispatchRequest runs the request hooks in turn, each on the request as

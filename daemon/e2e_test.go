@@ -27,7 +27,7 @@ type daemonProc struct {
 	state   string
 	ctState string
 	cgroup  string
-	log     *bytes.Buffer
+	log     *syncLog // written by the process while the test reads it
 	waited  chan struct{}
 	bin     string // the dimplugd binary to start; "" builds ./cmd/dimplugd
 }
@@ -74,7 +74,7 @@ func (p *daemonProc) start() {
 	}
 	args = append(args, runtimeArgs(t)...)
 	p.cmd = exec.Command(bin, args...)
-	p.log = &bytes.Buffer{}
+	p.log = &syncLog{}
 	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)

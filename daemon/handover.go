@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"sync"
 	"syscall"
 	"time"
 
@@ -402,12 +403,39 @@ type adoption struct {
 	proc sandbox.Process
 	hp   HandedPlugin
 	l    *launch
+	// settled is closed once the instance runs under this daemon or was
+	// given up (see settle): Start serves hosts only then, so that none
+	// finds an adopted plugin "starting".
+	settled    chan struct{}
+	settleOnce sync.Once
 }
+
+func (a *adoption) settle() { a.settleOnce.Do(func() { close(a.settled) }) }
 
 // discard ends an adopted instance that will not be used.
 func (a *adoption) discard() error {
+	defer a.settle()
 	a.l.close()
 	return a.proc.Destroy()
+}
+
+// adoptWait bounds how long Start waits for adopted plugins to settle
+// before it serves hosts.
+const adoptWait = 3 * time.Second
+
+// awaitAdopted waits, at most adoptWait, until each adoption in as has
+// settled.
+func (d *Daemon) awaitAdopted(as []*adoption) {
+	t := time.NewTimer(adoptWait)
+	defer t.Stop()
+	for _, a := range as {
+		select {
+		case <-a.settled:
+		case <-t.C:
+			d.log.Warn("adopted plugins are still connecting; serving hosts anyway", "waited", adoptWait)
+			return
+		}
+	}
 }
 
 // adoptHandover takes over the instances of a handover record before Sweep
@@ -465,5 +493,5 @@ func (d *Daemon) adoptOne(ctx context.Context, hp *HandedPlugin) (a *adoption, e
 	if err != nil {
 		return nil, err
 	}
-	return &adoption{proc: proc, hp: *hp, l: l}, nil
+	return &adoption{proc: proc, hp: *hp, l: l, settled: make(chan struct{})}, nil
 }

@@ -21,6 +21,7 @@ type restartLoad struct {
 	normal, policy, failed, hung atomic.Int64
 	mu                           sync.Mutex
 	failures                     []string
+	byPolicy                     []string     // why calls were answered by policy
 	lastAbnormal                 atomic.Int64 // unix nanos of the last answer that was not normal
 }
 
@@ -57,13 +58,24 @@ func (l *restartLoad) classify(path string, res *host.Result, err error, took ti
 		return
 	case plugin == "openplug" && res.Kind == host.Continue && len(res.Skipped) > 0:
 		l.policy.Add(1)
+		l.notePolicy("%s skipped: %v", path, res.Skipped)
 	case plugin == "closedplug" && res.Kind == host.FailClosed && res.FailureResponse().Status == 503:
 		l.policy.Add(1)
+		l.notePolicy("%s failed closed: %s", path, res.FailureResponse().Body)
 	default:
 		l.failed.Add(1)
 		l.note("%s: %+v", path, res)
 	}
 	l.lastAbnormal.Store(time.Now().UnixNano())
+}
+
+// notePolicy keeps why the first few calls were answered by policy.
+func (l *restartLoad) notePolicy(format string, args ...any) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.byPolicy) < 10 {
+		l.byPolicy = append(l.byPolicy, fmt.Sprintf(format, args...))
+	}
 }
 
 func (l *restartLoad) note(format string, args ...any) {

@@ -327,6 +327,45 @@ func (s *server) track(c net.Conn, open bool) bool {
 	return true
 }
 
+// laneSet counts the host lanes being served, so that a drain can wait
+// for them to say goodbye.
+type laneSet struct {
+	mu   sync.Mutex
+	n    int
+	zero chan struct{} // closed when n drops to 0; nil if nobody waits
+}
+
+func (l *laneSet) add() {
+	l.mu.Lock()
+	l.n++
+	l.mu.Unlock()
+}
+
+func (l *laneSet) done() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.n--; l.n == 0 && l.zero != nil {
+		close(l.zero)
+		l.zero = nil
+	}
+}
+
+// idle returns a channel closed once no lane is served.
+func (l *laneSet) idle() <-chan struct{} {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.zero == nil {
+		l.zero = make(chan struct{})
+		if l.n == 0 {
+			close(l.zero)
+			c := l.zero
+			l.zero = nil
+			return c
+		}
+	}
+	return l.zero
+}
+
 // FramesPreamble opens a host's frame socket (see schema/stream.capnp).
 const FramesPreamble = "DPFRAME1\n"
 
@@ -354,7 +393,9 @@ func (s *server) serveLane(c *bufferedConn, p peer) {
 	defer s.track(c, false)
 	lim := s.lim
 	lim.FirstMessage = 0 // the preamble was the first message
-	_ = wire.ServeLaneLimited(s.d.ctx, c, s.d.laneDispatch, lim)
+	s.d.lanes.add()
+	defer s.d.lanes.done()
+	_ = wire.ServeLaneLimited(s.d.ctx, c, s.d.laneDispatch, lim, s.d.goodbye)
 }
 
 // serveFrames hands a host its frame socket: the rest of the preamble, then
@@ -419,7 +460,10 @@ func (d *Daemon) laneDispatch(ctx context.Context, req, reply schema.LaneFrame) 
 			return err
 		}
 	}
-	out := d.dispatch(ctx, ld.Phase(), r, resp)
+	out, err := d.dispatch(ctx, ld.Phase(), r, resp)
+	if err != nil {
+		return err
+	}
 	dr, err := reply.NewDispatchResult()
 	if err != nil {
 		return err
@@ -635,7 +679,10 @@ func (h *hostSession) Dispatch(ctx context.Context, call schema.HostSession_disp
 			return err
 		}
 	}
-	out := h.d.dispatch(ctx, phase, req, resp)
+	out, err := h.d.dispatch(ctx, phase, req, resp)
+	if err != nil {
+		return err
+	}
 
 	results, err := call.AllocResults()
 	if err != nil {

@@ -171,6 +171,7 @@ func (u *unit) run(ctx context.Context) {
 		var err error
 		if a := u.takeAdopted(); a != nil {
 			inst, err = u.adopt(ctx, a)
+			a.settle()
 		} else {
 			inst, err = u.start(ctx)
 		}

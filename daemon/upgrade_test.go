@@ -137,8 +137,10 @@ func TestUpgradeInPlace(t *testing.T) {
 			t.Errorf("%s: %s: no normal answers", name, l)
 		}
 	}
-	if directLoad.policy.Load() != 0 {
-		t.Errorf("over direct lanes, hooks stopped answering normally during the upgrade: %s; %q", directLoad, directLoad.failures)
+	for name, l := range map[string]*restartLoad{"over direct lanes": directLoad, "through the daemon": throughLoad} {
+		if l.policy.Load() != 0 {
+			t.Errorf("%s, hooks stopped answering normally during the upgrade: %s; %q", name, l, l.byPolicy)
+		}
 	}
 
 	// The adopted plugins serve the new daemon: their state is intact, the

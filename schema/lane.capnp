@@ -22,6 +22,7 @@
 # reply frame with the same id (dispatchResult, hookResult or error), unless
 # it sends cancel for that id first, in which case the reply may still come
 # and is ignored. Replies may come in any order. Frames are at most 64 MiB.
+# Call ids start at 1: id 0 is the daemon's `stopping` frame, not a reply.
 #
 # Where the lane runs:
 #   * plugin face: the daemon passes a second socket to the plugin as file
@@ -49,7 +50,18 @@ struct LaneFrame {
     hookResult @3 :Http.HookResult;
     error @4 :Text;                        # the call failed; the text says why
     cancel @5 :Void;                       # the caller gave up on this id
+    stopping @6 :Void;                     # daemon → host, id 0: see below
   }
+  # stopping: the daemon is stopping or upgrading in place and closes this
+  # host lane next. It has answered, before this frame, every dispatch it
+  # started on the lane; a dispatch still without an answer was not started
+  # (no hook saw it), so the host may send it again on its next connection
+  # (an upgrading daemon's socket accepts it, see docs/protocol.md). A
+  # daemon that had to cut calls in flight (a drain longer than 10 s) closes
+  # the lane without this frame. The same holds for a dispatch answered
+  # with an error frame whose text is "dimplugd is stopping: the call was
+  # not started".
+  # It is sent on host lanes only, never to plugins.
 }
 
 struct LaneDispatch {

@@ -18,10 +18,11 @@ const (
 	LaneFrame_Which_hookResult     LaneFrame_Which = 3
 	LaneFrame_Which_error          LaneFrame_Which = 4
 	LaneFrame_Which_cancel         LaneFrame_Which = 5
+	LaneFrame_Which_stopping       LaneFrame_Which = 6
 )
 
 func (w LaneFrame_Which) String() string {
-	const s = "dispatchdispatchResulthookhookResulterrorcancel"
+	const s = "dispatchdispatchResulthookhookResulterrorcancelstopping"
 	switch w {
 	case LaneFrame_Which_dispatch:
 		return s[0:8]
@@ -35,6 +36,8 @@ func (w LaneFrame_Which) String() string {
 		return s[36:41]
 	case LaneFrame_Which_cancel:
 		return s[41:47]
+	case LaneFrame_Which_stopping:
+		return s[47:55]
 
 	}
 	return "LaneFrame_Which(" + strconv.FormatUint(uint64(w), 10) + ")"
@@ -244,6 +247,11 @@ func (s LaneFrame) SetError(v string) error {
 
 func (s LaneFrame) SetCancel() {
 	capnp.Struct(s).SetUint16(0, 5)
+
+}
+
+func (s LaneFrame) SetStopping() {
+	capnp.Struct(s).SetUint16(0, 6)
 
 }
 

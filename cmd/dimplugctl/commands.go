@@ -53,32 +53,7 @@ func run(args []string, in io.Reader, out, errw io.Writer) int {
 	if errors.As(err, &ue) {
 		return 2
 	}
-	return exitCode(err)
-}
-
-// exitCodes maps the classes of error (errdefs, carried from the daemon) to
-// exit codes; the README's CLI reference lists them.
-var exitCodes = []struct {
-	class error
-	code  int
-}{
-	{errdefs.ErrNotFound, 3},
-	{errdefs.ErrAlreadyExists, 4},
-	{errdefs.ErrInvalid, 5},
-	{errdefs.ErrConflict, 6},
-	{errdefs.ErrUnavailable, 7},
-	{errdefs.ErrPermissionDenied, 8},
-}
-
-// exitCode is the exit code of a failed command: its class's, or 1.
-func exitCode(err error) int {
-	class := errdefs.Class(err)
-	for _, c := range exitCodes {
-		if c.class == class {
-			return c.code
-		}
-	}
-	return 1
+	return errdefs.ExitCode(err)
 }
 
 func (c *cli) rootCmd() *cobra.Command {

@@ -16,6 +16,7 @@ import (
 	"github.com/dimplugd/dimplugd/sandbox"
 	"github.com/dimplugd/dimplugd/sandbox/container"
 	"github.com/dimplugd/dimplugd/schema"
+	"github.com/dimplugd/dimplugd/sdk-go/errdefs"
 	"github.com/dimplugd/dimplugd/sdk-go/host"
 	"github.com/dimplugd/dimplugd/sdk-go/manifest"
 )
@@ -34,7 +35,7 @@ func run(args []string) int {
 	if errors.As(err, &ue) {
 		return 2
 	}
-	return 1
+	return errdefs.ExitCode(err)
 }
 
 func rootCmd() *cobra.Command {
@@ -45,7 +46,7 @@ func rootCmd() *cobra.Command {
 		SilenceErrors: true,
 	}
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error { return usageError{err} })
-	root.AddCommand(serveCmd(), versionCmd())
+	root.AddCommand(serveCmd(), versionCmd(), stateCmd())
 	return root
 }
 

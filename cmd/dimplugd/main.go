@@ -3,7 +3,10 @@
 // operator CLI on its control socket. It maps flags onto daemon.Config and calls daemon.Start; the
 // daemon package holds everything else.
 //
-// Exit codes: 0 clean shutdown, 1 the daemon failed, 2 bad usage.
+// Exit codes: 0 success (a clean shutdown, for serve), 1 failed, 2 bad
+// usage, and by the class of the error as dimplugctl's (errdefs.ExitCode):
+// 3 not found, 6 conflict (the registry is damaged), 7 unavailable (the
+// state directory is in use).
 package main
 
 import (

@@ -3,6 +3,7 @@ package registry
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -21,6 +22,7 @@ const (
 	crashEnvState = "DIMPLUGD_REGISTRY_CRASH_STATE"
 	crashEnvSrc   = "DIMPLUGD_REGISTRY_CRASH_SRC"
 	crashEnvSrc2  = "DIMPLUGD_REGISTRY_CRASH_SRC2"
+	crashEnvSrc3  = "DIMPLUGD_REGISTRY_CRASH_SRC3"
 )
 
 // TestCrashChild is not a test: it is the child process of
@@ -51,12 +53,29 @@ func TestCrashChild(t *testing.T) {
 			os.Exit(2)
 		}
 		fmt.Println("CRASH set", i)
-		if i%4 == 0 {
+		switch i % 4 {
+		case 0:
 			if _, err := s.InstallDir(ctx, os.Getenv(crashEnvSrc2), InstallOptions{Replace: true}); err != nil {
 				fmt.Println("CRASH error", err)
 				os.Exit(2)
 			}
 			fmt.Println("CRASH replaced", i)
+		case 1:
+			if _, err := s.InstallDir(ctx, os.Getenv(crashEnvSrc3), InstallOptions{Enable: true}); err != nil {
+				fmt.Println("CRASH error", err)
+				os.Exit(2)
+			}
+			if err := s.KV("passing").Set("k", []byte("v")); err != nil {
+				fmt.Println("CRASH error", err)
+				os.Exit(2)
+			}
+			fmt.Println("CRASH added", i)
+		case 2:
+			if err := s.Remove("passing"); err != nil {
+				fmt.Println("CRASH error", err)
+				os.Exit(2)
+			}
+			fmt.Println("CRASH removed", i)
 		}
 	}
 	os.Exit(3) // never killed
@@ -69,7 +88,7 @@ func TestCrashConsistency(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a child process")
 	}
-	for round := range 3 {
+	for round := range 6 {
 		t.Run(fmt.Sprintf("round%d", round), func(t *testing.T) {
 			state := t.TempDir()
 			cmd := exec.Command(os.Args[0], "-test.run=^TestCrashChild$", "-test.count=1")
@@ -77,6 +96,7 @@ func TestCrashConsistency(t *testing.T) {
 				crashEnvState+"="+state,
 				crashEnvSrc+"="+writePlugin(t, "crashy", "1.0.0", ""),
 				crashEnvSrc2+"="+writePlugin(t, "replaced", "1.0.0", ""),
+				crashEnvSrc3+"="+writePlugin(t, "passing", "1.0.0", ""),
 			)
 			cmd.Stderr = os.Stderr
 			out, err := cmd.StdoutPipe()
@@ -87,6 +107,7 @@ func TestCrashConsistency(t *testing.T) {
 				t.Fatal(err)
 			}
 			lastSet, replaced, installed := -1, false, false
+			passing := ""           // the last of "added" and "removed" acknowledged
 			killAt := 30 + 17*round // vary where the kill lands
 			sc := bufio.NewScanner(out)
 			for sc.Scan() {
@@ -103,6 +124,8 @@ func TestCrashConsistency(t *testing.T) {
 					replaced = true
 				case "set":
 					lastSet, _ = strconv.Atoi(f[2])
+				case "added", "removed":
+					passing = f[1]
 				}
 				if lastSet >= killAt {
 					break
@@ -136,6 +159,29 @@ func TestCrashConsistency(t *testing.T) {
 			}
 			if _, err := os.Stat(filepath.Join(rep.Dir, "run.sh")); err != nil {
 				t.Errorf("files of the replaced plugin: %v", err)
+			}
+			// "passing" was being added and removed when the kill came:
+			// whichever state it is in must be whole. (The child may have
+			// gone on past the last line read, so either state is right.)
+			switch p, err := s.Get("passing"); {
+			case err == nil:
+				if _, err := os.Stat(filepath.Join(p.Dir, "run.sh")); err != nil {
+					t.Errorf("files of the added plugin: %v", err)
+				}
+			case errors.Is(err, ErrNotFound):
+				if err := s.db.View(func(tx *bolt.Tx) error {
+					if tx.Bucket(bucketKV).Bucket([]byte("passing")) != nil || tx.Bucket(bucketKVSize).Get([]byte("passing")) != nil {
+						return errors.New("the removed plugin's key-value data survived it")
+					}
+					return nil
+				}); err != nil {
+					t.Error(err)
+				}
+			default:
+				t.Fatal(err)
+			}
+			if passing == "" {
+				t.Error("the child never added or removed a plugin before the kill")
 			}
 			kv := s.KV("crashy")
 			for i := 0; i <= lastSet; i++ {

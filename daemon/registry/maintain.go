@@ -15,7 +15,9 @@ import (
 )
 
 // Maintenance of a state directory while no daemon has it open:
-// CheckState, RestoreState and CompactState, behind `dimplugd state`.
+// CheckState, RestoreState and CompactState, behind `dimplugd state check`,
+// `restore` and `compact`. Each takes the state directory's lock first and
+// fails with ErrInUse while a daemon holds it.
 
 // Auto-compaction at Open: a database over compactMinSize whose free pages
 // are more than half of its pages is rewritten (see shouldCompact).
@@ -260,6 +262,11 @@ type CheckReport struct {
 	Missing []string
 	// Staging lists leftovers in staging/, which the next start deletes.
 	Staging []string
+	// Restore says how to restore registry.db when it is damaged or
+	// missing: the `dimplugd state restore` commands that apply (the
+	// newest good backup, --accept-older, --from FILE), one per line.
+	// It is empty when registry.db passed or is new.
+	Restore string
 }
 
 // Damaged says whether the check found damage: registry.db or a backup
@@ -300,6 +307,11 @@ func CheckState(stateDir string) (*CheckReport, error) {
 			return nil, err
 		}
 		r.Backups = append(r.Backups, fc)
+	}
+	if errors.Is(r.DB.Err, ErrDamaged) {
+		var d *DamageError
+		olderIntact := errors.As(r.DB.Err, &d) && d.OlderIntact
+		r.Restore = strings.TrimLeft(restoreAdvice(dir, olderIntact), "\n ")
 	}
 	r.LostFound = dirNames(filepath.Join(dir, lostDir))
 	r.Staging = dirNames(filepath.Join(dir, stagingDir))
@@ -584,4 +596,49 @@ func rebuildOlder(path, dir string) (string, error) {
 		return "", err
 	}
 	return compactTo(cp, dir)
+}
+
+// Compacted says what CompactState did.
+type Compacted struct {
+	// Path is the database compacted.
+	Path string
+	// Before and After are its sizes in bytes.
+	Before, After int64
+}
+
+// CompactState rewrites registry.db of a stopped daemon's state directory
+// without its free pages, whatever their share (Open compacts only a
+// mostly free database). The file is checked first and a damaged one is
+// refused unchanged (ErrDamaged, saying how to restore it); the compacted
+// copy is checked, fsynced and renamed over it. It fails with ErrInUse if
+// a daemon holds the directory, and ErrNotFound if there is no
+// registry.db.
+func CompactState(stateDir string) (Compacted, error) {
+	dir, lock, err := lockForMaintenance(stateDir)
+	if err != nil {
+		return Compacted{}, err
+	}
+	defer lock.Close()
+	path := filepath.Join(dir, dbFileName)
+	res := Compacted{Path: path}
+	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+		return res, &classedError{sentinel: ErrNotFound, err: err, msg: fmt.Sprintf(
+			"registry database %s does not exist: there is nothing to compact (`dimplugd state check --state-dir %s` tells whether one should be there)",
+			path, dir)}
+	}
+	_, err = checkFile(path, 0)
+	var d *DamageError
+	switch {
+	case errors.Is(err, errLocked):
+		return res, inUseByDaemon(dir)
+	case errors.As(err, &d):
+		return res, &classedError{sentinel: ErrDamaged, err: err, msg: d.Error() +
+			"\n  Nothing was compacted; the file is unchanged. Restore it first: run" + restoreAdvice(dir, d.OlderIntact)}
+	case err != nil:
+		return res, fmt.Errorf("check registry database %s: %w", path, err)
+	}
+	if res.Before, res.After, err = compactFile(path); err != nil {
+		return res, fmt.Errorf("compact registry database %s: %w", path, err)
+	}
+	return res, nil
 }

@@ -149,3 +149,34 @@ func hasMark(msg string) bool {
 	class, _ := FromWire(msg)
 	return class != nil
 }
+
+// exitCodes maps the classes to the exit codes of dimplugctl and dimplugd;
+// the README's CLI reference lists them.
+var exitCodes = []struct {
+	class error
+	code  int
+}{
+	{ErrNotFound, 3},
+	{ErrAlreadyExists, 4},
+	{ErrInvalid, 5},
+	{ErrConflict, 6},
+	{ErrUnavailable, 7},
+	{ErrPermissionDenied, 8},
+}
+
+// ExitCode is the exit code of a command that failed with err: 3 to 8 by
+// its class (not found, already exists, invalid, conflict, unavailable,
+// permission denied), 1 for an error of no class, 0 for nil. (2, bad
+// usage, is the command line's own.)
+func ExitCode(err error) int {
+	if err == nil {
+		return 0
+	}
+	class := Class(err)
+	for _, c := range exitCodes {
+		if c.class == class {
+			return c.code
+		}
+	}
+	return 1
+}

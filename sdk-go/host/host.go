@@ -197,6 +197,18 @@ type link struct {
 	s       schema.HostSession
 	version uint16
 	lane    *wire.LaneClient // nil: dispatch over RPC
+
+	// next is closed when the keeper's first connect attempt after this
+	// link ended has ended itself (see awaitNext).
+	next     chan struct{}
+	nextOnce sync.Once
+}
+
+// nextDone marks the first connect attempt after l ended; nil-safe.
+func (l *link) nextDone() {
+	if l != nil {
+		l.nextOnce.Do(func() { close(l.next) })
+	}
 }
 
 // gone reports whether the link's connection has ended.
@@ -269,7 +281,7 @@ func (s *Session) connect(ctx context.Context) (*link, error) {
 	if err != nil {
 		return nil, err
 	}
-	l := &link{conn: conn, s: res.Session().AddRef(), version: res.Version()}
+	l := &link{conn: conn, s: res.Session().AddRef(), version: res.Version(), next: make(chan struct{})}
 	if err := s.watch(ctx, l); err != nil {
 		l.close()
 		return nil, err
@@ -294,6 +306,7 @@ const (
 func (s *Session) keep(l *link) {
 	for {
 		var done *connectAttempt
+		var old *link // the link whose end this round follows
 		if l != nil {
 			select {
 			case <-l.conn.Done():
@@ -302,6 +315,7 @@ func (s *Session) keep(l *link) {
 			}
 			done = s.beginAttempt() // the first try, at once, starts now
 			s.lost(l)
+			old = l
 		}
 		wait := time.Duration(0) // the first try is at once
 		for {
@@ -309,6 +323,7 @@ func (s *Session) keep(l *link) {
 				select {
 				case <-s.stop:
 					s.endAttempt(done)
+					old.nextDone()
 					return
 				case <-time.After(wait):
 				}
@@ -324,6 +339,7 @@ func (s *Session) keep(l *link) {
 				break
 			}
 			s.endAttempt(done)
+			old.nextDone()
 			done = nil
 			wait = min(max(2*wait, redialFirst), redialMax)
 		}
@@ -334,6 +350,7 @@ func (s *Session) keep(l *link) {
 		}
 		s.mu.Unlock()
 		s.endAttempt(done) // after the link is in place: waiters find it
+		old.nextDone()
 		if closed {
 			l.close()
 			return
@@ -387,6 +404,24 @@ func (s *Session) awaitLink(ctx context.Context) *link {
 	case <-s.stop:
 	}
 	return s.link.Load()
+}
+
+// awaitNext waits, after old answered wire.ErrStopping, for old to end
+// and the keeper's next connect attempt to end, and returns the link it
+// made, or nil; at most attemptWait or the call's context in all.
+func (s *Session) awaitNext(ctx context.Context, old *link) *link {
+	t := time.NewTimer(attemptWait)
+	defer t.Stop()
+	select {
+	case <-old.next:
+	case <-ctx.Done():
+	case <-t.C:
+	case <-s.stop:
+	}
+	if l := s.link.Load(); l != old {
+		return l
+	}
+	return nil
 }
 
 // lost forgets a link that ended: dispatch follows the hooks' policies
@@ -574,7 +609,11 @@ func (r *Result) FailureResponse() *Response {
 // a fail-closed hook (or a route owner) fails the request as unavailable,
 // naming the plugin and saying that dimplugd is not reachable; fail-open
 // hooks are skipped (Result.Skipped says why). A call cut off by the
-// daemon going away is answered the same way.
+// daemon going away is answered the same way. Two cases wait, at most a
+// second or ctx: a call made while a reconnect is under way to a socket
+// that accepts (an upgrade in place), and a call the stopping daemon says
+// it did not start (wire.ErrStopping), which is sent again to the next
+// daemon if one comes.
 func (s *Session) Dispatch(ctx context.Context, phase Phase, req *Request, resp *Response) (*Result, error) {
 	if res, ok := s.dispatchDirect(ctx, phase, req, resp); ok {
 		return res, nil
@@ -587,7 +626,16 @@ func (s *Session) Dispatch(ctx context.Context, phase Phase, req *Request, resp 
 		return s.away(phase, req), nil
 	}
 	res, err := l.dispatch(ctx, phase, req, resp)
-	if err != nil && ctx.Err() == nil && (l.gone() || connLost(err)) {
+	if wire.IsStopping(err) {
+		// The daemon is draining and did not start the call: send it to
+		// the next daemon, if it comes within attemptWait (an upgrade in
+		// place), else answer by policy.
+		if l = s.awaitNext(ctx, l); l == nil {
+			return s.away(phase, req), nil
+		}
+		res, err = l.dispatch(ctx, phase, req, resp)
+	}
+	if err != nil && ctx.Err() == nil && (l.gone() || connLost(err) || wire.IsStopping(err)) {
 		return s.away(phase, req), nil
 	}
 	return res, err

@@ -1,7 +1,9 @@
 package wire
 
 import (
+	"errors"
 	"regexp"
+	"strings"
 
 	"github.com/dimplugd/dimplugd/sdk-go/errdefs"
 )
@@ -49,4 +51,20 @@ func (e *remoteError) Unwrap() []error {
 		return []error{e.err}
 	}
 	return []error{e.err, e.class}
+}
+
+// StoppingMessage is the whole text of the error a daemon answers a
+// dispatch with when it arrives while the daemon drains for a stop or an
+// upgrade in place: no hook was called, so the host may send the call
+// again on its next connection. It is part of the protocol (a lane error
+// frame, or an RPC exception, whose text ends with it).
+const StoppingMessage = "dimplugd is stopping: the call was not started"
+
+// ErrStopping is the error of StoppingMessage (errdefs.ErrUnavailable).
+var ErrStopping = errdefs.New(errdefs.ErrUnavailable, StoppingMessage)
+
+// IsStopping reports whether err, returned by a dispatch to the daemon, is
+// its StoppingMessage answer.
+func IsStopping(err error) bool {
+	return err != nil && (errors.Is(err, ErrStopping) || strings.HasSuffix(err.Error(), StoppingMessage))
 }

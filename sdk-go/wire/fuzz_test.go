@@ -268,7 +268,7 @@ func FuzzServeLane(f *testing.F) {
 		const max = 1 << 20
 		lim := Limits{MaxMessage: max, MessageTimeout: 5 * time.Second, Budget: NewBudget(4 << 20)}
 		serveLaneOnce(t, data, max+8, func(ctx context.Context, c net.Conn, h LaneHandler) error {
-			return ServeLaneLimited(ctx, c, h, lim)
+			return ServeLaneLimited(ctx, c, h, lim, nil)
 		})
 		if n := lim.Budget.InUse(); n != 0 {
 			t.Fatalf("%d bytes of the receive budget still held after the lane ended", n)

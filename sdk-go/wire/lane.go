@@ -10,6 +10,7 @@ import (
 	"net"
 	"sync"
 	"syscall"
+	"time"
 
 	"capnproto.org/go/capnp/v3"
 
@@ -89,6 +90,11 @@ func (l *LaneClient) read() {
 		if id, msg, err = readFrame(r); err != nil {
 			break
 		}
+		if id == 0 { // stopping: what is pending was not started
+			msg.Release()
+			err = ErrStopping
+			break
+		}
 		l.mu.Lock()
 		ch, ok := l.pending[id]
 		delete(l.pending, id)
@@ -146,6 +152,20 @@ func (l *LaneClient) Call(ctx context.Context, fill func(schema.LaneFrame) error
 	if err := writeFrame(l.c, &l.wmu, id, msg); err != nil {
 		l.forget(id)
 		if peerGone(err) { // the other end closed: as for a read
+			// The reader sees the end too, after whatever the other
+			// end sent last: a stopping frame says this request was
+			// not started.
+			select {
+			case <-l.done:
+			case <-ctx.Done():
+				return nil, schema.LaneFrame{}, ctx.Err()
+			}
+			l.mu.Lock()
+			err := l.err
+			l.mu.Unlock()
+			if errors.Is(err, ErrStopping) {
+				return nil, schema.LaneFrame{}, err
+			}
 			return nil, schema.LaneFrame{}, ErrLaneClosed
 		}
 		return nil, schema.LaneFrame{}, fmt.Errorf("hook lane: %w", err)
@@ -194,13 +214,23 @@ type LaneHandler func(ctx context.Context, req schema.LaneFrame, reply schema.La
 // request on its own goroutine; a cancel frame cancels that request's
 // context. It closes c and returns once every handler has finished.
 func ServeLane(ctx context.Context, c net.Conn, h LaneHandler) error {
-	return serveLane(ctx, c, h, nil)
+	return serveLane(ctx, c, h, nil, nil)
 }
 
-func serveLane(ctx context.Context, c net.Conn, h LaneHandler, lim *Limits) error {
+func serveLane(ctx context.Context, c net.Conn, h LaneHandler, lim *Limits, goodbye <-chan struct{}) error {
 	ctx, cancelAll := context.WithCancel(ctx)
 	defer cancelAll()
-	go func() { <-ctx.Done(); c.Close() }()
+	leaving := make(chan struct{}) // closed when goodbye came first
+	dl := &stopDeadline{c: c}
+	go func() {
+		select {
+		case <-ctx.Done():
+			c.Close()
+		case <-goodbye: // nil: never
+			close(leaving)
+			dl.stop() // the read loop ends at its next read
+		}
+	}()
 
 	var (
 		wmu      sync.Mutex
@@ -211,7 +241,7 @@ func serveLane(ctx context.Context, c net.Conn, h LaneHandler, lim *Limits) erro
 	r := bufio.NewReaderSize(c, 64<<10)
 	read := func() (uint64, *capnp.Message, error) { return readFrame(r) }
 	if lim != nil {
-		lr := newLimitedReader(r, c, *lim)
+		lr := newLimitedReader(r, dl, *lim)
 		read = func() (uint64, *capnp.Message, error) { return readFrameLimited(lr) }
 	}
 	var err error
@@ -264,12 +294,53 @@ func serveLane(ctx context.Context, c net.Conn, h LaneHandler, lim *Limits) erro
 			rm.Release()
 		}()
 	}
+	select {
+	case <-leaving:
+		// Every request read has been answered once the handlers are
+		// done; say so, so the caller knows the rest was not started.
+		wg.Wait()
+		if m, f, ferr := NewFrame(); ferr == nil {
+			f.SetStopping()
+			_ = writeFrame(c, &wmu, 0, m)
+			m.Release()
+		}
+		c.Close()
+		return nil
+	default:
+	}
 	c.Close()
 	wg.Wait()
 	if peerGone(err) {
 		return nil
 	}
 	return err
+}
+
+// stopDeadline sets a connection's read deadlines (for the limited reader)
+// until stop, which sets one in the past that no later call can undo, so
+// that a read loop ends whatever deadlines it sets itself.
+type stopDeadline struct {
+	c       net.Conn
+	mu      sync.Mutex
+	stopped bool
+}
+
+func (d *stopDeadline) Read(p []byte) (int, error) { return d.c.Read(p) }
+
+func (d *stopDeadline) SetReadDeadline(t time.Time) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.stopped {
+		t = time.Unix(1, 0)
+	}
+	return d.c.SetReadDeadline(t)
+}
+
+func (d *stopDeadline) stop() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.stopped = true
+	d.c.SetReadDeadline(time.Unix(1, 0))
 }
 
 // peerGone reports whether err only says the other side closed the lane

@@ -3,9 +3,11 @@ package wire
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -157,5 +159,75 @@ func BenchmarkLaneRoundTrip(b *testing.B) {
 			b.Fatal(err)
 		}
 		reply.Release()
+	}
+}
+
+// TestLaneGoodbye: when the server's goodbye closes, a call it had started
+// is still answered, the client learns from the stopping frame that the
+// lane ends, and calls after it fail with ErrStopping (not started), not
+// ErrLaneClosed (fate unknown).
+func TestLaneGoodbye(t *testing.T) {
+	a, b := lanePair(t)
+	release := make(chan struct{})
+	var started atomic.Int32
+	handler := func(ctx context.Context, req, reply schema.LaneFrame) error {
+		started.Add(1)
+		hc, err := req.Hook()
+		if err != nil {
+			return err
+		}
+		if name, _ := hc.Hook(); name == "held" {
+			<-release
+		}
+		return echoHook(ctx, req, reply)
+	}
+	goodbye := make(chan struct{})
+	served := make(chan error, 1)
+	go func() {
+		served <- ServeLaneLimited(context.Background(), b, handler, Limits{MaxMessage: 1 << 20}, goodbye)
+	}()
+	l := NewLaneClient(a)
+
+	held := make(chan error, 1)
+	go func() {
+		got, err := call(t, l, context.Background(), "held")
+		if err == nil && got != "held" {
+			err = fmt.Errorf("reply %q", got)
+		}
+		held <- err
+	}()
+	waitUntil(t, "the held call to start", func() bool { return started.Load() == 1 })
+	close(goodbye)
+	close(release)
+	if err := <-held; err != nil {
+		t.Errorf("a call started before the goodbye: %v, want its answer", err)
+	}
+	select {
+	case err := <-served:
+		if err != nil {
+			t.Errorf("ServeLaneLimited after goodbye: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("ServeLaneLimited did not return after goodbye")
+	}
+	<-l.Done()
+	_, err := call(t, l, context.Background(), "late")
+	if !errors.Is(err, ErrStopping) || !IsStopping(err) {
+		t.Errorf("a call after the stopping frame: %v, want ErrStopping", err)
+	}
+	if n := started.Load(); n != 1 {
+		t.Errorf("the handler ran %d times, want once", n)
+	}
+}
+
+// waitUntil polls cond until it holds, failing after 5 s.
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(time.Millisecond)
 	}
 }

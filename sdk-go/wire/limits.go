@@ -401,7 +401,10 @@ func NewConnLimited(rwc io.ReadWriteCloser, bootstrap capnp.Client, logger rpc.L
 	})
 }
 
-// ServeLaneLimited is ServeLane with the reads of c bounded by lim.
-func ServeLaneLimited(ctx context.Context, c net.Conn, h LaneHandler, lim Limits) error {
-	return serveLane(ctx, c, h, &lim)
+// ServeLaneLimited is ServeLane with the reads of c bounded by lim. When
+// goodbye (which may be nil) is closed, it stops reading, waits for the
+// handlers of the requests it read, sends the stopping frame (see
+// schema/lane.capnp) and closes c: the daemon's end of a host lane.
+func ServeLaneLimited(ctx context.Context, c net.Conn, h LaneHandler, lim Limits, goodbye <-chan struct{}) error {
+	return serveLane(ctx, c, h, &lim, goodbye)
 }
