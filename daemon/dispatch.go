@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"iter"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"capnproto.org/go/capnp/v3/exc"
@@ -26,12 +27,40 @@ type outcome struct {
 	applied []string
 }
 
-// maxObservers bounds observe-phase calls in flight across the daemon.
-// Observers are best effort: past the bound, copies are dropped and counted
-// rather than queued without limit.
-const maxObservers = 256
+// Observers are best effort: past these bounds a copy is dropped (and
+// reported in the dispatch's skipped list) rather than queued without
+// limit. A burst from one host fits; a plugin that observes more slowly
+// than requests arrive for long loses copies, and only its own.
+const (
+	// maxObserveQueue bounds one plugin's observe calls queued or in
+	// flight.
+	maxObserveQueue = 4096
+	// maxObserveBytes bounds the bytes (bodies plus headers) of every
+	// observe call queued or in flight in the daemon.
+	maxObserveBytes = 64 << 20
+)
 
-var observeSlots = make(chan struct{}, maxObservers)
+// observeBytes is what the observe calls queued or in flight hold.
+var observeBytes atomic.Int64
+
+// observeSize is what an observe call holds on to, roughly.
+func observeSize(req *wire.Request, resp *wire.Response) int64 {
+	n := int64(len(req.Body) + len(req.Path) + len(req.RawQuery) + 512)
+	for k, vs := range req.Header {
+		for _, v := range vs {
+			n += int64(len(k) + len(v))
+		}
+	}
+	if resp != nil {
+		n += int64(len(resp.Body))
+		for k, vs := range resp.Header {
+			for _, v := range vs {
+				n += int64(len(k) + len(v))
+			}
+		}
+	}
+	return n
+}
 
 // dispatch runs every hook of phase matching req, in order. A call that
 // arrives while the daemon drains (see drain) is refused with
@@ -148,20 +177,25 @@ func (d *Daemon) dispatchRoute(ctx context.Context, hooks []*hookRef, req *wire.
 // never handles two observations at once. A slow observer only delays its
 // own queue (up to its deadline per call).
 func (d *Daemon) dispatchObserve(hooks []*hookRef, req *wire.Request, resp *wire.Response, out *outcome) {
+	size := observeSize(req, resp)
 	for h, params := range matching(hooks, req) {
-		select {
-		case observeSlots <- struct{}{}:
-		default:
+		if observeBytes.Add(size) > maxObserveBytes {
+			observeBytes.Add(-size)
 			out.skipped = append(out.skipped, *hookErr(h, schema.HookErrorKind_unavailable,
-				fmt.Sprintf("observer dropped: %d observe calls already in flight", maxObservers)))
+				fmt.Sprintf("observer dropped: the observe calls waiting in the daemon hold more than %d MiB", maxObserveBytes>>20)))
 			continue
 		}
-		h.unit.observeQ.push(d, func() {
-			defer func() { <-observeSlots }()
+		ok := h.unit.observeQ.push(d, func() {
+			defer observeBytes.Add(-size)
 			if _, herr := d.callHook(d.ctx, h, schema.Phase_observe, req, params, resp); herr != nil {
 				h.unit.logf("observe hook %q failed: %s", h.hook.Name, herr.Message)
 			}
 		})
+		if !ok {
+			observeBytes.Add(-size)
+			out.skipped = append(out.skipped, *hookErr(h, schema.HookErrorKind_unavailable,
+				fmt.Sprintf("observer dropped: %d observe calls already wait for this plugin", maxObserveQueue)))
+		}
 	}
 }
 
@@ -174,14 +208,19 @@ type observeQueue struct {
 	running bool
 }
 
-func (q *observeQueue) push(d *Daemon, call func()) {
+// push queues call, or reports false if maxObserveQueue calls wait.
+func (q *observeQueue) push(d *Daemon, call func()) bool {
 	q.mu.Lock()
+	if len(q.calls) >= maxObserveQueue {
+		q.mu.Unlock()
+		return false
+	}
 	q.calls = append(q.calls, call)
 	start := !q.running
 	q.running = true
 	q.mu.Unlock()
 	if !start {
-		return
+		return true
 	}
 	d.wg.Add(1)
 	go func() { // owned by the daemon; each call ends at its hook's deadline at the latest
@@ -200,6 +239,7 @@ func (q *observeQueue) push(d *Daemon, call func()) {
 			call()
 		}
 	}()
+	return true
 }
 
 // matching yields the hooks that match req, in order, with the route

@@ -42,9 +42,9 @@ func TestObserversInOrder(t *testing.T) {
 	if err := mw.Close(ctx); err != nil {
 		t.Fatalf("middleware close: %v", err)
 	}
-	// Observers are best effort: past maxObservers queued calls the
-	// daemon drops copies (reported in Result.Skipped). What arrives must
-	// be in order: wait until the count settles, then check inversions.
+	// A burst of this size fits the plugin's queue (maxObserveQueue), so
+	// every observation arrives, and in order: wait until the count
+	// settles, then check count and inversions.
 	var got, last string
 	stable := 0
 	if !poll(30*time.Second, func() bool {
@@ -67,5 +67,40 @@ func TestObserversInOrder(t *testing.T) {
 	if inversions != 0 {
 		t.Fatalf("observations out of order: %d of %d went backwards", inversions, count)
 	}
+	if count != n {
+		t.Errorf("%d of %d observations delivered: a burst from one host was dropped", count, n)
+	}
 	t.Logf("%d of %d observations delivered, in order", count, n)
+}
+
+// TestObserveQueueBound: a plugin's observe queue takes maxObserveQueue
+// calls behind the one in flight and refuses the next, and runs what it
+// took, in order, once the slow call ends.
+func TestObserveQueueBound(t *testing.T) {
+	d := &Daemon{}
+	var q observeQueue
+	started, release := make(chan struct{}), make(chan struct{})
+	if !q.push(d, func() { close(started); <-release }) {
+		t.Fatal("the first call was refused")
+	}
+	<-started
+	var ran []int
+	for i := range maxObserveQueue {
+		if !q.push(d, func() { ran = append(ran, i) }) {
+			t.Fatalf("call %d of %d refused", i+1, maxObserveQueue)
+		}
+	}
+	if q.push(d, func() { t.Error("the refused call ran") }) {
+		t.Error("a call past maxObserveQueue was taken")
+	}
+	close(release)
+	d.wg.Wait()
+	if len(ran) != maxObserveQueue {
+		t.Fatalf("%d calls ran, want %d", len(ran), maxObserveQueue)
+	}
+	for i, v := range ran {
+		if v != i {
+			t.Fatalf("call %d ran as number %d: out of order", v, i)
+		}
+	}
 }

@@ -624,3 +624,48 @@ func TestMaintenanceRefusesWhileInUse(t *testing.T) {
 		t.Errorf("the open Store broke: %v", err)
 	}
 }
+
+// TestOpenCompactsAfterRemove: the issue's case. A plugin that filled its
+// key-value store is removed; the next Open gives the space back without
+// an operator's `state compact`, and keeps everything else.
+func TestOpenCompactsAfterRemove(t *testing.T) {
+	dir := t.TempDir()
+	s := openStore(t, dir)
+	install(t, s, writePlugin(t, "keeper", "1.0.0", ""), InstallOptions{Enable: true})
+	install(t, s, writePlugin(t, "filler", "1.0.0", ""), InstallOptions{})
+	if err := s.KV("keeper").Set("k", []byte("kept")); err != nil {
+		t.Fatal(err)
+	}
+	chunk := bytes.Repeat([]byte("x"), 64<<10)
+	for i := range 128 { // 8 MiB
+		if err := s.KV("filler").Set(fmt.Sprintf("chunk-%03d", i), chunk); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Remove("filler"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	db := filepath.Join(dir, dbFileName)
+	before, err := os.Stat(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s = openStore(t, dir)
+	after, err := os.Stat(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.Size() > before.Size()/8 || after.Size() > 1<<20 {
+		t.Errorf("registry.db is %d bytes after Open, %d before: not compacted", after.Size(), before.Size())
+	}
+	if v, ok, err := s.KV("keeper").Get("k"); err != nil || !ok || string(v) != "kept" {
+		t.Errorf("keeper's data after compaction: %q, %v, %v", v, ok, err)
+	}
+	if _, err := s.Get("filler"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("filler after compaction: %v", err)
+	}
+	t.Logf("registry.db: %d bytes before Open, %d after", before.Size(), after.Size())
+}
