@@ -36,7 +36,8 @@ FUZZ_TARGETS := \
 	./daemon:FuzzFrameMsg:500 \
 	./sdk-go/termesc:FuzzString:200000 \
 	./sdk-go/manifest:FuzzParse:50000 \
-	./sdk-go/manifest:FuzzRoute:200000
+	./sdk-go/manifest:FuzzRoute:200000 \
+	./daemon/settings:FuzzCompileValidate:100000
 
 EXAMPLE_PLUGINS := $(notdir $(wildcard examples/plugins/*))
 

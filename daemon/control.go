@@ -3,6 +3,7 @@ package daemon
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -69,6 +70,9 @@ func (d *Daemon) Install(ctx context.Context, archive []byte, opts registry.Inst
 	d.mu.Unlock()
 	u.logf("installed version %s", rec.Manifest.Version)
 	d.log.Info("plugin installed", "plugin", rec.Name, "version", rec.Manifest.Version, "replace", existed)
+	if existed && !rec.Manifest.Settings.IsZero() {
+		d.checkSettingsAfterUpgrade(u)
+	}
 	if enable || rec.Enabled {
 		name := rec.Name
 		if rec, err = d.Enable(name); err != nil {
@@ -253,6 +257,82 @@ func (c *control) Restart(ctx context.Context, call schema.Control_restart) erro
 
 func (c *control) SetHookDeadline(ctx context.Context, call schema.Control_setHookDeadline) error {
 	return errdefs.ToWire(c.setHookDeadline(ctx, call))
+}
+
+func (c *control) GetSettings(ctx context.Context, call schema.Control_getSettings) error {
+	return errdefs.ToWire(c.getSettings(call))
+}
+
+func (c *control) SetSettings(ctx context.Context, call schema.Control_setSettings) error {
+	return errdefs.ToWire(c.setSettings(call))
+}
+
+func (c *control) getSettings(call schema.Control_getSettings) error {
+	name, scope, user, err := readSettingsArgs(call.Args())
+	if err != nil {
+		return err
+	}
+	ps, err := c.d.Settings(name, scope, user)
+	if err != nil {
+		return err
+	}
+	return settingsResults(call.AllocResults, ps)
+}
+
+func (c *control) setSettings(call schema.Control_setSettings) error {
+	name, scope, user, err := readSettingsArgs(call.Args())
+	if err != nil {
+		return err
+	}
+	values, err := readSettingsValues(call.Args())
+	if err != nil {
+		return err
+	}
+	ps, err := c.d.SetSettings(name, scope, user, values, call.Args().Replace())
+	if err != nil {
+		return err
+	}
+	return settingsResults(call.AllocResults, ps)
+}
+
+// settingsResults writes ps into a method's results.
+func settingsResults[R interface {
+	NewSettings() (schema.PluginSettings, error)
+}](alloc func() (R, error), ps PluginSettings) error {
+	res, err := alloc()
+	if err != nil {
+		return err
+	}
+	out, err := res.NewSettings()
+	if err != nil {
+		return err
+	}
+	return writeSettings(out, ps)
+}
+
+func writeSettings(out schema.PluginSettings, ps PluginSettings) error {
+	out.SetUser(ps.User)
+	values, err := json.Marshal(ps.Values)
+	if err != nil {
+		return err
+	}
+	stored, err := json.Marshal(ps.Stored)
+	if err != nil {
+		return err
+	}
+	for _, set := range []func() error{
+		func() error { return out.SetScope(ps.Scope) },
+		func() error { return out.SetValues(values) },
+		func() error { return out.SetStored(stored) },
+		func() error { return out.SetSchema(ps.Schema) },
+		func() error { return out.SetUi(ps.UI) },
+		func() error { return out.SetProblem(ps.Problem) },
+	} {
+		if err := set(); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (c *control) Status(ctx context.Context, call schema.Control_status) error {

@@ -7,6 +7,7 @@ import (
 	"capnproto.org/go/capnp/v3"
 
 	"github.com/dimplugd/dimplugd/daemon/registry"
+	"github.com/dimplugd/dimplugd/daemon/settings"
 	"github.com/dimplugd/dimplugd/schema"
 	"github.com/dimplugd/dimplugd/sdk-go/errdefs"
 	"github.com/dimplugd/dimplugd/sdk-go/manifest"
@@ -139,4 +140,40 @@ func readSetHookDeadlineArgs(a schema.Control_setHookDeadline_Params) (name, hoo
 func argName(a interface{ Name() (string, error) }) (string, error) {
 	name, err := a.Name()
 	return readName("plugin", name, err)
+}
+
+// maxSettingsDoc bounds a settings write's JSON.
+const maxSettingsDoc = 256 << 10
+
+// readSettingsArgs reads and checks what getSettings and setSettings share.
+func readSettingsArgs(a interface {
+	Name() (string, error)
+	Scope() (string, error)
+	User() int64
+}) (name, scope string, user int64, err error) {
+	if name, err = argName(a); err != nil {
+		return "", "", 0, err
+	}
+	if scope, err = a.Scope(); err != nil {
+		return "", "", 0, fmt.Errorf("settings scope: %w", err)
+	}
+	if scope != "global" && scope != "user" {
+		if len(scope) > 16 {
+			scope = scope[:16] + "…"
+		}
+		return "", "", 0, errdefs.WithClass(fmt.Errorf("settings scope %q: want global or user", scope), errdefs.ErrInvalid)
+	}
+	return name, scope, a.User(), nil
+}
+
+// readSettingsValues reads a settings write's JSON object.
+func readSettingsValues(a schema.Control_setSettings_Params) (map[string]any, error) {
+	doc, err := a.Values()
+	if err != nil {
+		return nil, fmt.Errorf("settings values: %w", err)
+	}
+	if len(doc) > maxSettingsDoc {
+		return nil, errdefs.WithClass(fmt.Errorf("settings of %d bytes: at most %d", len(doc), maxSettingsDoc), errdefs.ErrInvalid)
+	}
+	return settings.DecodeValues(doc)
 }

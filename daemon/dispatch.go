@@ -171,7 +171,7 @@ func (d *Daemon) dispatchRoute(ctx context.Context, hooks []*hookRef, req *wire.
 // returns at once; what they answer is ignored.
 //
 // Ordering: each plugin gets its observations one at a time, in the order
-// the daemon dispatched them (its queue, observeQueue), so observations a
+// the daemon dispatched them (its queue, callQueue), so observations a
 // host sends in order (one Dispatch after another returned, as the host
 // SDK's Middleware does) reach each plugin in that order, and a plugin
 // never handles two observations at once. A slow observer only delays its
@@ -199,17 +199,18 @@ func (d *Daemon) dispatchObserve(hooks []*hookRef, req *wire.Request, resp *wire
 	}
 }
 
-// observeQueue is a plugin's observe calls, made one after another in the
-// order they were queued, by a goroutine that runs while the queue is not
-// empty.
-type observeQueue struct {
+// callQueue holds calls to a plugin that must be made one after another
+// in the order they were queued (its observe calls, its settings change
+// notifications), by a goroutine the daemon owns that runs while the
+// queue is not empty; at most maxObserveQueue wait.
+type callQueue struct {
 	mu      sync.Mutex
 	calls   []func()
 	running bool
 }
 
 // push queues call, or reports false if maxObserveQueue calls wait.
-func (q *observeQueue) push(d *Daemon, call func()) bool {
+func (q *callQueue) push(d *Daemon, call func()) bool {
 	q.mu.Lock()
 	if len(q.calls) >= maxObserveQueue {
 		q.mu.Unlock()

@@ -78,7 +78,7 @@ func TestObserversInOrder(t *testing.T) {
 // took, in order, once the slow call ends.
 func TestObserveQueueBound(t *testing.T) {
 	d := &Daemon{}
-	var q observeQueue
+	var q callQueue
 	started, release := make(chan struct{}), make(chan struct{})
 	if !q.push(d, func() { close(started); <-release }) {
 		t.Fatal("the first call was refused")

@@ -51,7 +51,8 @@ type unit struct {
 	// policyCounts are each hook's answers by policy, by cause; kept
 	// across restarts.
 	policyCounts map[string]*policyCounts
-	observeQ     observeQueue // its observe calls, in order (see dispatchObserve)
+	observeQ     callQueue    // its observe calls, in order (see dispatchObserve)
+	settings     unitSettings // its settings schemas and the running instance's capability
 	// adopted is an instance an upgrading daemon handed over, for the
 	// run loop to take on its first turn; parked is the running instance
 	// the run loop left for Upgrade to hand over.
@@ -627,6 +628,11 @@ func (u *unit) handshake(ctx context.Context, inst *instance, rec registry.Recor
 		}
 		if len(rec.Grant.OutboundHosts) > 0 {
 			if err := svc.SetFetch(schema.Fetcher_ServerToClient(newFetchServer(u.name, rec.Grant, u.d.cfg.Resolver))); err != nil {
+				return err
+			}
+		}
+		if !rec.Manifest.Settings.IsZero() {
+			if err := svc.SetSettings(schema.Settings_ServerToClient(newSettingsServer(u))); err != nil {
 				return err
 			}
 		}

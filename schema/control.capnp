@@ -38,6 +38,21 @@ interface Control {
   setHookDeadline @9 (name :Text, hook :Text, deadlineMicros :UInt64) -> (plugin :PluginStatus);
   # Overrides the deadline of one hook of a plugin (0 restores the
   # manifest's). The override survives restarts and upgrades.
+
+  getSettings @10 (name :Text, scope :Text, user :Int64) -> (settings :PluginSettings);
+  # A plugin's settings in one scope: "global" (user 0) or "user" (that
+  # user's own). Secrets are masked. Fails as not found if the plugin is not
+  # installed or does not declare the scope.
+
+  setSettings @11 (name :Text, scope :Text, user :Int64, values :Data, replace :Bool)
+              -> (settings :PluginSettings);
+  # Writes settings, validated against the plugin's schema for the scope;
+  # values is a JSON object. Without replace it is a partial update: a key
+  # set to null goes back to its default, and a secret sent back as the
+  # masked marker "********" keeps its stored value. With replace the object
+  # replaces what is stored. An invalid write fails as invalid and lists
+  # every failing field; nothing is stored then. A running plugin hears of
+  # the change at once (Settings.watch); no restart is needed.
 }
 
 struct InstallOptions {
@@ -147,4 +162,15 @@ struct DaemonStatus {
   socket @5 :Text;
   startedAtUnixMs @6 :Int64;
   plugins @7 :UInt32;
+}
+
+struct PluginSettings {
+  # One scope of a plugin's settings, as operators and hosts see them.
+  scope @0 :Text;
+  user @1 :Int64;
+  values @2 :Data;     # JSON object: the defaults overlaid with what is stored; secrets masked
+  stored @3 :Data;     # JSON object: only what was set; secrets masked
+  schema @4 :Data;     # the scope's JSON Schema, as the plugin ships it
+  ui @5 :Data;         # its JSON Forms UI schema; empty if the plugin has none
+  problem @6 :Text;    # why the stored values fail the current schema (after an upgrade), or empty
 }

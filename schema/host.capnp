@@ -14,6 +14,7 @@ $Go.package("schema");
 $Go.import("github.com/dimplugd/dimplugd/schema");
 
 using Http = import "http.capnp";
+using Control = import "control.capnp";
 
 interface HostSession {
   routes @0 () -> (table :RouteTable);
@@ -30,8 +31,22 @@ interface HostSession {
   # in the response and observe phases only. Observe dispatch returns as soon
   # as the copies are queued.
 
-  # Reserved for later protocol versions: frame streams (openStream) and UI
-  # contributions (uiElements).
+  userSettings @3 (plugin :Text, user :Int64) -> (settings :Control.PluginSettings);
+  # One user's settings of a plugin (its manifest's [settings.user]), read
+  # on that user's behalf: the host passes the id of the user it
+  # authenticated, and must never take it from the request itself (the Go
+  # SDK's Middleware takes it from WithUser). Secrets are masked. Fails as
+  # not found if the plugin is not installed or has no user settings.
+
+  setUserSettings @4 (plugin :Text, user :Int64, values :Data) -> (settings :Control.PluginSettings);
+  # Writes one user's settings on that user's behalf: a partial update as
+  # Control.setSettings without replace (null resets a key, a masked secret
+  # sent back keeps its value), validated against the plugin's schema; an
+  # invalid write fails as invalid naming each bad field. Hosts cannot
+  # read or write the operator's global settings.
+
+  # Frame streams are on the frame socket (stream.capnp); UI contributions
+  # (uiElements) are reserved for a later protocol version.
 }
 
 struct RouteTable {

@@ -76,6 +76,46 @@ func (c HostSession) Dispatch(ctx context.Context, params func(HostSession_dispa
 
 }
 
+func (c HostSession) UserSettings(ctx context.Context, params func(HostSession_userSettings_Params) error) (HostSession_userSettings_Results_Future, capnp.ReleaseFunc) {
+
+	s := capnp.Send{
+		Method: capnp.Method{
+			InterfaceID:   0x9e7ce17529e32eec,
+			MethodID:      3,
+			InterfaceName: "host.capnp:HostSession",
+			MethodName:    "userSettings",
+		},
+	}
+	if params != nil {
+		s.ArgsSize = capnp.ObjectSize{DataSize: 8, PointerCount: 1}
+		s.PlaceArgs = func(s capnp.Struct) error { return params(HostSession_userSettings_Params(s)) }
+	}
+
+	ans, release := capnp.Client(c).SendCall(ctx, s)
+	return HostSession_userSettings_Results_Future{Future: ans.Future()}, release
+
+}
+
+func (c HostSession) SetUserSettings(ctx context.Context, params func(HostSession_setUserSettings_Params) error) (HostSession_setUserSettings_Results_Future, capnp.ReleaseFunc) {
+
+	s := capnp.Send{
+		Method: capnp.Method{
+			InterfaceID:   0x9e7ce17529e32eec,
+			MethodID:      4,
+			InterfaceName: "host.capnp:HostSession",
+			MethodName:    "setUserSettings",
+		},
+	}
+	if params != nil {
+		s.ArgsSize = capnp.ObjectSize{DataSize: 8, PointerCount: 2}
+		s.PlaceArgs = func(s capnp.Struct) error { return params(HostSession_setUserSettings_Params(s)) }
+	}
+
+	ans, release := capnp.Client(c).SendCall(ctx, s)
+	return HostSession_setUserSettings_Results_Future{Future: ans.Future()}, release
+
+}
+
 func (c HostSession) WaitStreaming() error {
 	return capnp.Client(c).WaitStreaming()
 }
@@ -154,6 +194,10 @@ type HostSession_Server interface {
 	WatchRoutes(context.Context, HostSession_watchRoutes) error
 
 	Dispatch(context.Context, HostSession_dispatch) error
+
+	UserSettings(context.Context, HostSession_userSettings) error
+
+	SetUserSettings(context.Context, HostSession_setUserSettings) error
 }
 
 // HostSession_NewServer creates a new Server from an implementation of HostSession_Server.
@@ -172,7 +216,7 @@ func HostSession_ServerToClient(s HostSession_Server) HostSession {
 // This can be used to create a more complicated Server.
 func HostSession_Methods(methods []server.Method, s HostSession_Server) []server.Method {
 	if cap(methods) == 0 {
-		methods = make([]server.Method, 0, 3)
+		methods = make([]server.Method, 0, 5)
 	}
 
 	methods = append(methods, server.Method{
@@ -208,6 +252,30 @@ func HostSession_Methods(methods []server.Method, s HostSession_Server) []server
 		},
 		Impl: func(ctx context.Context, call *server.Call) error {
 			return s.Dispatch(ctx, HostSession_dispatch{call})
+		},
+	})
+
+	methods = append(methods, server.Method{
+		Method: capnp.Method{
+			InterfaceID:   0x9e7ce17529e32eec,
+			MethodID:      3,
+			InterfaceName: "host.capnp:HostSession",
+			MethodName:    "userSettings",
+		},
+		Impl: func(ctx context.Context, call *server.Call) error {
+			return s.UserSettings(ctx, HostSession_userSettings{call})
+		},
+	})
+
+	methods = append(methods, server.Method{
+		Method: capnp.Method{
+			InterfaceID:   0x9e7ce17529e32eec,
+			MethodID:      4,
+			InterfaceName: "host.capnp:HostSession",
+			MethodName:    "setUserSettings",
+		},
+		Impl: func(ctx context.Context, call *server.Call) error {
+			return s.SetUserSettings(ctx, HostSession_setUserSettings{call})
 		},
 	})
 
@@ -263,6 +331,40 @@ func (c HostSession_dispatch) Args() HostSession_dispatch_Params {
 func (c HostSession_dispatch) AllocResults() (HostSession_dispatch_Results, error) {
 	r, err := c.Call.AllocResults(capnp.ObjectSize{DataSize: 0, PointerCount: 1})
 	return HostSession_dispatch_Results(r), err
+}
+
+// HostSession_userSettings holds the state for a server call to HostSession.userSettings.
+// See server.Call for documentation.
+type HostSession_userSettings struct {
+	*server.Call
+}
+
+// Args returns the call's arguments.
+func (c HostSession_userSettings) Args() HostSession_userSettings_Params {
+	return HostSession_userSettings_Params(c.Call.Args())
+}
+
+// AllocResults allocates the results struct.
+func (c HostSession_userSettings) AllocResults() (HostSession_userSettings_Results, error) {
+	r, err := c.Call.AllocResults(capnp.ObjectSize{DataSize: 0, PointerCount: 1})
+	return HostSession_userSettings_Results(r), err
+}
+
+// HostSession_setUserSettings holds the state for a server call to HostSession.setUserSettings.
+// See server.Call for documentation.
+type HostSession_setUserSettings struct {
+	*server.Call
+}
+
+// Args returns the call's arguments.
+func (c HostSession_setUserSettings) Args() HostSession_setUserSettings_Params {
+	return HostSession_setUserSettings_Params(c.Call.Args())
+}
+
+// AllocResults allocates the results struct.
+func (c HostSession_setUserSettings) AllocResults() (HostSession_setUserSettings_Results, error) {
+	r, err := c.Call.AllocResults(capnp.ObjectSize{DataSize: 0, PointerCount: 1})
+	return HostSession_setUserSettings_Results(r), err
 }
 
 // HostSession_List is a list of HostSession.
@@ -821,6 +923,381 @@ func (f HostSession_dispatch_Results_Future) Struct() (HostSession_dispatch_Resu
 }
 func (p HostSession_dispatch_Results_Future) Result() DispatchResult_Future {
 	return DispatchResult_Future{Future: p.Future.Field(0, nil)}
+}
+
+type HostSession_userSettings_Params capnp.Struct
+
+// HostSession_userSettings_Params_TypeID is the unique identifier for the type HostSession_userSettings_Params.
+const HostSession_userSettings_Params_TypeID = 0xdcc8ddd585a27e4e
+
+func NewHostSession_userSettings_Params(s *capnp.Segment) (HostSession_userSettings_Params, error) {
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 8, PointerCount: 1})
+	return HostSession_userSettings_Params(st), err
+}
+
+func NewRootHostSession_userSettings_Params(s *capnp.Segment) (HostSession_userSettings_Params, error) {
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 8, PointerCount: 1})
+	return HostSession_userSettings_Params(st), err
+}
+
+func ReadRootHostSession_userSettings_Params(msg *capnp.Message) (HostSession_userSettings_Params, error) {
+	root, err := msg.Root()
+	return HostSession_userSettings_Params(root.Struct()), err
+}
+
+func (s HostSession_userSettings_Params) String() string {
+	str, _ := text.Marshal(0xdcc8ddd585a27e4e, capnp.Struct(s))
+	return str
+}
+
+func (s HostSession_userSettings_Params) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Struct(s).EncodeAsPtr(seg)
+}
+
+func (HostSession_userSettings_Params) DecodeFromPtr(p capnp.Ptr) HostSession_userSettings_Params {
+	return HostSession_userSettings_Params(capnp.Struct{}.DecodeFromPtr(p))
+}
+
+func (s HostSession_userSettings_Params) ToPtr() capnp.Ptr {
+	return capnp.Struct(s).ToPtr()
+}
+func (s HostSession_userSettings_Params) IsValid() bool {
+	return capnp.Struct(s).IsValid()
+}
+
+func (s HostSession_userSettings_Params) Message() *capnp.Message {
+	return capnp.Struct(s).Message()
+}
+
+func (s HostSession_userSettings_Params) Segment() *capnp.Segment {
+	return capnp.Struct(s).Segment()
+}
+func (s HostSession_userSettings_Params) Plugin() (string, error) {
+	p, err := capnp.Struct(s).Ptr(0)
+	return p.Text(), err
+}
+
+func (s HostSession_userSettings_Params) HasPlugin() bool {
+	return capnp.Struct(s).HasPtr(0)
+}
+
+func (s HostSession_userSettings_Params) PluginBytes() ([]byte, error) {
+	p, err := capnp.Struct(s).Ptr(0)
+	return p.TextBytes(), err
+}
+
+func (s HostSession_userSettings_Params) SetPlugin(v string) error {
+	return capnp.Struct(s).SetText(0, v)
+}
+
+func (s HostSession_userSettings_Params) User() int64 {
+	return int64(capnp.Struct(s).Uint64(0))
+}
+
+func (s HostSession_userSettings_Params) SetUser(v int64) {
+	capnp.Struct(s).SetUint64(0, uint64(v))
+}
+
+// HostSession_userSettings_Params_List is a list of HostSession_userSettings_Params.
+type HostSession_userSettings_Params_List = capnp.StructList[HostSession_userSettings_Params]
+
+// NewHostSession_userSettings_Params creates a new list of HostSession_userSettings_Params.
+func NewHostSession_userSettings_Params_List(s *capnp.Segment, sz int32) (HostSession_userSettings_Params_List, error) {
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 8, PointerCount: 1}, sz)
+	return capnp.StructList[HostSession_userSettings_Params](l), err
+}
+
+// HostSession_userSettings_Params_Future is a wrapper for a HostSession_userSettings_Params promised by a client call.
+type HostSession_userSettings_Params_Future struct{ *capnp.Future }
+
+func (f HostSession_userSettings_Params_Future) Struct() (HostSession_userSettings_Params, error) {
+	p, err := f.Future.Ptr()
+	return HostSession_userSettings_Params(p.Struct()), err
+}
+
+type HostSession_userSettings_Results capnp.Struct
+
+// HostSession_userSettings_Results_TypeID is the unique identifier for the type HostSession_userSettings_Results.
+const HostSession_userSettings_Results_TypeID = 0xc49e56429e1e9333
+
+func NewHostSession_userSettings_Results(s *capnp.Segment) (HostSession_userSettings_Results, error) {
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1})
+	return HostSession_userSettings_Results(st), err
+}
+
+func NewRootHostSession_userSettings_Results(s *capnp.Segment) (HostSession_userSettings_Results, error) {
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1})
+	return HostSession_userSettings_Results(st), err
+}
+
+func ReadRootHostSession_userSettings_Results(msg *capnp.Message) (HostSession_userSettings_Results, error) {
+	root, err := msg.Root()
+	return HostSession_userSettings_Results(root.Struct()), err
+}
+
+func (s HostSession_userSettings_Results) String() string {
+	str, _ := text.Marshal(0xc49e56429e1e9333, capnp.Struct(s))
+	return str
+}
+
+func (s HostSession_userSettings_Results) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Struct(s).EncodeAsPtr(seg)
+}
+
+func (HostSession_userSettings_Results) DecodeFromPtr(p capnp.Ptr) HostSession_userSettings_Results {
+	return HostSession_userSettings_Results(capnp.Struct{}.DecodeFromPtr(p))
+}
+
+func (s HostSession_userSettings_Results) ToPtr() capnp.Ptr {
+	return capnp.Struct(s).ToPtr()
+}
+func (s HostSession_userSettings_Results) IsValid() bool {
+	return capnp.Struct(s).IsValid()
+}
+
+func (s HostSession_userSettings_Results) Message() *capnp.Message {
+	return capnp.Struct(s).Message()
+}
+
+func (s HostSession_userSettings_Results) Segment() *capnp.Segment {
+	return capnp.Struct(s).Segment()
+}
+func (s HostSession_userSettings_Results) Settings() (PluginSettings, error) {
+	p, err := capnp.Struct(s).Ptr(0)
+	return PluginSettings(p.Struct()), err
+}
+
+func (s HostSession_userSettings_Results) HasSettings() bool {
+	return capnp.Struct(s).HasPtr(0)
+}
+
+func (s HostSession_userSettings_Results) SetSettings(v PluginSettings) error {
+	return capnp.Struct(s).SetPtr(0, capnp.Struct(v).ToPtr())
+}
+
+// NewSettings sets the settings field to a newly
+// allocated PluginSettings struct, preferring placement in s's segment.
+func (s HostSession_userSettings_Results) NewSettings() (PluginSettings, error) {
+	ss, err := NewPluginSettings(capnp.Struct(s).Segment())
+	if err != nil {
+		return PluginSettings{}, err
+	}
+	err = capnp.Struct(s).SetPtr(0, capnp.Struct(ss).ToPtr())
+	return ss, err
+}
+
+// HostSession_userSettings_Results_List is a list of HostSession_userSettings_Results.
+type HostSession_userSettings_Results_List = capnp.StructList[HostSession_userSettings_Results]
+
+// NewHostSession_userSettings_Results creates a new list of HostSession_userSettings_Results.
+func NewHostSession_userSettings_Results_List(s *capnp.Segment, sz int32) (HostSession_userSettings_Results_List, error) {
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1}, sz)
+	return capnp.StructList[HostSession_userSettings_Results](l), err
+}
+
+// HostSession_userSettings_Results_Future is a wrapper for a HostSession_userSettings_Results promised by a client call.
+type HostSession_userSettings_Results_Future struct{ *capnp.Future }
+
+func (f HostSession_userSettings_Results_Future) Struct() (HostSession_userSettings_Results, error) {
+	p, err := f.Future.Ptr()
+	return HostSession_userSettings_Results(p.Struct()), err
+}
+func (p HostSession_userSettings_Results_Future) Settings() PluginSettings_Future {
+	return PluginSettings_Future{Future: p.Future.Field(0, nil)}
+}
+
+type HostSession_setUserSettings_Params capnp.Struct
+
+// HostSession_setUserSettings_Params_TypeID is the unique identifier for the type HostSession_setUserSettings_Params.
+const HostSession_setUserSettings_Params_TypeID = 0xe050ed5e92a01f1a
+
+func NewHostSession_setUserSettings_Params(s *capnp.Segment) (HostSession_setUserSettings_Params, error) {
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 8, PointerCount: 2})
+	return HostSession_setUserSettings_Params(st), err
+}
+
+func NewRootHostSession_setUserSettings_Params(s *capnp.Segment) (HostSession_setUserSettings_Params, error) {
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 8, PointerCount: 2})
+	return HostSession_setUserSettings_Params(st), err
+}
+
+func ReadRootHostSession_setUserSettings_Params(msg *capnp.Message) (HostSession_setUserSettings_Params, error) {
+	root, err := msg.Root()
+	return HostSession_setUserSettings_Params(root.Struct()), err
+}
+
+func (s HostSession_setUserSettings_Params) String() string {
+	str, _ := text.Marshal(0xe050ed5e92a01f1a, capnp.Struct(s))
+	return str
+}
+
+func (s HostSession_setUserSettings_Params) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Struct(s).EncodeAsPtr(seg)
+}
+
+func (HostSession_setUserSettings_Params) DecodeFromPtr(p capnp.Ptr) HostSession_setUserSettings_Params {
+	return HostSession_setUserSettings_Params(capnp.Struct{}.DecodeFromPtr(p))
+}
+
+func (s HostSession_setUserSettings_Params) ToPtr() capnp.Ptr {
+	return capnp.Struct(s).ToPtr()
+}
+func (s HostSession_setUserSettings_Params) IsValid() bool {
+	return capnp.Struct(s).IsValid()
+}
+
+func (s HostSession_setUserSettings_Params) Message() *capnp.Message {
+	return capnp.Struct(s).Message()
+}
+
+func (s HostSession_setUserSettings_Params) Segment() *capnp.Segment {
+	return capnp.Struct(s).Segment()
+}
+func (s HostSession_setUserSettings_Params) Plugin() (string, error) {
+	p, err := capnp.Struct(s).Ptr(0)
+	return p.Text(), err
+}
+
+func (s HostSession_setUserSettings_Params) HasPlugin() bool {
+	return capnp.Struct(s).HasPtr(0)
+}
+
+func (s HostSession_setUserSettings_Params) PluginBytes() ([]byte, error) {
+	p, err := capnp.Struct(s).Ptr(0)
+	return p.TextBytes(), err
+}
+
+func (s HostSession_setUserSettings_Params) SetPlugin(v string) error {
+	return capnp.Struct(s).SetText(0, v)
+}
+
+func (s HostSession_setUserSettings_Params) User() int64 {
+	return int64(capnp.Struct(s).Uint64(0))
+}
+
+func (s HostSession_setUserSettings_Params) SetUser(v int64) {
+	capnp.Struct(s).SetUint64(0, uint64(v))
+}
+
+func (s HostSession_setUserSettings_Params) Values() ([]byte, error) {
+	p, err := capnp.Struct(s).Ptr(1)
+	return []byte(p.Data()), err
+}
+
+func (s HostSession_setUserSettings_Params) HasValues() bool {
+	return capnp.Struct(s).HasPtr(1)
+}
+
+func (s HostSession_setUserSettings_Params) SetValues(v []byte) error {
+	return capnp.Struct(s).SetData(1, v)
+}
+
+// HostSession_setUserSettings_Params_List is a list of HostSession_setUserSettings_Params.
+type HostSession_setUserSettings_Params_List = capnp.StructList[HostSession_setUserSettings_Params]
+
+// NewHostSession_setUserSettings_Params creates a new list of HostSession_setUserSettings_Params.
+func NewHostSession_setUserSettings_Params_List(s *capnp.Segment, sz int32) (HostSession_setUserSettings_Params_List, error) {
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 8, PointerCount: 2}, sz)
+	return capnp.StructList[HostSession_setUserSettings_Params](l), err
+}
+
+// HostSession_setUserSettings_Params_Future is a wrapper for a HostSession_setUserSettings_Params promised by a client call.
+type HostSession_setUserSettings_Params_Future struct{ *capnp.Future }
+
+func (f HostSession_setUserSettings_Params_Future) Struct() (HostSession_setUserSettings_Params, error) {
+	p, err := f.Future.Ptr()
+	return HostSession_setUserSettings_Params(p.Struct()), err
+}
+
+type HostSession_setUserSettings_Results capnp.Struct
+
+// HostSession_setUserSettings_Results_TypeID is the unique identifier for the type HostSession_setUserSettings_Results.
+const HostSession_setUserSettings_Results_TypeID = 0xc71dff08f3fa805c
+
+func NewHostSession_setUserSettings_Results(s *capnp.Segment) (HostSession_setUserSettings_Results, error) {
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1})
+	return HostSession_setUserSettings_Results(st), err
+}
+
+func NewRootHostSession_setUserSettings_Results(s *capnp.Segment) (HostSession_setUserSettings_Results, error) {
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1})
+	return HostSession_setUserSettings_Results(st), err
+}
+
+func ReadRootHostSession_setUserSettings_Results(msg *capnp.Message) (HostSession_setUserSettings_Results, error) {
+	root, err := msg.Root()
+	return HostSession_setUserSettings_Results(root.Struct()), err
+}
+
+func (s HostSession_setUserSettings_Results) String() string {
+	str, _ := text.Marshal(0xc71dff08f3fa805c, capnp.Struct(s))
+	return str
+}
+
+func (s HostSession_setUserSettings_Results) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Struct(s).EncodeAsPtr(seg)
+}
+
+func (HostSession_setUserSettings_Results) DecodeFromPtr(p capnp.Ptr) HostSession_setUserSettings_Results {
+	return HostSession_setUserSettings_Results(capnp.Struct{}.DecodeFromPtr(p))
+}
+
+func (s HostSession_setUserSettings_Results) ToPtr() capnp.Ptr {
+	return capnp.Struct(s).ToPtr()
+}
+func (s HostSession_setUserSettings_Results) IsValid() bool {
+	return capnp.Struct(s).IsValid()
+}
+
+func (s HostSession_setUserSettings_Results) Message() *capnp.Message {
+	return capnp.Struct(s).Message()
+}
+
+func (s HostSession_setUserSettings_Results) Segment() *capnp.Segment {
+	return capnp.Struct(s).Segment()
+}
+func (s HostSession_setUserSettings_Results) Settings() (PluginSettings, error) {
+	p, err := capnp.Struct(s).Ptr(0)
+	return PluginSettings(p.Struct()), err
+}
+
+func (s HostSession_setUserSettings_Results) HasSettings() bool {
+	return capnp.Struct(s).HasPtr(0)
+}
+
+func (s HostSession_setUserSettings_Results) SetSettings(v PluginSettings) error {
+	return capnp.Struct(s).SetPtr(0, capnp.Struct(v).ToPtr())
+}
+
+// NewSettings sets the settings field to a newly
+// allocated PluginSettings struct, preferring placement in s's segment.
+func (s HostSession_setUserSettings_Results) NewSettings() (PluginSettings, error) {
+	ss, err := NewPluginSettings(capnp.Struct(s).Segment())
+	if err != nil {
+		return PluginSettings{}, err
+	}
+	err = capnp.Struct(s).SetPtr(0, capnp.Struct(ss).ToPtr())
+	return ss, err
+}
+
+// HostSession_setUserSettings_Results_List is a list of HostSession_setUserSettings_Results.
+type HostSession_setUserSettings_Results_List = capnp.StructList[HostSession_setUserSettings_Results]
+
+// NewHostSession_setUserSettings_Results creates a new list of HostSession_setUserSettings_Results.
+func NewHostSession_setUserSettings_Results_List(s *capnp.Segment, sz int32) (HostSession_setUserSettings_Results_List, error) {
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1}, sz)
+	return capnp.StructList[HostSession_setUserSettings_Results](l), err
+}
+
+// HostSession_setUserSettings_Results_Future is a wrapper for a HostSession_setUserSettings_Results promised by a client call.
+type HostSession_setUserSettings_Results_Future struct{ *capnp.Future }
+
+func (f HostSession_setUserSettings_Results_Future) Struct() (HostSession_setUserSettings_Results, error) {
+	p, err := f.Future.Ptr()
+	return HostSession_setUserSettings_Results(p.Struct()), err
+}
+func (p HostSession_setUserSettings_Results_Future) Settings() PluginSettings_Future {
+	return PluginSettings_Future{Future: p.Future.Field(0, nil)}
 }
 
 type RouteTable capnp.Struct

@@ -89,6 +89,26 @@ struct HostServices {
   fetch @2 :Fetcher;
   # Outbound HTTP(S), performed by the daemon: the sandbox itself has no
   # network. Null unless the operator granted at least one outbound host.
+  settings @3 :Settings;
+  # The plugin's settings (manifest [settings]). Null if it declares none.
+}
+
+interface Settings {
+  # What the operator (scope "global") and each user (scope "user") set,
+  # validated against the plugin's schema by the daemon.
+  get @0 (scope :Text, user :Int64) -> (values :Data);
+  # The effective settings: the schema's defaults overlaid with what is
+  # stored, as a JSON object; secrets in full (they are the plugin's own).
+  # user is 0 for "global".
+  watch @1 (watcher :SettingsWatcher) -> ();
+  # Registers a watcher for the life of this connection: after every
+  # change the daemon calls changed (in order, one at a time); the plugin
+  # then gets the new values. Values the plugin read at Init plus these
+  # calls are all it needs: no restart on a change.
+}
+
+interface SettingsWatcher {
+  changed @0 (scope :Text, user :Int64) -> ();
 }
 
 enum LogLevel {

@@ -1841,12 +1841,12 @@ type HostServices capnp.Struct
 const HostServices_TypeID = 0x82ac60fe90caa140
 
 func NewHostServices(s *capnp.Segment) (HostServices, error) {
-	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 3})
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 4})
 	return HostServices(st), err
 }
 
 func NewRootHostServices(s *capnp.Segment) (HostServices, error) {
-	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 3})
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 4})
 	return HostServices(st), err
 }
 
@@ -1936,12 +1936,30 @@ func (s HostServices) SetFetch(v Fetcher) error {
 	return capnp.Struct(s).SetPtr(2, in.ToPtr())
 }
 
+func (s HostServices) Settings() Settings {
+	p, _ := capnp.Struct(s).Ptr(3)
+	return Settings(p.Interface().Client())
+}
+
+func (s HostServices) HasSettings() bool {
+	return capnp.Struct(s).HasPtr(3)
+}
+
+func (s HostServices) SetSettings(v Settings) error {
+	if !v.IsValid() {
+		return capnp.Struct(s).SetPtr(3, capnp.Ptr{})
+	}
+	seg := s.Segment()
+	in := capnp.NewInterface(seg, seg.Message().CapTable().Add(capnp.Client(v)))
+	return capnp.Struct(s).SetPtr(3, in.ToPtr())
+}
+
 // HostServices_List is a list of HostServices.
 type HostServices_List = capnp.StructList[HostServices]
 
 // NewHostServices creates a new list of HostServices.
 func NewHostServices_List(s *capnp.Segment, sz int32) (HostServices_List, error) {
-	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 0, PointerCount: 3}, sz)
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 0, PointerCount: 4}, sz)
 	return capnp.StructList[HostServices](l), err
 }
 
@@ -1962,6 +1980,855 @@ func (p HostServices_Future) Kv() KeyValue {
 
 func (p HostServices_Future) Fetch() Fetcher {
 	return Fetcher(p.Future.Field(2, nil).Client())
+}
+
+func (p HostServices_Future) Settings() Settings {
+	return Settings(p.Future.Field(3, nil).Client())
+}
+
+type Settings capnp.Client
+
+// Settings_TypeID is the unique identifier for the type Settings.
+const Settings_TypeID = 0xb30dccfa470d3ac6
+
+func (c Settings) Get(ctx context.Context, params func(Settings_get_Params) error) (Settings_get_Results_Future, capnp.ReleaseFunc) {
+
+	s := capnp.Send{
+		Method: capnp.Method{
+			InterfaceID:   0xb30dccfa470d3ac6,
+			MethodID:      0,
+			InterfaceName: "plugin.capnp:Settings",
+			MethodName:    "get",
+		},
+	}
+	if params != nil {
+		s.ArgsSize = capnp.ObjectSize{DataSize: 8, PointerCount: 1}
+		s.PlaceArgs = func(s capnp.Struct) error { return params(Settings_get_Params(s)) }
+	}
+
+	ans, release := capnp.Client(c).SendCall(ctx, s)
+	return Settings_get_Results_Future{Future: ans.Future()}, release
+
+}
+
+func (c Settings) Watch(ctx context.Context, params func(Settings_watch_Params) error) (Settings_watch_Results_Future, capnp.ReleaseFunc) {
+
+	s := capnp.Send{
+		Method: capnp.Method{
+			InterfaceID:   0xb30dccfa470d3ac6,
+			MethodID:      1,
+			InterfaceName: "plugin.capnp:Settings",
+			MethodName:    "watch",
+		},
+	}
+	if params != nil {
+		s.ArgsSize = capnp.ObjectSize{DataSize: 0, PointerCount: 1}
+		s.PlaceArgs = func(s capnp.Struct) error { return params(Settings_watch_Params(s)) }
+	}
+
+	ans, release := capnp.Client(c).SendCall(ctx, s)
+	return Settings_watch_Results_Future{Future: ans.Future()}, release
+
+}
+
+func (c Settings) WaitStreaming() error {
+	return capnp.Client(c).WaitStreaming()
+}
+
+// String returns a string that identifies this capability for debugging
+// purposes.  Its format should not be depended on: in particular, it
+// should not be used to compare clients.  Use IsSame to compare clients
+// for equality.
+func (c Settings) String() string {
+	return "Settings(" + capnp.Client(c).String() + ")"
+}
+
+// AddRef creates a new Client that refers to the same capability as c.
+// If c is nil or has resolved to null, then AddRef returns nil.
+func (c Settings) AddRef() Settings {
+	return Settings(capnp.Client(c).AddRef())
+}
+
+// Release releases a capability reference.  If this is the last
+// reference to the capability, then the underlying resources associated
+// with the capability will be released.
+//
+// Release will panic if c has already been released, but not if c is
+// nil or resolved to null.
+func (c Settings) Release() {
+	capnp.Client(c).Release()
+}
+
+// Resolve blocks until the capability is fully resolved or the Context
+// expires.
+func (c Settings) Resolve(ctx context.Context) error {
+	return capnp.Client(c).Resolve(ctx)
+}
+
+func (c Settings) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Client(c).EncodeAsPtr(seg)
+}
+
+func (Settings) DecodeFromPtr(p capnp.Ptr) Settings {
+	return Settings(capnp.Client{}.DecodeFromPtr(p))
+}
+
+// IsValid reports whether c is a valid reference to a capability.
+// A reference is invalid if it is nil, has resolved to null, or has
+// been released.
+func (c Settings) IsValid() bool {
+	return capnp.Client(c).IsValid()
+}
+
+// IsSame reports whether c and other refer to a capability created by the
+// same call to NewClient.  This can return false negatives if c or other
+// are not fully resolved: use Resolve if this is an issue.  If either
+// c or other are released, then IsSame panics.
+func (c Settings) IsSame(other Settings) bool {
+	return capnp.Client(c).IsSame(capnp.Client(other))
+}
+
+// Update the flowcontrol.FlowLimiter used to manage flow control for
+// this client. This affects all future calls, but not calls already
+// waiting to send. Passing nil sets the value to flowcontrol.NopLimiter,
+// which is also the default.
+func (c Settings) SetFlowLimiter(lim fc.FlowLimiter) {
+	capnp.Client(c).SetFlowLimiter(lim)
+}
+
+// Get the current flowcontrol.FlowLimiter used to manage flow control
+// for this client.
+func (c Settings) GetFlowLimiter() fc.FlowLimiter {
+	return capnp.Client(c).GetFlowLimiter()
+}
+
+// A Settings_Server is a Settings with a local implementation.
+type Settings_Server interface {
+	Get(context.Context, Settings_get) error
+
+	Watch(context.Context, Settings_watch) error
+}
+
+// Settings_NewServer creates a new Server from an implementation of Settings_Server.
+func Settings_NewServer(s Settings_Server) *server.Server {
+	c, _ := s.(server.Shutdowner)
+	return server.New(Settings_Methods(nil, s), s, c)
+}
+
+// Settings_ServerToClient creates a new Client from an implementation of Settings_Server.
+// The caller is responsible for calling Release on the returned Client.
+func Settings_ServerToClient(s Settings_Server) Settings {
+	return Settings(capnp.NewClient(Settings_NewServer(s)))
+}
+
+// Settings_Methods appends Methods to a slice that invoke the methods on s.
+// This can be used to create a more complicated Server.
+func Settings_Methods(methods []server.Method, s Settings_Server) []server.Method {
+	if cap(methods) == 0 {
+		methods = make([]server.Method, 0, 2)
+	}
+
+	methods = append(methods, server.Method{
+		Method: capnp.Method{
+			InterfaceID:   0xb30dccfa470d3ac6,
+			MethodID:      0,
+			InterfaceName: "plugin.capnp:Settings",
+			MethodName:    "get",
+		},
+		Impl: func(ctx context.Context, call *server.Call) error {
+			return s.Get(ctx, Settings_get{call})
+		},
+	})
+
+	methods = append(methods, server.Method{
+		Method: capnp.Method{
+			InterfaceID:   0xb30dccfa470d3ac6,
+			MethodID:      1,
+			InterfaceName: "plugin.capnp:Settings",
+			MethodName:    "watch",
+		},
+		Impl: func(ctx context.Context, call *server.Call) error {
+			return s.Watch(ctx, Settings_watch{call})
+		},
+	})
+
+	return methods
+}
+
+// Settings_get holds the state for a server call to Settings.get.
+// See server.Call for documentation.
+type Settings_get struct {
+	*server.Call
+}
+
+// Args returns the call's arguments.
+func (c Settings_get) Args() Settings_get_Params {
+	return Settings_get_Params(c.Call.Args())
+}
+
+// AllocResults allocates the results struct.
+func (c Settings_get) AllocResults() (Settings_get_Results, error) {
+	r, err := c.Call.AllocResults(capnp.ObjectSize{DataSize: 0, PointerCount: 1})
+	return Settings_get_Results(r), err
+}
+
+// Settings_watch holds the state for a server call to Settings.watch.
+// See server.Call for documentation.
+type Settings_watch struct {
+	*server.Call
+}
+
+// Args returns the call's arguments.
+func (c Settings_watch) Args() Settings_watch_Params {
+	return Settings_watch_Params(c.Call.Args())
+}
+
+// AllocResults allocates the results struct.
+func (c Settings_watch) AllocResults() (Settings_watch_Results, error) {
+	r, err := c.Call.AllocResults(capnp.ObjectSize{DataSize: 0, PointerCount: 0})
+	return Settings_watch_Results(r), err
+}
+
+// Settings_List is a list of Settings.
+type Settings_List = capnp.CapList[Settings]
+
+// NewSettings_List creates a new list of Settings.
+func NewSettings_List(s *capnp.Segment, sz int32) (Settings_List, error) {
+	l, err := capnp.NewPointerList(s, sz)
+	return capnp.CapList[Settings](l), err
+}
+
+type Settings_get_Params capnp.Struct
+
+// Settings_get_Params_TypeID is the unique identifier for the type Settings_get_Params.
+const Settings_get_Params_TypeID = 0xc16e167315f9ed25
+
+func NewSettings_get_Params(s *capnp.Segment) (Settings_get_Params, error) {
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 8, PointerCount: 1})
+	return Settings_get_Params(st), err
+}
+
+func NewRootSettings_get_Params(s *capnp.Segment) (Settings_get_Params, error) {
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 8, PointerCount: 1})
+	return Settings_get_Params(st), err
+}
+
+func ReadRootSettings_get_Params(msg *capnp.Message) (Settings_get_Params, error) {
+	root, err := msg.Root()
+	return Settings_get_Params(root.Struct()), err
+}
+
+func (s Settings_get_Params) String() string {
+	str, _ := text.Marshal(0xc16e167315f9ed25, capnp.Struct(s))
+	return str
+}
+
+func (s Settings_get_Params) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Struct(s).EncodeAsPtr(seg)
+}
+
+func (Settings_get_Params) DecodeFromPtr(p capnp.Ptr) Settings_get_Params {
+	return Settings_get_Params(capnp.Struct{}.DecodeFromPtr(p))
+}
+
+func (s Settings_get_Params) ToPtr() capnp.Ptr {
+	return capnp.Struct(s).ToPtr()
+}
+func (s Settings_get_Params) IsValid() bool {
+	return capnp.Struct(s).IsValid()
+}
+
+func (s Settings_get_Params) Message() *capnp.Message {
+	return capnp.Struct(s).Message()
+}
+
+func (s Settings_get_Params) Segment() *capnp.Segment {
+	return capnp.Struct(s).Segment()
+}
+func (s Settings_get_Params) Scope() (string, error) {
+	p, err := capnp.Struct(s).Ptr(0)
+	return p.Text(), err
+}
+
+func (s Settings_get_Params) HasScope() bool {
+	return capnp.Struct(s).HasPtr(0)
+}
+
+func (s Settings_get_Params) ScopeBytes() ([]byte, error) {
+	p, err := capnp.Struct(s).Ptr(0)
+	return p.TextBytes(), err
+}
+
+func (s Settings_get_Params) SetScope(v string) error {
+	return capnp.Struct(s).SetText(0, v)
+}
+
+func (s Settings_get_Params) User() int64 {
+	return int64(capnp.Struct(s).Uint64(0))
+}
+
+func (s Settings_get_Params) SetUser(v int64) {
+	capnp.Struct(s).SetUint64(0, uint64(v))
+}
+
+// Settings_get_Params_List is a list of Settings_get_Params.
+type Settings_get_Params_List = capnp.StructList[Settings_get_Params]
+
+// NewSettings_get_Params creates a new list of Settings_get_Params.
+func NewSettings_get_Params_List(s *capnp.Segment, sz int32) (Settings_get_Params_List, error) {
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 8, PointerCount: 1}, sz)
+	return capnp.StructList[Settings_get_Params](l), err
+}
+
+// Settings_get_Params_Future is a wrapper for a Settings_get_Params promised by a client call.
+type Settings_get_Params_Future struct{ *capnp.Future }
+
+func (f Settings_get_Params_Future) Struct() (Settings_get_Params, error) {
+	p, err := f.Future.Ptr()
+	return Settings_get_Params(p.Struct()), err
+}
+
+type Settings_get_Results capnp.Struct
+
+// Settings_get_Results_TypeID is the unique identifier for the type Settings_get_Results.
+const Settings_get_Results_TypeID = 0x890cf1f3c5467ee1
+
+func NewSettings_get_Results(s *capnp.Segment) (Settings_get_Results, error) {
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1})
+	return Settings_get_Results(st), err
+}
+
+func NewRootSettings_get_Results(s *capnp.Segment) (Settings_get_Results, error) {
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1})
+	return Settings_get_Results(st), err
+}
+
+func ReadRootSettings_get_Results(msg *capnp.Message) (Settings_get_Results, error) {
+	root, err := msg.Root()
+	return Settings_get_Results(root.Struct()), err
+}
+
+func (s Settings_get_Results) String() string {
+	str, _ := text.Marshal(0x890cf1f3c5467ee1, capnp.Struct(s))
+	return str
+}
+
+func (s Settings_get_Results) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Struct(s).EncodeAsPtr(seg)
+}
+
+func (Settings_get_Results) DecodeFromPtr(p capnp.Ptr) Settings_get_Results {
+	return Settings_get_Results(capnp.Struct{}.DecodeFromPtr(p))
+}
+
+func (s Settings_get_Results) ToPtr() capnp.Ptr {
+	return capnp.Struct(s).ToPtr()
+}
+func (s Settings_get_Results) IsValid() bool {
+	return capnp.Struct(s).IsValid()
+}
+
+func (s Settings_get_Results) Message() *capnp.Message {
+	return capnp.Struct(s).Message()
+}
+
+func (s Settings_get_Results) Segment() *capnp.Segment {
+	return capnp.Struct(s).Segment()
+}
+func (s Settings_get_Results) Values() ([]byte, error) {
+	p, err := capnp.Struct(s).Ptr(0)
+	return []byte(p.Data()), err
+}
+
+func (s Settings_get_Results) HasValues() bool {
+	return capnp.Struct(s).HasPtr(0)
+}
+
+func (s Settings_get_Results) SetValues(v []byte) error {
+	return capnp.Struct(s).SetData(0, v)
+}
+
+// Settings_get_Results_List is a list of Settings_get_Results.
+type Settings_get_Results_List = capnp.StructList[Settings_get_Results]
+
+// NewSettings_get_Results creates a new list of Settings_get_Results.
+func NewSettings_get_Results_List(s *capnp.Segment, sz int32) (Settings_get_Results_List, error) {
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1}, sz)
+	return capnp.StructList[Settings_get_Results](l), err
+}
+
+// Settings_get_Results_Future is a wrapper for a Settings_get_Results promised by a client call.
+type Settings_get_Results_Future struct{ *capnp.Future }
+
+func (f Settings_get_Results_Future) Struct() (Settings_get_Results, error) {
+	p, err := f.Future.Ptr()
+	return Settings_get_Results(p.Struct()), err
+}
+
+type Settings_watch_Params capnp.Struct
+
+// Settings_watch_Params_TypeID is the unique identifier for the type Settings_watch_Params.
+const Settings_watch_Params_TypeID = 0xd534a636e543f726
+
+func NewSettings_watch_Params(s *capnp.Segment) (Settings_watch_Params, error) {
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1})
+	return Settings_watch_Params(st), err
+}
+
+func NewRootSettings_watch_Params(s *capnp.Segment) (Settings_watch_Params, error) {
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1})
+	return Settings_watch_Params(st), err
+}
+
+func ReadRootSettings_watch_Params(msg *capnp.Message) (Settings_watch_Params, error) {
+	root, err := msg.Root()
+	return Settings_watch_Params(root.Struct()), err
+}
+
+func (s Settings_watch_Params) String() string {
+	str, _ := text.Marshal(0xd534a636e543f726, capnp.Struct(s))
+	return str
+}
+
+func (s Settings_watch_Params) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Struct(s).EncodeAsPtr(seg)
+}
+
+func (Settings_watch_Params) DecodeFromPtr(p capnp.Ptr) Settings_watch_Params {
+	return Settings_watch_Params(capnp.Struct{}.DecodeFromPtr(p))
+}
+
+func (s Settings_watch_Params) ToPtr() capnp.Ptr {
+	return capnp.Struct(s).ToPtr()
+}
+func (s Settings_watch_Params) IsValid() bool {
+	return capnp.Struct(s).IsValid()
+}
+
+func (s Settings_watch_Params) Message() *capnp.Message {
+	return capnp.Struct(s).Message()
+}
+
+func (s Settings_watch_Params) Segment() *capnp.Segment {
+	return capnp.Struct(s).Segment()
+}
+func (s Settings_watch_Params) Watcher() SettingsWatcher {
+	p, _ := capnp.Struct(s).Ptr(0)
+	return SettingsWatcher(p.Interface().Client())
+}
+
+func (s Settings_watch_Params) HasWatcher() bool {
+	return capnp.Struct(s).HasPtr(0)
+}
+
+func (s Settings_watch_Params) SetWatcher(v SettingsWatcher) error {
+	if !v.IsValid() {
+		return capnp.Struct(s).SetPtr(0, capnp.Ptr{})
+	}
+	seg := s.Segment()
+	in := capnp.NewInterface(seg, seg.Message().CapTable().Add(capnp.Client(v)))
+	return capnp.Struct(s).SetPtr(0, in.ToPtr())
+}
+
+// Settings_watch_Params_List is a list of Settings_watch_Params.
+type Settings_watch_Params_List = capnp.StructList[Settings_watch_Params]
+
+// NewSettings_watch_Params creates a new list of Settings_watch_Params.
+func NewSettings_watch_Params_List(s *capnp.Segment, sz int32) (Settings_watch_Params_List, error) {
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1}, sz)
+	return capnp.StructList[Settings_watch_Params](l), err
+}
+
+// Settings_watch_Params_Future is a wrapper for a Settings_watch_Params promised by a client call.
+type Settings_watch_Params_Future struct{ *capnp.Future }
+
+func (f Settings_watch_Params_Future) Struct() (Settings_watch_Params, error) {
+	p, err := f.Future.Ptr()
+	return Settings_watch_Params(p.Struct()), err
+}
+func (p Settings_watch_Params_Future) Watcher() SettingsWatcher {
+	return SettingsWatcher(p.Future.Field(0, nil).Client())
+}
+
+type Settings_watch_Results capnp.Struct
+
+// Settings_watch_Results_TypeID is the unique identifier for the type Settings_watch_Results.
+const Settings_watch_Results_TypeID = 0xb93bebc0d2d55478
+
+func NewSettings_watch_Results(s *capnp.Segment) (Settings_watch_Results, error) {
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 0})
+	return Settings_watch_Results(st), err
+}
+
+func NewRootSettings_watch_Results(s *capnp.Segment) (Settings_watch_Results, error) {
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 0})
+	return Settings_watch_Results(st), err
+}
+
+func ReadRootSettings_watch_Results(msg *capnp.Message) (Settings_watch_Results, error) {
+	root, err := msg.Root()
+	return Settings_watch_Results(root.Struct()), err
+}
+
+func (s Settings_watch_Results) String() string {
+	str, _ := text.Marshal(0xb93bebc0d2d55478, capnp.Struct(s))
+	return str
+}
+
+func (s Settings_watch_Results) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Struct(s).EncodeAsPtr(seg)
+}
+
+func (Settings_watch_Results) DecodeFromPtr(p capnp.Ptr) Settings_watch_Results {
+	return Settings_watch_Results(capnp.Struct{}.DecodeFromPtr(p))
+}
+
+func (s Settings_watch_Results) ToPtr() capnp.Ptr {
+	return capnp.Struct(s).ToPtr()
+}
+func (s Settings_watch_Results) IsValid() bool {
+	return capnp.Struct(s).IsValid()
+}
+
+func (s Settings_watch_Results) Message() *capnp.Message {
+	return capnp.Struct(s).Message()
+}
+
+func (s Settings_watch_Results) Segment() *capnp.Segment {
+	return capnp.Struct(s).Segment()
+}
+
+// Settings_watch_Results_List is a list of Settings_watch_Results.
+type Settings_watch_Results_List = capnp.StructList[Settings_watch_Results]
+
+// NewSettings_watch_Results creates a new list of Settings_watch_Results.
+func NewSettings_watch_Results_List(s *capnp.Segment, sz int32) (Settings_watch_Results_List, error) {
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 0, PointerCount: 0}, sz)
+	return capnp.StructList[Settings_watch_Results](l), err
+}
+
+// Settings_watch_Results_Future is a wrapper for a Settings_watch_Results promised by a client call.
+type Settings_watch_Results_Future struct{ *capnp.Future }
+
+func (f Settings_watch_Results_Future) Struct() (Settings_watch_Results, error) {
+	p, err := f.Future.Ptr()
+	return Settings_watch_Results(p.Struct()), err
+}
+
+type SettingsWatcher capnp.Client
+
+// SettingsWatcher_TypeID is the unique identifier for the type SettingsWatcher.
+const SettingsWatcher_TypeID = 0xbcd5d6aee9b806c5
+
+func (c SettingsWatcher) Changed(ctx context.Context, params func(SettingsWatcher_changed_Params) error) (SettingsWatcher_changed_Results_Future, capnp.ReleaseFunc) {
+
+	s := capnp.Send{
+		Method: capnp.Method{
+			InterfaceID:   0xbcd5d6aee9b806c5,
+			MethodID:      0,
+			InterfaceName: "plugin.capnp:SettingsWatcher",
+			MethodName:    "changed",
+		},
+	}
+	if params != nil {
+		s.ArgsSize = capnp.ObjectSize{DataSize: 8, PointerCount: 1}
+		s.PlaceArgs = func(s capnp.Struct) error { return params(SettingsWatcher_changed_Params(s)) }
+	}
+
+	ans, release := capnp.Client(c).SendCall(ctx, s)
+	return SettingsWatcher_changed_Results_Future{Future: ans.Future()}, release
+
+}
+
+func (c SettingsWatcher) WaitStreaming() error {
+	return capnp.Client(c).WaitStreaming()
+}
+
+// String returns a string that identifies this capability for debugging
+// purposes.  Its format should not be depended on: in particular, it
+// should not be used to compare clients.  Use IsSame to compare clients
+// for equality.
+func (c SettingsWatcher) String() string {
+	return "SettingsWatcher(" + capnp.Client(c).String() + ")"
+}
+
+// AddRef creates a new Client that refers to the same capability as c.
+// If c is nil or has resolved to null, then AddRef returns nil.
+func (c SettingsWatcher) AddRef() SettingsWatcher {
+	return SettingsWatcher(capnp.Client(c).AddRef())
+}
+
+// Release releases a capability reference.  If this is the last
+// reference to the capability, then the underlying resources associated
+// with the capability will be released.
+//
+// Release will panic if c has already been released, but not if c is
+// nil or resolved to null.
+func (c SettingsWatcher) Release() {
+	capnp.Client(c).Release()
+}
+
+// Resolve blocks until the capability is fully resolved or the Context
+// expires.
+func (c SettingsWatcher) Resolve(ctx context.Context) error {
+	return capnp.Client(c).Resolve(ctx)
+}
+
+func (c SettingsWatcher) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Client(c).EncodeAsPtr(seg)
+}
+
+func (SettingsWatcher) DecodeFromPtr(p capnp.Ptr) SettingsWatcher {
+	return SettingsWatcher(capnp.Client{}.DecodeFromPtr(p))
+}
+
+// IsValid reports whether c is a valid reference to a capability.
+// A reference is invalid if it is nil, has resolved to null, or has
+// been released.
+func (c SettingsWatcher) IsValid() bool {
+	return capnp.Client(c).IsValid()
+}
+
+// IsSame reports whether c and other refer to a capability created by the
+// same call to NewClient.  This can return false negatives if c or other
+// are not fully resolved: use Resolve if this is an issue.  If either
+// c or other are released, then IsSame panics.
+func (c SettingsWatcher) IsSame(other SettingsWatcher) bool {
+	return capnp.Client(c).IsSame(capnp.Client(other))
+}
+
+// Update the flowcontrol.FlowLimiter used to manage flow control for
+// this client. This affects all future calls, but not calls already
+// waiting to send. Passing nil sets the value to flowcontrol.NopLimiter,
+// which is also the default.
+func (c SettingsWatcher) SetFlowLimiter(lim fc.FlowLimiter) {
+	capnp.Client(c).SetFlowLimiter(lim)
+}
+
+// Get the current flowcontrol.FlowLimiter used to manage flow control
+// for this client.
+func (c SettingsWatcher) GetFlowLimiter() fc.FlowLimiter {
+	return capnp.Client(c).GetFlowLimiter()
+}
+
+// A SettingsWatcher_Server is a SettingsWatcher with a local implementation.
+type SettingsWatcher_Server interface {
+	Changed(context.Context, SettingsWatcher_changed) error
+}
+
+// SettingsWatcher_NewServer creates a new Server from an implementation of SettingsWatcher_Server.
+func SettingsWatcher_NewServer(s SettingsWatcher_Server) *server.Server {
+	c, _ := s.(server.Shutdowner)
+	return server.New(SettingsWatcher_Methods(nil, s), s, c)
+}
+
+// SettingsWatcher_ServerToClient creates a new Client from an implementation of SettingsWatcher_Server.
+// The caller is responsible for calling Release on the returned Client.
+func SettingsWatcher_ServerToClient(s SettingsWatcher_Server) SettingsWatcher {
+	return SettingsWatcher(capnp.NewClient(SettingsWatcher_NewServer(s)))
+}
+
+// SettingsWatcher_Methods appends Methods to a slice that invoke the methods on s.
+// This can be used to create a more complicated Server.
+func SettingsWatcher_Methods(methods []server.Method, s SettingsWatcher_Server) []server.Method {
+	if cap(methods) == 0 {
+		methods = make([]server.Method, 0, 1)
+	}
+
+	methods = append(methods, server.Method{
+		Method: capnp.Method{
+			InterfaceID:   0xbcd5d6aee9b806c5,
+			MethodID:      0,
+			InterfaceName: "plugin.capnp:SettingsWatcher",
+			MethodName:    "changed",
+		},
+		Impl: func(ctx context.Context, call *server.Call) error {
+			return s.Changed(ctx, SettingsWatcher_changed{call})
+		},
+	})
+
+	return methods
+}
+
+// SettingsWatcher_changed holds the state for a server call to SettingsWatcher.changed.
+// See server.Call for documentation.
+type SettingsWatcher_changed struct {
+	*server.Call
+}
+
+// Args returns the call's arguments.
+func (c SettingsWatcher_changed) Args() SettingsWatcher_changed_Params {
+	return SettingsWatcher_changed_Params(c.Call.Args())
+}
+
+// AllocResults allocates the results struct.
+func (c SettingsWatcher_changed) AllocResults() (SettingsWatcher_changed_Results, error) {
+	r, err := c.Call.AllocResults(capnp.ObjectSize{DataSize: 0, PointerCount: 0})
+	return SettingsWatcher_changed_Results(r), err
+}
+
+// SettingsWatcher_List is a list of SettingsWatcher.
+type SettingsWatcher_List = capnp.CapList[SettingsWatcher]
+
+// NewSettingsWatcher_List creates a new list of SettingsWatcher.
+func NewSettingsWatcher_List(s *capnp.Segment, sz int32) (SettingsWatcher_List, error) {
+	l, err := capnp.NewPointerList(s, sz)
+	return capnp.CapList[SettingsWatcher](l), err
+}
+
+type SettingsWatcher_changed_Params capnp.Struct
+
+// SettingsWatcher_changed_Params_TypeID is the unique identifier for the type SettingsWatcher_changed_Params.
+const SettingsWatcher_changed_Params_TypeID = 0xf6511cd62da91834
+
+func NewSettingsWatcher_changed_Params(s *capnp.Segment) (SettingsWatcher_changed_Params, error) {
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 8, PointerCount: 1})
+	return SettingsWatcher_changed_Params(st), err
+}
+
+func NewRootSettingsWatcher_changed_Params(s *capnp.Segment) (SettingsWatcher_changed_Params, error) {
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 8, PointerCount: 1})
+	return SettingsWatcher_changed_Params(st), err
+}
+
+func ReadRootSettingsWatcher_changed_Params(msg *capnp.Message) (SettingsWatcher_changed_Params, error) {
+	root, err := msg.Root()
+	return SettingsWatcher_changed_Params(root.Struct()), err
+}
+
+func (s SettingsWatcher_changed_Params) String() string {
+	str, _ := text.Marshal(0xf6511cd62da91834, capnp.Struct(s))
+	return str
+}
+
+func (s SettingsWatcher_changed_Params) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Struct(s).EncodeAsPtr(seg)
+}
+
+func (SettingsWatcher_changed_Params) DecodeFromPtr(p capnp.Ptr) SettingsWatcher_changed_Params {
+	return SettingsWatcher_changed_Params(capnp.Struct{}.DecodeFromPtr(p))
+}
+
+func (s SettingsWatcher_changed_Params) ToPtr() capnp.Ptr {
+	return capnp.Struct(s).ToPtr()
+}
+func (s SettingsWatcher_changed_Params) IsValid() bool {
+	return capnp.Struct(s).IsValid()
+}
+
+func (s SettingsWatcher_changed_Params) Message() *capnp.Message {
+	return capnp.Struct(s).Message()
+}
+
+func (s SettingsWatcher_changed_Params) Segment() *capnp.Segment {
+	return capnp.Struct(s).Segment()
+}
+func (s SettingsWatcher_changed_Params) Scope() (string, error) {
+	p, err := capnp.Struct(s).Ptr(0)
+	return p.Text(), err
+}
+
+func (s SettingsWatcher_changed_Params) HasScope() bool {
+	return capnp.Struct(s).HasPtr(0)
+}
+
+func (s SettingsWatcher_changed_Params) ScopeBytes() ([]byte, error) {
+	p, err := capnp.Struct(s).Ptr(0)
+	return p.TextBytes(), err
+}
+
+func (s SettingsWatcher_changed_Params) SetScope(v string) error {
+	return capnp.Struct(s).SetText(0, v)
+}
+
+func (s SettingsWatcher_changed_Params) User() int64 {
+	return int64(capnp.Struct(s).Uint64(0))
+}
+
+func (s SettingsWatcher_changed_Params) SetUser(v int64) {
+	capnp.Struct(s).SetUint64(0, uint64(v))
+}
+
+// SettingsWatcher_changed_Params_List is a list of SettingsWatcher_changed_Params.
+type SettingsWatcher_changed_Params_List = capnp.StructList[SettingsWatcher_changed_Params]
+
+// NewSettingsWatcher_changed_Params creates a new list of SettingsWatcher_changed_Params.
+func NewSettingsWatcher_changed_Params_List(s *capnp.Segment, sz int32) (SettingsWatcher_changed_Params_List, error) {
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 8, PointerCount: 1}, sz)
+	return capnp.StructList[SettingsWatcher_changed_Params](l), err
+}
+
+// SettingsWatcher_changed_Params_Future is a wrapper for a SettingsWatcher_changed_Params promised by a client call.
+type SettingsWatcher_changed_Params_Future struct{ *capnp.Future }
+
+func (f SettingsWatcher_changed_Params_Future) Struct() (SettingsWatcher_changed_Params, error) {
+	p, err := f.Future.Ptr()
+	return SettingsWatcher_changed_Params(p.Struct()), err
+}
+
+type SettingsWatcher_changed_Results capnp.Struct
+
+// SettingsWatcher_changed_Results_TypeID is the unique identifier for the type SettingsWatcher_changed_Results.
+const SettingsWatcher_changed_Results_TypeID = 0x8320be45c9f9c60d
+
+func NewSettingsWatcher_changed_Results(s *capnp.Segment) (SettingsWatcher_changed_Results, error) {
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 0})
+	return SettingsWatcher_changed_Results(st), err
+}
+
+func NewRootSettingsWatcher_changed_Results(s *capnp.Segment) (SettingsWatcher_changed_Results, error) {
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 0})
+	return SettingsWatcher_changed_Results(st), err
+}
+
+func ReadRootSettingsWatcher_changed_Results(msg *capnp.Message) (SettingsWatcher_changed_Results, error) {
+	root, err := msg.Root()
+	return SettingsWatcher_changed_Results(root.Struct()), err
+}
+
+func (s SettingsWatcher_changed_Results) String() string {
+	str, _ := text.Marshal(0x8320be45c9f9c60d, capnp.Struct(s))
+	return str
+}
+
+func (s SettingsWatcher_changed_Results) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Struct(s).EncodeAsPtr(seg)
+}
+
+func (SettingsWatcher_changed_Results) DecodeFromPtr(p capnp.Ptr) SettingsWatcher_changed_Results {
+	return SettingsWatcher_changed_Results(capnp.Struct{}.DecodeFromPtr(p))
+}
+
+func (s SettingsWatcher_changed_Results) ToPtr() capnp.Ptr {
+	return capnp.Struct(s).ToPtr()
+}
+func (s SettingsWatcher_changed_Results) IsValid() bool {
+	return capnp.Struct(s).IsValid()
+}
+
+func (s SettingsWatcher_changed_Results) Message() *capnp.Message {
+	return capnp.Struct(s).Message()
+}
+
+func (s SettingsWatcher_changed_Results) Segment() *capnp.Segment {
+	return capnp.Struct(s).Segment()
+}
+
+// SettingsWatcher_changed_Results_List is a list of SettingsWatcher_changed_Results.
+type SettingsWatcher_changed_Results_List = capnp.StructList[SettingsWatcher_changed_Results]
+
+// NewSettingsWatcher_changed_Results creates a new list of SettingsWatcher_changed_Results.
+func NewSettingsWatcher_changed_Results_List(s *capnp.Segment, sz int32) (SettingsWatcher_changed_Results_List, error) {
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 0, PointerCount: 0}, sz)
+	return capnp.StructList[SettingsWatcher_changed_Results](l), err
+}
+
+// SettingsWatcher_changed_Results_Future is a wrapper for a SettingsWatcher_changed_Results promised by a client call.
+type SettingsWatcher_changed_Results_Future struct{ *capnp.Future }
+
+func (f SettingsWatcher_changed_Results_Future) Struct() (SettingsWatcher_changed_Results, error) {
+	p, err := f.Future.Ptr()
+	return SettingsWatcher_changed_Results(p.Struct()), err
 }
 
 type LogLevel uint16

@@ -1,10 +1,12 @@
 // Package registry is the daemon's persisted state: which plugins are
 // installed, their manifests, whether each is enabled, what the operator
-// granted it, and each plugin's key-value data. It also owns the installed
-// plugin files.
+// granted it, each plugin's key-value data and its settings values. It
+// also owns the installed plugin files.
 //
-// It imports the manifest package and nothing else of dimplugd; the
-// supervisor, dispatcher and socket servers build on it.
+// Of dimplugd it imports sdk-go/manifest, sdk-go/errdefs and
+// daemon/settings (to compile a plugin's settings schemas when installing
+// it; that package must never import this one); the supervisor,
+// dispatcher and socket servers build on it.
 //
 // # On-disk layout
 //
@@ -29,6 +31,14 @@
 //	gc          "plugins/<dir>" → why it is slated for deletion (an install
 //	            in progress, or replaced or removed as of backup generation
 //	            N), as JSON
+//	settings    "<name>\x00global" and "<name>\x00user\x00<user id>"
+//	            (decimal) → that scope's settings values, a JSON object of
+//	            at most 256 KiB (SettingsStore). Added without a schema
+//	            version bump: the bucket is additive, Open creates it in a
+//	            database of schema 2 that lacks it, and a dimplugd that does
+//	            not know it leaves it alone (settings it leaves behind when
+//	            it removes a plugin are deleted when the name is installed
+//	            fresh)
 //
 // # Never destroy on doubt
 //
@@ -56,7 +66,7 @@
 // # Atomicity and durability
 //
 // An install copies or extracts the plugin into staging/, validates the
-// manifest there, records an install intent for its final directory,
+// manifest there and compiles the settings schemas it declares, records an install intent for its final directory,
 // renames it into plugins/ and then commits the record in one bbolt
 // transaction, which also drops the intent. The commit is the moment the
 // plugin exists; anything that fails before it removes what was created,

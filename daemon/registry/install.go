@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/dimplugd/dimplugd/daemon/settings"
+	"github.com/dimplugd/dimplugd/sdk-go/errdefs"
 	"github.com/dimplugd/dimplugd/sdk-go/manifest"
 	bolt "go.etcd.io/bbolt"
 )
@@ -18,9 +20,10 @@ import (
 // InstallOptions control InstallDir and InstallArchive.
 type InstallOptions struct {
 	// Replace upgrades an installed plugin of the same name in place,
-	// keeping its key-value data, enabled flag and install time. Without
-	// it, installing over an installed plugin fails with ErrExists. With
-	// it, a plugin that is not installed is installed fresh.
+	// keeping its key-value data, settings, enabled flag and install time.
+	// Without it, installing over an installed plugin fails with
+	// ErrExists. With it, a plugin that is not installed is installed
+	// fresh.
 	Replace bool
 	// Enable sets the enabled flag of a fresh install. It is ignored when
 	// replacing.
@@ -39,10 +42,14 @@ type InstallOptions struct {
 // InstallDir installs the plugin in the directory src: it copies the tree
 // (directories and regular files only, exec bits kept, symbolic links
 // followed only to files inside src; see MaxInstallSize and
-// MaxInstallFiles), validates the copy's manifest and entrypoint, and
-// commits. On failure nothing is left behind. A replace is preceded by a
-// backup of the registry; the old files are slated for deletion in the
-// commit and deleted once no kept backup refers to them (see Remove).
+// MaxInstallFiles), validates the copy's manifest and entrypoint, compiles
+// the settings schemas the manifest declares (a schema that does not
+// compile refuses the install, naming its file), and commits. On failure
+// nothing is left behind. A replace is preceded by a backup of the
+// registry; the old files are slated for deletion in the commit and
+// deleted once no kept backup refers to them (see Remove). A replace
+// keeps the stored settings values even when the new schemas refuse
+// them: the daemon checks them against the new schemas and flags them.
 func (s *Store) InstallDir(ctx context.Context, src string, opt InstallOptions) (Record, error) {
 	return s.install(ctx, src, opt, func(ctx context.Context, stage string) error {
 		return s.copyTree(ctx, src, stage)
@@ -96,6 +103,17 @@ func (s *Store) installStaged(ctx context.Context, opt InstallOptions, fill func
 	m, err := manifest.Load(stage)
 	if err != nil {
 		return Record{}, &invalidError{msg: "invalid plugin" + indentLines(err.Error()), err: err}
+	}
+	if !m.Settings.IsZero() {
+		// The daemon compiles them again when it needs them; an install
+		// whose schemas do not compile would leave a plugin nobody can
+		// configure.
+		if _, err := settings.LoadDir(stage, m.Settings); err != nil {
+			if errors.Is(err, errdefs.ErrInvalid) {
+				return Record{Name: m.Name}, &invalidError{msg: "invalid settings schema" + indentLines(err.Error()), err: err}
+			}
+			return Record{Name: m.Name}, fmt.Errorf("read settings schemas: %w", err)
+		}
 	}
 	if err := s.fail("staged"); err != nil {
 		return Record{Name: m.Name}, err
@@ -172,8 +190,13 @@ func (s *Store) commitStaged(stage string, m *manifest.Manifest, opt InstallOpti
 		prev, err := s.getRecord(tx, m.Name)
 		switch {
 		case errors.Is(err, ErrNotFound):
-			// A fresh install starts with empty key-value data.
+			// A fresh install starts with empty key-value data and no
+			// settings (an older dimplugd may have removed the plugin
+			// without knowing of its settings).
 			if err := deleteKV(tx, m.Name); err != nil {
+				return err
+			}
+			if err := deleteSettings(tx, m.Name); err != nil {
 				return err
 			}
 		case err != nil:

@@ -98,6 +98,10 @@ var (
 	bucketKVSize  = []byte("kvsize")
 	bucketGC      = []byte("gc")
 	keySchema     = []byte("schema")
+
+	// bucketSettings came after schema version 2 without changing it: it
+	// is additive, and code that does not know it ignores it.
+	bucketSettings = []byte("settings")
 )
 
 // Record is one installed plugin.
@@ -310,7 +314,7 @@ func (s *Store) init() error {
 		if err != nil {
 			return err
 		}
-		for _, b := range [][]byte{bucketPlugins, bucketKV, bucketKVSize, bucketGC} {
+		for _, b := range [][]byte{bucketPlugins, bucketKV, bucketKVSize, bucketGC, bucketSettings} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -467,10 +471,10 @@ func (s *Store) update(name string, change func(*Record) error) (Record, error) 
 	return rec, err
 }
 
-// Remove uninstalls a plugin: its record and key-value data go in one
-// transaction, which also slates its files for deletion; they are deleted
-// at once unless a kept backup still refers to them (then when the last
-// such backup is rotated out).
+// Remove uninstalls a plugin: its record, key-value data and settings go
+// in one transaction, which also slates its files for deletion; they are
+// deleted at once unless a kept backup still refers to them (then when
+// the last such backup is rotated out).
 func (s *Store) Remove(name string) error {
 	s.snap.RLock()
 	err := s.db.Update(func(tx *bolt.Tx) error {
@@ -482,6 +486,9 @@ func (s *Store) Remove(name string) error {
 			return err
 		}
 		if err := deleteKV(tx, name); err != nil {
+			return err
+		}
+		if err := deleteSettings(tx, name); err != nil {
 			return err
 		}
 		return s.slate(tx, rec.Dir, gcEntry{Why: gcRemoved, Plugin: name, Gen: s.gen})

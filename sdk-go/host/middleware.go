@@ -90,6 +90,10 @@ func (m *Middleware) RouteTable() *RouteTable { return m.s.RouteTable() }
 func has(ps []Phase, p Phase) bool { return containsPhase(ps, p) }
 
 func (m *Middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if plugin, ok := settingsPlugin(r); ok {
+		m.serveSettings(w, r, plugin)
+		return
+	}
 	phases := m.s.RouteTable().Match(r.Method, r.URL.Path)
 	if phases == nil {
 		m.next.ServeHTTP(w, r)

@@ -47,6 +47,13 @@
 //	read_only_paths = ["/srv/media"]                # absolute, clean, not "/"
 //	outbound_hosts = ["api.opensubtitles.com:443"]  # host:port; "*.example.com:443" allowed
 //
+//	[settings.global]               # optional: the server owner's settings (see Settings)
+//	schema = "settings/global.json" # required: JSON Schema file, relative to the plugin directory
+//	ui = "settings/global.ui.json"  # optional: JSON Forms UI schema file for layout
+//
+//	[settings.user]                 # optional: each user's own settings
+//	schema = "settings/user.json"
+//
 // Keys are case-sensitive and unknown keys are errors, so a typo never
 // silently drops a setting. Parse reports every problem it finds, one per
 // line, each naming the file and the field:
@@ -66,6 +73,20 @@
 // Sizes are integer bytes or strings with a unit: B, KiB, MiB, GiB, TiB
 // (powers of 1024) or KB, MB, GB, TB (powers of 1000), e.g. "64MiB".
 // Durations use Go's syntax, e.g. "50ms", "1.5s".
+//
+// # Settings
+//
+// A plugin declares its settings per scope: global (the server owner's,
+// one set) and user (each user's own). Each scope names a JSON Schema
+// file, draft 2020-12 unless the file's "$schema" says otherwise, of an
+// object whose properties are the settings; "default" gives a setting's
+// value when none is stored, "description" explains it, and
+// "writeOnly": true marks a secret, which the daemon never shows back in
+// full. An optional JSON Forms UI schema lays out the form. Paths are
+// relative to the plugin directory, slash-separated and clean: no "..",
+// no "./" or "//", not absolute. This package checks only the paths; the
+// daemon reads and compiles the files when the plugin is installed and
+// refuses the install if a schema does not compile.
 //
 // # Route templates
 //

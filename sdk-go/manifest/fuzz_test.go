@@ -79,6 +79,11 @@ func checkAccepted(t *testing.T, m *Manifest) {
 	if err := m.Permissions.Validate(); err != nil {
 		t.Fatalf("accepted permissions that do not validate: %v", err)
 	}
+	for _, sc := range []*SettingsScope{m.Settings.Global, m.Settings.User} {
+		if sc != nil && (sc.Schema == "" || settingsPathProblem(sc.Schema) != "" || sc.UI != "" && settingsPathProblem(sc.UI) != "") {
+			t.Fatalf("accepted settings files %+v", *sc)
+		}
+	}
 	hooks := map[string]bool{}
 	for _, h := range m.Hooks {
 		if !namePattern.MatchString(h.Name) || hooks[h.Name] || !h.Phase.valid() || !h.Failure.valid() || methodProblem(h.Method) != "" {

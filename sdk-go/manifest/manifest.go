@@ -51,6 +51,9 @@ type Manifest struct {
 	Streams []Stream `json:"streams,omitempty" toml:"streams,omitempty"`
 	// Permissions are what the plugin asks the operator for.
 	Permissions Permissions `json:"permissions" toml:"permissions"`
+	// Settings declares the plugin's settings schemas, per scope. Left out
+	// of the JSON form when the manifest declares none.
+	Settings Settings `json:"settings,omitzero" toml:"settings,omitempty"`
 }
 
 // VersionRange is an inclusive range of protocol versions.

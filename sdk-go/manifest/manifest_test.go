@@ -92,6 +92,21 @@ func TestParseErrorsNameFields(t *testing.T) {
 		{"args NUL", base + "args = [\"a\\u0000b\"]\n", "args[0]: contains a NUL byte"},
 		{"description cap", base + "description = \"" + strings.Repeat("d", MaxDescriptionLen+1) + "\"\n", "description: is 1025 bytes; the limit is 1024"},
 		{"too large", base + "#" + strings.Repeat(" ", MaxFileSize), "my/plugin.toml: file is larger than the 1 MiB limit"},
+		{"settings not a table", base + "settings = 1\n", "settings: want a table ([settings]), got integer"},
+		{"settings scope array", base + "[[settings.global]]\nschema = \"s.json\"\n", "settings.global: want a table ([settings.global]), got array"},
+		{"settings scope case", base + "[settings.Global]\nschema = \"s.json\"\n", `settings.Global: unknown key (did you mean "global"?)`},
+		{"settings unknown scope", base + "[settings.admin]\nschema = \"s.json\"\n", `settings.admin: unknown key`},
+		{"settings schema missing", base + "[settings.global]\nui = \"ui.json\"\n", "settings.global.schema: required field is missing"},
+		{"settings schema empty", base + "[settings.user]\nschema = \"\"\n", "settings.user.schema: must not be empty"},
+		{"settings schema type", base + "[settings.user]\nschema = [\"s.json\"]\n", "settings.user.schema: want a string, got array"},
+		{"settings schema NUL", base + "[settings.global]\nschema = \"s\\u0000.json\"\n", "settings.global.schema: contains a NUL byte"},
+		{"settings schema absolute", base + "[settings.global]\nschema = \"/s.json\"\n", `settings.global.schema: "/s.json" is absolute`},
+		{"settings schema dotdot inside", base + "[settings.global]\nschema = \"a/../../s.json\"\n", `settings.global.schema: "a/../../s.json" leaves the plugin directory`},
+		{"settings schema unclean", base + "[settings.global]\nschema = \"a/./s.json\"\n", `settings.global.schema: "a/./s.json" is not a clean path (write "a/s.json")`},
+		{"settings schema trailing slash", base + "[settings.global]\nschema = \"settings/\"\n", `settings.global.schema: "settings/" is not a clean path (write "settings")`},
+		{"settings schema backslash", base + "[settings.global]\nschema = \"a\\\\s.json\"\n", `settings.global.schema: "a\\s.json" contains a backslash`},
+		{"settings ui dotdot", base + "[settings.user]\nschema = \"s.json\"\nui = \"../ui.json\"\n", `settings.user.ui: "../ui.json" leaves the plugin directory`},
+		{"settings ui unknown key", base + "[settings.user]\nschema = \"s.json\"\nlayout = \"ui.json\"\n", `settings.user.layout: unknown key`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -205,6 +220,63 @@ func TestRoundTrip(t *testing.T) {
 	}
 	if !reflect.DeepEqual(m, fromTOML) {
 		t.Errorf("TOML round trip:\n got %+v\nwant %+v\n%s", fromTOML, m, buf.Bytes())
+	}
+}
+
+func TestSettingsScope(t *testing.T) {
+	g := &SettingsScope{Schema: "settings/global.json", UI: "settings/global.ui.json"}
+	u := &SettingsScope{Schema: "settings/user.json"}
+	tests := []struct {
+		name     string
+		s        Settings
+		zero     bool
+		global   *SettingsScope
+		user     *SettingsScope
+		unknown  *SettingsScope
+		wantJSON string
+	}{
+		{"none", Settings{}, true, nil, nil, nil, `{}`},
+		{"global", Settings{Global: g}, false, g, nil, nil, `{"global":{"schema":"settings/global.json","ui":"settings/global.ui.json"}}`},
+		{"user", Settings{User: u}, false, nil, u, nil, `{"user":{"schema":"settings/user.json"}}`},
+		{"both", Settings{Global: g, User: u}, false, g, u, nil, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := tt.s.IsZero(); got != tt.zero {
+				t.Errorf("IsZero = %v, want %v", got, tt.zero)
+			}
+			if got := tt.s.Scope(ScopeGlobal); got != tt.global {
+				t.Errorf("Scope(global) = %v, want %v", got, tt.global)
+			}
+			if got := tt.s.Scope(ScopeUser); got != tt.user {
+				t.Errorf("Scope(user) = %v, want %v", got, tt.user)
+			}
+			if got := tt.s.Scope("admin"); got != nil {
+				t.Errorf("Scope(admin) = %v, want nil", got)
+			}
+			if tt.wantJSON != "" {
+				b, err := json.Marshal(tt.s)
+				if err != nil || string(b) != tt.wantJSON {
+					t.Errorf("JSON = %s (%v), want %s", b, err, tt.wantJSON)
+				}
+			}
+		})
+	}
+	// A manifest without settings keeps the JSON the daemon persisted
+	// before settings existed: no "settings" key.
+	m, err := Parse([]byte("name = \"x\"\nversion = \"1.0.0\"\nentrypoint = \"x\"\n"), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := json.Marshal(m); strings.Contains(string(b), "settings") {
+		t.Errorf("manifest without settings marshals a settings key: %s", b)
+	}
+	m, err = Parse([]byte("name = \"x\"\nversion = \"1.0.0\"\nentrypoint = \"x\"\n[settings.user]\nschema = \"s/u.json\"\nui = \"s/ui.json\"\n"), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (Settings{User: &SettingsScope{Schema: "s/u.json", UI: "s/ui.json"}}); !reflect.DeepEqual(m.Settings, want) {
+		t.Errorf("Settings = %+v, want %+v", m.Settings, want)
 	}
 }
 

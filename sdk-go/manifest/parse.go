@@ -33,6 +33,7 @@ type rawManifest struct {
 	Hooks       []rawHook       `toml:"hooks"`
 	Streams     []rawStream     `toml:"streams"`
 	Permissions *rawPermissions `toml:"permissions"`
+	Settings    *rawSettings    `toml:"settings"`
 }
 
 type rawAPI struct {
@@ -69,14 +70,27 @@ type rawPermissions struct {
 	OutboundHosts any `toml:"outbound_hosts"`
 }
 
+type rawSettings struct {
+	Global *rawSettingsScope `toml:"global"`
+	User   *rawSettingsScope `toml:"user"`
+}
+
+type rawSettingsScope struct {
+	Schema any `toml:"schema"`
+	UI     any `toml:"ui"`
+}
+
 // knownKeys lists the keys of each table, by the table's dotted path (array
 // elements share their array's path). It must match the raw* tags.
 var knownKeys = map[string][]string{
-	"":            {"name", "version", "description", "entrypoint", "args", "api", "hooks", "streams", "permissions"},
-	"api":         {"min", "max"},
-	"hooks":       {"name", "phase", "method", "route", "priority", "deadline", "failure"},
-	"streams":     {"name", "kind", "role", "priority", "deadline", "failure"},
-	"permissions": {"memory", "pids", "cpu", "tmp", "open_files", "read_only_paths", "outbound_hosts"},
+	"":                {"name", "version", "description", "entrypoint", "args", "api", "hooks", "streams", "permissions", "settings"},
+	"api":             {"min", "max"},
+	"hooks":           {"name", "phase", "method", "route", "priority", "deadline", "failure"},
+	"streams":         {"name", "kind", "role", "priority", "deadline", "failure"},
+	"permissions":     {"memory", "pids", "cpu", "tmp", "open_files", "read_only_paths", "outbound_hosts"},
+	"settings":        {"global", "user"},
+	"settings.global": {"schema", "ui"},
+	"settings.user":   {"schema", "ui"},
 }
 
 // Parse parses and validates a manifest and applies its defaults. source
@@ -166,10 +180,19 @@ func (d *decoder) err() error { return errors.Join(d.errs...) }
 
 // checkShape reports tables and arrays of tables written as something else.
 func (d *decoder) checkShape() bool {
-	for _, key := range []string{"api", "permissions"} {
+	for _, key := range []string{"api", "permissions", "settings"} {
 		if v, ok := d.doc[key]; ok {
 			if _, ok := v.(map[string]any); !ok {
 				d.addf(key, "want a table ([%s]), got %s", key, typeName(v))
+			}
+		}
+	}
+	if settings, ok := d.doc["settings"].(map[string]any); ok {
+		for _, scope := range []string{"global", "user"} {
+			if v, ok := settings[scope]; ok {
+				if _, ok := v.(map[string]any); !ok {
+					d.addf("settings."+scope, "want a table ([settings.%s]), got %s", scope, typeName(v))
+				}
 			}
 		}
 	}
@@ -535,6 +558,7 @@ func (d *decoder) manifest(r *rawManifest) *Manifest {
 		m.Streams = append(m.Streams, s)
 	}
 	m.Permissions = d.permissions(r.Permissions)
+	m.Settings = d.settings(r.Settings)
 	return m
 }
 
@@ -753,4 +777,36 @@ func (d *decoder) permissions(r *rawPermissions) Permissions {
 	p.OutboundHosts = d.strings(pre+"outbound_hosts", r.OutboundHosts)
 	p.checkLists(func(field, problem string) { d.addf(pre+field, "%s", problem) })
 	return p
+}
+
+func (d *decoder) settings(r *rawSettings) Settings {
+	var s Settings
+	if r == nil {
+		return s
+	}
+	s.Global = d.settingsScope("settings.global", r.Global)
+	s.User = d.settingsScope("settings.user", r.User)
+	return s
+}
+
+// settingsScope reads one [settings.<scope>] table; nil when it is absent.
+func (d *decoder) settingsScope(path string, r *rawSettingsScope) *SettingsScope {
+	if r == nil {
+		return nil
+	}
+	sc := &SettingsScope{}
+	if sc.Schema = d.required(path+".schema", r.Schema); sc.Schema != "" {
+		if msg := settingsPathProblem(sc.Schema); msg != "" {
+			d.addf(path+".schema", "%s", msg)
+		}
+	}
+	if ui, ok := d.str(path+".ui", r.UI); ok {
+		if ui == "" {
+			d.addf(path+".ui", "must not be empty (leave the key out for no UI schema)")
+		} else if msg := settingsPathProblem(ui); msg != "" {
+			d.addf(path+".ui", "%s", msg)
+		}
+		sc.UI = ui
+	}
+	return sc
 }

@@ -32,6 +32,9 @@ type Host struct {
 	// operator granted (the sandbox has no network of its own). Nil when no
 	// outbound host was granted. Redirects to hosts outside the grant fail.
 	HTTP *http.Client
+	// Settings are the plugin's settings (manifest [settings]); nil when
+	// it declares none.
+	Settings *Settings
 
 	logger capRef[schema.Logger]
 	fetch  capRef[schema.Fetcher]
@@ -82,6 +85,10 @@ func newHost(inst schema.InstanceInfo, svc schema.HostServices) *Host {
 		h.fetch.set(svc.Fetch().AddRef())
 		h.HTTP = &http.Client{Transport: &fetchTransport{c: &h.fetch}}
 	}
+	if svc.HasSettings() {
+		h.Settings = &Settings{}
+		h.Settings.c.set(svc.Settings().AddRef())
+	}
 	return h
 }
 
@@ -97,6 +104,9 @@ func (h *Host) rebind(svc schema.HostServices) {
 	if h.HTTP != nil && svc.HasFetch() {
 		h.fetch.set(svc.Fetch().AddRef())
 	}
+	if h.Settings != nil && svc.HasSettings() {
+		h.Settings.rebind(svc.Settings().AddRef())
+	}
 }
 
 func (h *Host) release() {
@@ -107,6 +117,10 @@ func (h *Host) release() {
 	if h.KV != nil {
 		var nullKV schema.KeyValue
 		h.KV.c.set(nullKV)
+	}
+	if h.Settings != nil {
+		var nullSettings schema.Settings
+		h.Settings.c.set(nullSettings)
 	}
 }
 

@@ -452,6 +452,13 @@ func (fs *frameServer) open(o schema.StreamOpen) {
 			}
 		}
 		defer func() {
+			// Acknowledge the daemon's end once done with the stream,
+			// CloseStream included (deferred first, so it runs last).
+			if w.endReason() != errFramesClosed {
+				fs.sendEnd(s.id, "")
+			}
+		}()
+		defer func() {
 			c, ok := fs.p.(StreamCloser)
 			if !ok {
 				return
@@ -461,12 +468,6 @@ func (fs *frameServer) open(o schema.StreamOpen) {
 				why = w.endReason()
 			}
 			_ = safely("stream closer", func() error { c.CloseStream(context.Background(), s, why); return nil })
-		}()
-		defer func() {
-			// Acknowledge the daemon's end once done with the stream.
-			if w.endReason() != errFramesClosed {
-				fs.sendEnd(s.id, "")
-			}
 		}()
 		for {
 			f, more, ok := w.next()

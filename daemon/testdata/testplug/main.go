@@ -11,7 +11,10 @@
 //	          query; answers 403 for paths containing "forbidden"; sleeps
 //	          for ?sleep=<duration>; panics for ?panic=1; fetches
 //	          ?fetch=<url> through the daemon and answers with the result;
-//	          prints hostile log output for ?print=<mode> (see print).
+//	          prints hostile log output for ?print=<mode> (see print);
+//	          answers 200 with its settings as JSON for ?settings=global
+//	          or ?settings=user&user=<id>, and with the number of change
+//	          notifications it got for ?settings=changes.
 //	response: adds "X-Test-Response: <name>" and increments the KV counter
 //	          "hits", returned in "X-Test-Hits".
 //	route:    answers 200 with "owned by <name>: <path> <params>".
@@ -22,6 +25,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -44,6 +48,7 @@ type testPlug struct {
 	frameCount, frameBytes                int
 	slowDone                              int // frames the slow mode finished
 	orderedCount, inversions, orderedLast int // observations of /ordered/<n>
+	settingsChanges                       []string
 }
 
 func (p *testPlug) Init(ctx context.Context, h *plugin.Host) error {
@@ -51,8 +56,41 @@ func (p *testPlug) Init(ctx context.Context, h *plugin.Host) error {
 	if p.name == "" {
 		p.name = h.Name
 	}
+	if h.Settings != nil {
+		if err := h.Settings.OnChange(ctx, func(scope string, user int64) {
+			p.mu.Lock()
+			p.settingsChanges = append(p.settingsChanges, fmt.Sprintf("%s/%d", scope, user))
+			p.mu.Unlock()
+		}); err != nil {
+			return err
+		}
+	}
 	h.Log.Info("testplug ready", "instance", h.InstanceID)
 	return nil
+}
+
+// settings answers ?settings=global|user|changes (see the package doc).
+func (p *testPlug) settings(ctx context.Context, q url.Values) (*plugin.Response, error) {
+	var v any
+	var err error
+	switch q.Get("settings") {
+	case "changes":
+		p.mu.Lock()
+		v = append([]string{}, p.settingsChanges...)
+		p.mu.Unlock()
+	case "user":
+		user, _ := strconv.ParseInt(q.Get("user"), 10, 64)
+		var m map[string]any
+		err, v = p.host.Settings.User(ctx, user, &m), &m
+	default:
+		var m map[string]any
+		err, v = p.host.Settings.Global(ctx, &m), &m
+	}
+	if err != nil {
+		return &plugin.Response{Status: 500, Body: []byte(err.Error())}, nil
+	}
+	b, _ := json.Marshal(v)
+	return &plugin.Response{Status: 200, Body: b}, nil
 }
 
 func (p *testPlug) HookRequest(ctx context.Context, hook string, req *plugin.Request) (*plugin.Response, error) {
@@ -81,6 +119,9 @@ func (p *testPlug) HookRequest(ctx context.Context, hook string, req *plugin.Req
 	}
 	if mode := q.Get("print"); mode != "" {
 		return p.print(ctx, mode, q)
+	}
+	if q.Has("settings") {
+		return p.settings(ctx, q)
 	}
 	if strings.Contains(req.Path, "forbidden") {
 		return &plugin.Response{Status: 403, Body: []byte("forbidden by " + p.name)}, nil
