@@ -45,8 +45,15 @@ interface HostSession {
   # invalid write fails as invalid naming each bad field. Hosts cannot
   # read or write the operator's global settings.
 
-  # Frame streams are on the frame socket (stream.capnp); UI contributions
-  # (uiElements) are reserved for a later protocol version.
+  uiDocument @5 () -> (document :Data);
+  # What plugins add to the host's web UI, as one JSON document (format 1,
+  # see docs/protocol.md "Plugin UI"): for each enabled, running plugin, a
+  # Preferences tab from its user settings schema and the pages it serves
+  # in named slots (nav, media-action, player-overlay, dashboard-card).
+  # Its "version" changes whenever its content does; fetch it again when
+  # the route table changes.
+
+  # Frame streams are on the frame socket (stream.capnp).
 }
 
 struct RouteTable {

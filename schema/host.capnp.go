@@ -116,6 +116,26 @@ func (c HostSession) SetUserSettings(ctx context.Context, params func(HostSessio
 
 }
 
+func (c HostSession) UiDocument(ctx context.Context, params func(HostSession_uiDocument_Params) error) (HostSession_uiDocument_Results_Future, capnp.ReleaseFunc) {
+
+	s := capnp.Send{
+		Method: capnp.Method{
+			InterfaceID:   0x9e7ce17529e32eec,
+			MethodID:      5,
+			InterfaceName: "host.capnp:HostSession",
+			MethodName:    "uiDocument",
+		},
+	}
+	if params != nil {
+		s.ArgsSize = capnp.ObjectSize{DataSize: 0, PointerCount: 0}
+		s.PlaceArgs = func(s capnp.Struct) error { return params(HostSession_uiDocument_Params(s)) }
+	}
+
+	ans, release := capnp.Client(c).SendCall(ctx, s)
+	return HostSession_uiDocument_Results_Future{Future: ans.Future()}, release
+
+}
+
 func (c HostSession) WaitStreaming() error {
 	return capnp.Client(c).WaitStreaming()
 }
@@ -198,6 +218,8 @@ type HostSession_Server interface {
 	UserSettings(context.Context, HostSession_userSettings) error
 
 	SetUserSettings(context.Context, HostSession_setUserSettings) error
+
+	UiDocument(context.Context, HostSession_uiDocument) error
 }
 
 // HostSession_NewServer creates a new Server from an implementation of HostSession_Server.
@@ -216,7 +238,7 @@ func HostSession_ServerToClient(s HostSession_Server) HostSession {
 // This can be used to create a more complicated Server.
 func HostSession_Methods(methods []server.Method, s HostSession_Server) []server.Method {
 	if cap(methods) == 0 {
-		methods = make([]server.Method, 0, 5)
+		methods = make([]server.Method, 0, 6)
 	}
 
 	methods = append(methods, server.Method{
@@ -276,6 +298,18 @@ func HostSession_Methods(methods []server.Method, s HostSession_Server) []server
 		},
 		Impl: func(ctx context.Context, call *server.Call) error {
 			return s.SetUserSettings(ctx, HostSession_setUserSettings{call})
+		},
+	})
+
+	methods = append(methods, server.Method{
+		Method: capnp.Method{
+			InterfaceID:   0x9e7ce17529e32eec,
+			MethodID:      5,
+			InterfaceName: "host.capnp:HostSession",
+			MethodName:    "uiDocument",
+		},
+		Impl: func(ctx context.Context, call *server.Call) error {
+			return s.UiDocument(ctx, HostSession_uiDocument{call})
 		},
 	})
 
@@ -365,6 +399,23 @@ func (c HostSession_setUserSettings) Args() HostSession_setUserSettings_Params {
 func (c HostSession_setUserSettings) AllocResults() (HostSession_setUserSettings_Results, error) {
 	r, err := c.Call.AllocResults(capnp.ObjectSize{DataSize: 0, PointerCount: 1})
 	return HostSession_setUserSettings_Results(r), err
+}
+
+// HostSession_uiDocument holds the state for a server call to HostSession.uiDocument.
+// See server.Call for documentation.
+type HostSession_uiDocument struct {
+	*server.Call
+}
+
+// Args returns the call's arguments.
+func (c HostSession_uiDocument) Args() HostSession_uiDocument_Params {
+	return HostSession_uiDocument_Params(c.Call.Args())
+}
+
+// AllocResults allocates the results struct.
+func (c HostSession_uiDocument) AllocResults() (HostSession_uiDocument_Results, error) {
+	r, err := c.Call.AllocResults(capnp.ObjectSize{DataSize: 0, PointerCount: 1})
+	return HostSession_uiDocument_Results(r), err
 }
 
 // HostSession_List is a list of HostSession.
@@ -1298,6 +1349,148 @@ func (f HostSession_setUserSettings_Results_Future) Struct() (HostSession_setUse
 }
 func (p HostSession_setUserSettings_Results_Future) Settings() PluginSettings_Future {
 	return PluginSettings_Future{Future: p.Future.Field(0, nil)}
+}
+
+type HostSession_uiDocument_Params capnp.Struct
+
+// HostSession_uiDocument_Params_TypeID is the unique identifier for the type HostSession_uiDocument_Params.
+const HostSession_uiDocument_Params_TypeID = 0x9f4a3059e0b4096e
+
+func NewHostSession_uiDocument_Params(s *capnp.Segment) (HostSession_uiDocument_Params, error) {
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 0})
+	return HostSession_uiDocument_Params(st), err
+}
+
+func NewRootHostSession_uiDocument_Params(s *capnp.Segment) (HostSession_uiDocument_Params, error) {
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 0})
+	return HostSession_uiDocument_Params(st), err
+}
+
+func ReadRootHostSession_uiDocument_Params(msg *capnp.Message) (HostSession_uiDocument_Params, error) {
+	root, err := msg.Root()
+	return HostSession_uiDocument_Params(root.Struct()), err
+}
+
+func (s HostSession_uiDocument_Params) String() string {
+	str, _ := text.Marshal(0x9f4a3059e0b4096e, capnp.Struct(s))
+	return str
+}
+
+func (s HostSession_uiDocument_Params) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Struct(s).EncodeAsPtr(seg)
+}
+
+func (HostSession_uiDocument_Params) DecodeFromPtr(p capnp.Ptr) HostSession_uiDocument_Params {
+	return HostSession_uiDocument_Params(capnp.Struct{}.DecodeFromPtr(p))
+}
+
+func (s HostSession_uiDocument_Params) ToPtr() capnp.Ptr {
+	return capnp.Struct(s).ToPtr()
+}
+func (s HostSession_uiDocument_Params) IsValid() bool {
+	return capnp.Struct(s).IsValid()
+}
+
+func (s HostSession_uiDocument_Params) Message() *capnp.Message {
+	return capnp.Struct(s).Message()
+}
+
+func (s HostSession_uiDocument_Params) Segment() *capnp.Segment {
+	return capnp.Struct(s).Segment()
+}
+
+// HostSession_uiDocument_Params_List is a list of HostSession_uiDocument_Params.
+type HostSession_uiDocument_Params_List = capnp.StructList[HostSession_uiDocument_Params]
+
+// NewHostSession_uiDocument_Params creates a new list of HostSession_uiDocument_Params.
+func NewHostSession_uiDocument_Params_List(s *capnp.Segment, sz int32) (HostSession_uiDocument_Params_List, error) {
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 0, PointerCount: 0}, sz)
+	return capnp.StructList[HostSession_uiDocument_Params](l), err
+}
+
+// HostSession_uiDocument_Params_Future is a wrapper for a HostSession_uiDocument_Params promised by a client call.
+type HostSession_uiDocument_Params_Future struct{ *capnp.Future }
+
+func (f HostSession_uiDocument_Params_Future) Struct() (HostSession_uiDocument_Params, error) {
+	p, err := f.Future.Ptr()
+	return HostSession_uiDocument_Params(p.Struct()), err
+}
+
+type HostSession_uiDocument_Results capnp.Struct
+
+// HostSession_uiDocument_Results_TypeID is the unique identifier for the type HostSession_uiDocument_Results.
+const HostSession_uiDocument_Results_TypeID = 0xbc82987bc1aa3451
+
+func NewHostSession_uiDocument_Results(s *capnp.Segment) (HostSession_uiDocument_Results, error) {
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1})
+	return HostSession_uiDocument_Results(st), err
+}
+
+func NewRootHostSession_uiDocument_Results(s *capnp.Segment) (HostSession_uiDocument_Results, error) {
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1})
+	return HostSession_uiDocument_Results(st), err
+}
+
+func ReadRootHostSession_uiDocument_Results(msg *capnp.Message) (HostSession_uiDocument_Results, error) {
+	root, err := msg.Root()
+	return HostSession_uiDocument_Results(root.Struct()), err
+}
+
+func (s HostSession_uiDocument_Results) String() string {
+	str, _ := text.Marshal(0xbc82987bc1aa3451, capnp.Struct(s))
+	return str
+}
+
+func (s HostSession_uiDocument_Results) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Struct(s).EncodeAsPtr(seg)
+}
+
+func (HostSession_uiDocument_Results) DecodeFromPtr(p capnp.Ptr) HostSession_uiDocument_Results {
+	return HostSession_uiDocument_Results(capnp.Struct{}.DecodeFromPtr(p))
+}
+
+func (s HostSession_uiDocument_Results) ToPtr() capnp.Ptr {
+	return capnp.Struct(s).ToPtr()
+}
+func (s HostSession_uiDocument_Results) IsValid() bool {
+	return capnp.Struct(s).IsValid()
+}
+
+func (s HostSession_uiDocument_Results) Message() *capnp.Message {
+	return capnp.Struct(s).Message()
+}
+
+func (s HostSession_uiDocument_Results) Segment() *capnp.Segment {
+	return capnp.Struct(s).Segment()
+}
+func (s HostSession_uiDocument_Results) Document() ([]byte, error) {
+	p, err := capnp.Struct(s).Ptr(0)
+	return []byte(p.Data()), err
+}
+
+func (s HostSession_uiDocument_Results) HasDocument() bool {
+	return capnp.Struct(s).HasPtr(0)
+}
+
+func (s HostSession_uiDocument_Results) SetDocument(v []byte) error {
+	return capnp.Struct(s).SetData(0, v)
+}
+
+// HostSession_uiDocument_Results_List is a list of HostSession_uiDocument_Results.
+type HostSession_uiDocument_Results_List = capnp.StructList[HostSession_uiDocument_Results]
+
+// NewHostSession_uiDocument_Results creates a new list of HostSession_uiDocument_Results.
+func NewHostSession_uiDocument_Results_List(s *capnp.Segment, sz int32) (HostSession_uiDocument_Results_List, error) {
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1}, sz)
+	return capnp.StructList[HostSession_uiDocument_Results](l), err
+}
+
+// HostSession_uiDocument_Results_Future is a wrapper for a HostSession_uiDocument_Results promised by a client call.
+type HostSession_uiDocument_Results_Future struct{ *capnp.Future }
+
+func (f HostSession_uiDocument_Results_Future) Struct() (HostSession_uiDocument_Results, error) {
+	p, err := f.Future.Ptr()
+	return HostSession_uiDocument_Results(p.Struct()), err
 }
 
 type RouteTable capnp.Struct

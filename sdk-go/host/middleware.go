@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/dimplugd/dimplugd/sdk-go/wire"
 )
 
 // Middleware applies dimplugd hooks to a net/http handler: route-phase
@@ -90,6 +92,10 @@ func (m *Middleware) RouteTable() *RouteTable { return m.s.RouteTable() }
 func has(ps []Phase, p Phase) bool { return containsPhase(ps, p) }
 
 func (m *Middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path == UIPath {
+		m.serveUI(w, r)
+		return
+	}
 	if plugin, ok := settingsPlugin(r); ok {
 		m.serveSettings(w, r, plugin)
 		return
@@ -120,7 +126,7 @@ func (m *Middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		m.logSkipped(res)
 		switch res.Kind {
 		case Respond:
-			writeResponse(w, res.Response)
+			writeResponse(w, sandboxed(r, res.Response))
 			m.observe(phases, req, res.Response)
 			return
 		case FailClosed:
@@ -254,6 +260,23 @@ func applyToHTTP(r *http.Request, mu *RequestMutation) {
 	if mu.ReplaceQuery {
 		r.URL.RawQuery = mu.RawQuery
 	}
+}
+
+// sandboxed returns a plugin's answer to a path under its own namespace
+// with wire.PageCSP, whatever the plugin said: its pages then run
+// sandboxed (an opaque origin: no cookies, storage or DOM of the host's)
+// even when opened directly rather than in the host's iframe.
+func sandboxed(r *http.Request, resp *Response) *Response {
+	if !pluginPath(r.URL.Path) {
+		return resp
+	}
+	cp := *resp
+	cp.Header = resp.Header.Clone()
+	if cp.Header == nil {
+		cp.Header = http.Header{}
+	}
+	cp.Header.Set("Content-Security-Policy", wire.PageCSP)
+	return &cp
 }
 
 func writeResponse(w http.ResponseWriter, resp *Response) {

@@ -54,6 +54,8 @@ type Manifest struct {
 	// Settings declares the plugin's settings schemas, per scope. Left out
 	// of the JSON form when the manifest declares none.
 	Settings Settings `json:"settings,omitzero" toml:"settings,omitempty"`
+	// UI is what the plugin adds to a host's web UI (pages in slots).
+	UI UI `json:"ui,omitzero" toml:"ui,omitempty"`
 }
 
 // VersionRange is an inclusive range of protocol versions.

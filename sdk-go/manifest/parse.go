@@ -34,6 +34,7 @@ type rawManifest struct {
 	Streams     []rawStream     `toml:"streams"`
 	Permissions *rawPermissions `toml:"permissions"`
 	Settings    *rawSettings    `toml:"settings"`
+	UI          *rawUI          `toml:"ui"`
 }
 
 type rawAPI struct {
@@ -83,7 +84,7 @@ type rawSettingsScope struct {
 // knownKeys lists the keys of each table, by the table's dotted path (array
 // elements share their array's path). It must match the raw* tags.
 var knownKeys = map[string][]string{
-	"":                {"name", "version", "description", "entrypoint", "args", "api", "hooks", "streams", "permissions", "settings"},
+	"":                {"name", "version", "description", "entrypoint", "args", "api", "hooks", "streams", "permissions", "settings", "ui"},
 	"api":             {"min", "max"},
 	"hooks":           {"name", "phase", "method", "route", "priority", "deadline", "failure"},
 	"streams":         {"name", "kind", "role", "priority", "deadline", "failure"},
@@ -91,6 +92,8 @@ var knownKeys = map[string][]string{
 	"settings":        {"global", "user"},
 	"settings.global": {"schema", "ui"},
 	"settings.user":   {"schema", "ui"},
+	"ui":              {"pages"},
+	"ui.pages":        {"id", "title", "slot", "route"},
 }
 
 // Parse parses and validates a manifest and applies its defaults. source
@@ -559,6 +562,7 @@ func (d *decoder) manifest(r *rawManifest) *Manifest {
 	}
 	m.Permissions = d.permissions(r.Permissions)
 	m.Settings = d.settings(r.Settings)
+	m.UI = d.ui(r.UI, m.Name, m.Hooks)
 	return m
 }
 
