@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -84,10 +85,15 @@ route = "/api/v1/plugins/paged/ui/overlay"
 		t.Errorf("first page: %+v", p.Pages[0])
 	}
 
-	// The page itself comes from the plugin, with the sandbox CSP.
-	rec := get("/api/v1/plugins/paged/ui/index.html")
-	if rec.Code != 200 || rec.Header().Get("Content-Security-Policy") != wire.PageCSP {
-		t.Errorf("the page: %d, CSP %q, want %q", rec.Code, rec.Header().Get("Content-Security-Policy"), wire.PageCSP)
+	// The page itself comes from the plugin (once the host's route table
+	// has its route), with the sandbox CSP.
+	var rec *httptest.ResponseRecorder
+	waitFor(t, 10*time.Second, "the page to be served", func() bool {
+		rec = get("/api/v1/plugins/paged/ui/index.html")
+		return rec.Code == 200
+	})
+	if csp := rec.Header().Get("Content-Security-Policy"); csp != wire.PageCSP || !strings.Contains(rec.Body.String(), "owned by paged") {
+		t.Errorf("the page: %q, CSP %q, want %q", rec.Body, csp, wire.PageCSP)
 	}
 
 	// Disabled, it contributes nothing; enabled again, it is back.
@@ -96,14 +102,14 @@ route = "/api/v1/plugins/paged/ui/overlay"
 	if _, err := td.ctl.Disable(ctx, "paged"); err != nil {
 		t.Fatal(err)
 	}
-	if d2 := doc(); len(d2.Plugins) != 0 || d2.Version == d1.Version {
-		t.Errorf("after disable: %+v (version before %s)", d2, d1.Version)
+	var last wire.UIDocument
+	if !poll(10*time.Second, func() bool { last = doc(); return len(last.Plugins) == 0 }) || last.Version == d1.Version {
+		t.Errorf("after disable: %+v (version before %s)", last, d1.Version)
 	}
 	if _, err := td.ctl.Enable(ctx, "paged"); err != nil {
 		t.Fatal(err)
 	}
-	waitState(t, td.ctl, "paged", 30*time.Second, "running", running)
-	if d3 := doc(); len(d3.Plugins) != 1 || d3.Version != d1.Version {
-		t.Errorf("after enable: %+v, want the first document (version %s)", d3, d1.Version)
+	if !poll(30*time.Second, func() bool { last = doc(); return len(last.Plugins) == 1 }) || last.Version != d1.Version {
+		t.Errorf("after enable: %+v, want the first document (version %s)", last, d1.Version)
 	}
 }

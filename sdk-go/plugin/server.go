@@ -15,6 +15,7 @@ import (
 	"capnproto.org/go/capnp/v3"
 
 	"github.com/dimplugd/dimplugd/schema"
+	"github.com/dimplugd/dimplugd/sdk-go/errdefs"
 	"github.com/dimplugd/dimplugd/sdk-go/wire"
 )
 
@@ -65,12 +66,17 @@ func (s *server) shutdown() {
 	}
 }
 
+// errStopping refuses calls once the plugin is stopping: unavailable, so
+// that the caller applies the hook's policy as for a plugin that is not
+// running, rather than counting a failure. Marked for the wire.
+var errStopping = errdefs.ToWire(errdefs.New(errdefs.ErrUnavailable, "plugin is stopping"))
+
 // begin registers an in-flight call; it fails once the plugin is stopping.
 func (s *server) begin() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
-		return errors.New("plugin is stopping")
+		return errStopping
 	}
 	s.inflight.Add(1)
 	return nil

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/dimplugd/dimplugd/schema"
+	"github.com/dimplugd/dimplugd/sdk-go/errdefs"
 )
 
 // CallHook calls one plugin hook on a hook lane (the daemon's lane to a
@@ -64,8 +65,19 @@ func CallError(ctx, cctx context.Context, start time.Time, timeout time.Duration
 		e.Kind, e.Message = schema.HookErrorKind_unavailable, "the host cancelled the request "+where
 	case timedOut:
 		e.Kind, e.Message = schema.HookErrorKind_timeout, fmt.Sprintf("exceeded its %s deadline %s", timeout, where)
+	case remoteClassIs(err, errdefs.ErrUnavailable):
+		// The plugin said it cannot take the call (it is stopping): as
+		// when it is not running, not a failure of the plugin.
+		e.Kind, e.Message = schema.HookErrorKind_unavailable, "is unavailable "+where+": "+RemoteMessage(err)
 	default:
 		e.Kind, e.Message = schema.HookErrorKind_failed, "failed "+where+": "+RemoteMessage(err)
 	}
 	return e
+}
+
+// remoteClassIs reports whether err, returned by a remote side, carries
+// the class mark of class.
+func remoteClassIs(err error, class error) bool {
+	c, _ := RemoteClass(err)
+	return c == class || errors.Is(err, class)
 }

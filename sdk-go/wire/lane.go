@@ -15,6 +15,7 @@ import (
 	"capnproto.org/go/capnp/v3"
 
 	"github.com/dimplugd/dimplugd/schema"
+	"github.com/dimplugd/dimplugd/sdk-go/errdefs"
 )
 
 // LanePreamble opens a host's hook lane on the daemon's socket; the daemon
@@ -103,7 +104,9 @@ func (l *LaneClient) read() {
 			ch <- msg // buffered: never blocks
 		}
 	}
-	if peerGone(err) {
+	// A frame cut short is the other end dying mid-write (a daemon killed
+	// with SIGKILL): the lane is closed, like any other end.
+	if peerGone(err) || errors.Is(err, io.ErrUnexpectedEOF) {
 		err = ErrLaneClosed
 	}
 	l.mu.Lock()
@@ -186,7 +189,7 @@ func (l *LaneClient) Call(ctx context.Context, fill func(schema.LaneFrame) error
 		if rf.Which() == schema.LaneFrame_Which_error {
 			text, _ := rf.Error()
 			reply.Release()
-			return nil, schema.LaneFrame{}, errors.New(text)
+			return nil, schema.LaneFrame{}, laneError(text)
 		}
 		return reply, rf, nil
 	case <-ctx.Done():
@@ -288,7 +291,7 @@ func serveLane(ctx context.Context, c net.Conn, h LaneHandler, lim *Limits, good
 				if rm, rf, err = NewFrame(); err != nil {
 					return
 				}
-				_ = rf.SetError(RemoteMessage(herr))
+				_ = rf.SetError(laneErrorText(herr))
 			}
 			_ = writeFrame(c, &wmu, id, rm)
 			rm.Release()
@@ -314,6 +317,28 @@ func serveLane(ctx context.Context, c net.Conn, h LaneHandler, lim *Limits, good
 		return nil
 	}
 	return err
+}
+
+// laneErrorText is what an error frame says of err: its message without
+// transport decoration, keeping its class mark (errdefs), so that the
+// caller can tell, say, a plugin that is stopping (unavailable) from one
+// that failed.
+func laneErrorText(err error) string {
+	class, msg := RemoteClass(errdefs.ToWire(err))
+	if class == nil {
+		return msg
+	}
+	return "[" + errdefs.Code(class) + "] " + msg
+}
+
+// laneError is the error an error frame's text stands for: its message,
+// of its class (errors.Is) if it carries a mark.
+func laneError(text string) error {
+	class, msg := errdefs.FromWire(text)
+	if class == nil {
+		return errors.New(text)
+	}
+	return errdefs.WithClass(errors.New(msg), class)
 }
 
 // stopDeadline sets a connection's read deadlines (for the limited reader)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/dimplugd/dimplugd/schema"
+	"github.com/dimplugd/dimplugd/sdk-go/errdefs"
 )
 
 func lanePair(t *testing.T) (net.Conn, net.Conn) {
@@ -229,5 +231,60 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(time.Millisecond)
+	}
+}
+
+// TestLaneCutMidFrame: a reply cut short by the other end dying (a daemon
+// killed mid-write) reads as the lane closing, which callers treat as the
+// daemon going away, not as a failed call.
+func TestLaneCutMidFrame(t *testing.T) {
+	a, b := lanePair(t)
+	l := NewLaneClient(a)
+	done := make(chan error, 1)
+	go func() {
+		_, err := call(t, l, context.Background(), "x")
+		done <- err
+	}()
+	// Read the request, answer with the first bytes of a frame, die.
+	buf := make([]byte, 4096)
+	if _, err := b.Read(buf); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Write([]byte{200, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 7}); err != nil {
+		t.Fatal(err)
+	}
+	b.Close()
+	if err := <-done; !errors.Is(err, ErrLaneClosed) {
+		t.Errorf("a call whose reply was cut short: %v, want ErrLaneClosed", err)
+	}
+}
+
+// TestCallErrorClasses: how a hook call's error reads for the policy. A
+// plugin that says it is stopping (unavailable, marked over the lane)
+// counts as unavailable, not as a failure of the plugin.
+func TestCallErrorClasses(t *testing.T) {
+	a, b := lanePair(t)
+	go ServeLane(context.Background(), b, func(ctx context.Context, req, reply schema.LaneFrame) error {
+		return errdefs.ToWire(errdefs.New(errdefs.ErrUnavailable, "plugin is stopping"))
+	})
+	l := NewLaneClient(a)
+	defer l.Close()
+	_, err := call(t, l, context.Background(), "x")
+	if !errors.Is(err, errdefs.ErrUnavailable) || err.Error() != "plugin is stopping" {
+		t.Fatalf("lane error: %q (%v), want the bare message, unavailable", err, err)
+	}
+	ctx := context.Background()
+	for _, c := range []struct {
+		err  error
+		kind schema.HookErrorKind
+	}{
+		{err, schema.HookErrorKind_unavailable},
+		{errors.New("plugin.capnp:Plugin.hook: [unavailable] plugin is stopping"), schema.HookErrorKind_unavailable},
+		{errors.New("boom"), schema.HookErrorKind_failed},
+	} {
+		e := CallError(ctx, ctx, time.Now(), time.Second, c.err, "p", "h", "on GET /x")
+		if e.Kind != c.kind || strings.Contains(e.Message, "[") {
+			t.Errorf("CallError(%q) = %v %q, want %v and no mark", c.err, e.Kind, e.Message, c.kind)
+		}
 	}
 }
