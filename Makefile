@@ -9,7 +9,7 @@ TAGS      ?= seccomp
 BIN       := $(CURDIR)/bin
 CAPNP_GO  := capnproto.org/go/capnp/v3
 CAPNP_VER := v3.1.0-alpha.2
-APT_PKGS  := capnproto libseccomp-dev bubblewrap pkg-config gcc
+APT_PKGS  := capnproto libseccomp-dev bubblewrap pkg-config gcc chromium
 GOFLAGS_BUILD := -tags $(TAGS)
 TESTFLAGS ?=
 ifeq ($(CI),true)

@@ -36,6 +36,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/dimplugd/dimplugd/daemon/console"
 	"github.com/dimplugd/dimplugd/daemon/logbuf"
 	"github.com/dimplugd/dimplugd/daemon/registry"
 	"github.com/dimplugd/dimplugd/sandbox"
@@ -94,6 +95,15 @@ type Config struct {
 	// Resolver resolves the host names plugins fetch through the Fetcher
 	// capability; default net.DefaultResolver. Tests set their own.
 	Resolver Resolver
+	// ConsoleSocket, when set, is the path of a Unix socket serving the
+	// operator console (see console.go): made with the control socket's
+	// owner, group and mode; no login. Default none.
+	ConsoleSocket string
+	// ConsoleListen, when set, is a loopback TCP address (127.0.0.1:PORT,
+	// [::1]:PORT; port 0 picks one) serving the operator console to
+	// browsers that log in with a URL from the control face's
+	// consoleLogin. Default none.
+	ConsoleListen string
 	// Handover, when set, is the record of a daemon that upgraded in
 	// place (see Upgrade, ReadHandover): Start adopts its listening sockets
 	// and running plugins instead of starting afresh. Start owns it.
@@ -172,7 +182,9 @@ type Daemon struct {
 	hub    *frameHub // frame streams
 	server *server   // the host socket
 	ctlSrv *server   // the control socket
-	limits Limits
+	// console is the operator console, nil when off or stopped.
+	console atomic.Pointer[console.Server]
+	limits  Limits
 	// budget bounds the bytes of half-received client messages.
 	budget *wire.Budget
 	// pluginBudget bounds the bytes of half-received plugin messages.
@@ -338,6 +350,10 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 		d.Close()
 		return nil, err
 	}
+	if err := d.startConsole(opGroup, ctlMode); err != nil {
+		d.Close()
+		return nil, err
+	}
 	d.log.Info("dimplugd started", "version", Version, "socket", cfg.Socket, "control_socket", cfg.ControlSocket,
 		"host_group", cfg.HostGroup, "operator_group", cfg.OperatorGroup, "state", d.cfg.StateDir,
 		"runtime", cfg.Runtime.Name(), "sandboxed", cfg.Runtime.Sandboxed(), "plugins", len(recs))
@@ -369,6 +385,7 @@ const drainMax = 10 * time.Second
 // the hooks' policies until the new daemon is up.
 func (d *Daemon) drain() {
 	d.draining.Store(true) // new dispatches are refused (see dispatch)
+	d.closeConsole()       // an operator's change now would not be kept
 	for _, s := range []*server{d.server, d.ctlSrv} {
 		if s != nil {
 			s.stopAccepting()

@@ -29,7 +29,8 @@ type daemonProc struct {
 	cgroup  string
 	log     *syncLog // written by the process while the test reads it
 	waited  chan struct{}
-	bin     string // the dimplugd binary to start; "" builds ./cmd/dimplugd
+	bin     string   // the dimplugd binary to start; "" builds ./cmd/dimplugd
+	args    []string // more flags for dimplugd serve
 }
 
 // runtimeArgs picks the sandbox for daemon processes the way testRuntime
@@ -73,6 +74,7 @@ func (p *daemonProc) start() {
 		args = append(args, "--cgroup-parent", p.cgroup)
 	}
 	args = append(args, runtimeArgs(t)...)
+	args = append(args, p.args...)
 	p.cmd = exec.Command(bin, args...)
 	p.log = &syncLog{}
 	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log

@@ -276,6 +276,7 @@ func (d *Daemon) Upgrade(ctx context.Context) (*Handover, error) {
 // the hand-over): it stops serving, ends the units and stops what they
 // still run, and closes the state store, whose error it returns.
 func (d *Daemon) closeRest() error {
+	d.closeConsole()
 	if d.server != nil {
 		d.server.close()
 	}

@@ -23,9 +23,11 @@ func TestMiddleware(t *testing.T) {
 	waitState(t, td.ctl, "mw", 30*time.Second, "running", running)
 
 	mux := http.NewServeMux()
-	var sawHeader, sawQuery string
+	var sawHeader, sawQuery, sawAuth, sawCookie string
 	mux.HandleFunc("GET /api/v1/media/{id}", func(w http.ResponseWriter, r *http.Request) {
 		sawHeader, sawQuery = r.Header.Get("X-Test-Request"), r.URL.RawQuery
+		sawAuth, sawCookie = r.Header.Get("Authorization"), r.Header.Get("Cookie")
+		w.Header().Set("Set-Cookie", "session=dim")
 		w.Header().Set("Content-Type", "application/json")
 		io.WriteString(w, `{"id":`+r.PathValue("id")+`}`)
 	})
@@ -56,6 +58,38 @@ func TestMiddleware(t *testing.T) {
 	if resp.Header.Get("X-Test-Response") != "mw" || resp.Header.Get("X-Test-Hits") != "1" {
 		t.Errorf("response hook not applied: %v", resp.Header)
 	}
+
+	// Credentials: plugins never see the user's session, cannot answer
+	// with a cookie, and cannot forge or drop the user's credentials or
+	// Dim's cookies.
+	withCreds := func(path string) (*http.Response, string) {
+		t.Helper()
+		req, _ := http.NewRequest("GET", srv.URL+path, nil)
+		req.Header.Set("Authorization", "secret-token")
+		req.Header.Set("Cookie", "token=secret-token")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp, string(b)
+	}
+	resp, body = withCreds("/api/v1/media/5?creds=1")
+	if resp.StatusCode != 200 || body != "authorization= cookie=" || resp.Header.Get("Set-Cookie") != "" {
+		t.Errorf("a request hook saw credentials or set a cookie: %d %q Set-Cookie %q", resp.StatusCode, body, resp.Header.Values("Set-Cookie"))
+	}
+	resp, body = withCreds("/api/v1/media/6?forge=1")
+	if resp.StatusCode != 200 || sawAuth != "secret-token" || sawCookie != "token=secret-token" {
+		t.Errorf("a request hook changed the user's credentials: Dim saw Authorization %q Cookie %q", sawAuth, sawCookie)
+	}
+	if got := resp.Header.Values("Set-Cookie"); len(got) != 1 || got[0] != "session=dim" {
+		t.Errorf("Set-Cookie after a response hook = %q, want Dim's own only", got)
+	}
+	if resp.Header.Get("X-Test-Response") != "mw" || resp.Header.Get("X-Test-Saw-Set-Cookie") != "" {
+		t.Errorf("the response hook saw Dim's cookie: %q", resp.Header.Get("X-Test-Saw-Set-Cookie"))
+	}
+
 	resp, body = fetch("/api/v1/media/forbidden")
 	if resp.StatusCode != 403 || body != "forbidden by mw" {
 		t.Errorf("early answer: %d %q", resp.StatusCode, body)

@@ -20,11 +20,15 @@ type face int
 const (
 	faceHost face = iota
 	faceControl
+	faceConsole // the operator console's Unix socket (console.go)
 )
 
 func (f face) String() string {
-	if f == faceControl {
+	switch f {
+	case faceControl:
 		return "control"
+	case faceConsole:
+		return "console"
 	}
 	return "host"
 }
@@ -131,7 +135,7 @@ func allow(f face, g group, p peer) error {
 		return nil
 	}
 	flag := "--host-group"
-	if f == faceControl {
+	if f != faceHost { // the control and console sockets: operators
 		flag = "--operator-group"
 	}
 	if !g.set {

@@ -160,7 +160,7 @@ func (d *Daemon) SetSettings(name, scope string, user int64, values map[string]a
 	}
 	if err := sc.Schema.Validate(next); err != nil {
 		us.mu.Unlock()
-		return PluginSettings{}, fmt.Errorf("%s settings of plugin %q not saved: %w", scope, name, err)
+		return PluginSettings{}, fmt.Errorf("%s settings of plugin %q not saved:\n%w", scope, name, err)
 	}
 	if err := store.Put(scope, user, next); err != nil {
 		us.mu.Unlock()

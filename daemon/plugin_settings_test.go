@@ -292,6 +292,12 @@ func TestUserSettingsThroughHost(t *testing.T) {
 	}
 	if code, _, body := call("8", "PATCH", `{"volume": 101}`); code != 422 || !strings.Contains(body, "volume") {
 		t.Errorf("user 8 invalid PATCH: %d %s, want 422 naming volume", code, body)
+	} else {
+		var ref host.SettingsRefusal
+		if err := json.Unmarshal([]byte(body), &ref); err != nil || len(ref.Problems) != 1 ||
+			ref.Problems[0].Field != "volume" || !strings.Contains(ref.Problems[0].Reason, "100") {
+			t.Errorf("refusal %s: want one problem for field volume saying the maximum (%v)", body, err)
+		}
 	}
 	if code, ps, _ := call("7", "GET", ""); code != 200 || ps.Values["volume"] != float64(80) {
 		t.Errorf("user 7 after user 8's writes: %d %+v", code, ps)

@@ -53,12 +53,32 @@ type server struct {
 // listen creates the socket at path, owned by root (or the daemon's user)
 // and g's group, with mode, and starts accepting on it.
 func listen(d *Daemon, f face, path string, mode os.FileMode, g group, inherited *os.File) (*server, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return nil, fmt.Errorf("create socket directory: %w", err)
-	}
 	flag := "--socket"
 	if f == faceControl {
 		flag = "--control-socket"
+	}
+	ln, err := listenSocket(d, f, flag, path, mode, g, inherited)
+	if err != nil {
+		return nil, err
+	}
+	s := &server{d: d, ln: ln, path: path, face: f, group: g, lim: d.wireLimits(f), stop: make(chan struct{}),
+		conns: map[net.Conn]struct{}{}, uids: map[uint32]int{}}
+	s.cap = d.limits.HostConnsPerUID
+	if f == faceControl {
+		s.cap = d.limits.ControlConnsPerUID
+	}
+	s.wg.Add(1)
+	go s.accept()
+	return s, nil
+}
+
+// listenSocket creates the Unix socket at path (or takes the inherited
+// one), owned by root (or the daemon's user) and g's group, with mode: the
+// rules of every socket the daemon listens on. flag names the option that
+// sets path, for the operator.
+func listenSocket(d *Daemon, f face, flag, path string, mode os.FileMode, g group, inherited *os.File) (*net.UnixListener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("create socket directory: %w", err)
 	}
 	var ln *net.UnixListener
 	if inherited != nil {
@@ -97,15 +117,7 @@ func listen(d *Daemon, f face, path string, mode os.FileMode, g group, inherited
 		ln.Close()
 		return nil, fmt.Errorf("set socket mode: %w", err)
 	}
-	s := &server{d: d, ln: ln, path: path, face: f, group: g, lim: d.wireLimits(f), stop: make(chan struct{}),
-		conns: map[net.Conn]struct{}{}, uids: map[uint32]int{}}
-	s.cap = d.limits.HostConnsPerUID
-	if f == faceControl {
-		s.cap = d.limits.ControlConnsPerUID
-	}
-	s.wg.Add(1)
-	go s.accept()
-	return s, nil
+	return ln, nil
 }
 
 // accept runs until close. A failing accept for lack of resources

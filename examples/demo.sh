@@ -23,6 +23,19 @@ note() { printf '\033[2m%s\033[0m\n' "$*"; }
 # (-plugins-only: with plugins only). It authenticates as the owner unless
 # -H 'Authorization: ...' says otherwise.
 get() { "$BIN/dimhost" get "$@"; }
+# until_status STATUS ARGS...: waits (≤ 2 s) until get -plugins-only ARGS
+# answers STATUS. A plugin hears of a settings change a moment after
+# dimplugctl config set returns.
+until_status() {
+	local want=$1
+	shift
+	for _ in $(seq 40); do
+		get -plugins-only "$@" | sed -n 1p | grep -q ": $want\$" && return 0
+		sleep 0.05
+	done
+	echo "still not $want: $*" >&2
+	return 1
+}
 
 RUNTIME_ARGS=()
 if [ "$(id -u)" != 0 ]; then
@@ -70,6 +83,16 @@ step "3. the kid opens Alien (R) anyway: parental-controls answers 403 before Di
 get -H "$KID" /api/v1/media/13
 note "(the stream is guarded the same way:)"
 get -plugins-only -H "$KID" /api/v1/stream/13/manifest | sed -n '1p;$p'
+
+step "3b. the limits are parental-controls' settings: the owner's (dimplugctl config) and each user's own"
+"$BIN/dimplugctl" config get parental-controls
+note "(the kid chooses G for themselves in Dim's Preferences, here with --user 2: stricter than the owner's PG, so"
+note " Hitchhiker (PG) is refused from the next request, without a restart; a user's own limit never loosens the owner's)"
+"$BIN/dimplugctl" config set parental-controls max_rating=G --user 2
+until_status 403 -H "$KID" /api/v1/media/42
+get -plugins-only -H "$KID" /api/v1/media/42 | sed -n '1p;$p'
+"$BIN/dimplugctl" config set parental-controls --unset max_rating --user 2
+until_status 200 -H "$KID" /api/v1/media/42
 
 step "4. the owner opens a few films: media-badge marks the page, dashboard-rows and parental-controls observe it"
 get /api/v1/media/42
@@ -120,6 +143,24 @@ get -plugins-only '/api/v1/plugins/stream-stats/streams?limit=3' | sed -n '1p;$s
 step "15. what the operator sees: dimplugctl inspect counts each stream stage's work"
 "$BIN/dimplugctl" inspect segment-tagger | sed -n '/^Streams:/,/^Granted:/p' | sed '$d'
 "$BIN/dimplugctl" inspect stream-stats | sed -n '/^Streams:/,/^Granted:/p' | sed '1d;$d'
+
+step "16. plugins in Dim's web UI: dimhost serves a Dim-like UI, headless Chromium signs in as the kid"
+note "(a Preferences tab per plugin rendered from its settings schema, stream-stats' own page in the sidebar and on"
+note " the dashboard, media-badge's action on the media page; plugin pages run in sandboxed iframes)"
+"$BIN/dimhost" serve -listen 127.0.0.1:0 2>"$TMP/dimhost.log" &
+WEB=$!
+ADDR=""
+for _ in $(seq 100); do
+	ADDR=$(sed -n 's/.*dimhost serving.* addr=\([0-9.:]*\).*/\1/p' "$TMP/dimhost.log" | head -n 1)
+	[ -n "$ADDR" ] && break
+	kill -0 "$WEB" 2>/dev/null || { cat "$TMP/dimhost.log"; exit 1; }
+	sleep 0.05
+done
+SHOTS=$PWD/bin/demo-screenshots
+rm -rf "$SHOTS"
+"$BIN/dimhost" shots -url "http://$ADDR" -out "$SHOTS" | sed 's/^/  screenshot: /'
+kill -TERM "$WEB" && wait "$WEB" || true
+note "(run it yourself: bin/dimhost serve -socket <the daemon's host socket>, then open http://127.0.0.1:8000/)"
 
 step "dimplugctl logs parental-controls"
 "$BIN/dimplugctl" logs parental-controls

@@ -53,6 +53,14 @@ interface Control {
   # replaces what is stored. An invalid write fails as invalid and lists
   # every failing field; nothing is stored then. A running plugin hears of
   # the change at once (Settings.watch); no restart is needed.
+
+  consoleLogin @12 () -> (url :Text);
+  # A one-time login URL for the operator console on its loopback TCP
+  # listener (dimplugd serve --console-listen): it carries a random token
+  # that works once, within 60 seconds, and opens a browser session. Being
+  # able to call this method (the control socket's permissions) is the
+  # operator right the console asks for. Fails as unavailable when the
+  # daemon has no console TCP listener.
 }
 
 struct InstallOptions {

@@ -81,7 +81,7 @@ plugin unavailable, 8 permission denied.`,
 		c.nameCmd("enable", "Enable a plugin and start it", (*host.Control).Enable),
 		c.nameCmd("disable", "Stop a plugin and keep it disabled", (*host.Control).Disable),
 		c.nameCmd("restart", "Restart a plugin (also lifts a quarantine)", (*host.Control).Restart),
-		c.rmCmd(), c.logsCmd(), c.deadlineCmd(), c.configCmd(), c.statusCmd(), c.versionCmd())
+		c.rmCmd(), c.logsCmd(), c.deadlineCmd(), c.configCmd(), c.statusCmd(), c.versionCmd(), c.consoleCmd())
 	return root
 }
 

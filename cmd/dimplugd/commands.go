@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/dimplugd/dimplugd/daemon"
+	"github.com/dimplugd/dimplugd/daemon/console"
 	"github.com/dimplugd/dimplugd/sandbox"
 	"github.com/dimplugd/dimplugd/sandbox/container"
 	"github.com/dimplugd/dimplugd/schema"
@@ -81,6 +82,8 @@ func serveCmd() *cobra.Command {
 		ctState    string
 		cgParent   string
 		prestart   bool
+		conSocket  string
+		conListen  string
 	)
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -109,6 +112,11 @@ func serveCmd() *cobra.Command {
 			}
 			if !cmd.Flags().Changed("cgroup-parent") {
 				cgParent = derivedParent
+			}
+			if conListen != "" {
+				if err := console.CheckLoopback(conListen); err != nil {
+					return usageError{fmt.Errorf("--console-listen: %w", err)}
+				}
 			}
 			rt, err := pickRuntime(runtime, container.Config{StateRoot: ctState, CgroupParent: cgParent})
 			if err != nil {
@@ -141,6 +149,8 @@ func serveCmd() *cobra.Command {
 				Runtime:       rt,
 				Logger:        log,
 				Supervision:   daemon.Supervision{Standby: prestart},
+				ConsoleSocket: conSocket,
+				ConsoleListen: conListen,
 			}
 			if v, ok := os.LookupEnv(daemon.HandoverEnv); ok {
 				os.Unsetenv(daemon.HandoverEnv)
@@ -208,6 +218,8 @@ func serveCmd() *cobra.Command {
 	f.BoolVar(&debug, "debug", false, "log debug messages")
 	f.StringVar(&ctState, "container-state", "", "state directory of the container runtime, owned by this daemon alone (keep it on a tmpfs; default "+container.DefaultRunDir+"/<hash of the state dir>)")
 	f.BoolVar(&prestart, "prestart", false, "keep a pre-started sandbox per plugin so restarts skip sandbox set-up (about 15 MiB each)")
+	f.StringVar(&conSocket, "console-socket", "", "serve the operator console (web page and JSON API) on this Unix socket, made like the control socket (its permissions are the right; default: off)")
+	f.StringVar(&conListen, "console-listen", "", "serve the operator console on this loopback address, e.g. 127.0.0.1:8377; browsers log in with a one-time URL from `dimplugctl console` (default: off)")
 	f.StringVar(&cgParent, "cgroup-parent", "", "cgroup under which each plugin gets its own, owned by this daemon alone (default dimplugd-<hash of the state dir>)")
 	return cmd
 }

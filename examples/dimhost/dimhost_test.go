@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -149,21 +150,45 @@ func buildAll(t *testing.T) (bin string, plugins []string) {
 		if buildErr = run(false, "build", "-o", filepath.Join(binDir, "dimplugctl"), "./cmd/dimplugctl"); buildErr != nil {
 			return
 		}
-		dirs, _ := filepath.Glob(filepath.Join(repoRoot, "examples/plugins/*/plugin.toml"))
-		for _, m := range dirs {
-			name := filepath.Base(filepath.Dir(m))
-			dir := filepath.Join(binDir, "plugins", name)
-			if buildErr = os.MkdirAll(dir, 0o755); buildErr != nil {
+		// Each plugin dir gets its static binary, its manifest and the
+		// files the manifest names (settings schemas): everything but Go
+		// sources and a binary built in place.
+		plugin := func(manifest, pkg, dst string) error {
+			src := filepath.Dir(manifest)
+			name := filepath.Base(src)
+			dir := filepath.Join(binDir, dst, name)
+			err := filepath.WalkDir(src, func(path string, d fs.DirEntry, err error) error {
+				if err != nil {
+					return err
+				}
+				rel, _ := filepath.Rel(src, path)
+				switch {
+				case d.IsDir():
+					return os.MkdirAll(filepath.Join(dir, rel), 0o755)
+				case strings.HasSuffix(rel, ".go") || rel == name || !d.Type().IsRegular():
+					return nil
+				}
+				b, err := os.ReadFile(path)
+				if err != nil {
+					return err
+				}
+				return os.WriteFile(filepath.Join(dir, rel), b, 0o644)
+			})
+			if err != nil {
+				return err
+			}
+			return run(true, "build", "-trimpath", "-o", filepath.Join(dir, name), pkg+name)
+		}
+		examples, _ := filepath.Glob(filepath.Join(repoRoot, "examples/plugins/*/plugin.toml"))
+		for _, m := range examples {
+			if buildErr = plugin(m, "./examples/plugins/", "plugins"); buildErr != nil {
 				return
 			}
-			if buildErr = run(true, "build", "-trimpath", "-o", filepath.Join(dir, name), "./examples/plugins/"+name); buildErr != nil {
-				return
-			}
-			var b []byte
-			if b, buildErr = os.ReadFile(m); buildErr != nil {
-				return
-			}
-			if buildErr = os.WriteFile(filepath.Join(dir, "plugin.toml"), b, 0o644); buildErr != nil {
+		}
+		// Test plugins (testdata/<name>/), apart from the examples.
+		tests, _ := filepath.Glob("testdata/*/plugin.toml")
+		for _, m := range tests {
+			if buildErr = plugin(m, "./examples/dimhost/testdata/", "testplugins"); buildErr != nil {
 				return
 			}
 		}
@@ -173,6 +198,14 @@ func buildAll(t *testing.T) (bin string, plugins []string) {
 	}
 	plugins, _ = filepath.Glob(filepath.Join(binDir, "plugins", "*"))
 	return binDir, plugins
+}
+
+// testPlugin is the directory of the test plugin testdata/<name>, built by
+// buildAll.
+func testPlugin(t *testing.T, name string) string {
+	t.Helper()
+	buildAll(t)
+	return filepath.Join(binDir, "testplugins", name)
 }
 
 // startDaemon runs `dimplugd serve` on temporary state and returns its

@@ -6,6 +6,7 @@
 // it differs from Dim.
 //
 //	dimhost serve -listen 127.0.0.1:8000 -socket /run/dimplugd/dimplugd.sock
+//	dimhost shots -url http://127.0.0.1:8000 -out DIR
 //	dimhost get [-X POST] [-H 'Authorization: demo-token-2'] [-d BODY] [-plugins-only] /api/v1/media/42
 //	dimhost stream [-profile 480p] [-n 6] [-free 64] [-bare 3] [-large 5]
 //
@@ -19,6 +20,11 @@
 // in order, checks their box structure, prints what the chain changed in
 // each (bytes, tags, whether the host's own memory came back), then the
 // statistics the stream-stats plugin kept, through its route.
+//
+// serve also serves a web UI standing in for Dim's (web/): open the
+// address in a browser and sign in as kid/kid or admin/admin. shots signs
+// in to a running serve in headless Chromium and saves screenshots of what
+// plugins add to it (the demo's).
 package main
 
 import (
@@ -42,7 +48,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: dimhost serve|get|stream [flags]")
+		fmt.Fprintln(os.Stderr, "usage: dimhost serve|get|stream|shots [flags]")
 		os.Exit(2)
 	}
 	var err error
@@ -53,8 +59,10 @@ func main() {
 		err = get(os.Args[2:])
 	case "stream":
 		err = stream(os.Args[2:])
+	case "shots":
+		err = shots(os.Args[2:])
 	default:
-		fmt.Fprintf(os.Stderr, "dimhost: unknown command %q (want serve, get or stream)\n", os.Args[1])
+		fmt.Fprintf(os.Stderr, "dimhost: unknown command %q (want serve, get, stream or shots)\n", os.Args[1])
 		os.Exit(2)
 	}
 	if err != nil {
@@ -109,8 +117,8 @@ func serve(args []string) error {
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
-	slog.Info("dimhost serving", "addr", ln.Addr().String(), "segments", *segments)
+	srv := &http.Server{Handler: newWebHandler(h), ReadHeaderTimeout: 10 * time.Second}
+	slog.Info("dimhost serving: open http://"+ln.Addr().String()+"/ (kid/kid, admin/admin)", "addr", ln.Addr().String(), "segments", *segments)
 	go func() { <-ctx.Done(); srv.Close() }()
 	if err := srv.Serve(ln); err != http.ErrServerClosed {
 		return err

@@ -344,6 +344,20 @@ func readLines(l schema.LogLine_List) []LogLine {
 	return out
 }
 
+// ConsoleLogin returns a one-time login URL of the daemon's operator
+// console on its loopback TCP address (dimplugd serve --console-listen):
+// it works once, within a minute. It fails as unavailable when the daemon
+// serves no console there.
+func (c *Control) ConsoleLogin(ctx context.Context) (string, error) {
+	fut, release := c.c.ConsoleLogin(ctx, nil)
+	defer release()
+	res, err := fut.Struct()
+	if err != nil {
+		return "", cleanErr(err)
+	}
+	return res.Url()
+}
+
 // Logs returns the last tail lines of a plugin's log (0: all kept). With a
 // non-nil follow, it then calls follow with every new line until ctx ends
 // or the connection does, and only then returns.

@@ -126,14 +126,16 @@ func (m *Middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		m.logSkipped(res)
 		switch res.Kind {
 		case Respond:
-			writeResponse(w, sandboxed(r, res.Response))
-			m.observe(phases, req, res.Response)
+			resp := pluginAnswer(r, res.Response)
+			writeResponse(w, resp)
+			m.observe(phases, req, resp)
 			return
 		case FailClosed:
 			writeResponse(w, res.FailureResponse())
 			return
 		case MutateRequest:
 			res.RequestMutation.Apply(req)
+			req.Header = withoutHeaders(req.Header, requestCredentials...)
 			applyToHTTP(r, &res.RequestMutation)
 		}
 	}
@@ -146,7 +148,8 @@ func (m *Middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	rec := &recorder{header: http.Header{}, max: m.opts.maxBody}
 	m.next.ServeHTTP(rec, r)
-	resp := &Response{Status: rec.status(), Header: rec.header, Body: rec.body.Bytes()}
+	// Hooks see the response without Dim's cookies, and cannot set any.
+	resp := &Response{Status: rec.status(), Header: withoutHeaders(rec.header, responseCredentials...), Body: rec.body.Bytes()}
 	if has(phases, PhaseResponse) && !rec.overflow {
 		res, err := m.s.Dispatch(ctx, PhaseResponse, req, resp)
 		switch {
@@ -163,7 +166,10 @@ func (m *Middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	} else if rec.overflow {
 		m.opts.log.Warn("response too large for response hooks; sent unchanged", "method", r.Method, "path", r.URL.Path, "limit", m.opts.maxBody)
 	}
-	writeResponse(w, resp)
+	out := *resp
+	out.Header = withoutHeaders(resp.Header, responseCredentials...)
+	restoreHeaders(out.Header, rec.header, responseCredentials...)
+	writeResponse(w, &out)
 	m.observe(phases, req, resp)
 }
 
@@ -173,7 +179,7 @@ func (m *Middleware) wireRequest(r *http.Request) (*Request, error) {
 		Method:     r.Method,
 		Path:       r.URL.Path,
 		RawQuery:   r.URL.RawQuery,
-		Header:     r.Header.Clone(),
+		Header:     withoutHeaders(r.Header, requestCredentials...),
 		RemoteAddr: r.RemoteAddr,
 		RequestID:  r.Header.Get("X-Request-Id"),
 	}
@@ -253,29 +259,62 @@ func (m *Middleware) logSkipped(res *Result) {
 	}
 }
 
+// applyToHTTP makes a request hook's changes to the request the handler
+// sees. The user's credentials stay as the client sent them: a hook never
+// saw them and cannot set or remove them.
 func applyToHTTP(r *http.Request, mu *RequestMutation) {
 	if mu.ReplaceHeader {
-		r.Header = mu.Header.Clone()
+		h := withoutHeaders(mu.Header, requestCredentials...)
+		restoreHeaders(h, r.Header, requestCredentials...)
+		r.Header = h
 	}
 	if mu.ReplaceQuery {
 		r.URL.RawQuery = mu.RawQuery
 	}
 }
 
-// sandboxed returns a plugin's answer to a path under its own namespace
-// with wire.PageCSP, whatever the plugin said: its pages then run
-// sandboxed (an opaque origin: no cookies, storage or DOM of the host's)
-// even when opened directly rather than in the host's iframe.
-func sandboxed(r *http.Request, resp *Response) *Response {
-	if !pluginPath(r.URL.Path) {
-		return resp
+// Credentials: the headers that carry a user's session. Plugins never see
+// them on a request or response and cannot set them (docs/protocol.md,
+// "Credentials"): a hook acts for the user only through the user id the
+// host gives it.
+var (
+	requestCredentials  = []string{"Authorization", "Cookie", "Proxy-Authorization"}
+	responseCredentials = []string{"Set-Cookie"}
+)
+
+// withoutHeaders returns a copy of h without the named headers.
+func withoutHeaders(h http.Header, names ...string) http.Header {
+	c := h.Clone()
+	if c == nil {
+		c = http.Header{}
 	}
+	for _, n := range names {
+		c.Del(n)
+	}
+	return c
+}
+
+// restoreHeaders sets the named headers of dst to those of src.
+func restoreHeaders(dst, src http.Header, names ...string) {
+	for _, n := range names {
+		dst.Del(n)
+		if vs := src.Values(n); len(vs) > 0 {
+			dst[http.CanonicalHeaderKey(n)] = append([]string(nil), vs...)
+		}
+	}
+}
+
+// pluginAnswer is a plugin's own answer as the client gets it: without
+// cookies, and, under the plugin's own namespace, with wire.PageCSP
+// whatever the plugin said, so its pages run sandboxed (an opaque origin:
+// no cookies, storage or DOM of the host's) even when opened directly
+// rather than in the host's iframe.
+func pluginAnswer(r *http.Request, resp *Response) *Response {
 	cp := *resp
-	cp.Header = resp.Header.Clone()
-	if cp.Header == nil {
-		cp.Header = http.Header{}
+	cp.Header = withoutHeaders(resp.Header, responseCredentials...)
+	if pluginPath(r.URL.Path) {
+		cp.Header.Set("Content-Security-Policy", wire.PageCSP)
 	}
-	cp.Header.Set("Content-Security-Policy", wire.PageCSP)
 	return &cp
 }
 

@@ -37,9 +37,44 @@ func settingsPlugin(r *http.Request) (string, bool) {
 	return name, true
 }
 
+// SettingsRefusal is the JSON body of a refused settings write (422): the
+// daemon's message, and each failing field on its own, for a form to show
+// next to the field.
+type SettingsRefusal struct {
+	Error    string            `json:"error"`
+	Problems []SettingsProblem `json:"problems"`
+}
+
+// SettingsProblem is one failing field: "max_rating", "server.port" or
+// "hosts[0]" below it, "" for the settings as a whole.
+type SettingsProblem struct {
+	Field  string `json:"field"`
+	Reason string `json:"reason"`
+}
+
+// refusal reads a refused write's message: the daemon words it as one
+// line saying what was not saved, then one "field: reason" line per
+// failing field ("(settings)" for the object as a whole).
+func refusal(err error) SettingsRefusal {
+	msg := err.Error()
+	r := SettingsRefusal{Error: msg, Problems: []SettingsProblem{}}
+	lines := strings.Split(msg, "\n")
+	for _, l := range lines[1:] {
+		field, reason, ok := strings.Cut(l, ": ")
+		if !ok {
+			continue
+		}
+		if field == "(settings)" {
+			field = ""
+		}
+		r.Problems = append(r.Problems, SettingsProblem{Field: field, Reason: reason})
+	}
+	return r
+}
+
 // serveSettings answers a user's read or write of their own settings of a
 // plugin. The answer is the PluginSettings as JSON; a refused write is 422
-// with the daemon's message naming each bad field.
+// with a SettingsRefusal naming each bad field.
 func (m *Middleware) serveSettings(w http.ResponseWriter, r *http.Request, plugin string) {
 	if m.opts.user == nil {
 		http.Error(w, "plugin settings need the host to say who the user is (host.WithUser)", http.StatusNotImplemented)
@@ -78,7 +113,10 @@ func (m *Middleware) serveSettings(w http.ResponseWriter, r *http.Request, plugi
 		status := http.StatusBadGateway
 		switch {
 		case errors.Is(err, errdefs.ErrInvalid):
-			status = http.StatusUnprocessableEntity
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusUnprocessableEntity)
+			_ = json.NewEncoder(w).Encode(refusal(err))
+			return
 		case errors.Is(err, errdefs.ErrNotFound):
 			status = http.StatusNotFound
 		case errors.Is(err, ErrDaemonAway), errors.Is(err, errdefs.ErrUnavailable):

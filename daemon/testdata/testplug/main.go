@@ -29,6 +29,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
 	"net/url"
 	"os"
 	"strconv"
@@ -123,6 +124,16 @@ func (p *testPlug) HookRequest(ctx context.Context, hook string, req *plugin.Req
 	if q.Has("settings") {
 		return p.settings(ctx, q)
 	}
+	if q.Has("creds") {
+		// What a plugin sees of the user's credentials (nothing), and an
+		// answer that tries to set a cookie on the host's origin.
+		return &plugin.Response{Status: 200, Header: http.Header{"Set-Cookie": {"planted=1"}},
+			Body: []byte("authorization=" + req.Header.Get("Authorization") + " cookie=" + req.Header.Get("Cookie"))}, nil
+	}
+	if q.Has("forge") {
+		req.Header.Set("Authorization", "forged")
+		req.Header.Set("Cookie", "forged=1")
+	}
 	if strings.Contains(req.Path, "forbidden") {
 		return &plugin.Response{Status: 403, Body: []byte("forbidden by " + p.name)}, nil
 	}
@@ -193,6 +204,10 @@ func (p *testPlug) print(ctx context.Context, mode string, q url.Values) (*plugi
 
 func (p *testPlug) HookResponse(ctx context.Context, hook string, req *plugin.Request, resp *plugin.Response) error {
 	resp.Header.Add("X-Test-Response", p.name)
+	if req.Query().Has("forge") {
+		resp.Header.Set("X-Test-Saw-Set-Cookie", resp.Header.Get("Set-Cookie"))
+		resp.Header.Add("Set-Cookie", "planted=1")
+	}
 	v, _, err := p.host.KV.Get(ctx, "hits")
 	if err != nil {
 		return err

@@ -2,12 +2,18 @@
 // GET /api/v1/media/:id response it adds an X-Dim-Badge header and, when the
 // body is a JSON object, a "plugin_badge" field and a "views" counter kept in
 // the plugin's key-value store (so the count survives restarts).
+//
+// It also adds a "Views" action to the host's media pages (manifest
+// [[ui.pages]], slot media-action): GET
+// /api/v1/plugins/media-badge/views?media_id=<id> renders the count for
+// the host's sandboxed iframe (views.go).
 package main
 
 import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
 	"strconv"
 
@@ -59,6 +65,14 @@ func (b *badge) countView(ctx context.Context, id string) (int, error) {
 		return 0, err
 	}
 	return n, nil
+}
+
+// ServeRoute answers the plugin's own routes: the views page.
+func (b *badge) ServeRoute(ctx context.Context, hook string, req *plugin.Request) (*plugin.Response, error) {
+	if hook == "views" {
+		return b.views(ctx, req)
+	}
+	return &plugin.Response{Status: http.StatusNotFound, Header: http.Header{"Content-Type": {"text/plain; charset=utf-8"}}, Body: []byte("no such route\n")}, nil
 }
 
 func main() {

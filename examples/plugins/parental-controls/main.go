@@ -9,16 +9,18 @@
 // Media whose rating it does not know, or whose rating is not on its scale
 // ("NR"), count as too high for restricted users: when in doubt, it denies.
 //
-// Limits live in the plugin's key-value store ("limit/<user id>",
-// "limit/anonymous"), seeded on first start with user 2 at PG and anonymous
-// requests at PG-13, and are managed through the plugin's own routes under
-// /api/v1/plugins/parental-controls/limits/.
+// Limits are the plugin's settings. The server owner sets each restricted
+// user's limit and the limit of requests without a login (global settings:
+// dimplugctl config set parental-controls ...); each user may set a
+// stricter limit for themselves (user settings, in Dim's Preferences tab).
+// A change applies from the next request, without a restart.
 package main
 
 import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -39,46 +41,61 @@ var levels = map[string]int{
 	"NC-17": 5,
 }
 
-// defaultLimits are written to the store on first start.
-var defaultLimits = map[string]string{
-	"2":         "PG",    // the demo's kid account
-	"anonymous": "PG-13", // requests without a token: no adult content
-}
-
-// ownerID is the user allowed to change limits. Hooks see a user id but no
-// roles; in Dim the first registered user is the owner.
-const ownerID = 1
-
 type parental struct {
-	host *plugin.Host
+	host   *plugin.Host
+	limits *limits
 
 	mu      sync.Mutex
-	limits  map[string]string // user key → maximum rating
 	ratings map[string]string // media id → rating, as Dim reported it
 }
 
 func (p *parental) Init(ctx context.Context, h *plugin.Host) error {
-	p.host = h
-	p.limits, p.ratings = map[string]string{}, map[string]string{}
-	if _, seeded, err := h.KV.Get(ctx, "seeded"); err != nil {
-		return err
-	} else if !seeded {
-		for u, l := range defaultLimits {
-			if err := h.KV.Set(ctx, "limit/"+u, []byte(l)); err != nil {
-				return err
-			}
-		}
-		if err := h.KV.Set(ctx, "seeded", []byte("1")); err != nil {
-			return err
-		}
+	if h.Settings == nil {
+		return errors.New("no settings granted: this plugin needs a dimplugd that serves plugin settings (manifest [settings])")
 	}
-	if err := load(ctx, h.KV, "limit/", p.limits); err != nil {
+	p.host = h
+	p.ratings = map[string]string{}
+	p.limits = &limits{s: h.Settings, users: map[int64]string{}}
+	if err := h.Settings.OnChange(ctx, func(scope string, user int64) {
+		p.limits.changed(scope, user)
+		h.Log.Info("settings changed", "scope", scope, "user", user)
+	}); err != nil {
+		return err
+	}
+	owner, err := p.limits.owner(ctx)
+	if err != nil {
 		return err
 	}
 	if err := load(ctx, h.KV, "rating/", p.ratings); err != nil {
 		return err
 	}
-	h.Log.Info("parental-controls ready", "limits", len(p.limits), "known_ratings", len(p.ratings))
+	if err := warnOldLimits(ctx, h); err != nil {
+		return err
+	}
+	h.Log.Info("parental-controls ready", "limits", len(owner.Limits), "anonymous", owner.Anonymous, "known_ratings", len(p.ratings))
+	return nil
+}
+
+// warnOldLimits tells the operator about limits that version 1 kept in the
+// key-value store ("limit/<user>"), which are no longer read.
+func warnOldLimits(ctx context.Context, h *plugin.Host) error {
+	old := map[string]string{}
+	if err := load(ctx, h.KV, "limit/", old); err != nil || len(old) == 0 {
+		return err
+	}
+	users := map[string]string{}
+	for u, l := range old {
+		if u != "anonymous" {
+			users[u] = l
+		}
+	}
+	b, _ := json.Marshal(users)
+	cmd := fmt.Sprintf("dimplugctl config set parental-controls 'limits=%s'", b)
+	if l, ok := old["anonymous"]; ok {
+		cmd += " anonymous=" + l
+	}
+	h.Log.Warn("limits kept in the key-value store by version 1 are not used: limits are settings now",
+		"old_limits", fmt.Sprint(old), "set_with", cmd)
 	return nil
 }
 
@@ -101,20 +118,42 @@ func load(ctx context.Context, kv *plugin.KV, prefix string, m map[string]string
 }
 
 func userKey(req *plugin.Request) string {
-	if !req.Authenticated {
+	if !req.Authenticated || req.UserID <= 0 {
 		return "anonymous"
 	}
 	return strconv.FormatInt(req.UserID, 10)
 }
 
-// limitOf returns the maximum rating of the request's user; "" means
-// unrestricted.
-func (p *parental) limitOf(req *plugin.Request) string { return p.limitFor(userKey(req)) }
+// limitOf returns the maximum rating of the request's user, the stricter
+// of the owner's limit and the user's own; "" means unrestricted. Requests
+// without a user get the owner's limit for anonymous requests.
+func (p *parental) limitOf(ctx context.Context, req *plugin.Request) (string, error) {
+	owner, err := p.limits.owner(ctx)
+	if err != nil {
+		return "", err
+	}
+	who := userKey(req)
+	if who == "anonymous" {
+		return owner.Anonymous, nil
+	}
+	own, err := p.limits.own(ctx, req.UserID)
+	if err != nil {
+		return "", err
+	}
+	return stricter(owner.Limits[who], own), nil
+}
 
-func (p *parental) limitFor(user string) string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.limits[user]
+// stricter returns the lower of two limits; "" is no limit.
+func stricter(a, b string) string {
+	switch {
+	case a == "":
+		return b
+	case b == "":
+		return a
+	case levels[b] < levels[a]:
+		return b
+	}
+	return a
 }
 
 func (p *parental) ratingOf(id string) string {
@@ -151,7 +190,10 @@ func (p *parental) learn(ctx context.Context, id, rating string) error {
 
 // HookRequest guards GET /api/v1/media/:id and GET /api/v1/stream/:id/manifest.
 func (p *parental) HookRequest(ctx context.Context, hook string, req *plugin.Request) (*plugin.Response, error) {
-	limit := p.limitOf(req)
+	limit, err := p.limitOf(ctx, req)
+	if err != nil {
+		return nil, err
+	}
 	id := req.Param("id")
 	rating := p.ratingOf(id)
 	if allowed(limit, rating) {
@@ -216,9 +258,9 @@ func (p *parental) HookResponse(ctx context.Context, hook string, req *plugin.Re
 			}
 		}
 	}
-	limit := p.limitOf(req)
-	if limit == "" {
-		return nil
+	limit, err := p.limitOf(ctx, req)
+	if err != nil || limit == "" {
+		return err
 	}
 	hidden := 0
 	for title, cards := range rows {
@@ -248,74 +290,13 @@ func (p *parental) HookResponse(ctx context.Context, hook string, req *plugin.Re
 	return nil
 }
 
-// ServeRoute is the limits API:
-//
-//	GET /api/v1/plugins/parental-controls/limits/:user   the owner, or the user ("me") themself
-//	PUT /api/v1/plugins/parental-controls/limits/:user   the owner; body {"limit": "PG"} or {"limit": "none"}
-//
-// :user is a user id, "me" or "anonymous".
-func (p *parental) ServeRoute(ctx context.Context, hook string, req *plugin.Request) (*plugin.Response, error) {
-	who := req.Param("user")
-	if who == "me" {
-		who = userKey(req)
-	}
-	if _, err := strconv.ParseInt(who, 10, 64); err != nil && who != "anonymous" {
-		return jsonError(http.StatusBadRequest, "user must be a user id, \"me\" or \"anonymous\""), nil
-	}
-	isOwner := req.Authenticated && req.UserID == ownerID
-	switch req.Method {
-	case http.MethodGet:
-		if !isOwner && who != userKey(req) {
-			return jsonError(http.StatusForbidden, "only the owner can see other users' limits"), nil
-		}
-	case http.MethodPut:
-		if !isOwner {
-			return jsonError(http.StatusForbidden, "only the owner can change limits"), nil
-		}
-		var in struct{ Limit string }
-		if err := json.Unmarshal(req.Body, &in); err != nil {
-			return jsonError(http.StatusBadRequest, `want {"limit": "<rating>"} or {"limit": "none"}`), nil
-		}
-		limit := normalize(in.Limit)
-		if _, ok := levels[limit]; !ok && limit != "NONE" {
-			return jsonError(http.StatusBadRequest, fmt.Sprintf("unknown rating %q", in.Limit)), nil
-		}
-		if err := p.setLimit(ctx, who, limit); err != nil {
-			return nil, err
-		}
-		p.host.Log.Info("limit changed", "user", who, "limit", limit)
-	default:
-		return jsonError(http.StatusMethodNotAllowed, "GET or PUT"), nil
-	}
-	limit := p.limitFor(who)
-	if limit == "" {
-		limit = "none"
-	}
-	return jsonResponse(http.StatusOK, map[string]string{"user": who, "limit": limit}), nil
-}
-
-func (p *parental) setLimit(ctx context.Context, who, limit string) error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if limit == "NONE" {
-		delete(p.limits, who)
-		return p.host.KV.Delete(ctx, "limit/"+who)
-	}
-	p.limits[who] = limit
-	return p.host.KV.Set(ctx, "limit/"+who, []byte(limit))
-}
-
 func jsonResponse(status int, v any) *plugin.Response {
 	b, _ := json.Marshal(v)
 	return &plugin.Response{Status: status, Header: http.Header{"Content-Type": {"application/json"}}, Body: b}
 }
 
-func jsonError(status int, msg string) *plugin.Response {
-	return jsonResponse(status, map[string]string{"error": msg})
-}
-
 func main() {
-	if err := plugin.Serve(&parental{}, plugin.WithVersion("1.0.0")); err != nil {
+	if err := plugin.Serve(&parental{}, plugin.WithVersion("2.0.0")); err != nil {
 		fmt.Fprintln(os.Stderr, "parental-controls:", err)
 		os.Exit(1)
 	}

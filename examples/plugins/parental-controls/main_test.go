@@ -5,24 +5,68 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 
+	"github.com/dimplugd/dimplugd/daemon/settings"
+	"github.com/dimplugd/dimplugd/sdk-go/manifest"
 	"github.com/dimplugd/dimplugd/sdk-go/plugin"
 	"github.com/dimplugd/dimplugd/sdk-go/plugin/plugintest"
 )
 
-// store is a KV as the plugin leaves it after a first start and some
-// learning: default limits, plus the ratings of four media.
-func store() map[string][]byte {
+// ratings is a KV as the plugin leaves it after some learning: the
+// ratings of four media.
+func ratings() map[string][]byte {
 	return map[string][]byte{
-		"seeded":          []byte("1"),
-		"limit/2":         []byte("PG"),
-		"limit/anonymous": []byte("PG-13"),
-		"rating/42":       []byte("PG"),
-		"rating/13":       []byte("R"),
-		"rating/7":        []byte("NR"),
-		"rating/5":        []byte("PG-13"),
+		"rating/42": []byte("PG"),
+		"rating/13": []byte("R"),
+		"rating/7":  []byte("NR"),
+		"rating/5":  []byte("PG-13"),
 	}
+}
+
+// schemas compiles the plugin's settings schemas as the daemon does at
+// install.
+func schemas(t *testing.T) *settings.Set {
+	t.Helper()
+	m, err := manifest.Load(".")
+	if err != nil {
+		t.Fatal(err)
+	}
+	set, err := settings.LoadDir(".", m.Settings)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if set.Global == nil || set.User == nil {
+		t.Fatal("plugin.toml declares no global or no user settings")
+	}
+	return set
+}
+
+// effective validates stored values against a scope's schema and returns
+// what the daemon hands the plugin: the defaults overlaid with them.
+func effective(t *testing.T, sc *settings.Scope, stored map[string]any) map[string]any {
+	t.Helper()
+	if err := sc.Schema.Validate(stored); err != nil {
+		t.Fatalf("settings %v refused: %v", stored, err)
+	}
+	return sc.Schema.Effective(stored)
+}
+
+// start runs the plugin with the owner's stored settings and each user's
+// own (nil: nothing set, the schemas' defaults apply).
+func start(t *testing.T, kv map[string][]byte, owner map[string]any, own map[int64]map[string]any) *plugintest.Harness {
+	t.Helper()
+	set := schemas(t)
+	opts := []plugintest.Option{
+		plugintest.WithKV(kv),
+		plugintest.WithSettings("global", 0, effective(t, set.Global, owner)),
+		plugintest.WithSettings("user", 0, effective(t, set.User, nil)),
+	}
+	for u, v := range own {
+		opts = append(opts, plugintest.WithSettings("user", u, effective(t, set.User, v)))
+	}
+	return plugintest.Start(t, &parental{}, opts...)
 }
 
 func mediaReq(route, id string, user int64) *plugin.Request {
@@ -32,7 +76,7 @@ func mediaReq(route, id string, user int64) *plugin.Request {
 }
 
 func TestGuard(t *testing.T) {
-	h := plugintest.Start(t, &parental{}, plugintest.WithKV(store()))
+	h := start(t, ratings(), nil, nil) // the default limits: user 2 at PG, anonymous at PG-13
 	for _, tc := range []struct {
 		name   string
 		hook   string
@@ -79,22 +123,8 @@ func TestGuard(t *testing.T) {
 	}
 }
 
-func TestSeedsDefaultLimitsOnce(t *testing.T) {
-	h := plugintest.Start(t, &parental{})
-	kv := h.KV()
-	if string(kv["limit/2"]) != "PG" || string(kv["limit/anonymous"]) != "PG-13" || string(kv["seeded"]) != "1" {
-		t.Fatalf("KV after first start: %q", kv)
-	}
-	// An owner who lifted the kid's limit does not get it back on restart.
-	delete(kv, "limit/2")
-	h2 := plugintest.Start(t, &parental{}, plugintest.WithKV(kv))
-	if _, ok := h2.KV()["limit/2"]; ok {
-		t.Errorf("limit/2 re-seeded: %q", h2.KV())
-	}
-}
-
 func TestLearnsRatingsFromMediaPages(t *testing.T) {
-	h := plugintest.Start(t, &parental{}, plugintest.WithKV(map[string][]byte{"seeded": []byte("1"), "limit/2": []byte("PG")}))
+	h := start(t, nil, nil, nil)
 	req := mediaReq("/api/v1/media/:id", "99", 2)
 	if resp, _ := h.Request("guard-media", req); resp == nil || resp.Status != 403 {
 		t.Fatalf("unknown rating: got %+v, want 403", resp)
@@ -133,7 +163,7 @@ func TestFilterLibrary(t *testing.T) {
 		{"anonymous", 0, []string{"The Hitchhiker's Guide to the Galaxy"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			h := plugintest.Start(t, &parental{}, plugintest.WithKV(map[string][]byte{"seeded": []byte("1"), "limit/2": []byte("PG"), "limit/anonymous": []byte("PG-13")}))
+			h := start(t, nil, nil, nil)
 			resp := &plugin.Response{Status: 200, Header: http.Header{"Content-Type": {"application/json"}}, Body: []byte(listing)}
 			req := &plugin.Request{Method: "GET", Path: "/api/v1/library/1/media", UserID: tc.user, Authenticated: tc.user != 0}
 			if err := h.Response("filter-library", req, resp); err != nil {
@@ -159,7 +189,7 @@ func TestFilterLibrary(t *testing.T) {
 }
 
 func TestFilterDashboard(t *testing.T) {
-	h := plugintest.Start(t, &parental{}, plugintest.WithKV(store()))
+	h := start(t, ratings(), nil, nil)
 	dash := `{"Recently added":[{"id":13,"name":"Alien"},{"id":42,"name":"Hitchhiker"}],"Trending":[{"id":7,"name":"Seven Samurai"}]}`
 	resp := &plugin.Response{Status: 200, Header: http.Header{}, Body: []byte(dash)}
 	if err := h.Response("filter-dashboard", &plugin.Request{Method: "GET", Path: "/api/v1/dashboard", UserID: 2, Authenticated: true}, resp); err != nil {
@@ -180,56 +210,219 @@ func TestFilterDashboard(t *testing.T) {
 	}
 }
 
-func TestLimitsAPI(t *testing.T) {
-	h := plugintest.Start(t, &parental{}, plugintest.WithKV(store()))
-	call := func(method, user string, as int64, body string) (int, map[string]string) {
-		t.Helper()
-		hook := "limits-get"
-		if method == "PUT" {
-			hook = "limits-put"
-		}
-		resp, err := h.Route(hook, &plugin.Request{Method: method, Path: "/api/v1/plugins/parental-controls/limits/" + user,
-			Params: []plugin.Param{{Name: "user", Value: user}}, UserID: as, Authenticated: as != 0, Body: []byte(body)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		var out map[string]string
-		json.Unmarshal(resp.Body, &out)
-		return resp.Status, out
+// TestSettingsSchemas checks the schemas the daemon validates writes
+// against: their defaults, and what they accept and refuse.
+func TestSettingsSchemas(t *testing.T) {
+	set := schemas(t)
+	if got, want := fmt.Sprint(set.Global.Schema.Defaults()), "map[anonymous:PG-13 limits:map[2:PG]]"; got != want {
+		t.Errorf("global defaults %s, want %s", got, want)
+	}
+	if got, want := fmt.Sprint(set.User.Schema.Defaults()), "map[max_rating:]"; got != want {
+		t.Errorf("user defaults %s, want %s", got, want)
 	}
 	for _, tc := range []struct {
-		method, user string
-		as           int64
-		body         string
-		status       int
-		limit        string
+		name   string
+		scope  *settings.Scope
+		values string
+		want   string // in the refusal; "" if accepted
 	}{
-		{"GET", "me", 2, "", 200, "PG"},
-		{"GET", "2", 1, "", 200, "PG"},
-		{"GET", "1", 1, "", 200, "none"},
-		{"GET", "anonymous", 0, "", 200, "PG-13"},
-		{"GET", "1", 2, "", 403, ""},
-		{"PUT", "2", 2, `{"limit":"R"}`, 403, ""},
-		{"PUT", "2", 1, `{"limit":"XXX"}`, 400, ""},
-		{"PUT", "bob", 1, `{"limit":"G"}`, 400, ""},
-		{"PUT", "2", 1, `{"limit":"pg-13"}`, 200, "PG-13"},
-		{"PUT", "3", 1, `{"limit":"G"}`, 200, "G"},
-		{"PUT", "anonymous", 1, `{"limit":"none"}`, 200, "none"},
+		{"limits", set.Global, `{"limits": {"2": "G", "3": "NC-17", "922337203685477580": "R"}}`, ""},
+		{"no limits", set.Global, `{"limits": {}}`, ""},
+		{"every rating", set.Global, `{"anonymous": "NC-17"}`, ""},
+		{"user name", set.Global, `{"limits": {"bob": "PG"}}`, `limits.bob: is not allowed here`},
+		{"user 0", set.Global, `{"limits": {"0": "PG"}}`, `limits["0"]: is not allowed here`},
+		{"leading zero", set.Global, `{"limits": {"02": "PG"}}`, `limits["02"]: is not allowed here`},
+		{"negative", set.Global, `{"limits": {"-2": "PG"}}`, `limits["-2"]: is not allowed here`},
+		{"too long", set.Global, `{"limits": {"12345678901234567890": "PG"}}`, `limits["12345678901234567890"]: is not allowed here`},
+		{"anonymous key", set.Global, `{"limits": {"anonymous": "PG"}}`, `limits.anonymous: is not allowed here`},
+		{"unknown rating", set.Global, `{"limits": {"2": "XXX"}}`, `limits["2"]: must be one of "G", "PG", "PG-13", "R", "NC-17"`},
+		{"lowercase rating", set.Global, `{"limits": {"2": "pg"}}`, `limits["2"]: must be one of`},
+		{"no limit for anonymous", set.Global, `{"anonymous": ""}`, `anonymous: must be one of`},
+		{"not a map", set.Global, `{"limits": ["PG"]}`, `limits: must be an object`},
+		{"unknown setting", set.Global, `{"max_rating": "PG"}`, `max_rating: is not a known setting`},
+		{"own limit", set.User, `{"max_rating": "PG-13"}`, ""},
+		{"no own limit", set.User, `{"max_rating": ""}`, ""},
+		{"own unknown rating", set.User, `{"max_rating": "TV-MA"}`, `max_rating: must be one of "", "G"`},
+		{"user sets limits", set.User, `{"limits": {"2": "R"}}`, `limits: is not a known setting`},
 	} {
-		status, out := call(tc.method, tc.user, tc.as, tc.body)
-		if status != tc.status || (tc.limit != "" && out["limit"] != tc.limit) {
-			t.Errorf("%s %s as %d %s: %d %v, want %d limit %q", tc.method, tc.user, tc.as, tc.body, status, out, tc.status, tc.limit)
+		t.Run(tc.name, func(t *testing.T) {
+			var v map[string]any
+			if err := json.Unmarshal([]byte(tc.values), &v); err != nil {
+				t.Fatal(err)
+			}
+			err := tc.scope.Schema.Validate(v)
+			switch {
+			case tc.want == "" && err != nil:
+				t.Errorf("refused: %v", err)
+			case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+				t.Errorf("got %v, want a refusal with %s", err, tc.want)
+			}
+		})
+	}
+}
+
+// limitFor returns the limit the plugin applies to user (0: anonymous), as
+// its 403 for a media item of unknown rating names it; "" if it lets the
+// request through.
+func limitFor(t *testing.T, h *plugintest.Harness, user int64) string {
+	t.Helper()
+	resp, err := h.Request("guard-media", mediaReq("/api/v1/media/:id", "1234", user))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp == nil {
+		return ""
+	}
+	var body struct{ Limit string }
+	if err := json.Unmarshal(resp.Body, &body); err != nil || resp.Status != http.StatusForbidden {
+		t.Fatalf("%d %s", resp.Status, resp.Body)
+	}
+	return body.Limit
+}
+
+// TestEffectiveLimit: a user's limit is the stricter of the owner's and
+// their own; their own cannot loosen the owner's.
+func TestEffectiveLimit(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		owner     map[string]any
+		own       map[string]any // user 2's
+		user      int64
+		wantLimit string
+	}{
+		{"owner's default", nil, nil, 2, "PG"},
+		{"own stricter", nil, map[string]any{"max_rating": "G"}, 2, "G"},
+		{"own looser is ignored", nil, map[string]any{"max_rating": "R"}, 2, "PG"},
+		{"own equal", nil, map[string]any{"max_rating": "PG"}, 2, "PG"},
+		{"own without the owner's", map[string]any{"limits": map[string]any{}}, map[string]any{"max_rating": "PG-13"}, 2, "PG-13"},
+		{"neither", map[string]any{"limits": map[string]any{}}, nil, 2, ""},
+		{"not listed", nil, nil, 3, ""},
+		{"owner's NC-17", map[string]any{"limits": map[string]any{"2": "NC-17"}}, map[string]any{"max_rating": ""}, 2, "NC-17"},
+		{"owner restricts user 1 too", map[string]any{"limits": map[string]any{"1": "R"}}, nil, 1, "R"},
+		{"anonymous default", nil, nil, 0, "PG-13"},
+		{"anonymous set", map[string]any{"anonymous": "G"}, nil, 0, "G"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := start(t, nil, tc.owner, map[int64]map[string]any{2: tc.own})
+			if got := limitFor(t, h, tc.user); got != tc.wantLimit {
+				t.Errorf("limit %q, want %q", got, tc.wantLimit)
+			}
+		})
+	}
+}
+
+// TestSettingsChangeWithoutRestart: changes apply from the next request,
+// in the owner's settings and in a user's own, although the plugin had
+// read (and cached) the old values.
+func TestSettingsChangeWithoutRestart(t *testing.T) {
+	set := schemas(t)
+	h := start(t, ratings(), nil, nil)
+	check := func(when string, want map[int64]string) {
+		t.Helper()
+		for user, limit := range want {
+			if got := limitFor(t, h, user); got != limit {
+				t.Errorf("%s: user %d's limit is %q, want %q", when, user, got, limit)
+			}
 		}
 	}
-	kv := h.KV()
-	if string(kv["limit/2"]) != "PG-13" || string(kv["limit/3"]) != "G" {
-		t.Errorf("KV = %q", kv)
+	check("at start", map[int64]string{0: "PG-13", 2: "PG", 3: ""})
+
+	h.SetSettings("global", 0, effective(t, set.Global, map[string]any{"limits": map[string]any{"3": "G"}, "anonymous": "PG"}))
+	check("after the owner's change", map[int64]string{0: "PG", 2: "", 3: "G"})
+	if resp, _ := h.Request("guard-media", mediaReq("/api/v1/media/:id", "13", 2)); resp != nil {
+		t.Errorf("user 2, no longer restricted, was denied R: %d %s", resp.Status, resp.Body)
 	}
-	if _, ok := kv["limit/anonymous"]; ok {
-		t.Error("limit/anonymous not deleted")
+
+	h.SetSettings("user", 2, effective(t, set.User, map[string]any{"max_rating": "PG"}))
+	h.SetSettings("user", 3, effective(t, set.User, map[string]any{"max_rating": "R"}))
+	check("after the users' own changes", map[int64]string{0: "PG", 2: "PG", 3: "G"})
+	if resp, _ := h.Request("guard-media", mediaReq("/api/v1/media/:id", "5", 2)); resp == nil || resp.Status != http.StatusForbidden {
+		t.Errorf("user 2 at their own PG opened PG-13: %+v", resp)
 	}
-	// The new limits apply at once: user 3 is now held to G.
-	if resp, _ := h.Request("guard-media", mediaReq("/api/v1/media/:id", "42", 3)); resp == nil || resp.Status != 403 {
-		t.Errorf("user 3 at G opened a PG film: %+v", resp)
+
+	h.SetSettings("user", 2, effective(t, set.User, nil)) // back to the default: no limit of their own
+	check("after user 2 reset theirs", map[int64]string{2: "", 3: "G"})
+
+	logs := strings.Join(h.Logs(), "\n")
+	for _, want := range []string{"INFO settings changed scope=global user=0", "INFO settings changed scope=user user=2"} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("no %q in the log:\n%s", want, logs)
+		}
+	}
+}
+
+// TestSettingsChangeUnderLoad: requests race changes (run it with -race);
+// once the changes stop, the last values apply.
+func TestSettingsChangeUnderLoad(t *testing.T) {
+	set := schemas(t)
+	h := start(t, nil, nil, nil)
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	for w := 0; w < 4; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				for _, user := range []int64{0, 2, 3} {
+					if _, err := h.Request("guard-media", mediaReq("/api/v1/media/:id", "42", user)); err != nil {
+						t.Error(err)
+						return
+					}
+				}
+			}
+		}()
+	}
+	ratings := []string{"G", "PG", "PG-13", "R", "NC-17"}
+	for i := 0; i < 50; i++ {
+		r := ratings[i%len(ratings)]
+		h.SetSettings("global", 0, effective(t, set.Global, map[string]any{"limits": map[string]any{"2": r, "3": r}, "anonymous": r}))
+		h.SetSettings("user", 3, effective(t, set.User, map[string]any{"max_rating": ratings[(i+2)%len(ratings)]}))
+	}
+	close(stop)
+	wg.Wait()
+	// The last values: owner NC-17 for all (i = 49), user 3's own PG (i+2 = 51).
+	for user, want := range map[int64]string{0: "NC-17", 2: "NC-17", 3: "PG"} {
+		if got := limitFor(t, h, user); got != want {
+			t.Errorf("user %d: limit %q, want %q", user, got, want)
+		}
+	}
+}
+
+// TestSettingsUnavailable: when the settings cannot be read, the enforcing
+// hooks fail (so the daemon answers 503/502 for these fail-closed hooks)
+// rather than let the request through.
+func TestSettingsUnavailable(t *testing.T) {
+	set := schemas(t)
+	// Global settings only: reading user 2's own fails.
+	h := plugintest.Start(t, &parental{}, plugintest.WithSettings("global", 0, effective(t, set.Global, nil)))
+	if resp, err := h.Request("guard-media", mediaReq("/api/v1/media/:id", "42", 2)); err == nil {
+		t.Errorf("guard-media answered %+v without user settings, want an error", resp)
+	}
+	resp := &plugin.Response{Status: 200, Header: http.Header{}, Body: []byte(listing)}
+	if err := h.Response("filter-library", &plugin.Request{Method: "GET", Path: "/api/v1/library/1/media", UserID: 2, Authenticated: true}, resp); err == nil {
+		t.Errorf("filter-library let the listing through without user settings: %s", resp.Body)
+	}
+	// Anonymous requests need the owner's settings only.
+	if resp, err := h.Request("guard-media", mediaReq("/api/v1/media/:id", "42", 0)); err != nil || resp != nil {
+		t.Errorf("anonymous PG: %+v, %v", resp, err)
+	}
+}
+
+// TestOldLimitsIgnored: limits that version 1 kept in the key-value store
+// are not applied; the operator is told how to set them.
+func TestOldLimitsIgnored(t *testing.T) {
+	h := start(t, map[string][]byte{"seeded": []byte("1"), "limit/3": []byte("G"), "limit/anonymous": []byte("R")}, nil, nil)
+	if got := limitFor(t, h, 3); got != "" {
+		t.Errorf("user 3's old limit applies: %q", got)
+	}
+	logs := strings.Join(h.Logs(), "\n")
+	if !strings.Contains(logs, `WARN limits kept in the key-value store by version 1 are not used`) ||
+		!strings.Contains(logs, `set_with=dimplugctl config set parental-controls 'limits={"3":"G"}' anonymous=R`) {
+		t.Errorf("log:\n%s", logs)
 	}
 }

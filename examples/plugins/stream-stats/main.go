@@ -6,6 +6,10 @@
 //	GET /api/v1/plugins/stream-stats/streams[?media=42&track=42-video&limit=20]
 //	GET /api/v1/plugins/stream-stats/streams/:id
 //
+// and shows them in the host's web UI: a page in the sidebar and a card on
+// the dashboard (see ui.go), which reload every few seconds, as often as
+// each user chose in their settings.
+//
 // It sees each frame as it leaves the chain, after every transform, through
 // a read-only mapping of the frame's shared memory: nothing is copied. It
 // reads the fMP4 boxes it needs (trun, tfhd, trex, mdhd) and never keeps a
@@ -343,8 +347,11 @@ func (p *statsPlugin) flush(ctx context.Context) error {
 	return nil
 }
 
-// ServeRoute answers the stats routes.
+// ServeRoute answers the stats routes and the UI pages.
 func (p *statsPlugin) ServeRoute(ctx context.Context, hook string, req *plugin.Request) (*plugin.Response, error) {
+	if !req.Authenticated && (hook == "page" || hook == "card") {
+		return htmlPage(http.StatusUnauthorized, unauthorizedPage, nil)
+	}
 	if !req.Authenticated {
 		return jsonResponse(http.StatusUnauthorized, map[string]string{"error": "log in to see stream statistics"}), nil
 	}
@@ -373,38 +380,60 @@ func (p *statsPlugin) ServeRoute(ctx context.Context, hook string, req *plugin.R
 				limit = min(n, keep)
 			}
 		}
-		keys, err := p.host.KV.List(ctx, "streams/", 0)
+		all, err := p.stored(ctx)
 		if err != nil {
 			return nil, err
 		}
-		sort.Sort(sort.Reverse(sort.StringSlice(keys))) // newest first
 		out := []json.RawMessage{}
-		for _, k := range keys {
+		for _, s := range all {
 			if len(out) == limit {
 				break
 			}
-			v, ok, err := p.host.KV.Get(ctx, k)
-			if err != nil {
-				return nil, err
-			}
-			var st Stats
-			if !ok || json.Unmarshal(v, &st) != nil {
+			if m := q.Get("media"); m != "" && m != strconv.FormatInt(s.MediaID, 10) {
 				continue
 			}
-			if m := q.Get("media"); m != "" && m != strconv.FormatInt(st.MediaID, 10) {
+			if tr := q.Get("track"); tr != "" && tr != s.Track {
 				continue
 			}
-			if tr := q.Get("track"); tr != "" && tr != st.Track {
+			if kd := q.Get("kind"); kd != "" && !strings.EqualFold(kd, s.Kind) {
 				continue
 			}
-			if kd := q.Get("kind"); kd != "" && !strings.EqualFold(kd, st.Kind) {
-				continue
-			}
-			out = append(out, v)
+			out = append(out, s.raw)
 		}
 		return jsonResponse(http.StatusOK, map[string]any{"streams": out}), nil
+	case "page", "card":
+		return p.serveUI(ctx, hook, req)
 	}
 	return jsonResponse(http.StatusNotFound, map[string]string{"error": "no such route"}), nil
+}
+
+// storedStats is one stream's statistics as stored, and decoded.
+type storedStats struct {
+	Stats
+	raw json.RawMessage
+}
+
+// stored returns the statistics of every stream the store keeps, newest
+// first.
+func (p *statsPlugin) stored(ctx context.Context) ([]storedStats, error) {
+	keys, err := p.host.KV.List(ctx, "streams/", 0)
+	if err != nil {
+		return nil, err
+	}
+	sort.Sort(sort.Reverse(sort.StringSlice(keys))) // newest first
+	out := make([]storedStats, 0, len(keys))
+	for _, k := range keys {
+		v, ok, err := p.host.KV.Get(ctx, k)
+		if err != nil {
+			return nil, err
+		}
+		s := storedStats{raw: v}
+		if !ok || json.Unmarshal(v, &s.Stats) != nil {
+			continue
+		}
+		out = append(out, s)
+	}
+	return out, nil
 }
 
 func jsonResponse(status int, v any) *plugin.Response {
@@ -413,7 +442,7 @@ func jsonResponse(status int, v any) *plugin.Response {
 }
 
 func main() {
-	if err := plugin.Serve(&statsPlugin{}, plugin.WithVersion("1.0.0")); err != nil {
+	if err := plugin.Serve(&statsPlugin{}, plugin.WithVersion("1.1.0")); err != nil {
 		fmt.Fprintln(os.Stderr, "stream-stats:", err)
 		os.Exit(1)
 	}

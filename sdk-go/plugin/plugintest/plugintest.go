@@ -2,7 +2,8 @@
 // It speaks the real protocol to the plugin over socketpairs — handshake,
 // host services, hook calls, frame streams in shared memory, shutdown —
 // with a fake host in place of the daemon: an in-memory key-value store and
-// a log you can read. OpenStream drives frame filters and observers.
+// a log you can read, and settings (WithSettings, SetSettings) when asked.
+// OpenStream drives frame filters and observers.
 //
 //	h := plugintest.Start(t, &badge{})
 //	resp := &plugin.Response{Status: 200, Header: http.Header{}, Body: []byte(`{}`)}
@@ -37,13 +38,14 @@ import (
 
 // Harness is a plugin served in-process with a fake host.
 type Harness struct {
-	t      testing.TB
-	conn   *rpc.Conn
-	plugin schema.Plugin
-	served chan error // ServeConn's result
-	host   *fakeHost
-	frames *framePeer // the frame socket, played as the daemon would
-	closed bool
+	t        testing.TB
+	conn     *rpc.Conn
+	plugin   schema.Plugin
+	served   chan error // ServeConn's result
+	host     *fakeHost
+	settings *fakeSettings // nil without WithSettings
+	frames   *framePeer    // the frame socket, played as the daemon would
+	closed   bool
 
 	// Deadline bounds every hook call; default 5s.
 	Deadline time.Duration
@@ -53,8 +55,10 @@ type Harness struct {
 type Option func(*config)
 
 type config struct {
-	name string
-	kv   map[string][]byte
+	name     string
+	kv       map[string][]byte
+	settings *fakeSettings
+	err      error // of an option
 }
 
 // WithName sets the plugin's installed name (default "test-plugin").
@@ -71,11 +75,14 @@ func Start(t testing.TB, p any, opts ...Option) *Harness {
 	for _, o := range opts {
 		o(&cfg)
 	}
+	if cfg.err != nil {
+		t.Fatalf("plugintest: %v", cfg.err)
+	}
 	ours, theirs, err := socketpair()
 	if err != nil {
 		t.Fatalf("plugintest: %v", err)
 	}
-	h := &Harness{t: t, served: make(chan error, 1), host: newFakeHost(cfg.kv), Deadline: 5 * time.Second}
+	h := &Harness{t: t, served: make(chan error, 1), host: newFakeHost(cfg.kv), settings: cfg.settings, Deadline: 5 * time.Second}
 	framesOurs, theirFrames, err := frames.Socketpair()
 	if err != nil {
 		t.Fatalf("plugintest: %v", err)
@@ -107,6 +114,11 @@ func Start(t testing.TB, p any, opts ...Option) *Harness {
 		}
 		if err := svc.SetKv(schema.KeyValue_ServerToClient(h.host)); err != nil {
 			return err
+		}
+		if h.settings != nil {
+			if err := svc.SetSettings(schema.Settings_ServerToClient(h.settings)); err != nil {
+				return err
+			}
 		}
 		info, err := a.NewInstance()
 		if err != nil {
@@ -165,6 +177,9 @@ func (h *Harness) Close() error {
 	case err = <-h.served:
 	case <-time.After(10 * time.Second):
 		err = fmt.Errorf("plugintest: the plugin did not stop within 10s of the shutdown call")
+	}
+	if h.settings != nil {
+		h.settings.release()
 	}
 	h.conn.Close()
 	h.frames.close()
