@@ -5,8 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http/httptest"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -93,21 +91,9 @@ func TestWebUI(t *testing.T) {
 	bin, plugins := buildAll(t)
 	plugins = append(plugins, testPlugin(t, "ui-probe"))
 	socket := startDaemon(t, bin)
-	for _, dir := range plugins {
-		cmd := exec.Command(filepath.Join(bin, "dimplugctl"), "--socket", controlSocket(socket), "install", "--yes", dir)
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("dimplugctl install %s: %v\n%s", dir, err, out)
-		}
-	}
-	waitRunning(t, socket, len(plugins))
-
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	mw, s, err := newHandler(ctx, socket, newTestAPI(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	mw, _ := installAndServe(t, ctx, bin, socket, plugins)
 	srv := httptest.NewServer(newWebHandler(mw))
 	defer srv.Close()
 	b := &ui{t: t, d: &driver{ctx: browsertest.Start(t), base: srv.URL}}

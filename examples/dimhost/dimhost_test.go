@@ -324,12 +324,11 @@ func eventually(t *testing.T, what string, check func() error) {
 	}
 }
 
-func TestEndToEnd(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds and runs the daemon")
-	}
-	bin, plugins := buildAll(t)
-	socket := startDaemon(t, bin)
+// installAndServe installs the plugin dirs with dimplugctl, waits until
+// they all run, and returns the test API wrapped in a middleware connected
+// to the daemon, and its session (closed when the test ends).
+func installAndServe(t *testing.T, ctx context.Context, bin, socket string, plugins []string) (*host.Middleware, *host.Session) {
+	t.Helper()
 	for _, dir := range plugins {
 		cmd := exec.Command(filepath.Join(bin, "dimplugctl"), "--socket", controlSocket(socket), "install", "--yes", dir)
 		if out, err := cmd.CombinedOutput(); err != nil {
@@ -337,14 +336,23 @@ func TestEndToEnd(t *testing.T) {
 		}
 	}
 	waitRunning(t, socket, len(plugins))
-
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
 	mw, s, err := newHandler(ctx, socket, newTestAPI(t))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer s.Close()
+	t.Cleanup(func() { s.Close() })
+	return mw, s
+}
+
+func TestEndToEnd(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the daemon")
+	}
+	bin, plugins := buildAll(t)
+	socket := startDaemon(t, bin)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	mw, s := installAndServe(t, ctx, bin, socket, plugins)
 	srv := httptest.NewServer(mw)
 	defer srv.Close()
 	do := func(method, path, token, body string) (int, http.Header, []byte) {

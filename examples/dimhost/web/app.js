@@ -29,16 +29,7 @@ async function api(method, path, body) {
   return { status: resp.status, ok: resp.ok, data };
 }
 
-function el(tag, attrs, ...children) {
-  const e = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs || {})) {
-    if (v === undefined || v === null || v === false) continue;
-    if (k === "text") e.textContent = v;
-    else e.setAttribute(k, v === true ? "" : String(v));
-  }
-  for (const c of children) if (c) e.append(c);
-  return e;
-}
+const el = DimForms.el; // one element builder for the page and its forms
 
 function toast(text, from) {
   const t = el("div", { class: "toast" }, from ? el("span", { class: "from", text: from }) : null, el("span", { class: "text", text }));

@@ -10,6 +10,9 @@
 const DimForms = (() => {
   const MASK = "********"; // how the daemon shows a stored secret
 
+  // el makes an element: attributes (text: its text content; true: a
+  // bare attribute; false, null or undefined: left out) and children.
+  // Nothing it is given is ever parsed as HTML.
   function el(tag, attrs, ...children) {
     const e = document.createElement(tag);
     for (const [k, v] of Object.entries(attrs || {})) {
@@ -250,5 +253,5 @@ const DimForms = (() => {
     return form;
   }
 
-  return { render, MASK };
+  return { render, el, MASK };
 })();
