@@ -9,7 +9,8 @@ TAGS      ?= seccomp
 BIN       := $(CURDIR)/bin
 CAPNP_GO  := capnproto.org/go/capnp/v3
 CAPNP_VER := v3.1.0-alpha.2
-APT_PKGS  := capnproto libseccomp-dev bubblewrap pkg-config gcc chromium
+# systemd: systemd-analyze checks the shipped units (cmd/dimplugd/systemd).
+APT_PKGS  := capnproto libseccomp-dev bubblewrap pkg-config gcc chromium systemd curl
 GOFLAGS_BUILD := -tags $(TAGS)
 TESTFLAGS ?=
 ifeq ($(CI),true)
@@ -41,7 +42,7 @@ FUZZ_TARGETS := \
 
 EXAMPLE_PLUGINS := $(notdir $(wildcard examples/plugins/*))
 
-.PHONY: all deps build plugins generate check-generate test fuzz lint demo bench clean
+.PHONY: all deps build plugins generate check-generate test fuzz lint demo bench clean install
 
 all: build
 
@@ -98,6 +99,36 @@ demo: build
 
 bench: deps build
 	$(GO) run $(GOFLAGS_BUILD) ./bench
+
+# install puts the binaries, the systemd units, the sysusers.d entry of the
+# sockets' group, the default config and the systemd guide in place, under
+# DESTDIR for packaging. Units go to /etc/systemd/system (local units);
+# packages set UNITDIR=/lib/systemd/system PREFIX=/usr. An existing
+# config.toml is kept. See docs/operate-systemd.md.
+PREFIX      ?= /usr/local
+DESTDIR     ?=
+UNITDIR     ?= /etc/systemd/system
+SYSUSERSDIR ?= /etc/sysusers.d
+CONFDIR     ?= /etc/dimplugd
+SYSTEMD_SRC := $(CURDIR)/cmd/dimplugd/systemd
+
+install: build
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(CONFDIR) $(DESTDIR)$(PREFIX)/share/doc/dimplugd
+	install -m 0755 $(BIN)/dimplugd $(BIN)/dimplugctl $(DESTDIR)$(PREFIX)/bin/
+	for u in dimplugd.service dimplugd.socket; do \
+		sed 's|/usr/local|$(PREFIX)|g' $(SYSTEMD_SRC)/$$u > $(DESTDIR)$(UNITDIR)/$$u && chmod 0644 $(DESTDIR)$(UNITDIR)/$$u || exit 1; \
+	done
+	install -m 0644 $(SYSTEMD_SRC)/dimplugd.sysusers $(DESTDIR)$(SYSUSERSDIR)/dimplugd.conf
+	install -m 0644 docs/operate-systemd.md $(DESTDIR)$(PREFIX)/share/doc/dimplugd/
+	@if [ -e $(DESTDIR)$(CONFDIR)/config.toml ]; then \
+		echo "keeping $(DESTDIR)$(CONFDIR)/config.toml"; \
+	else \
+		install -m 0644 $(SYSTEMD_SRC)/config.toml $(DESTDIR)$(CONFDIR)/config.toml; \
+	fi
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then \
+		systemd-sysusers $(SYSUSERSDIR)/dimplugd.conf && systemctl daemon-reload; \
+		echo "installed; start with: systemctl enable --now dimplugd.socket dimplugd.service"; \
+	fi
 
 clean:
 	rm -rf $(BIN)

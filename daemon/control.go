@@ -170,8 +170,10 @@ func (d *Daemon) Remove(name string) error {
 	delete(d.units, name)
 	d.mu.Unlock()
 	if err := d.store.Remove(name); err != nil {
+		u.closeLogs()
 		return err
 	}
+	u.removeLogs() // the log goes with the plugin, like its data
 	d.log.Info("plugin removed", "plugin", name)
 	return nil
 }
@@ -461,8 +463,11 @@ func (c *control) status(ctx context.Context, call schema.Control_status) error 
 		return err
 	}
 	st.SetStartedAtUnixMs(d.started.UnixMilli())
-	st.SetPlugins(uint32(len(d.sortedUnits())))
-	return nil
+	counts := d.Counts()
+	st.SetPlugins(uint32(counts.Installed))
+	st.SetReady(d.Ready())
+	st.SetUptimeMillis(uint64(time.Since(d.started) / time.Millisecond))
+	return writeStatusExtras(st, counts, d.MetricsAddr())
 }
 
 func (c *control) logs(ctx context.Context, call schema.Control_logs) error {
@@ -481,13 +486,21 @@ func (c *control) logs(ctx context.Context, call schema.Control_logs) error {
 	}
 	var sub *logbuf.Subscription
 	var lines []logbuf.Line
+	tail := int(args.Tail())
 	if args.HasSink() {
-		lines, sub = u.logs.TailAndSubscribe(int(args.Tail()))
+		lines, sub = u.logs.TailAndSubscribe(tail)
 	} else {
-		lines = u.logs.Tail(int(args.Tail()))
+		lines = u.logs.Tail(tail)
+	}
+	if tail > len(lines) && len(lines) > 0 {
+		// Memory holds fewer lines than asked for: the older ones come
+		// from the plugin's files, those numbered before the oldest line
+		// in memory. (Memory is empty only when the files are.)
+		lines = append(u.olderLogs(tail-len(lines), lines[0].Seq), lines...)
 	}
 	// The answer holds at most the plugin's log byte cap of text
-	// (Config.LogBytes) plus about 40 bytes per line.
+	// (Config.LogBytes) and fileHistoryBytes from its files, plus about
+	// 40 bytes per line.
 	l, err := res.NewLines(int32(len(lines)))
 	if err != nil {
 		if sub != nil {
@@ -634,6 +647,9 @@ func (d *Daemon) writeStatus(s schema.PluginStatus, u *unit) error {
 			hs.SetCalls(calls)
 			hs.SetFailures(failures)
 			e = append(e, hs.SetCircuit(circuit))
+			p50, p99 := u.hookQuantiles(h.Name)
+			hs.SetP50Micros(uint64(p50 / time.Microsecond))
+			hs.SetP99Micros(uint64(p99 / time.Microsecond))
 			causes, counts := u.policy(h.Name).snapshot()
 			cl, err := hs.NewByPolicy(int32(len(causes)))
 			e = append(e, err)

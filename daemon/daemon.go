@@ -92,6 +92,21 @@ type Config struct {
 	// and ends with a marker saying how many bytes were cut. Default
 	// 8 KiB (logbuf.DefaultLineBytes).
 	LogLineBytes int
+	// PluginLogBytes bounds each plugin's log files on disk
+	// (<StateDir>/logs/<plugin>/current.log and its rotated files),
+	// all together; default 8 MiB (logstore.DefaultMaxBytes). See
+	// docs/logs.md.
+	PluginLogBytes int64
+	// PluginLogFiles is how many files share PluginLogBytes: current.log
+	// and PluginLogFiles-1 rotated ones; default 4.
+	PluginLogFiles int
+	// ForwardPluginLogs also writes every line of every plugin's log to
+	// Logger, with attributes plugin and stream, its text escaped
+	// (termesc), so that it reaches the journal.
+	ForwardPluginLogs bool
+	// LogLevel, when set, is the level Logger's handler reads: SetLogLevel
+	// changes it while the daemon runs.
+	LogLevel *slog.LevelVar
 	// Resolver resolves the host names plugins fetch through the Fetcher
 	// capability; default net.DefaultResolver. Tests set their own.
 	Resolver Resolver
@@ -104,10 +119,26 @@ type Config struct {
 	// browsers that log in with a URL from the control face's
 	// consoleLogin. Default none.
 	ConsoleListen string
+	// MetricsListen, when set, is where the Prometheus metrics and the
+	// health endpoint are served (metrics.go, docs/metrics.md): a
+	// loopback TCP address (127.0.0.1:PORT, [::1]:PORT) or "unix:" and a
+	// socket path, made with the control socket's owner, group and mode.
+	// Default none; SetMetricsListen changes it at run time.
+	MetricsListen string
 	// Handover, when set, is the record of a daemon that upgraded in
 	// place (see Upgrade, ReadHandover): Start adopts its listening sockets
 	// and running plugins instead of starting afresh. Start owns it.
 	Handover *Handover
+	// HostListener and ControlListener, when set, are listening sockets
+	// made by someone else (systemd's socket activation): Start serves
+	// them instead of creating Socket and ControlSocket, and takes them
+	// (Close closes them). Each must be bound to Socket or ControlSocket.
+	// Their file's owner, group and mode are left as their maker set them
+	// and the file is not removed on Close; the peer check (HostGroup,
+	// OperatorGroup) holds as on sockets the daemon creates. A listener
+	// given here wins over one in Handover. If Start fails, the caller
+	// closes them (closing twice is harmless).
+	HostListener, ControlListener *net.UnixListener
 }
 
 // Supervision tunes how plugins are watched and restarted.
@@ -184,7 +215,9 @@ type Daemon struct {
 	ctlSrv *server   // the control socket
 	// console is the operator console, nil when off or stopped.
 	console atomic.Pointer[console.Server]
-	limits  Limits
+	metrics metricsState           // the metrics endpoint (metrics.go)
+	ready   readiness              // see Ready
+	limitsV atomic.Pointer[Limits] // SetLimits swaps them while the daemon runs
 	// budget bounds the bytes of half-received client messages.
 	budget *wire.Budget
 	// pluginBudget bounds the bytes of half-received plugin messages.
@@ -209,6 +242,8 @@ type Daemon struct {
 	// instead of stopping them.
 	upgrading atomic.Bool
 	errc      chan error // capacity 1: the first server loop that died (see Err)
+	// changes is signalled when a plugin changes state (see Changes).
+	changes chan struct{}
 }
 
 // Err returns a channel that receives an error when one of the daemon's
@@ -270,6 +305,7 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 	d := &Daemon{
 		cfg:      cfg,
 		errc:     make(chan error, 1),
+		changes:  make(chan struct{}, 1),
 		goodbye:  make(chan struct{}),
 		sup:      cfg.Supervision.withDefaults(),
 		log:      cfg.Logger,
@@ -280,9 +316,10 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 	if d.versions == nil {
 		d.versions = schema.SupportedVersions
 	}
-	d.limits = cfg.Limits.withDefaults()
-	d.budget = wire.NewBudget(d.limits.ReceiveBudget)
-	d.pluginBudget = wire.NewBudget(d.limits.ReceiveBudget)
+	limits := cfg.Limits.withDefaults()
+	d.limitsV.Store(&limits)
+	d.budget = wire.NewBudget(limits.ReceiveBudget)
+	d.pluginBudget = wire.NewBudget(limits.ReceiveBudget)
 	d.routes.init()
 	d.hub = newFrameHub(d)
 	if d.cfg.StateDir, err = filepath.Abs(cfg.StateDir); err != nil {
@@ -331,6 +368,7 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 		delete(adopted, rec.Name)
 	}
 	d.mu.Unlock()
+	d.pruneLogs(recs)
 	// Handed over, but no longer installed.
 	discardAdopted()
 	d.rebuildRoutes()
@@ -342,11 +380,11 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 	if h := cfg.Handover; h != nil {
 		inherited[0], inherited[1] = takeFile(&h.Socket, "host socket"), takeFile(&h.Control, "control socket")
 	}
-	if d.server, err = listen(d, faceHost, cfg.Socket, cfg.SocketMode, hostGroup, inherited[0]); err != nil {
+	if d.server, err = listen(d, faceHost, cfg.Socket, cfg.SocketMode, hostGroup, inherited[0], cfg.HostListener); err != nil {
 		d.Close()
 		return nil, err
 	}
-	if d.ctlSrv, err = listen(d, faceControl, cfg.ControlSocket, ctlMode, opGroup, inherited[1]); err != nil {
+	if d.ctlSrv, err = listen(d, faceControl, cfg.ControlSocket, ctlMode, opGroup, inherited[1], cfg.ControlListener); err != nil {
 		d.Close()
 		return nil, err
 	}
@@ -354,6 +392,11 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 		d.Close()
 		return nil, err
 	}
+	if err := d.startMetrics(opGroup, ctlMode); err != nil {
+		d.Close()
+		return nil, err
+	}
+	d.ready.serving.Store(true) // see Ready
 	d.log.Info("dimplugd started", "version", Version, "socket", cfg.Socket, "control_socket", cfg.ControlSocket,
 		"host_group", cfg.HostGroup, "operator_group", cfg.OperatorGroup, "state", d.cfg.StateDir,
 		"runtime", cfg.Runtime.Name(), "sandboxed", cfg.Runtime.Sandboxed(), "plugins", len(recs))
@@ -386,6 +429,7 @@ const drainMax = 10 * time.Second
 func (d *Daemon) drain() {
 	d.draining.Store(true) // new dispatches are refused (see dispatch)
 	d.closeConsole()       // an operator's change now would not be kept
+	defer d.closeMetrics() // /healthz says "stopping" while the calls finish
 	for _, s := range []*server{d.server, d.ctlSrv} {
 		if s != nil {
 			s.stopAccepting()

@@ -309,9 +309,14 @@ func (d *Daemon) callHook(ctx context.Context, h *hookRef, phase schema.Phase, r
 		return wire.HookAnswer{}, hookErr(h, schema.HookErrorKind_unavailable, err.Error()+" "+where)
 	}
 	defer client.release()
+	began := time.Now()
 	a, herr := d.call(ctx, client, h, phase, req, params, resp, where)
 	if herr != nil {
 		counts.add(policyCause(ctx, herr))
+	}
+	if herr == nil || herr.Kind != schema.HookErrorKind_unavailable {
+		// The calls the breaker counts below (metrics.go).
+		h.unit.latency(h.hook.Name).daemon.Observe(time.Since(began))
 	}
 	// The host giving up and the plugin going away say nothing about the
 	// hook's health.

@@ -31,6 +31,11 @@ type daemonProc struct {
 	waited  chan struct{}
 	bin     string   // the dimplugd binary to start; "" builds ./cmd/dimplugd
 	args    []string // more flags for dimplugd serve
+	env     []string // more environment variables
+	files   []*os.File
+	// prelude, when set, runs in /bin/sh before it executes dimplugd, as
+	// systemd does things in the child between fork and exec (LISTEN_PID=$$).
+	prelude string
 }
 
 // runtimeArgs picks the sandbox for daemon processes the way testRuntime
@@ -76,6 +81,11 @@ func (p *daemonProc) start() {
 	args = append(args, runtimeArgs(t)...)
 	args = append(args, p.args...)
 	p.cmd = exec.Command(bin, args...)
+	if p.prelude != "" {
+		p.cmd = exec.Command("/bin/sh", append([]string{"-c", p.prelude + `; exec "$0" "$@"`, bin}, args...)...)
+	}
+	p.cmd.Env = append(os.Environ(), p.env...)
+	p.cmd.ExtraFiles = p.files
 	p.log = &syncLog{}
 	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
 	if err := p.cmd.Start(); err != nil {

@@ -22,8 +22,9 @@ import (
 
 // Upgrades in place.
 //
-// A daemon asked to upgrade (SIGUSR2, `systemctl reload`) executes its
-// binary again in its own process (execve): the pid stays, so the service
+// A daemon asked to upgrade (SIGUSR2; under systemd `systemctl kill -s
+// USR2 --kill-whom=main dimplugd`) executes its binary again in its own
+// process (execve): the pid stays, so the service
 // manager sees no restart and every plugin sandbox stays this process's
 // child. Before that, the old image
 //
@@ -277,6 +278,7 @@ func (d *Daemon) Upgrade(ctx context.Context) (*Handover, error) {
 // still run, and closes the state store, whose error it returns.
 func (d *Daemon) closeRest() error {
 	d.closeConsole()
+	d.closeMetrics()
 	if d.server != nil {
 		d.server.close()
 	}
@@ -292,6 +294,9 @@ func (d *Daemon) closeRest() error {
 	}
 	d.hub.closeAll()
 	d.wg.Wait()
+	for _, u := range d.sortedUnits() {
+		u.closeLogs() // after the units' last lines
+	}
 	d.routes.closeWatchers()
 	err := d.store.Close()
 	d.log.Info("dimplugd stopped")

@@ -1,8 +1,10 @@
 package daemon
 
 import (
+	"fmt"
 	"time"
 
+	"github.com/dimplugd/dimplugd/sdk-go/errdefs"
 	"github.com/dimplugd/dimplugd/sdk-go/wire"
 )
 
@@ -70,9 +72,27 @@ func (l Limits) withDefaults() Limits {
 	return l
 }
 
+// limits are the daemon's limits now (SetLimits may change them).
+func (d *Daemon) limits() Limits { return *d.limitsV.Load() }
+
+// SetLimits changes the limits while the daemon runs (SIGHUP reloads
+// them): connection caps and timeouts apply to the next connection, or
+// the next message, message sizes to connections opened from now on.
+// The receive budget is set at start and cannot change: a different one
+// is refused (errdefs.ErrInvalid) so that the caller says it needs a
+// restart.
+func (d *Daemon) SetLimits(l Limits) error {
+	l = l.withDefaults()
+	if cur := d.limits(); l.ReceiveBudget != cur.ReceiveBudget {
+		return errdefs.New(errdefs.ErrInvalid, fmt.Sprintf("the receive budget (%d bytes) changes only with a restart", cur.ReceiveBudget))
+	}
+	d.limitsV.Store(&l)
+	return nil
+}
+
 // wireLimits are the read limits of one face's connections.
 func (d *Daemon) wireLimits(f face) wire.Limits {
-	l := d.limits
+	l := d.limits()
 	size := l.HostMessageSize
 	if f == faceControl {
 		size = l.ControlMessageSize
@@ -91,8 +111,8 @@ func (d *Daemon) wireLimits(f face) wire.Limits {
 // budget of their own, so plugins cannot starve hosts and operators.
 func (d *Daemon) pluginWireLimits() wire.Limits {
 	return wire.Limits{
-		MaxMessage:     d.limits.HostMessageSize,
-		MessageTimeout: d.limits.MessageTimeout,
+		MaxMessage:     d.limits().HostMessageSize,
+		MessageTimeout: d.limits().MessageTimeout,
 		Budget:         d.pluginBudget,
 	}
 }

@@ -21,6 +21,7 @@ const (
 	faceHost face = iota
 	faceControl
 	faceConsole // the operator console's Unix socket (console.go)
+	faceMetrics // the metrics endpoint's Unix socket (metrics.go)
 )
 
 func (f face) String() string {
@@ -29,6 +30,8 @@ func (f face) String() string {
 		return "control"
 	case faceConsole:
 		return "console"
+	case faceMetrics:
+		return "metrics"
 	}
 	return "host"
 }

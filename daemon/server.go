@@ -51,22 +51,32 @@ type server struct {
 }
 
 // listen creates the socket at path, owned by root (or the daemon's user)
-// and g's group, with mode, and starts accepting on it.
-func listen(d *Daemon, f face, path string, mode os.FileMode, g group, inherited *os.File) (*server, error) {
+// and g's group, with mode, and starts accepting on it. A premade listener
+// (socket activation) is served as it is: its maker owns the file, its
+// owner, group and mode.
+func listen(d *Daemon, f face, path string, mode os.FileMode, g group, inherited *os.File, premade *net.UnixListener) (*server, error) {
 	flag := "--socket"
 	if f == faceControl {
 		flag = "--control-socket"
 	}
-	ln, err := listenSocket(d, f, flag, path, mode, g, inherited)
-	if err != nil {
-		return nil, err
+	ln := premade
+	if premade != nil {
+		if inherited != nil {
+			inherited.Close() // the same socket, made by systemd: premade wins
+		}
+		if addr := ln.Addr().String(); addr != path {
+			ln.Close()
+			return nil, fmt.Errorf("the %s socket given is bound to %q, not to %s", f, addr, path)
+		}
+		ln.SetUnlinkOnClose(false) // the file is its maker's
+	} else {
+		var err error
+		if ln, err = listenSocket(d, f, flag, path, mode, g, inherited); err != nil {
+			return nil, err
+		}
 	}
-	s := &server{d: d, ln: ln, path: path, face: f, group: g, lim: d.wireLimits(f), stop: make(chan struct{}),
+	s := &server{d: d, ln: ln, path: path, face: f, group: g, stop: make(chan struct{}),
 		conns: map[net.Conn]struct{}{}, uids: map[uint32]int{}}
-	s.cap = d.limits.HostConnsPerUID
-	if f == faceControl {
-		s.cap = d.limits.ControlConnsPerUID
-	}
 	s.wg.Add(1)
 	go s.accept()
 	return s, nil
@@ -207,14 +217,18 @@ func (s *server) admit(c *net.UnixConn) {
 func (s *server) take(uid uint32) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.uids[uid] >= s.cap {
+	limit := s.d.limits().HostConnsPerUID
+	if s.face == faceControl {
+		limit = s.d.limits().ControlConnsPerUID
+	}
+	if s.uids[uid] >= limit {
 		flag := "--host-conns-per-uid"
 		if s.face == faceControl {
 			flag = "--control-conns-per-uid"
 		}
 		return fmt.Errorf("%s socket: too many connections: uid %d already has %d open (the cap per uid, %s)", s.face, uid, s.uids[uid], flag)
 	}
-	if n := s.d.openConns.Add(1); n > int64(s.d.limits.MaxConns) {
+	if n := s.d.openConns.Add(1); n > int64(s.d.limits().MaxConns) {
 		s.d.openConns.Add(-1)
 		return fmt.Errorf("%s socket: too many connections: the daemon has %d open (the cap, --max-conns)", s.face, n-1)
 	}
@@ -295,7 +309,7 @@ func abortMessage(reason string) []byte {
 // preamble (see schema/lane.capnp).
 func (s *server) serve(c *net.UnixConn, p peer) {
 	br := bufio.NewReaderSize(c, 4<<10)
-	c.SetReadDeadline(time.Now().Add(s.d.limits.FirstMessageTimeout))
+	c.SetReadDeadline(time.Now().Add(s.d.limits().FirstMessageTimeout))
 	first, err := br.Peek(1)
 	c.SetReadDeadline(time.Time{})
 	if err != nil {
@@ -313,7 +327,7 @@ func (s *server) serve(c *net.UnixConn, p peer) {
 		return
 	}
 	gw := schema.Daemon_ServerToClient(&gateway{d: s.d, face: s.face, peer: p})
-	conn := wire.NewConnLimited(bc, capnp.Client(gw), rpcLogger{}, s.lim)
+	conn := wire.NewConnLimited(bc, capnp.Client(gw), rpcLogger{}, s.d.wireLimits(s.face))
 	if !s.track(bc, true) {
 		conn.Close()
 		return
@@ -384,7 +398,7 @@ const FramesPreamble = "DPFRAME1\n"
 func (s *server) serveLane(c *bufferedConn, p peer) {
 	defer c.Close()
 	pre := make([]byte, len(wire.LanePreamble))
-	c.SetReadDeadline(time.Now().Add(s.d.limits.FirstMessageTimeout))
+	c.SetReadDeadline(time.Now().Add(s.d.limits().FirstMessageTimeout))
 	if _, err := io.ReadFull(c, pre); err != nil {
 		return
 	}
@@ -403,7 +417,7 @@ func (s *server) serveLane(c *bufferedConn, p peer) {
 		return
 	}
 	defer s.track(c, false)
-	lim := s.lim
+	lim := s.d.wireLimits(s.face)
 	lim.FirstMessage = 0 // the preamble was the first message
 	s.d.lanes.add()
 	defer s.d.lanes.done()
@@ -423,8 +437,8 @@ func (s *server) serveFrames(c *bufferedConn, p peer) {
 	if !ok {
 		return
 	}
-	if !s.d.hub.reserveHost(p.uid, s.d.limits.HostConnsPerUID) {
-		why := fmt.Sprintf("too many frame sockets: uid %d already has %d open (the cap per uid, --host-conns-per-uid)", p.uid, s.d.limits.HostConnsPerUID)
+	if !s.d.hub.reserveHost(p.uid, s.d.limits().HostConnsPerUID) {
+		why := fmt.Sprintf("too many frame sockets: uid %d already has %d open (the cap per uid, --host-conns-per-uid)", p.uid, s.d.limits().HostConnsPerUID)
 		s.d.log.Warn("frame socket refused", "uid", p.uid, "pid", p.pid, "why", why)
 		_, _ = uc.Write(append([]byte{0}, why...))
 		return

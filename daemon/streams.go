@@ -270,6 +270,7 @@ type inflight struct {
 	seq   uint64
 	frame frameData
 	due   time.Time // the deadline; zero: none
+	sent  time.Time // when it was handed to the stage, for the frame latency
 }
 
 // frameData is a frame in transit, copied out of its message.
@@ -526,6 +527,7 @@ func (h *frameHub) handleLocked(p *framePeer, fm schema.FrameMsg, fds []*os.File
 		// a hook the plugin has.
 		if u, err := h.d.unit(plugin); err == nil && p.lanes[plugin] && u.hasHook(hook) {
 			u.breaker(hook).Add(hs.Calls(), hs.Failures())
+			u.addDirectStats(hook, hs)
 		}
 	case schema.FrameMsg_Which_rebound:
 		if p.unit == nil {
@@ -857,9 +859,9 @@ func (h *frameHub) forwardLocked(s *stream, i int, fd frameData) {
 	}
 	if i < len(s.stages) {
 		st := s.stages[i]
-		e := inflight{seq: fd.Seq, frame: fd}
+		e := inflight{seq: fd.Seq, frame: fd, sent: time.Now()}
 		if d := st.spec.Deadline.Duration; d > 0 {
-			e.due = time.Now().Add(d)
+			e.due = e.sent.Add(d)
 		}
 		st.fifo = append(st.fifo, e)
 		h.armLocked(st)
@@ -882,6 +884,7 @@ func (h *frameHub) forwardLocked(s *stream, i int, fd frameData) {
 			o.peer.heldN++
 		}
 		o.stats.frames.Add(1)
+		o.stats.bytes.Add(fd.size())
 		h.sendFrameLocked(o.peer, o.sid, fd, false)
 	}
 	returned := false
@@ -989,7 +992,7 @@ func (h *frameHub) stageFrameLocked(p *framePeer, sid uint64, out frameData) {
 			h.failStageLocked(st, fmt.Sprintf("dropped frame %d after answering part of it", out.Seq))
 			return
 		}
-		st.stats.frames.Add(1)
+		st.stats.answered(st.fifo[0])
 		st.stats.dropped.Add(1)
 		h.drained.Broadcast()
 		st.popLocked()
@@ -1023,7 +1026,7 @@ func (h *frameHub) stageFrameLocked(p *framePeer, sid uint64, out frameData) {
 		h.holdLocked(out.ref) // held by whatever comes next
 	}
 	if last {
-		st.stats.frames.Add(1)
+		st.stats.answered(st.fifo[0])
 		st.popLocked()
 		if in.shared {
 			h.unrefLocked(in.ref, in.length) // the stage's hold ends

@@ -17,6 +17,7 @@ import (
 	"capnproto.org/go/capnp/v3/rpc"
 
 	"github.com/dimplugd/dimplugd/daemon/logbuf"
+	"github.com/dimplugd/dimplugd/daemon/logstore"
 	"github.com/dimplugd/dimplugd/daemon/registry"
 	"github.com/dimplugd/dimplugd/sandbox"
 	"github.com/dimplugd/dimplugd/schema"
@@ -33,6 +34,9 @@ type unit struct {
 	d    *Daemon
 	name string
 	logs *logbuf.Buffer
+	// logFiles keeps logs on disk (pluginlogs.go); nil when they cannot
+	// be opened.
+	logFiles *logstore.Writer
 
 	kick chan struct{} // capacity 1: the desired state changed
 	done chan struct{} // closed when run returns
@@ -51,8 +55,9 @@ type unit struct {
 	// policyCounts are each hook's answers by policy, by cause; kept
 	// across restarts.
 	policyCounts map[string]*policyCounts
-	observeQ     callQueue    // its observe calls, in order (see dispatchObserve)
-	settings     unitSettings // its settings schemas and the running instance's capability
+	latencies    map[string]*hookLatency // by hook name; kept across restarts (metrics.go)
+	observeQ     callQueue               // its observe calls, in order (see dispatchObserve)
+	settings     unitSettings            // its settings schemas and the running instance's capability
 	// adopted is an instance an upgrading daemon handed over, for the
 	// run loop to take on its first turn; parked is the running instance
 	// the run loop left for Upgrade to hand over.
@@ -60,8 +65,11 @@ type unit struct {
 	parked   *instance
 	seq      int
 	restarts int
-	crashes  []time.Time
-	lastExit string
+	// crashTotal counts crashes since the daemon started, for the
+	// metrics; restarts is reset when the operator lets the plugin back.
+	crashTotal uint64
+	crashes    []time.Time
+	lastExit   string
 }
 
 // instance is one running process of a plugin and its connection.
@@ -91,6 +99,7 @@ func newUnit(d *Daemon, rec registry.Record) *unit {
 		rec:   rec,
 		state: stoppedState{},
 	}
+	u.openLogs()
 	return u
 }
 
@@ -108,6 +117,8 @@ func (u *unit) poke() {
 type stageCounters struct {
 	streams, frames, dropped, missed, failures atomic.Uint64
 	open                                       atomic.Int64
+	bytes                                      atomic.Uint64         // of the frames counted in frames
+	latency                                    wire.LatencyHistogram // a transform stage's frames, handed over to answered
 }
 
 // stageStats returns the counters of the plugin's stream stage name.
@@ -251,6 +262,7 @@ func (u *unit) crashed(ctx context.Context, why string) bool {
 	now := time.Now()
 	u.mu.Lock()
 	u.restarts++
+	u.crashTotal++
 	u.lastExit = why
 	kept := u.crashes[:0]
 	for _, t := range u.crashes {

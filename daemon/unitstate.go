@@ -191,6 +191,7 @@ func (u *unit) transitionLocked(to pluginState) error {
 	if r, ok := to.(runningState); ok {
 		u.inst = r.inst
 	}
+	u.d.changed() // for Daemon.Changes
 	return nil
 }
 

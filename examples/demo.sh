@@ -43,9 +43,22 @@ if [ "$(id -u)" != 0 ]; then
 	step "not root: the container sandbox needs root, so plugins run WITHOUT a sandbox"
 fi
 
-step "starting dimplugd (state in $TMP)"
-"$BIN/dimplugd" serve --state-dir "$TMP/state" --socket "$SOCK" --control-socket "$CTL" \
-	--container-state "$TMP/containers" --cgroup-parent "dimplugd-demo-$$" \
+step "the daemon's config file (dimplugd config check: each key, and whether it comes from the file or the default)"
+METRICS=$TMP/metrics.sock
+cat >"$TMP/config.toml" <<CONF
+# the demo's dimplugd config (a service reads /etc/dimplugd/config.toml)
+state_dir = "$TMP/state"
+socket = "$SOCK"
+control_socket = "$CTL"
+container_state = "$TMP/containers"
+cgroup_parent = "dimplugd-demo-$$"
+metrics_listen = "unix:$METRICS"   # Prometheus metrics and /healthz
+plugin_log_size = "2MiB"           # per plugin, rotated, kept across restarts
+CONF
+"$BIN/dimplugd" config check --config "$TMP/config.toml" | grep -v '# default$'
+
+step "starting dimplugd serve --config $TMP/config.toml"
+"$BIN/dimplugd" serve --config "$TMP/config.toml" \
 	${RUNTIME_ARGS[@]+"${RUNTIME_ARGS[@]}"} 2>"$TMP/daemon.log" &
 DAEMON=$!
 cleanup() {
@@ -161,6 +174,16 @@ rm -rf "$SHOTS"
 "$BIN/dimhost" shots -url "http://$ADDR" -out "$SHOTS" | sed 's/^/  screenshot: /'
 kill -TERM "$WEB" && wait "$WEB" || true
 note "(run it yourself: bin/dimhost serve -socket <the daemon's host socket>, then open http://127.0.0.1:8000/)"
+
+step "17. the operator's view: dimplugctl status, and a metrics scrape after the demo's traffic"
+"$BIN/dimplugctl" status
+note "(curl --unix-socket $METRICS http://metrics/metrics, a few lines of it:)"
+curl -s --unix-socket "$METRICS" http://metrics/metrics | grep -E \
+	'^dimplugd_hook_calls_total\{hook="guard-media"|^dimplugd_hook_failures_total\{hook="guard-media",kind="deadline"|^dimplugd_hook_duration_seconds_count\{hook="guard-media",path="daemon"|^dimplugd_stream_frames_total|^dimplugd_plugin_memory_bytes\{plugin="(parental-controls|stream-stats)"|^dimplugd_ready' |
+	head -n 14 | sed 's/^/  /'
+note "(and /healthz, for supervisors that prefer HTTP:)"
+curl -s --unix-socket "$METRICS" http://metrics/healthz | cut -c1-160
+echo
 
 step "dimplugctl logs parental-controls"
 "$BIN/dimplugctl" logs parental-controls

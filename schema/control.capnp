@@ -97,6 +97,13 @@ struct HookInfo {
   deadlineOverridden @10 :Bool;    # the operator overrode the manifest's deadline
   byPolicy @11 :List(CauseCount);  # calls not answered by the plugin, answered by the
                                    # hook's failure policy instead, by cause (see CauseCount)
+  p50Micros @12 :UInt64;
+  p99Micros @13 :UInt64;
+  # The median and 99th percentile latency of the calls that reached the
+  # plugin (through the daemon and on hosts' direct lanes) since the daemon
+  # started, estimated from a histogram with fixed buckets (100 µs to 10 s;
+  # see docs/metrics.md), so within a bucket's width; 0 when there were
+  # none.
 }
 
 struct CauseCount {
@@ -170,6 +177,22 @@ struct DaemonStatus {
   socket @5 :Text;
   startedAtUnixMs @6 :Int64;
   plugins @7 :UInt32;
+  ready @8 :Bool;
+  # The daemon is ready: its sockets serve and every plugin enabled when it
+  # started has started or failed to. False again while it stops.
+  uptimeMillis @9 :UInt64;
+  pluginsByState @10 :List(StateCount);
+  # How many installed plugins are in each state (PluginStatus.state); only
+  # states with at least one plugin are listed, in a stable order.
+  metricsListen @11 :Text;
+  # Where the metrics and health endpoint listens (dimplugd serve
+  # --metrics-listen): "127.0.0.1:9477", "unix:/run/dimplugd/metrics.sock",
+  # or empty when it is off.
+}
+
+struct StateCount {
+  state @0 :Text;
+  count @1 :UInt32;
 }
 
 struct PluginSettings {

@@ -80,6 +80,19 @@ struct HookStats {
   hook @1 :Text;
   calls @2 :UInt64;
   failures @3 :UInt64;
+  # Of the failures, deadline misses and answers the phase does not allow;
+  # the rest are errors.
+  timeouts @4 :UInt64;
+  rejected @5 :UInt64;
+  breakerOpen @6 :UInt64;
+  # Calls answered by the hook's failure policy because the host's circuit
+  # breaker was open (not in calls).
+  latencyCounts @7 :List(UInt64);
+  latencySumMicros @8 :UInt64;
+  # The calls' latency: counts per bucket of a fixed histogram (not
+  # cumulative; the bounds are wire.LatencyBuckets, 100 µs to 10 s, and a
+  # last count for slower calls) and their total. A list of another length
+  # is ignored. Older hosts send neither.
 }
 
 struct LaneGrant {

@@ -622,12 +622,12 @@ type HookStats capnp.Struct
 const HookStats_TypeID = 0x8eb3309846397d42
 
 func NewHookStats(s *capnp.Segment) (HookStats, error) {
-	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 16, PointerCount: 2})
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 48, PointerCount: 3})
 	return HookStats(st), err
 }
 
 func NewRootHookStats(s *capnp.Segment) (HookStats, error) {
-	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 16, PointerCount: 2})
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 48, PointerCount: 3})
 	return HookStats(st), err
 }
 
@@ -715,12 +715,67 @@ func (s HookStats) SetFailures(v uint64) {
 	capnp.Struct(s).SetUint64(8, v)
 }
 
+func (s HookStats) Timeouts() uint64 {
+	return capnp.Struct(s).Uint64(16)
+}
+
+func (s HookStats) SetTimeouts(v uint64) {
+	capnp.Struct(s).SetUint64(16, v)
+}
+
+func (s HookStats) Rejected() uint64 {
+	return capnp.Struct(s).Uint64(24)
+}
+
+func (s HookStats) SetRejected(v uint64) {
+	capnp.Struct(s).SetUint64(24, v)
+}
+
+func (s HookStats) BreakerOpen() uint64 {
+	return capnp.Struct(s).Uint64(32)
+}
+
+func (s HookStats) SetBreakerOpen(v uint64) {
+	capnp.Struct(s).SetUint64(32, v)
+}
+
+func (s HookStats) LatencyCounts() (capnp.UInt64List, error) {
+	p, err := capnp.Struct(s).Ptr(2)
+	return capnp.UInt64List(p.List()), err
+}
+
+func (s HookStats) HasLatencyCounts() bool {
+	return capnp.Struct(s).HasPtr(2)
+}
+
+func (s HookStats) SetLatencyCounts(v capnp.UInt64List) error {
+	return capnp.Struct(s).SetPtr(2, v.ToPtr())
+}
+
+// NewLatencyCounts sets the latencyCounts field to a newly
+// allocated capnp.UInt64List, preferring placement in s's segment.
+func (s HookStats) NewLatencyCounts(n int32) (capnp.UInt64List, error) {
+	l, err := capnp.NewUInt64List(capnp.Struct(s).Segment(), n)
+	if err != nil {
+		return capnp.UInt64List{}, err
+	}
+	err = capnp.Struct(s).SetPtr(2, l.ToPtr())
+	return l, err
+}
+func (s HookStats) LatencySumMicros() uint64 {
+	return capnp.Struct(s).Uint64(40)
+}
+
+func (s HookStats) SetLatencySumMicros(v uint64) {
+	capnp.Struct(s).SetUint64(40, v)
+}
+
 // HookStats_List is a list of HookStats.
 type HookStats_List = capnp.StructList[HookStats]
 
 // NewHookStats creates a new list of HookStats.
 func NewHookStats_List(s *capnp.Segment, sz int32) (HookStats_List, error) {
-	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 16, PointerCount: 2}, sz)
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 48, PointerCount: 3}, sz)
 	return capnp.StructList[HookStats](l), err
 }
 

@@ -365,7 +365,11 @@ func (c *cli) printStatus(st *host.PluginStatus) {
 			over = " set by the operator"
 		}
 		fmt.Fprintf(w, "  %-10s %s %s %s (priority %d, deadline %s%s, %s)\n", h.Name, h.Phase, h.Method, h.Route, h.Priority, h.Deadline, over, h.Failure)
-		fmt.Fprintf(w, "  %-10s %d calls, %d failed, circuit %s\n", "", h.Calls, h.Failures, h.Circuit)
+		lat := ""
+		if h.P50 != "" {
+			lat = fmt.Sprintf(", p50 %s, p99 %s", h.P50, h.P99)
+		}
+		fmt.Fprintf(w, "  %-10s %d calls, %d failed%s, circuit %s\n", "", h.Calls, h.Failures, lat, h.Circuit)
 		if len(h.ByPolicy) > 0 {
 			causes := make([]string, 0, len(h.ByPolicy))
 			for c := range h.ByPolicy {
@@ -488,7 +492,7 @@ func (c *cli) logsCmd() *cobra.Command {
 		},
 	}
 	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new lines until interrupted")
-	cmd.Flags().IntVarP(&tail, "tail", "n", 100, "lines of history to print (0: all kept)")
+	cmd.Flags().IntVarP(&tail, "tail", "n", 100, "lines of history to print, older ones from the plugin's log files on disk (0: all kept in memory)")
 	return cmd
 }
 
@@ -531,7 +535,7 @@ The override survives restarts and upgrades; "default" removes it.`,
 func (c *cli) statusCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "status",
-		Short: "Show the daemon's version, runtime and paths",
+		Short: "Show the daemon's readiness, version, uptime, runtime, paths and plugins by state",
 		Args:  exactArgs(),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return c.withControl(func(ctx context.Context, ctl *host.Control) error {
@@ -546,8 +550,16 @@ func (c *cli) statusCmd() *cobra.Command {
 				if !st.Sandboxed {
 					sb += " (NOT SANDBOXED)"
 				}
-				fmt.Fprintf(c.out, "dimplugd %s, up since %s\nruntime:  %s\nsocket:   %s\nstate:    %s\nplugins:  %d\n",
-					st.Version, st.StartedAt.Format(time.RFC3339), sb, st.Socket, st.StateDir, st.Plugins)
+				ready := "ready"
+				if !st.Ready {
+					ready = "NOT READY (starting or stopping)"
+				}
+				up := (time.Duration(st.UptimeSeconds*1000) * time.Millisecond).Round(time.Second)
+				fmt.Fprintf(c.out, "dimplugd %s, %s, up %s (since %s)\nruntime:  %s\nsocket:   %s\nstate:    %s\nplugins:  %d%s\n",
+					st.Version, ready, up, st.StartedAt.Format(time.RFC3339), sb, st.Socket, st.StateDir, st.Plugins, byState(st.PluginsByState))
+				if st.MetricsListen != "" {
+					fmt.Fprintf(c.out, "metrics:  %s (/metrics, /healthz)\n", st.MetricsListen)
+				}
 				return nil
 			})
 		},
@@ -570,6 +582,21 @@ func (c *cli) versionCmd() *cobra.Command {
 }
 
 const version = "0.1.0"
+
+// byState is " (2 running, 1 failed)", states in the order of a plugin's
+// life, or "" when there are none.
+func byState(n map[string]int) string {
+	var parts []string
+	for _, s := range []string{"running", "starting", "backoff", "quarantined", "failed", "stopped"} {
+		if n[s] > 0 {
+			parts = append(parts, fmt.Sprintf("%d %s", n[s], s))
+		}
+	}
+	if len(parts) == 0 {
+		return ""
+	}
+	return " (" + strings.Join(parts, ", ") + ")"
+}
 
 // completeNames completes installed plugin names by asking the daemon.
 func (c *cli) completeNames(cmd *cobra.Command, args []string, toComplete string) ([]string, cobra.ShellCompDirective) {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/dimplugd/dimplugd/daemon"
 	"github.com/dimplugd/dimplugd/daemon/console"
+	"github.com/dimplugd/dimplugd/daemon/logstore"
 	"github.com/dimplugd/dimplugd/sandbox"
 	"github.com/dimplugd/dimplugd/sandbox/container"
 	"github.com/dimplugd/dimplugd/schema"
@@ -47,7 +49,7 @@ func rootCmd() *cobra.Command {
 		SilenceErrors: true,
 	}
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error { return usageError{err} })
-	root.AddCommand(serveCmd(), versionCmd(), stateCmd())
+	root.AddCommand(withConfig(serveCmd()), versionCmd(), stateCmd(), configCmd())
 	return root
 }
 
@@ -84,17 +86,35 @@ func serveCmd() *cobra.Command {
 		prestart   bool
 		conSocket  string
 		conListen  string
+		// metricsListen is the metrics endpoint's address (--metrics-listen).
+		metricsListen string
+	)
+	var (
+		logFormat   string
+		pluginLogs  string // --plugin-log-size
+		pluginFiles int
+		forwardLogs bool
 	)
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Run the daemon until SIGTERM or SIGINT",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			level := slog.LevelInfo
+			level := new(slog.LevelVar) // SIGHUP may change it (Daemon.SetLogLevel)
 			if debug {
-				level = slog.LevelDebug
+				level.Set(slog.LevelDebug)
 			}
-			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+			log, err := newLogger(os.Stderr, logFormat, level)
+			if err != nil {
+				return usageError{err}
+			}
+			pluginLogBytes, err := manifest.ParseSize(pluginLogs)
+			if err != nil {
+				return usageError{fmt.Errorf("--plugin-log-size: %w", err)}
+			}
+			if pluginLogBytes < logstore.MinMaxBytes || pluginFiles < 2 {
+				return usageError{fmt.Errorf("--plugin-log-size must be at least 64KiB and --plugin-log-files at least 2")}
+			}
 			if insecure {
 				if cmd.Flags().Changed("runtime") && runtime != "process" {
 					return usageError{errors.New("--insecure-no-sandbox and --runtime=" + runtime + " contradict each other")}
@@ -118,21 +138,43 @@ func serveCmd() *cobra.Command {
 					return usageError{fmt.Errorf("--console-listen: %w", err)}
 				}
 			}
+			if err := daemon.CheckMetricsListen(metricsListen); err != nil {
+				return usageError{fmt.Errorf("--metrics-listen: %w", err)}
+			}
+			// Under systemd: sockets passed by socket activation, and
+			// plugin cgroups under the service's delegated cgroup.
+			act, err := takeActivation()
+			if err != nil {
+				return err
+			}
+			for _, s := range []struct {
+				name, flag string
+				path       *string
+			}{{activatedHost, "socket", &socket}, {activatedControl, "control-socket", &ctlSocket}} {
+				p := act.path(s.name)
+				if p == "" {
+					continue
+				}
+				if cmd.Flags().Changed(s.flag) && filepath.Clean(*s.path) != p {
+					return usageError{fmt.Errorf("socket activation: systemd passed the %s socket %s, but --%s is %s", s.name, p, s.flag, *s.path)}
+				}
+				*s.path = p
+			}
+			if cgParent == container.AutoCgroupParent && runtime == "container" {
+				if cgParent, err = container.DelegatedParent(); err != nil {
+					return err
+				}
+				log.Info("plugin cgroups go under the daemon's delegated cgroup", "cgroup_parent", "/"+cgParent)
+			}
 			rt, err := pickRuntime(runtime, container.Config{StateRoot: ctState, CgroupParent: cgParent})
 			if err != nil {
 				return err
 			}
-			for i, dst := range []*int64{&limits.HostMessageSize, &limits.ControlMessageSize, &limits.ReceiveBudget} {
-				if sizes[i] == "" {
-					continue
-				}
-				n, err := manifest.ParseSize(sizes[i])
-				if err != nil {
-					return usageError{err}
-				}
-				*dst = int64(n)
+			if limits, err = limitsOf(cmd.Flags()); err != nil {
+				return usageError{err}
 			}
-			if !cmd.Flags().Changed("control-socket") && cmd.Flags().Changed("socket") && os.Getenv("DIMPLUGD_CONTROL_SOCKET") == "" {
+			if !cmd.Flags().Changed("control-socket") && (cmd.Flags().Changed("socket") || act.path(activatedHost) != "") &&
+				act.path(activatedControl) == "" && os.Getenv("DIMPLUGD_CONTROL_SOCKET") == "" {
 				// The control socket follows a host socket moved by hand.
 				ctlSocket = filepath.Join(filepath.Dir(socket), "control.sock")
 			}
@@ -151,7 +193,10 @@ func serveCmd() *cobra.Command {
 				Supervision:   daemon.Supervision{Standby: prestart},
 				ConsoleSocket: conSocket,
 				ConsoleListen: conListen,
+				MetricsListen: metricsListen,
 			}
+			cfg.LogLevel, cfg.ForwardPluginLogs = level, forwardLogs
+			cfg.PluginLogBytes, cfg.PluginLogFiles = int64(pluginLogBytes), pluginFiles
 			if v, ok := os.LookupEnv(daemon.HandoverEnv); ok {
 				os.Unsetenv(daemon.HandoverEnv)
 				h, err := daemon.ReadHandover(v)
@@ -164,21 +209,58 @@ func serveCmd() *cobra.Command {
 			upgrade := make(chan os.Signal, 1)
 			signal.Notify(upgrade, syscall.SIGUSR2)
 			defer signal.Stop(upgrade)
+			hup := make(chan os.Signal, 1) // reload the config file
+			signal.Notify(hup, syscall.SIGHUP)
+			defer signal.Stop(hup)
+			notify := newNotifier(log)
 			for {
-				d, err := daemon.Start(ctx, cfg)
-				cfg.Handover = nil // Start took it
-				if err != nil {
+				if cfg.HostListener, cfg.ControlListener, err = act.listeners(); err != nil {
 					closeRuntime(rt)
 					return err
 				}
+				d, err := daemon.Start(ctx, cfg)
+				cfg.Handover = nil // Start took it
+				if err != nil {
+					for _, l := range []*net.UnixListener{cfg.HostListener, cfg.ControlListener} {
+						if l != nil {
+							l.Close()
+						}
+					}
+					closeRuntime(rt)
+					return err
+				}
+				stopWatch := notify.watch(d) // READY=1, STATUS=
+				applyDeadlines(daemonReloader{d}, loadedConfig, log)
 				var failed error
+			wait:
 				select {
+				case <-hup:
+					path := configFile
+					if path == "" {
+						path, _ = configPath("")
+					}
+					if path == "" {
+						log.Info("SIGHUP: no config file to reload (no --config, and " + DefaultConfigPath + " does not exist)")
+						goto wait
+					}
+					notify.reloading()
+					next, rep, err := reload(ctx, daemonReloader{d}, path, loadedConfig, cmd.Flags(), cmdlineFlags)
+					logReload(log, path, rep, err)
+					configFile, loadedConfig = path, next
+					notify.reloaded()
+					goto wait
 				case <-ctx.Done():
+					stopWatch()
+					notify.stopping()
 					log.Info("shutting down")
 				case failed = <-d.Err():
+					stopWatch()
+					notify.stopping()
 					log.Error("shutting down: the daemon stopped serving", "err", failed)
 				case <-upgrade:
-					h, err := upgradeInPlace(ctx, d, log)
+					stopWatch()
+					notify.upgrading()
+					h, err := upgradeInPlace(ctx, d, log, act)
 					closeRuntime(rt)
 					if err != nil {
 						return err
@@ -219,8 +301,13 @@ func serveCmd() *cobra.Command {
 	f.StringVar(&ctState, "container-state", "", "state directory of the container runtime, owned by this daemon alone (keep it on a tmpfs; default "+container.DefaultRunDir+"/<hash of the state dir>)")
 	f.BoolVar(&prestart, "prestart", false, "keep a pre-started sandbox per plugin so restarts skip sandbox set-up (about 15 MiB each)")
 	f.StringVar(&conSocket, "console-socket", "", "serve the operator console (web page and JSON API) on this Unix socket, made like the control socket (its permissions are the right; default: off)")
+	f.StringVar(&metricsListen, "metrics-listen", "", "serve Prometheus metrics (/metrics) and a health check (/healthz) on this loopback address, e.g. 127.0.0.1:9477, or on unix:/path, a socket made like the control socket (default: off; see docs/metrics.md)")
 	f.StringVar(&conListen, "console-listen", "", "serve the operator console on this loopback address, e.g. 127.0.0.1:8377; browsers log in with a one-time URL from `dimplugctl console` (default: off)")
-	f.StringVar(&cgParent, "cgroup-parent", "", "cgroup under which each plugin gets its own, owned by this daemon alone (default dimplugd-<hash of the state dir>)")
+	f.StringVar(&cgParent, "cgroup-parent", "", `cgroup under which each plugin gets its own, owned by this daemon alone (default dimplugd-<hash of the state dir>); "auto": under the daemon's own cgroup, delegated to it by systemd (Delegate=yes; see docs/operate-systemd.md)`)
+	f.StringVar(&logFormat, "log-format", "text", `format of the daemon's own log on stderr: "text" (key=value) or "json" (one object per line)`)
+	f.StringVar(&pluginLogs, "plugin-log-size", "8MiB", "bytes of log files kept on disk per plugin, all its files together (at least 64KiB; see docs/logs.md)")
+	f.IntVar(&pluginFiles, "plugin-log-files", 4, "files a plugin's log size is split over: current.log and N-1 rotated ones (at least 2)")
+	f.BoolVar(&forwardLogs, "forward-plugin-logs", false, "also write every plugin's log lines to the daemon's own log (so the journal gets them), each with plugin=<name>, escaped")
 	return cmd
 }
 

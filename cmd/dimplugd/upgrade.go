@@ -16,10 +16,11 @@ import (
 	"github.com/dimplugd/dimplugd/daemon"
 )
 
-// Upgrades in place (SIGUSR2; `systemctl reload dimplugd` with the shipped
-// unit): the daemon executes the binary now installed at the path it was
-// started from, in its own process, handing its running plugins and
-// listening sockets to it (see daemon.Upgrade).
+// Upgrades in place (SIGUSR2; with the shipped unit `systemctl kill -s USR2
+// --kill-whom=main dimplugd`, which spares the plugins): the daemon
+// executes the binary now installed at the path it was started from, in its
+// own process, handing its running plugins and listening sockets to it (see
+// daemon.Upgrade).
 
 // selfPath is the binary to execute for an upgrade: the path this one was
 // started from, which a package upgrade replaces, not /proc/self/exe,
@@ -39,7 +40,12 @@ var selfPath = func() string {
 // if the new binary could not be executed after the hand-over (the caller
 // then adopts h itself), or with an error when the daemon could not even
 // be handed over (it is closed then, and its plugins stopped).
-func upgradeInPlace(ctx context.Context, d *daemon.Daemon, log *slog.Logger) (*daemon.Handover, error) {
+//
+// Sockets systemd passed (act) are passed on to the new image the same way
+// (LISTEN_FDS), besides the hand-over: a new binary that takes socket
+// activation serves systemd's sockets, one that does not serves the
+// handed-over duplicates of them.
+func upgradeInPlace(ctx context.Context, d *daemon.Daemon, log *slog.Logger, act *activated) (*daemon.Handover, error) {
 	bin := selfPath
 	takes, why := takesHandover(ctx, bin)
 	if !takes {
@@ -49,7 +55,8 @@ func upgradeInPlace(ctx context.Context, d *daemon.Daemon, log *slog.Logger) (*d
 		if err := d.Close(); err != nil {
 			log.Warn("close", "err", err)
 		}
-		execErr := syscall.Exec(bin, os.Args, os.Environ())
+		env, _ := act.passOn(os.Environ())
+		execErr := syscall.Exec(bin, os.Args, env)
 		return nil, fmt.Errorf("upgrade: execute %s: %w", bin, execErr)
 	}
 	log.Info("upgrading in place", "binary", bin)
@@ -64,7 +71,9 @@ func upgradeInPlace(ctx context.Context, d *daemon.Daemon, log *slog.Logger) (*d
 		}
 	}
 	env = append(env, daemon.HandoverEnv+"="+strconv.Itoa(h.FD()))
+	env, restore := act.passOn(env)
 	err = syscall.Exec(bin, os.Args, env)
+	restore()
 	log.Error("could not execute the new binary; serving on with this one", "binary", bin, "err", err)
 	return h, nil
 }

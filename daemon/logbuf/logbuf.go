@@ -81,6 +81,11 @@ type Line struct {
 	Time   time.Time
 	Stream string // the source: Daemon, Stdout, Stderr or Log
 	Text   string
+	// Seq numbers the plugin's lines in the order they were appended,
+	// from where Restore left off: it goes on across daemon restarts
+	// when the log is restored from its files (see package logstore).
+	// Lines may be missing between two numbers, never repeated.
+	Seq uint64
 }
 
 // Buffer is a bounded ring of lines with live followers. It is safe for
@@ -95,12 +100,45 @@ type Buffer struct {
 	bytes int    // text bytes held
 	seq   uint64 // lines ever appended; the newest held line is seq-1
 	subs  map[*Subscription]struct{}
+	// next is the Seq of the next line appended.
+	next uint64
+	// sink, when set, receives every appended line, under mu.
+	sink func(Line)
 }
 
 // New returns a buffer bounded by lim (zero fields: the defaults).
 func New(lim Limits) *Buffer {
 	lim = lim.WithDefaults()
 	return &Buffer{lim: lim, lines: make([]Line, lim.Lines), subs: map[*Subscription]struct{}{}}
+}
+
+// Restore fills a new buffer with lines kept from before (oldest first,
+// as read back from its files), keeping their times and Seq numbers; the
+// next line appended is numbered after the last of them. Lines over the
+// buffer's limits are dropped, the oldest first, or cut to the line cap.
+// The sink does not see them. Call it before any Append.
+func (b *Buffer) Restore(lines []Line) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, l := range lines {
+		text, more := cut(l.Text, b.lim.LineBytes, false)
+		if more > 0 {
+			text += CutMarker(more)
+		}
+		l.Text = text
+		b.putLocked(l)
+		b.next = max(b.next, l.Seq+1)
+	}
+}
+
+// SetSink makes sink receive every line appended from now on, with its
+// Seq, in order. It is called with the buffer locked, so it must not
+// block nor call the buffer: it is meant to queue the line (see
+// logstore.Writer.Add).
+func (b *Buffer) SetSink(sink func(Line)) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.sink = sink
 }
 
 // Limits returns the buffer's limits, defaults applied.
@@ -152,21 +190,32 @@ func (b *Buffer) AppendCut(stream, text string, dropped int) {
 	l := Line{Time: time.Now(), Stream: stream, Text: text}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.n == len(b.lines) {
-		b.dropOldestLocked()
-	}
-	b.lines[(b.start+b.n)%len(b.lines)] = l
-	b.n++
-	b.bytes += len(text)
-	b.seq++
-	for b.bytes > b.lim.Bytes && b.n > 1 {
-		b.dropOldestLocked()
+	l.Seq = b.next
+	b.next++
+	b.putLocked(l)
+	if b.sink != nil {
+		b.sink(l)
 	}
 	for s := range b.subs {
 		select {
 		case s.c <- struct{}{}:
 		default: // already signalled
 		}
+	}
+}
+
+// putLocked stores l as the newest line, dropping the oldest ones over the
+// limits.
+func (b *Buffer) putLocked(l Line) {
+	if b.n == len(b.lines) {
+		b.dropOldestLocked()
+	}
+	b.lines[(b.start+b.n)%len(b.lines)] = l
+	b.n++
+	b.bytes += len(l.Text)
+	b.seq++
+	for b.bytes > b.lim.Bytes && b.n > 1 {
+		b.dropOldestLocked()
 	}
 }
 

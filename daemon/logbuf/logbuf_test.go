@@ -5,6 +5,7 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 	"unicode/utf8"
 )
 
@@ -165,5 +166,38 @@ func TestLogCapabilityLineCut(t *testing.T) {
 	got := b.Tail(0)[0].Text
 	if got != strings.Repeat("é", 8)+CutMarker(184) {
 		t.Fatalf("got %q", got)
+	}
+}
+
+// TestRestoreAndSink: restored lines keep their time and number and are
+// not given to the sink; appended lines are numbered after them, given to
+// the sink in order, and followers see only them.
+func TestRestoreAndSink(t *testing.T) {
+	b := New(Limits{Lines: 3})
+	old := []Line{
+		{Time: time.Unix(1, 0), Stream: Stdout, Text: "a", Seq: 7},
+		{Time: time.Unix(2, 0), Stream: Stderr, Text: "b", Seq: 9},
+		{Time: time.Unix(3, 0), Stream: Log, Text: "c", Seq: 10},
+		{Time: time.Unix(4, 0), Stream: Daemon, Text: "d", Seq: 12},
+	}
+	b.Restore(old)
+	if got := b.Tail(0); len(got) != 3 || got[0] != old[1] || got[2] != old[3] {
+		t.Fatalf("restored %+v", got)
+	}
+	var sunk []Line
+	b.SetSink(func(l Line) { sunk = append(sunk, l) })
+	_, sub := b.TailAndSubscribe(0)
+	defer sub.Close()
+	b.Append(Stdout, "e")
+	b.Append(Stdout, "f")
+	if len(sunk) != 2 || sunk[0].Seq != 13 || sunk[0].Text != "e" || sunk[1].Seq != 14 {
+		t.Fatalf("sink got %+v", sunk)
+	}
+	got, dropped := sub.Next(10, 1<<20)
+	if dropped != 0 || len(got) != 2 || got[0].Seq != 13 || got[1].Text != "f" {
+		t.Fatalf("follower got %+v, %d dropped", got, dropped)
+	}
+	if tail := b.Tail(0); len(tail) != 3 || tail[0].Seq != 12 || tail[2].Seq != 14 {
+		t.Fatalf("tail %+v", tail)
 	}
 }

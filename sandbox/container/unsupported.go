@@ -59,3 +59,9 @@ func (*Prepared) Discard() error { return nil }
 
 // Close does nothing in this build.
 func (*Runtime) Close() error { return nil }
+
+// AutoCgroupParent is the --cgroup-parent resolved by DelegatedParent.
+const AutoCgroupParent = "auto"
+
+// DelegatedParent fails: the container runtime is not part of this build.
+func DelegatedParent() (string, error) { return "", errUnsupported }

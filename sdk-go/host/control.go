@@ -73,6 +73,11 @@ type HookInfo struct {
 	// "starting", "breaker open", "deadline", "crashed", "failed",
 	// "rejected", "cancelled".
 	ByPolicy map[string]uint64 `json:"by_policy,omitempty"`
+	// P50 and P99 are the median and 99th percentile latency of the calls
+	// that reached the plugin (through the daemon and on direct lanes),
+	// estimated from fixed histogram buckets; empty before any call.
+	P50 string `json:"p50,omitempty"`
+	P99 string `json:"p99,omitempty"`
 }
 
 // StreamStageInfo is one of a plugin's stream stages and what it did since
@@ -154,6 +159,7 @@ func readStatus(s schema.PluginStatus) PluginStatus {
 				Name: t(h.Name()), Phase: h.Phase().String(), Method: t(h.Method()), Route: t(h.Route()),
 				Priority: int(h.Priority()), Deadline: (time.Duration(h.DeadlineMicros()) * time.Microsecond).String(), Failure: fp,
 				DeadlineOverridden: h.DeadlineOverridden(), Calls: h.Calls(), Failures: h.Failures(), Circuit: t(h.Circuit()),
+				P50: micros(h.P50Micros()), P99: micros(h.P99Micros()),
 			}
 			if bl, err := h.ByPolicy(); err == nil && bl.Len() > 0 {
 				hi.ByPolicy = map[string]uint64{}
@@ -423,6 +429,16 @@ type DaemonStatus struct {
 	Socket           string    `json:"socket"`
 	StartedAt        time.Time `json:"started_at"`
 	Plugins          int       `json:"plugins"`
+	// Ready: the daemon's sockets serve and every plugin enabled when it
+	// started has started or failed to; false while it stops.
+	Ready         bool    `json:"ready"`
+	UptimeSeconds float64 `json:"uptime_seconds"`
+	// PluginsByState counts the installed plugins by state (only states
+	// with a plugin).
+	PluginsByState map[string]int `json:"plugins_by_state"`
+	// MetricsListen is where the metrics and health endpoint listens
+	// ("127.0.0.1:9477", "unix:/path"), or empty when it is off.
+	MetricsListen string `json:"metrics_listen,omitempty"`
 }
 
 // Status describes the daemon.
@@ -439,11 +455,26 @@ func (c *Control) Status(ctx context.Context) (*DaemonStatus, error) {
 	}
 	t := func(v string, _ error) string { return v }
 	vs, _ := wire.ReadVersions(s.ProtocolVersions())
-	return &DaemonStatus{
+	st := &DaemonStatus{
 		Version: t(s.Version()), ProtocolVersions: vs, Runtime: t(s.Runtime()), Sandboxed: s.Sandboxed(),
 		StateDir: t(s.StateDir()), Socket: t(s.Socket()), StartedAt: time.UnixMilli(s.StartedAtUnixMs()),
-		Plugins: int(s.Plugins()),
-	}, nil
+		Plugins: int(s.Plugins()), Ready: s.Ready(), UptimeSeconds: float64(s.UptimeMillis()) / 1000,
+		PluginsByState: map[string]int{}, MetricsListen: t(s.MetricsListen()),
+	}
+	if l, err := s.PluginsByState(); err == nil {
+		for i := 0; i < l.Len(); i++ {
+			st.PluginsByState[t(l.At(i).State())] += int(l.At(i).Count())
+		}
+	}
+	return st, nil
+}
+
+// micros is a duration in microseconds as text ("1.25ms"), or "" for 0.
+func micros(us uint64) string {
+	if us == 0 {
+		return ""
+	}
+	return (time.Duration(us) * time.Microsecond).String()
 }
 
 // RemoteError is an error the daemon answered with; Error returns the

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"github.com/dimplugd/dimplugd/schema"
@@ -29,7 +30,20 @@ type directLane struct {
 	lane     *wire.LaneClient // nil while asked for or refused
 	breakers map[string]*wire.Breaker
 	reported map[string][2]uint64 // calls, failures already told to the daemon
+	stats    map[string]*directStats
 	askedAt  time.Time
+}
+
+// directStats is what the daemon hears of a hook's direct calls besides
+// their number and failures: failures by kind, answers by policy while
+// the breaker was open, and latency (in wire.LatencyBuckets, as the
+// daemon's own histograms). The daemon's metrics and inspect show them.
+type directStats struct {
+	timeouts, rejected, breakerOpen atomic.Uint64
+	latency                         wire.LatencyHistogram
+	// What was reported; read and written under the session's lock.
+	sentTimeouts, sentRejected, sentBreakerOpen uint64
+	sentLatency                                 wire.LatencySnapshot
 }
 
 // statsEvery is how often a session tells the daemon what its direct calls
@@ -40,8 +54,10 @@ const statsEvery = time.Second
 // since the last report, so that `dimplugctl inspect` counts them.
 func (s *Session) reportStats() {
 	type delta struct {
-		plugin, hook    string
-		calls, failures uint64
+		plugin, hook                    string
+		calls, failures                 uint64
+		timeouts, rejected, breakerOpen uint64
+		latency                         wire.LatencySnapshot
 	}
 	var ds []delta
 	s.mu.Lock()
@@ -49,8 +65,15 @@ func (s *Session) reportStats() {
 		for hook, br := range dl.breakers {
 			calls, failures, _ := br.Stats(time.Now())
 			was := dl.reported[hook]
-			if calls != was[0] || failures != was[1] {
-				ds = append(ds, delta{plugin, hook, calls - was[0], failures - was[1]})
+			d := delta{plugin: plugin, hook: hook, calls: calls - was[0], failures: failures - was[1]}
+			if st := dl.stats[hook]; st != nil {
+				t, r, b, l := st.timeouts.Load(), st.rejected.Load(), st.breakerOpen.Load(), st.latency.Snapshot()
+				d.timeouts, d.rejected, d.breakerOpen = t-st.sentTimeouts, r-st.sentRejected, b-st.sentBreakerOpen
+				d.latency = l.Sub(st.sentLatency)
+				st.sentTimeouts, st.sentRejected, st.sentBreakerOpen, st.sentLatency = t, r, b, l
+			}
+			if d.calls != 0 || d.failures != 0 || d.breakerOpen != 0 || d.latency.Count() != 0 {
+				ds = append(ds, d)
 				dl.reported[hook] = [2]uint64{calls, failures}
 			}
 		}
@@ -74,6 +97,17 @@ func (s *Session) reportStats() {
 			}
 			hs.SetCalls(d.calls)
 			hs.SetFailures(d.failures)
+			hs.SetTimeouts(d.timeouts)
+			hs.SetRejected(d.rejected)
+			hs.SetBreakerOpen(d.breakerOpen)
+			l, err := hs.NewLatencyCounts(int32(len(d.latency.Counts)))
+			if err != nil {
+				return err
+			}
+			for i, n := range d.latency.Counts {
+				l.Set(i, n)
+			}
+			hs.SetLatencySumMicros(uint64(d.latency.Sum / time.Microsecond))
 			return nil
 		})
 	}
@@ -131,17 +165,22 @@ func (s *Session) dispatchDirect(ctx context.Context, phase Phase, req *Request,
 	if hook == nil {
 		return nil, false
 	}
-	lane, br := s.directLaneFor(hook.Plugin, hook.Hook, t)
+	lane, br, st := s.directLaneFor(hook.Plugin, hook.Hook, t)
 	if lane == nil {
 		return nil, false
 	}
 	params, _ := entry.route.Match(req.Path)
 	where := fmt.Sprintf("on %s %s", req.Method, entry.Route)
 	if allowed, why := br.Allow(time.Now()); !allowed {
+		st.breakerOpen.Add(1)
 		return fail(hook, phase, &HookError{Plugin: hook.Plugin, Hook: hook.Hook, Kind: schema.HookErrorKind_unavailable, Message: why + " " + where}), true
 	}
+	began := time.Now()
 	a, herr := wire.CallHook(ctx, lane, &wire.HookCall{Hook: hook.Hook, Phase: phase, Timeout: hook.Deadline,
 		Request: wire.HookRequest(req, entry.Route, params), Response: resp}, hook.Plugin, where)
+	if herr == nil || herr.Kind != schema.HookErrorKind_unavailable {
+		st.latency.Observe(time.Since(began)) // the calls the breaker counts below
+	}
 	if herr != nil {
 		select {
 		case <-lane.Done():
@@ -156,6 +195,12 @@ func (s *Session) dispatchDirect(ctx context.Context, phase Phase, req *Request,
 			// knows what to say.
 			br.Release()
 			return nil, false
+		}
+		switch herr.Kind {
+		case schema.HookErrorKind_timeout:
+			st.timeouts.Add(1)
+		case schema.HookErrorKind_rejected:
+			st.rejected.Add(1)
 		}
 		br.Record(false, time.Now())
 		return fail(hook, phase, herr), true
@@ -192,14 +237,14 @@ func fail(h *RouteHook, phase Phase, e *HookError) *Result {
 }
 
 // directLaneFor returns the session's lane to plugin and the hook's
-// breaker, asking the daemon for a lane (in the background) when there is
-// none yet.
-func (s *Session) directLaneFor(plugin, hook string, t *RouteTable) (*wire.LaneClient, *wire.Breaker) {
+// breaker and stats, asking the daemon for a lane (in the background) when
+// there is none yet.
+func (s *Session) directLaneFor(plugin, hook string, t *RouteTable) (*wire.LaneClient, *wire.Breaker, *directStats) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	dl := s.direct[plugin]
 	if dl == nil {
-		dl = &directLane{breakers: map[string]*wire.Breaker{}, reported: map[string][2]uint64{}}
+		dl = &directLane{breakers: map[string]*wire.Breaker{}, reported: map[string][2]uint64{}, stats: map[string]*directStats{}}
 		s.direct[plugin] = dl
 	}
 	if dl.lane == nil {
@@ -207,7 +252,7 @@ func (s *Session) directLaneFor(plugin, hook string, t *RouteTable) (*wire.LaneC
 			dl.askedAt = time.Now()
 			go s.askLane(plugin) // owned by the session; ends after one send
 		}
-		return nil, nil
+		return nil, nil, nil
 	}
 	br := dl.breakers[hook]
 	if br == nil {
@@ -218,7 +263,12 @@ func (s *Session) directLaneFor(plugin, hook string, t *RouteTable) (*wire.LaneC
 		br = wire.NewBreaker(failures, cooldown)
 		dl.breakers[hook] = br
 	}
-	return dl.lane, br
+	st := dl.stats[hook]
+	if st == nil {
+		st = &directStats{}
+		dl.stats[hook] = st
+	}
+	return dl.lane, br, st
 }
 
 func (s *Session) askLane(plugin string) {

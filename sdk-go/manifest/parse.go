@@ -6,6 +6,7 @@ import (
 	"math"
 	"regexp"
 	"slices"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -14,6 +15,11 @@ import (
 )
 
 var namePattern = regexp.MustCompile(`^[a-z][a-z0-9-]{0,39}$`)
+
+// ValidName reports whether s is a valid name of a plugin, hook, stream or
+// page: 1 to 40 lowercase letters, digits or dashes, starting with a
+// letter.
+func ValidName(s string) bool { return namePattern.MatchString(s) }
 
 const nameRule = "want 1 to 40 lowercase letters, digits or dashes, starting with a letter"
 
@@ -216,7 +222,43 @@ func (d *decoder) checkShape() bool {
 			d.addf(key, "want an array of tables ([[%s]]), got %s", key, typeName(v))
 		}
 	}
+	d.caseClashes("", d.doc)
 	return len(d.errs) == 0
+}
+
+// caseClashes reports keys of one table that differ only in case ("hooks"
+// and "hoOks"): the typed decode matches keys case-insensitively, so it
+// would take either, depending on map order.
+func (d *decoder) caseClashes(path string, v any) {
+	switch v := v.(type) {
+	case map[string]any:
+		keys := make([]string, 0, len(v))
+		for k := range v {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		seen := map[string]string{}
+		for _, k := range keys {
+			field := k
+			if path != "" {
+				field = path + "." + k
+			}
+			if other, ok := seen[strings.ToLower(k)]; ok {
+				d.addf(field, "clashes with %q: keys differ only in case (keys are case-sensitive)", other)
+			} else {
+				seen[strings.ToLower(k)] = k
+			}
+			d.caseClashes(field, v[k])
+		}
+	case []map[string]any:
+		for i, el := range v {
+			d.caseClashes(fmt.Sprintf("%s[%d]", path, i), el)
+		}
+	case []any:
+		for i, el := range v {
+			d.caseClashes(fmt.Sprintf("%s[%d]", path, i), el)
+		}
+	}
 }
 
 // tables returns the array of tables at key in the generic decode.

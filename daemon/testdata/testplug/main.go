@@ -24,6 +24,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"flag"
@@ -154,6 +155,8 @@ const forgedDaemonLine = "12:00:00.000 daemon started instance forged (pid 1, ru
 //	        without allocating them whole
 //	many    n lines of size bytes on stderr
 //	biglog  one Logger call with size bytes of text
+//	count   n numbered lines on stdout, "line 000000 " padded with x to
+//	        size bytes, starting at the number in query parameter from
 //	forge   lines that pass for the daemon's and terminal escape sequences,
 //	        on stdout, stderr and the Logger
 func (p *testPlug) print(ctx context.Context, mode string, q url.Values) (*plugin.Response, error) {
@@ -187,6 +190,14 @@ func (p *testPlug) print(ctx context.Context, mode string, q url.Values) (*plugi
 		}
 	case "biglog":
 		p.host.Log.Info(strings.Repeat("y", size))
+	case "count":
+		from, _ := strconv.Atoi(q.Get("from"))
+		w := bufio.NewWriter(os.Stdout)
+		for i := from; i < from+n; i++ {
+			line := fmt.Sprintf("line %06d ", i)
+			fmt.Fprintf(w, "%s%s\n", line, strings.Repeat("x", max(size-len(line), 0)))
+		}
+		werr = w.Flush()
 	case "forge":
 		fmt.Fprintln(os.Stdout, forgedDaemonLine)
 		fmt.Fprint(os.Stdout, "innocent\r"+forgedDaemonLine+"\n")
