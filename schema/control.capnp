@@ -61,6 +61,38 @@ interface Control {
   # able to call this method (the control socket's permissions) is the
   # operator right the console asks for. Fails as unavailable when the
   # daemon has no console TCP listener.
+
+  installStream @13 (options :InstallOptions, progress :InstallProgress) -> (upload :Upload);
+  # Installs a plugin from a package streamed in chunks: a .dimplug
+  # (docs/packages.md) or a tar archive of a plugin directory, as install
+  # takes it. Write the bytes to upload in order, then call Upload.finish.
+  # The daemon checks the package (size, hashes, signature against its
+  # trusted keys and policy, hostile entries) before anything is unpacked
+  # into place, and reports each stage to progress (may be null).
+
+  rollback @14 (name :Text) -> (plugin :PluginStatus);
+  # Returns a plugin to the version it had before its last upgrade: files,
+  # grant and data as they were then. Fails as not found when no previous
+  # version is kept.
+
+  uninstall @15 (name :Text, purge :Bool) -> (keptDataBytes :UInt64);
+  # Stops and removes a plugin. Without purge its key-value data and
+  # settings are kept (keptDataBytes says how much) and come back with a
+  # later install of the same name; with purge they are deleted too.
+
+  exportData @16 (name :Text) -> (archive :Data);
+  # The plugin's data (key-value store and settings) in the documented
+  # export format (docs/packages.md, "Data export").
+
+  importData @17 (name :Text, archive :Data, replace :Bool) -> (keys :UInt64);
+  # Loads an export into a plugin's data: merged key by key, or replacing
+  # everything with replace. Checked against the KV limits first; nothing
+  # is written when it fails.
+
+  trustAdd @18 (publicKey :Text, comment :Text) -> (key :TrustedKey);
+  # Trusts a publisher key (minisign public key format) for signed packages.
+  trustList @19 () -> (keys :List(TrustedKey));
+  trustRemove @20 (keyId :Text) -> ();
 }
 
 struct InstallOptions {
@@ -71,6 +103,37 @@ struct InstallOptions {
   grant @2 :Permissions;
   # What the operator approved. Null grants exactly what the manifest asks
   # for (a script that passed --yes).
+  wait @3 :Bool;
+  # Answer only once the plugin runs and is healthy (or the install failed
+  # and was undone); without it, answer once the files are in place.
+  allowUnsigned @4 :Bool;
+  # The operator accepted an unsigned package (policy "prompt").
+  sha256 @5 :Data;
+  # When set, the package must have this SHA-256 (a pin).
+}
+
+interface Upload {
+  # One streamed package (Control.installStream).
+  write @0 (chunk :Data) -> ();
+  # The next bytes, at most 1 MiB per call; keep a few calls in flight.
+  finish @1 () -> (plugin :PluginStatus, publisher :TrustedKey, sha256 :Data);
+  # Ends the package and installs it; publisher is null when unsigned.
+  abort @2 (reason :Text) -> ();
+}
+
+interface InstallProgress {
+  # What the daemon is doing with a streamed package.
+  stage @0 (stage :Text, done :UInt64, total :UInt64) -> ();
+  # stage: "receiving", "verifying", "unpacking", "starting", "waiting"
+  # (for the plugin to be healthy), "switching" (hooks to the new version),
+  # "rolling back". done/total count bytes where that means something.
+}
+
+struct TrustedKey {
+  keyId @0 :Text;        # minisign key id, 16 hex digits
+  publicKey @1 :Text;    # minisign public key (base64)
+  comment @2 :Text;      # the operator's note: who publishes with it
+  addedAtUnixMs @3 :Int64;
 }
 
 struct Permissions {
@@ -156,6 +219,9 @@ struct PluginStatus {
   startedAtUnixMs @15 :Int64;
   dir @16 :Text;
   streams @17 :List(StreamStageInfo);
+  previousVersion @18 :Text;  # kept for rollback; empty when none
+  publisher @19 :TrustedKey;  # who signed the installed package; null: unsigned
+  sha256 @20 :Data;           # of the installed package
 }
 
 struct LogLine {

@@ -276,6 +276,166 @@ func (c Control) ConsoleLogin(ctx context.Context, params func(Control_consoleLo
 
 }
 
+func (c Control) InstallStream(ctx context.Context, params func(Control_installStream_Params) error) (Control_installStream_Results_Future, capnp.ReleaseFunc) {
+
+	s := capnp.Send{
+		Method: capnp.Method{
+			InterfaceID:   0xe74302c6b93963f3,
+			MethodID:      13,
+			InterfaceName: "control.capnp:Control",
+			MethodName:    "installStream",
+		},
+	}
+	if params != nil {
+		s.ArgsSize = capnp.ObjectSize{DataSize: 0, PointerCount: 2}
+		s.PlaceArgs = func(s capnp.Struct) error { return params(Control_installStream_Params(s)) }
+	}
+
+	ans, release := capnp.Client(c).SendCall(ctx, s)
+	return Control_installStream_Results_Future{Future: ans.Future()}, release
+
+}
+
+func (c Control) Rollback(ctx context.Context, params func(Control_rollback_Params) error) (Control_rollback_Results_Future, capnp.ReleaseFunc) {
+
+	s := capnp.Send{
+		Method: capnp.Method{
+			InterfaceID:   0xe74302c6b93963f3,
+			MethodID:      14,
+			InterfaceName: "control.capnp:Control",
+			MethodName:    "rollback",
+		},
+	}
+	if params != nil {
+		s.ArgsSize = capnp.ObjectSize{DataSize: 0, PointerCount: 1}
+		s.PlaceArgs = func(s capnp.Struct) error { return params(Control_rollback_Params(s)) }
+	}
+
+	ans, release := capnp.Client(c).SendCall(ctx, s)
+	return Control_rollback_Results_Future{Future: ans.Future()}, release
+
+}
+
+func (c Control) Uninstall(ctx context.Context, params func(Control_uninstall_Params) error) (Control_uninstall_Results_Future, capnp.ReleaseFunc) {
+
+	s := capnp.Send{
+		Method: capnp.Method{
+			InterfaceID:   0xe74302c6b93963f3,
+			MethodID:      15,
+			InterfaceName: "control.capnp:Control",
+			MethodName:    "uninstall",
+		},
+	}
+	if params != nil {
+		s.ArgsSize = capnp.ObjectSize{DataSize: 8, PointerCount: 1}
+		s.PlaceArgs = func(s capnp.Struct) error { return params(Control_uninstall_Params(s)) }
+	}
+
+	ans, release := capnp.Client(c).SendCall(ctx, s)
+	return Control_uninstall_Results_Future{Future: ans.Future()}, release
+
+}
+
+func (c Control) ExportData(ctx context.Context, params func(Control_exportData_Params) error) (Control_exportData_Results_Future, capnp.ReleaseFunc) {
+
+	s := capnp.Send{
+		Method: capnp.Method{
+			InterfaceID:   0xe74302c6b93963f3,
+			MethodID:      16,
+			InterfaceName: "control.capnp:Control",
+			MethodName:    "exportData",
+		},
+	}
+	if params != nil {
+		s.ArgsSize = capnp.ObjectSize{DataSize: 0, PointerCount: 1}
+		s.PlaceArgs = func(s capnp.Struct) error { return params(Control_exportData_Params(s)) }
+	}
+
+	ans, release := capnp.Client(c).SendCall(ctx, s)
+	return Control_exportData_Results_Future{Future: ans.Future()}, release
+
+}
+
+func (c Control) ImportData(ctx context.Context, params func(Control_importData_Params) error) (Control_importData_Results_Future, capnp.ReleaseFunc) {
+
+	s := capnp.Send{
+		Method: capnp.Method{
+			InterfaceID:   0xe74302c6b93963f3,
+			MethodID:      17,
+			InterfaceName: "control.capnp:Control",
+			MethodName:    "importData",
+		},
+	}
+	if params != nil {
+		s.ArgsSize = capnp.ObjectSize{DataSize: 8, PointerCount: 2}
+		s.PlaceArgs = func(s capnp.Struct) error { return params(Control_importData_Params(s)) }
+	}
+
+	ans, release := capnp.Client(c).SendCall(ctx, s)
+	return Control_importData_Results_Future{Future: ans.Future()}, release
+
+}
+
+func (c Control) TrustAdd(ctx context.Context, params func(Control_trustAdd_Params) error) (Control_trustAdd_Results_Future, capnp.ReleaseFunc) {
+
+	s := capnp.Send{
+		Method: capnp.Method{
+			InterfaceID:   0xe74302c6b93963f3,
+			MethodID:      18,
+			InterfaceName: "control.capnp:Control",
+			MethodName:    "trustAdd",
+		},
+	}
+	if params != nil {
+		s.ArgsSize = capnp.ObjectSize{DataSize: 0, PointerCount: 2}
+		s.PlaceArgs = func(s capnp.Struct) error { return params(Control_trustAdd_Params(s)) }
+	}
+
+	ans, release := capnp.Client(c).SendCall(ctx, s)
+	return Control_trustAdd_Results_Future{Future: ans.Future()}, release
+
+}
+
+func (c Control) TrustList(ctx context.Context, params func(Control_trustList_Params) error) (Control_trustList_Results_Future, capnp.ReleaseFunc) {
+
+	s := capnp.Send{
+		Method: capnp.Method{
+			InterfaceID:   0xe74302c6b93963f3,
+			MethodID:      19,
+			InterfaceName: "control.capnp:Control",
+			MethodName:    "trustList",
+		},
+	}
+	if params != nil {
+		s.ArgsSize = capnp.ObjectSize{DataSize: 0, PointerCount: 0}
+		s.PlaceArgs = func(s capnp.Struct) error { return params(Control_trustList_Params(s)) }
+	}
+
+	ans, release := capnp.Client(c).SendCall(ctx, s)
+	return Control_trustList_Results_Future{Future: ans.Future()}, release
+
+}
+
+func (c Control) TrustRemove(ctx context.Context, params func(Control_trustRemove_Params) error) (Control_trustRemove_Results_Future, capnp.ReleaseFunc) {
+
+	s := capnp.Send{
+		Method: capnp.Method{
+			InterfaceID:   0xe74302c6b93963f3,
+			MethodID:      20,
+			InterfaceName: "control.capnp:Control",
+			MethodName:    "trustRemove",
+		},
+	}
+	if params != nil {
+		s.ArgsSize = capnp.ObjectSize{DataSize: 0, PointerCount: 1}
+		s.PlaceArgs = func(s capnp.Struct) error { return params(Control_trustRemove_Params(s)) }
+	}
+
+	ans, release := capnp.Client(c).SendCall(ctx, s)
+	return Control_trustRemove_Results_Future{Future: ans.Future()}, release
+
+}
+
 func (c Control) WaitStreaming() error {
 	return capnp.Client(c).WaitStreaming()
 }
@@ -374,6 +534,22 @@ type Control_Server interface {
 	SetSettings(context.Context, Control_setSettings) error
 
 	ConsoleLogin(context.Context, Control_consoleLogin) error
+
+	InstallStream(context.Context, Control_installStream) error
+
+	Rollback(context.Context, Control_rollback) error
+
+	Uninstall(context.Context, Control_uninstall) error
+
+	ExportData(context.Context, Control_exportData) error
+
+	ImportData(context.Context, Control_importData) error
+
+	TrustAdd(context.Context, Control_trustAdd) error
+
+	TrustList(context.Context, Control_trustList) error
+
+	TrustRemove(context.Context, Control_trustRemove) error
 }
 
 // Control_NewServer creates a new Server from an implementation of Control_Server.
@@ -392,7 +568,7 @@ func Control_ServerToClient(s Control_Server) Control {
 // This can be used to create a more complicated Server.
 func Control_Methods(methods []server.Method, s Control_Server) []server.Method {
 	if cap(methods) == 0 {
-		methods = make([]server.Method, 0, 13)
+		methods = make([]server.Method, 0, 21)
 	}
 
 	methods = append(methods, server.Method{
@@ -548,6 +724,102 @@ func Control_Methods(methods []server.Method, s Control_Server) []server.Method 
 		},
 		Impl: func(ctx context.Context, call *server.Call) error {
 			return s.ConsoleLogin(ctx, Control_consoleLogin{call})
+		},
+	})
+
+	methods = append(methods, server.Method{
+		Method: capnp.Method{
+			InterfaceID:   0xe74302c6b93963f3,
+			MethodID:      13,
+			InterfaceName: "control.capnp:Control",
+			MethodName:    "installStream",
+		},
+		Impl: func(ctx context.Context, call *server.Call) error {
+			return s.InstallStream(ctx, Control_installStream{call})
+		},
+	})
+
+	methods = append(methods, server.Method{
+		Method: capnp.Method{
+			InterfaceID:   0xe74302c6b93963f3,
+			MethodID:      14,
+			InterfaceName: "control.capnp:Control",
+			MethodName:    "rollback",
+		},
+		Impl: func(ctx context.Context, call *server.Call) error {
+			return s.Rollback(ctx, Control_rollback{call})
+		},
+	})
+
+	methods = append(methods, server.Method{
+		Method: capnp.Method{
+			InterfaceID:   0xe74302c6b93963f3,
+			MethodID:      15,
+			InterfaceName: "control.capnp:Control",
+			MethodName:    "uninstall",
+		},
+		Impl: func(ctx context.Context, call *server.Call) error {
+			return s.Uninstall(ctx, Control_uninstall{call})
+		},
+	})
+
+	methods = append(methods, server.Method{
+		Method: capnp.Method{
+			InterfaceID:   0xe74302c6b93963f3,
+			MethodID:      16,
+			InterfaceName: "control.capnp:Control",
+			MethodName:    "exportData",
+		},
+		Impl: func(ctx context.Context, call *server.Call) error {
+			return s.ExportData(ctx, Control_exportData{call})
+		},
+	})
+
+	methods = append(methods, server.Method{
+		Method: capnp.Method{
+			InterfaceID:   0xe74302c6b93963f3,
+			MethodID:      17,
+			InterfaceName: "control.capnp:Control",
+			MethodName:    "importData",
+		},
+		Impl: func(ctx context.Context, call *server.Call) error {
+			return s.ImportData(ctx, Control_importData{call})
+		},
+	})
+
+	methods = append(methods, server.Method{
+		Method: capnp.Method{
+			InterfaceID:   0xe74302c6b93963f3,
+			MethodID:      18,
+			InterfaceName: "control.capnp:Control",
+			MethodName:    "trustAdd",
+		},
+		Impl: func(ctx context.Context, call *server.Call) error {
+			return s.TrustAdd(ctx, Control_trustAdd{call})
+		},
+	})
+
+	methods = append(methods, server.Method{
+		Method: capnp.Method{
+			InterfaceID:   0xe74302c6b93963f3,
+			MethodID:      19,
+			InterfaceName: "control.capnp:Control",
+			MethodName:    "trustList",
+		},
+		Impl: func(ctx context.Context, call *server.Call) error {
+			return s.TrustList(ctx, Control_trustList{call})
+		},
+	})
+
+	methods = append(methods, server.Method{
+		Method: capnp.Method{
+			InterfaceID:   0xe74302c6b93963f3,
+			MethodID:      20,
+			InterfaceName: "control.capnp:Control",
+			MethodName:    "trustRemove",
+		},
+		Impl: func(ctx context.Context, call *server.Call) error {
+			return s.TrustRemove(ctx, Control_trustRemove{call})
 		},
 	})
 
@@ -773,6 +1045,142 @@ func (c Control_consoleLogin) Args() Control_consoleLogin_Params {
 func (c Control_consoleLogin) AllocResults() (Control_consoleLogin_Results, error) {
 	r, err := c.Call.AllocResults(capnp.ObjectSize{DataSize: 0, PointerCount: 1})
 	return Control_consoleLogin_Results(r), err
+}
+
+// Control_installStream holds the state for a server call to Control.installStream.
+// See server.Call for documentation.
+type Control_installStream struct {
+	*server.Call
+}
+
+// Args returns the call's arguments.
+func (c Control_installStream) Args() Control_installStream_Params {
+	return Control_installStream_Params(c.Call.Args())
+}
+
+// AllocResults allocates the results struct.
+func (c Control_installStream) AllocResults() (Control_installStream_Results, error) {
+	r, err := c.Call.AllocResults(capnp.ObjectSize{DataSize: 0, PointerCount: 1})
+	return Control_installStream_Results(r), err
+}
+
+// Control_rollback holds the state for a server call to Control.rollback.
+// See server.Call for documentation.
+type Control_rollback struct {
+	*server.Call
+}
+
+// Args returns the call's arguments.
+func (c Control_rollback) Args() Control_rollback_Params {
+	return Control_rollback_Params(c.Call.Args())
+}
+
+// AllocResults allocates the results struct.
+func (c Control_rollback) AllocResults() (Control_rollback_Results, error) {
+	r, err := c.Call.AllocResults(capnp.ObjectSize{DataSize: 0, PointerCount: 1})
+	return Control_rollback_Results(r), err
+}
+
+// Control_uninstall holds the state for a server call to Control.uninstall.
+// See server.Call for documentation.
+type Control_uninstall struct {
+	*server.Call
+}
+
+// Args returns the call's arguments.
+func (c Control_uninstall) Args() Control_uninstall_Params {
+	return Control_uninstall_Params(c.Call.Args())
+}
+
+// AllocResults allocates the results struct.
+func (c Control_uninstall) AllocResults() (Control_uninstall_Results, error) {
+	r, err := c.Call.AllocResults(capnp.ObjectSize{DataSize: 8, PointerCount: 0})
+	return Control_uninstall_Results(r), err
+}
+
+// Control_exportData holds the state for a server call to Control.exportData.
+// See server.Call for documentation.
+type Control_exportData struct {
+	*server.Call
+}
+
+// Args returns the call's arguments.
+func (c Control_exportData) Args() Control_exportData_Params {
+	return Control_exportData_Params(c.Call.Args())
+}
+
+// AllocResults allocates the results struct.
+func (c Control_exportData) AllocResults() (Control_exportData_Results, error) {
+	r, err := c.Call.AllocResults(capnp.ObjectSize{DataSize: 0, PointerCount: 1})
+	return Control_exportData_Results(r), err
+}
+
+// Control_importData holds the state for a server call to Control.importData.
+// See server.Call for documentation.
+type Control_importData struct {
+	*server.Call
+}
+
+// Args returns the call's arguments.
+func (c Control_importData) Args() Control_importData_Params {
+	return Control_importData_Params(c.Call.Args())
+}
+
+// AllocResults allocates the results struct.
+func (c Control_importData) AllocResults() (Control_importData_Results, error) {
+	r, err := c.Call.AllocResults(capnp.ObjectSize{DataSize: 8, PointerCount: 0})
+	return Control_importData_Results(r), err
+}
+
+// Control_trustAdd holds the state for a server call to Control.trustAdd.
+// See server.Call for documentation.
+type Control_trustAdd struct {
+	*server.Call
+}
+
+// Args returns the call's arguments.
+func (c Control_trustAdd) Args() Control_trustAdd_Params {
+	return Control_trustAdd_Params(c.Call.Args())
+}
+
+// AllocResults allocates the results struct.
+func (c Control_trustAdd) AllocResults() (Control_trustAdd_Results, error) {
+	r, err := c.Call.AllocResults(capnp.ObjectSize{DataSize: 0, PointerCount: 1})
+	return Control_trustAdd_Results(r), err
+}
+
+// Control_trustList holds the state for a server call to Control.trustList.
+// See server.Call for documentation.
+type Control_trustList struct {
+	*server.Call
+}
+
+// Args returns the call's arguments.
+func (c Control_trustList) Args() Control_trustList_Params {
+	return Control_trustList_Params(c.Call.Args())
+}
+
+// AllocResults allocates the results struct.
+func (c Control_trustList) AllocResults() (Control_trustList_Results, error) {
+	r, err := c.Call.AllocResults(capnp.ObjectSize{DataSize: 0, PointerCount: 1})
+	return Control_trustList_Results(r), err
+}
+
+// Control_trustRemove holds the state for a server call to Control.trustRemove.
+// See server.Call for documentation.
+type Control_trustRemove struct {
+	*server.Call
+}
+
+// Args returns the call's arguments.
+func (c Control_trustRemove) Args() Control_trustRemove_Params {
+	return Control_trustRemove_Params(c.Call.Args())
+}
+
+// AllocResults allocates the results struct.
+func (c Control_trustRemove) AllocResults() (Control_trustRemove_Results, error) {
+	r, err := c.Call.AllocResults(capnp.ObjectSize{DataSize: 0, PointerCount: 0})
+	return Control_trustRemove_Results(r), err
 }
 
 // Control_List is a list of Control.
@@ -3091,18 +3499,1375 @@ func (f Control_consoleLogin_Results_Future) Struct() (Control_consoleLogin_Resu
 	return Control_consoleLogin_Results(p.Struct()), err
 }
 
+type Control_installStream_Params capnp.Struct
+
+// Control_installStream_Params_TypeID is the unique identifier for the type Control_installStream_Params.
+const Control_installStream_Params_TypeID = 0xa11c257c28769509
+
+func NewControl_installStream_Params(s *capnp.Segment) (Control_installStream_Params, error) {
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 2})
+	return Control_installStream_Params(st), err
+}
+
+func NewRootControl_installStream_Params(s *capnp.Segment) (Control_installStream_Params, error) {
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 2})
+	return Control_installStream_Params(st), err
+}
+
+func ReadRootControl_installStream_Params(msg *capnp.Message) (Control_installStream_Params, error) {
+	root, err := msg.Root()
+	return Control_installStream_Params(root.Struct()), err
+}
+
+func (s Control_installStream_Params) String() string {
+	str, _ := text.Marshal(0xa11c257c28769509, capnp.Struct(s))
+	return str
+}
+
+func (s Control_installStream_Params) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Struct(s).EncodeAsPtr(seg)
+}
+
+func (Control_installStream_Params) DecodeFromPtr(p capnp.Ptr) Control_installStream_Params {
+	return Control_installStream_Params(capnp.Struct{}.DecodeFromPtr(p))
+}
+
+func (s Control_installStream_Params) ToPtr() capnp.Ptr {
+	return capnp.Struct(s).ToPtr()
+}
+func (s Control_installStream_Params) IsValid() bool {
+	return capnp.Struct(s).IsValid()
+}
+
+func (s Control_installStream_Params) Message() *capnp.Message {
+	return capnp.Struct(s).Message()
+}
+
+func (s Control_installStream_Params) Segment() *capnp.Segment {
+	return capnp.Struct(s).Segment()
+}
+func (s Control_installStream_Params) Options() (InstallOptions, error) {
+	p, err := capnp.Struct(s).Ptr(0)
+	return InstallOptions(p.Struct()), err
+}
+
+func (s Control_installStream_Params) HasOptions() bool {
+	return capnp.Struct(s).HasPtr(0)
+}
+
+func (s Control_installStream_Params) SetOptions(v InstallOptions) error {
+	return capnp.Struct(s).SetPtr(0, capnp.Struct(v).ToPtr())
+}
+
+// NewOptions sets the options field to a newly
+// allocated InstallOptions struct, preferring placement in s's segment.
+func (s Control_installStream_Params) NewOptions() (InstallOptions, error) {
+	ss, err := NewInstallOptions(capnp.Struct(s).Segment())
+	if err != nil {
+		return InstallOptions{}, err
+	}
+	err = capnp.Struct(s).SetPtr(0, capnp.Struct(ss).ToPtr())
+	return ss, err
+}
+
+func (s Control_installStream_Params) Progress() InstallProgress {
+	p, _ := capnp.Struct(s).Ptr(1)
+	return InstallProgress(p.Interface().Client())
+}
+
+func (s Control_installStream_Params) HasProgress() bool {
+	return capnp.Struct(s).HasPtr(1)
+}
+
+func (s Control_installStream_Params) SetProgress(v InstallProgress) error {
+	if !v.IsValid() {
+		return capnp.Struct(s).SetPtr(1, capnp.Ptr{})
+	}
+	seg := s.Segment()
+	in := capnp.NewInterface(seg, seg.Message().CapTable().Add(capnp.Client(v)))
+	return capnp.Struct(s).SetPtr(1, in.ToPtr())
+}
+
+// Control_installStream_Params_List is a list of Control_installStream_Params.
+type Control_installStream_Params_List = capnp.StructList[Control_installStream_Params]
+
+// NewControl_installStream_Params creates a new list of Control_installStream_Params.
+func NewControl_installStream_Params_List(s *capnp.Segment, sz int32) (Control_installStream_Params_List, error) {
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 0, PointerCount: 2}, sz)
+	return capnp.StructList[Control_installStream_Params](l), err
+}
+
+// Control_installStream_Params_Future is a wrapper for a Control_installStream_Params promised by a client call.
+type Control_installStream_Params_Future struct{ *capnp.Future }
+
+func (f Control_installStream_Params_Future) Struct() (Control_installStream_Params, error) {
+	p, err := f.Future.Ptr()
+	return Control_installStream_Params(p.Struct()), err
+}
+func (p Control_installStream_Params_Future) Options() InstallOptions_Future {
+	return InstallOptions_Future{Future: p.Future.Field(0, nil)}
+}
+func (p Control_installStream_Params_Future) Progress() InstallProgress {
+	return InstallProgress(p.Future.Field(1, nil).Client())
+}
+
+type Control_installStream_Results capnp.Struct
+
+// Control_installStream_Results_TypeID is the unique identifier for the type Control_installStream_Results.
+const Control_installStream_Results_TypeID = 0xed71403146bc6abe
+
+func NewControl_installStream_Results(s *capnp.Segment) (Control_installStream_Results, error) {
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1})
+	return Control_installStream_Results(st), err
+}
+
+func NewRootControl_installStream_Results(s *capnp.Segment) (Control_installStream_Results, error) {
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1})
+	return Control_installStream_Results(st), err
+}
+
+func ReadRootControl_installStream_Results(msg *capnp.Message) (Control_installStream_Results, error) {
+	root, err := msg.Root()
+	return Control_installStream_Results(root.Struct()), err
+}
+
+func (s Control_installStream_Results) String() string {
+	str, _ := text.Marshal(0xed71403146bc6abe, capnp.Struct(s))
+	return str
+}
+
+func (s Control_installStream_Results) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Struct(s).EncodeAsPtr(seg)
+}
+
+func (Control_installStream_Results) DecodeFromPtr(p capnp.Ptr) Control_installStream_Results {
+	return Control_installStream_Results(capnp.Struct{}.DecodeFromPtr(p))
+}
+
+func (s Control_installStream_Results) ToPtr() capnp.Ptr {
+	return capnp.Struct(s).ToPtr()
+}
+func (s Control_installStream_Results) IsValid() bool {
+	return capnp.Struct(s).IsValid()
+}
+
+func (s Control_installStream_Results) Message() *capnp.Message {
+	return capnp.Struct(s).Message()
+}
+
+func (s Control_installStream_Results) Segment() *capnp.Segment {
+	return capnp.Struct(s).Segment()
+}
+func (s Control_installStream_Results) Upload() Upload {
+	p, _ := capnp.Struct(s).Ptr(0)
+	return Upload(p.Interface().Client())
+}
+
+func (s Control_installStream_Results) HasUpload() bool {
+	return capnp.Struct(s).HasPtr(0)
+}
+
+func (s Control_installStream_Results) SetUpload(v Upload) error {
+	if !v.IsValid() {
+		return capnp.Struct(s).SetPtr(0, capnp.Ptr{})
+	}
+	seg := s.Segment()
+	in := capnp.NewInterface(seg, seg.Message().CapTable().Add(capnp.Client(v)))
+	return capnp.Struct(s).SetPtr(0, in.ToPtr())
+}
+
+// Control_installStream_Results_List is a list of Control_installStream_Results.
+type Control_installStream_Results_List = capnp.StructList[Control_installStream_Results]
+
+// NewControl_installStream_Results creates a new list of Control_installStream_Results.
+func NewControl_installStream_Results_List(s *capnp.Segment, sz int32) (Control_installStream_Results_List, error) {
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1}, sz)
+	return capnp.StructList[Control_installStream_Results](l), err
+}
+
+// Control_installStream_Results_Future is a wrapper for a Control_installStream_Results promised by a client call.
+type Control_installStream_Results_Future struct{ *capnp.Future }
+
+func (f Control_installStream_Results_Future) Struct() (Control_installStream_Results, error) {
+	p, err := f.Future.Ptr()
+	return Control_installStream_Results(p.Struct()), err
+}
+func (p Control_installStream_Results_Future) Upload() Upload {
+	return Upload(p.Future.Field(0, nil).Client())
+}
+
+type Control_rollback_Params capnp.Struct
+
+// Control_rollback_Params_TypeID is the unique identifier for the type Control_rollback_Params.
+const Control_rollback_Params_TypeID = 0xd156eee5e8725d3c
+
+func NewControl_rollback_Params(s *capnp.Segment) (Control_rollback_Params, error) {
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1})
+	return Control_rollback_Params(st), err
+}
+
+func NewRootControl_rollback_Params(s *capnp.Segment) (Control_rollback_Params, error) {
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1})
+	return Control_rollback_Params(st), err
+}
+
+func ReadRootControl_rollback_Params(msg *capnp.Message) (Control_rollback_Params, error) {
+	root, err := msg.Root()
+	return Control_rollback_Params(root.Struct()), err
+}
+
+func (s Control_rollback_Params) String() string {
+	str, _ := text.Marshal(0xd156eee5e8725d3c, capnp.Struct(s))
+	return str
+}
+
+func (s Control_rollback_Params) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Struct(s).EncodeAsPtr(seg)
+}
+
+func (Control_rollback_Params) DecodeFromPtr(p capnp.Ptr) Control_rollback_Params {
+	return Control_rollback_Params(capnp.Struct{}.DecodeFromPtr(p))
+}
+
+func (s Control_rollback_Params) ToPtr() capnp.Ptr {
+	return capnp.Struct(s).ToPtr()
+}
+func (s Control_rollback_Params) IsValid() bool {
+	return capnp.Struct(s).IsValid()
+}
+
+func (s Control_rollback_Params) Message() *capnp.Message {
+	return capnp.Struct(s).Message()
+}
+
+func (s Control_rollback_Params) Segment() *capnp.Segment {
+	return capnp.Struct(s).Segment()
+}
+func (s Control_rollback_Params) Name() (string, error) {
+	p, err := capnp.Struct(s).Ptr(0)
+	return p.Text(), err
+}
+
+func (s Control_rollback_Params) HasName() bool {
+	return capnp.Struct(s).HasPtr(0)
+}
+
+func (s Control_rollback_Params) NameBytes() ([]byte, error) {
+	p, err := capnp.Struct(s).Ptr(0)
+	return p.TextBytes(), err
+}
+
+func (s Control_rollback_Params) SetName(v string) error {
+	return capnp.Struct(s).SetText(0, v)
+}
+
+// Control_rollback_Params_List is a list of Control_rollback_Params.
+type Control_rollback_Params_List = capnp.StructList[Control_rollback_Params]
+
+// NewControl_rollback_Params creates a new list of Control_rollback_Params.
+func NewControl_rollback_Params_List(s *capnp.Segment, sz int32) (Control_rollback_Params_List, error) {
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1}, sz)
+	return capnp.StructList[Control_rollback_Params](l), err
+}
+
+// Control_rollback_Params_Future is a wrapper for a Control_rollback_Params promised by a client call.
+type Control_rollback_Params_Future struct{ *capnp.Future }
+
+func (f Control_rollback_Params_Future) Struct() (Control_rollback_Params, error) {
+	p, err := f.Future.Ptr()
+	return Control_rollback_Params(p.Struct()), err
+}
+
+type Control_rollback_Results capnp.Struct
+
+// Control_rollback_Results_TypeID is the unique identifier for the type Control_rollback_Results.
+const Control_rollback_Results_TypeID = 0xf878fb8a2c9dff28
+
+func NewControl_rollback_Results(s *capnp.Segment) (Control_rollback_Results, error) {
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1})
+	return Control_rollback_Results(st), err
+}
+
+func NewRootControl_rollback_Results(s *capnp.Segment) (Control_rollback_Results, error) {
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1})
+	return Control_rollback_Results(st), err
+}
+
+func ReadRootControl_rollback_Results(msg *capnp.Message) (Control_rollback_Results, error) {
+	root, err := msg.Root()
+	return Control_rollback_Results(root.Struct()), err
+}
+
+func (s Control_rollback_Results) String() string {
+	str, _ := text.Marshal(0xf878fb8a2c9dff28, capnp.Struct(s))
+	return str
+}
+
+func (s Control_rollback_Results) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Struct(s).EncodeAsPtr(seg)
+}
+
+func (Control_rollback_Results) DecodeFromPtr(p capnp.Ptr) Control_rollback_Results {
+	return Control_rollback_Results(capnp.Struct{}.DecodeFromPtr(p))
+}
+
+func (s Control_rollback_Results) ToPtr() capnp.Ptr {
+	return capnp.Struct(s).ToPtr()
+}
+func (s Control_rollback_Results) IsValid() bool {
+	return capnp.Struct(s).IsValid()
+}
+
+func (s Control_rollback_Results) Message() *capnp.Message {
+	return capnp.Struct(s).Message()
+}
+
+func (s Control_rollback_Results) Segment() *capnp.Segment {
+	return capnp.Struct(s).Segment()
+}
+func (s Control_rollback_Results) Plugin() (PluginStatus, error) {
+	p, err := capnp.Struct(s).Ptr(0)
+	return PluginStatus(p.Struct()), err
+}
+
+func (s Control_rollback_Results) HasPlugin() bool {
+	return capnp.Struct(s).HasPtr(0)
+}
+
+func (s Control_rollback_Results) SetPlugin(v PluginStatus) error {
+	return capnp.Struct(s).SetPtr(0, capnp.Struct(v).ToPtr())
+}
+
+// NewPlugin sets the plugin field to a newly
+// allocated PluginStatus struct, preferring placement in s's segment.
+func (s Control_rollback_Results) NewPlugin() (PluginStatus, error) {
+	ss, err := NewPluginStatus(capnp.Struct(s).Segment())
+	if err != nil {
+		return PluginStatus{}, err
+	}
+	err = capnp.Struct(s).SetPtr(0, capnp.Struct(ss).ToPtr())
+	return ss, err
+}
+
+// Control_rollback_Results_List is a list of Control_rollback_Results.
+type Control_rollback_Results_List = capnp.StructList[Control_rollback_Results]
+
+// NewControl_rollback_Results creates a new list of Control_rollback_Results.
+func NewControl_rollback_Results_List(s *capnp.Segment, sz int32) (Control_rollback_Results_List, error) {
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1}, sz)
+	return capnp.StructList[Control_rollback_Results](l), err
+}
+
+// Control_rollback_Results_Future is a wrapper for a Control_rollback_Results promised by a client call.
+type Control_rollback_Results_Future struct{ *capnp.Future }
+
+func (f Control_rollback_Results_Future) Struct() (Control_rollback_Results, error) {
+	p, err := f.Future.Ptr()
+	return Control_rollback_Results(p.Struct()), err
+}
+func (p Control_rollback_Results_Future) Plugin() PluginStatus_Future {
+	return PluginStatus_Future{Future: p.Future.Field(0, nil)}
+}
+
+type Control_uninstall_Params capnp.Struct
+
+// Control_uninstall_Params_TypeID is the unique identifier for the type Control_uninstall_Params.
+const Control_uninstall_Params_TypeID = 0xcf688275646180d0
+
+func NewControl_uninstall_Params(s *capnp.Segment) (Control_uninstall_Params, error) {
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 8, PointerCount: 1})
+	return Control_uninstall_Params(st), err
+}
+
+func NewRootControl_uninstall_Params(s *capnp.Segment) (Control_uninstall_Params, error) {
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 8, PointerCount: 1})
+	return Control_uninstall_Params(st), err
+}
+
+func ReadRootControl_uninstall_Params(msg *capnp.Message) (Control_uninstall_Params, error) {
+	root, err := msg.Root()
+	return Control_uninstall_Params(root.Struct()), err
+}
+
+func (s Control_uninstall_Params) String() string {
+	str, _ := text.Marshal(0xcf688275646180d0, capnp.Struct(s))
+	return str
+}
+
+func (s Control_uninstall_Params) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Struct(s).EncodeAsPtr(seg)
+}
+
+func (Control_uninstall_Params) DecodeFromPtr(p capnp.Ptr) Control_uninstall_Params {
+	return Control_uninstall_Params(capnp.Struct{}.DecodeFromPtr(p))
+}
+
+func (s Control_uninstall_Params) ToPtr() capnp.Ptr {
+	return capnp.Struct(s).ToPtr()
+}
+func (s Control_uninstall_Params) IsValid() bool {
+	return capnp.Struct(s).IsValid()
+}
+
+func (s Control_uninstall_Params) Message() *capnp.Message {
+	return capnp.Struct(s).Message()
+}
+
+func (s Control_uninstall_Params) Segment() *capnp.Segment {
+	return capnp.Struct(s).Segment()
+}
+func (s Control_uninstall_Params) Name() (string, error) {
+	p, err := capnp.Struct(s).Ptr(0)
+	return p.Text(), err
+}
+
+func (s Control_uninstall_Params) HasName() bool {
+	return capnp.Struct(s).HasPtr(0)
+}
+
+func (s Control_uninstall_Params) NameBytes() ([]byte, error) {
+	p, err := capnp.Struct(s).Ptr(0)
+	return p.TextBytes(), err
+}
+
+func (s Control_uninstall_Params) SetName(v string) error {
+	return capnp.Struct(s).SetText(0, v)
+}
+
+func (s Control_uninstall_Params) Purge() bool {
+	return capnp.Struct(s).Bit(0)
+}
+
+func (s Control_uninstall_Params) SetPurge(v bool) {
+	capnp.Struct(s).SetBit(0, v)
+}
+
+// Control_uninstall_Params_List is a list of Control_uninstall_Params.
+type Control_uninstall_Params_List = capnp.StructList[Control_uninstall_Params]
+
+// NewControl_uninstall_Params creates a new list of Control_uninstall_Params.
+func NewControl_uninstall_Params_List(s *capnp.Segment, sz int32) (Control_uninstall_Params_List, error) {
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 8, PointerCount: 1}, sz)
+	return capnp.StructList[Control_uninstall_Params](l), err
+}
+
+// Control_uninstall_Params_Future is a wrapper for a Control_uninstall_Params promised by a client call.
+type Control_uninstall_Params_Future struct{ *capnp.Future }
+
+func (f Control_uninstall_Params_Future) Struct() (Control_uninstall_Params, error) {
+	p, err := f.Future.Ptr()
+	return Control_uninstall_Params(p.Struct()), err
+}
+
+type Control_uninstall_Results capnp.Struct
+
+// Control_uninstall_Results_TypeID is the unique identifier for the type Control_uninstall_Results.
+const Control_uninstall_Results_TypeID = 0x98191433ba7f07d6
+
+func NewControl_uninstall_Results(s *capnp.Segment) (Control_uninstall_Results, error) {
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 8, PointerCount: 0})
+	return Control_uninstall_Results(st), err
+}
+
+func NewRootControl_uninstall_Results(s *capnp.Segment) (Control_uninstall_Results, error) {
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 8, PointerCount: 0})
+	return Control_uninstall_Results(st), err
+}
+
+func ReadRootControl_uninstall_Results(msg *capnp.Message) (Control_uninstall_Results, error) {
+	root, err := msg.Root()
+	return Control_uninstall_Results(root.Struct()), err
+}
+
+func (s Control_uninstall_Results) String() string {
+	str, _ := text.Marshal(0x98191433ba7f07d6, capnp.Struct(s))
+	return str
+}
+
+func (s Control_uninstall_Results) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Struct(s).EncodeAsPtr(seg)
+}
+
+func (Control_uninstall_Results) DecodeFromPtr(p capnp.Ptr) Control_uninstall_Results {
+	return Control_uninstall_Results(capnp.Struct{}.DecodeFromPtr(p))
+}
+
+func (s Control_uninstall_Results) ToPtr() capnp.Ptr {
+	return capnp.Struct(s).ToPtr()
+}
+func (s Control_uninstall_Results) IsValid() bool {
+	return capnp.Struct(s).IsValid()
+}
+
+func (s Control_uninstall_Results) Message() *capnp.Message {
+	return capnp.Struct(s).Message()
+}
+
+func (s Control_uninstall_Results) Segment() *capnp.Segment {
+	return capnp.Struct(s).Segment()
+}
+func (s Control_uninstall_Results) KeptDataBytes() uint64 {
+	return capnp.Struct(s).Uint64(0)
+}
+
+func (s Control_uninstall_Results) SetKeptDataBytes(v uint64) {
+	capnp.Struct(s).SetUint64(0, v)
+}
+
+// Control_uninstall_Results_List is a list of Control_uninstall_Results.
+type Control_uninstall_Results_List = capnp.StructList[Control_uninstall_Results]
+
+// NewControl_uninstall_Results creates a new list of Control_uninstall_Results.
+func NewControl_uninstall_Results_List(s *capnp.Segment, sz int32) (Control_uninstall_Results_List, error) {
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 8, PointerCount: 0}, sz)
+	return capnp.StructList[Control_uninstall_Results](l), err
+}
+
+// Control_uninstall_Results_Future is a wrapper for a Control_uninstall_Results promised by a client call.
+type Control_uninstall_Results_Future struct{ *capnp.Future }
+
+func (f Control_uninstall_Results_Future) Struct() (Control_uninstall_Results, error) {
+	p, err := f.Future.Ptr()
+	return Control_uninstall_Results(p.Struct()), err
+}
+
+type Control_exportData_Params capnp.Struct
+
+// Control_exportData_Params_TypeID is the unique identifier for the type Control_exportData_Params.
+const Control_exportData_Params_TypeID = 0x855e51e6a7db717b
+
+func NewControl_exportData_Params(s *capnp.Segment) (Control_exportData_Params, error) {
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1})
+	return Control_exportData_Params(st), err
+}
+
+func NewRootControl_exportData_Params(s *capnp.Segment) (Control_exportData_Params, error) {
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1})
+	return Control_exportData_Params(st), err
+}
+
+func ReadRootControl_exportData_Params(msg *capnp.Message) (Control_exportData_Params, error) {
+	root, err := msg.Root()
+	return Control_exportData_Params(root.Struct()), err
+}
+
+func (s Control_exportData_Params) String() string {
+	str, _ := text.Marshal(0x855e51e6a7db717b, capnp.Struct(s))
+	return str
+}
+
+func (s Control_exportData_Params) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Struct(s).EncodeAsPtr(seg)
+}
+
+func (Control_exportData_Params) DecodeFromPtr(p capnp.Ptr) Control_exportData_Params {
+	return Control_exportData_Params(capnp.Struct{}.DecodeFromPtr(p))
+}
+
+func (s Control_exportData_Params) ToPtr() capnp.Ptr {
+	return capnp.Struct(s).ToPtr()
+}
+func (s Control_exportData_Params) IsValid() bool {
+	return capnp.Struct(s).IsValid()
+}
+
+func (s Control_exportData_Params) Message() *capnp.Message {
+	return capnp.Struct(s).Message()
+}
+
+func (s Control_exportData_Params) Segment() *capnp.Segment {
+	return capnp.Struct(s).Segment()
+}
+func (s Control_exportData_Params) Name() (string, error) {
+	p, err := capnp.Struct(s).Ptr(0)
+	return p.Text(), err
+}
+
+func (s Control_exportData_Params) HasName() bool {
+	return capnp.Struct(s).HasPtr(0)
+}
+
+func (s Control_exportData_Params) NameBytes() ([]byte, error) {
+	p, err := capnp.Struct(s).Ptr(0)
+	return p.TextBytes(), err
+}
+
+func (s Control_exportData_Params) SetName(v string) error {
+	return capnp.Struct(s).SetText(0, v)
+}
+
+// Control_exportData_Params_List is a list of Control_exportData_Params.
+type Control_exportData_Params_List = capnp.StructList[Control_exportData_Params]
+
+// NewControl_exportData_Params creates a new list of Control_exportData_Params.
+func NewControl_exportData_Params_List(s *capnp.Segment, sz int32) (Control_exportData_Params_List, error) {
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1}, sz)
+	return capnp.StructList[Control_exportData_Params](l), err
+}
+
+// Control_exportData_Params_Future is a wrapper for a Control_exportData_Params promised by a client call.
+type Control_exportData_Params_Future struct{ *capnp.Future }
+
+func (f Control_exportData_Params_Future) Struct() (Control_exportData_Params, error) {
+	p, err := f.Future.Ptr()
+	return Control_exportData_Params(p.Struct()), err
+}
+
+type Control_exportData_Results capnp.Struct
+
+// Control_exportData_Results_TypeID is the unique identifier for the type Control_exportData_Results.
+const Control_exportData_Results_TypeID = 0xdb9de9bd9bcf8aa8
+
+func NewControl_exportData_Results(s *capnp.Segment) (Control_exportData_Results, error) {
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1})
+	return Control_exportData_Results(st), err
+}
+
+func NewRootControl_exportData_Results(s *capnp.Segment) (Control_exportData_Results, error) {
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1})
+	return Control_exportData_Results(st), err
+}
+
+func ReadRootControl_exportData_Results(msg *capnp.Message) (Control_exportData_Results, error) {
+	root, err := msg.Root()
+	return Control_exportData_Results(root.Struct()), err
+}
+
+func (s Control_exportData_Results) String() string {
+	str, _ := text.Marshal(0xdb9de9bd9bcf8aa8, capnp.Struct(s))
+	return str
+}
+
+func (s Control_exportData_Results) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Struct(s).EncodeAsPtr(seg)
+}
+
+func (Control_exportData_Results) DecodeFromPtr(p capnp.Ptr) Control_exportData_Results {
+	return Control_exportData_Results(capnp.Struct{}.DecodeFromPtr(p))
+}
+
+func (s Control_exportData_Results) ToPtr() capnp.Ptr {
+	return capnp.Struct(s).ToPtr()
+}
+func (s Control_exportData_Results) IsValid() bool {
+	return capnp.Struct(s).IsValid()
+}
+
+func (s Control_exportData_Results) Message() *capnp.Message {
+	return capnp.Struct(s).Message()
+}
+
+func (s Control_exportData_Results) Segment() *capnp.Segment {
+	return capnp.Struct(s).Segment()
+}
+func (s Control_exportData_Results) Archive() ([]byte, error) {
+	p, err := capnp.Struct(s).Ptr(0)
+	return []byte(p.Data()), err
+}
+
+func (s Control_exportData_Results) HasArchive() bool {
+	return capnp.Struct(s).HasPtr(0)
+}
+
+func (s Control_exportData_Results) SetArchive(v []byte) error {
+	return capnp.Struct(s).SetData(0, v)
+}
+
+// Control_exportData_Results_List is a list of Control_exportData_Results.
+type Control_exportData_Results_List = capnp.StructList[Control_exportData_Results]
+
+// NewControl_exportData_Results creates a new list of Control_exportData_Results.
+func NewControl_exportData_Results_List(s *capnp.Segment, sz int32) (Control_exportData_Results_List, error) {
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1}, sz)
+	return capnp.StructList[Control_exportData_Results](l), err
+}
+
+// Control_exportData_Results_Future is a wrapper for a Control_exportData_Results promised by a client call.
+type Control_exportData_Results_Future struct{ *capnp.Future }
+
+func (f Control_exportData_Results_Future) Struct() (Control_exportData_Results, error) {
+	p, err := f.Future.Ptr()
+	return Control_exportData_Results(p.Struct()), err
+}
+
+type Control_importData_Params capnp.Struct
+
+// Control_importData_Params_TypeID is the unique identifier for the type Control_importData_Params.
+const Control_importData_Params_TypeID = 0xd46db765de3b7e99
+
+func NewControl_importData_Params(s *capnp.Segment) (Control_importData_Params, error) {
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 8, PointerCount: 2})
+	return Control_importData_Params(st), err
+}
+
+func NewRootControl_importData_Params(s *capnp.Segment) (Control_importData_Params, error) {
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 8, PointerCount: 2})
+	return Control_importData_Params(st), err
+}
+
+func ReadRootControl_importData_Params(msg *capnp.Message) (Control_importData_Params, error) {
+	root, err := msg.Root()
+	return Control_importData_Params(root.Struct()), err
+}
+
+func (s Control_importData_Params) String() string {
+	str, _ := text.Marshal(0xd46db765de3b7e99, capnp.Struct(s))
+	return str
+}
+
+func (s Control_importData_Params) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Struct(s).EncodeAsPtr(seg)
+}
+
+func (Control_importData_Params) DecodeFromPtr(p capnp.Ptr) Control_importData_Params {
+	return Control_importData_Params(capnp.Struct{}.DecodeFromPtr(p))
+}
+
+func (s Control_importData_Params) ToPtr() capnp.Ptr {
+	return capnp.Struct(s).ToPtr()
+}
+func (s Control_importData_Params) IsValid() bool {
+	return capnp.Struct(s).IsValid()
+}
+
+func (s Control_importData_Params) Message() *capnp.Message {
+	return capnp.Struct(s).Message()
+}
+
+func (s Control_importData_Params) Segment() *capnp.Segment {
+	return capnp.Struct(s).Segment()
+}
+func (s Control_importData_Params) Name() (string, error) {
+	p, err := capnp.Struct(s).Ptr(0)
+	return p.Text(), err
+}
+
+func (s Control_importData_Params) HasName() bool {
+	return capnp.Struct(s).HasPtr(0)
+}
+
+func (s Control_importData_Params) NameBytes() ([]byte, error) {
+	p, err := capnp.Struct(s).Ptr(0)
+	return p.TextBytes(), err
+}
+
+func (s Control_importData_Params) SetName(v string) error {
+	return capnp.Struct(s).SetText(0, v)
+}
+
+func (s Control_importData_Params) Archive() ([]byte, error) {
+	p, err := capnp.Struct(s).Ptr(1)
+	return []byte(p.Data()), err
+}
+
+func (s Control_importData_Params) HasArchive() bool {
+	return capnp.Struct(s).HasPtr(1)
+}
+
+func (s Control_importData_Params) SetArchive(v []byte) error {
+	return capnp.Struct(s).SetData(1, v)
+}
+
+func (s Control_importData_Params) Replace() bool {
+	return capnp.Struct(s).Bit(0)
+}
+
+func (s Control_importData_Params) SetReplace(v bool) {
+	capnp.Struct(s).SetBit(0, v)
+}
+
+// Control_importData_Params_List is a list of Control_importData_Params.
+type Control_importData_Params_List = capnp.StructList[Control_importData_Params]
+
+// NewControl_importData_Params creates a new list of Control_importData_Params.
+func NewControl_importData_Params_List(s *capnp.Segment, sz int32) (Control_importData_Params_List, error) {
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 8, PointerCount: 2}, sz)
+	return capnp.StructList[Control_importData_Params](l), err
+}
+
+// Control_importData_Params_Future is a wrapper for a Control_importData_Params promised by a client call.
+type Control_importData_Params_Future struct{ *capnp.Future }
+
+func (f Control_importData_Params_Future) Struct() (Control_importData_Params, error) {
+	p, err := f.Future.Ptr()
+	return Control_importData_Params(p.Struct()), err
+}
+
+type Control_importData_Results capnp.Struct
+
+// Control_importData_Results_TypeID is the unique identifier for the type Control_importData_Results.
+const Control_importData_Results_TypeID = 0xe6f2467ac2d06ed0
+
+func NewControl_importData_Results(s *capnp.Segment) (Control_importData_Results, error) {
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 8, PointerCount: 0})
+	return Control_importData_Results(st), err
+}
+
+func NewRootControl_importData_Results(s *capnp.Segment) (Control_importData_Results, error) {
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 8, PointerCount: 0})
+	return Control_importData_Results(st), err
+}
+
+func ReadRootControl_importData_Results(msg *capnp.Message) (Control_importData_Results, error) {
+	root, err := msg.Root()
+	return Control_importData_Results(root.Struct()), err
+}
+
+func (s Control_importData_Results) String() string {
+	str, _ := text.Marshal(0xe6f2467ac2d06ed0, capnp.Struct(s))
+	return str
+}
+
+func (s Control_importData_Results) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Struct(s).EncodeAsPtr(seg)
+}
+
+func (Control_importData_Results) DecodeFromPtr(p capnp.Ptr) Control_importData_Results {
+	return Control_importData_Results(capnp.Struct{}.DecodeFromPtr(p))
+}
+
+func (s Control_importData_Results) ToPtr() capnp.Ptr {
+	return capnp.Struct(s).ToPtr()
+}
+func (s Control_importData_Results) IsValid() bool {
+	return capnp.Struct(s).IsValid()
+}
+
+func (s Control_importData_Results) Message() *capnp.Message {
+	return capnp.Struct(s).Message()
+}
+
+func (s Control_importData_Results) Segment() *capnp.Segment {
+	return capnp.Struct(s).Segment()
+}
+func (s Control_importData_Results) Keys() uint64 {
+	return capnp.Struct(s).Uint64(0)
+}
+
+func (s Control_importData_Results) SetKeys(v uint64) {
+	capnp.Struct(s).SetUint64(0, v)
+}
+
+// Control_importData_Results_List is a list of Control_importData_Results.
+type Control_importData_Results_List = capnp.StructList[Control_importData_Results]
+
+// NewControl_importData_Results creates a new list of Control_importData_Results.
+func NewControl_importData_Results_List(s *capnp.Segment, sz int32) (Control_importData_Results_List, error) {
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 8, PointerCount: 0}, sz)
+	return capnp.StructList[Control_importData_Results](l), err
+}
+
+// Control_importData_Results_Future is a wrapper for a Control_importData_Results promised by a client call.
+type Control_importData_Results_Future struct{ *capnp.Future }
+
+func (f Control_importData_Results_Future) Struct() (Control_importData_Results, error) {
+	p, err := f.Future.Ptr()
+	return Control_importData_Results(p.Struct()), err
+}
+
+type Control_trustAdd_Params capnp.Struct
+
+// Control_trustAdd_Params_TypeID is the unique identifier for the type Control_trustAdd_Params.
+const Control_trustAdd_Params_TypeID = 0xc46055e036ebba4a
+
+func NewControl_trustAdd_Params(s *capnp.Segment) (Control_trustAdd_Params, error) {
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 2})
+	return Control_trustAdd_Params(st), err
+}
+
+func NewRootControl_trustAdd_Params(s *capnp.Segment) (Control_trustAdd_Params, error) {
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 2})
+	return Control_trustAdd_Params(st), err
+}
+
+func ReadRootControl_trustAdd_Params(msg *capnp.Message) (Control_trustAdd_Params, error) {
+	root, err := msg.Root()
+	return Control_trustAdd_Params(root.Struct()), err
+}
+
+func (s Control_trustAdd_Params) String() string {
+	str, _ := text.Marshal(0xc46055e036ebba4a, capnp.Struct(s))
+	return str
+}
+
+func (s Control_trustAdd_Params) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Struct(s).EncodeAsPtr(seg)
+}
+
+func (Control_trustAdd_Params) DecodeFromPtr(p capnp.Ptr) Control_trustAdd_Params {
+	return Control_trustAdd_Params(capnp.Struct{}.DecodeFromPtr(p))
+}
+
+func (s Control_trustAdd_Params) ToPtr() capnp.Ptr {
+	return capnp.Struct(s).ToPtr()
+}
+func (s Control_trustAdd_Params) IsValid() bool {
+	return capnp.Struct(s).IsValid()
+}
+
+func (s Control_trustAdd_Params) Message() *capnp.Message {
+	return capnp.Struct(s).Message()
+}
+
+func (s Control_trustAdd_Params) Segment() *capnp.Segment {
+	return capnp.Struct(s).Segment()
+}
+func (s Control_trustAdd_Params) PublicKey() (string, error) {
+	p, err := capnp.Struct(s).Ptr(0)
+	return p.Text(), err
+}
+
+func (s Control_trustAdd_Params) HasPublicKey() bool {
+	return capnp.Struct(s).HasPtr(0)
+}
+
+func (s Control_trustAdd_Params) PublicKeyBytes() ([]byte, error) {
+	p, err := capnp.Struct(s).Ptr(0)
+	return p.TextBytes(), err
+}
+
+func (s Control_trustAdd_Params) SetPublicKey(v string) error {
+	return capnp.Struct(s).SetText(0, v)
+}
+
+func (s Control_trustAdd_Params) Comment() (string, error) {
+	p, err := capnp.Struct(s).Ptr(1)
+	return p.Text(), err
+}
+
+func (s Control_trustAdd_Params) HasComment() bool {
+	return capnp.Struct(s).HasPtr(1)
+}
+
+func (s Control_trustAdd_Params) CommentBytes() ([]byte, error) {
+	p, err := capnp.Struct(s).Ptr(1)
+	return p.TextBytes(), err
+}
+
+func (s Control_trustAdd_Params) SetComment(v string) error {
+	return capnp.Struct(s).SetText(1, v)
+}
+
+// Control_trustAdd_Params_List is a list of Control_trustAdd_Params.
+type Control_trustAdd_Params_List = capnp.StructList[Control_trustAdd_Params]
+
+// NewControl_trustAdd_Params creates a new list of Control_trustAdd_Params.
+func NewControl_trustAdd_Params_List(s *capnp.Segment, sz int32) (Control_trustAdd_Params_List, error) {
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 0, PointerCount: 2}, sz)
+	return capnp.StructList[Control_trustAdd_Params](l), err
+}
+
+// Control_trustAdd_Params_Future is a wrapper for a Control_trustAdd_Params promised by a client call.
+type Control_trustAdd_Params_Future struct{ *capnp.Future }
+
+func (f Control_trustAdd_Params_Future) Struct() (Control_trustAdd_Params, error) {
+	p, err := f.Future.Ptr()
+	return Control_trustAdd_Params(p.Struct()), err
+}
+
+type Control_trustAdd_Results capnp.Struct
+
+// Control_trustAdd_Results_TypeID is the unique identifier for the type Control_trustAdd_Results.
+const Control_trustAdd_Results_TypeID = 0xb7ad0891922e19ec
+
+func NewControl_trustAdd_Results(s *capnp.Segment) (Control_trustAdd_Results, error) {
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1})
+	return Control_trustAdd_Results(st), err
+}
+
+func NewRootControl_trustAdd_Results(s *capnp.Segment) (Control_trustAdd_Results, error) {
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1})
+	return Control_trustAdd_Results(st), err
+}
+
+func ReadRootControl_trustAdd_Results(msg *capnp.Message) (Control_trustAdd_Results, error) {
+	root, err := msg.Root()
+	return Control_trustAdd_Results(root.Struct()), err
+}
+
+func (s Control_trustAdd_Results) String() string {
+	str, _ := text.Marshal(0xb7ad0891922e19ec, capnp.Struct(s))
+	return str
+}
+
+func (s Control_trustAdd_Results) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Struct(s).EncodeAsPtr(seg)
+}
+
+func (Control_trustAdd_Results) DecodeFromPtr(p capnp.Ptr) Control_trustAdd_Results {
+	return Control_trustAdd_Results(capnp.Struct{}.DecodeFromPtr(p))
+}
+
+func (s Control_trustAdd_Results) ToPtr() capnp.Ptr {
+	return capnp.Struct(s).ToPtr()
+}
+func (s Control_trustAdd_Results) IsValid() bool {
+	return capnp.Struct(s).IsValid()
+}
+
+func (s Control_trustAdd_Results) Message() *capnp.Message {
+	return capnp.Struct(s).Message()
+}
+
+func (s Control_trustAdd_Results) Segment() *capnp.Segment {
+	return capnp.Struct(s).Segment()
+}
+func (s Control_trustAdd_Results) Key() (TrustedKey, error) {
+	p, err := capnp.Struct(s).Ptr(0)
+	return TrustedKey(p.Struct()), err
+}
+
+func (s Control_trustAdd_Results) HasKey() bool {
+	return capnp.Struct(s).HasPtr(0)
+}
+
+func (s Control_trustAdd_Results) SetKey(v TrustedKey) error {
+	return capnp.Struct(s).SetPtr(0, capnp.Struct(v).ToPtr())
+}
+
+// NewKey sets the key field to a newly
+// allocated TrustedKey struct, preferring placement in s's segment.
+func (s Control_trustAdd_Results) NewKey() (TrustedKey, error) {
+	ss, err := NewTrustedKey(capnp.Struct(s).Segment())
+	if err != nil {
+		return TrustedKey{}, err
+	}
+	err = capnp.Struct(s).SetPtr(0, capnp.Struct(ss).ToPtr())
+	return ss, err
+}
+
+// Control_trustAdd_Results_List is a list of Control_trustAdd_Results.
+type Control_trustAdd_Results_List = capnp.StructList[Control_trustAdd_Results]
+
+// NewControl_trustAdd_Results creates a new list of Control_trustAdd_Results.
+func NewControl_trustAdd_Results_List(s *capnp.Segment, sz int32) (Control_trustAdd_Results_List, error) {
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1}, sz)
+	return capnp.StructList[Control_trustAdd_Results](l), err
+}
+
+// Control_trustAdd_Results_Future is a wrapper for a Control_trustAdd_Results promised by a client call.
+type Control_trustAdd_Results_Future struct{ *capnp.Future }
+
+func (f Control_trustAdd_Results_Future) Struct() (Control_trustAdd_Results, error) {
+	p, err := f.Future.Ptr()
+	return Control_trustAdd_Results(p.Struct()), err
+}
+func (p Control_trustAdd_Results_Future) Key() TrustedKey_Future {
+	return TrustedKey_Future{Future: p.Future.Field(0, nil)}
+}
+
+type Control_trustList_Params capnp.Struct
+
+// Control_trustList_Params_TypeID is the unique identifier for the type Control_trustList_Params.
+const Control_trustList_Params_TypeID = 0xc3e170233fa2291a
+
+func NewControl_trustList_Params(s *capnp.Segment) (Control_trustList_Params, error) {
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 0})
+	return Control_trustList_Params(st), err
+}
+
+func NewRootControl_trustList_Params(s *capnp.Segment) (Control_trustList_Params, error) {
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 0})
+	return Control_trustList_Params(st), err
+}
+
+func ReadRootControl_trustList_Params(msg *capnp.Message) (Control_trustList_Params, error) {
+	root, err := msg.Root()
+	return Control_trustList_Params(root.Struct()), err
+}
+
+func (s Control_trustList_Params) String() string {
+	str, _ := text.Marshal(0xc3e170233fa2291a, capnp.Struct(s))
+	return str
+}
+
+func (s Control_trustList_Params) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Struct(s).EncodeAsPtr(seg)
+}
+
+func (Control_trustList_Params) DecodeFromPtr(p capnp.Ptr) Control_trustList_Params {
+	return Control_trustList_Params(capnp.Struct{}.DecodeFromPtr(p))
+}
+
+func (s Control_trustList_Params) ToPtr() capnp.Ptr {
+	return capnp.Struct(s).ToPtr()
+}
+func (s Control_trustList_Params) IsValid() bool {
+	return capnp.Struct(s).IsValid()
+}
+
+func (s Control_trustList_Params) Message() *capnp.Message {
+	return capnp.Struct(s).Message()
+}
+
+func (s Control_trustList_Params) Segment() *capnp.Segment {
+	return capnp.Struct(s).Segment()
+}
+
+// Control_trustList_Params_List is a list of Control_trustList_Params.
+type Control_trustList_Params_List = capnp.StructList[Control_trustList_Params]
+
+// NewControl_trustList_Params creates a new list of Control_trustList_Params.
+func NewControl_trustList_Params_List(s *capnp.Segment, sz int32) (Control_trustList_Params_List, error) {
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 0, PointerCount: 0}, sz)
+	return capnp.StructList[Control_trustList_Params](l), err
+}
+
+// Control_trustList_Params_Future is a wrapper for a Control_trustList_Params promised by a client call.
+type Control_trustList_Params_Future struct{ *capnp.Future }
+
+func (f Control_trustList_Params_Future) Struct() (Control_trustList_Params, error) {
+	p, err := f.Future.Ptr()
+	return Control_trustList_Params(p.Struct()), err
+}
+
+type Control_trustList_Results capnp.Struct
+
+// Control_trustList_Results_TypeID is the unique identifier for the type Control_trustList_Results.
+const Control_trustList_Results_TypeID = 0xa0fc779a087ff409
+
+func NewControl_trustList_Results(s *capnp.Segment) (Control_trustList_Results, error) {
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1})
+	return Control_trustList_Results(st), err
+}
+
+func NewRootControl_trustList_Results(s *capnp.Segment) (Control_trustList_Results, error) {
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1})
+	return Control_trustList_Results(st), err
+}
+
+func ReadRootControl_trustList_Results(msg *capnp.Message) (Control_trustList_Results, error) {
+	root, err := msg.Root()
+	return Control_trustList_Results(root.Struct()), err
+}
+
+func (s Control_trustList_Results) String() string {
+	str, _ := text.Marshal(0xa0fc779a087ff409, capnp.Struct(s))
+	return str
+}
+
+func (s Control_trustList_Results) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Struct(s).EncodeAsPtr(seg)
+}
+
+func (Control_trustList_Results) DecodeFromPtr(p capnp.Ptr) Control_trustList_Results {
+	return Control_trustList_Results(capnp.Struct{}.DecodeFromPtr(p))
+}
+
+func (s Control_trustList_Results) ToPtr() capnp.Ptr {
+	return capnp.Struct(s).ToPtr()
+}
+func (s Control_trustList_Results) IsValid() bool {
+	return capnp.Struct(s).IsValid()
+}
+
+func (s Control_trustList_Results) Message() *capnp.Message {
+	return capnp.Struct(s).Message()
+}
+
+func (s Control_trustList_Results) Segment() *capnp.Segment {
+	return capnp.Struct(s).Segment()
+}
+func (s Control_trustList_Results) Keys() (TrustedKey_List, error) {
+	p, err := capnp.Struct(s).Ptr(0)
+	return TrustedKey_List(p.List()), err
+}
+
+func (s Control_trustList_Results) HasKeys() bool {
+	return capnp.Struct(s).HasPtr(0)
+}
+
+func (s Control_trustList_Results) SetKeys(v TrustedKey_List) error {
+	return capnp.Struct(s).SetPtr(0, v.ToPtr())
+}
+
+// NewKeys sets the keys field to a newly
+// allocated TrustedKey_List, preferring placement in s's segment.
+func (s Control_trustList_Results) NewKeys(n int32) (TrustedKey_List, error) {
+	l, err := NewTrustedKey_List(capnp.Struct(s).Segment(), n)
+	if err != nil {
+		return TrustedKey_List{}, err
+	}
+	err = capnp.Struct(s).SetPtr(0, l.ToPtr())
+	return l, err
+}
+
+// Control_trustList_Results_List is a list of Control_trustList_Results.
+type Control_trustList_Results_List = capnp.StructList[Control_trustList_Results]
+
+// NewControl_trustList_Results creates a new list of Control_trustList_Results.
+func NewControl_trustList_Results_List(s *capnp.Segment, sz int32) (Control_trustList_Results_List, error) {
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1}, sz)
+	return capnp.StructList[Control_trustList_Results](l), err
+}
+
+// Control_trustList_Results_Future is a wrapper for a Control_trustList_Results promised by a client call.
+type Control_trustList_Results_Future struct{ *capnp.Future }
+
+func (f Control_trustList_Results_Future) Struct() (Control_trustList_Results, error) {
+	p, err := f.Future.Ptr()
+	return Control_trustList_Results(p.Struct()), err
+}
+
+type Control_trustRemove_Params capnp.Struct
+
+// Control_trustRemove_Params_TypeID is the unique identifier for the type Control_trustRemove_Params.
+const Control_trustRemove_Params_TypeID = 0x9ebd329ec2e8993f
+
+func NewControl_trustRemove_Params(s *capnp.Segment) (Control_trustRemove_Params, error) {
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1})
+	return Control_trustRemove_Params(st), err
+}
+
+func NewRootControl_trustRemove_Params(s *capnp.Segment) (Control_trustRemove_Params, error) {
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1})
+	return Control_trustRemove_Params(st), err
+}
+
+func ReadRootControl_trustRemove_Params(msg *capnp.Message) (Control_trustRemove_Params, error) {
+	root, err := msg.Root()
+	return Control_trustRemove_Params(root.Struct()), err
+}
+
+func (s Control_trustRemove_Params) String() string {
+	str, _ := text.Marshal(0x9ebd329ec2e8993f, capnp.Struct(s))
+	return str
+}
+
+func (s Control_trustRemove_Params) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Struct(s).EncodeAsPtr(seg)
+}
+
+func (Control_trustRemove_Params) DecodeFromPtr(p capnp.Ptr) Control_trustRemove_Params {
+	return Control_trustRemove_Params(capnp.Struct{}.DecodeFromPtr(p))
+}
+
+func (s Control_trustRemove_Params) ToPtr() capnp.Ptr {
+	return capnp.Struct(s).ToPtr()
+}
+func (s Control_trustRemove_Params) IsValid() bool {
+	return capnp.Struct(s).IsValid()
+}
+
+func (s Control_trustRemove_Params) Message() *capnp.Message {
+	return capnp.Struct(s).Message()
+}
+
+func (s Control_trustRemove_Params) Segment() *capnp.Segment {
+	return capnp.Struct(s).Segment()
+}
+func (s Control_trustRemove_Params) KeyId() (string, error) {
+	p, err := capnp.Struct(s).Ptr(0)
+	return p.Text(), err
+}
+
+func (s Control_trustRemove_Params) HasKeyId() bool {
+	return capnp.Struct(s).HasPtr(0)
+}
+
+func (s Control_trustRemove_Params) KeyIdBytes() ([]byte, error) {
+	p, err := capnp.Struct(s).Ptr(0)
+	return p.TextBytes(), err
+}
+
+func (s Control_trustRemove_Params) SetKeyId(v string) error {
+	return capnp.Struct(s).SetText(0, v)
+}
+
+// Control_trustRemove_Params_List is a list of Control_trustRemove_Params.
+type Control_trustRemove_Params_List = capnp.StructList[Control_trustRemove_Params]
+
+// NewControl_trustRemove_Params creates a new list of Control_trustRemove_Params.
+func NewControl_trustRemove_Params_List(s *capnp.Segment, sz int32) (Control_trustRemove_Params_List, error) {
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1}, sz)
+	return capnp.StructList[Control_trustRemove_Params](l), err
+}
+
+// Control_trustRemove_Params_Future is a wrapper for a Control_trustRemove_Params promised by a client call.
+type Control_trustRemove_Params_Future struct{ *capnp.Future }
+
+func (f Control_trustRemove_Params_Future) Struct() (Control_trustRemove_Params, error) {
+	p, err := f.Future.Ptr()
+	return Control_trustRemove_Params(p.Struct()), err
+}
+
+type Control_trustRemove_Results capnp.Struct
+
+// Control_trustRemove_Results_TypeID is the unique identifier for the type Control_trustRemove_Results.
+const Control_trustRemove_Results_TypeID = 0xba62234512340c8d
+
+func NewControl_trustRemove_Results(s *capnp.Segment) (Control_trustRemove_Results, error) {
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 0})
+	return Control_trustRemove_Results(st), err
+}
+
+func NewRootControl_trustRemove_Results(s *capnp.Segment) (Control_trustRemove_Results, error) {
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 0})
+	return Control_trustRemove_Results(st), err
+}
+
+func ReadRootControl_trustRemove_Results(msg *capnp.Message) (Control_trustRemove_Results, error) {
+	root, err := msg.Root()
+	return Control_trustRemove_Results(root.Struct()), err
+}
+
+func (s Control_trustRemove_Results) String() string {
+	str, _ := text.Marshal(0xba62234512340c8d, capnp.Struct(s))
+	return str
+}
+
+func (s Control_trustRemove_Results) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Struct(s).EncodeAsPtr(seg)
+}
+
+func (Control_trustRemove_Results) DecodeFromPtr(p capnp.Ptr) Control_trustRemove_Results {
+	return Control_trustRemove_Results(capnp.Struct{}.DecodeFromPtr(p))
+}
+
+func (s Control_trustRemove_Results) ToPtr() capnp.Ptr {
+	return capnp.Struct(s).ToPtr()
+}
+func (s Control_trustRemove_Results) IsValid() bool {
+	return capnp.Struct(s).IsValid()
+}
+
+func (s Control_trustRemove_Results) Message() *capnp.Message {
+	return capnp.Struct(s).Message()
+}
+
+func (s Control_trustRemove_Results) Segment() *capnp.Segment {
+	return capnp.Struct(s).Segment()
+}
+
+// Control_trustRemove_Results_List is a list of Control_trustRemove_Results.
+type Control_trustRemove_Results_List = capnp.StructList[Control_trustRemove_Results]
+
+// NewControl_trustRemove_Results creates a new list of Control_trustRemove_Results.
+func NewControl_trustRemove_Results_List(s *capnp.Segment, sz int32) (Control_trustRemove_Results_List, error) {
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 0, PointerCount: 0}, sz)
+	return capnp.StructList[Control_trustRemove_Results](l), err
+}
+
+// Control_trustRemove_Results_Future is a wrapper for a Control_trustRemove_Results promised by a client call.
+type Control_trustRemove_Results_Future struct{ *capnp.Future }
+
+func (f Control_trustRemove_Results_Future) Struct() (Control_trustRemove_Results, error) {
+	p, err := f.Future.Ptr()
+	return Control_trustRemove_Results(p.Struct()), err
+}
+
 type InstallOptions capnp.Struct
 
 // InstallOptions_TypeID is the unique identifier for the type InstallOptions.
 const InstallOptions_TypeID = 0xde80578440de1ead
 
 func NewInstallOptions(s *capnp.Segment) (InstallOptions, error) {
-	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 8, PointerCount: 1})
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 8, PointerCount: 2})
 	return InstallOptions(st), err
 }
 
 func NewRootInstallOptions(s *capnp.Segment) (InstallOptions, error) {
-	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 8, PointerCount: 1})
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 8, PointerCount: 2})
 	return InstallOptions(st), err
 }
 
@@ -3178,12 +4943,41 @@ func (s InstallOptions) NewGrant() (Permissions, error) {
 	return ss, err
 }
 
+func (s InstallOptions) Wait() bool {
+	return capnp.Struct(s).Bit(2)
+}
+
+func (s InstallOptions) SetWait(v bool) {
+	capnp.Struct(s).SetBit(2, v)
+}
+
+func (s InstallOptions) AllowUnsigned() bool {
+	return capnp.Struct(s).Bit(3)
+}
+
+func (s InstallOptions) SetAllowUnsigned(v bool) {
+	capnp.Struct(s).SetBit(3, v)
+}
+
+func (s InstallOptions) Sha256() ([]byte, error) {
+	p, err := capnp.Struct(s).Ptr(1)
+	return []byte(p.Data()), err
+}
+
+func (s InstallOptions) HasSha256() bool {
+	return capnp.Struct(s).HasPtr(1)
+}
+
+func (s InstallOptions) SetSha256(v []byte) error {
+	return capnp.Struct(s).SetData(1, v)
+}
+
 // InstallOptions_List is a list of InstallOptions.
 type InstallOptions_List = capnp.StructList[InstallOptions]
 
 // NewInstallOptions creates a new list of InstallOptions.
 func NewInstallOptions_List(s *capnp.Segment, sz int32) (InstallOptions_List, error) {
-	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 8, PointerCount: 1}, sz)
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 8, PointerCount: 2}, sz)
 	return capnp.StructList[InstallOptions](l), err
 }
 
@@ -3196,6 +4990,1204 @@ func (f InstallOptions_Future) Struct() (InstallOptions, error) {
 }
 func (p InstallOptions_Future) Grant() Permissions_Future {
 	return Permissions_Future{Future: p.Future.Field(0, nil)}
+}
+
+type Upload capnp.Client
+
+// Upload_TypeID is the unique identifier for the type Upload.
+const Upload_TypeID = 0xd5485a0ca50d6611
+
+func (c Upload) Write(ctx context.Context, params func(Upload_write_Params) error) (Upload_write_Results_Future, capnp.ReleaseFunc) {
+
+	s := capnp.Send{
+		Method: capnp.Method{
+			InterfaceID:   0xd5485a0ca50d6611,
+			MethodID:      0,
+			InterfaceName: "control.capnp:Upload",
+			MethodName:    "write",
+		},
+	}
+	if params != nil {
+		s.ArgsSize = capnp.ObjectSize{DataSize: 0, PointerCount: 1}
+		s.PlaceArgs = func(s capnp.Struct) error { return params(Upload_write_Params(s)) }
+	}
+
+	ans, release := capnp.Client(c).SendCall(ctx, s)
+	return Upload_write_Results_Future{Future: ans.Future()}, release
+
+}
+
+func (c Upload) Finish(ctx context.Context, params func(Upload_finish_Params) error) (Upload_finish_Results_Future, capnp.ReleaseFunc) {
+
+	s := capnp.Send{
+		Method: capnp.Method{
+			InterfaceID:   0xd5485a0ca50d6611,
+			MethodID:      1,
+			InterfaceName: "control.capnp:Upload",
+			MethodName:    "finish",
+		},
+	}
+	if params != nil {
+		s.ArgsSize = capnp.ObjectSize{DataSize: 0, PointerCount: 0}
+		s.PlaceArgs = func(s capnp.Struct) error { return params(Upload_finish_Params(s)) }
+	}
+
+	ans, release := capnp.Client(c).SendCall(ctx, s)
+	return Upload_finish_Results_Future{Future: ans.Future()}, release
+
+}
+
+func (c Upload) Abort(ctx context.Context, params func(Upload_abort_Params) error) (Upload_abort_Results_Future, capnp.ReleaseFunc) {
+
+	s := capnp.Send{
+		Method: capnp.Method{
+			InterfaceID:   0xd5485a0ca50d6611,
+			MethodID:      2,
+			InterfaceName: "control.capnp:Upload",
+			MethodName:    "abort",
+		},
+	}
+	if params != nil {
+		s.ArgsSize = capnp.ObjectSize{DataSize: 0, PointerCount: 1}
+		s.PlaceArgs = func(s capnp.Struct) error { return params(Upload_abort_Params(s)) }
+	}
+
+	ans, release := capnp.Client(c).SendCall(ctx, s)
+	return Upload_abort_Results_Future{Future: ans.Future()}, release
+
+}
+
+func (c Upload) WaitStreaming() error {
+	return capnp.Client(c).WaitStreaming()
+}
+
+// String returns a string that identifies this capability for debugging
+// purposes.  Its format should not be depended on: in particular, it
+// should not be used to compare clients.  Use IsSame to compare clients
+// for equality.
+func (c Upload) String() string {
+	return "Upload(" + capnp.Client(c).String() + ")"
+}
+
+// AddRef creates a new Client that refers to the same capability as c.
+// If c is nil or has resolved to null, then AddRef returns nil.
+func (c Upload) AddRef() Upload {
+	return Upload(capnp.Client(c).AddRef())
+}
+
+// Release releases a capability reference.  If this is the last
+// reference to the capability, then the underlying resources associated
+// with the capability will be released.
+//
+// Release will panic if c has already been released, but not if c is
+// nil or resolved to null.
+func (c Upload) Release() {
+	capnp.Client(c).Release()
+}
+
+// Resolve blocks until the capability is fully resolved or the Context
+// expires.
+func (c Upload) Resolve(ctx context.Context) error {
+	return capnp.Client(c).Resolve(ctx)
+}
+
+func (c Upload) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Client(c).EncodeAsPtr(seg)
+}
+
+func (Upload) DecodeFromPtr(p capnp.Ptr) Upload {
+	return Upload(capnp.Client{}.DecodeFromPtr(p))
+}
+
+// IsValid reports whether c is a valid reference to a capability.
+// A reference is invalid if it is nil, has resolved to null, or has
+// been released.
+func (c Upload) IsValid() bool {
+	return capnp.Client(c).IsValid()
+}
+
+// IsSame reports whether c and other refer to a capability created by the
+// same call to NewClient.  This can return false negatives if c or other
+// are not fully resolved: use Resolve if this is an issue.  If either
+// c or other are released, then IsSame panics.
+func (c Upload) IsSame(other Upload) bool {
+	return capnp.Client(c).IsSame(capnp.Client(other))
+}
+
+// Update the flowcontrol.FlowLimiter used to manage flow control for
+// this client. This affects all future calls, but not calls already
+// waiting to send. Passing nil sets the value to flowcontrol.NopLimiter,
+// which is also the default.
+func (c Upload) SetFlowLimiter(lim fc.FlowLimiter) {
+	capnp.Client(c).SetFlowLimiter(lim)
+}
+
+// Get the current flowcontrol.FlowLimiter used to manage flow control
+// for this client.
+func (c Upload) GetFlowLimiter() fc.FlowLimiter {
+	return capnp.Client(c).GetFlowLimiter()
+}
+
+// A Upload_Server is a Upload with a local implementation.
+type Upload_Server interface {
+	Write(context.Context, Upload_write) error
+
+	Finish(context.Context, Upload_finish) error
+
+	Abort(context.Context, Upload_abort) error
+}
+
+// Upload_NewServer creates a new Server from an implementation of Upload_Server.
+func Upload_NewServer(s Upload_Server) *server.Server {
+	c, _ := s.(server.Shutdowner)
+	return server.New(Upload_Methods(nil, s), s, c)
+}
+
+// Upload_ServerToClient creates a new Client from an implementation of Upload_Server.
+// The caller is responsible for calling Release on the returned Client.
+func Upload_ServerToClient(s Upload_Server) Upload {
+	return Upload(capnp.NewClient(Upload_NewServer(s)))
+}
+
+// Upload_Methods appends Methods to a slice that invoke the methods on s.
+// This can be used to create a more complicated Server.
+func Upload_Methods(methods []server.Method, s Upload_Server) []server.Method {
+	if cap(methods) == 0 {
+		methods = make([]server.Method, 0, 3)
+	}
+
+	methods = append(methods, server.Method{
+		Method: capnp.Method{
+			InterfaceID:   0xd5485a0ca50d6611,
+			MethodID:      0,
+			InterfaceName: "control.capnp:Upload",
+			MethodName:    "write",
+		},
+		Impl: func(ctx context.Context, call *server.Call) error {
+			return s.Write(ctx, Upload_write{call})
+		},
+	})
+
+	methods = append(methods, server.Method{
+		Method: capnp.Method{
+			InterfaceID:   0xd5485a0ca50d6611,
+			MethodID:      1,
+			InterfaceName: "control.capnp:Upload",
+			MethodName:    "finish",
+		},
+		Impl: func(ctx context.Context, call *server.Call) error {
+			return s.Finish(ctx, Upload_finish{call})
+		},
+	})
+
+	methods = append(methods, server.Method{
+		Method: capnp.Method{
+			InterfaceID:   0xd5485a0ca50d6611,
+			MethodID:      2,
+			InterfaceName: "control.capnp:Upload",
+			MethodName:    "abort",
+		},
+		Impl: func(ctx context.Context, call *server.Call) error {
+			return s.Abort(ctx, Upload_abort{call})
+		},
+	})
+
+	return methods
+}
+
+// Upload_write holds the state for a server call to Upload.write.
+// See server.Call for documentation.
+type Upload_write struct {
+	*server.Call
+}
+
+// Args returns the call's arguments.
+func (c Upload_write) Args() Upload_write_Params {
+	return Upload_write_Params(c.Call.Args())
+}
+
+// AllocResults allocates the results struct.
+func (c Upload_write) AllocResults() (Upload_write_Results, error) {
+	r, err := c.Call.AllocResults(capnp.ObjectSize{DataSize: 0, PointerCount: 0})
+	return Upload_write_Results(r), err
+}
+
+// Upload_finish holds the state for a server call to Upload.finish.
+// See server.Call for documentation.
+type Upload_finish struct {
+	*server.Call
+}
+
+// Args returns the call's arguments.
+func (c Upload_finish) Args() Upload_finish_Params {
+	return Upload_finish_Params(c.Call.Args())
+}
+
+// AllocResults allocates the results struct.
+func (c Upload_finish) AllocResults() (Upload_finish_Results, error) {
+	r, err := c.Call.AllocResults(capnp.ObjectSize{DataSize: 0, PointerCount: 3})
+	return Upload_finish_Results(r), err
+}
+
+// Upload_abort holds the state for a server call to Upload.abort.
+// See server.Call for documentation.
+type Upload_abort struct {
+	*server.Call
+}
+
+// Args returns the call's arguments.
+func (c Upload_abort) Args() Upload_abort_Params {
+	return Upload_abort_Params(c.Call.Args())
+}
+
+// AllocResults allocates the results struct.
+func (c Upload_abort) AllocResults() (Upload_abort_Results, error) {
+	r, err := c.Call.AllocResults(capnp.ObjectSize{DataSize: 0, PointerCount: 0})
+	return Upload_abort_Results(r), err
+}
+
+// Upload_List is a list of Upload.
+type Upload_List = capnp.CapList[Upload]
+
+// NewUpload_List creates a new list of Upload.
+func NewUpload_List(s *capnp.Segment, sz int32) (Upload_List, error) {
+	l, err := capnp.NewPointerList(s, sz)
+	return capnp.CapList[Upload](l), err
+}
+
+type Upload_write_Params capnp.Struct
+
+// Upload_write_Params_TypeID is the unique identifier for the type Upload_write_Params.
+const Upload_write_Params_TypeID = 0xc0fda6c0d81cdbae
+
+func NewUpload_write_Params(s *capnp.Segment) (Upload_write_Params, error) {
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1})
+	return Upload_write_Params(st), err
+}
+
+func NewRootUpload_write_Params(s *capnp.Segment) (Upload_write_Params, error) {
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1})
+	return Upload_write_Params(st), err
+}
+
+func ReadRootUpload_write_Params(msg *capnp.Message) (Upload_write_Params, error) {
+	root, err := msg.Root()
+	return Upload_write_Params(root.Struct()), err
+}
+
+func (s Upload_write_Params) String() string {
+	str, _ := text.Marshal(0xc0fda6c0d81cdbae, capnp.Struct(s))
+	return str
+}
+
+func (s Upload_write_Params) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Struct(s).EncodeAsPtr(seg)
+}
+
+func (Upload_write_Params) DecodeFromPtr(p capnp.Ptr) Upload_write_Params {
+	return Upload_write_Params(capnp.Struct{}.DecodeFromPtr(p))
+}
+
+func (s Upload_write_Params) ToPtr() capnp.Ptr {
+	return capnp.Struct(s).ToPtr()
+}
+func (s Upload_write_Params) IsValid() bool {
+	return capnp.Struct(s).IsValid()
+}
+
+func (s Upload_write_Params) Message() *capnp.Message {
+	return capnp.Struct(s).Message()
+}
+
+func (s Upload_write_Params) Segment() *capnp.Segment {
+	return capnp.Struct(s).Segment()
+}
+func (s Upload_write_Params) Chunk() ([]byte, error) {
+	p, err := capnp.Struct(s).Ptr(0)
+	return []byte(p.Data()), err
+}
+
+func (s Upload_write_Params) HasChunk() bool {
+	return capnp.Struct(s).HasPtr(0)
+}
+
+func (s Upload_write_Params) SetChunk(v []byte) error {
+	return capnp.Struct(s).SetData(0, v)
+}
+
+// Upload_write_Params_List is a list of Upload_write_Params.
+type Upload_write_Params_List = capnp.StructList[Upload_write_Params]
+
+// NewUpload_write_Params creates a new list of Upload_write_Params.
+func NewUpload_write_Params_List(s *capnp.Segment, sz int32) (Upload_write_Params_List, error) {
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1}, sz)
+	return capnp.StructList[Upload_write_Params](l), err
+}
+
+// Upload_write_Params_Future is a wrapper for a Upload_write_Params promised by a client call.
+type Upload_write_Params_Future struct{ *capnp.Future }
+
+func (f Upload_write_Params_Future) Struct() (Upload_write_Params, error) {
+	p, err := f.Future.Ptr()
+	return Upload_write_Params(p.Struct()), err
+}
+
+type Upload_write_Results capnp.Struct
+
+// Upload_write_Results_TypeID is the unique identifier for the type Upload_write_Results.
+const Upload_write_Results_TypeID = 0xd5284d95aa8e574a
+
+func NewUpload_write_Results(s *capnp.Segment) (Upload_write_Results, error) {
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 0})
+	return Upload_write_Results(st), err
+}
+
+func NewRootUpload_write_Results(s *capnp.Segment) (Upload_write_Results, error) {
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 0})
+	return Upload_write_Results(st), err
+}
+
+func ReadRootUpload_write_Results(msg *capnp.Message) (Upload_write_Results, error) {
+	root, err := msg.Root()
+	return Upload_write_Results(root.Struct()), err
+}
+
+func (s Upload_write_Results) String() string {
+	str, _ := text.Marshal(0xd5284d95aa8e574a, capnp.Struct(s))
+	return str
+}
+
+func (s Upload_write_Results) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Struct(s).EncodeAsPtr(seg)
+}
+
+func (Upload_write_Results) DecodeFromPtr(p capnp.Ptr) Upload_write_Results {
+	return Upload_write_Results(capnp.Struct{}.DecodeFromPtr(p))
+}
+
+func (s Upload_write_Results) ToPtr() capnp.Ptr {
+	return capnp.Struct(s).ToPtr()
+}
+func (s Upload_write_Results) IsValid() bool {
+	return capnp.Struct(s).IsValid()
+}
+
+func (s Upload_write_Results) Message() *capnp.Message {
+	return capnp.Struct(s).Message()
+}
+
+func (s Upload_write_Results) Segment() *capnp.Segment {
+	return capnp.Struct(s).Segment()
+}
+
+// Upload_write_Results_List is a list of Upload_write_Results.
+type Upload_write_Results_List = capnp.StructList[Upload_write_Results]
+
+// NewUpload_write_Results creates a new list of Upload_write_Results.
+func NewUpload_write_Results_List(s *capnp.Segment, sz int32) (Upload_write_Results_List, error) {
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 0, PointerCount: 0}, sz)
+	return capnp.StructList[Upload_write_Results](l), err
+}
+
+// Upload_write_Results_Future is a wrapper for a Upload_write_Results promised by a client call.
+type Upload_write_Results_Future struct{ *capnp.Future }
+
+func (f Upload_write_Results_Future) Struct() (Upload_write_Results, error) {
+	p, err := f.Future.Ptr()
+	return Upload_write_Results(p.Struct()), err
+}
+
+type Upload_finish_Params capnp.Struct
+
+// Upload_finish_Params_TypeID is the unique identifier for the type Upload_finish_Params.
+const Upload_finish_Params_TypeID = 0xd5cca43484a74ad0
+
+func NewUpload_finish_Params(s *capnp.Segment) (Upload_finish_Params, error) {
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 0})
+	return Upload_finish_Params(st), err
+}
+
+func NewRootUpload_finish_Params(s *capnp.Segment) (Upload_finish_Params, error) {
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 0})
+	return Upload_finish_Params(st), err
+}
+
+func ReadRootUpload_finish_Params(msg *capnp.Message) (Upload_finish_Params, error) {
+	root, err := msg.Root()
+	return Upload_finish_Params(root.Struct()), err
+}
+
+func (s Upload_finish_Params) String() string {
+	str, _ := text.Marshal(0xd5cca43484a74ad0, capnp.Struct(s))
+	return str
+}
+
+func (s Upload_finish_Params) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Struct(s).EncodeAsPtr(seg)
+}
+
+func (Upload_finish_Params) DecodeFromPtr(p capnp.Ptr) Upload_finish_Params {
+	return Upload_finish_Params(capnp.Struct{}.DecodeFromPtr(p))
+}
+
+func (s Upload_finish_Params) ToPtr() capnp.Ptr {
+	return capnp.Struct(s).ToPtr()
+}
+func (s Upload_finish_Params) IsValid() bool {
+	return capnp.Struct(s).IsValid()
+}
+
+func (s Upload_finish_Params) Message() *capnp.Message {
+	return capnp.Struct(s).Message()
+}
+
+func (s Upload_finish_Params) Segment() *capnp.Segment {
+	return capnp.Struct(s).Segment()
+}
+
+// Upload_finish_Params_List is a list of Upload_finish_Params.
+type Upload_finish_Params_List = capnp.StructList[Upload_finish_Params]
+
+// NewUpload_finish_Params creates a new list of Upload_finish_Params.
+func NewUpload_finish_Params_List(s *capnp.Segment, sz int32) (Upload_finish_Params_List, error) {
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 0, PointerCount: 0}, sz)
+	return capnp.StructList[Upload_finish_Params](l), err
+}
+
+// Upload_finish_Params_Future is a wrapper for a Upload_finish_Params promised by a client call.
+type Upload_finish_Params_Future struct{ *capnp.Future }
+
+func (f Upload_finish_Params_Future) Struct() (Upload_finish_Params, error) {
+	p, err := f.Future.Ptr()
+	return Upload_finish_Params(p.Struct()), err
+}
+
+type Upload_finish_Results capnp.Struct
+
+// Upload_finish_Results_TypeID is the unique identifier for the type Upload_finish_Results.
+const Upload_finish_Results_TypeID = 0xf5ac212027f2cd12
+
+func NewUpload_finish_Results(s *capnp.Segment) (Upload_finish_Results, error) {
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 3})
+	return Upload_finish_Results(st), err
+}
+
+func NewRootUpload_finish_Results(s *capnp.Segment) (Upload_finish_Results, error) {
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 3})
+	return Upload_finish_Results(st), err
+}
+
+func ReadRootUpload_finish_Results(msg *capnp.Message) (Upload_finish_Results, error) {
+	root, err := msg.Root()
+	return Upload_finish_Results(root.Struct()), err
+}
+
+func (s Upload_finish_Results) String() string {
+	str, _ := text.Marshal(0xf5ac212027f2cd12, capnp.Struct(s))
+	return str
+}
+
+func (s Upload_finish_Results) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Struct(s).EncodeAsPtr(seg)
+}
+
+func (Upload_finish_Results) DecodeFromPtr(p capnp.Ptr) Upload_finish_Results {
+	return Upload_finish_Results(capnp.Struct{}.DecodeFromPtr(p))
+}
+
+func (s Upload_finish_Results) ToPtr() capnp.Ptr {
+	return capnp.Struct(s).ToPtr()
+}
+func (s Upload_finish_Results) IsValid() bool {
+	return capnp.Struct(s).IsValid()
+}
+
+func (s Upload_finish_Results) Message() *capnp.Message {
+	return capnp.Struct(s).Message()
+}
+
+func (s Upload_finish_Results) Segment() *capnp.Segment {
+	return capnp.Struct(s).Segment()
+}
+func (s Upload_finish_Results) Plugin() (PluginStatus, error) {
+	p, err := capnp.Struct(s).Ptr(0)
+	return PluginStatus(p.Struct()), err
+}
+
+func (s Upload_finish_Results) HasPlugin() bool {
+	return capnp.Struct(s).HasPtr(0)
+}
+
+func (s Upload_finish_Results) SetPlugin(v PluginStatus) error {
+	return capnp.Struct(s).SetPtr(0, capnp.Struct(v).ToPtr())
+}
+
+// NewPlugin sets the plugin field to a newly
+// allocated PluginStatus struct, preferring placement in s's segment.
+func (s Upload_finish_Results) NewPlugin() (PluginStatus, error) {
+	ss, err := NewPluginStatus(capnp.Struct(s).Segment())
+	if err != nil {
+		return PluginStatus{}, err
+	}
+	err = capnp.Struct(s).SetPtr(0, capnp.Struct(ss).ToPtr())
+	return ss, err
+}
+
+func (s Upload_finish_Results) Publisher() (TrustedKey, error) {
+	p, err := capnp.Struct(s).Ptr(1)
+	return TrustedKey(p.Struct()), err
+}
+
+func (s Upload_finish_Results) HasPublisher() bool {
+	return capnp.Struct(s).HasPtr(1)
+}
+
+func (s Upload_finish_Results) SetPublisher(v TrustedKey) error {
+	return capnp.Struct(s).SetPtr(1, capnp.Struct(v).ToPtr())
+}
+
+// NewPublisher sets the publisher field to a newly
+// allocated TrustedKey struct, preferring placement in s's segment.
+func (s Upload_finish_Results) NewPublisher() (TrustedKey, error) {
+	ss, err := NewTrustedKey(capnp.Struct(s).Segment())
+	if err != nil {
+		return TrustedKey{}, err
+	}
+	err = capnp.Struct(s).SetPtr(1, capnp.Struct(ss).ToPtr())
+	return ss, err
+}
+
+func (s Upload_finish_Results) Sha256() ([]byte, error) {
+	p, err := capnp.Struct(s).Ptr(2)
+	return []byte(p.Data()), err
+}
+
+func (s Upload_finish_Results) HasSha256() bool {
+	return capnp.Struct(s).HasPtr(2)
+}
+
+func (s Upload_finish_Results) SetSha256(v []byte) error {
+	return capnp.Struct(s).SetData(2, v)
+}
+
+// Upload_finish_Results_List is a list of Upload_finish_Results.
+type Upload_finish_Results_List = capnp.StructList[Upload_finish_Results]
+
+// NewUpload_finish_Results creates a new list of Upload_finish_Results.
+func NewUpload_finish_Results_List(s *capnp.Segment, sz int32) (Upload_finish_Results_List, error) {
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 0, PointerCount: 3}, sz)
+	return capnp.StructList[Upload_finish_Results](l), err
+}
+
+// Upload_finish_Results_Future is a wrapper for a Upload_finish_Results promised by a client call.
+type Upload_finish_Results_Future struct{ *capnp.Future }
+
+func (f Upload_finish_Results_Future) Struct() (Upload_finish_Results, error) {
+	p, err := f.Future.Ptr()
+	return Upload_finish_Results(p.Struct()), err
+}
+func (p Upload_finish_Results_Future) Plugin() PluginStatus_Future {
+	return PluginStatus_Future{Future: p.Future.Field(0, nil)}
+}
+func (p Upload_finish_Results_Future) Publisher() TrustedKey_Future {
+	return TrustedKey_Future{Future: p.Future.Field(1, nil)}
+}
+
+type Upload_abort_Params capnp.Struct
+
+// Upload_abort_Params_TypeID is the unique identifier for the type Upload_abort_Params.
+const Upload_abort_Params_TypeID = 0xd6c6e4a1f939cbd6
+
+func NewUpload_abort_Params(s *capnp.Segment) (Upload_abort_Params, error) {
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1})
+	return Upload_abort_Params(st), err
+}
+
+func NewRootUpload_abort_Params(s *capnp.Segment) (Upload_abort_Params, error) {
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1})
+	return Upload_abort_Params(st), err
+}
+
+func ReadRootUpload_abort_Params(msg *capnp.Message) (Upload_abort_Params, error) {
+	root, err := msg.Root()
+	return Upload_abort_Params(root.Struct()), err
+}
+
+func (s Upload_abort_Params) String() string {
+	str, _ := text.Marshal(0xd6c6e4a1f939cbd6, capnp.Struct(s))
+	return str
+}
+
+func (s Upload_abort_Params) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Struct(s).EncodeAsPtr(seg)
+}
+
+func (Upload_abort_Params) DecodeFromPtr(p capnp.Ptr) Upload_abort_Params {
+	return Upload_abort_Params(capnp.Struct{}.DecodeFromPtr(p))
+}
+
+func (s Upload_abort_Params) ToPtr() capnp.Ptr {
+	return capnp.Struct(s).ToPtr()
+}
+func (s Upload_abort_Params) IsValid() bool {
+	return capnp.Struct(s).IsValid()
+}
+
+func (s Upload_abort_Params) Message() *capnp.Message {
+	return capnp.Struct(s).Message()
+}
+
+func (s Upload_abort_Params) Segment() *capnp.Segment {
+	return capnp.Struct(s).Segment()
+}
+func (s Upload_abort_Params) Reason() (string, error) {
+	p, err := capnp.Struct(s).Ptr(0)
+	return p.Text(), err
+}
+
+func (s Upload_abort_Params) HasReason() bool {
+	return capnp.Struct(s).HasPtr(0)
+}
+
+func (s Upload_abort_Params) ReasonBytes() ([]byte, error) {
+	p, err := capnp.Struct(s).Ptr(0)
+	return p.TextBytes(), err
+}
+
+func (s Upload_abort_Params) SetReason(v string) error {
+	return capnp.Struct(s).SetText(0, v)
+}
+
+// Upload_abort_Params_List is a list of Upload_abort_Params.
+type Upload_abort_Params_List = capnp.StructList[Upload_abort_Params]
+
+// NewUpload_abort_Params creates a new list of Upload_abort_Params.
+func NewUpload_abort_Params_List(s *capnp.Segment, sz int32) (Upload_abort_Params_List, error) {
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1}, sz)
+	return capnp.StructList[Upload_abort_Params](l), err
+}
+
+// Upload_abort_Params_Future is a wrapper for a Upload_abort_Params promised by a client call.
+type Upload_abort_Params_Future struct{ *capnp.Future }
+
+func (f Upload_abort_Params_Future) Struct() (Upload_abort_Params, error) {
+	p, err := f.Future.Ptr()
+	return Upload_abort_Params(p.Struct()), err
+}
+
+type Upload_abort_Results capnp.Struct
+
+// Upload_abort_Results_TypeID is the unique identifier for the type Upload_abort_Results.
+const Upload_abort_Results_TypeID = 0x95aade21c72dd549
+
+func NewUpload_abort_Results(s *capnp.Segment) (Upload_abort_Results, error) {
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 0})
+	return Upload_abort_Results(st), err
+}
+
+func NewRootUpload_abort_Results(s *capnp.Segment) (Upload_abort_Results, error) {
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 0})
+	return Upload_abort_Results(st), err
+}
+
+func ReadRootUpload_abort_Results(msg *capnp.Message) (Upload_abort_Results, error) {
+	root, err := msg.Root()
+	return Upload_abort_Results(root.Struct()), err
+}
+
+func (s Upload_abort_Results) String() string {
+	str, _ := text.Marshal(0x95aade21c72dd549, capnp.Struct(s))
+	return str
+}
+
+func (s Upload_abort_Results) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Struct(s).EncodeAsPtr(seg)
+}
+
+func (Upload_abort_Results) DecodeFromPtr(p capnp.Ptr) Upload_abort_Results {
+	return Upload_abort_Results(capnp.Struct{}.DecodeFromPtr(p))
+}
+
+func (s Upload_abort_Results) ToPtr() capnp.Ptr {
+	return capnp.Struct(s).ToPtr()
+}
+func (s Upload_abort_Results) IsValid() bool {
+	return capnp.Struct(s).IsValid()
+}
+
+func (s Upload_abort_Results) Message() *capnp.Message {
+	return capnp.Struct(s).Message()
+}
+
+func (s Upload_abort_Results) Segment() *capnp.Segment {
+	return capnp.Struct(s).Segment()
+}
+
+// Upload_abort_Results_List is a list of Upload_abort_Results.
+type Upload_abort_Results_List = capnp.StructList[Upload_abort_Results]
+
+// NewUpload_abort_Results creates a new list of Upload_abort_Results.
+func NewUpload_abort_Results_List(s *capnp.Segment, sz int32) (Upload_abort_Results_List, error) {
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 0, PointerCount: 0}, sz)
+	return capnp.StructList[Upload_abort_Results](l), err
+}
+
+// Upload_abort_Results_Future is a wrapper for a Upload_abort_Results promised by a client call.
+type Upload_abort_Results_Future struct{ *capnp.Future }
+
+func (f Upload_abort_Results_Future) Struct() (Upload_abort_Results, error) {
+	p, err := f.Future.Ptr()
+	return Upload_abort_Results(p.Struct()), err
+}
+
+type InstallProgress capnp.Client
+
+// InstallProgress_TypeID is the unique identifier for the type InstallProgress.
+const InstallProgress_TypeID = 0x94d668f6787a60a0
+
+func (c InstallProgress) Stage(ctx context.Context, params func(InstallProgress_stage_Params) error) (InstallProgress_stage_Results_Future, capnp.ReleaseFunc) {
+
+	s := capnp.Send{
+		Method: capnp.Method{
+			InterfaceID:   0x94d668f6787a60a0,
+			MethodID:      0,
+			InterfaceName: "control.capnp:InstallProgress",
+			MethodName:    "stage",
+		},
+	}
+	if params != nil {
+		s.ArgsSize = capnp.ObjectSize{DataSize: 16, PointerCount: 1}
+		s.PlaceArgs = func(s capnp.Struct) error { return params(InstallProgress_stage_Params(s)) }
+	}
+
+	ans, release := capnp.Client(c).SendCall(ctx, s)
+	return InstallProgress_stage_Results_Future{Future: ans.Future()}, release
+
+}
+
+func (c InstallProgress) WaitStreaming() error {
+	return capnp.Client(c).WaitStreaming()
+}
+
+// String returns a string that identifies this capability for debugging
+// purposes.  Its format should not be depended on: in particular, it
+// should not be used to compare clients.  Use IsSame to compare clients
+// for equality.
+func (c InstallProgress) String() string {
+	return "InstallProgress(" + capnp.Client(c).String() + ")"
+}
+
+// AddRef creates a new Client that refers to the same capability as c.
+// If c is nil or has resolved to null, then AddRef returns nil.
+func (c InstallProgress) AddRef() InstallProgress {
+	return InstallProgress(capnp.Client(c).AddRef())
+}
+
+// Release releases a capability reference.  If this is the last
+// reference to the capability, then the underlying resources associated
+// with the capability will be released.
+//
+// Release will panic if c has already been released, but not if c is
+// nil or resolved to null.
+func (c InstallProgress) Release() {
+	capnp.Client(c).Release()
+}
+
+// Resolve blocks until the capability is fully resolved or the Context
+// expires.
+func (c InstallProgress) Resolve(ctx context.Context) error {
+	return capnp.Client(c).Resolve(ctx)
+}
+
+func (c InstallProgress) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Client(c).EncodeAsPtr(seg)
+}
+
+func (InstallProgress) DecodeFromPtr(p capnp.Ptr) InstallProgress {
+	return InstallProgress(capnp.Client{}.DecodeFromPtr(p))
+}
+
+// IsValid reports whether c is a valid reference to a capability.
+// A reference is invalid if it is nil, has resolved to null, or has
+// been released.
+func (c InstallProgress) IsValid() bool {
+	return capnp.Client(c).IsValid()
+}
+
+// IsSame reports whether c and other refer to a capability created by the
+// same call to NewClient.  This can return false negatives if c or other
+// are not fully resolved: use Resolve if this is an issue.  If either
+// c or other are released, then IsSame panics.
+func (c InstallProgress) IsSame(other InstallProgress) bool {
+	return capnp.Client(c).IsSame(capnp.Client(other))
+}
+
+// Update the flowcontrol.FlowLimiter used to manage flow control for
+// this client. This affects all future calls, but not calls already
+// waiting to send. Passing nil sets the value to flowcontrol.NopLimiter,
+// which is also the default.
+func (c InstallProgress) SetFlowLimiter(lim fc.FlowLimiter) {
+	capnp.Client(c).SetFlowLimiter(lim)
+}
+
+// Get the current flowcontrol.FlowLimiter used to manage flow control
+// for this client.
+func (c InstallProgress) GetFlowLimiter() fc.FlowLimiter {
+	return capnp.Client(c).GetFlowLimiter()
+}
+
+// A InstallProgress_Server is a InstallProgress with a local implementation.
+type InstallProgress_Server interface {
+	Stage(context.Context, InstallProgress_stage) error
+}
+
+// InstallProgress_NewServer creates a new Server from an implementation of InstallProgress_Server.
+func InstallProgress_NewServer(s InstallProgress_Server) *server.Server {
+	c, _ := s.(server.Shutdowner)
+	return server.New(InstallProgress_Methods(nil, s), s, c)
+}
+
+// InstallProgress_ServerToClient creates a new Client from an implementation of InstallProgress_Server.
+// The caller is responsible for calling Release on the returned Client.
+func InstallProgress_ServerToClient(s InstallProgress_Server) InstallProgress {
+	return InstallProgress(capnp.NewClient(InstallProgress_NewServer(s)))
+}
+
+// InstallProgress_Methods appends Methods to a slice that invoke the methods on s.
+// This can be used to create a more complicated Server.
+func InstallProgress_Methods(methods []server.Method, s InstallProgress_Server) []server.Method {
+	if cap(methods) == 0 {
+		methods = make([]server.Method, 0, 1)
+	}
+
+	methods = append(methods, server.Method{
+		Method: capnp.Method{
+			InterfaceID:   0x94d668f6787a60a0,
+			MethodID:      0,
+			InterfaceName: "control.capnp:InstallProgress",
+			MethodName:    "stage",
+		},
+		Impl: func(ctx context.Context, call *server.Call) error {
+			return s.Stage(ctx, InstallProgress_stage{call})
+		},
+	})
+
+	return methods
+}
+
+// InstallProgress_stage holds the state for a server call to InstallProgress.stage.
+// See server.Call for documentation.
+type InstallProgress_stage struct {
+	*server.Call
+}
+
+// Args returns the call's arguments.
+func (c InstallProgress_stage) Args() InstallProgress_stage_Params {
+	return InstallProgress_stage_Params(c.Call.Args())
+}
+
+// AllocResults allocates the results struct.
+func (c InstallProgress_stage) AllocResults() (InstallProgress_stage_Results, error) {
+	r, err := c.Call.AllocResults(capnp.ObjectSize{DataSize: 0, PointerCount: 0})
+	return InstallProgress_stage_Results(r), err
+}
+
+// InstallProgress_List is a list of InstallProgress.
+type InstallProgress_List = capnp.CapList[InstallProgress]
+
+// NewInstallProgress_List creates a new list of InstallProgress.
+func NewInstallProgress_List(s *capnp.Segment, sz int32) (InstallProgress_List, error) {
+	l, err := capnp.NewPointerList(s, sz)
+	return capnp.CapList[InstallProgress](l), err
+}
+
+type InstallProgress_stage_Params capnp.Struct
+
+// InstallProgress_stage_Params_TypeID is the unique identifier for the type InstallProgress_stage_Params.
+const InstallProgress_stage_Params_TypeID = 0xae2fcb3a4bfacfdd
+
+func NewInstallProgress_stage_Params(s *capnp.Segment) (InstallProgress_stage_Params, error) {
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 16, PointerCount: 1})
+	return InstallProgress_stage_Params(st), err
+}
+
+func NewRootInstallProgress_stage_Params(s *capnp.Segment) (InstallProgress_stage_Params, error) {
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 16, PointerCount: 1})
+	return InstallProgress_stage_Params(st), err
+}
+
+func ReadRootInstallProgress_stage_Params(msg *capnp.Message) (InstallProgress_stage_Params, error) {
+	root, err := msg.Root()
+	return InstallProgress_stage_Params(root.Struct()), err
+}
+
+func (s InstallProgress_stage_Params) String() string {
+	str, _ := text.Marshal(0xae2fcb3a4bfacfdd, capnp.Struct(s))
+	return str
+}
+
+func (s InstallProgress_stage_Params) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Struct(s).EncodeAsPtr(seg)
+}
+
+func (InstallProgress_stage_Params) DecodeFromPtr(p capnp.Ptr) InstallProgress_stage_Params {
+	return InstallProgress_stage_Params(capnp.Struct{}.DecodeFromPtr(p))
+}
+
+func (s InstallProgress_stage_Params) ToPtr() capnp.Ptr {
+	return capnp.Struct(s).ToPtr()
+}
+func (s InstallProgress_stage_Params) IsValid() bool {
+	return capnp.Struct(s).IsValid()
+}
+
+func (s InstallProgress_stage_Params) Message() *capnp.Message {
+	return capnp.Struct(s).Message()
+}
+
+func (s InstallProgress_stage_Params) Segment() *capnp.Segment {
+	return capnp.Struct(s).Segment()
+}
+func (s InstallProgress_stage_Params) Stage() (string, error) {
+	p, err := capnp.Struct(s).Ptr(0)
+	return p.Text(), err
+}
+
+func (s InstallProgress_stage_Params) HasStage() bool {
+	return capnp.Struct(s).HasPtr(0)
+}
+
+func (s InstallProgress_stage_Params) StageBytes() ([]byte, error) {
+	p, err := capnp.Struct(s).Ptr(0)
+	return p.TextBytes(), err
+}
+
+func (s InstallProgress_stage_Params) SetStage(v string) error {
+	return capnp.Struct(s).SetText(0, v)
+}
+
+func (s InstallProgress_stage_Params) Done() uint64 {
+	return capnp.Struct(s).Uint64(0)
+}
+
+func (s InstallProgress_stage_Params) SetDone(v uint64) {
+	capnp.Struct(s).SetUint64(0, v)
+}
+
+func (s InstallProgress_stage_Params) Total() uint64 {
+	return capnp.Struct(s).Uint64(8)
+}
+
+func (s InstallProgress_stage_Params) SetTotal(v uint64) {
+	capnp.Struct(s).SetUint64(8, v)
+}
+
+// InstallProgress_stage_Params_List is a list of InstallProgress_stage_Params.
+type InstallProgress_stage_Params_List = capnp.StructList[InstallProgress_stage_Params]
+
+// NewInstallProgress_stage_Params creates a new list of InstallProgress_stage_Params.
+func NewInstallProgress_stage_Params_List(s *capnp.Segment, sz int32) (InstallProgress_stage_Params_List, error) {
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 16, PointerCount: 1}, sz)
+	return capnp.StructList[InstallProgress_stage_Params](l), err
+}
+
+// InstallProgress_stage_Params_Future is a wrapper for a InstallProgress_stage_Params promised by a client call.
+type InstallProgress_stage_Params_Future struct{ *capnp.Future }
+
+func (f InstallProgress_stage_Params_Future) Struct() (InstallProgress_stage_Params, error) {
+	p, err := f.Future.Ptr()
+	return InstallProgress_stage_Params(p.Struct()), err
+}
+
+type InstallProgress_stage_Results capnp.Struct
+
+// InstallProgress_stage_Results_TypeID is the unique identifier for the type InstallProgress_stage_Results.
+const InstallProgress_stage_Results_TypeID = 0x8957025d823ed5fc
+
+func NewInstallProgress_stage_Results(s *capnp.Segment) (InstallProgress_stage_Results, error) {
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 0})
+	return InstallProgress_stage_Results(st), err
+}
+
+func NewRootInstallProgress_stage_Results(s *capnp.Segment) (InstallProgress_stage_Results, error) {
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 0})
+	return InstallProgress_stage_Results(st), err
+}
+
+func ReadRootInstallProgress_stage_Results(msg *capnp.Message) (InstallProgress_stage_Results, error) {
+	root, err := msg.Root()
+	return InstallProgress_stage_Results(root.Struct()), err
+}
+
+func (s InstallProgress_stage_Results) String() string {
+	str, _ := text.Marshal(0x8957025d823ed5fc, capnp.Struct(s))
+	return str
+}
+
+func (s InstallProgress_stage_Results) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Struct(s).EncodeAsPtr(seg)
+}
+
+func (InstallProgress_stage_Results) DecodeFromPtr(p capnp.Ptr) InstallProgress_stage_Results {
+	return InstallProgress_stage_Results(capnp.Struct{}.DecodeFromPtr(p))
+}
+
+func (s InstallProgress_stage_Results) ToPtr() capnp.Ptr {
+	return capnp.Struct(s).ToPtr()
+}
+func (s InstallProgress_stage_Results) IsValid() bool {
+	return capnp.Struct(s).IsValid()
+}
+
+func (s InstallProgress_stage_Results) Message() *capnp.Message {
+	return capnp.Struct(s).Message()
+}
+
+func (s InstallProgress_stage_Results) Segment() *capnp.Segment {
+	return capnp.Struct(s).Segment()
+}
+
+// InstallProgress_stage_Results_List is a list of InstallProgress_stage_Results.
+type InstallProgress_stage_Results_List = capnp.StructList[InstallProgress_stage_Results]
+
+// NewInstallProgress_stage_Results creates a new list of InstallProgress_stage_Results.
+func NewInstallProgress_stage_Results_List(s *capnp.Segment, sz int32) (InstallProgress_stage_Results_List, error) {
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 0, PointerCount: 0}, sz)
+	return capnp.StructList[InstallProgress_stage_Results](l), err
+}
+
+// InstallProgress_stage_Results_Future is a wrapper for a InstallProgress_stage_Results promised by a client call.
+type InstallProgress_stage_Results_Future struct{ *capnp.Future }
+
+func (f InstallProgress_stage_Results_Future) Struct() (InstallProgress_stage_Results, error) {
+	p, err := f.Future.Ptr()
+	return InstallProgress_stage_Results(p.Struct()), err
+}
+
+type TrustedKey capnp.Struct
+
+// TrustedKey_TypeID is the unique identifier for the type TrustedKey.
+const TrustedKey_TypeID = 0xb9b69e7d6f913abc
+
+func NewTrustedKey(s *capnp.Segment) (TrustedKey, error) {
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 8, PointerCount: 3})
+	return TrustedKey(st), err
+}
+
+func NewRootTrustedKey(s *capnp.Segment) (TrustedKey, error) {
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 8, PointerCount: 3})
+	return TrustedKey(st), err
+}
+
+func ReadRootTrustedKey(msg *capnp.Message) (TrustedKey, error) {
+	root, err := msg.Root()
+	return TrustedKey(root.Struct()), err
+}
+
+func (s TrustedKey) String() string {
+	str, _ := text.Marshal(0xb9b69e7d6f913abc, capnp.Struct(s))
+	return str
+}
+
+func (s TrustedKey) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Struct(s).EncodeAsPtr(seg)
+}
+
+func (TrustedKey) DecodeFromPtr(p capnp.Ptr) TrustedKey {
+	return TrustedKey(capnp.Struct{}.DecodeFromPtr(p))
+}
+
+func (s TrustedKey) ToPtr() capnp.Ptr {
+	return capnp.Struct(s).ToPtr()
+}
+func (s TrustedKey) IsValid() bool {
+	return capnp.Struct(s).IsValid()
+}
+
+func (s TrustedKey) Message() *capnp.Message {
+	return capnp.Struct(s).Message()
+}
+
+func (s TrustedKey) Segment() *capnp.Segment {
+	return capnp.Struct(s).Segment()
+}
+func (s TrustedKey) KeyId() (string, error) {
+	p, err := capnp.Struct(s).Ptr(0)
+	return p.Text(), err
+}
+
+func (s TrustedKey) HasKeyId() bool {
+	return capnp.Struct(s).HasPtr(0)
+}
+
+func (s TrustedKey) KeyIdBytes() ([]byte, error) {
+	p, err := capnp.Struct(s).Ptr(0)
+	return p.TextBytes(), err
+}
+
+func (s TrustedKey) SetKeyId(v string) error {
+	return capnp.Struct(s).SetText(0, v)
+}
+
+func (s TrustedKey) PublicKey() (string, error) {
+	p, err := capnp.Struct(s).Ptr(1)
+	return p.Text(), err
+}
+
+func (s TrustedKey) HasPublicKey() bool {
+	return capnp.Struct(s).HasPtr(1)
+}
+
+func (s TrustedKey) PublicKeyBytes() ([]byte, error) {
+	p, err := capnp.Struct(s).Ptr(1)
+	return p.TextBytes(), err
+}
+
+func (s TrustedKey) SetPublicKey(v string) error {
+	return capnp.Struct(s).SetText(1, v)
+}
+
+func (s TrustedKey) Comment() (string, error) {
+	p, err := capnp.Struct(s).Ptr(2)
+	return p.Text(), err
+}
+
+func (s TrustedKey) HasComment() bool {
+	return capnp.Struct(s).HasPtr(2)
+}
+
+func (s TrustedKey) CommentBytes() ([]byte, error) {
+	p, err := capnp.Struct(s).Ptr(2)
+	return p.TextBytes(), err
+}
+
+func (s TrustedKey) SetComment(v string) error {
+	return capnp.Struct(s).SetText(2, v)
+}
+
+func (s TrustedKey) AddedAtUnixMs() int64 {
+	return int64(capnp.Struct(s).Uint64(0))
+}
+
+func (s TrustedKey) SetAddedAtUnixMs(v int64) {
+	capnp.Struct(s).SetUint64(0, uint64(v))
+}
+
+// TrustedKey_List is a list of TrustedKey.
+type TrustedKey_List = capnp.StructList[TrustedKey]
+
+// NewTrustedKey creates a new list of TrustedKey.
+func NewTrustedKey_List(s *capnp.Segment, sz int32) (TrustedKey_List, error) {
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 8, PointerCount: 3}, sz)
+	return capnp.StructList[TrustedKey](l), err
+}
+
+// TrustedKey_Future is a wrapper for a TrustedKey promised by a client call.
+type TrustedKey_Future struct{ *capnp.Future }
+
+func (f TrustedKey_Future) Struct() (TrustedKey, error) {
+	p, err := f.Future.Ptr()
+	return TrustedKey(p.Struct()), err
 }
 
 type Permissions capnp.Struct
@@ -3866,12 +6858,12 @@ type PluginStatus capnp.Struct
 const PluginStatus_TypeID = 0xa46b0aa9bbc91d7d
 
 func NewPluginStatus(s *capnp.Segment) (PluginStatus, error) {
-	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 32, PointerCount: 11})
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 32, PointerCount: 14})
 	return PluginStatus(st), err
 }
 
 func NewRootPluginStatus(s *capnp.Segment) (PluginStatus, error) {
-	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 32, PointerCount: 11})
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 32, PointerCount: 14})
 	return PluginStatus(st), err
 }
 
@@ -4177,13 +7169,67 @@ func (s PluginStatus) NewStreams(n int32) (StreamStageInfo_List, error) {
 	err = capnp.Struct(s).SetPtr(10, l.ToPtr())
 	return l, err
 }
+func (s PluginStatus) PreviousVersion() (string, error) {
+	p, err := capnp.Struct(s).Ptr(11)
+	return p.Text(), err
+}
+
+func (s PluginStatus) HasPreviousVersion() bool {
+	return capnp.Struct(s).HasPtr(11)
+}
+
+func (s PluginStatus) PreviousVersionBytes() ([]byte, error) {
+	p, err := capnp.Struct(s).Ptr(11)
+	return p.TextBytes(), err
+}
+
+func (s PluginStatus) SetPreviousVersion(v string) error {
+	return capnp.Struct(s).SetText(11, v)
+}
+
+func (s PluginStatus) Publisher() (TrustedKey, error) {
+	p, err := capnp.Struct(s).Ptr(12)
+	return TrustedKey(p.Struct()), err
+}
+
+func (s PluginStatus) HasPublisher() bool {
+	return capnp.Struct(s).HasPtr(12)
+}
+
+func (s PluginStatus) SetPublisher(v TrustedKey) error {
+	return capnp.Struct(s).SetPtr(12, capnp.Struct(v).ToPtr())
+}
+
+// NewPublisher sets the publisher field to a newly
+// allocated TrustedKey struct, preferring placement in s's segment.
+func (s PluginStatus) NewPublisher() (TrustedKey, error) {
+	ss, err := NewTrustedKey(capnp.Struct(s).Segment())
+	if err != nil {
+		return TrustedKey{}, err
+	}
+	err = capnp.Struct(s).SetPtr(12, capnp.Struct(ss).ToPtr())
+	return ss, err
+}
+
+func (s PluginStatus) Sha256() ([]byte, error) {
+	p, err := capnp.Struct(s).Ptr(13)
+	return []byte(p.Data()), err
+}
+
+func (s PluginStatus) HasSha256() bool {
+	return capnp.Struct(s).HasPtr(13)
+}
+
+func (s PluginStatus) SetSha256(v []byte) error {
+	return capnp.Struct(s).SetData(13, v)
+}
 
 // PluginStatus_List is a list of PluginStatus.
 type PluginStatus_List = capnp.StructList[PluginStatus]
 
 // NewPluginStatus creates a new list of PluginStatus.
 func NewPluginStatus_List(s *capnp.Segment, sz int32) (PluginStatus_List, error) {
-	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 32, PointerCount: 11}, sz)
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 32, PointerCount: 14}, sz)
 	return capnp.StructList[PluginStatus](l), err
 }
 
@@ -4196,6 +7242,9 @@ func (f PluginStatus_Future) Struct() (PluginStatus, error) {
 }
 func (p PluginStatus_Future) Grant() Permissions_Future {
 	return Permissions_Future{Future: p.Future.Field(8, nil)}
+}
+func (p PluginStatus_Future) Publisher() TrustedKey_Future {
+	return TrustedKey_Future{Future: p.Future.Field(12, nil)}
 }
 
 type LogLine capnp.Struct
@@ -5110,625 +8159,728 @@ func (f PluginSettings_Future) Struct() (PluginSettings, error) {
 	return PluginSettings(p.Struct()), err
 }
 
-const schema_96e3335b176e694a = "x\xda\xcc}{|T\xd5\xb5\xff^\xe7$L \x84" +
-	"\xc9\xb9'(\xaf\xdc\x01\x04\x94T^\x09T\x08\xe0\x84" +
-	"\x81\x00\x89\x09d\x12\"\x8f\x0ar2s\x92\x0c\x99\xcc" +
-	"\x19\xce\x9cAB\xa5\x11.T\xb1\xda\x0bV\xfc\xc9\xad" +
-	"XQi}\xe0\x8bB\xab\\\xb9\xb7\xf0\x13\x15\xabm" +
-	"\xa5\xd2\xfa\xaehm\x8b\xf5E\x85*\x02\xce\xef\xb3\xf6" +
-	"9\xfb\x9c='3!>\xee\xfd\xfc\xfe\xe1s\xb2f" +
-	"\x9f}\xf6^{\xed\xb5\xd6w\xad\xb57\xe3\xef\xf0U" +
-	"\xe4L(\xb8~\x02\x11\x1a*\x84\xdc^\xa9\x876\x1e" +
-	"\x99U\xf3\x9b\xad\xd7\x91`\x01\x08\xa9\xbb6\x15]r" +
-	"\x9b\xfa\xf0\xa7$W\xf0\x10\"\xdf?\xe0\x88\xbcw\x00" +
-	">=6\xe0\xaf\x04R\xfdk\xcb\xd7\x16m\xac^O" +
-	"\xa4\x01@H.x\x08)\xdb9\xb0\x14\x08\xc8\x0f\x0d" +
-	"\xf4\x13H\x09\xaf\xad\x1b\xe19<\x7f=\x91.\x00B" +
-	"r\xf0\xf7\x17\x06\xfe\x0b\x90\x9cT\xde\xa3\xcd\x0f\x17D" +
-	"\xbf\xbf\x9eHE\xf6\xab{\x07\xf6\xc1W\xf7\xd3W\xeb" +
-	"\x7fx\xfd\xdd\x8fl\xfc\xd1z\x12\xec\x07\x90\xaa\x8e\xc4" +
-	".\xfcN\xd9;\xb7\x99-\xe57\x06>'\x1f\x1f\x88" +
-	"O\xef\x0e\xbc\x86@\xaab\xc7s\x9b\xbfX\xbek=" +
-	"\x91\x0a \xd5y\xdf^\xdf\x1b\x0f\xff\xeeu\x92\x8b\x1f" +
-	"\x94g\x0c:\"\xd7\x0e\xc2\xa7\xaaA8\xe8\x82\xa7O" +
-	"\x1f\xae\xfc\xaf\xa1\xffF\xa4b6\xa6a\x83W\xe0\x98" +
-	"\xd6\xee\x82\x92\xfa\xa1\x07\xfe\x8d\x04\x8b\x00\x07E\xe7\\" +
-	"0\xf8s\x02\xb24\xf8\x11\x02\xa9c\xdf\x9b}\xe8\x93" +
-	"\x13}7\x99\xd31\x07\xfd\xc4\xe0\x7f\xc1A\x1f\x18\x8c" +
-	"\x83\xfe\xc1\x92\x0b.\xbf\xfb\xd5\xb5\x9b\x90{]\x06r" +
-	"l\xf0\x11\xf9\x83\xc1\xf8\xce\xf1\xc1> \x90\xfa\xfd\x9c" +
-	"\xc1W\xdc\x96\x0c\xdeD\xa4\x02\xd1iL@.(~" +
-	"@\xee_\x8c\xefH\xc5s\xe4)\xf8\x94\x0a\xac\x9d2" +
-	"\xfb\xf6\xf1?\xff!v\xdd\x8b[\x18\x11\x9b\x0d+\xde" +
-	"'\x8f\xc6fe#\x8bS\xd8u\xf3\x94\xc3\xbb~\xff" +
-	"\xfd\xd7~H\xa4\xfe\xf6H\x83\xbeA8\xd2\xc5>\x1c" +
-	"\xe9\x9e\x92\xb3?8\xfb\xacg3?\xd7\xb2\xb5\xbe\x12" +
-	"l\xb1\xd1\x87\x93\xbd\xed\xc7?\xde|\xa65\xbe\x99\x9f" +
-	"\xec\x84\xa1\xb4\x8b)C\xb1\x8b]O?2=q\xf0" +
-	"\x9f\xb7\x92`>@\xaa\xef\xe8\xd1\x03N\x97\x06>\xb2" +
-	"\xd8\x16\x19\xfa\xb6\x9c\x1c\x8a\xef\xac\x1cJ'{U\xed" +
-	"\xf5\x1f\xdf\x15\xedw\x1b\x91\xf2\x05\xa71\x01y\xdb\xb0" +
-	"\xe7\xe4\x9d\xc3\xf0\x9d\x1d\xc3Z\x08\xa4\x06<s\xc5K" +
-	"\xf7\x9c\xb9\xf8\xff\xe0\xc2\xe7r\x0bO\xbb}a\xd8\x11" +
-	"\xf9\x15l\\vt\xd8\xbfc\xb7\xd3\xff9*\xf7\xce" +
-	"\xad\xad\xdb\xf8Qn\xbdH\xc7Q\xee\xb8\x08G9\xf6" +
-	"\xec\x1f\xbf?.\xf1bZ\x83\x03\x17Q\x19=L\x1b" +
-	"\xbc\xf9\xdc[\xbf8T2\xe8\xc7\xbc$\x1e\xbf\x882" +
-	"\xe2\x04m\xf0\xfe\xd8wF'\x8f]{'\x91\xf2\xc5" +
-	"\xd4\xed\xb0f\xec=G\xbe\xf5$\x8e\\\x1a\xb1O\x1e" +
-	"8\x02\xdb\xf7\x1fq=\xc8\x03G\xe2:\xc5z\xefy" +
-	"k\xf1\xf8\xea\x9f\x10\xe9B&^0\xb2\x1a\xc5k\xe1" +
-	"\xe1\xbf\x18K\x9b\xcf\xfd\x04W0\xc7YA*\x1b\x1f" +
-	"\x8c\xd8-\x9f\xc2\xae\xe4\x13#PH_k\xeb\x1c\xb6" +
-	"\xe5\xf5\xca\xbb\\\x02Myph\xe4n\xf9\x05\xfc\x96" +
-	"|x$\x0a\xffwV\xdc;4\xff\xd2\xb2\x1d\xe6\x17" +
-	"\xcd\x09\x8c\x1cEg8f\x14N`\xfc\xa7\xfeK\xff" +
-	"T\xd3\xb1#\xe3B\xd5\x8e:(7\x8e\xc2\xa7\xe0(" +
-	"\\\xf6\xa7o\xf1\xc5\xf7U\xff\xfen\"\xe5wi{" +
-	"z\xd4-2\\\x8cO\xe7F\xe1\x97_\xfenc\xf3" +
-	"\x88\xfaA\xf7\xf0\xbc]|1\xfd\xb2r1~ym" +
-	"\xf1\xe1\xff\xbc\xbfO\xdb\xbd\xb8\x969\xdcZ\xe6c\x1f" +
-	"\xeb.~U\xbe\x19{+\xdbt\xf1\xa7\"\x81\xd4\xee" +
-	"Cw\xa6\x9ez\xa9\xee\xa7$x\x81#\x93\xef~k" +
-	"\x05]\x8ao\xe1\xe0\xee\x9e\xbai\xc6\x90\xe4\x99\x9f\xf2" +
-	"\x1f\xbc\xf9\xd2zl\xb0\xedR\xfc`d\xcf\xda\xc7\xfb" +
-	"\xc4\x7f\xf73\xbe\xc1\xfeK\xa9\xd0\x1e\xa2\x0d~3\xb7" +
-	"\xec\x97\xd1?m\x7f\xc0Zm\xfa\x89S\x97\x0e\xc7\x06" +
-	"\xe7.\xc59\x0dZ\xb3al\xf5\xb8\xe7\xac\x06t\xfd" +
-	"\xda\xc7\x08\xb8~\x85\xbe?\xd4'\x9e:\xf9\x00\xdfw" +
-	"p\xcc\x12|u\xe9\x18\xec{\xe1\xcfF=\xd8v\xc9" +
-	"\x84\x07\xf9\x06k\xc7\x98[\x8a6X}\xec\x99X\xdf" +
-	"\x0f\x13\x0f\xbauZ/d\xc7\xce1\xef\xc9\x8f\x8d\xc1" +
-	"w\x1e\x1aCE\xfb;C\x9e\x16\x1e\x7f\xdd`\xdd\xd1" +
-	"\xa1N\x1aGU\xe4\xf4q8\xd4a\xf9;_\xafj" +
-	"\xf9\xe8A~\xe1\xb7\x8d\xa3\x03\xda9\x0e\xbf'\xfe\xfd" +
-	"BQo\x9f\xb9\x8b\x1f\xd0\xa1qt@/\xd0\x06\x17" +
-	"|of~\xe4\xf9\xdc\x872\x8a\xe4\xb8\x07\xe4S\xe3" +
-	"\xa8H\x8eC\x91\xbc\xf0\xc6\x0d\xc6]\x9f\x0d{\x88\x0a" +
-	"\x86\xbd\x0drs\xa9H\x8e\xdf-\xbf0\x1e\xbb?<" +
-	"\xde\xdc\xed\x1f\x8e\x81wG\xe6>\xdce\xb7\x9f\x9e\xf0" +
-	"\x9c\x9c[\x8a\xef@\xe9e\x04R\x85\xf7x?|\xf3" +
-	"_{=\xdaU\x07\x96\xde-\xf7\xc7\x86eR\xa9\x07" +
-	"\xe4\xbd\xf8\x98zr\xe8\xc7\xb90c\xdc\xa3$x\xa1" +
-	"#!\xdbK\xcb\xe9\x94KQB.\xee7z\xc3\xb7" +
-	"\x9f\xfd\xee\xa3t\xe38Z\x92Z\x8d\x19ew\xcbU" +
-	"e\xf8TY\x86\xb3\xff\xd6uW\x16\xf5\xfd\x85\xb4\xdb" +
-	"\xb5/*\xc1\x93\x83\x1a\xacl\xb7\xbc\x92\xb6n/\xc3" +
-	"\xf9?]^0\xe7\xf3\xe7\x0b~\xdee\xa4\xb5\x13w" +
-	"\xcb\x8d\x13\xe9\x0e\x9ax\xbd\xbc\x03\x9fRo\x85\x0f~" +
-	"\xfc\xd8\xdb\xbd\xf7p\x86o\xd3\xc4A(E\x7f\xbd}" +
-	"\xe9\xcc\xa5M\x17\xedA\x19\xf0p2@\xf9\xb8r\xe2" +
-	">\xb9\x03;(KN\xbc\x10\xb7\xc4\x981\x1f\xdd\xf6" +
-	"\xf1\x99k\xf6p\xd2x\xf42j@/\xca\xbf\xe7\xd2" +
-	"S/\xee\xfce\x9a\xa4_F\xa5\xe3\xd0e8\xbb?" +
-	"\x0e\x99sm\xf1/\xbfHk\xf0\xeeet\xf1?\xa0" +
-	"\x0d^\xfb\xf7\xa9W?\xd5\xbc\xedq^\xf1\x15L\x16" +
-	"\xb0\x814\x99\x8a\xeb\x82\xa3G~\xf5\xf7\xa9Op\x93" +
-	"\x980y8~<8\xf1\x81\x03\xdf\xbd}\xfd\x93\xbc" +
-	"\xe4\x0d\x9cL\xf7\xe1H\xfa\xea\xa1^\x8f\x1f\x7f\xf8\x0f" +
-	"G\x9f\xec\xc2\xac\xaa\xc9\xef\xc9\x8d\x93)\xb3&\xcf\x91" +
-	";\xf0)uh\xb9\xff\x8dI\xa5\xfb\xff\x8b\x1f\xa92" +
-	"\x99\xaa\x91\x08\xedm\xe4\x07\xa7\xfb'.\x88\x1d`\x8a" +
-	"\x81\xb6\xd84\x99Nv\xcbd\xdc\x0a?\xf8\xf5'\xcb" +
-	"\xbe\x1d\xf9\xbf\x07\xb9\xa1~0\xb9\x04\x87\xfaQcc" +
-	"\xdb\xed\xd3\xfb?\xc5\xfdrt2\xe5\xe0\xa6\xef\xe5\xf7" +
-	"\xed\xe7\xdb\xf8T\x1a\x07'SUp\x88~\xb6\xecG" +
-	"\xffzg\xe0\xca;\x9f\xe2g\xf9\xee\xe4&\xaa\x8eh" +
-	"\x83\xab\xae\xfb\xfc\x93\xbcT\xf13|\x83\xfeS\xd6`" +
-	"\x83aS\xb0\xc1e\x91\x8f\xe7_/'\x9e1%\xec" +
-	"o\xa53f\x1b\xa3\x87\x1fG\x09\xa3R8\xe5\x01\xb9" +
-	"v\x0a\xbeT5\x05w\xfc\x17\xf7|\xd4\xb8\xa0\xf8\xcf" +
-	"\xcf\xb8\xf7\xcc\xb1\xf2\x1b\xe5\xe3\xe5\xd4\xdb)G\x0b\xb9" +
-	"\xa3\xef\xf8\x1b^\\\xd0\xf6l\x1a;\x0a\xa6R?\xa4" +
-	"\xffTd\xc7\x8b;&\xde\xfc\x83g\xa6\x1ev}\xd7" +
-	"\xd4\xe2+\xa7\x1e\x94;\xa6\xe2Sr*n\x99\xde\x03" +
-	"^\xfa\xcd\xd4\xd7<\xbf\xce\xe8iI\xd3\x9e\x93\x8b\xa7" +
-	"\xe1\xd3\xc0i\xd8\xf3\xa1\xd9s\xaaG\xad\xbf\xe8\xd7f" +
-	"\xcf\x8e\x1a\xa0nHr\xda\x11y\x1dm\xbcv\x1a\xf6" +
-	"<{\xedg\xbf\xd9\x7f\xab\xe7\xf9.\x96s\xe0\xf4\x83" +
-	"\xf2\xb0\xe9\xd8\xb0x\xfa\x1c\xb9\x12\x9fR\x93\xbfu\xc3" +
-	"\xb6\xc3[\x9fz>M\xfb\x8f\x99Ng5i:v" +
-	"\xf7\xe6\xdbe\xabN\xcf\x98\xf6[\x9e\xdd/L\x0f`" +
-	"\x83\xa3\xd3\x91\xdd+v\xbf\xba\xef\xec\x92}\xbfMs" +
-	"jN\x99-\xce\xd1.n\xb8\xe3\xf5+G=\xfb\xda" +
-	"\xef\xf85\xbf\xffr*\xb8{/\xc7..\x1a\xac\xce" +
-	"X\xf6\xf8\xc0\x17\xd3x\xfb\xca\xe5t\x14\xc7.G\x0e" +
-	"|<v\xc7\xcf>\xdaq\xfc\x08\xb2+\x8fc\x17\xe5" +
-	"\xc0t\xff?\xe4*?\xbeS\xe9\xff\x99@ ur" +
-	"\xeaMy\xde_\xfe\xfc%\xfe\x83\x05\x01s\xa9\x02\xf8" +
-	"\xc1\xfc'\x07\xfd\xfc\x17\x9f\x0c>j\xba\x8c\xb6\xc6\xaa" +
-	"\x04O_\x14\x91\xc0n\xb96@E$@\xfb\x1b\xf5" +
-	"\xe9\xccw\xbf\xfd\xd3\x89G\xf9\xfezWR\x03'U" +
-	"b\x7f\xa1y\x0f\xde\xf2L\xef\x13/\xe3\x02\x09\xdc\x02" +
-	"\xd1\xa5\x9fP\xf9\x80<\xa5\x92\x1a\x92\xca\x85\xa8\xa7\x83" +
-	"#\x0e<\xf2~\xe9\xc3\xaf\xf06\xe6\xe6\xd9TIl" +
-	"\x9d\x8d\xb3\x9d\xf2\x80p\xe7}u/\xbf\x92\xb6*'" +
-	"fWS\x96\xceF\x96\xf6\x8a&\xafn\xfd\xe3\x05\xaf" +
-	"\x12\xa9@H\xdb\xea[\xe7\xec\x96\xb7\xcf\xc1\xcfn\x9b" +
-	"\x83b;\xef{wo<\xfa\xc6\xb3\xaf3\xe5mn" +
-	"\xb89\xd4^\x1d\x9e\x83\x1f;\xf7\xe8\xdc\xf6\xd6\xdf\x9c" +
-	"y\x1d\xc7\xce\x09\x8c)\x89#\xe7\xee\x96\xc7\xcc\xc5\xa7" +
-	"\xd1sQ\x1f?\xf4\xafoVlXx\xdd\x9b\x19\xc5" +
-	"v`\xd5{\xf2\xc8*\xea\x1aW\xe1 ?\x7fy\xe3" +
-	"\x99\x1d\xca\x817MX\xe38Tt\xd1\x9e\xa8\xda-" +
-	"\x1f\xa8\xa2\xa3\xa9\xa2\xd6+y\xf5\xa1/\x9e\x09\x9c}" +
-	"\x93w\x12\x8eVS+\xf3F5\x0ett\xfe\xe9O" +
-	"C\xff\x98\xf5'~\x15j\xaf\xa0\xab\xd0x\x05\xae\xc2" +
-	" \xdf]\xb7,\xfb\xa0\xee\xad4C\xb5\xf1\x0a\xea\x97" +
-	"n\xb9\x02GT8\xb8\xe1\xf0E\xd3O\xbe\xc5\x0b\xf3" +
-	"\xe8\x1a*\x89\x93j\xb0\x8b\x9fz'\x1dy[,>" +
-	"\xe6\xb2dt\x1d\x1bk\xf6\xc9Kk\xf0iq\x0d\x8e" +
-	"g\xa1\xf7\xde\xc0\x9bC;\xdev\xa36j\xc8\xf7\xd6" +
-	"\x1c\x94\xf7\xd7P\xacRC\x17\xfd\xf9W\xae\xdf\xfay" +
-	"\xa1\xf4N\x17\xe5\x9c;\xef=Y\x9aGQ\xcf\xbc9" +
-	"\xf2\x14|J\xbd\xff\x87\xf8\x80\x99\xfbn\x7f\xc7\xdd\xb5" +
-	"\x89;\xe6\x1d\x94G\xcf\xa3\x0e\xe7<\xca\xb9\xcd\x8f\xb7" +
-	"\x1c\xde*\xed~\xc7\xbd(t\xd4U\xf3w\xcb\xc1\xf9" +
-	"\xd4\xe9\x9c\x8f,\xf8\xe2\x93E\x03w-+y\xd7\\" +
-	"n\xc7\xd7\xec\x8dM\x8e\xcf\xdf'\x9f\x98O\x15\xf9|" +
-	"*\xf9\x97|\xfb\xb7\xc7n\xb9\xfc\xdaw9E\xfeJ" +
-	"=\xb5FWU\\p\xf1\xcb\xfd\xd6\xfd\xc5\xed\xdf\xd2" +
-	"!\x1e\xa8\x7f@>\\O\x9d\x94z\x14\x9b\xa6\xab." +
-	"\x18\xf7v\xdd\xcb\x7f\xe1\xba\xd9\xd6@-\xc5'\xa1)" +
-	"O<-\xcc\xfc+\x91\xfa\x89\xce\xd0\x09\xc8\xeb\x1av" +
-	"\xcb\x9b\x1a\xe8\x0a6\xcc\x11\xe5\xed\x8d\xc8\x97\xa3+n" +
-	"8\xf7\x93i7\xff5#\xd4\xdb\xd8xP\xbe\xb9\x91" +
-	"Z\xa9F\xea\xcb\xad\x1d7\xe3\xdd\xca\x0f/~\xcfD" +
-	"\xca&\xe8\\X\x8e_\xed\xff\xb7\x9c\xd5\xd3\x1fn}" +
-	"\x8f\x04\x07\x01\xa7^\x1bE\x0f\xe4\xe2\xde^\x88\xba\xa2" +
-	"LZ\x88\xec=3\xfc\x11\xed\xe9\x1b\x1e\xfe;E\xae" +
-	"tze\x13\x16Q\x99\x9a\xbe\x08\x19*\xe4_4\xe8" +
-	"\xf8\xb2\xc5\x1f\xb8D\x86\xf2\xe1\xc4\xa2}\xf2\xe9E\xf8" +
-	"t\x8a\xb6\xbd\xf2\xd3IonmS>\xec\"\x04[" +
-	"\x16\xef\x96\xb7-\xa68j\xb1\x07\xe4IKp\xb6\x9f" +
-	"\xcf\xd9\xb0\xe5\xb7\xef\x7f\xefC\x0e\xd5\x14/\xa1\\{" +
-	"z\xfd\xed?\xfe,\xe7\xf0\xc7\x1c?s\x97\xd4\xe3/" +
-	"\xeb6\x14\x94x\x87\x9e\xf9\x07\xbfIN,\xa6\xba\xe5" +
-	"\xf4b\x94\xf0W\x97\xdf\xf7V\xf0\x8a\xdb>q\x8b\x96" +
-	"\xb9\x83\x97\xec\x93\x87-\xa1&b\x09\x8e\xf7\x0f\x8b\x02" +
-	"\xf5\xfd&O:\xd9e\xbc{\x97\xdc-\xef\xa7\x0d\x9f" +
-	"X2G>F\x87;\xe1\xe4\xba\xe7\x16/h<\x89" +
-	"={\xdc\x9b\xe7\xf0\x92\xff\x90_\\B\x8d\xc7\x12*" +
-	"Y\x0b\x0e\x0e\x9c\xfe\xc7Q\x93N\x91\xa0\x0c\x1e\xe7\xdd" +
-	"F\xc1\x03\x02\xf4\x97\x93K\x0f\x12\x90\x93Kq\xa3\x9d" +
-	"\x9d\x16\x1b\xb0\xee\xbb?9\xc5\xcf\xe9\xc5\xa5\xd4gx" +
-	"e)\xcei\xe2\x80\xfb\xc7\xfcaH\xf0\x9f$X\xec" +
-	"(\xb9\xd3K\xa9\xd3\x90\xbb\x0c\xbbXvp\xf3\xbcc" +
-	"g\x97\xfd\x93s\xe9\x94eT\x8e+\xaf\xf6\x1c\x1c\xf5" +
-	"\xcb\xf8\xa7\xcc|\xd1w\xab\x96Q\xb5\x12\xa4\xef>\xb6" +
-	"{\xc8Sk\xde\xf9\xc1\xa7\x99\xc0\xd9C\xcbn\x94\xf7" +
-	".\xa3\xc1\x19\xda\xf6\xed\xfa\xdd\xfd\xfe{\xd4\xc9O3" +
-	"\xee\x8a\x82\xab_\x95\x07^M\xfd\x95\xab\xa9NX\xe4" +
-	"\x7f\xe2\xb5\xdc\xbcy\x9f\xf1\xce\xe0\xba\xe5\xd4\x19\xdc\xb8" +
-	"\x1c'V*\x8d\xbcQ\xfaY\xc1i\xdc\xd9\xdc\xf6\xc8" +
-	"\xa5\x9e\xcc\xce\xe5\xaf\xca\x8f-\xa7\xd8e\xb9i\xa6N" +
-	"\xd7\xee\x81K/9\xcdMrG\xa8\x0fN\xf2\xb3k" +
-	"\xef=\xfb\xce\xd0\xe1\x9f\xa3A\x11\x98\x14o\x0a\xa1A" +
-	")\xdb\x1a\xa2J\xe4\xd8\xae7\xfe\xfc\xa7\xcf\x07\x9fq" +
-	"o-:\xcd\x9d\xe1#\xf2ca:\xe10\xca\xc5\xc2" +
-	"W\xbf\xfdH\xce\x8f\xa6\x9f\xe1#\x1d\xb5*5\xb0\x8d" +
-	"*\x85\x84\x7f\xdep\xcb5\x8fu\x9e\xe5\x97,\xa9R" +
-	"\xefr-mpo\xf1\xc2\x0b\x07w\xb4\x9c\xe3\x1bl" +
-	"W\xe9\x9a\xee\xc4\x06\x7f\x8a\xeao}6\xf5\x87\xe7\xac" +
-	"\x15\xa5\x03>\xa4R/\xefE\x15UJ\xc5\x8f+o" +
-	"\xde;e\xf8\x17T4\xdf\xf8\xef\xff\xbc\xf5T\xdb\xfb" +
-	"\x7fE\xd1|\xa2\xf9n\xf9@3\x8eu\x7f\xf3\xf5r" +
-	"\xff\x16\x14\xcdw\xef\xce{p\xea\x90\x96\x14\xff\xb5s" +
-	"\xcdtW\xe4\xb6\xe0p\xee\xdc\xb6\xbc\xac\xe1G;R" +
-	"]\xd4\xd0\xc8\x96\xdd\xf2\x98\x16j\x00[\xe6\xc8\xc1\x16" +
-	"\x0f\x89\xa5\x12\x86\xae*\xedcC\x82\x12\x8f\xc5\xcb\x1b" +
-	"\xe8_\xf3\xe3jL\x85p\x1d@\xb0P\xcc!$\x07" +
-	"\x08\x91\x94rB\x82W\x89\x10l\x15\x00\x80\xca\x97\xa4" +
-	"\"m\xb9\x08\xc1k\x05\x90\x04(\xc2\xf5\x90:J\x09" +
-	"\x09\x1a\"\x047\x0b \x89P\x04\"!\xd2\xcdH\xbc" +
-	"A\x84\xe0\xad\x02\xf8\xcdoBo\"@o\x82\x7f*" +
-	"-j\x02\xfa\x11\xa8\x13\x01\xfa\x12\x01\x1f}\xba\x16\xed" +
-	"JL\x84\xb4\xb8\xca^L\xb5j\x09clH\x89\x8b" +
-	"\xb1xy\xbd\x964\xd4\x85\x8a\x11jU\xf5\xb1\xc9x" +
-	"X1\xd4\x11u>EW\xda\x13\xc1\x1c{\x12\x058" +
-	"\x8c<\x11\x82E\x02\xf8\x0c\xa5)\xaaB\xa1\xe34\x10" +
-	"\x80Bt\x80\xb4\x98\xa1k\xd1\xb1b\x88\xf2d\xa6\xf5" +
-	"g4\x920F\xd4a\x8f\x90H\xc5\xa3\xc9\x96Hl" +
-	"lH\xa4M\xea\xcc\xbfZ5\xadmD\xbd\x9aHF" +
-	"\x8d\x04!\xfcg\xcb\x9d\xcf\xfau\xda\x00\x0a\x1d\xf4\xe8" +
-	"\xfa\xae\x10\xb2\xd6B1\xd4\x99Z2f\x10\x82K\x91" +
-	"gw7\x1ag1B\x84\xe0xg)\xc6 \xed\x12" +
-	"\x11\x82\x13\x05\xf0%\xf0U\xca\xb4\xbe\x04|!\xec\x03" +
-	"\xf2\x88\x00y\x04\xec\x91\x9b\x0b>WK\x18\x0d\xaa\xbe" +
-	"*\x12R!\xe1Z\xf0\xe1\xce\x82K\xf6\x8a\x0f\xb2V" +
-	"<\x8a+.\x98+\x1e\xc1o\x87E\x08\xc6q\xc5E" +
-	"s\xc5\xdb\xab\x09\x09FE\x08\xae\x16\xc0\x13\xd5Z@" +
-	"r40\x01\x90\x08\x88m\xab@r\xcc\x88I\xf45" +
-	"\xabF\xa8\x15$'\xb6i\xd2S\x09\xd50\"\xb1\x96" +
-	"\x04!\x04$\x07K[\xbf\xb2Y\xe5\x98\xac\xb3\xda2" +
-	"y\x08\xb5*\xb1\x165\x8ck\xe3\xc5\xc5q1\xa1F" +
-	"kiQ\xf5\xb1Q\xade\x84\xbf\xce\x14\x99\xbe6\x1b" +
-	"*qr\x15\"\x04k\x1cfW\x95\x10\x12\x9c%B" +
-	"\xb0\x8e\x93\xfbZ\\\xe4\xb9\"\x04\xc3\x02\xf8\xa2\xea*" +
-	"5\x0a^\xc7\xb7%\x00^\x02^C]m\xb0\x85\xf1" +
-	"7G\xd4h\xd8\x96\xf1B'fG\x00\x89.!c" +
-	"\x93\x1a\xdb\xa2\x1a\x96\x94A\"\x9b\x90\xadR\xa2I5" +
-	"\x01\x05D\x80\x82.\x8b>\x1bY\\\xaf\xae\xc4\x16\x06" +
-	".z\x91\xdd\xc9Z\xecd\xb5\x08\xc1\x0d\xdc\xa2\xafC" +
-	"I\xb8V\x84\xe0\x0d\xdc\xa2o\x0c\x10\x12\xbcN\x84\xe0" +
-	"\x1d\xdc\xa2oC\xc6\xdc*B\xf0.\x01 \xa7\x08r" +
-	"\x08\x91\xb6\xeb\x84\x04\xef\x10!x\x9f\x00\xfev\xd5h" +
-	"\xd5\xc2\x8c\x03\x9e\xa4\x1ee\xcf\x9d\xad\xaa\x12Vu\x8e" +
-	"\x1dv \xd1d\x87\xb7I\x0bw\xd832\"\xed\xaa" +
-	"\x964j\x89/\x12\xd2\xb5\x84\xad\x13\xd8L\x81\xcd\xd4" +
-	"\x8b\x12\x80\x93\xcc\x11s\x09\xb1\xb5=\xb0\x00\xb7$\x95" +
-	"\x12A\xca\xf5\x98\x82W\x01u\x00\xb6R\x04k\x8fh" +
-	"\xfe6\xdc\x8dt\x83\x8c\xb0y\xf5\x01\xf2\xeao\"\x04" +
-	"Or\xbc:\x81\x1cx_\x84\xe0g\x02\x80\xc5\xaaS" +
-	"(B\x1f\x8b\x10<\xcbi\xc4\xd3\xb8?>\x13\xa1!" +
-	"\x07\x04\x90r\x04\xca,\x19\xa0\x9a\x90z\x10\xa1\xa1/" +
-	"\x92s\xc5\"t\xe2\xe4\xdeHn\xc8Cz\x11\xd2{" +
-	"\xe5\x14A/\x04\xd7\xd0DHC!\xd2\x87 \xdd#" +
-	"\x14\x99\xbe\x0f\xe8\x844\x0c@\xfaD\xa4\xe7\xe5\x16A" +
-	"\x1e\xc27\xb8\x91\x90\x86\x89H\xaf\x00\x01\xfc&\xb7\xd8" +
-	"\x12xQ\x819jC\x89F\x1d\xbe6+\x91hR" +
-	"W\xe9\xf6c4k\x0d\xd2h\xba\xbaB\x0d\x19j\x98" +
-	"\xa75\xe9\xaa\xd2\xa6\xea\xf3\x89'\xae\xc6ljT1" +
-	"\xd4X\xa8c&\xf1\xa1~\xb2\xd7\xbd\xb7\xa9\xea\xd9\xcf" +
-	"\x0d\x90l\xaf\xa5K\xccu\x98\xbe1\xa88\xab\xfaX" +
-	"\xba\x80\xe6\xce\x10\x8d\xb4\x9d\x81\xac\xee+Bp\x80\x80" +
-	"\x03L\xc4\xb5XB\xc5\x01\x16:\x91mK\x07\x87\x15" +
-	"\xb5]\xb3{\x9ee\xfe\xa5\xc5\xd5\x18*J[\x7f\xf0" +
-	"\xeaa\x8d\xa5\x0a\x96;\xeaa)n\x8dE\xa6&\xb0" +
-	"\xd5\x83\x12p\xd4\xa9\xf5\x99+U\xe2\xd7\x13\x11-f" +
-	"O\xdecN\xbes\x95J\xe9\xf4o\x0f\x81\xce\x84\x9a" +
-	"\xa0\x7fKN.\xc1\xa5\xf8\xcc\x01_\xa1v\\\x89;" +
-	"\xdf4V\x99XQb)\x89\x11\x02x\xdb\xd4\x0e\xb7" +
-	"\x85M\xb5\x1aF\x1cm\xaa\x806\xd5bUm\xd2P" +
-	"\x0cOD\x8bu\xa7+\x0a-]\xb1\xc6R\x0b79" +
-	"\xf2\xbf\x09\xa7\xbe\xc1\xd4\x0a\x92(\x99\xf2\xbf\xbd\xc9Q" +
-	"\x0bR\x0e\x98\xbab'\x0e\xef.\x11\x82\xbb\xa8\x9b\xa0" +
-	"\x18\xc9\x04\xe3AJW\xe3Q%\xa4\xce%~KQ" +
-	"\x00\x11\x00z\xa08\xd8\x9b\x01\xe2A\x0db\xbd\x96\xae" +
-	"N\xf8i\xcf\xd5\xb4\xb6J]\xd7\xf4+\"\xb1\xb0i" +
-	"{\x0b\xe9<F\x97S\xae\x0f\x0b\x10\x02\x824\xb0\x89" +
-	"\x10\x10\xa5\xfe\xd5\x84\xf8qw\xa8\xe1NkC\xa4\x92" +
-	"1e\x95\x12\x89*\xc4\xd3\x14U\xf9-\xe1\xb6\xf1u" +
-	"\xaa\xde\x1e1\x97\x96*\x97!6s\xf7\"{\xf6\x88" +
-	"\x10\xfc\x15\xa7\\\xf6#{\x1e\x17!\xf8\x14\xa7\x88\x0f" +
-	"\xd4\x13\x12\xfc\x95\x08\xc1\xe79E|\x18E\xfeY\x11" +
-	"\x82/!w-M\xfc\"\xb6\xfc\x9d\x08\xc1\xd7\x05\x80" +
-	"\\\xaaY\xa4WP;\xbfl)\xb1^@\xd5\x8at" +
-	"B7\x15\x16UB\xa9v\xb5]\xd3;\x02\x1d\xc4c" +
-	"\xa8\x09\xc8%\x02\xe4\x12\xf0\xc6#a\xfb\x8fT(\x9e" +
-	"\xac\x8dD\xa3\x11\x02\x0e\xcdh\x8f\x07:\x0cSc0" +
-	"\x1a\xee\xa4\xd9\x91\xa8\x8a\xed\x1c\x8d\xa1\x84\xe7\xc7\xa2\x1d" +
-	"\xc4W\xa7\x18\xad]\x04RK\x1aMZ2\x16&>" +
-	"\xdc\x82]~f\x0c\xcdIw\xd6\x12\xaa\x81\xcb8K" +
-	"U\xc2\xd1HL\x1dQ\xaf\xfa\xa8[\x96\xcd^Z\x8a" +
-	"\xb0\xd0I8u\xef\x0c\x86#\x09\xf4\x1e\xbfz\xbf\x19" +
-	"\x1d\xc8\xb0\x9a\x08\xe9\x91&\xd5Q4\x19vn\x91\x00" +
-	"\xdeH\xacY\x83B'\x84`u\xca\x1cb`\x9e\x9d" +
-	"\xdf\xd4\x1b(Z\x03\xa8\xf9c0\x1cX\xceOz\xac" +
-	"\x9c\x08\xd2N\x0f8\x01%`i!i[\x13\x11\xa4" +
-	"-\x1e\x10\xec\xbc\x09\xb0\x10\xaa\xb4\xb1\x9a\x08\xd2Z\x0f" +
-	"\x88vX\x0eX\xb8[Z\xb9\x82\x08R\xc4\x039v" +
-	"\x18\x0bX\xa4[Z\xba\x9e\x08R\xa3\x07r\xedD'" +
-	"\xb0d\x80T\xb5\x84\x08\xd2\x0c\x8f_Gg>Q\x01" +
-	"\xa9k\xd0\x81\xab\xd7\x92T\xf4* \x15\x8e$\xe2H" +
-	"\"\x84T@*\x99Pu\xf4\x8a\x88\x17\xfd\xa2\x0a\xea" +
-	"#6\"\x0d\x98\xaf\x88\x8d\"\xb3\xb4P\xb2]%b" +
-	"\xcc0\xad;\xe3R\x8e\xed\xffR&\x8de-c\x96" +
-	"\x9b\x9f \xc4\xe5\x09\xcc\xd6\x15_\xbbZ\xaf6\xbb<" +
-	"\xe5R\xdeS\x16,O\xb9$\x93\xa7\\\x9e\xc9SF" +
-	"b\xab\x08AC\x00\x9fvML\xd5\xd9\xde\xf0\xc65" +
-	"-\xca<w\xbf\xd6\xdc\x9cP\x0d\x1b6E\xd5X\x8b" +
-	"\xd1\x9a\xc5\xf1\xa9\xd1Z|\xb3\xd1\xbdt!\x87\xe1\x0e" +
-	"r\x902A\x07O\x9b\xdaa{\x00\xd4\x89d\x7f\xa5" +
-	"\xa1-\x9em\xe6be\xdc\x09=A[i\x9a\xd70" +
-	"\xe2\xcc\xe8P\xbd\xcb\xd9\xd9\xf2\x0cnx\xc0\xb1\xbd\xb6" +
-	"\x9d]Z\xe2\x18_\x97\x09\xf9\x92.&\x1b\x19\xddM" +
-	"\xf8&\xe8.n\x96\x9c\x87\x9b\xde\x98\xd2\xaefag" +
-	"\x16\xc5\xa2\xab\x09C\xd1\x8d\xaf\xaf\xb0\x98\x85\xa1\xed\xd0" +
-	"{\x15\x93\xd4\xc4\xcce\xfd\xc9\xc7\xa1\x84\x90\x86?\xa3" +
-	"3\xf8183\x90?\x80\x00!\x0d\x7fC\xfaIp" +
-	"\x84W>A\x9d\xcd\x8f\x91~\x16\x04\x00S|\xe5\xd3" +
-	"\xb4\xf9I\x10\xa1^@c#\x9a\x9e\xec9(%\xa4" +
-	"\xe13l\x9d\x83\xf4\xdc\x1c\xd3\x95\x05\xa1\x9c\x90\x86\xb3" +
-	"H\xcf\x13\x1c\x9b#\xe7\x0a\xc3\x09\xa9\x17\xd0\xe8\x08\x9c" +
-	"'\xdb[\xa0\x9e/\xd2\x8b\x04\xce\x93\x95(\xbd\x10\xe9" +
-	"C\x90\xde\xbbW\x11\xf4F\xcfW\xc0\xd1\x14!}(" +
-	"\xd2\xfb@\x11\xf4!D.\x16\xea\x09i\x18\x82\xf4K" +
-	"\x90\x9e\x0fE\x90O\x88<RXOH\xc3\x08\xa4\x8f" +
-	"Gz_O\x11\xf4%D\x1e#\xe0\xf0/A\xfa," +
-	"\xa4\x17\xe4\x15A\x01!\xf2\x0cJ\x9f\x86\xf4\xb9H\xef" +
-	"'\x14A?B\xe4J\xe1\x16B\x1a\xe6\"}\x01\xd2" +
-	"\xbdb\x11x\x09\x91\x83\xb4\xff:\xa4_\x85\xf4\xc2\xde" +
-	"EPH\x88\xbc\x18\xa7\xdb\xb0\x00\xe9\xcb\x91.\xf5)" +
-	"\x02\x89\x10y)\x1d\xff\"\xa4\x1b\x82K\x82l\xb7\x90" +
-	"\xc9\x90i/\xe2\x06\xf1p\xd4N5\x86[-\xcc\x1c" +
-	"\x9d\xf4h\x80?\xac\x1aJ\xc4F]\x9ex$\x0c9" +
-	"D\x80\x1cj\x89\xa9\xecQ\x8b\xcd\xc2\x05Q%aT" +
-	"\xae\x8e\x18Hc\x1f\xd0\x931\xf4t\xeca$\x94X" +
-	"\xb8I[\xad\x12\xb0?\x9a\x8a\xeb\x9a\xa1\x85\xb4(\\" +
-	"i\x8e\x99\xb0M\xe8C\x90\xc1mA;\x9dmnA" +
-	"_\x8b\xae\xc4\x0c(t\xaax,\xb9\x8e\xc4\x12\x86\x12" +
-	"\x8d\xaa\x10\x9ea4\xc6\"\xabk9W\x83\x0e[\x0d" +
-	"\xcf\x00\xf3\x97\x84\xedpx\xc2\x11\xdd\x1e\xb6\xa9\xcb\xb9" +
-	"O\xdb\x898\xcbO\xec\xa1/Q\xa7x\xdd1\x82\x12" +
-	"G9I\x99\x82\x04\xcc\x13\xaeE\xef\xb8F\x84\xe0\"" +
-	"\xd7\xd2\xa6A\xafT\xd8\xfa\x14\xf1\xd7\xa6\xa3\xdb\xec#" +
-	"d\xd1\x81\x8c\x91\x01\x1e\xff\xf0q\x94B\xa7\xa0\xe4<" +
-	"\xb1/\x8d\xf5,f\xd6\xf0#\x04\xf0\xe1\x889\xee\xda" +
-	"\x99\x1c\x8b\xbb\xddC\xab:E\xf7 S9\xedZm" +
-	")\xd2Y\x1cSg\xa0\x0e\x9c&Bp\xae\x00)k" +
-	";\xd0\xa9\xa4\x03(\x7f(\x1aQcv\xa4\xc56\x8e" +
-	"y\xeex\x0f\x8b\xd6\xb1y\xa7O;\xa4\xc5\x12ZT" +
-	"\xad\xd1Z\"\xb1\x8c\xd3\x1f\xeehd>\x96\x91\x8d\x8d" +
-	"\xe6\xce\xcc\xe8\xdd}\x0d\xdd\xae\x1a\x06u\x80\\\x00\x02" +
-	"\x97\xe6Q\x11\x82O:\x06\xf3\x89\x12\x0eT0\x83\xb9" +
-	"\xbf\x9c\x03\x15\xa2`\xfa$\x07\x90\xf8\xa4\x08\xc1g\x1d" +
-	"\x95.\x1d*\xe7\x90\x86\xa5\xcf\xa5\xc3\x83\x08\x09>%" +
-	"B\xf0w\xa8\xccsM\x00\xf1B\xc0\x81\x1fV\xd0\x96" +
-	"\x09::ml{\xba\xc2T\xfe\x84\xa1\xe9j\xd8\xf9" +
-	"3\xd4\xaa\xb6+\xecO1\x19a\x8f\x9dq]k\x8a" +
-	"\xaa\xed]\xd6\xd7\x85\x82\x13\xaa\xe3\xca}M/\xc8v" +
-	"\x0a\xb28\x8f\xccS5]\xa1\xec\x1b\xe5+\x04\x9e\x99" +
-	"K\xc0\xf4N\x16L\xc0\xab\x13\x97\xdfZ\xa7i\xde\xe8" +
-	"\x8c\xb0;\xa2?(S\x80\xb7\xa4\xc7\x01\xdeR\xc7m" +
-	"\x15#af1\xbc\x89\xc8\x1a;D\x9f\xee\xcef\x09" +
-	"\xdf\x03\x0b\xdf\xfb*c\x86\xde\xd1\x93\x80di\xa6\x80" +
-	"dy\xa6\x80d\xa9\x13\x90\xb4q\xf0v$\xde.B" +
-	"pO\x97\x88\xa4\x8fz\xb3\xb6\xb1\x8c\xb7*\x09G\xa7" +
-	"yY}\x8de\xaa\xcc\xc9\xb17]v\xcd.\xa3\xb0" +
-	"\xd4\x1f\xef\xe7\xce6\x83iuZ4\x12\xea\xb0\xa2\xfb" +
-	"t\x0eR5\x8d0\x14,!\x84F\xdc\xe6\xc7\xd5\x18" +
-	"\xb1\x9egF\xb5\x04\x11\xd5\xb0\xcb\xd3\xaf\x8b&=-" +
-	"\x91\x98\xb9\xb4\x08\xf1Xz\x10X]\xaa\xb4\xb2\xda\x84" +
-	"cN\x92\x0eX\xf54\xba\xcb\x82\x14D\x88\xc7*\xc5" +
-	"\x80e\x11\xd1\xe7\x16\xa4)\x08\xf1X\xa5\x17\xb0\xb4\x9c" +
-	"4\x06\xdf\x1b\xe6I1\xc8J\x11\x19\xb5b\x15\xe0o" +
-	"U\x95\xa8\xd1Z\x01\xde\x84\xa1\xc5\xd3A\x97\x1b=0" +
-	"D\xd7\xd3\xc8{ S\xe4\xbd\xda\xb1\xaa>\xbadi" +
-	"K\xe5E\x97\x85F\xbb\xd1\xaf\xb0k\x06\xacM\xd7}" +
-	"<0}\x1f\xd5\xabM\x9eH,lF\x933ZW" +
-	"\xea\xa5\xc4B*\xe7.\xa5\xe3\x08Mk\xab\xf7Q\xa3" +
-	"cm\xc6\xbe\xa9\x94\xb9\x1b\xab\x9d\x8dW\x00_\xa4\xcc" +
-	"\xf9Ftg\x93\x15\x08\xe7R\xe6\x84W\x06\x9c\xdcJ" +
-	"\x81x6e\xcazr\x8d\x95x\xbbN0uI$" +
-	"\x96T\x09\xf1\xa4\xda\x93\xe8\x01\xd6\xab\xc4\xc7\x98`\xa7" +
-	"v\xcdiv\x9aL\x08g`\x80\xfd\xae\xdfd\x13\x14" +
-	":e\xdb\xaeP\x06\xb04\x85\xcf`\xe6(\x8fJ$" +
-	"\xab\xbe\x03V\xfe.M\x18N\x04i$J$+G" +
-	"\x02V+(\x0d,%\x82T\xe0\xf1\xb4\xa8F\x05\xf8" +
-	"\xa8^5E\xc8\xa5\x1ek\xb4\x96\x86H\xacml<" +
-	"\x99p\xa2\xbev#\x08Y\xb1{\xbf\xd6V\x15k\xd6" +
-	"p4\x93m\xe8\xd3A\xa1\x8f\x81 \xe4:\xb0\xa5K" +
-	"^K1\xcbj$o\x00G\xc0\xe4u\x80\x98\xe5Z" +
-	"\xa4\xdf\x00\x8e\x95\x947\xd2\xf6\xd7!\xfd&p\xc2\x98" +
-	"\xf2&\x1a\xae\xbf\x01\xe9\xb7\xd20>\x98\xd8g\x0b\xac" +
-	"!\xa4a3\xd2\xef\x00\x0e\xfbl\xa3\xe1\xfa\xdb\x91~" +
-	"/\x1f\xc6\xdfA\xfb\xbf\x03\xe9\xf7\xd10\xbeh\x82\x9f" +
-	"\x9d\xb4\xff{\x91\xfe(\xd2{\x8b&\xf8y\x88B\xb1" +
-	"\xfb\x90\xbe\x07\x04\x18\xc6\xc0\xcfc\xf0\x1f\x844\xecA" +
-	"\xfa\xaf\xb0}~\x8e\x09~\xf6\xd3~\x9eD\xfa\xcbH" +
-	"\xef\x9bk\x82\x9f\xa3\x80`\xe9%\xa4\xbf\x85\xf4\x82^" +
-	"&\xf8y\x83\xd2_G\xfa\xdf\xc0\x0do3n\xbcn" +
-	"\xd5k*\xaeG4=bt\xe0na $\xab\xef" +
-	"ke \xea\x88\x8f\xaaM\xf0:5\xc2\xe6\xb7\xce\x9f" +
-	"\xb1\xe8\x0cE\xf4P2btq\xb4a\xfe*U\xd7" +
-	"#\xe1\xb0\xa8\xc6l\x08\xd3\xd4\xc1\x144q\xd4\xba]" +
-	"\xeb\xc8rt\x93\xc6\xd3q\xf2\x11\xcd\xf8\x94)]i" +
-	"\x19\x13\xc6TOfI*\xdb^L\x0b\xef\xc5dq" +
-	">9\x87\xe5|!\xcb/\xe3Fd\x1c5*u6" +
-	"\xa0\xecIn%\xc1\x01\xd5,\x99L\xba\xb9\xe9\xde\xf5" +
-	"D\x8dDO\x02s\xe7C7a\xab!\xaeY\xe6\xe4" +
-	"'\x97\x1bv\xa5\x06Y\xe5\x0d\xb0\x03>\x92\x14\xa0\xa9" +
-	"\xc1N+\x7f\x9cQ\x0d1\xf6Z\xf8\xf4\x9b\x8a\x08\xa7" +
-	"e{3\xf9\xb0\x99j\x00J\xf8\x1a\x80\xac^w6" +
-	"9\x0b\xabQ\xd5P\xbb&\xc938\xd5l\x19\xce\xd3" +
-	"\x15\x03u=\x10\xda\xacko\xc5xml\xeb\x89\x1a" +
-	"_\x11\xdbf\xfb\x04\x8b\x1a\xdb_\xf1\xab]V\xb0\xe7" +
-	"_\x89*1\x95Y\xfb\x1a%\xa6\xce\xc6\xdd\xa6Z\xd8" +
-	"\x8c\x19\xfb\xbd\xd5\x0e\x10s\x8c\xfd\xfe5\x0e\xe8r\x8c" +
-	"\xfd\xa1\x12\x07u9\xc6\xfe\xf0\x12\x07a\x15\xe4\x9cI" +
-	"Y\x19\x1e\x94\x8a\xe7E\x08\xbe,@A\xee\xe7)\x13" +
-	"\xa2\x1d-w\xf2>\x05\xbdN\xa7L\x8c\xf6J\xb5\x95" +
-	"\xf9\xf9\xb3\x90\x16X\x87B\xa7\xfa\x9beE\xd9\xaf\xfe" +
-	"zV\xbcb\xd7\x19\x9aM\xcc\xf8E\xa1S&k\xf3" +
-	"\\k\xc3w\x88\x98\xa9\xe4\xc5\xa7\xea\xbaf{\xd0\xfe" +
-	"\x10zNQ\xd2+\x85\x1a&\x1e\x89\xb5\xa0\xf3\xc2{" +
-	"Ouhb\xd22r\x013#WM3r\xc5\xa5" +
-	"fF.@\x08s\xf8x\xf7\xce4>\x9dZSB" +
-	"\xd5W\xa9\xddfN-\x8d\xcc\xef\xb7\xf2\xeekn\xfc" +
-	"q]m\x8e\xac\xb6\x0d]4\xd2\x1e1\xb8(\x9a)" +
-	"\x14\x82%\x14\xb3\x18C]A\xee\xff\x0f<^W\x8c" +
-	"a\xa6\x92L|\xc5*\xa4\x10\xbe\xea\xaaBrc?" +
-	"d\x08c\x06\x95-\xb3 \x85\xb2\x04\xc0\xa9m\x95*" +
-	"Q\x15\x83\xe9GIc\x02\\h\x08\xf1\x1f\xca\xf3\x8c" +
-	"\x80\x15\x1aZ$@\xa7\x964BZ\xbb\xda\x99h\x8b" +
-	"\xc4\xe3j\xd8\xb1\xdfv\xa9\xafi\xbf;\x95x<\x1a" +
-	"q\x1a\xd8ipn||i\x19q\xcc\x05;\xbb\x0a" +
-	"\xac4W\x92\xca\xa9\xb9\xf0\x9b\xe5g\xddZ\x0b\x1aP" +
-	"cR\x969\x90\xd8}\xb1Q\x89Ul\xb4\xc0\x1dH" +
-	"\xa4\xd1]\x07\x8b\xc7\xda@r*\x02\xad\xa2\x81l\x9a" +
-	"\xd0\x06c,,v\xde\x1a6\x97\x1a\xb0\x83|9\xee" +
-	" \x9f5q\xa7\xe7\xff\xed\x12\x0ak!@r\xca\xb4" +
-	"-nd\x09\xaa\xb6|cA\xd5n\xfc:\xbb\xe3/" +
-	"\xb1\xaf\xd2\x02R\xbef-\x19s\xc2\xee]j\x08\x11" +
-	"\xbe6\x18J\x8bOe(h\xbc\x8d\x82fP\x144" +
-	"\x0d\xdd\xf9\xb9|\x02\xa8\x92\xd2+\x90^\xc3'\x80\xaa" +
-	"(}\x16\xd2\xeb\xb8\x04P-E\x115H^\xc4\xa3" +
-	"\xa0F\x8av\x16 }9EA\x82\x89\x82\x96R\xb4" +
-	"s\x15\xd2[)\x0a27\xb0\xacR\xf4\xb2\x1c\xe9Q" +
-	"\x8a\x82z\x99((B?\x1bFz\x9c\xa2\xa0\x1c\x13" +
-	"\x05\xb5ST\xd6\x8at\x83\xa2\xa0\\\x13\x05\xad\xa4\xfd" +
-	"D\x91\xbe\x1a\xe9}z\x99((\x09\xeby\xd0'\xe5" +
-	"{L\x14\xb4\x96\x8e\xdfFw\xe9\xdb\xa9-\x12\xb3\xd1" +
-	"\x8bW\xd7\xa2\xffS\xe0\xc5\xceN\xb0\xd4/n\x1a;" +
-	"\xf5\xdb\x8c>\x84\xfd[gX\xd7\xa8Vc\xbd\xb7G" +
-	"\x12\x095<K\x05\xf3\xeb\x09\xd2m\xd9Vw8\x9a" +
-	"\xa9\xa4\xaf\x16\xe2\xcf\x94-\xafM\xb4XRg9?" +
-	"\xf2\x0c\xba>\xb6\xd8\xd9\xfe\x8f\\I\x17\xc2\x96/\xdb" +
-	"\x05\x92k\xa9\x04\xcc\xc5\x1f\x16\x00\xe7\x05\xc9A*\x02" +
-	"\xb6\xe8\xd9\x8e\x90\xdcH\x91s\x1d\xfep\x15p\xbe\x90" +
-	"\xbc\x98~\xdc\x16J\xdb\x1d\x92\x97\xc2pB\x1a\x16\xe1" +
-	"\x0fa\xfc\xc1\xf3Y\xca\x14?\x85\xa6=m\xb1,\xc8" +
-	"\xfb4e\xca\x9fK.\x0bz\xff3e\x0a`;\x85" +
-	"\xc9\xb6\x00\x16\xf49\x95b\x12\x88\xc3\x8d\xe3\x0f\xd7\xe2" +
-	"\x0f\xf9'S\xa6\x08v\xd0Q\xd9\xa2\xd9\x19\xd7\xb4\xe8" +
-	"\x8cp\x18\x0a\x9d\x03\xb6L\x97hZt\x96\xae\xc5M" +
-	"Mc\x9f\x08\xb7\xbc0*4\x85\xcei\x1e\x93\xecG" +
-	"\xb2\x8a\xbd\xd9\x973X\xfe\x17\x95+(t\x8e,\xd8" +
-	"\xf1\xa0\xa8\xaa\xd0`\x8f\xeb\x0b\x1e\x95F\x89\xec\x83\x17" +
-	"\x9c\xd3[\xaf\xaeL\x12\x0f\xba\x1cl\xbb \x15\x0a\x9d" +
-	"C%\x9cO\xd8`(\x06\xc2\xe3B\xe7Z\x02k\xac" +
-	"\xba\xda\x14\xa1\xdf\xb0\x0f\xe2\xdac\xa2u@]\x7f\xe9" +
-	"\x1e]\xa2D\x8b\xe9\x18$\xe0X\xb2\xcekL\xbb\x0e" +
-	"\x92s\xe2\xd4e$\xed\xf0\xb4w\xae\xa6\xb5\x99\xa54" +
-	"\xac\xabm\xe5\\x\x99)\xeb\xed%Vx\xf9^'" +
-	"\xf1\xb7\xa3\x94\xabvc%\xa0;\xd1\x84\xdc+B\xf0" +
-	"Q\xae\x04\xee!\xb4\x86\xbbD\x08>\xee\x04\x8e\xa4\xbd" +
-	"\xba\x83\x17\xba-\xda\xcc\xe8\x0b~\xc3\xaa\xea|\x08\x98" +
-	"\x05\x188\x93\x16\xc8\x94p\x0986\xadS\xd1C\xad" +
-	"\x91U\xb6U\xeb\xd4\xe2\x065\xea\x85\xce)=\x97\x7f" +
-	"\xda\x8d\xb5\xb6\xe1\xf2\xf92\xb4\xa5\x192\xb4\xd9\x1c\xab" +
-	"\x9e\x00j\xa7\xf6\xa6F]\xa5F9\x9cRj\xe2\x94" +
-	"\x12\xb3r\xb0\x84\xe2\x14\xa9\x94\x10_XmJ\xb6\xd0" +
-	"z.\xef5\x8a\x1e3\x11Q\xcf\xd00\x93\xec\xf3\x80" +
-	"\x94\x12\x1e\xa4\xa4\x8bN\xda$\xba\xa6c\x16(MQ" +
-	"\xd5\x953\x0ad8\x05\x12\xe0O\x81X|\xecX\xcf" +
-	"\xe5mXVq\xddn\xab\x10t\xb3\xe08h\xcc\xa8" +
-	"\xa91C\x8f\xf0\xd6\xc5\xbe/\xc0\xb2.V\x19\xf1l" +
-	"`6\xcd\x86W\xd6/3A\xd3\xa2a\xed\x9aX\xad" +
-	"/s\xda\xdc\xf2\x8a\xaaLA\x9d\x1f7\xbc(d." +
-	"\x0c\x16\xc8$)\xe5\x19$\xa5\xd4\x91\x94N\xab\xc4\x94" +
-	"\xf9a~3\xd3k\x97`d+jH\x17\x9c\xb9\x9a" +
-	"\xe6k\x9b\xa9D\xa3\xae\x14X\x89\xc3\xca\xcc\x190p" +
-	"\x95\xe4\xdf\xc4\xf1|S\xb5s\xf2\xc6V2[P\x9f" +
-	"l6se=P _\x19Lf\xab\xd2\xcfZ\x0b" +
-	"\xc0`\x02\xcb\x06\xfd\xcf\x94\x03tw\xc2'S\xf26" +
-	"\xe0\xb8@\x9d\xe6\x92qb\xca\xc7\xf1\xfa}\x890\x13" +
-	";\x9dt\x9e\x1a\xb7n\x8f\x9a,\xe8~O\xbb\x8f\x81" +
-	"\xf4$y\x9d\xc1\x03\xccl/\xed\xb3\xf9\xec\x80N\x9a" +
-	"\xf3W\xab\x1a~\xc5\xce\xe7~3\x15\x88\xd9\xce\xaa\x91" +
-	"\xecF9\x93M\xb6\xd9\xb8\xa3\x847\xca\xd6~\xe1K" +
-	"\xd0\xed\xca\x87\xfbK9K\xcd\x8c\xf2CH\xbc\xcfJ" +
-	"#\xa7\x9fiK\x87\x0d\xed\xaa\xa1@\xa1s\x10\xdar" +
-	"\xd6x4\xe1\xa3\x87\xe0\\\xb6\xc6\x9d;\x10\xb8(|" +
-	"@\xd3\x8c\x84\xd7\xd0\x95\xb8\x1d\x91`\x87{\xd9qC" +
-	"I\xaa'\x82\xd4\xdb\x93jUb\xe1D\xab\xd2F@" +
-	"M?\xdf\xc23\xb2V5\x14\xe2R<\x81\x9e*\x9e" +
-	"\xd2L\x8a\xa7\x9eW<\x82\xa5x\xb0\xe5M&\xcb;" +
-	"\xdb\xd5pD\xa9\x0a3i\xf5\x19\xba\x12\xe2\xce\x9fh" +
-	"a5d\xaf=j\x92DH\x89\x12P\x99\xda\xf7\xa9" +
-	"\xab\x0d]q6\xa2}\xde\xddU\xce\x05\x0c\xe7\xf8Z" +
-	"j\"1\xd5\xa5\xeeWp\x9a\xdd\x9a#\xbf\xbd\xec9" +
-	"\x06K\x9c\x90\x1b\x1dMc,\xb2\x9ax\xe7)1\xcd" +
-	"\xden\x96\x10\xd8\xa1\x18\xee\xb0Wz\x16\xd80\xe2\xf5" +
-	"~S\xa7\xba!yy\x16H^\xda\x13H\xce\xea\x1e" +
-	"\xbab\xf2\x1c\x86\x8b\x02\x0c\x17Q\x8c\x9dk\x1e\x03\xe8" +
-	"\x82\xb1{\xf52Q\x11\x87\xb17 \xe4\xf7\x98\x98\xc8" +
-	"\x9d\x10\xcd\xab0!\xd1F\x0a\xed7 }3\x85\xe4" +
-	"\x1e\x13\x11\xdd\x0cK\x08i\xb8\x09\xe9\xb7SH\x9eg" +
-	"\x02\xa2\xad\x14)\xdd\x8a\xf4\xbb($\x17L<\xb4\x9d" +
-	"&,\xefB\xfa.8O\x91\x867\xae\x18\xad6\x9b" +
-	"u\xe5\x9a`R\xd5;\xf8z\xc5/U\xf6\xeb\x8fS" +
-	"\xb5\xec4\xb6\x8fL\x9b\x8d\xfd\xa8`\x1d\xa1M)I" +
-	"\xa3U\x8d\x19\x11\xe2\x0b)\x86Su\x99\xd2\xd5v\xcd" +
-	"Pg\x84\x89\x18\xd6\x9d\xd1\x99k^E \xcc\xd1B" +
-	"jd\x95\x1a\x06\xb3\xaeq\x9e\":\x12\x95\xcdR\x99" +
-	"u\xcd,\xbf\xd2\xa5\xc2\xa0\xd2\x8b^d\xf6\xf3\xbb\x19" +
-	"\xab}\x98_\x13)\xe1\x8b}\x84\xae5\xea\xdd\x01\x10" +
-	"S\xf1y\x9d\xcb\xda\xac4\xb0+\x1f\x98\xb5\xd2\xa9]" +
-	"[\xc5e\xa0\\;x\xa6\xe6\xa3\x7f\xe3\xc4&\xd2\x18" +
-	",\xbb}\x04\xd8\x0d@\xf2\x16\x08\x10A\xde\x08\x1ep" +
-	".\x0f\x04v\xdb\x06\xcd\xfb\x0br;x@\xb0\xcfQ" +
-	"\x03;\xdf-+\xf4\xddF\xf0\x80h\x9f\xe9\x06v'" +
-	"\x97\\\x05\xe5D\x90\xa7\x83\x07r\xec\xab\x91\x80]\x0e" +
-	"'O\xa0\xef\x8e\x04\x0f\xe4\xdag\xfc\x81]\x15!\x0f" +
-	"\xa4\xef\x16\x80\x07z\xd9\xd7\xd4\x00\xbbjL\x06\x1c\x95" +
-	"t\xca\x03\x1e\xfb\xc2-`7\xa3I\xc7\x03D\x90\xde" +
-	"\xf0@\x9e}\x7f\x05\xb0{\x11\xa4\x17\xcb\x89 \x1d\xf2" +
-	"@o\xfb\xe63`\xd7\xd9IO\xac'\x82\xf4\x98\x07" +
-	"\xfa\xd87\xb0\x00\xbb\xbbF\xda\xd9D\x04i\xbb\x07\xf2" +
-	"\xed\xc3\xf4\xc0.F\x93\xb6\xe0o\x9b<\xd0\xd7\xbe\x98" +
-	"\x01\xd8\xbde\xd2\xda\x15D\x90\x92\x9eN\x0b\xe9U\x80" +
-	"\x17]\xa6\x0a@B\\\x0d\x19\x15\xcc\xf1\xad\x80N+" +
-	"\xdd\\\x81k\x8f\xab\x8a\x8d\xb5\x96D\x05-61\x14" +
-	"\x1d\x1b\x9bbl\x1e\xdc\xa0%\xb6\xc0@i\x05\xa4\x18" +
-	"\xa2#\x1e\xfbpG\xda\xdf\xac8\x93x\xb5\x96H\xcc" +
-	"4l\x99,eU\xacY#\xae\xda\xc8\x12\xa76\xd2" +
-	"\xde\x0bO\x04\xf8\xe2Hk3\xec\x1f\xce\x17G\x8a\xae" +
-	"\xe2\xc8\x97\x9dS\xaeGK\x9c\x1c\x9b\xed!\xbc\x82\x0d" +
-	"_\x12!\xf8\x96\x13\xe6\x94\xde(w\xf2n\xdd\x96w" +
-	"{\x12\xe1\xb6\x9eU\xa2\x99\x91\x16\x86=\xac`!\xfb" +
-	"\xd3\x0a\xa80\xbdt\xbeC\xf3,\xfb\x99\xd60-E" +
-	"c\x8c5\xb3+\xa0\xa2\xaf\xc0R\x9ak\xab\x1d\xc7\xc0" +
-	"Iin\xd4\x1d\xc4\xe7\xa44o\x0e8\xae\x81\x93\xd2" +
-	"\xdc\xb2\xc6\x01%NJs\xdb\x12\xc7s\xfb\xdf\xacj" +
-	"\xe2K\xee\\y\xa3\xc2.\x07\xce9\x9f\x0c]\xb2\xb1" +
-	"\xcc\xe3R3y\xf9\\\xba\xc3\x16\xbe\xa5\xd5\x9cvf" +
-	"\xc2\xa7V;\x9a\xf8|\xf9\x8eT\xc2<\xc5o\xa5 " +
-	"\xec\xfbL\xf9\xeay\xab.\xad\xd0\xb9\x1f#c\x95[" +
-	"\x8d\x12\xf3\xabs\x10\xb1f?\x82\xe3 \xe3j\xdeW" +
-	"\xb2\x06\x1e,u|%\x97\xb5\xc8T!\x97\x9e\x06v" +
-	"\x81\xe2+\xd4\x0e\x1f\xcd\x978\x15\x8e\xec\xe6:`w" +
-	"mI+\x87\x13ARQ\xe7\xb3;\x0f\x81]\xdb&" +
-	"-\xc6\xdfjQ\xe3\xb3\xfb\xda\x80]\xf6\x86\xf8Q\x90" +
-	"&\xa1\xbegW\xa2\x01\xbb\xb5T\x1a\x8dJ\xb9\xd8\xaa" +
-	"C\xf3$\xf0_\xbfY\xd7`\xeb\xbd\xee\x0a\x1bu\x06" +
-	"\xa7h0,[\xd8*\xad\xc2\x9c\xd5\x01uo\xf4\xcf" +
-	"W=n\x0a\x0a\x14:\x17\xaed\\\xe5\x06C\xf7\xab" +
-	"J{\xa5Y\xcex\x1e\x10Z\xca\x83\xd0\x8a\x0c 4" +
-	"\x1d\xfed\xcc\xeb;GC\xdc\xd12O\x0b_\x86\xc3" +
-	".\xd1\x05v\x91\xa6$\x0d\xa7yUOTk\xc9t" +
-	">\x7f\xb6\xae\x88f\x85EO\xfc\xe8\xe1Y\xfc\xe8\xe1" +
-	"Y\xfc\xe8\xe1|\xe6\xc1\xf6\xa3\x83\xd4\xbf\xb6\xf3\x0b\x13" +
-	"r+\x80\xe5\x17\xaa\xf94\x02X~\xb4+\x89@\xdd" +
-	"\x13\xfb\xd6 \xea}\x0bR^\xbe\xe9,\x07\xa9/\xee" +
-	"\xf8\xee\xbd\xfb\x9a\xce\xb2+\xa71\xa1\xcf\x0c\xeb\x0c\x93" +
-	"+\xa71!?\x00f\x1d\xdfR:\x18;\xd3\xe6Z" +
-	"%OB]i?\xc7\x8d\x84sh\xc6yN\x85\x93" +
-	"\xbabD\xb4\x18\x7f\x8a\xb7M\xed\x98\x8d6\x06i|" +
-	"\xe2Q\x8d\x19\x0b\x88\xa7\x83\x8b\x92\x86\x15C\xf1\xc6\x15" +
-	"\xdd\xae\x84\xf0\xe1\x1f\x09\xf6\x97\x9d\xc8r\x9cf#\xa9" +
-	"\xc7\xcc\xdb\x03\x18-\x1d\xac\xd2\x0f\x8f\xc5~i5\xd4" +
-	"\x90T\x0a($I\x8b}\x16\xc3\x17H\xce#D\x1a" +
-	"3\x9c\x0b\x7fFb\xb4\xd8\xcf\xf2\xf4=\xba\xda\xdc5" +
-	"\xc3q\x1e\xdf4CI\xd3y\xab\xe7\xba\xbf\x94$\xc3" +
-	"\xc9\x97o\xac\xb6\xcb}\xae\x98\x01\x86\xee\xaa\x11\xed\x00" +
-	"\x187\xa0A\x19\x06T\xee\x0cH\xd4\xdalw#\xfd" +
-	"|Yz\xf9\x0e\xea\xb7.e$_\xe7\x10e\xfam" +
-	"\x05\xd4\x0f\xa0\x97\x15DDv\xe8\xd9\x0e\x0a\xad\xe1\x92" +
-	"2\xd6Wv\x04\xac\xf8\xcf\xe3\x1c\xce\xdf\xbb\x82s\x03" +
-	"Y\xa6f\x7f5\x7f\x1c\xc6\x8ae\x1cj\xe2N\xbeX" +
-	"\xc9m\xe9\x85\x12\xa7.\xeb\xeb_Y\x10$^\x04\xb3" +
-	"\xce\xfe\xe8\x8an{r\xbbA\xf6\xdb\x8a2\x94q\xf2" +
-	"\xe2\x1cR\xa2\xd1\x0cU]\xaex\xba\x19\xbf\xe5\xce\x98" +
-	"\xf2z8\x90E\x0f\xdf\xc8\xf4j\x98\xd7\xc3\x0amo" +
-	"k,Vb\xa0\xd28\x81\x13\x9e`\x87L\xdb\xa9\x82" +
-	"sR\xfd\xec\x90\xa9+\xd1j\x17Zw\xd0\x12\x00\xa7" +
-	"\xc0\xdb\x03,\x9e\x11H\x8fg\x00\x8bg\xa4\x17x\xf7" +
-	"\x16L\x15\xbd\x09V\xa4\x15x\xf7\xc95U4W\xe0" +
-	"\xbd\x8b\xc63z\x99\x1a\xfa~\x1a\x17\xb1\x0b\xb3\xbb\x1c" +
-	"\xe4t\x9f\x96Lt\x09a\xf7\xe8\xd0%=\xe99+" +
-	"\xa2s\xe2\xe1Oh\xa16\xd5\xe0b\xa8Y\x8eJ\xda" +
-	"\x81m\xa6\xa9uUq\xe4)\x95\x8c\xe3\xd7k#\xc4" +
-	"\x1b\x8dF\xdce\xcd\x89\x00\xf1w\xd0\xfb\xaa\x1c\x89\xb6" +
-	"\xaf\xdf\xb7$\xba]5\xf4H(QC|\x91\x84\xa1" +
-	"\xc6zPbl\xdf\xa4\xd5\x93c\x8fv\xce/s\xde" +
-	"$\xe3\xd1!\x16\xf1\xd8X\x92)|Y\xee \x17)" +
-	"\xa7\xc2\xdc\xf2<p\xe9iv\xd0\x15\x84w\xa7\x8a\\" +
-	"\x98\xb5\xcar\x8f\xabb\xcd\xa0\xb9<\xb3\x8c9\xcc%" +
-	"\x8e\x17\xc6\xe6\x13\xac'$X'B\xf0*\xb7E\xb2" +
-	"\x9do\xb1*\xdc\xfd\xf1\xddnn\xd89O\x86\xc0\xc9" +
-	"\x15\xd9\xff\x99A\xf7\x96\xd5\x0a\x1e|\xe3wtX\xa7" +
-	"-\xbf\xba\xc5\xce\x8e\xea\xec\x12a.\xbe\xb6\xc6\xc9\x82" +
-	"\xb2\xc5\xe9\x088'rl\x03\x93v\xa2\xcd\xce\x8c\x96" +
-	"8bi\x8d\xa2\xc7\xa5m\x8c1\x92s\x17\xba\x99\x92" +
-	"\xc9vM\x08\xcb\xbe\x01\xd3\xde\x9ev\xd3\\\x9a\xc7u" +
-	"\xd8\x0d\xf7\xc0\xfe\x8b\x07iB5\x11\xa4\xd1\xe8\xb3\xb2" +
-	"\x8bm\x81\xdd\x94,\x157\x11A\xea\xefI\xb1\x93\xbc" +
-	"\xe6\xd5\x1c,\x97G<\xba\x16=_\xdd<]\xfd/" +
-	"s,!Cd\xbf!\x12ks0\x04\xbb4\x19\xd8" +
-	"5\xea\x92TB1\x847\x9eL\x98\xc7\x89\xfe_\x00" +
-	"\x00\x00\xff\xff\xe7\xe2\x9e\xc6"
+const schema_96e3335b176e694a = "x\xda\xcc\xbdy|\x14U\xb68~OUB\x87%" +
+	"$e\xc5\x05Fl\x89\x80\x12%H\x00G\x02\xbc$" +
+	"\x0da\x89D\xd3Yd\x11\x1c*\xdd\x95\xa4HwW" +
+	"\xa7\xba\x1a\x08#\x13\xe1\xc1(\x8e\xcc\x13G|0#" +
+	"\x8e02*\x82\x0a\x03\xa3\xf0\xe4=\xe1\x81\x8a\xa3\xa3" +
+	"8\xe2\xe0\x82#:\x8e\xcb\xb8+*\x82\xf6\xefsn" +
+	"\xd5\xad\xba\xdd\xe9N\xa2\xe3\xef}\xbe\xff\xe4S9u" +
+	"\xeb.\xe7\x9es\xee\xd9\xee\xe9K\x87\x0c-\xcf\x1a\x95" +
+	";r\x02\x11\xea\x1e\x15\xb2{%\xb6\xad|~\xf2\x8c" +
+	"?\xaf\xbd\x9e\xf8sAH\xdc\xb5\xaa\xe0\xa2\xdb\xd5\x07" +
+	"\xbe$\xd9\x82\x87\x10\xf9\x9bA\xcf\xcb\xbd\xcf\xc3\xa7\xec" +
+	"\xf3\xde&\x908\xb3\xbati\xc1\xca\xaa\xe5D:\x07" +
+	"\x08\xc9\x06\x0f!\xa3O\x9eW\x02\x04d\xf0\x96\x11H" +
+	"\x08\xaf,\x1b\xe29t\xd5r\"\x9d\x05\x84d\xe1\xfb" +
+	"\xc1\xde3\x80d%r\x1ejz 7\xf4\xf3\xe5D" +
+	"*p>\xed\xed\xed\x83\x9fJ\xf4\xd3\xda_\xde\xb0\xe9" +
+	"\xc1\x95\xbfZN\xfc\xfd\x01\x12UZ\xe4\xeckF\xbf" +
+	"y\xbb\xd5R\x1e\xe5}J\x9e\xe8\xc5\xa7q\xdeE\x04" +
+	"\x12\xe5\x1b\x9f\xba\xe5\xdb\xf9[\x97\x13)\x17\x12\x1d\xf7" +
+	"\xee\xf2\x1e{\xe0\xb9WI6\x0e(\xaf\xf5>/o" +
+	"\xa4m7xq\xd2\xb9\x8f\x9f<T\xf9\xdf\xe7\xff;" +
+	"\x91\x06\xb19\xc5\xcf_\x80sZ\xba\x15\x8aj\xcf\xdf" +
+	"\xf7\xef\xc4_\x008)\xbaf\xe5\xfc\xaf\x09\xc8\xea\xf9" +
+	"\x0f\x12H\xfc\xb4\xed\x95{\xfe\xe1\xbfv\xa5\xb5\x1ck" +
+	"\xd2\xb9\x83}8\xe93\x07\xe3\xa4\xd7_|\xde\xa6\xd5" +
+	"\x83o\xff9\xf1\x9f\x05\xac\xf3\xb1V\x83\x89\xb4\xc1\xf1" +
+	"\x9fM9\xf8\xd9'\xfdV\xf1=\xcc\x1b|\x066P" +
+	"i\x83\xd3G\xfem\xf9<a\xe6*\"\x9d\xc7:X" +
+	"9\xb8\x11g\xf7\x8b9g\xfd\xdb\xa6\x97\x97\xae\xc2\x9d" +
+	"\xe9\xb4\xc8\xb6\xc1\xcf\xcbK\x07c\xeb\xf6\xc1^ \x90" +
+	"\xf8\xcb\xd4\x1f]q{\xdc\x7f3\x91rE\xb71\x01" +
+	"yC\xe1\x16ys!~\xb3\xb1p\xaa|\x08\x9f\x12" +
+	"\xbe\xa5\xe3\xa6\xac\xbb\xf4\x0f\xbf\xc4\xae{q\x9b.b" +
+	"\xb3\xed\x85{\xe4\xdd\xd8l\xf4\xae\xc2\x04v\xdd4\xee" +
+	"\xd0\xd6\xbf\xfc\xfc\x95_\x12\xe9Lg\x0d\xc7\x87\x0c\xc4" +
+	"5\xbc;\x04\xd7\xb0\xb3\xe8\xf4/N?\xe9\xb9\x85\xc7" +
+	"\xe3\xe8\xdc\xa1E\x14OC\x11\x91\xb7\xff\xe67\xb7\x9c" +
+	"j\x89\xde\xc2\xa3a\xdfP\xda\xc5\xa1\xa1\xd8\xc5]\xf3" +
+	"\x97,\xfe\xa2\xe5\xc5\xdb\x88\xd4_t7\x9f\x80|r" +
+	"\xe8\xa7r\xf60\x9c\x17\x0c\x9b*\x0f\xc7\xa7\xc4\xd6\xc7" +
+	"\x1f\x9c\x18\xdb\xff\xc5m\xc4\xdf\x17 \xd1o\xf8\xf0s" +
+	"N\x96\xf8>\xb2\xf7O\x1a\xf6\x86<\x08\x9b\x8d\x1e0" +
+	"\x8cbf\xfa\x91\x11O\x0c~m\xcbZk\xfa\x14\xc3" +
+	"\x15\x17\x0eD\x0c\xcf\xad\xbe\xe1\xe3\xbbB\xfdo'R" +
+	"_\xc1\xed\x86\x80<\xfc\xc2\xa7\xe4\xb1\x17R\xc2\xbb\xb0" +
+	"\x99@\xe2\x9c'\xaex\xe1w\xa7.\xfcO\xa4\xcdl" +
+	"\x8e6\xe9\x80\xf3.|^\xd6\xb0\xf1h\xf5\xc2\xff\xc0" +
+	"\x01\xef/\xbc\xa2f\xff\x89G\xfe\xd3&\x0a\x8a\xd5\xd1" +
+	"C\x877\x02\x81\xd1\xa3\x86\xd39\xbd\xe8\xe9\xd83\xba" +
+	"`\xc0:\x9en*\x8b(\xddT\x17!>&~1" +
+	",\xfb\xce\xb5-\xeby\x84\xb5\x15\x19\xd8`)mP" +
+	"|\xfa\xaf?\x1f\x19;\x9c\xd4`C\x11e\xc5\xcd\xb4" +
+	"\xc1kO\xbd\xfe\xc7\x83E\x03\x7f\xc33\xdc\xc1\"\xba" +
+	"'\xcf\xd0\x06\xef\x17\xbf9<~\xfc\xba;\x89\xd4W" +
+	"L\xac\x83%\xc5\xbf{\xfe\xe2Gq\xf5\x1f\x14\xed\x91" +
+	"O\x14a\xfbO\x8an\x00\xf9\xc4\xc5\x88\xf3\xb2\xf5\xef" +
+	"\xec\xbf\xb3d\xef\x9d\xfcx\xc7.\xae\xa2Dp1v" +
+	"\x17\xe9\xbd\xf3\xf5\xd9\x97V\xfd\x96Hg\xb3\x15\xf5\xbe" +
+	"\xa4\x0a\xd1<\xf3\xd0?\xccyM\xdf\xfc\x16\xa9-\xcb" +
+	"\xa56J\xc7'.\xde!\x7f\x83\x03\xc8'/Ff" +
+	"}\xa5\xb5c\xf0\x9aW+\xefJal\x8a\xe8g." +
+	"\xd9!\x1f\xb9\x04\x9f\x0e_\x82B\xa0\xf7\xe7\x1d9\xbf" +
+	"^t\xfa.~J#FP$\x8e\x1d\x81S\xea\xbd" +
+	"v\xe1E\xd7\x0d=w\xa3\xdd\x80\x92\xa5:b\x0e6" +
+	"h\x1b\x81=\\\xb3\xe0\xee\xf3\xfb^2z\xa35g" +
+	"\xab\x87\xc3#(\x12_\xa2=\\\xfae\xd9%\x7f\x9b" +
+	"\xd1\xbe1-\xa5\x9d\x1c\xb1_\x86b*'G \x91" +
+	"?~\xab7\xba\xa7\xea/\x9b\x88\xd4\xb7S\xdb\xcd\xc5" +
+	"\xb7\xca\xdbh\xdb\xfb\x8aq\xe4\xa3?mh\x1aR;" +
+	"\xf0w\xfc\xdc\xb3G\xd2\x91sG\xe2\xc8K\x07\x1d\xfa" +
+	"\xaf\xfb\xfa\xb4\xde\x8d$\x97\xc5\x91\\\x7f\xecc\xc4\xc8" +
+	"\x97\xe5q#\xa9\xb0\x19\xf9\xdb,\x02\x89\x1d\x07\xefL" +
+	"\x1cx\xa1\xe6\xf7\x8c\xe4\xe8R\xab\xc7,\xc0\xfef\x8f" +
+	"\xc1\xc9m\x1a\xbf\xaa\xe2\xdc\xf8\xa9\xdf\xf3\x03\x9e\x18S" +
+	"KE\xf7X\x1cP\xdb\xb9\xf4\x91>\xd1\xe7\xee\xe1\x1b" +
+	"\x0c\x1dKYt\x04m\xf0\xe7i\xa3\x1f\x0e\xfdm\xc3" +
+	"\x16\x9b\xa0\xe8\x10\xf3\xc6\x16RQ6\x16\xd74p\xc9" +
+	"\x8a\xe2\xaa\x91O\xd9\x0d(\x05\x1c\x19+ \x05\xe4{" +
+	"_\xac\x8d\x1d\xf8|\x0b\xdf\xf7\xee\xb1t#\x0e\xd2\xbe" +
+	"g\xde3\xec\xfe\xd6\x8bF\xdd\xcf7xk,%\xd6" +
+	"\x0fh\x83\xc5\xc7\x9f\x88\xf4\xfb0v\x7f\xea\xe9\xd0\x0b" +
+	"\xd1\x91{\xd9{\xf2\x80\xcb\xf0\x9b3/\xa3\x1cx\xcd" +
+	"\xb9\x8f\x0b\x8f\xbcj\xde\xcfo\xfc\x86\x1f\xd3\xc3f\xf3" +
+	"\x8fq\xaa\x83\xfbn~uz\xf3G\xf7\xf3\x1b\x0f\x97" +
+	"\xd3\x09\xe5^\x8e\xe3\x89\xff<[4\xc2\x93\xb6&\xd1" +
+	"\xd6\xe5tBci\x83\xb3~6\xa9\xaf\xf6t\xf6\xb6" +
+	"tD\xddp\xf9\x16y\xde\xe5\xf84\xfbr$\xea\xb3" +
+	"oZa\xde\xf5\xd5\xe0m\x940\x1cN\xcb\xce\xa6[" +
+	"9n\x87<v\x1cv?j\x1c\x15\x0ds?\x1c\x01" +
+	"o\x0d\xcd~\xa0\x93PRJ\x9f\x92\xc3\xa5\xf8\x8dV" +
+	"\xfac\x02\x89c\xcf~}E\xe9\x9fF>@\xfc\xe7" +
+	"\x81\xc0\xe6\x18/\xa5\x8bXV\x8a{\x9e\xff\xbb\xbc\x0f" +
+	"_;\xaf\xd7C\x9d\xce\x84\x01\xe37\xc9\x83\xc7c\xfb" +
+	"A\xe3= \xef\xc3\xc7\xc4\xa3\xe7\x7f\x9c\x0d\x15#\x1f" +
+	"\"\xfe\xb3]\x1a\xbao|)\xf6\xb7}<\xf6wa" +
+	"\xff\xe1+.{\xf2\xa7\x0fQ\xe6tO\x0dzBW" +
+	"O\xd8$7L\xc0'\xff\x04\xc4\xcf\xc5\xd7_]\xd0" +
+	"\xef\x8f\xd2\x8e\x14\xce\xa9\x04O\x16!r|\xc2\x0ey" +
+	")m\xdd>\x011\xf4xi\xee\xd4\xaf\x9f\xce\xfdC" +
+	"\xa7\x99\xce\x9e\xb8CV&R1;\xf1\x06y\x1b>" +
+	"%^\x0f\xee\xffx\xfb\x1b\xbdwrJ\xc6\xda\x89T" +
+	"\xa0\xbf\xbdn\xde\xa4y\x8d\x17\xecD*\xf1pTB" +
+	"1\xbdt\xe2\x1ey%v0z\xd9\xc4\xb3E\x02\x89" +
+	"\x11#>\xba\xfd\xe3S\x8bvr\xf4z\xbc\x9c*+" +
+	"\x17\xf4\xfd\xdd%'\x0eo~\x98\xdf\xfdC\xe5\x94~" +
+	"\x0e\x97S\xd99\xa0\xf8\xd659\xdb\x92\x1a|RN" +
+	"Qu\x926\xf8\xeb\xb9S\xaf\x1b\xf4\xf0\xb7I\x0d\x06" +
+	"TP\xfa\x19\\\x81\x0d^\xf9\x8f\xf1?9\xd0\xb4\xfe" +
+	"\x11^<WT\x08\xd8\xa0\x926X\\\x7f\xe4\xf9\xc7" +
+	"\xfe9~7\xb7J\xb5\xa2\x10g\xf7h\xe9\x1a}\xe9" +
+	"\x9d\x7f\xdc\x9d\xca\x0b\xf4\xf4\xae\xaexJ\x9e]A\xa9" +
+	"\xb0\x021\xbb\xba\xdf\x983*/h\xdc\xc3u3\xca" +
+	"W\x8b\xdd\xf8\xc7l\xd9\xf7\xd3u\xcb\x1f\xe5y`\x90" +
+	"\x8fJ\x84\xe1>\x9c\xc1\xc1^\x8f\xbc\xfb\xc0\x8bG\x1e" +
+	"\xed\xb4)\xd5\xbe\xf7\xe4\xd9>:\x86o\xaa\xbc\x14\x9f" +
+	"\x12\x07\xe7\x97\x1d\x1b[\xb2\xf7\xbf\xf9\x05\xab>*\xd0" +
+	"\xc2\xb4\xb7\x07^9\xf7\xe8c\xbf\xff\xe61^\x8bX" +
+	"\xed\xa3\x9a\xd0Z\xda`\xe8\x07'\xcf\x8c\x9d\x15\xd9\xc7" +
+	"d\x18m\xb1\xcbG\xb1\xbe\xd7\x87\\\xfb\x8b?}v" +
+	"\xede\xda\xff\xee\xe7\xd62`R\x11\xaee\xe0\xf0M" +
+	"e\x17D\x8f\xff/\xf7\x06&\x95\xe2\x9b\x8f\x1a\x1aZ" +
+	"\xd7M<\xf3\x00\xf7\xe6]\x1f\xdd\xe4\xaa=\xff\xbc\xec" +
+	"\xf5\x86\xf9\x07x!q\xd8\x9a\xf1Kt\xb8U?\xeb" +
+	"\xdb\xaf\xbfw\xe5\x01~I\xe3&Q\x81W1\x09g" +
+	"<\xfaW\xe7\xdd\xe9\xbb\xfa\xce\x03<\x06\x95I\x8dt" +
+	"\xcd\xb4\xc1\xdc\xeb\xbf\xfe,'1\xe8\x09\xbe\xc1\x9aI" +
+	"K\xb0\xc1\x06\xda\xe0\xc7\xda\xc7W\xdd \xc7\x9e\xb0\xb8" +
+	"\xe4\x9d\x92\x8a)\xe6\xf0\xc2w\x91K\x10\xbb\xfb&m" +
+	"\x91\x0fM\xa2\x07\xf7$\x94k\xdf\xfe\xee\xa3\x86\xfaA" +
+	"\x7f\x7f\"U2\xcc\xab\xbcIV+\xa9\xf2Z\x89\xea" +
+	"\xca\xc6~\x97\xdex\xb8\xbe\xf5\xc9$L\xae\xaa\xa4\xb8" +
+	"^S\x89K;\xbcq\xcc\xea_<1\xfeP\xca\xb8" +
+	"\xd6Y\xf5A\xe5~\xf9\x04\xed\xee\x93Jd\xfb\xde\xe7" +
+	"\xbc\xf0\xe7\xf1\xafx\xfe\x94V3_=\xe5)y\xfd" +
+	"\x14\xaawO\xc1\x9e\x0fN\x99Z5l\xf9\x05\x7f\xb2" +
+	"zv\x85\x1d%\xceO\xa6</\x7fC\x1b\x9f\x9c\x82" +
+	"=OY\xfa\xd5\x9f\xf7\xde\xe6y\xba\x93\x0a\xb2v\xea" +
+	"~y\xc3Tl\xb8~\xeaTy\x1f>%.\xbf\xf8" +
+	"\xc6\xf5\x87\xd6\x1ex:\xe9\x8c\xbbo*]\xd5\xf6\xa9" +
+	"\xd8\xddko\x8c^x\xb2b\xc2\xb3<\xba\xa7O\xa3" +
+	"\x0a\x81\x7f\x1a\xa2\xfb\xb9\xeb\x95`|y\xcb\xb3I\x88" +
+	"i\x9bF\xf9\xb6}\x1aN\x7f\xc1\x8e\x97\xf7\x9c\x9e\xb3" +
+	"\xe7\xd9$U\xf6\x88\xd5\xc7\xb1i8\xc8\x8dw\xbcz" +
+	"\xf5\xb0'_y\x8e\xa7\x8aU\xd3)\xdb\xac\x9d\x8e\x83" +
+	"\\\xf0#\xb5\xe2\xdaG\x06\x1cN\x1ad\xf7t:\xcf" +
+	"}\xd3q\x90\xb3\x1a/\xd9?bvCr\x8bAU" +
+	"\xf4\xb4\x1e^\x85\x83L\x98g\xbc\xf3\xd6\x87W\x1fN" +
+	"\xd2\x97\xab(m\x1e\xaa\xc2A>.\xdex\xcfG\x1b" +
+	"\xdf}\x1e\xf7$'U\x06\xbc[\xf5\xa9|\xa2\x8a\xca" +
+	"\xa4\xaa{\x044S~6\xfe5\xf5\xe1\xf0\x0bI\xa8" +
+	"\xdb]MW\xb5\xaf\x1a\x07\xfc|\xfc\xcd9y\x0f\xff" +
+	"\xe1\x05~\xc0\xd9W\xd29+W\xe2\x80}\x1f\x1d\xf8" +
+	"\x87?~\xf6\xa3#\x965\xe2\x08\xffJ\xf0\xf4#D" +
+	"^s\xe5\x0ey\xfd\x95T\x12_IG\xac\x9a\xf9\xcb" +
+	"-k\xab/:\xc2)\xdd\x0d~*\xa3\x87}9\xe9" +
+	"\xad\xcb~?\xe6\x08?\xd2D?\xd53*\xfd8\x92" +
+	"\xd4\x94\xbb\xb9\xdf\x9ciG:\x99\x02\xaa\x7f\x8b\x1c\xf6" +
+	"\xd3\x03\xd0\xff\x84|\x1c\x9f\x12\xcfU\xdd\xb3b\xcc\xdd" +
+	"O\xf3\xe3\x1c\xb2\xc6y\xf1O\xe3Nn\xfc\xfb\xe3/" +
+	"\xf2\xf2f\xbb\x9f\xaeh7\x1d'p\xe5\xfd\xb7>\xd1" +
+	"\xfb\x93\xa3H\xa9\x02G\xa9\x94\x07^\xf2o\xb1F\x18" +
+	"}\xcc?\x13\x8fe\xff\x90}\x0f\xbe_\xf2\xc0K\xbc" +
+	"\xb4\x18[G\x05\xfa\xc4:\xdc\xd4q[\x84;\xef\xad" +
+	"9\xfaR\x12\x8e\xd7\xd7Q\x0dys\x1d\xe2\xb8W(" +
+	"\xfe\x93\x96\xbf\x9e\xf52\x91r\x85$y:\xb1~\x87" +
+	"\\Y\x8f\xc3V\xd4#\xff\xde{\xd3\xb3\xbf\xd9\xfb\xee" +
+	"\x86W\x92di=\xed\xa9\xad\x1e\xa7~\xe5\xcf6\xad" +
+	"<r\xec\xc9W\xd9Qm\x09\x96zz\xf4o\xa8\xc7" +
+	"\xd9|\xf3\xd0\xb4p\xcb\x9fO\xbd\x8a\x8b\xe3X\xcb\xe2" +
+	"\xd9\x93\xf5;dh\xa0\x8ak=\x9e\x11\xdb\xce{\xad" +
+	"|\xc5\xcc\xeb_KepK\x1a4\xbc'\x9fl\xa0" +
+	"\xeab\x03\xc5\xc4\xd7GW\x9e\xda\xa8\xec{\xcd\xf2\x18" +
+	"\xb8::%\xbd\xca\x99;\xe4\xea\x99\x94\xf1fRu" +
+	"&\xfe\x93\x83\xdf>\xe1;\xfd\x1a\xaf5*\xb3(\xc7" +
+	"i\xb3p\xa6\xc3\xfb\x9e\xfc2\xf0\xe9\xe4\xbf\xf1\x8b}" +
+	"i\x16\xa5\x87\xe3\xb3p\xb1\x03\xbdw\xddz\xed\x075" +
+	"\xaf'\xe9%\xd2lj\x0b\x0d\x9aM\xf5\x9c\x1f\xd5\x1d" +
+	"\xba`\xe2\xe7\xaf\xf3|\xbfk6e\xc9}\xb3\xb1\x8b" +
+	"\xdf\xe7\x8d}\xfe\x0dq\xd0\xf1\x14\xc5\x85\xae\xef\xf8\xec" +
+	"=\xf2\xbb\xb3\xf1\xe9\xad\xd98\x9f\x99yw\xfb^;" +
+	"\xbf\xfd\x8dT\x87\x08\xd5\xec*\xe6\xec\x97\xa7\xcf\xa1\xd6" +
+	"\xda\x1c\x8a\x8c\xa7_\xbaa\xed\xd7\xf9\xd2\x9b\x9d\xce\xc8" +
+	"5\xd7\xbc'o\xb8\x86J\xb0k\xa6\xca\x07\xf1)\xf1" +
+	"\xfe\x8b\xd1s&\xedY\xf7fj\xd7\x14s\xdb\xae\xd9" +
+	"/\xef\xba\x86R\xe95\x14s\xb7<\xd2|h\xad\xb4" +
+	"\xe3\xcd\xb4\xbbrd\xee\x0e\xf9\xd8\\J\xa9s\x11\x05" +
+	"\xdf~6k\xc0\xd6k\x8b\xde\xb2\xf6\xdb5>zc" +
+	"\x93\xf8\xbc=\xf2\xd2y\xd4Y0\x8fr\xe7E\x97=" +
+	"{\xfc\xd6\x7f\xbb\xee-^\xb7\x98Ou\x8b\xb9\xe5g" +
+	"]x\xb4\xff\xb2\x7f\xa4\x1a<\x96n1\x7f\x8b\xdc0" +
+	"\x9f\xeax\xf3\x91n\x1a\xe7\x9e5\xf2\x8d\x9a\xa3\xff\xe0" +
+	"\xba\x19\xaa\xd0\xf3\xf8\xb9\xc8s\xfb\x97L\xf9\xf4\x1f\xbc" +
+	"}\x9b\xabP\x0a\x1e\xa0\xe0\x8e|\x16\x18\xb7\xfbqa" +
+	"\xd2\xdb\x9d\x98|\x9c\xb2C\xaeP\xa8PP\xa6f\xcb" +
+	"\xbb\x82\x88\xb8#\x0bn\xfc\xe6\xb7\x13V\xbf\x9d\xd6\x15" +
+	"\xb2!\xb8_\xde\x8c\xcdFo\x0cR\xed\x7fw\xbf\xc7" +
+	"'\xbf\xfa\xeb\x97\xdfN\x12\xaf\xe3\x9a(\xcdU4\xe1" +
+	"\x1e/\x1dY\xf1V\xe5\x87\x17\xbeg\xf9\xb1\xe8\xec6" +
+	"4Qu\xe1\xccw\xb2\x16O|\xa0\xe5=\xe2\x1f\x08" +
+	"\xdca\xd6 z \x9b\x90\xd1+\x9bP\x80\x8c^\xdd" +
+	"\x84;t\xaa\xf0A\xfd\xf1\x1b\x1f\xf8'\xf5+YV" +
+	"\xfe\xb6fJ\x96\xbb\x9bqO\x84\xbe\x17\x0c|\xf7\xda" +
+	"\xd9\x1f\xa4P\x1dEe\xb8e\x8f\x1co\xa1\x9e\x9c\x16" +
+	"l\xfb\xdf\x0b\x1e\x9d2\xaa\xbc\xed\x83$O\x93FU" +
+	"\x89\x01\x1a\"\xec\xea/\xc7\xbe\xb6\xb6U\xf9\xb0\x13\xa1" +
+	"\x8d\xd3v\xc8\x15\x1aE\x98v\x03\xc8c\x17 \xc2\xbe" +
+	"\x9e\xbab\xcd\xb3\xef\xff\xecC\xce\x18\x1f\xb4\x80\xee\xcc" +
+	"\xe3\xcb\xd7\xfd\xe6\xab\xacC\x1fs{\x96\xbd\x80\xea\x83" +
+	"\xcbV\xe4\x16\xe5\x9d\x7f\xea\xd3$\x9dV\xa3\x12\xee$" +
+	"\x9d\xc2\xcb\xf3\xef}\xdd\x7f\xc5\xed\x9f\xa5\x92/\x95)" +
+	"\x03\x16\xec\x91\x07\xe3\xd8\xf2\xa0\x05\xb8\xa0\x17g\xf9j" +
+	"\xfb_>\xf6\xf3N\xf3\xdd\xb5`\x93\xbc\x976\xdc\xbd" +
+	"`\xaa|\x9cNw\xd4\xe7\xcb\x9e\x9a]\xdf\xf09\xf6" +
+	"\xecIe\xd0C\x0b~-\x1f\xc6f\xa3\x9fY@\xa9" +
+	"\xb7~\xff\x80\x89\x7f\x1d6\xf6\x04\xf1\xcb\xe0q\xbfm" +
+	"\x10< \xc0\x99r<\xbc\x9f\x80\x1c\x0f\xe3F\x9f\x9e" +
+	"\x109g\xd9O\x7f{\x82_\xd3\xe10U\xe1^\x0a" +
+	"\xe3\x9a\xcex\xe6\xd3\x0b\xcf\x1f\xbc\xf5\x84}J\xd0M" +
+	"<i5\x80\x08\xaec\xcc9\xf7\x8dx\xf1\\\xff\x17" +
+	"\xc4?\xc8%\xa6\x0d\x11\xba3\xf7Ep\x8ck\xf7\xdf" +
+	"r\xe5\xf1\xd3\xd7~\xc1\x99\x11\xd9:e\xa6\xca\x9fx" +
+	"\xf6\x0f{8\xfa%S&\xe8\xb7\x1fD\xa8l;A" +
+	"\xbf\xdd\xbe\xe3\xdc\x03K\xde\xfc\xc5\x97\xe9\\\x06~\xfd" +
+	"&y\xb6N\xb5l\x1d\xdb\xbeQ\xbb\xa3\xff\xff\x0c\xfb" +
+	"\xfc\xcb\xb4\xac\xb9]\x7fY\xde\xab\xd3c]\xa7\x82i" +
+	"V\xd9\xeeW\xb2s\xae\xfc\x8a\xb7/\x86\xb6Q\xfbb" +
+	"x\x1b\xae\xfc\xa2\xc4\x86Kn:\xb5\xf8+\x1e5\xd3" +
+	"\xdb(\x93\xf8i\x83\x12i\xe8M\xd2=\xb9'Q\xfe" +
+	"p<\x9aMU\xd3\xb6\xb6\x97\xe5\xa5mT\xa4\xb4\xd1" +
+	"M\x19v\xb2z'\\r\xd1I\x0e\x0ba\xb3\x0fb" +
+	"\xe1\xab\xeb\xee>\xfd\xe6\xf9\x85_#;\x0a\x0c\xc7\x0d" +
+	"&\x0a\x83\xd1\x8aIE\xdd\xf1\xad\xc7\xfe\xfe\xb7\xaf\x7f" +
+	"t*\x95\xbf)\x1e\xda\xe2\xcf\xcbK\xe3\xd4V\x8c\xe3" +
+	"\x8e\xcc|\xf9\xb2\x07\xb3~5\xf1\x14\x7f\xb0\x0fXH" +
+	"\x0f\xf6\xc1\x0b\xa9'\xe3\xef+n]\xb4\xbd\xe34\xbf" +
+	"\xb2\x8a\x85Ty\x9aN\x1b\xdc=h\xe6\xd9?jo" +
+	"\xfe\x86o\xa0-\xa4\x9b\xde\x86\x0d\xfe\x162^\xffj" +
+	"\xfc/\xbf\xb1\xb7\x9cNx\xcdBKm_\x88\x82\xaf" +
+	"\xfc7\x95\xabw\x8d+\xfc\x96\x12\xf7\xb1\xff\xf9\xaf\xdb" +
+	"N\xb4\xbe\xff6\x12\xf7\xcaE\x9b\xe4\xd5\x8bp\xae\xab" +
+	"\x16\xdd \x1f\xc7\xa7\xc4[\x9br\xee\x1f\x7fns\"" +
+	"\xc9\x98\\D\xf9\xea\xf0\"\x9c\xce\x9d\xeb\xe7\x8f\xae\xfb" +
+	"\xd5\xc6D'Y\xf8\xc9\xa2\x1d\xf2I\xda\xdb\x89ES" +
+	"\xe5A\x8b=$\x92\x88\x99\x86\xaa\x84\x8b\x03\x82\x12\x8d" +
+	"DK\xeb\xe8\x7fWE\xd5\x88\x0a\xc1\x1a\x00\x7f\xbe\x98" +
+	"EH\x16\x10\")\xa5\x84\xf8\xe7\x8a\xe0o\x11\x00\x80" +
+	"\x12\xa0\xa4\"l\xbe\x08\xfe\xeb\x04\x90\x04(\xc0\xfd\x90" +
+	"\xdaK\x08\xf1\x9b\"\xf8o\x11@\x12\xa1\x00DB\xa4" +
+	"\xd5\x08\xbcQ\x04\xffm\x02\x94YcBo\"@o" +
+	"\x82\xff*\xcdj\x0c\xfa\x13\xa8\x11\x01\xfa\x11\x01\x1f\xbd" +
+	"\x86\x1e\xea\x0c\x8c\x05\xf4\xa8\xca>L\xb4\xe81\xb38" +
+	"\xa0D\xc5H\xb4\xb4V\x8f\x9b\xeaL\xc5\x0c\xb4\xa8F" +
+	"q<\x1aTLuH\x8dW1\x94p\xcc\x9f\xe5," +
+	"\"\x17\xa7\x91#\x82\xbf@\x00\xaf\xa94\x86T\xc8w" +
+	"u\x1b\x02\x90\x8f\x8a\x9c\x1e1\x0d=T,\x06(N" +
+	"&\xd9\xff\x86\xb4\x989\xa4\x06{\x84X\"\x1a\x8a7" +
+	"k\x91\xe2\x80H\x9b\xd4X\xff\xb5\xe8z\xeb\x90Z5" +
+	"\x16\x0f\x991B\xf8aK\xdda\xcb\x0c\xda\x00\xf2]" +
+	"\x97F\xca\xb8B\xc0\xde\x0b\xc5T'\xe9\xf1\x88I\x08" +
+	"nE\x8e\xd3\xddp\\\xc5\x10\x11\xfc\x97\xba[1\x02" +
+	"a\x17\x89\xe0\x1f#\x807\x86\x9fR\xa4\xf5#\xe0\x0d" +
+	"`\x1f\x90C\x04\xc8!\xe0\xcc\xdc\xda\xf0iz\xcc\xac" +
+	"S\x8d\x85Z@\x85X\xca\x86\x17\xba\x1b.9;>" +
+	"\xd0\xde\xf1\x10\xee\xb8`\xed\xb8\x86c\x07E\xf0Gq" +
+	"\xc7Ek\xc7\xc3U\x84\xf8C\"\xf8\x17\x0b\xe0\x09\xe9" +
+	"\xcd \xb92\x9c\x00H\x04\xc4\xd6\x85 \xb9\x07\x91\x05" +
+	"\xf46\xa9f\xa0\x05$7\x00a\xc1\x131\xd54\xb5" +
+	"Hs\x8c\x10\x02\x92\xeb\xe0\xb1\xdf\xb2UeY\xa8\xb3" +
+	"\xdb2z\x08\xb4(\x91f5\x88{\x93\x87\x9b\x93\x82" +
+	"\x84\x19zs\xb3j\x14\x87\xf4\xe6!e5\x16\xc9\xf4" +
+	"s\xd0P\x89\x8b+\x17\xc1?\xc3E\xf6\xf4\"B\xfc" +
+	"\x93E\xf0\xd7pt_\x8d\x9b<M\x04\x7fP\x00o" +
+	"H]\xa8\x86 \xcf\xd5\xd1\x09@\x1e\x81<S]l" +
+	"\xb2\x8d)k\xd2\xd4P\xd0\xa1\xf1|\xd7YM\x00\x81" +
+	"\x0eAd%\x13\xa2\xba8\xaa\x1b\xe6d\xc5T,r" +
+	"\x8c%\x91Z\x91Kjy\x11%\xec\x90A\x0a\x8a\xae" +
+	"P\xdb\xafVBq\xb5X\x8b\x04\x0c5\xacFL\x87" +
+	"r3\xf1\xcbBl\x0f\xd9D\x80l\xae;1\x09\xe3" +
+	"\xc5\xcd*\xeb\x08b\x998\x80v\x14\x83\\\"@n" +
+	"\xe7eN\x8f\xc4L%\x14\xaa1\xf4fC\x8d\xc5\x8a" +
+	"\xa9x\xa0}z:o\xdd\x14\xa4\x96Z\xb5\x0d\xfb3" +
+	"\x91~\x0b\x9c!\x97\xe2\x90\x8bE\xf0\xaf\xe0\xe8w\x19" +
+	"\x12\xf5u\"\xf8o\xe4\xe8w\xa5\x8f\x10\xff\xf5\"\xf8" +
+	"\xef\xe0\xe8w=\"\xf26\x11\xfcw\x09\x00Y\x05\x90" +
+	"E\x88\xb4\xc1 \xc4\x7f\x87\x08\xfe{\x05(\x0b\xabf" +
+	"\x8b\x1ed\xe8\xf5\xc4\x8d\x10{\xeehQ\x95\xa0jp" +
+	";\xeb\xb8\xf2\xad\x9d\xcdk\xd4\x83\xed\xce\xfaM-\xac" +
+	"\xeaq\xb3\x9ax\xb5\x80\xa1\xc7\x1c\xf1\xc6V\x0al\xa5" +
+	"yH\xcc\xb8\xc8,1\x9b\x10\xe7\xe0\x02\x16P\x93\xa4" +
+	"\x12\"H\xd9\x1e\x8b\x87\xca\xa1\x06\xc0\x91\xef`\xb3\xbb" +
+	"^\xd6\x8a\x82\x85\xf2\xfa\x10\x07W\x1f \xae\xde\x11\xc1" +
+	"\xff9\x87\xabO\x10\x03\xef\x8b\xe0\xffJ\x00\xb0Qu" +
+	"\x02\x09\xe2c\x11\xfc\xa79\xe1~\x12Y\xfd+\x11\xea" +
+	"\xb2@\x00)K\xa0\xc8\x92\x01\xaa\x08\xa9\x05\x11\xea\xfa" +
+	"!8[,@\x95W\xee\x8d\xe0\xba\x1c\x84\x17 \xbc" +
+	"WV\x01\xf4\"D\x96\xa0\x91\x90\xba|\x84\x9f\x8bp" +
+	"\x8fP`)\x82`\x10Rw\x0e\xc2\xc7 <'\xbb" +
+	"\x00r\x08\x91G\xc1M\x84\xd4\x8dAx9\x08Pf" +
+	"a\x8bmA\x1e\xcabW\x02*\xa1\x90\x8b\xd7&E" +
+	"\x0b\xc5\x0d\x95J\x12\x06\xb3\xf7 \x09f\xa8\x0b\xd4\x80" +
+	"\xa9\x06yX\xa3\xa1*\xad\xaaq\x15\xf1D\xd5\x88\x03" +
+	"\x0d)\xa6\x1a\x09\xb4O\"^\x14\xb5\xce\xbe\xf7\xb6N" +
+	"-\xf6\xba\x0e\xe2\xe1j\xba\xc5\\\x87\xc9lD\xc9Y" +
+	"5\x8a\xe9\x06Z|$\x9aI|\x84\xa8\xee'\x82\xff" +
+	"\x1c\x01'\x18\x8b\xea\x91\x98\x8a\x13\xccwcK\xf6q" +
+	"\x12T\xd4\xb0\xee\xf4<\xd9\xfaO\x8f\xaa\x11\x94\xf9\x8e" +
+	"(\xe4%\xdd\x12[\xaa\xcdw%\xdd<d\x8dY\x96" +
+	"Ps$\x9d\xe2sO\x06{\x98\xabURf\xc44" +
+	"=\xe2,\xdec-\xbec\xa1J\xe1\xf4\x7f\x0f\x81\x8e" +
+	"\x98\x1a\xa3\xffKn\xc00E\x86\x8b\xc9\x02\x8a\x9e\xbb" +
+	"\xe9P\xc1$\xdd\x10\x01\xf2Z\xd5\xf6Te!\xf5<" +
+	"u\xe5\x8a\x97\x0a\x16\x97\x91X\xe4\x03X\xf0\xdca$" +
+	"*{,Fj1\xcd(*\x1b\x02*\x1b6\xe2\xab" +
+	"\xe3\xa6bz4=\xd2\x95\xe4\xc9\xb7%\xcf\x12[\xc8" +
+	"\xdc\xecr\xd3*D\xe4\x0aK\xc6H\xa2dq\xd3\x86" +
+	"FW\xc8HY`I\x9e\xcd\xb8\xd8\xbbD\xf0o\xa5" +
+	"\xfa\x93b\xc6c\x0c\xa3\x09C\x8d\x86\x94\x80:\x8d\x94" +
+	"\xd9b\x07\x88\x00\xd0\x031\xc4\xbe\xf4\x11\x0f\xca#\xfb" +
+	"\xb3d\xe1\x94\xa2\x0c5DC\xba\x12,V\x1au\xc3" +
+	"\xdd\x94$\xdcL\xd3\xf5\xd6J\xc3\xd0\x8d+\xb4H\xd0" +
+	"\xd2\\\xf2\xe9b\x87\x97\xd2\x8d\x1e\xec#\x04\x04i@" +
+	"#! JgV\x11R\x86\x0c\xa9\x06;l\x1eL" +
+	"\xc4#\xcaBE\x0b)\xc4\xd3\x18Ry.L\xdd\xd1" +
+	"\x1a\xd5\x08k\x165\xd1\xdd<\xd7\xd9\x81]\x88\xc3\x9d" +
+	"\"\xf8\x1f\xe3\xe4\xd9^\xc4\xe1#\"\xf8\x0fp\xb2\x7f" +
+	"_-!\xfe\xc7D\xf0?\xcd\xc9\xfeC\xc8eO\x8a" +
+	"\xe0\x7f\x01\xb7\xc0\x16\xfe\x87\xb1\xe5s\"\xf8_\x15\x00" +
+	"\xb2\xa90\x93^\xc2\x03\xe1\xa8-7{\x01\x95d\xd2" +
+	"'\x86%#\xa9\xdcK\x84\xd5\xb0n\xb4\xfb\xda\x89\xc7" +
+	"Tc\xec\xf4\xcc\x8bjA\xe7\x9fD \x1a\xaf\xd6B" +
+	"!\x8d\x80\x0b3\xc3Q_\xbbi\x09)\x06C\xe6\x9d" +
+	"\xa2\x85Tl\xe7\x0a)%xU$\xd4N\xbc5\x8a" +
+	"\xd9\xd2\x89\x07\xf4\xb8\xd9\xa8\xc7#A\xe2E\xae\xef\xf4" +
+	":\x83N\x10\xd0\xc3Q\xc5P+\"\xc1\xbaEJ\x14" +
+	"\xb5\x0c\x0f*E\x1c\x85\x17vs\xb62\x0a_Ye" +
+	"S85\x06\x04\xdb\x18(t\x8d\x01\x87\xc2\xd7 \xd3" +
+	"\xdc,\x82\x7f\x9d\x00\x9eV\xb5\xdd9X\xf5P\xd0\xa1" +
+	"F=\x14\x9cB\x97\x83\xa4d\x91\xab'\xa2.b\xef" +
+	"\xcb\x82jH5U\xf6*\x93\x02\x15\x8fh\x96,H" +
+	"\xab\xf2\x18\x9c\x84mU\xa3T\xd1\"^\xba\x19\x0e\xd6" +
+	"3t\x1cSM$\xff\xc9\xaa\x12\x0ci\x11TZ\xbc" +
+	"\xb4\xffL\x8a\x90}f\xe5\xbb\xd1\xf9\xaeM\x90\xa0\x16" +
+	"C\x9b\xe5\xfb\xf7\x9b\xd6l\x09\xaa\xb1\x80\xa15\xaa\xee" +
+	"\x99\x90A\x9d\xd4\"M:\xe4\xbb\xde3\xbbSf\x86" +
+	"\x01\xb3'\xca,\x11\x8f,y\x0e\x15\xb0\xcc}\x04," +
+	"AB\xda^J\x04i\xb3\x07\\g+\xb0\x18\xba\xb4" +
+	"\xbe\x91\x08\xd2\x1a\x0f\x08N\x08\x19X$\x06\xe9I\x90" +
+	"\x96z@t|\xd6\xc0\xa2fR\xdb\x02\"H\x9a\x07" +
+	"\xb2\x1c\x17/\xb0\x80\x994o9\x11\xa4\x06\x0fd;" +
+	"y%\xc0\xe2\x95\xd2\xf49D\x90*<e\x06\x9a\x90" +
+	"\xb1rH,B\xb3\xa1V\x8fS\x96-\x87DP\x8b" +
+	"E\x11D\x08)\x87D<\xa6\x1a\xa8\xee\x92<Tx" +
+	"\xcb\xa9e\xd2\x800`\x16\x0a6\xd2&\xeb\x81xX" +
+	"%b\xc4\xb4\xce\x8f\x0c$c\x1a\xf1\x98Y\xab\x86\xf5" +
+	"\x85*\xd3\xe63*\xe0\xadj\xfbtG\xe1t\xd0\x9e" +
+	"\xe5\x98q\x14\xeb\xc5l\xe8\x88\xe9t\x98\xa2\x05N1" +
+	"\x14oX\xadU\x9bR\x0c\xbe\x12\xde\xe0\x13l\x83\xaf" +
+	"(\x9d\xc1W\x9a\xce\xe0C`\x8b\x08~S\x00\xaf\xbe" +
+	"(\xa2\x1a\x8c]\xf2\xa2\xba\x1eb\x06h\x99\xde\xd4\x14" +
+	"SM\xc7\xfa\x0f\xa9\x91f\xb3%\x83\xd2;Co\xf6" +
+	"NA+)\xc5\x00.t\x0d`)\x9d\x05\xcc\x0b\x10" +
+	"\xdbnah\xebj\x1ff8\xaa\x86\x99\xde\xa8JU" +
+	"5\xf2\xdd\xe0y\xd76\x9b-p,\xff\x0a\xdd\x171" +
+	"\x1c\xe3W\xe4K\xb7\"\x14\x9e\x97\x88\xe0\xbf\\\x80\x0e" +
+	"=jR\xf5*\xdf\x0d\xaf0\xa6\xb6-%\xcb2v" +
+	"2\xdfl\xad\x8aw\x92\xf0dbQ{ZQ\xd2\x13" +
+	"'I\xd2\x91o\x9aQ\xa6\x12\xd1\x03\x9f\xd3)K\xd3" +
+	"X\xcf>W\xcftt\xcayE\xae\xa2\x99\xa2\xe0|" +
+	"Gs\x8a\xcd\x8c\x8a#\xfc\x12\x8c\x14\xea)\xea\x86z" +
+	"\x92\xec\xe6\x0c\xe4\x93\"\x99\x0d5f*T%\xfa\x17" +
+	"%>Smh;\xb4\xd4\xc48\xd5m\xeaY\x7f\xf2" +
+	"D\xa1\x88\x90\xba\xcb\x05\x11\xea&\x0b\xee\x0a\xe4\x0a\xc1" +
+	"GH\xdd\x04\x84O\x13\\f\x95+\x054\xac&#" +
+	"\xbcF\x10\x00,v\x95\xabi\xf3i\x08\xae\xc7\xe6Y" +
+	"\xa2e\xb6\xf9\x85\x12B\xeaf |\x16\xc2\xb3\xb3," +
+	"\xbb\xadA(%\xa4\xae\x06\xe1s\x05W\xdb\x91g\x0b" +
+	"\x85\x84\xd4\xd5#|\xbe\xc0\xd9m\xf3\x04\xb4\xf3\xe6\"" +
+	"\xbcE\xe0\xec6\x95\xc2\x83\x08\x8f\"\xbcw\xaf\x02\xe8" +
+	"M\x88\x1c\xa6\xf3iA\xb8\x89\xf0>P\x00}\x08\x91" +
+	"\xdb\x84ZB\xea\xa2\x08\xbf\x0e\xe1}\xa1\x00\xfa\x12\"" +
+	"\xb7\x0b\xcb\x09\xa9[\x8c\xf0\x15\x08\xef\xe7)\x80~\x84" +
+	"\xc8\xcb\xe8\xfc\xafC\xf8:\x84\xe7\xe6\x14@.!\xf2" +
+	"Z\x0a\xbf\x05\xe1w \xbc\xbfP\x00\xfd\x09\x91\xd7\x0b" +
+	"\xb7\x12Rw\x07\xc2\xefEx\x9eX\x00y\x84\xc8\x9b" +
+	"i\xffw#\xfc!\x84\xe7\xf7.\x80|B\xe4mt" +
+	"\xbd\xf7\"|'\xc2\xa5>\x05 \x11\"o\xa7\xf3\xdf" +
+	"\x8a\xf0'\x11~F\xdf\x028\x83\x10\xf9 \xed\xe7\x00" +
+	"\xc2\x9fC\xb8\xdc\xaf\x00dB\xe4g\xe8\xba\x9eF\xf8" +
+	"Q\x84\x17\xe4\x16@\x01!\xf2\x11\x8a\xe7\xe7\x10\xfe\xaa" +
+	"\x90B\x8b\x8e1\xc5\xa8\xd1:\xba\xa3&\xf1p\xd0\x0e" +
+	"5\x82L\x1bdjP\xb2;\xb0,\xa8\x9a\x8a\xe6\xf8" +
+	"*<Q-\x08YD\x80,\xaaLR*\xa6\x92\x84" +
+	"\xf9\x0bCJ\xcc\xac\\\xac\x99\x08c\x03\x18\xf1\x08*" +
+	"\xeb\xce4bJ$\xd8\xa8/V\x098\x83\xa2T2" +
+	"\xf5\x80\x1e\x82\xab\xad9\x13\xc6\xce^4\xcd9fv" +
+	"\x92\xac,f\xf66\x1bJ\xc4\x84|7I\xd6\xe6\x10" +
+	"[\x84\xaa\x10\xac0\x1b\"\xda\xe2jN[\xa6\xd3V" +
+	"\x83\x15`\xbd\x899:\xb3'\xa8\x19\xce\xb4\xadS\x90" +
+	"\x1b\xda\xc9z\xb0\x85w\xd4P\x17jz<\xe6\xce\xd9" +
+	"q\x9e\xc5\x1bCZ\xacE%`\xa4\x08\xfd|\x02e" +
+	"\xb1\x16\xa5d\xece\x99\x1cZ\x99\xb4\xc3\x1a%/\xd5" +
+	"\xd7X\xe4JK)\x9d\xb3\x91\xa9\xd5\xd5hL\xce\x10" +
+	"\xc1?+\x85B\x92\xfc\x1e\x89\xa0=\x14)\xabNv" +
+	"-e\x9e!s\xe4\xa5u\xe2\xf1\xce\x07\xde\x1f\x9b\xef" +
+	"\xe6Sv\xe3C\xd7Y\xcfb\xfa#g\x88\x00^\x9c" +
+	"1\xb7IN\xdc\xda\xde\xa4\xae\xfd\x1a\xccV\xe1\xc4}" +
+	"\x95-\xd9'sH\xad@\xa1<A\x04\xff4\x01\x12" +
+	"6W\xd1\xa5${/\xca\x02!M\x8d\x98\x9d|\xa8" +
+	"9\xa9~c\xa64\xb0u'/;\xa0GbzH" +
+	"\x9d\xa17k\x91\xb4\xcb/t\x8f\x08\xde\x91\x98\x09\x8d" +
+	"\x16\x83\xa7\xd5\xd7\xff\x85\xc3F5M\xaa\xd2\xa6\x98\xd2" +
+	"\xb85\x0f\x89\xe0\x7f\xd4=\xc1w\x17q\xe65;\xc1" +
+	"\xf7\x96r\xe653\xf5\xf6!\xf0Q\x11\xfcO\xbaG" +
+	"\x8ct\xb0\x94\xb3\xb9\xed\xf3E:4\x90\x10\xff\x01\x11" +
+	"\xfc\xcf\xe1\xe1\x92m\x99\xd2\xcf\xf8\\C\xdc\x0e\xfe0" +
+	"BG5\x9cqy\x8aG\xb9,f\xea\x86\x1at\xff" +
+	"\x0d\xb4\xa8a\x85\xfd+\xc65\xf6\xd8\x115\xf4\xc6\x90" +
+	"\x1a\xee\xb4\xbf).\xa8\x98\xea\xea\xd2\xff\xa2\x1a\xeah" +
+	")\x19\xb4wf{X\xbaYfF\xf9\x1e\x01,\xa6" +
+	"\xa30\xb9\xd3\x93\xa0A\xb2\xe1P\xa3\xeby\xa1\x8a`" +
+	"jdp`\xba@QQ\x8f\x03E%\xae\xdd j" +
+	"Av\xf0\xe4\xc5\xb4%N\xa8/\xd9\x9e\xc8\x10\x06\x04" +
+	"\x16\x06\xf4VFL\xa3\xbd'\xd1\x80\x92t\xd1\x80\xd2" +
+	"t\xd1\x80\x127\x1a\xe0x\x846 p\x9d\x08\xfe\x9d" +
+	"\x9d\xc2\x01^\xaa^;gn\xb4E\x89\xb92-\x8f" +
+	"%^\xda'\x9e\xb58\xf6e\xca\xf1\xe8\xa4\x95\xd9\xe2" +
+	"\x8fW\xbc\xa7X\x9e\xec\x1a=\xa4\x05\xda\xed(!]" +
+	"\x83TE\xd5\xff\xdc9\x84Pw\xf7UQ5B\xec" +
+	"\xe7I!=FD5\xd8\xb3\xb8\x0b3U\xbeO@" +
+	"\xac\xc4\x0e\x88\xd5[!\xc9f\x97y\x83z\xc4\xdd[" +
+	"S7\x95P\x06\x03\xb0&\x14\xf74k\x11\x8b\xe0\xb2" +
+	"\x09q\xb2#\x80\xddG\x91\xda\xaa,\xb3\xdf\xcdQ\x00" +
+	"v9\x0c\xad\x0aA\xf2{@p\x92\xb3\x81%Q\xa0" +
+	"i\"H\xe3< :\xb9\xd3\xc0\x92\x0e\xa4\x11\xf8\xdd" +
+	"`O\x82\xb9F\xa8\xe5O\xcf\xd6r(kQ\x95\x90" +
+	"\xd9R\x0ey1S\x8f\xda\xce\xe1\x0cF\x16\xf3\x1c\xf4" +
+	"4\xae\xe8K\x87\xc6*\xf7\xac\xf7RBJ\"\xa0<" +
+	"\xd4\xc7h\x00\x0c\x95&'o\xcb\x16\x05]\x87\x08\x92" +
+	"\xb9\xbbVm\xf4h\x91\xa0\xe5\x17O{\xe6S\x15," +
+	"\x12P9]0\xd9\xdc\xd2\xf5\xd6Z/=\x0am\x11" +
+	"\xd1/\x91\xb0dD\x95+\x0er\xe1\xdb\x84\xb5^\xcd" +
+	"pY?W\xf8&a-\xb8\xcd\xe7F\x8es\xc5\xd3" +
+	"\x09\x8b\x03\xe3K\xec\xb4\x82\xeb\x05K\xc2i\x91\xb8J" +
+	"\x88'\x11\x8e\xa3z[\xab\x12/C\x82\x93\xd9b-" +
+	"\xb3\xc3BB0\x0d\x02\x9co\xcb,4A\xbe{\x19" +
+	",\xc5e\x06,\xce\xe95\xd9!\x99C)\x92\xe5\x99" +
+	"\x03\xbb\x9b'\x8d*$\x824\x14)\x92%\xa7\x02\xcb" +
+	"\xbe\x97\x06\x94\x10A\xca\xf5x\x9aU\xb3\x1c\xbcT\xda" +
+	"'\xfb\x87l\xa1=Co\xae\xd3\"\xad\xc5\xd1x\xcc" +
+	"\x0d\x049\x8d `\x87\xf3\xca\xf4\xd6\xe9\x91&\x1dg" +
+	"s\xb9c!\xb6\x03Z\x88&\x88Pw=8\xd4%" +
+	"/\x05\xb4\x80\x16#x\x05\xb8\x04&/\x03\xb48\xae" +
+	"C\xf8\x8d\xe0\x9e\xdd\xf2J\xda\xfez\x84\xdf\x0c\xae\xa7" +
+	"V^E#x7\"\xfc6\x1a\xd9\x03\xcbB\\\x03" +
+	"K\xd0\xc2B\xf8\x1d\xc0Y\x88\xebi\x04o\x1d\xc2\xef" +
+	"\xe6#{\x1bi\xffw \xfc^\x1a\xd9\x13-\x0bq" +
+	"3\xed\xffn\x84?\x84\xf0\xde\xa2e!n\x03\xb4\xb0" +
+	"\xeeE\xf8N\x10`0\xb3\x10\xb7\xc3\xaf\x09\xa9\xdb\x89" +
+	"\xf0\xc7\xb0}\xdf,\xcbB\xdcK\xfby\x14\xe1G\x11" +
+	"\xde/\xdb\xb2\x10\x8f\x00Z^/ \xfcu\x84\xe7\xf6" +
+	"\xb2,\xc4c\x14\xfe*\xc2\xdf\x81T/@Z\xc6\xeb" +
+	"R\xe8'\xa2\x86\xa6\x1b\x9a\xd9\x8e\xdc\xc2,\xac\x8c\x1a" +
+	"\xb9\x1d\x94\xac!^*\xcc!\xcf\xbd\xb8c\x8d\xd5}" +
+	"\x10\xb3#\xa0\x19\x81\xb8fvR\xff\xe1\xaa\x85\xaaa" +
+	"h\xc1\xa0\xa8F\x1c\xfb\xac\xb1\x9d\x1d\x1b\xc4=l\x9c" +
+	"\xd4|f\x10\x8d\xbd\x94\xce\x93\x8f8D\xc7\x8d\xeb\x0c" +
+	"K\x9b\x0eC\xe5d\x86\x94\x19G\xb7j\xe6u\xab\x0c" +
+	"*1\xa7FeRn\xa8\xff\xae\"\x18\x1cR[\xa6" +
+	"v\xf2\xc0\xa4\xf6\xd5\xc9\x82\xeb\xce\xe1\xfe]T\xa6\xb4" +
+	"\xb8\xc0\xa3\"]\xb6Frb\x90\x12\xe3l\xfb\x0c\x09" +
+	"\x16Td\xb8\xe9\x10)\xaa|=\xa2A\x0d^\xa1\xda" +
+	"\xea@&\xef.\xd3\xd2j9\x85\x8c)@a\x9f+" +
+	"\x95mo\x91\xd4\x86\x92:jez\xa5\xf8\xa1\xa9i" +
+	"\x1c\xb8B%\xe0lRG@\x0f\x87y\xbbI\x09\x06" +
+	"U4\xdb\x89\x97\x9a\xe7n\xe4\xab{\xa78\xb3C{" +
+	"\xe2\xef\xee\xcef\x0d\xda\x0d\x91\xe6\x99\"\x9e\x9cO\xc2" +
+	"e\x0e\xa5d[\xb0\xc4M`\xf7\xbf%\xc9G\x83\xc4" +
+	"\x1dvvQZ1\x9e\xe2\xff\xfd\xc1\"Bv\x1cv" +
+	"\x91\xa1\x99*\xe3\xb0LfB\xa0%\x1ei\xed\xb4\xde" +
+	"4y;\xe9L\x9ct\xa9fE|\xaaYF\xa3," +
+	"\x13\xc3[1:7\x17\xab+\x86\xa6\x0ey[w\xea" +
+	"\xca8s\x88\xa4;\xe9\xc0R\x02\xb9\x15\xd6\xba\xabq" +
+	"\xf8b\x94\xcf\xf5\xbc\xf7\x88\xc0\xbb^+sJ\xf4@" +
+	"\xbce\xa4r;\xea\xe4\xf8f<!\xf3{\xfaf2" +
+	"\x0d\xc1\xe2X\xce(i$i\xcfG\x09)\x11\x95\xe9" +
+	"\x853\x94\x88:\x05%\xa8j\xfb\x16\x98Z\xb8\xab\xca" +
+	"u$\xb8j\xe1\xde%\xae\xd3\xc0U\x0b\x0f\x16\xb9^" +
+	"\x03W-<4\xc7\xf5\x10\xe4f\x9dJ\xd8\xb1z$" +
+	"\xdb\xa7E\xf0\x1f\x15 7\xfb\xeb\x84\xe5b8R\xea" +
+	"F\xf0s{\x9dLX>\x86\x97\xaa\xec\x18\xfe\xdf\x85" +
+	"\xa4P\x1f\xe4\xbb\xd7\xdaXJ\x0d{[V\xcb\x928" +
+	"\x9d\x94~\xab\x89\xe5\x7f\xcbw/\xb588\xd7[\xf1" +
+	"\x1b\"\xa6K\xfd\xf4\xaa\x86\xa1;\x16`Y\x00u\xec" +
+	"\x10\xe9\x95\xc0S#\xaaE\x9aQ\xcd\xe5\xf5\xec\x1aT" +
+	"F\x92r+|VnE\x15\xcd\xad\x18Tb\xe5V" +
+	"\xf8\x08a\xa6\x01o\x08XjJ\x87\xde\x18S\x8d\x85" +
+	"j\x97i7L\xb2p\xecR\xdau\xeeiY\xd4P" +
+	"\x9b\xb4\xc5\x8eJ\x14\xd2\xc2\x9a\xc99\x93-\xa2\x10l" +
+	"\xa2\x98\xcc\x10\x9a\x125\xfa\x7f\xc06J9X')" +
+	"\xf1\xd8\xf7\xcc\xc6\x0d\xe0\xa7)\xd9\xb8\xa9\xbe\x0bD\x08" +
+	"C\x06\xa5-+\x9b\x91\xa2\x04\xc0\xbdF\"U\xe2\xa1" +
+	"\x03\x96\xc6-\x8d\xf0q\xaeM<\xbe\x91\x9e+|\xb6" +
+	"ks\x96\x00\x1dz\xdc\x0c\xe8a\xb5#\xd6\xaaE\xa3" +
+	"j\xd0\xd5\xf4\x9c\x8b9\x96\xa6\xd7\xa1D\xa3!\xcdm" +
+	"\xc0\x12D\xf8\xf9\xf1)\xd6\xc4=\x18Y\x11\x17`\xb7" +
+	"`$\xa9\x94\x1e\x8ceV\x1av\x97\xe7\"u\x083" +
+	"*K\xef\x08\xef\xda\xc7P\xe4\xfa\x18\x92\x1d\xe14\xc8" +
+	"\xe1\xfa\x92\"\xad \xb9\x99\xf1)\xb1\xd1\xacLf{" +
+	"\xbaXp\xda\\\xee\x141\x90i\xb9n\xe6\x09s\x08" +
+	"\xa4\x0fKv\x1f\x95\x8c\xc6\x8df7\xd1\x85\xf9\xc4\xb3" +
+	"R}\xe2\xf6\xc0\xeeB\xfe\xaf\xd3\xfdlD\x80\xe4^" +
+	"\xd1\xb2\x91\x9fA\xf7k\xfe\xc1b\x10]\x18\x1cN\xc7" +
+	"\xdf\x81\x8d\x93\xfc\xb7\xde&=\x1e\xe1\x82]=\xca\xa3" +
+	"J\x97s\xe9KC\xe8%\xdd8\xd3:b\x8b\x14\xca" +
+	"\xcd,\xc0\xd7\xd5\xd429\x83\xf5P\xa8Q\x09\xb4\xa6" +
+	"\xbb$\x91\xd1\xb4\xe9tC\xc1P\x95p\x9d\xa94{" +
+	"U\xe6\x85\xb8\xd4\xf1BTP/\xc4\x044\xa7\xa7\x01" +
+	"\x17\xa7\xae\xa4\xf0r\x84\xcf\x00.N=\x9d\xc2'#" +
+	"\xbc\x06\xb885\xb5\xe2g x\x16\xef\x85h\xa0\xde" +
+	"\x86z\x84\xcf\xa7^\x08\xc1\xf2B\xcc\xa3\xde\x86\xb9\x08" +
+	"o\xa1^\x08K,\xca*\xf5\x1e\xccGx\x88z!" +
+	"zY^\x08\x8d\x0e\x1bDx\x94z!\xb2,/D" +
+	"\x98zEZ\x10nR/D\xb6\xe5\x85h\xa3\xfd\x84" +
+	"\x10\xbe\x18\xe1}zY^\x888,\xe7\x9d.R_" +
+	"\x8f\xe5\x85XJ\xe7\xefxW\x92\x85T\xab\x16q\x0c" +
+	"\xa9<C\x0f\xfd\xff\xe5<pB\x9f,#\x07e\x83" +
+	"\x93\x91\xd3\x84\x9a\x99\xf3\xae#h\xe8\x94\xbaX\xefa" +
+	"-\x16S\x83\x93U\xb0F\x8f\x91.3\xa93%\xc0" +
+	"\x84;]Z\xe8.\xee\xe9K\x13\xf7\xf4e\x10\xf7\x1d" +
+	"\x8a\x11h\xd1\x16:L\xd0a\xa7\xb6fb\x83$\xf7" +
+	"Z\x17\xf6S\x0f\xe2\x91\xe9r\xab\xaac\xcd63\xd8" +
+	"\x9a\xae\\A\xc9\xc6\xe1\x06G\xd9\x95+)}8d" +
+	"\xef\xe8\xbbr5%\xcci\xf8\xa2\x1e8\x95W\xf6S" +
+	"\xcat8\xc2\xd1z\xe5\x06\xeaP\xab\xc1\x17s\x81S" +
+	"|\xe5\xd9tp\x87W\x1c\xddW\x9e\x07\x85\x84\xd4\xcd" +
+	"\xc2\x17A|\xe1\xf9*aq\x85B\xb3\xf1\x1dn\xc9" +
+	"\xcd\xf92a\xb1E\x0a\xbb\xe4\xf6\xfe\"a\xe7oP" +
+	"\xef\x99\xc3\x17\xb9}N$\x18c\xe0t\xa3\xf8\xe2:" +
+	"|\xd1\xf7\xf3\x84\x9d\xc1Ag\xe5pLGT\xd7C" +
+	"\x15\xc1 \xe4\xbb\xc5p\x98$\xd7\xf5\xd0dC\x8fZ" +
+	"r\xde\xa9\xffd\xab\xdc\x94\x96\xf3\xdd\x8b\xd6vP\x1e" +
+	"\xc1*\xf6\xe6\x94\xa4\xb3\x95mJ\xee\x90\xef\xde\xf4t" +
+	"\xdc\xc4!U\xa1>\xe0\x94\x11<*u\x1e;\xf7U" +
+	"9\x0b\xa7Vm\x8b\x13\x0f\xea\x97\x8c\x8b\x11\x0a\xf9\xee" +
+	"e]\xce\x00\xa83\x15\x93@\x0c\xf2\xdd\x82i\xf6\\" +
+	"\x0d\xb5Q\xa3c8%q\x9c9\xd1\xf4\xdd\xceo\xba" +
+	"t\x088\xfe\xe2.}H,\xb4\xc3\x91\xbd\xcf\x95\xfc" +
+	"\x1d\x8b,M\x0f$\xb7pK\xca\xc9\x0dl\xe8<\x1c" +
+	"\xdb\xd2WQ#d\xa5Y\x80Um\x90\xfc%D\x90" +
+	"*=\x00N\x81\x05`7e\xa5q\xa8-\x8e\xf0\x80" +
+	"\xe0\x94X\x00VbM\x1a\x8c\xdf\x9d\xe9\xf1\xd2e\x95" +
+	"CY\x93\x16\xd1b-\xe5\xe0\xa5\x09\xe8i5K\x1b" +
+	"\x11VK\xb6\xc6.\xd3\xd8\xd3\xb0\x7f\x17n\xb9N\xd1" +
+	"\xc6\xbci\xba\xdej\xe5\xba\xb2\xef\xd7\x97r\xd1B&" +
+	"\xcf6\x14\xd9\xd1\xc2\xbb]y\xb6\xb1\x84\xcb\xf5g\xd7" +
+	"i6\xa3\x8as\xb7\x08\xfe\x87\xb8\xf4\xe8m\xa8\xadm" +
+	"\x15\xc1\xff\x88\xebq\x97v\x19\xae\xf9\xdc\xe5\x05\x98\xb4" +
+	"\xa6\xd1\x0f|\xc6t\xe7\xfab>\xd4\xee\x92\x1e}\xae" +
+	"\xce\xd5I\xaagN\x82\xec\x816\xe9\xb8\xb7\xba;x" +
+	"J\xd2\x1c<\x99\xec\x8c\x9e8\xc0\xdc\\\xd6\x19\xeaB" +
+	"5\xc4\x99\xed%\x96\xd9^d]\x89(\xa2f\xbbT" +
+	"B\x887\xa86\xc6\x9bi\xc2u\xde\"\xc5\x88X\x0e" +
+	"\x82\x1e\\\x08L{\xfb\x94\xe7\xea\x14\x8c\xf6\xcc\xdf\x94" +
+	"&_\xb5\xb4k\xbf`*5&\xe1\xa5s\xc0\xbe^" +
+	"i\x0c\xa9)\xfej_\x9a\xfb\xc6>\xfe\xbe\xb1\xbd5" +
+	"\xed\xcb\xb9\xc8>\xcb;Y\xb6\xc3\xbdw\xe0\xd8$L" +
+	"\xc1Q#\xa6\xa1\xf1G\xbaSP\xcd>\xd2\xed[^" +
+	"S\x80\xe97\x8e\x03\xc3~3\x09t=\x14\xd4\x17E" +
+	"\xaa\xbd\xe9\x13\xab\x92\xef\x1c]\x155\xf3\x90nS\xa4" +
+	"\x84/\x9d\x94(\xedNJ\xd8+\xe4o\x049\x995" +
+	"\xf7\xa1@\xb8\xd7\xcaHp\xa4\xc4\xf6RWt\xa4\xea" +
+	"EeV*\x91cIdH\xbe\xcb[\xa4h\xa6\xa3" +
+	"K)\xa1\x90\xbe\xa8!\x12#^\xad9\xe2\x9a!\xa9" +
+	"ip\xc9\xe4?M\xd7\xbd\xad\x93\x94P(%/\xa3" +
+	"\xc8\xdd\xbd\xf4i\x19\x90rI\xf3f\x0e\x09\xab\xaa\xd2" +
+	"\xdd$A$\xdcb%p\xf4@\x0c~o\x0fQ\xa6" +
+	"{\x9b\x19\x13\xd4\x981\x9e\xc6\xf6\xff\x01s\xd4\xba\xba" +
+	"\xbe\x9e.\xa3\xc8\xe7\xaa\xba\x1d\xd6\x96q\x9c\xc1\x87!" +
+	"\xfa\x7f\x07\xdf1\xb3*\xbb\xc9\x04\xef\xf2\x1eu}\xd7" +
+	"b$\xf5\x1aqO2\xaa\xd2\x1c\xf5\xe9U\x1e\xa7\x92" +
+	"\x18\xbb}\x9e\xa4\xe4W\xabf\x99\xe2$\x19\xfd0\xf7" +
+	"\x122\x15b \x99U\x8bt\x9a\x85\x83\xc6\x8dE=" +
+	"\x16\x1a%\x9c\xbe\xc1\x84\xc6\xb6\x12W\x92\xa4\x14lH" +
+	"\xb6Z\xc3\xaa\xa9@\xbe[\x8b\xc8\x16\x18\xbc1\x9b\x9c" +
+	"\xfc\x93\x92\xbd\x95\x1c\x7f\xb3\xc2\xa5>]7cy\xa6" +
+	"\xa1D\x1d7#+\x8e\xc3jiHR-\x11\xa4\xde" +
+	"\x9eD\x8b\x12\x09\xc6Z\x94V\x02j\xf2\x8dg\x1e\x91" +
+	"\xd5\xaa\xa9\x90\x14\xc1\xe3\xeb\xa9\xe0)I'xjy" +
+	"\xc1#\xd8\x82\xa7\xc4\xbe\xc2v\xaf\x00\x1da5\xa8)" +
+	"\xd3\x83\x8cZ\xbd\xa6\xa1\x04\xb8\x1b\xc9zP\x0d8{" +
+	"\x8f\x92$\x16PB\x04Tv\xd2x\xd5\xc5\xa6\xa1\xb8" +
+	"\x8c\xe8\x94\x9cJ\xb9g\x02\xcc\x9e\xf56\xcf\xd0\"j" +
+	"\x8a\x1f}\x01\xa7\xc9\xd8k\xe4\xd9\xcbY\xa3\xbf\xc8\xf5" +
+	"\xa3\xd3\xd94D\xb4\xc5$\xefJ%\xa2;\xecf\x13" +
+	"\x81\xe3_\xe5*\x19$'\x01\x99f\xb4\xb6\xcc\x92\xa9" +
+	"\xa9\x1e\xa1\xd2\x0c\x1e\xa1\x92\x9ex\x84X2^g\x97" +
+	"P\x16\xb3\x7f}\xcc\xfe\xa5.\x9el\xeb\x96f'\x17" +
+	"O\xaf^\x96\xf5\xcb\xb9xV\x80\x00\xe0\xb1l\xdf\xd4" +
+	"|\x98\x9cr\xcb\xf4]I=K+\x10~\x0b\xf5\x08" +
+	"y,\xcbw5\xcc!\xa4\xeef\x84\xaf\xa3\x1e\xa1\x1c" +
+	"\xcb\xf0]K-\xe2\xdb\x10~\x17\xf5\x08\x09\x96\xdd\xbb" +
+	"\x81\xe6\xab\xdc\x85\xf0\xad\xd0M\xe6`^T1[\x1c" +
+	"4\x1b\xca\"\x7f\\5\xda\xf9\\\xfc\xeft9\xa6," +
+	"J\xc5\xb2\xdb\xd8)\x18d5.C\x01\xeb\x12mB" +
+	"\x89\x9b-j\xc4\xd4\x887\xa0\x98\xeeI\x9f0\xd4\xb0" +
+	"n\xaa\x15A\"\x06\x0dwv\xd6\x9eO'\x10\xe4`" +
+	"\x01U[\xa8\x06\xc1\xca\xd9\xbfR\x11]\x8a\xcatR" +
+	"Y\xb7\x7fX\xd0\xb4S\x82Ye\x1e\xea\xc2\x99\x8b\xd3" +
+	"\xa4MAe\xaa\x94V\xc4g\xa0\x0a\x9do\xaeue" +
+	"FY\x82/\xcf\xad\xf3mg\x01\xa5X\x88\x19\xd3o" +
+	"Y>Cr\xdc;\xb3\xa3,\xad2\xcf;g\xe9U" +
+	"\xb4T\xd5\x13X\x7f^\xfa\xbfuy\x08\xcdrVr" +
+	"\x10XmUy\x8d\xe0#\x82\xbcR@\xc3\x9c\x95\xda" +
+	"\x07V@On\x17\x8a\x88 \x87\x054\xcdY\xd1!" +
+	"`\xc5\x90d\x85~\xdb x@t\x0a \x01\xab\xbb" +
+	",O\x17J\x89 O\x14<\x90\xe5\xd4\xae\x05Vc" +
+	"\\\x1eE\xbf\x1d*x \xdb)\xa9\x05\xac\xfa\x9b<" +
+	"\x80~\x9b+x\xa0\x97S\xa4\x13X9i\x19\xe8\xac" +
+	"N\x80\x07<NUe`\xe5\xaf\xe5w\x01{>\x06" +
+	"\x1e\xc8q\xaa\xd2\x01\xabD&\x1f\x06\xec\xf9 x\xa0" +
+	"\xb7S\xe2\x1aXity7,'\x82\xbc\x1d<\xd0" +
+	"\xc7\xa9\xbe\x08\xac<\xa7\xbc\x19\x1a\x89 o\x00\x0f\xf4" +
+	"uJP\x01\xab\x82-\xaf\xa1oW\x81\x07\xfa9%" +
+	"\xd1\x80\x95\xa9\x96\x97\xc2\x02\"\xc8q\xf0@\xaeSD" +
+	"\x1cX\x896Y\x03\x83\x08\xb2\x02\x1e\xe8\xef\x14\xea\x04" +
+	"VNKn\x80*\"\xc8\xd5\xe0\x81<\xa7\xde(\xb0" +
+	"z\xefr\x05\xd4\x12A\x1e\x07\x1e\xc8w~]\x00X" +
+	"\xbdGy\x04\xccA<\x83\x07$\xa7f'\xb0Zz" +
+	"\xf2\x00\xfaV\x02\x0f\x9c\xe1\x14\xaf\x05V\x89X\xce\xc6" +
+	"q\xa5o< ;\xd5p\x81UH\x97>\xc1\xc3\xf7" +
+	"]\x0f\x148u\xdc\x81\x15\x06\x96\x8e5\x12A:\xe2" +
+	"\xe9\xb0\xed\xfer\xc8C\xd5\xb3\x1c\x10\x10U\x03f9" +
+	"3:\xca\xa1\xc3\xce\xaf*G\x1eB\xee\xc0\xc6zs" +
+	"\xac\x9c\xe6l\x9a\x8a\x81\x8d-q`\xdd\xb3\xa5\xf7g" +
+	"\x80\xb9(\xca!\xc1\xec{\xe2q\xee\xe2&\xfd\xcfn" +
+	"^\x90<\xbdY\x8b\x94;\xb7\x88\xea\x88\x97\x1eg\xe5" +
+	"\x90`\x91\x10\xfbv\xaf\x1d\xa1#\x10*\x87\x04\xb3\xac" +
+	"\x89h*\xf8q8\xe9_\x96Ub}\xc9\x12V\x08" +
+	"\x98\xec\xbfZ5L<tY\xa8\x98\xa4\xd3t\xa6G" +
+	"\x9at\x92r\xe1\xa2\xc8\xbdp\xe1\xc8\xb2\xdd>\xfe\xc6" +
+	"\x85-\xcc\xf6\x16\xf27.\xc4\x94\x1b\x17G\xdd\xba5" +
+	"G\x8a\xdc\xc4\x07G\xc3{\x09\x1b\xbe \x82\xffu7" +
+	"J\"\x1d+u\x93!\xba\xbcz\xe6\x89\x05[{\x96" +
+	"\xdenyD\x99\x8dh\xc7\x1a\xd8\xbf\xb6\xe335\x8e" +
+	"&f\xaaQ\x94\xc6t*\xec:n\x97\xa4r\x07\xd5" +
+	"\x90\xa9t\xf2Cd\xaa\x1f\xc6\x12`\x92\x1a&E\xe9" +
+	"\xcdb+\xc0\x0e*j\x96,\xabei\x95\xabF\xba" +
+	"Y-+\x0d\xd7%\xe1f\xb5\xac\xf6\xb9\x8a\xa4\x9b\xd5" +
+	"\xb2f\x89k\xc2\xbaY-\xeb\xe7\xb8z\xfe\xffe\x0a" +
+	"4\x7fk %u \xbfS\xf0\x93\xd3\xe0Q\x81/" +
+	"f\xfa\xb9\x9a\xce&\xe4B\xd0\x0e\xa9\xcf\xab\xe2\xcer" +
+	"F\xeaj\x95{nw\x17\x83N\xc4\xac\x82fvX" +
+	"\xd8\xf9m\x17\xfe\x1e\xa1\x9d\xc4\x9e\xef\x96\x0aL\x9b\x12" +
+	"?C\x89\x94\xa9S\x0d%bf\xbe\xd6\xec\xfa\x0d\xab" +
+	"x\xcd\xda\x9e\xb8\xbf\xc4\xd5\xacSt\x8bt\xe9\xf4\xc9" +
+	"\x99@=\xbbM\x9e.\x1b\x8cw`\xc7\xa9\xb3\x1b$" +
+	"\xb7\x12rJ\xc1\x1d`\xdc\xe6\xa5\xec\xe6\xd6m`u" +
+	"\xeb\x81\xd5\xa0\x96\xb6\x17\xb2\xba\x0d\xec7\x11\x80UD" +
+	"\x97\xd6\xe3\xbb\xd5\xa8-\xb0J\xe7\xc0*\xacK\xcbJ" +
+	"\x89 \xc5QW`\xc5\xc4\x81\xfd\x86\x0b\xead\x824" +
+	"\x0f5\x05\xf6K'\xc0*ZK\xfe%D\x90\xa6\xa3" +
+	"\x9e\xc0\xaa\xb0\x02\xfb\x8d\x1ci\"\x1eBc\xedTz" +
+	"O\x0c\xff\xda\x05@\x9c3'\xc1\"\xf0\xa4\xcc\x8a\xc1" +
+	"\xd3\x13\xc0\x12&TNwuy\xc3`>\x03\xea\xb7" +
+	"\xce\xb4\x17Iw\xfbX\xaes\xd7\x9amw\xf7\xf6," +
+	"\xfa\x86|\xb7dfZ\xe2\xac3\x8d2U\x09WF" +
+	"\x82=\xb8s\x9f\x94SP\x9e\xc6\xd3\x92l\xe3\xa7\xcd" +
+	"H\xeb$\xa6\x1d\xc7\xb6\xa7\x99O\x95e\xbf\x83\x04\xec" +
+	"\x17<$\xa9\x90f\x04yBzs\xba\xb2dS\x0c" +
+	"E\xb4r\x03{b,\x16f0\x16\x0b3\x18\x8b\x85" +
+	"|\x18\xd51\x16\xfd\xd4\x88t\x82\xa5\xa3\xb2\xcb\x81\x05" +
+	"K\xab\xf8\x98(\xd8\xc6bJD\x14\x90\x07\x9c\xca\xb1" +
+	"\xd4\xc4\x14\xa4\x9c\xbe\x96E\xe8\xa7\x06\xa7k\xa0\xf6\xee" +
+	"gY\x84)\x01\xdaQ}*\xec\xcb\xec)\x01\xdaQ" +
+	"}}`\xddU\x98G'\xe3d3\xa4\xec\x92'\xa6" +
+	"\xb69\xcfQ3\xe6\xdezv\x9f\x13\xc1\xb8\xa1\x98\x9a" +
+	"\x1e\xe1+\x09\xb5\xaa\xedS\xf0 \xe6\xea\xe8P\x9aU" +
+	"#f=\xf1\xb4s\x01\x8d\xa0b*yQ\xc5pr" +
+	"\xf8\xbc\xf8O\x8c\xfd\xe7$\x0b\xb8\x96\xa1\x197\"*" +
+	"_\xa1'\xc5#C\x07.\xc6~i\xa2\xf1\xb9\x89\x04" +
+	"P\xbb;)\xa60\x08\xbeEp\x0e\x1e\xe6\x85\\X" +
+	"A\x8b\xd0\x0b\x0d\xb69\xeb1\xd4\xa6\xce\xe1\xdan\x0c" +
+	"\xb04\xc9\xb8\xdd&\xbc\xa4\x8d-:r\xb7\xbbs\xa1" +
+	"6\xdd\xb9P\xda\xf9\\HS\xaf\xe7\xbb\\;\xefY" +
+	"\x0d\xcc4\x17\xa4\x7f\xb0\x1c\xef\xd4\x82B\xcc\x84\xef\xea" +
+	"z\x88\xe3\x92\xe6&40\xcd\x84J\xdd\x09\x89z\xab" +
+	"\xa3@&W3H\xce\x92Ea\xdc)[\xf3_)" +
+	"\xfe\x91\\\x03\x8e\xeaZ\xb4\x04\x9c&\xb2jG\x8e\x9b" +
+	"v\x09\x17\xc6\xb1G\xd9\xe8\xb3=\xb2\x8fp\x9e\xb7]" +
+	"\x0b8\xc5\x9eE\x80\xf7V\xf1\xb7\xa6m\xef\xe2\xc1F" +
+	"\xee\x82\xb4\x9d\xed$=S\xe4\xa6?\xff\xeb\x85\xe0\xfc" +
+	"$/\xae\x1a\xed.3w\xf67\xf5\xa4f\\\xe6\xe2" +
+	"\xb8\xdd\xd4+\x0d(\xa1P\x9a\xe4\xe9\xeeR\xd8\xd2%" +
+	"\xaa\x7f\x9f{\xf0V\xa8\x86+\xba\xc2\x9fF\xbe\x0c\xa7" +
+	"\xd1M\xect\x09\xf2\xa7\x91B\xdb;r\x9b%\xb3\xa9" +
+	"\xd4%\xe8z\"Y\xd1\x950\x15\xf3nR\x19+\xba" +
+	"\x92\x92;\xe3\\\xa9k\xa7\xc9f\xeeU>\x0f0\xd7" +
+	"\xa5/\xd9u\x09\xccu\x99|\x95\xaf\xb7`\x1dT\xab" +
+	"`A\xd2U\xbe>\xd9\xd6A\xc5]\xe5\xdbJ]\x97" +
+	"\xbd\xacs\xea>\xea\x02u\xae\xe0u\xaaG\x92Z\xf4" +
+	"#\xd6)Z\xd5\xa3\xda!\xb4`\xc9d\xcd\xe0\xe8\xae" +
+	",\xa6\x07ZU\x93\x0b\x97d\xa8\xf8\xe1\xc4\xb0\xd8y" +
+	"e\xa8\x8aK\xa8\x89x\x14G\xaf\xd6H^(\xa4\xa5" +
+	"^`\x8b\xf9HY;\xad\xbb\xec\xb2\x8a\xf3;\x926" +
+	"\xab\x84U\xd3\xd0\x02\xb1\x19\xc4\xab\xc5L5\xd2\x83k" +
+	"_\x8e\x1b\xaf'e7\x9c$\x85\xf4!\xd2\xb4W\xd7" +
+	"\x9db{E\xe9\"\x15\xa5\\\x05\xbe\xacrK\x96\xf0" +
+	"VgO\xd3\x19R\xe2m\x9d2\xec\x92\xdd\x1b\xd3m" +
+	"\xdbfz\xa4\x09\xf4\x14\xfd4m\xd2\xc5\x1c\xf7\x90d" +
+	"\xeb\xf1\xe3\xc1Y#\x82\x7fn\xea\xb9\xecXN\"w" +
+	"\x11-m\x15\x9a.\xca\xabv\x13\x0ct\xc3\xc2\xce/" +
+	"gv-\x8fl\xff\xd6\x0f^\xf5\xcf\xae\xf6\xf1]\xf4" +
+	"\x96\x9e\x9a\xe4\x8e\xe4\xe4\\\xe9K\xdc\x1c\x0b\xb69\xed" +
+	">\xf7\xee\xb5sr%UTp\xf2.\x8a\\\xb2\xb4" +
+	"g\xd1\xe3\\q\x86\x18\xc9\xfd\xa19\xcbP\xcdTx" +
+	"\x90\x05\xda\x81IoO\xd8:\x87\xad\x8b\xd9\xec\x07\x06" +
+	"\x81\xfd\x9e\xa84\xaa\x8a\x08\xd2p\xd4\xdc\xd9\xcf\xc8\x00" +
+	"\xfb\x81&iP#M5K\xb0J2\x96S\x8f\x85" +
+	"\xed\x89\xc7\xd0C\xdd\xdd\xf0\xa3\xbb\xff]\xae\x8a\xa6\x09" +
+	"\xe2\xd5i\x91V\xd7\x92b?\xa3\x04\xec7\xea$\xa9" +
+	"\x88ZRy\xd1x\xcc\xba8\xfe\xff\x05\x00\x00\xff\xff" +
+	"\xd3\x8e\x9cV"
 
 func RegisterSchema(reg *schemas.Registry) {
 	reg.Register(&schemas.Schema{
@@ -5742,23 +8894,33 @@ func RegisterSchema(reg *schemas.Registry) {
 			0x82ac60fe90caa140,
 			0x8320be45c9f9c60d,
 			0x83c120522a01ac7d,
+			0x855e51e6a7db717b,
+			0x8696218da21e2b99,
 			0x890cf1f3c5467ee1,
+			0x8957025d823ed5fc,
 			0x897ddaa23e165a8b,
 			0x8c5175964b1b47d3,
 			0x8eb3309846397d42,
 			0x8edb86d3acc93966,
 			0x9007c8fc8bfc2ab4,
 			0x907068fb909b9b96,
+			0x94d668f6787a60a0,
 			0x94f6c2733dafc6ac,
+			0x95aade21c72dd549,
 			0x960e6ca0f0874d5c,
 			0x9727fba3d44bc718,
+			0x97b8f5c2504b22ab,
+			0x98191433ba7f07d6,
 			0x9968959e0526f63d,
 			0x99d1732f86d7fc2e,
 			0x9b1a2ac5b6e0cade,
 			0x9e7ce17529e32eec,
+			0x9ebd329ec2e8993f,
 			0x9f4a3059e0b4096e,
 			0x9ffd665d74e6c957,
 			0xa045dc91217f6bdb,
+			0xa0fc779a087ff409,
+			0xa11c257c28769509,
 			0xa1332c0b20a46a5b,
 			0xa1794cdf2c3ff730,
 			0xa2d34aba701f92c6,
@@ -5778,6 +8940,7 @@ func RegisterSchema(reg *schemas.Registry) {
 			0xad05cc690b437e16,
 			0xad21f8a074848a17,
 			0xae0525e5012dee5c,
+			0xae2fcb3a4bfacfdd,
 			0xb0061edeee0fa310,
 			0xb02f410105f020bc,
 			0xb07bc83684290e27,
@@ -5787,15 +8950,21 @@ func RegisterSchema(reg *schemas.Registry) {
 			0xb423625d435d98e7,
 			0xb477fbf096ef2d2d,
 			0xb7a5d1f52ca30b23,
+			0xb7ad0891922e19ec,
 			0xb7feb71d7c471cd7,
 			0xb89966c45f3b8fdb,
 			0xb93bebc0d2d55478,
+			0xb9b69e7d6f913abc,
+			0xba62234512340c8d,
 			0xbc82987bc1aa3451,
 			0xbcd5d6aee9b806c5,
 			0xbebd3235dd3f60c5,
+			0xc0fda6c0d81cdbae,
 			0xc16e167315f9ed25,
 			0xc2c369365ef3cb8b,
+			0xc3e170233fa2291a,
 			0xc4153d986b5555ef,
+			0xc46055e036ebba4a,
 			0xc4851f0e0c0b7e89,
 			0xc49e56429e1e9333,
 			0xc71dff08f3fa805c,
@@ -5808,17 +8977,26 @@ func RegisterSchema(reg *schemas.Registry) {
 			0xcc0794bdcef87d46,
 			0xccc495c999882b38,
 			0xcf3c41f97633e2de,
+			0xcf688275646180d0,
 			0xcfba5afcbadab26a,
 			0xd0dbc82656dc9c88,
 			0xd119b85e41651b23,
+			0xd155592dc22c6216,
+			0xd156eee5e8725d3c,
 			0xd2e9a1efa7a12ef0,
+			0xd46db765de3b7e99,
 			0xd4b3b70f088c3bf4,
 			0xd51bf3b6b31abc0b,
+			0xd5284d95aa8e574a,
 			0xd534a636e543f726,
+			0xd5485a0ca50d6611,
+			0xd5cca43484a74ad0,
+			0xd6c6e4a1f939cbd6,
 			0xd8f109c792ab4e63,
 			0xd9ae32ecafc12451,
 			0xd9d850a89e02aa39,
 			0xda16d7685f756c06,
+			0xdb9de9bd9bcf8aa8,
 			0xdcc8ddd585a27e4e,
 			0xdcfbce686d48b0fd,
 			0xde80578440de1ead,
@@ -5836,12 +9014,15 @@ func RegisterSchema(reg *schemas.Registry) {
 			0xe57c3e92e1cf3628,
 			0xe6810ed82716405c,
 			0xe6d850e22f165c62,
+			0xe6f2467ac2d06ed0,
 			0xe74302c6b93963f3,
 			0xe78d3c9ffd886ad5,
+			0xe7da9adc44c60cb9,
 			0xea27ee45e5412f7d,
 			0xea68ae3d7804e815,
 			0xebae88c66f00af22,
 			0xed595ee91a230b02,
+			0xed71403146bc6abe,
 			0xee616b95de35f756,
 			0xee7eeccf918447fa,
 			0xf0c904f89b9882c6,
@@ -5851,12 +9032,14 @@ func RegisterSchema(reg *schemas.Registry) {
 			0xf4555459ca81f431,
 			0xf53526d73d19c254,
 			0xf59f7b81186e3cfc,
+			0xf5ac212027f2cd12,
 			0xf6511cd62da91834,
 			0xf65efce14e90c25e,
 			0xf770b726c2075f45,
 			0xf78be37ac41cb2b1,
 			0xf7f426bf0eb252e2,
 			0xf84e0805dbb93f58,
+			0xf878fb8a2c9dff28,
 			0xf90da7118a251132,
 			0xf9282c01b44df926,
 			0xfa2220e3fca47cf8,

@@ -136,6 +136,15 @@ interface KeyValue {
   delete @2 (key :Text) -> ();
   list @3 (prefix :Text, limit :UInt32) -> (keys :List(Text));
   # Keys with the prefix, in byte order; limit 0 means the daemon's maximum.
+  compareAndSwap @4 (key :Text, old :Data, oldFound :Bool, new :Data, delete :Bool)
+                 -> (swapped :Bool, value :Data, found :Bool);
+  # Atomically: if the key's value is old (or, without oldFound, the key is
+  # absent), set it to new (or delete it with delete). Answers whether it
+  # swapped and the value now stored.
+  increment @5 (key :Text, delta :Int64) -> (value :Int64);
+  # Atomically adds delta to the key's value, a decimal integer (absent
+  # counts as 0), and answers the sum. Fails as invalid on a value that is
+  # not an integer, or on overflow.
 }
 
 interface Fetcher {

@@ -3410,6 +3410,46 @@ func (c KeyValue) List(ctx context.Context, params func(KeyValue_list_Params) er
 
 }
 
+func (c KeyValue) CompareAndSwap(ctx context.Context, params func(KeyValue_compareAndSwap_Params) error) (KeyValue_compareAndSwap_Results_Future, capnp.ReleaseFunc) {
+
+	s := capnp.Send{
+		Method: capnp.Method{
+			InterfaceID:   0xee616b95de35f756,
+			MethodID:      4,
+			InterfaceName: "plugin.capnp:KeyValue",
+			MethodName:    "compareAndSwap",
+		},
+	}
+	if params != nil {
+		s.ArgsSize = capnp.ObjectSize{DataSize: 8, PointerCount: 3}
+		s.PlaceArgs = func(s capnp.Struct) error { return params(KeyValue_compareAndSwap_Params(s)) }
+	}
+
+	ans, release := capnp.Client(c).SendCall(ctx, s)
+	return KeyValue_compareAndSwap_Results_Future{Future: ans.Future()}, release
+
+}
+
+func (c KeyValue) Increment(ctx context.Context, params func(KeyValue_increment_Params) error) (KeyValue_increment_Results_Future, capnp.ReleaseFunc) {
+
+	s := capnp.Send{
+		Method: capnp.Method{
+			InterfaceID:   0xee616b95de35f756,
+			MethodID:      5,
+			InterfaceName: "plugin.capnp:KeyValue",
+			MethodName:    "increment",
+		},
+	}
+	if params != nil {
+		s.ArgsSize = capnp.ObjectSize{DataSize: 8, PointerCount: 1}
+		s.PlaceArgs = func(s capnp.Struct) error { return params(KeyValue_increment_Params(s)) }
+	}
+
+	ans, release := capnp.Client(c).SendCall(ctx, s)
+	return KeyValue_increment_Results_Future{Future: ans.Future()}, release
+
+}
+
 func (c KeyValue) WaitStreaming() error {
 	return capnp.Client(c).WaitStreaming()
 }
@@ -3490,6 +3530,10 @@ type KeyValue_Server interface {
 	Delete(context.Context, KeyValue_delete) error
 
 	List(context.Context, KeyValue_list) error
+
+	CompareAndSwap(context.Context, KeyValue_compareAndSwap) error
+
+	Increment(context.Context, KeyValue_increment) error
 }
 
 // KeyValue_NewServer creates a new Server from an implementation of KeyValue_Server.
@@ -3508,7 +3552,7 @@ func KeyValue_ServerToClient(s KeyValue_Server) KeyValue {
 // This can be used to create a more complicated Server.
 func KeyValue_Methods(methods []server.Method, s KeyValue_Server) []server.Method {
 	if cap(methods) == 0 {
-		methods = make([]server.Method, 0, 4)
+		methods = make([]server.Method, 0, 6)
 	}
 
 	methods = append(methods, server.Method{
@@ -3556,6 +3600,30 @@ func KeyValue_Methods(methods []server.Method, s KeyValue_Server) []server.Metho
 		},
 		Impl: func(ctx context.Context, call *server.Call) error {
 			return s.List(ctx, KeyValue_list{call})
+		},
+	})
+
+	methods = append(methods, server.Method{
+		Method: capnp.Method{
+			InterfaceID:   0xee616b95de35f756,
+			MethodID:      4,
+			InterfaceName: "plugin.capnp:KeyValue",
+			MethodName:    "compareAndSwap",
+		},
+		Impl: func(ctx context.Context, call *server.Call) error {
+			return s.CompareAndSwap(ctx, KeyValue_compareAndSwap{call})
+		},
+	})
+
+	methods = append(methods, server.Method{
+		Method: capnp.Method{
+			InterfaceID:   0xee616b95de35f756,
+			MethodID:      5,
+			InterfaceName: "plugin.capnp:KeyValue",
+			MethodName:    "increment",
+		},
+		Impl: func(ctx context.Context, call *server.Call) error {
+			return s.Increment(ctx, KeyValue_increment{call})
 		},
 	})
 
@@ -3628,6 +3696,40 @@ func (c KeyValue_list) Args() KeyValue_list_Params {
 func (c KeyValue_list) AllocResults() (KeyValue_list_Results, error) {
 	r, err := c.Call.AllocResults(capnp.ObjectSize{DataSize: 0, PointerCount: 1})
 	return KeyValue_list_Results(r), err
+}
+
+// KeyValue_compareAndSwap holds the state for a server call to KeyValue.compareAndSwap.
+// See server.Call for documentation.
+type KeyValue_compareAndSwap struct {
+	*server.Call
+}
+
+// Args returns the call's arguments.
+func (c KeyValue_compareAndSwap) Args() KeyValue_compareAndSwap_Params {
+	return KeyValue_compareAndSwap_Params(c.Call.Args())
+}
+
+// AllocResults allocates the results struct.
+func (c KeyValue_compareAndSwap) AllocResults() (KeyValue_compareAndSwap_Results, error) {
+	r, err := c.Call.AllocResults(capnp.ObjectSize{DataSize: 8, PointerCount: 1})
+	return KeyValue_compareAndSwap_Results(r), err
+}
+
+// KeyValue_increment holds the state for a server call to KeyValue.increment.
+// See server.Call for documentation.
+type KeyValue_increment struct {
+	*server.Call
+}
+
+// Args returns the call's arguments.
+func (c KeyValue_increment) Args() KeyValue_increment_Params {
+	return KeyValue_increment_Params(c.Call.Args())
+}
+
+// AllocResults allocates the results struct.
+func (c KeyValue_increment) AllocResults() (KeyValue_increment_Results, error) {
+	r, err := c.Call.AllocResults(capnp.ObjectSize{DataSize: 8, PointerCount: 0})
+	return KeyValue_increment_Results(r), err
 }
 
 // KeyValue_List is a list of KeyValue.
@@ -4289,6 +4391,385 @@ type KeyValue_list_Results_Future struct{ *capnp.Future }
 func (f KeyValue_list_Results_Future) Struct() (KeyValue_list_Results, error) {
 	p, err := f.Future.Ptr()
 	return KeyValue_list_Results(p.Struct()), err
+}
+
+type KeyValue_compareAndSwap_Params capnp.Struct
+
+// KeyValue_compareAndSwap_Params_TypeID is the unique identifier for the type KeyValue_compareAndSwap_Params.
+const KeyValue_compareAndSwap_Params_TypeID = 0x97b8f5c2504b22ab
+
+func NewKeyValue_compareAndSwap_Params(s *capnp.Segment) (KeyValue_compareAndSwap_Params, error) {
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 8, PointerCount: 3})
+	return KeyValue_compareAndSwap_Params(st), err
+}
+
+func NewRootKeyValue_compareAndSwap_Params(s *capnp.Segment) (KeyValue_compareAndSwap_Params, error) {
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 8, PointerCount: 3})
+	return KeyValue_compareAndSwap_Params(st), err
+}
+
+func ReadRootKeyValue_compareAndSwap_Params(msg *capnp.Message) (KeyValue_compareAndSwap_Params, error) {
+	root, err := msg.Root()
+	return KeyValue_compareAndSwap_Params(root.Struct()), err
+}
+
+func (s KeyValue_compareAndSwap_Params) String() string {
+	str, _ := text.Marshal(0x97b8f5c2504b22ab, capnp.Struct(s))
+	return str
+}
+
+func (s KeyValue_compareAndSwap_Params) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Struct(s).EncodeAsPtr(seg)
+}
+
+func (KeyValue_compareAndSwap_Params) DecodeFromPtr(p capnp.Ptr) KeyValue_compareAndSwap_Params {
+	return KeyValue_compareAndSwap_Params(capnp.Struct{}.DecodeFromPtr(p))
+}
+
+func (s KeyValue_compareAndSwap_Params) ToPtr() capnp.Ptr {
+	return capnp.Struct(s).ToPtr()
+}
+func (s KeyValue_compareAndSwap_Params) IsValid() bool {
+	return capnp.Struct(s).IsValid()
+}
+
+func (s KeyValue_compareAndSwap_Params) Message() *capnp.Message {
+	return capnp.Struct(s).Message()
+}
+
+func (s KeyValue_compareAndSwap_Params) Segment() *capnp.Segment {
+	return capnp.Struct(s).Segment()
+}
+func (s KeyValue_compareAndSwap_Params) Key() (string, error) {
+	p, err := capnp.Struct(s).Ptr(0)
+	return p.Text(), err
+}
+
+func (s KeyValue_compareAndSwap_Params) HasKey() bool {
+	return capnp.Struct(s).HasPtr(0)
+}
+
+func (s KeyValue_compareAndSwap_Params) KeyBytes() ([]byte, error) {
+	p, err := capnp.Struct(s).Ptr(0)
+	return p.TextBytes(), err
+}
+
+func (s KeyValue_compareAndSwap_Params) SetKey(v string) error {
+	return capnp.Struct(s).SetText(0, v)
+}
+
+func (s KeyValue_compareAndSwap_Params) Old() ([]byte, error) {
+	p, err := capnp.Struct(s).Ptr(1)
+	return []byte(p.Data()), err
+}
+
+func (s KeyValue_compareAndSwap_Params) HasOld() bool {
+	return capnp.Struct(s).HasPtr(1)
+}
+
+func (s KeyValue_compareAndSwap_Params) SetOld(v []byte) error {
+	return capnp.Struct(s).SetData(1, v)
+}
+
+func (s KeyValue_compareAndSwap_Params) OldFound() bool {
+	return capnp.Struct(s).Bit(0)
+}
+
+func (s KeyValue_compareAndSwap_Params) SetOldFound(v bool) {
+	capnp.Struct(s).SetBit(0, v)
+}
+
+func (s KeyValue_compareAndSwap_Params) New() ([]byte, error) {
+	p, err := capnp.Struct(s).Ptr(2)
+	return []byte(p.Data()), err
+}
+
+func (s KeyValue_compareAndSwap_Params) HasNew() bool {
+	return capnp.Struct(s).HasPtr(2)
+}
+
+func (s KeyValue_compareAndSwap_Params) SetNew(v []byte) error {
+	return capnp.Struct(s).SetData(2, v)
+}
+
+func (s KeyValue_compareAndSwap_Params) Delete() bool {
+	return capnp.Struct(s).Bit(1)
+}
+
+func (s KeyValue_compareAndSwap_Params) SetDelete(v bool) {
+	capnp.Struct(s).SetBit(1, v)
+}
+
+// KeyValue_compareAndSwap_Params_List is a list of KeyValue_compareAndSwap_Params.
+type KeyValue_compareAndSwap_Params_List = capnp.StructList[KeyValue_compareAndSwap_Params]
+
+// NewKeyValue_compareAndSwap_Params creates a new list of KeyValue_compareAndSwap_Params.
+func NewKeyValue_compareAndSwap_Params_List(s *capnp.Segment, sz int32) (KeyValue_compareAndSwap_Params_List, error) {
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 8, PointerCount: 3}, sz)
+	return capnp.StructList[KeyValue_compareAndSwap_Params](l), err
+}
+
+// KeyValue_compareAndSwap_Params_Future is a wrapper for a KeyValue_compareAndSwap_Params promised by a client call.
+type KeyValue_compareAndSwap_Params_Future struct{ *capnp.Future }
+
+func (f KeyValue_compareAndSwap_Params_Future) Struct() (KeyValue_compareAndSwap_Params, error) {
+	p, err := f.Future.Ptr()
+	return KeyValue_compareAndSwap_Params(p.Struct()), err
+}
+
+type KeyValue_compareAndSwap_Results capnp.Struct
+
+// KeyValue_compareAndSwap_Results_TypeID is the unique identifier for the type KeyValue_compareAndSwap_Results.
+const KeyValue_compareAndSwap_Results_TypeID = 0xd155592dc22c6216
+
+func NewKeyValue_compareAndSwap_Results(s *capnp.Segment) (KeyValue_compareAndSwap_Results, error) {
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 8, PointerCount: 1})
+	return KeyValue_compareAndSwap_Results(st), err
+}
+
+func NewRootKeyValue_compareAndSwap_Results(s *capnp.Segment) (KeyValue_compareAndSwap_Results, error) {
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 8, PointerCount: 1})
+	return KeyValue_compareAndSwap_Results(st), err
+}
+
+func ReadRootKeyValue_compareAndSwap_Results(msg *capnp.Message) (KeyValue_compareAndSwap_Results, error) {
+	root, err := msg.Root()
+	return KeyValue_compareAndSwap_Results(root.Struct()), err
+}
+
+func (s KeyValue_compareAndSwap_Results) String() string {
+	str, _ := text.Marshal(0xd155592dc22c6216, capnp.Struct(s))
+	return str
+}
+
+func (s KeyValue_compareAndSwap_Results) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Struct(s).EncodeAsPtr(seg)
+}
+
+func (KeyValue_compareAndSwap_Results) DecodeFromPtr(p capnp.Ptr) KeyValue_compareAndSwap_Results {
+	return KeyValue_compareAndSwap_Results(capnp.Struct{}.DecodeFromPtr(p))
+}
+
+func (s KeyValue_compareAndSwap_Results) ToPtr() capnp.Ptr {
+	return capnp.Struct(s).ToPtr()
+}
+func (s KeyValue_compareAndSwap_Results) IsValid() bool {
+	return capnp.Struct(s).IsValid()
+}
+
+func (s KeyValue_compareAndSwap_Results) Message() *capnp.Message {
+	return capnp.Struct(s).Message()
+}
+
+func (s KeyValue_compareAndSwap_Results) Segment() *capnp.Segment {
+	return capnp.Struct(s).Segment()
+}
+func (s KeyValue_compareAndSwap_Results) Swapped() bool {
+	return capnp.Struct(s).Bit(0)
+}
+
+func (s KeyValue_compareAndSwap_Results) SetSwapped(v bool) {
+	capnp.Struct(s).SetBit(0, v)
+}
+
+func (s KeyValue_compareAndSwap_Results) Value() ([]byte, error) {
+	p, err := capnp.Struct(s).Ptr(0)
+	return []byte(p.Data()), err
+}
+
+func (s KeyValue_compareAndSwap_Results) HasValue() bool {
+	return capnp.Struct(s).HasPtr(0)
+}
+
+func (s KeyValue_compareAndSwap_Results) SetValue(v []byte) error {
+	return capnp.Struct(s).SetData(0, v)
+}
+
+func (s KeyValue_compareAndSwap_Results) Found() bool {
+	return capnp.Struct(s).Bit(1)
+}
+
+func (s KeyValue_compareAndSwap_Results) SetFound(v bool) {
+	capnp.Struct(s).SetBit(1, v)
+}
+
+// KeyValue_compareAndSwap_Results_List is a list of KeyValue_compareAndSwap_Results.
+type KeyValue_compareAndSwap_Results_List = capnp.StructList[KeyValue_compareAndSwap_Results]
+
+// NewKeyValue_compareAndSwap_Results creates a new list of KeyValue_compareAndSwap_Results.
+func NewKeyValue_compareAndSwap_Results_List(s *capnp.Segment, sz int32) (KeyValue_compareAndSwap_Results_List, error) {
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 8, PointerCount: 1}, sz)
+	return capnp.StructList[KeyValue_compareAndSwap_Results](l), err
+}
+
+// KeyValue_compareAndSwap_Results_Future is a wrapper for a KeyValue_compareAndSwap_Results promised by a client call.
+type KeyValue_compareAndSwap_Results_Future struct{ *capnp.Future }
+
+func (f KeyValue_compareAndSwap_Results_Future) Struct() (KeyValue_compareAndSwap_Results, error) {
+	p, err := f.Future.Ptr()
+	return KeyValue_compareAndSwap_Results(p.Struct()), err
+}
+
+type KeyValue_increment_Params capnp.Struct
+
+// KeyValue_increment_Params_TypeID is the unique identifier for the type KeyValue_increment_Params.
+const KeyValue_increment_Params_TypeID = 0xe7da9adc44c60cb9
+
+func NewKeyValue_increment_Params(s *capnp.Segment) (KeyValue_increment_Params, error) {
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 8, PointerCount: 1})
+	return KeyValue_increment_Params(st), err
+}
+
+func NewRootKeyValue_increment_Params(s *capnp.Segment) (KeyValue_increment_Params, error) {
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 8, PointerCount: 1})
+	return KeyValue_increment_Params(st), err
+}
+
+func ReadRootKeyValue_increment_Params(msg *capnp.Message) (KeyValue_increment_Params, error) {
+	root, err := msg.Root()
+	return KeyValue_increment_Params(root.Struct()), err
+}
+
+func (s KeyValue_increment_Params) String() string {
+	str, _ := text.Marshal(0xe7da9adc44c60cb9, capnp.Struct(s))
+	return str
+}
+
+func (s KeyValue_increment_Params) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Struct(s).EncodeAsPtr(seg)
+}
+
+func (KeyValue_increment_Params) DecodeFromPtr(p capnp.Ptr) KeyValue_increment_Params {
+	return KeyValue_increment_Params(capnp.Struct{}.DecodeFromPtr(p))
+}
+
+func (s KeyValue_increment_Params) ToPtr() capnp.Ptr {
+	return capnp.Struct(s).ToPtr()
+}
+func (s KeyValue_increment_Params) IsValid() bool {
+	return capnp.Struct(s).IsValid()
+}
+
+func (s KeyValue_increment_Params) Message() *capnp.Message {
+	return capnp.Struct(s).Message()
+}
+
+func (s KeyValue_increment_Params) Segment() *capnp.Segment {
+	return capnp.Struct(s).Segment()
+}
+func (s KeyValue_increment_Params) Key() (string, error) {
+	p, err := capnp.Struct(s).Ptr(0)
+	return p.Text(), err
+}
+
+func (s KeyValue_increment_Params) HasKey() bool {
+	return capnp.Struct(s).HasPtr(0)
+}
+
+func (s KeyValue_increment_Params) KeyBytes() ([]byte, error) {
+	p, err := capnp.Struct(s).Ptr(0)
+	return p.TextBytes(), err
+}
+
+func (s KeyValue_increment_Params) SetKey(v string) error {
+	return capnp.Struct(s).SetText(0, v)
+}
+
+func (s KeyValue_increment_Params) Delta() int64 {
+	return int64(capnp.Struct(s).Uint64(0))
+}
+
+func (s KeyValue_increment_Params) SetDelta(v int64) {
+	capnp.Struct(s).SetUint64(0, uint64(v))
+}
+
+// KeyValue_increment_Params_List is a list of KeyValue_increment_Params.
+type KeyValue_increment_Params_List = capnp.StructList[KeyValue_increment_Params]
+
+// NewKeyValue_increment_Params creates a new list of KeyValue_increment_Params.
+func NewKeyValue_increment_Params_List(s *capnp.Segment, sz int32) (KeyValue_increment_Params_List, error) {
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 8, PointerCount: 1}, sz)
+	return capnp.StructList[KeyValue_increment_Params](l), err
+}
+
+// KeyValue_increment_Params_Future is a wrapper for a KeyValue_increment_Params promised by a client call.
+type KeyValue_increment_Params_Future struct{ *capnp.Future }
+
+func (f KeyValue_increment_Params_Future) Struct() (KeyValue_increment_Params, error) {
+	p, err := f.Future.Ptr()
+	return KeyValue_increment_Params(p.Struct()), err
+}
+
+type KeyValue_increment_Results capnp.Struct
+
+// KeyValue_increment_Results_TypeID is the unique identifier for the type KeyValue_increment_Results.
+const KeyValue_increment_Results_TypeID = 0x8696218da21e2b99
+
+func NewKeyValue_increment_Results(s *capnp.Segment) (KeyValue_increment_Results, error) {
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 8, PointerCount: 0})
+	return KeyValue_increment_Results(st), err
+}
+
+func NewRootKeyValue_increment_Results(s *capnp.Segment) (KeyValue_increment_Results, error) {
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 8, PointerCount: 0})
+	return KeyValue_increment_Results(st), err
+}
+
+func ReadRootKeyValue_increment_Results(msg *capnp.Message) (KeyValue_increment_Results, error) {
+	root, err := msg.Root()
+	return KeyValue_increment_Results(root.Struct()), err
+}
+
+func (s KeyValue_increment_Results) String() string {
+	str, _ := text.Marshal(0x8696218da21e2b99, capnp.Struct(s))
+	return str
+}
+
+func (s KeyValue_increment_Results) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Struct(s).EncodeAsPtr(seg)
+}
+
+func (KeyValue_increment_Results) DecodeFromPtr(p capnp.Ptr) KeyValue_increment_Results {
+	return KeyValue_increment_Results(capnp.Struct{}.DecodeFromPtr(p))
+}
+
+func (s KeyValue_increment_Results) ToPtr() capnp.Ptr {
+	return capnp.Struct(s).ToPtr()
+}
+func (s KeyValue_increment_Results) IsValid() bool {
+	return capnp.Struct(s).IsValid()
+}
+
+func (s KeyValue_increment_Results) Message() *capnp.Message {
+	return capnp.Struct(s).Message()
+}
+
+func (s KeyValue_increment_Results) Segment() *capnp.Segment {
+	return capnp.Struct(s).Segment()
+}
+func (s KeyValue_increment_Results) Value() int64 {
+	return int64(capnp.Struct(s).Uint64(0))
+}
+
+func (s KeyValue_increment_Results) SetValue(v int64) {
+	capnp.Struct(s).SetUint64(0, uint64(v))
+}
+
+// KeyValue_increment_Results_List is a list of KeyValue_increment_Results.
+type KeyValue_increment_Results_List = capnp.StructList[KeyValue_increment_Results]
+
+// NewKeyValue_increment_Results creates a new list of KeyValue_increment_Results.
+func NewKeyValue_increment_Results_List(s *capnp.Segment, sz int32) (KeyValue_increment_Results_List, error) {
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 8, PointerCount: 0}, sz)
+	return capnp.StructList[KeyValue_increment_Results](l), err
+}
+
+// KeyValue_increment_Results_Future is a wrapper for a KeyValue_increment_Results promised by a client call.
+type KeyValue_increment_Results_Future struct{ *capnp.Future }
+
+func (f KeyValue_increment_Results_Future) Struct() (KeyValue_increment_Results, error) {
+	p, err := f.Future.Ptr()
+	return KeyValue_increment_Results(p.Struct()), err
 }
 
 type Fetcher capnp.Client

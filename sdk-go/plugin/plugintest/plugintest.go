@@ -16,11 +16,13 @@
 package plugintest
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"net"
 	"os"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -398,5 +400,67 @@ func (f *fakeHost) List(ctx context.Context, call schema.KeyValue_list) error {
 			return err
 		}
 	}
+	return nil
+}
+
+func (f *fakeHost) CompareAndSwap(ctx context.Context, call schema.KeyValue_compareAndSwap) error {
+	a := call.Args()
+	key, err := a.Key()
+	if err != nil {
+		return err
+	}
+	old, err := a.Old()
+	if err != nil {
+		return err
+	}
+	next, err := a.New()
+	if err != nil {
+		return err
+	}
+	f.mu.Lock()
+	cur, found := f.kv[key]
+	swapped := found == a.OldFound() && (!found || bytes.Equal(cur, old))
+	if swapped {
+		if a.Delete() {
+			delete(f.kv, key)
+		} else {
+			f.kv[key] = append([]byte{}, next...)
+		}
+		cur, found = f.kv[key]
+	}
+	cur = append([]byte(nil), cur...)
+	f.mu.Unlock()
+	res, err := call.AllocResults()
+	if err != nil {
+		return err
+	}
+	res.SetSwapped(swapped)
+	res.SetFound(found)
+	return res.SetValue(cur)
+}
+
+func (f *fakeHost) Increment(ctx context.Context, call schema.KeyValue_increment) error {
+	key, err := call.Args().Key()
+	if err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var n int64
+	if v, ok := f.kv[key]; ok {
+		if n, err = strconv.ParseInt(string(v), 10, 64); err != nil {
+			return fmt.Errorf("plugintest: key %q holds %q, not an integer", key, v)
+		}
+	}
+	sum := n + call.Args().Delta()
+	if (call.Args().Delta() > 0 && sum < n) || (call.Args().Delta() < 0 && sum > n) {
+		return fmt.Errorf("plugintest: key %q: %d + %d overflows", key, n, call.Args().Delta())
+	}
+	f.kv[key] = []byte(strconv.FormatInt(sum, 10))
+	res, err := call.AllocResults()
+	if err != nil {
+		return err
+	}
+	res.SetValue(sum)
 	return nil
 }
