@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"strings"
 	"time"
 
@@ -35,6 +36,15 @@ var (
 // Install installs (or with opts.Replace, upgrades) a plugin from a tar
 // archive of its directory.
 func (d *Daemon) Install(ctx context.Context, archive []byte, opts registry.InstallOptions) (registry.Record, error) {
+	if opts.PackageSize == 0 {
+		opts.PackageSize = int64(len(archive))
+	}
+	return d.InstallFrom(ctx, bytes.NewReader(archive), opts)
+}
+
+// InstallFrom is Install reading the archive (a tar, tar.gz or .dimplug
+// stream) from r, which it does not buffer.
+func (d *Daemon) InstallFrom(ctx context.Context, archive io.Reader, opts registry.InstallOptions) (registry.Record, error) {
 	enable := opts.Enable
 	opts.Enable = false // enabled below, after the conflict check
 	opts.Check = func(m *manifest.Manifest, prev *registry.Record) error {
@@ -52,32 +62,33 @@ func (d *Daemon) Install(ctx context.Context, archive []byte, opts registry.Inst
 		}
 		return nil
 	}
-	rec, err := d.store.InstallArchive(ctx, bytes.NewReader(archive), opts)
+	opts.KeepPrevious = true // an upgrade is undone, or rolled back, to it (transaction.go)
+	rec, err := d.store.InstallArchive(ctx, archive, opts)
 	if err != nil {
 		return registry.Record{}, err
 	}
 	d.mu.Lock()
 	u, existed := d.units[rec.Name]
-	if existed {
-		u.mu.Lock()
-		u.rec = rec
-		u.letBackLocked("reinstalled", StateFailed)
-		u.restartReq = true
-		u.mu.Unlock()
-	} else {
+	if !existed {
 		u = d.addUnitLocked(rec, nil)
 	}
 	d.mu.Unlock()
 	u.logf("installed version %s", rec.Manifest.Version)
-	d.log.Info("plugin installed", "plugin", rec.Name, "version", rec.Manifest.Version, "replace", existed)
-	if existed && !rec.Manifest.Settings.IsZero() {
-		d.checkSettingsAfterUpgrade(u)
+	if !existed {
+		d.noteTakenOver(u)
 	}
-	if enable || rec.Enabled {
+	d.log.Info("plugin installed", "plugin", rec.Name, "version", rec.Manifest.Version, "replace", existed)
+	if existed {
+		if rec, err = d.upgrade(u, rec, opts.Wait); err == nil && enable && !rec.Enabled {
+			return d.Enable(rec.Name) // a disabled plugin: its upgrade is in place
+		}
+		return rec, err
+	}
+	if enable {
 		name := rec.Name
 		if rec, err = d.Enable(name); err != nil {
 			if !existed { // a failed install leaves nothing behind
-				if rerr := d.Remove(name); rerr != nil {
+				if rerr := d.undoFreshInstall(name); rerr != nil {
 					err = errors.Join(err, rerr)
 				}
 			}
@@ -86,6 +97,9 @@ func (d *Daemon) Install(ctx context.Context, archive []byte, opts registry.Inst
 	}
 	d.rebuildRoutes()
 	u.poke()
+	if err := d.afterFreshInstall(u, rec, opts.Wait); err != nil {
+		return registry.Record{}, err
+	}
 	return rec, nil
 }
 
@@ -350,6 +364,8 @@ func (c *control) install(ctx context.Context, call schema.Control_install) erro
 	if err != nil {
 		return err
 	}
+	o, _ := call.Args().Options() // read above
+	opts.Package = c.d.packageCheck(o.AllowUnsigned(), true, new(*registry.TrustedKey))
 	rec, err := c.d.Install(ctx, archive, opts)
 	if err != nil {
 		return err
@@ -624,7 +640,10 @@ func (d *Daemon) writeStatus(s schema.PluginStatus, u *unit) error {
 	if !started.IsZero() {
 		s.SetStartedAtUnixMs(started.UnixMilli())
 	}
-	e = append(e, s.SetDir(rec.Dir))
+	e = append(e, s.SetDir(rec.Dir), writeProvenance(s, rec))
+	if p, err := d.store.Previous(rec.Name); err == nil {
+		e = append(e, s.SetPreviousVersion(p.Record.Manifest.Version))
+	}
 	hl, err := s.NewHooks(int32(len(m.Hooks)))
 	e = append(e, err)
 	if err == nil {

@@ -14,42 +14,17 @@ func notYet(what string) error {
 	return errdefs.ToWire(errdefs.New(errdefs.ErrUnavailable, what+" is not available in this dimplugd yet"))
 }
 
-func (c *control) InstallStream(ctx context.Context, call schema.Control_installStream) error {
-	return notYet("installing a streamed package")
-}
-
 func (c *control) Rollback(ctx context.Context, call schema.Control_rollback) error {
-	return notYet("rollback")
+	return errdefs.ToWire(c.rollback(call))
 }
 
-func (c *control) Uninstall(ctx context.Context, call schema.Control_uninstall) error {
-	return notYet("uninstall")
-}
-
-func (c *control) ExportData(ctx context.Context, call schema.Control_exportData) error {
-	return notYet("data export")
-}
-
-func (c *control) ImportData(ctx context.Context, call schema.Control_importData) error {
-	return notYet("data import")
-}
-
-func (c *control) TrustAdd(ctx context.Context, call schema.Control_trustAdd) error {
-	return notYet("trusted keys")
-}
-
-func (c *control) TrustList(ctx context.Context, call schema.Control_trustList) error {
-	return notYet("trusted keys")
-}
-
-func (c *control) TrustRemove(ctx context.Context, call schema.Control_trustRemove) error {
-	return notYet("trusted keys")
-}
-
-func (k *kvServer) CompareAndSwap(ctx context.Context, call schema.KeyValue_compareAndSwap) error {
-	return notYet("compare-and-swap")
-}
-
-func (k *kvServer) Increment(ctx context.Context, call schema.KeyValue_increment) error {
-	return notYet("increment")
+func (c *control) rollback(call schema.Control_rollback) error {
+	name, err := call.Args().Name()
+	if name, err = readName("plugin", name, err); err != nil {
+		return err
+	}
+	if _, err := c.d.Rollback(name); err != nil {
+		return err
+	}
+	return statusInto(c.d, call.AllocResults, name)
 }

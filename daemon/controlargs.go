@@ -64,7 +64,7 @@ func readInstallArgs(a schema.Control_install_Params) ([]byte, registry.InstallO
 	if err != nil {
 		return nil, registry.InstallOptions{}, fmt.Errorf("install: options: %w", err)
 	}
-	opts := registry.InstallOptions{Replace: o.Replace(), Enable: o.Enable()}
+	opts := registry.InstallOptions{Replace: o.Replace(), Enable: o.Enable(), Wait: o.Wait()}
 	if o.HasGrant() {
 		g, err := o.Grant()
 		if err != nil {

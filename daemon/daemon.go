@@ -41,6 +41,7 @@ import (
 	"github.com/dimplugd/dimplugd/daemon/registry"
 	"github.com/dimplugd/dimplugd/sandbox"
 	"github.com/dimplugd/dimplugd/schema"
+	"github.com/dimplugd/dimplugd/sdk-go/manifest"
 	"github.com/dimplugd/dimplugd/sdk-go/wire"
 )
 
@@ -125,6 +126,17 @@ type Config struct {
 	// socket path, made with the control socket's owner, group and mode.
 	// Default none; SetMetricsListen changes it at run time.
 	MetricsListen string
+	// UnsignedPolicy says what becomes of packages that carry no
+	// signature by a trusted key: "refuse", "prompt" (the default: only
+	// when the operator accepted it, InstallOptions.allowUnsigned; a
+	// plain archive of a directory, Control.install, counts as accepted)
+	// or "allow". A package signed by a key that is not trusted, or whose
+	// signature does not verify, is refused under every policy. See
+	// docs/packages.md.
+	UnsignedPolicy string
+	// MaxPackageSize bounds a package streamed to Control.installStream;
+	// default 1 GiB (DefaultMaxPackageSize).
+	MaxPackageSize int64
 	// Handover, when set, is the record of a daemon that upgraded in
 	// place (see Upgrade, ReadHandover): Start adopts its listening sockets
 	// and running plugins instead of starting afresh. Start owns it.
@@ -208,6 +220,10 @@ type Daemon struct {
 
 	mu    sync.Mutex
 	units map[string]*unit // installed plugins by name
+	// takenOver holds, by plugin name, the data (registry.DataUsage) a
+	// fresh install took over from an earlier uninstall, until the install
+	// is done: undoing it keeps that data (data.go).
+	takenOver sync.Map
 
 	routes routes
 	hub    *frameHub // frame streams
@@ -325,7 +341,10 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 	if d.cfg.StateDir, err = filepath.Abs(cfg.StateDir); err != nil {
 		return nil, fmt.Errorf("state directory: %w", err)
 	}
-	if d.store, err = registry.OpenWith(d.cfg.StateDir, registry.Options{Logger: d.log.With("component", "registry")}); err != nil {
+	if d.store, err = registry.OpenWith(d.cfg.StateDir, registry.Options{Logger: d.log.With("component", "registry"),
+		CheckFiles: func(dir string, m *manifest.Manifest) error {
+			return checkEntrypoint(dir, m.Entrypoint, cfg.Runtime.Sandboxed())
+		}}); err != nil {
 		return nil, err
 	}
 	// Instances handed over by an upgrading daemon are adopted before

@@ -102,7 +102,7 @@ func TestInstallRefusesNeverStarting(t *testing.T) {
 		{"huge", `memory = "64TiB"` + "\n", "plugin.toml: permissions.memory: 64 TiB is more than this machine's"},
 		{"many-cores", "cpu = 1024\n", "plugin.toml: permissions.cpu: 1024 cores is more than this machine's"},
 	} {
-		err := install(tt.name, tt.perms, false)
+		err := install(tt.name, tt.perms, true) // a real entrypoint: a stand-in script is refused in the sandbox first
 		if err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("install %s: %v\nwant an error containing %s", tt.name, err, tt.want)
 		}

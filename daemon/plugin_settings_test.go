@@ -172,7 +172,9 @@ func TestPluginSettings(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := td.ctl.Install(ctx, archive, host.InstallOptions{Replace: true, Enable: true}); err != nil {
+	// Wait: an upgrade switches to the new version (and its schemas)
+	// once it runs.
+	if _, err := td.ctl.Install(ctx, archive, host.InstallOptions{Replace: true, Enable: true, Wait: true}); err != nil {
 		t.Fatal(err)
 	}
 	ps, err = td.ctl.Settings(ctx, "configured", host.ScopeGlobal, 0)

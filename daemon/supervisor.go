@@ -61,8 +61,14 @@ type unit struct {
 	// adopted is an instance an upgrading daemon handed over, for the
 	// run loop to take on its first turn; parked is the running instance
 	// the run loop left for Upgrade to hand over.
-	adopted  *adoption
-	parked   *instance
+	adopted *adoption
+	parked  *instance
+	// pending is an upgrade to start beside the running instance
+	// (transaction.go); the run loop takes it.
+	pending *pendingUpgrade
+	// tx serializes upgrades and rollbacks of the plugin (held until
+	// each has settled).
+	tx       sync.Mutex
 	seq      int
 	restarts int
 	// crashTotal counts crashes since the daemon started, for the
@@ -87,6 +93,9 @@ type instance struct {
 	// hand-over; the instance's log goroutine reads them.
 	outR, errR *os.File
 	ioDone     chan struct{} // stdout and stderr copied to the end
+	// calls counts the references client handed out and not yet
+	// released, so that an upgrade stops it only once they are done.
+	calls atomic.Int64
 }
 
 func newUnit(d *Daemon, rec registry.Record) *unit {
@@ -203,7 +212,9 @@ func (u *unit) run(ctx context.Context) {
 			}
 			continue
 		}
-		reason, crash := u.supervise(ctx, inst)
+		var reason string
+		var crash bool
+		inst, reason, crash = u.supervise(ctx, inst)
 		if crash {
 			_ = u.transition(backoffState{why: reason}) // not "running" while it is torn down
 			u.teardown(inst)
@@ -241,11 +252,17 @@ func (u *unit) waitWanted(ctx context.Context) bool {
 			u.mu.Unlock()
 			return true
 		}
+		// The standby goes with the state change, so that a stopped
+		// plugin never shows one.
+		standby := u.standby
+		u.standby = nil
 		if !u.outLocked() {
 			_ = u.transitionLocked(stoppedState{why: "disabled"})
 		}
 		u.mu.Unlock()
-		u.dropStandby()
+		if standby != nil {
+			standby.close()
+		}
 		select {
 		case <-u.kick:
 		case <-ctx.Done():
@@ -503,6 +520,7 @@ func (u *unit) dropStandby() {
 // completes the handshake.
 func (u *unit) start(ctx context.Context) (*instance, error) {
 	u.mu.Lock()
+	u.takePendingLocked() // no instance to start it beside
 	rec := u.rec
 	_ = u.transitionLocked(startingState{})
 	u.mu.Unlock()
@@ -560,6 +578,23 @@ func (u *unit) adopt(ctx context.Context, a *adoption) (*instance, error) {
 // connect completes an instance whose process runs: its output goes to
 // the plugin's log, the handshake, then its lane and frame socket.
 func (u *unit) connect(ctx context.Context, l *launch, proc sandbox.Process, rec registry.Record, how string, started time.Time) (*instance, error) {
+	inst, err := u.open(ctx, l, proc, rec, how, started)
+	if err != nil {
+		return nil, err
+	}
+	if err := u.transition(runningState{inst: inst}); err != nil { // a supervisor bug; not served half-registered
+		u.teardown(inst)
+		return nil, err
+	}
+	u.logf("instance %s ready (protocol v%d)", l.id, inst.version)
+	u.prepareStandby(ctx, rec)
+	return inst, nil
+}
+
+// open starts serving an instance whose process runs: its output goes to
+// the plugin's log, the handshake, then its lane and frame socket. It does
+// not change the unit's state.
+func (u *unit) open(ctx context.Context, l *launch, proc sandbox.Process, rec registry.Record, how string, started time.Time) (*instance, error) {
 	inst := &instance{id: l.id, proc: proc, started: started, ioDone: make(chan struct{}), outR: l.outR, errR: l.errR}
 	outR, errR := l.outR, l.errR
 	go func() { // owned by the instance; ends when the plugin's output closes
@@ -596,12 +631,6 @@ func (u *unit) connect(ctx context.Context, l *launch, proc sandbox.Process, rec
 		u.teardown(inst)
 		return nil, err
 	}
-	if err := u.transition(runningState{inst: inst}); err != nil { // a supervisor bug; not served half-registered
-		u.teardown(inst)
-		return nil, err
-	}
-	u.logf("instance %s ready (protocol v%d)", l.id, inst.version)
-	u.prepareStandby(ctx, rec)
 	return inst, nil
 }
 
@@ -692,12 +721,12 @@ func (u *unit) handshake(ctx context.Context, inst *instance, rec registry.Recor
 	}
 	for _, h := range rec.Manifest.Hooks {
 		if p := phaseOf(h.Phase); !have[p] {
-			return caps, &permanentError{fmt.Errorf("manifest declares %s hook %q but the plugin has no %s handler", h.Phase, h.Name, h.Phase)}
+			return caps, &permanentError{missingHandler(h.Phase, h.Name)}
 		}
 	}
 	for _, st := range rec.Manifest.Streams {
 		if !info.Frames() {
-			return caps, &permanentError{fmt.Errorf("manifest declares stream stage %q but the plugin does not serve frame streams", st.Name)}
+			return caps, &permanentError{missingFrames(st.Name)}
 		}
 	}
 	inst.plugin = res.Plugin().AddRef()
@@ -705,8 +734,9 @@ func (u *unit) handshake(ctx context.Context, inst *instance, rec registry.Recor
 }
 
 // supervise watches a running instance until it ends or should stop. It
-// reports why, and whether that was a crash.
-func (u *unit) supervise(ctx context.Context, inst *instance) (reason string, crash bool) {
+// reports why, and whether that was a crash, and the instance that ended:
+// an upgrade started beside it replaces it (see upgradeBeside).
+func (u *unit) supervise(ctx context.Context, inst *instance) (_ *instance, reason string, crash bool) {
 	sup := u.d.sup
 	tick := time.NewTicker(sup.HealthInterval)
 	defer tick.Stop()
@@ -718,45 +748,53 @@ func (u *unit) supervise(ctx context.Context, inst *instance) (reason string, cr
 	for {
 		select {
 		case <-inst.proc.Done():
-			return "the plugin " + inst.proc.Wait().String(), true
+			return inst, "the plugin " + inst.proc.Wait().String(), true
 		case <-framesGone:
 			// A plugin without its frame socket cannot serve its
 			// stages: restart it rather than show it running.
 			if r := inst.frames.cutReason(); r != "" {
-				return "the plugin broke the frame protocol: it " + r, true
+				return inst, "the plugin broke the frame protocol: it " + r, true
 			}
 			select { // most often, the plugin is on its way out
 			case <-inst.proc.Done():
-				return "the plugin " + inst.proc.Wait().String(), true
+				return inst, "the plugin " + inst.proc.Wait().String(), true
 			case <-time.After(sup.StopGrace):
-				return "the plugin closed its frame socket", true
+				return inst, "the plugin closed its frame socket", true
 			}
 		case <-inst.conn.Done():
 			// The plugin closed its control socket; it is on its way out.
 			select {
 			case <-inst.proc.Done():
-				return "the plugin " + inst.proc.Wait().String(), true
+				return inst, "the plugin " + inst.proc.Wait().String(), true
 			case <-time.After(sup.StopGrace):
-				return "the plugin closed its control socket", true
+				return inst, "the plugin closed its control socket", true
 			}
 		case <-ctx.Done():
-			return "the daemon is shutting down", false
+			return inst, "the daemon is shutting down", false
 		case <-u.kick:
 			u.mu.Lock()
 			restart, want := u.restartReq, u.wantedLocked()
 			u.mu.Unlock()
 			switch {
 			case !want:
-				return "stopped by the operator", false
+				return inst, "stopped by the operator", false
 			case restart:
-				return "restart requested by the operator", false
+				return inst, "restart requested by the operator", false
+			}
+			if up := u.takePending(); up != nil {
+				if next := u.upgradeBeside(ctx, inst, up); next != nil {
+					inst, fails, framesGone = next, 0, nil
+					if inst.frames != nil {
+						framesGone = inst.frames.goneCh
+					}
+				}
 			}
 		case <-tick.C:
 			if err := u.checkHealth(ctx, inst); err != nil {
 				fails++
 				u.logf("health check failed (%d of %d): %v", fails, sup.HealthFailures, err)
 				if fails >= sup.HealthFailures {
-					return fmt.Sprintf("failed %d health checks in a row (last: %v)", fails, err), true
+					return inst, fmt.Sprintf("failed %d health checks in a row (last: %v)", fails, err), true
 				}
 			} else {
 				fails = 0
@@ -814,11 +852,18 @@ func (u *unit) stop(inst *instance, reason string) {
 // teardown releases everything an instance holds. The process is killed if
 // it still runs.
 func (u *unit) teardown(inst *instance) {
+	var standby *launch
 	u.mu.Lock()
 	if r, ok := u.state.(runningState); ok && r.inst == inst { // a crashed one is in backoff already
 		_ = u.transitionLocked(stoppedState{why: "stopping"})
+		if !u.wantedLocked() { // disabled or removed: no standby outlives the state change
+			standby, u.standby = u.standby, nil
+		}
 	}
 	u.mu.Unlock()
+	if standby != nil {
+		standby.close()
+	}
 	inst.plugin.Release()
 	if inst.lane != nil {
 		inst.lane.Close()
@@ -852,9 +897,15 @@ func (u *unit) framePeer() *framePeer {
 type pluginRef struct {
 	lane   *wire.LaneClient
 	plugin schema.Plugin // a reference of the caller's, released by release
+	calls  *atomic.Int64 // the instance's count of references out
 }
 
-func (r pluginRef) release() { r.plugin.Release() }
+func (r pluginRef) release() {
+	r.plugin.Release()
+	if r.calls != nil {
+		r.calls.Add(-1)
+	}
+}
 
 // client returns how to call the running instance, or an error saying why
 // there is none. The caller releases the reference.
@@ -863,10 +914,11 @@ func (u *unit) client() (pluginRef, error) {
 	defer u.mu.Unlock()
 	switch s := u.state.(type) {
 	case runningState:
+		s.inst.calls.Add(1)
 		if s.inst.lane != nil {
-			return pluginRef{lane: s.inst.lane}, nil
+			return pluginRef{lane: s.inst.lane, calls: &s.inst.calls}, nil
 		}
-		return pluginRef{plugin: s.inst.plugin.AddRef()}, nil
+		return pluginRef{plugin: s.inst.plugin.AddRef(), calls: &s.inst.calls}, nil
 	case quarantinedState:
 		return pluginRef{}, &notRunning{cause: causeQuarantined, msg: fmt.Sprintf("is not running (%s: %s)", s.name(), s.detail())}
 	case backoffState, failedState:

@@ -136,8 +136,9 @@ var transitions = map[string][]string{
 	// The handshake succeeds, fails for good, or the start counts as a
 	// crash (backoff, or quarantine after too many).
 	StateStarting: {StateRunning, StateFailed, StateBackoff, StateQuarantined},
-	// The instance is stopped on purpose, or crashed and is torn down.
-	StateRunning: {StateStopped, StateBackoff},
+	// The instance is stopped on purpose, or crashed and is torn down;
+	// or an upgrade switches to the instance it started beside it.
+	StateRunning: {StateStopped, StateBackoff, StateRunning},
 	// Torn down, it waits its delay (backoff to backoff) or is
 	// quarantined; then it starts again, or stops if no longer wanted.
 	StateBackoff: {StateBackoff, StateQuarantined, StateStarting, StateStopped},

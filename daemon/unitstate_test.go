@@ -47,6 +47,7 @@ func TestStateTransitions(t *testing.T) {
 		{StateStarting, StateQuarantined},
 		{StateRunning, StateStopped},
 		{StateRunning, StateBackoff},
+		{StateRunning, StateRunning}, // an upgrade switches instances
 		{StateBackoff, StateBackoff},
 		{StateBackoff, StateQuarantined},
 		{StateBackoff, StateStarting},

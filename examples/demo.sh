@@ -74,8 +74,15 @@ for _ in $(seq 100); do
 done
 "$BIN/dimplugctl" status
 
-step "installing every example plugin (dimplugctl install --yes examples/plugins/<name>)"
+step "a publisher signs a package: dimplugctl keygen, pack --sign; the operator trusts the key and installs the .dimplug"
+"$BIN/dimplugctl" keygen --unencrypted -o "$TMP/acme" | sed 's/^/  /' # --unencrypted: a demo; publishers keep theirs encrypted
+"$BIN/dimplugctl" pack examples/plugins/media-badge --sign "$TMP/acme.key" -o "$TMP/media-badge.dimplug" | sed 's/^/  /'
+"$BIN/dimplugctl" trust add "$TMP/acme.pub" --comment "ACME plugins (demo key)" | sed 's/^/  /'
+"$BIN/dimplugctl" install --yes "$TMP/media-badge.dimplug" 2>&1 | sed 's/^/  /'
+
+step "installing the other example plugins from their directories (dimplugctl install --yes examples/plugins/<name>)"
 for p in examples/plugins/*/; do
+	[ "$p" = examples/plugins/media-badge/ ] && continue
 	"$BIN/dimplugctl" install --yes "$p" 2>&1 | sed 's/^/  /'
 done
 for _ in $(seq 100); do # wait until every plugin runs

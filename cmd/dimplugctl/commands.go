@@ -81,7 +81,9 @@ plugin unavailable, 8 permission denied.`,
 		c.nameCmd("enable", "Enable a plugin and start it", (*host.Control).Enable),
 		c.nameCmd("disable", "Stop a plugin and keep it disabled", (*host.Control).Disable),
 		c.nameCmd("restart", "Restart a plugin (also lifts a quarantine)", (*host.Control).Restart),
-		c.rmCmd(), c.logsCmd(), c.deadlineCmd(), c.configCmd(), c.statusCmd(), c.versionCmd(), c.consoleCmd())
+		c.rmCmd(), c.dataCmd(), c.logsCmd(), c.deadlineCmd(), c.configCmd(), c.statusCmd(), c.versionCmd(), c.consoleCmd())
+	root.AddCommand(c.packCmd(), c.keygenCmd(), c.trustCmd())
+	root.AddCommand(c.rollbackCmd())
 	return root
 }
 
@@ -119,17 +121,27 @@ func (c *cli) printJSON(v any) error {
 }
 
 func (c *cli) installCmd() *cobra.Command {
-	var replace, noEnable, yes bool
+	var replace, noEnable, yes, noWait bool
+	var pf packageFlags
 	cmd := &cobra.Command{
-		Use:   "install <dir>",
-		Short: "Install a plugin from its directory (plugin.toml and executable)",
-		Long: `Install a plugin from a directory holding its plugin.toml and entrypoint.
-The permissions the manifest asks for are shown and must be granted: answer
-the prompt, or pass --yes in scripts. Without a terminal and without --yes
-the install is refused.`,
-		Args: exactArgs("<dir>"),
+		Use:   "install <dir|file.dimplug|-|url>",
+		Short: "Install a plugin from its directory, a .dimplug package, stdin or an http(s) URL",
+		Long: `Install a plugin from a directory holding its plugin.toml and entrypoint,
+or from a .dimplug package (dimplugctl pack): a file, "-" for standard
+input, or an http(s) URL that dimplugctl fetches. A package is streamed to
+the daemon with a progress bar on a terminal (--json: progress events on
+stderr); the daemon verifies it (signature, every file's hash) before
+anything is unpacked into place. Who signed it is shown next to the
+permissions the manifest asks for, which must be granted: answer the
+prompt, or pass --yes in scripts. An unsigned package needs a yes too
+(--allow-unsigned). Without a terminal and without --yes the install is
+refused.`,
+		Args: exactArgs("<dir|file.dimplug|-|url>"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			dir := args[0]
+			if isPackageSource(dir) {
+				return c.installPackage(dir, pf, host.InstallOptions{Replace: replace, Enable: !noEnable, Wait: !noWait}, yes)
+			}
 			m, err := manifest.Load(dir)
 			if err != nil {
 				if errors.Is(err, fs.ErrNotExist) {
@@ -150,7 +162,7 @@ the install is refused.`,
 				return err
 			}
 			return c.withControl(func(ctx context.Context, ctl *host.Control) error {
-				st, err := ctl.Install(ctx, archive, host.InstallOptions{Replace: replace, Enable: !noEnable, Grant: grant})
+				st, err := ctl.Install(ctx, archive, host.InstallOptions{Replace: replace, Enable: !noEnable, Grant: grant, Wait: !noWait})
 				if err != nil {
 					return fmt.Errorf("install %s: %w", m.Name, err)
 				}
@@ -164,7 +176,9 @@ the install is refused.`,
 	}
 	cmd.Flags().BoolVar(&replace, "replace", false, "upgrade an installed plugin of the same name, keeping its data")
 	cmd.Flags().BoolVar(&noEnable, "no-enable", false, "install without starting the plugin")
+	cmd.Flags().BoolVar(&noWait, "no-wait", false, "answer once the files are in place, without waiting for the plugin to run (a failed upgrade still rolls back)")
 	cmd.Flags().BoolVarP(&yes, "yes", "y", false, "grant the requested permissions without asking")
+	pf.register(cmd.Flags())
 	return cmd
 }
 
@@ -330,6 +344,7 @@ func (c *cli) printStatus(st *host.PluginStatus) {
 	if st.Description != "" {
 		fmt.Fprintf(w, "Description: %s\n", st.Description)
 	}
+	c.printProvenance(st)
 	fmt.Fprintf(w, "Enabled:     %v\n", st.Enabled)
 	state := st.State
 	if st.Detail != "" {
@@ -355,6 +370,9 @@ func (c *cli) printStatus(st *host.PluginStatus) {
 		fmt.Fprintf(w, "Protocol:    v%d\n", st.ProtocolVersion)
 	}
 	fmt.Fprintf(w, "Installed:   %s in %s\n", st.InstalledAt.Format(time.RFC3339), st.Dir)
+	if st.PreviousVersion != "" {
+		fmt.Fprintf(w, "Previous:    %s (dimplugctl rollback %s returns to it)\n", st.PreviousVersion, st.Name)
+	}
 	fmt.Fprintln(w, "Hooks:")
 	if len(st.Hooks) == 0 {
 		fmt.Fprintln(w, "  (none)")
@@ -421,28 +439,6 @@ func (c *cli) nameCmd(use, short string, op nameOp) *cobra.Command {
 					return c.printJSON(st)
 				}
 				fmt.Fprintf(c.out, "%s: %s, %s\n", st.Name, enabledWord(st.Enabled), st.State)
-				return nil
-			})
-		},
-	}
-}
-
-func (c *cli) rmCmd() *cobra.Command {
-	return &cobra.Command{
-		Use:               "rm <name>",
-		Aliases:           []string{"remove"},
-		Short:             "Stop a plugin and delete it with its data",
-		Args:              exactArgs("<name>"),
-		ValidArgsFunction: c.completeNames,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return c.withControl(func(ctx context.Context, ctl *host.Control) error {
-				if err := ctl.Remove(ctx, args[0]); err != nil {
-					return err
-				}
-				if c.json {
-					return c.printJSON(map[string]any{"name": args[0], "removed": true})
-				}
-				fmt.Fprintf(c.out, "removed %s\n", args[0])
 				return nil
 			})
 		},

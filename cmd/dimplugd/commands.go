@@ -95,6 +95,10 @@ func serveCmd() *cobra.Command {
 		pluginFiles int
 		forwardLogs bool
 	)
+	var (
+		unsigned   string // --unsigned
+		maxPackage string // --max-package-size
+	)
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Run the daemon until SIGTERM or SIGINT",
@@ -197,6 +201,14 @@ func serveCmd() *cobra.Command {
 			}
 			cfg.LogLevel, cfg.ForwardPluginLogs = level, forwardLogs
 			cfg.PluginLogBytes, cfg.PluginLogFiles = int64(pluginLogBytes), pluginFiles
+			if err := daemon.CheckUnsignedPolicy(unsigned); err != nil {
+				return usageError{fmt.Errorf("--unsigned: %w", err)}
+			}
+			maxPkg, err := manifest.ParseSize(maxPackage)
+			if err != nil || maxPkg <= 0 {
+				return usageError{fmt.Errorf("--max-package-size: %q is not a positive size", maxPackage)}
+			}
+			cfg.UnsignedPolicy, cfg.MaxPackageSize = unsigned, int64(maxPkg)
 			if v, ok := os.LookupEnv(daemon.HandoverEnv); ok {
 				os.Unsetenv(daemon.HandoverEnv)
 				h, err := daemon.ReadHandover(v)
@@ -307,6 +319,8 @@ func serveCmd() *cobra.Command {
 	f.StringVar(&logFormat, "log-format", "text", `format of the daemon's own log on stderr: "text" (key=value) or "json" (one object per line)`)
 	f.StringVar(&pluginLogs, "plugin-log-size", "8MiB", "bytes of log files kept on disk per plugin, all its files together (at least 64KiB; see docs/logs.md)")
 	f.IntVar(&pluginFiles, "plugin-log-files", 4, "files a plugin's log size is split over: current.log and N-1 rotated ones (at least 2)")
+	f.StringVar(&unsigned, "unsigned", daemon.UnsignedPrompt, `packages without a trusted signature: "refuse", "prompt" (installed only when the operator accepts each; dimplugctl install asks) or "allow"; a package signed by an untrusted key is always refused (see docs/packages.md)`)
+	f.StringVar(&maxPackage, "max-package-size", "1GiB", "largest package dimplugctl install may stream to the daemon (it is received into a file in the state directory)")
 	f.BoolVar(&forwardLogs, "forward-plugin-logs", false, "also write every plugin's log lines to the daemon's own log (so the journal gets them), each with plugin=<name>, escaped")
 	return cmd
 }

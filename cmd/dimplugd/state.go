@@ -240,6 +240,10 @@ func printCheck(w io.Writer, r *registry.CheckReport) {
 	for _, m := range r.Missing {
 		fmt.Fprintf(w, "  MISSING: the files of plugin %s\n", m)
 	}
+	for _, k := range r.Kept {
+		fmt.Fprintf(w, "kept data of removed plugin %s (version %s, removed %s): %d keys, %d settings objects, %d bytes; installing %s again takes it over, dimplugctl rm --purge %s deletes it\n",
+			k.Plugin, k.Version, stamp(k.RemovedAt), k.Usage.Keys, k.Usage.Settings, k.Usage.Bytes, k.Plugin, k.Plugin)
+	}
 	if len(r.LostFound) > 0 {
 		fmt.Fprintf(w, "lost+found/: %s (%s): directories no record referred to; delete them once you are sure they are not needed\n",
 			plural(len(r.LostFound), "entry", "entries"), strings.Join(r.LostFound, ", "))

@@ -39,6 +39,11 @@
 //	            not know it leaves it alone (settings it leaves behind when
 //	            it removes a plugin are deleted when the name is installed
 //	            fresh)
+//	kept        plugin name → when it was uninstalled with its data kept
+//	            (Uninstall without purge), as JSON: its kv, kvsize and
+//	            settings entries stay with no record, on purpose, until a
+//	            fresh install of the name takes them over or a purge
+//	            deletes them. Created when first needed, like settings
 //
 // # Never destroy on doubt
 //

@@ -77,6 +77,9 @@ func (s *Store) referenced(tx *bolt.Tx) (refs map[string]string, gc map[string]g
 		}
 		return nil
 	})
+	if err == nil {
+		err = s.previousDirs(tx, refs)
+	}
 	if err != nil {
 		return nil, nil, err
 	}

@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/dimplugd/dimplugd/daemon/settings"
+	"github.com/dimplugd/dimplugd/sdk-go/dimplug"
 	"github.com/dimplugd/dimplugd/sdk-go/errdefs"
 	"github.com/dimplugd/dimplugd/sdk-go/manifest"
 	bolt "go.etcd.io/bbolt"
@@ -37,6 +38,28 @@ type InstallOptions struct {
 	// it replaces (nil for a fresh install) inside the commit transaction;
 	// an error aborts the install and leaves nothing behind.
 	Check func(m *manifest.Manifest, prev *Record) error
+	// KeepPrevious keeps the record a replacement replaces, and a copy of
+	// its key-value data, as the plugin's previous version (see Rollback)
+	// instead of slating its files for deletion.
+	KeepPrevious bool
+	// Wait is not the store's: it asks Daemon.Install to answer only once
+	// the plugin runs and is healthy (or the install was undone).
+	Wait bool
+	// Package, when set, is called once the archive's kind is known:
+	// with the header of a .dimplug package (manifest and signature; see
+	// sdk-go/dimplug), or nil for a plain tar archive, before any file is
+	// extracted; an error refuses the install. A package's entries are
+	// then checked against its manifest as they are extracted (see
+	// extract).
+	Package func(h *dimplug.Header) error
+	// PackageSize is the size of the archive as received, when known: the
+	// files it unpacks to may not exceed MaxExpansion times it (beyond
+	// ExpansionFloor), which stops decompression bombs before they are
+	// written.
+	PackageSize int64
+	// Provenance, when set, is called at the commit for the record's
+	// Publisher and SHA256 (known once the package has been checked).
+	Provenance func() (*TrustedKey, string)
 }
 
 // InstallDir installs the plugin in the directory src: it copies the tree
@@ -63,7 +86,7 @@ func (s *Store) InstallDir(ctx context.Context, src string, opt InstallOptions) 
 // errors name the offending entry. Otherwise it behaves like InstallDir.
 func (s *Store) InstallArchive(ctx context.Context, r io.Reader, opt InstallOptions) (Record, error) {
 	return s.install(ctx, "archive", opt, func(ctx context.Context, stage string) error {
-		return s.extract(ctx, r, stage)
+		return s.extract(ctx, r, stage, opt)
 	})
 }
 
@@ -113,6 +136,11 @@ func (s *Store) installStaged(ctx context.Context, opt InstallOptions, fill func
 				return Record{Name: m.Name}, &invalidError{msg: "invalid settings schema" + indentLines(err.Error()), err: err}
 			}
 			return Record{Name: m.Name}, fmt.Errorf("read settings schemas: %w", err)
+		}
+	}
+	if s.opt.CheckFiles != nil {
+		if err := s.opt.CheckFiles(stage, m); err != nil {
+			return Record{Name: m.Name}, &invalidError{msg: err.Error(), err: err}
 		}
 	}
 	if err := s.fail("staged"); err != nil {
@@ -182,6 +210,9 @@ func (s *Store) commitStaged(stage string, m *manifest.Manifest, opt InstallOpti
 		InstalledAt: t,
 		UpdatedAt:   t,
 	}
+	if opt.Provenance != nil {
+		rec.Publisher, rec.SHA256 = opt.Provenance()
+	}
 	var old *Record
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		if err := s.fail("commit"); err != nil {
@@ -190,13 +221,11 @@ func (s *Store) commitStaged(stage string, m *manifest.Manifest, opt InstallOpti
 		prev, err := s.getRecord(tx, m.Name)
 		switch {
 		case errors.Is(err, ErrNotFound):
-			// A fresh install starts with empty key-value data and no
-			// settings (an older dimplugd may have removed the plugin
-			// without knowing of its settings).
-			if err := deleteKV(tx, m.Name); err != nil {
-				return err
-			}
-			if err := deleteSettings(tx, m.Name); err != nil {
+			// A fresh install takes over the data an Uninstall kept, and
+			// otherwise starts with empty key-value data and no settings
+			// (an older dimplugd may have removed the plugin without
+			// knowing of its settings).
+			if _, err := takeKeptTx(tx, m.Name); err != nil {
 				return err
 			}
 		case err != nil:
@@ -229,7 +258,11 @@ func (s *Store) commitStaged(stage string, m *manifest.Manifest, opt InstallOpti
 		if err := tx.Bucket(bucketGC).Delete(key); err != nil {
 			return err
 		}
-		if old != nil && old.Dir != final {
+		if old != nil && opt.KeepPrevious {
+			if err := s.keepPreviousTx(tx, *old); err != nil {
+				return err
+			}
+		} else if old != nil && old.Dir != final {
 			if err := s.slate(tx, old.Dir, gcEntry{Why: gcReplaced, Plugin: m.Name, Gen: s.gen}); err != nil {
 				return err
 			}

@@ -260,6 +260,9 @@ type CheckReport struct {
 	LostFound []string
 	// Missing lists records whose directory is missing: "plugin: dir".
 	Missing []string
+	// Kept lists the data kept of plugins uninstalled without purge: not
+	// damage, kept on purpose until a reinstall or a purge.
+	Kept []KeptData
 	// Staging lists leftovers in staging/, which the next start deletes.
 	Staging []string
 	// Restore says how to restore registry.db when it is damaged or
@@ -374,6 +377,7 @@ func compareDirs(r *CheckReport, dir string, backups []backupFile) error {
 		if refs, gc, err = s.referenced(tx); err != nil {
 			return err
 		}
+		r.Kept = keptListTx(tx)
 		return tx.Bucket(bucketPlugins).ForEach(func(k, v []byte) error {
 			rec, err := s.decodeRecord(string(k), v)
 			recs = append(recs, rec)

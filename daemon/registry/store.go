@@ -76,6 +76,11 @@ type Options struct {
 	// lost+found/, records whose files are missing) and failed scheduled
 	// backups. Nil means slog.Default().
 	Logger *slog.Logger
+	// CheckFiles, when set, is called on every install with the staged
+	// plugin directory and its valid manifest, before anything is
+	// committed; an error refuses the install (as ErrInvalid). The daemon
+	// checks there that the entrypoint can run in its sandbox.
+	CheckFiles func(dir string, m *manifest.Manifest) error
 }
 
 func (o Options) withDefaults() Options {
@@ -125,6 +130,12 @@ type Record struct {
 	InstalledAt time.Time `json:"installed_at"`
 	// UpdatedAt is when the record last changed.
 	UpdatedAt time.Time `json:"updated_at"`
+	// Publisher is the trusted key that signed the installed package; nil
+	// when it was unsigned or installed from a directory.
+	Publisher *TrustedKey `json:"publisher,omitempty"`
+	// SHA256 is the hash of the installed package as received (hex);
+	// empty when installed from a directory.
+	SHA256 string `json:"sha256,omitempty"`
 }
 
 // Store is an open state directory. Close it when done.
@@ -489,6 +500,9 @@ func (s *Store) Remove(name string) error {
 			return err
 		}
 		if err := deleteSettings(tx, name); err != nil {
+			return err
+		}
+		if err := s.dropPreviousTx(tx, name, ""); err != nil {
 			return err
 		}
 		return s.slate(tx, rec.Dir, gcEntry{Why: gcRemoved, Plugin: name, Gen: s.gen})

@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/dimplugd/dimplugd/sdk-go/dimplug"
 	"github.com/dimplugd/dimplugd/sdk-go/manifest"
 )
 
@@ -26,10 +27,22 @@ const (
 	MaxInstallFiles = 10000
 )
 
+// Limits on how far an archive may expand: its files together may not be
+// larger than MaxExpansion times the archive as received, unless they fit
+// in ExpansionFloor. Plugin binaries compress three to five times; a
+// decompression bomb a thousand times or more.
+const (
+	MaxExpansion   = 100
+	ExpansionFloor = 64 << 20
+)
+
 // budget enforces the install limits across one tree or archive.
 type budget struct {
 	entries int
 	bytes   int64
+	// packed is the archive's size as received; 0: unknown, no
+	// expansion limit.
+	packed int64
 }
 
 func (b *budget) entry(name string) error {
@@ -44,6 +57,10 @@ func (b *budget) take(name string, n int64) error {
 		return invalidf("%s: the plugin is larger than the %s limit", name, manifest.Size(MaxInstallSize))
 	}
 	b.bytes += n
+	if b.packed > 0 && b.bytes > ExpansionFloor && b.bytes/MaxExpansion > b.packed {
+		return invalidf("%s: the archive (%s) expands to more than %s, over %d times its size: refusing what looks like a decompression bomb",
+			name, manifest.Size(b.packed), manifest.Size(b.bytes), MaxExpansion)
+	}
 	return nil
 }
 
@@ -166,18 +183,34 @@ func (s *Store) copyTree(ctx context.Context, src, stage string) error {
 	return syncDirs(dst, dirs)
 }
 
-// extract unpacks the tar (or tar.gz) stream r into the empty directory
-// stage.
-func (s *Store) extract(ctx context.Context, r io.Reader, stage string) error {
+// extract unpacks the archive r into the empty directory stage: a tar
+// stream, plain or gzip-compressed, or a .dimplug package (zstd; see
+// sdk-go/dimplug), told apart by their first bytes. For a package, the
+// header (manifest, signature) is read first and handed to opt.Package,
+// the manifest's totals are checked against the limits before anything is
+// written, and every entry is checked against the manifest as it is
+// written (listed once, same size, mode and SHA-256; nothing missing). A
+// plain archive is handed to opt.Package as nil. There is one unpacker:
+// both kinds go through the same entry rules below.
+func (s *Store) extract(ctx context.Context, r io.Reader, stage string, opt InstallOptions) error {
 	br := bufio.NewReader(r)
 	var rd io.Reader = br
-	if magic, _ := br.Peek(2); len(magic) == 2 && magic[0] == 0x1f && magic[1] == 0x8b {
+	magic, _ := br.Peek(4)
+	switch {
+	case len(magic) >= 2 && magic[0] == 0x1f && magic[1] == 0x8b:
 		gz, err := gzip.NewReader(br)
 		if err != nil {
 			return archiveError(err)
 		}
 		defer gz.Close()
 		rd = gz
+	case dimplug.IsPackage(magic):
+		zr, err := dimplug.NewReader(br)
+		if err != nil {
+			return archiveError(err)
+		}
+		defer zr.Close()
+		rd = zr
 	}
 	dst, err := os.OpenRoot(stage)
 	if err != nil {
@@ -185,76 +218,139 @@ func (s *Store) extract(ctx context.Context, r io.Reader, stage string) error {
 	}
 	defer dst.Close()
 	tr := tar.NewReader(ctxReader{ctx, rd})
-	var b budget
+	b := budget{packed: opt.PackageSize}
 	dirs := []string{"."}
-	for {
-		hdr, err := tr.Next()
+	first, err := tr.Next()
+	if err != nil && err != io.EOF {
+		return archiveError(err)
+	}
+	var v *dimplug.Verifier
+	if first != nil && first.Name == dimplug.ManifestName {
+		h, next, err := dimplug.ReadHeader(tr, first)
+		if err != nil {
+			return &invalidError{msg: err.Error(), err: err}
+		}
+		if opt.Package != nil {
+			if err := opt.Package(h); err != nil {
+				return err
+			}
+		}
+		// The manifest's totals, checked before anything is written (the
+		// entries are held to them below).
+		total := h.Manifest.TotalSize()
+		if n := len(h.Manifest.Files) + len(h.Manifest.Dirs); n > MaxInstallFiles {
+			return invalidf("the package lists %d files and directories, more than the %d allowed", n, MaxInstallFiles)
+		}
+		if err := (&budget{packed: opt.PackageSize}).take(dimplug.ManifestName, total); err != nil {
+			return err
+		}
+		v = dimplug.NewVerifier(h.Manifest)
+		first = next
+	} else if opt.Package != nil {
+		if err := opt.Package(nil); err != nil {
+			return err
+		}
+	}
+	for hdr := first; hdr != nil; {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if err := s.extractEntry(ctx, dst, tr, hdr, &b, &dirs, v); err != nil {
+			return err
+		}
+		hdr, err = tr.Next()
 		if err == io.EOF {
 			break
 		}
 		if err != nil {
 			return archiveError(err)
 		}
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		name, err := entryName(hdr)
-		if err != nil {
-			return err
-		}
-		switch hdr.Typeflag {
-		case tar.TypeXGlobalHeader:
-			continue
-		case tar.TypeDir:
-			if name == "." {
-				continue
-			}
-			if err := b.entry(name); err != nil {
-				return err
-			}
-			if err := mkdirAll(dst, name); err != nil {
-				return entryError(hdr, err)
-			}
-			dirs = append(dirs, name)
-		case tar.TypeReg, '\x00': // '\x00' is the pre-POSIX regular file
-			if name == "." {
-				return invalidf("archive entry %q: a file cannot be the plugin directory itself", hdr.Name)
-			}
-			if err := b.entry(name); err != nil {
-				return err
-			}
-			if err := b.take(name, hdr.Size); err != nil {
-				return err
-			}
-			if parent := path.Dir(name); parent != "." {
-				if err := mkdirAll(dst, parent); err != nil {
-					return entryError(hdr, err)
-				}
-				dirs = append(dirs, parent)
-			}
-			if err := s.fail("copy " + name); err != nil {
-				return fmt.Errorf("archive entry %q: %w", hdr.Name, err)
-			}
-			mode := fs.FileMode(0o644)
-			if hdr.Mode&0o111 != 0 {
-				mode = 0o755
-			}
-			if err := writeFile(ctx, dst, name, mode, tr, hdr.Size); err != nil {
-				return entryError(hdr, err)
-			}
-		case tar.TypeSymlink:
-			return invalidf("archive entry %q: symbolic links are not allowed (it points to %q)", hdr.Name, hdr.Linkname)
-		case tar.TypeLink:
-			return invalidf("archive entry %q: hard links are not allowed (it links to %q)", hdr.Name, hdr.Linkname)
-		case tar.TypeChar, tar.TypeBlock:
-			return invalidf("archive entry %q: device files are not allowed", hdr.Name)
-		case tar.TypeFifo:
-			return invalidf("archive entry %q: named pipes are not allowed", hdr.Name)
-		default:
-			return invalidf("archive entry %q: entry type %q is not allowed; only regular files and directories can be installed", hdr.Name, hdr.Typeflag)
+	}
+	if v != nil {
+		if err := v.End(); err != nil {
+			return &invalidError{msg: err.Error(), err: err}
 		}
 	}
 	return syncDirs(dst, dirs)
+}
+
+// extractEntry unpacks one archive entry, checked against v when the
+// archive is a package.
+func (s *Store) extractEntry(ctx context.Context, dst *os.Root, tr *tar.Reader, hdr *tar.Header, b *budget, dirs *[]string, v *dimplug.Verifier) error {
+	name, err := entryName(hdr)
+	if err != nil {
+		return err
+	}
+	switch hdr.Typeflag {
+	case tar.TypeXGlobalHeader:
+		return nil
+	case tar.TypeDir:
+		if name == "." {
+			return nil
+		}
+		if err := b.entry(name); err != nil {
+			return err
+		}
+		if v != nil {
+			if err := v.Dir(name); err != nil {
+				return &invalidError{msg: err.Error(), err: err}
+			}
+		}
+		if err := mkdirAll(dst, name); err != nil {
+			return entryError(hdr, err)
+		}
+		*dirs = append(*dirs, name)
+	case tar.TypeReg, '\x00': // '\x00' is the pre-POSIX regular file
+		if name == "." {
+			return invalidf("archive entry %q: a file cannot be the plugin directory itself", hdr.Name)
+		}
+		if err := b.entry(name); err != nil {
+			return err
+		}
+		if err := b.take(name, hdr.Size); err != nil {
+			return err
+		}
+		var r io.Reader = tr
+		if v != nil {
+			w, err := v.File(name, hdr.Size, hdr.Mode&0o111 != 0)
+			if err != nil {
+				return &invalidError{msg: err.Error(), err: err}
+			}
+			r = io.TeeReader(tr, w)
+		}
+		if parent := path.Dir(name); parent != "." {
+			if err := mkdirAll(dst, parent); err != nil {
+				return entryError(hdr, err)
+			}
+			*dirs = append(*dirs, parent)
+		}
+		if err := s.fail("copy " + name); err != nil {
+			return fmt.Errorf("archive entry %q: %w", hdr.Name, err)
+		}
+		mode := fs.FileMode(0o644)
+		if hdr.Mode&0o111 != 0 {
+			mode = 0o755
+		}
+		if err := writeFile(ctx, dst, name, mode, r, hdr.Size); err != nil {
+			return entryError(hdr, err)
+		}
+		if v != nil {
+			if err := v.Done(); err != nil {
+				return &invalidError{msg: err.Error(), err: err}
+			}
+		}
+	case tar.TypeSymlink:
+		return invalidf("archive entry %q: symbolic links are not allowed (it points to %q)", hdr.Name, hdr.Linkname)
+	case tar.TypeLink:
+		return invalidf("archive entry %q: hard links are not allowed (it links to %q)", hdr.Name, hdr.Linkname)
+	case tar.TypeChar, tar.TypeBlock:
+		return invalidf("archive entry %q: device files are not allowed", hdr.Name)
+	case tar.TypeFifo:
+		return invalidf("archive entry %q: named pipes are not allowed", hdr.Name)
+	default:
+		return invalidf("archive entry %q: entry type %q is not allowed; only regular files and directories can be installed", hdr.Name, hdr.Typeflag)
+	}
+	return nil
 }
 
 // entryName checks an archive entry's path and returns it cleaned,

@@ -636,6 +636,9 @@ func checkContent(tx *bolt.Tx) error {
 	}); err != nil {
 		return err
 	}
+	if err := checkKept(tx); err != nil {
+		return err
+	}
 	if b := tx.Bucket(bucketGC); b != nil {
 		return b.ForEach(func(k, v []byte) error {
 			var e gcEntry

@@ -117,6 +117,13 @@ type PluginStatus struct {
 	InstalledAt     time.Time            `json:"installed_at"`
 	StartedAt       *time.Time           `json:"started_at,omitempty"`
 	Dir             string               `json:"dir"`
+	// PreviousVersion is the version kept for rollback; "" when none.
+	PreviousVersion string `json:"previous_version,omitempty"`
+	// Publisher is who signed the installed package (a trusted key); nil
+	// when it was unsigned or installed from a directory.
+	Publisher *TrustedKey `json:"publisher,omitempty"`
+	// SHA256 is the installed package's hash (hex); empty for a directory.
+	SHA256 string `json:"sha256,omitempty"`
 }
 
 // failureName is a failure policy as manifests spell it.
@@ -144,6 +151,9 @@ func readStatus(s schema.PluginStatus) PluginStatus {
 		ProtocolVersion: int(s.ProtocolVersion()),
 		InstalledAt:     time.UnixMilli(s.InstalledAtUnixMs()),
 		Dir:             t(s.Dir()),
+		PreviousVersion: t(s.PreviousVersion()),
+		SHA256:          readSHA256(s),
+		Publisher:       readPublisher(s),
 		Hooks:           []HookInfo{},
 		Streams:         []StreamStageInfo{},
 	}
@@ -193,6 +203,9 @@ type InstallOptions struct {
 	Replace bool                  // upgrade an installed plugin
 	Enable  bool                  // start it once installed
 	Grant   *manifest.Permissions // what the operator approved; nil: what the manifest asks
+	// Wait answers only once the plugin runs and is healthy; an install
+	// that fails is undone, an upgrade rolled back, and the error says why.
+	Wait bool
 }
 
 // Install installs a plugin from a tar archive of its directory (see
@@ -208,6 +221,7 @@ func (c *Control) Install(ctx context.Context, archive []byte, opts InstallOptio
 		}
 		o.SetReplace(opts.Replace)
 		o.SetEnable(opts.Enable)
+		o.SetWait(opts.Wait)
 		if opts.Grant != nil {
 			g, err := o.NewGrant()
 			if err != nil {
@@ -285,6 +299,13 @@ func (c *Control) Enable(ctx context.Context, name string) (*PluginStatus, error
 // Disable stops and disables a plugin.
 func (c *Control) Disable(ctx context.Context, name string) (*PluginStatus, error) {
 	return byName[schema.Control_disable_Params, schema.Control_disable_Results_Future](ctx, wrapCall(c.c.Disable), name)
+}
+
+// Rollback returns a plugin to the version it had before its last upgrade,
+// with its files, grant and data as they were then, and answers once that
+// version runs. The version rolled back from becomes the previous one.
+func (c *Control) Rollback(ctx context.Context, name string) (*PluginStatus, error) {
+	return byName[schema.Control_rollback_Params, schema.Control_rollback_Results_Future](ctx, wrapCall(c.c.Rollback), name)
 }
 
 // Restart restarts a plugin, lifting a quarantine.

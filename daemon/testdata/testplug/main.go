@@ -3,7 +3,9 @@
 //
 //	-versions 99     offer only protocol version 99
 //	-crash           exit(3) right after the handshake (crash loop)
+//	-fail-start      exit(4) before the handshake, saying why on stderr
 //	-name X          the value it writes into headers (default: installed name)
+//	-route-only      have only a route handler (Init and ServeRoute)
 //
 // Hooks, by phase:
 //
@@ -14,7 +16,10 @@
 //	          prints hostile log output for ?print=<mode> (see print);
 //	          answers 200 with its settings as JSON for ?settings=global
 //	          or ?settings=user&user=<id>, and with the number of change
-//	          notifications it got for ?settings=changes.
+//	          notifications it got for ?settings=changes; adds 1 to the
+//	          KV counter ?incr=<key> (with KV.Increment, or with a
+//	          compare-and-swap loop for &by=cas) and answers 200 with
+//	          the new count.
 //	response: adds "X-Test-Response: <name>" and increments the KV counter
 //	          "hits", returned in "X-Test-Hits".
 //	route:    answers 200 with "owned by <name>: <path> <params>".
@@ -124,6 +129,9 @@ func (p *testPlug) HookRequest(ctx context.Context, hook string, req *plugin.Req
 	}
 	if q.Has("settings") {
 		return p.settings(ctx, q)
+	}
+	if key := q.Get("incr"); key != "" {
+		return p.count(ctx, key, q.Get("by") == "cas")
 	}
 	if q.Has("creds") {
 		// What a plugin sees of the user's credentials (nothing), and an
@@ -364,7 +372,13 @@ func main() {
 	crash := flag.Bool("crash", false, "exit right after the handshake")
 	name := flag.String("name", "", "name to write into headers")
 	raw := flag.String("raw", "", "speak the frame protocol directly, breaking it this way (see raw.go)")
+	failStart := flag.Bool("fail-start", false, "exit with code 4 before the handshake, saying why")
+	routeOnly := flag.Bool("route-only", false, "have only a route handler (no request, response or observe hooks)")
 	flag.Parse()
+	if *failStart {
+		fmt.Fprintln(os.Stderr, "testplug: cannot open /data/config.db: refusing to start on purpose")
+		os.Exit(4)
+	}
 	if *raw != "" {
 		if err := startRaw(*raw); err != nil {
 			fmt.Fprintln(os.Stderr, "testplug:", err)
@@ -383,8 +397,49 @@ func main() {
 			os.Exit(3)
 		}()
 	}
-	if err := plugin.Serve(p, opts...); err != nil {
+	var serve any = p
+	if *routeOnly {
+		serve = routeOnlyPlug{p}
+	}
+	if err := plugin.Serve(serve, opts...); err != nil {
 		fmt.Fprintln(os.Stderr, "testplug:", err)
 		os.Exit(1)
 	}
+}
+
+// count adds 1 to the counter under key, atomically: with KV.Increment, or
+// with cas by retrying a compare-and-swap from the value that won.
+func (p *testPlug) count(ctx context.Context, key string, cas bool) (*plugin.Response, error) {
+	var n int64
+	if !cas {
+		var err error
+		if n, err = p.host.KV.Increment(ctx, key, 1); err != nil {
+			return nil, err
+		}
+	} else {
+		cur, found, err := p.host.KV.Get(ctx, key)
+		for {
+			if err != nil {
+				return nil, err
+			}
+			n, _ = strconv.ParseInt(string(cur), 10, 64)
+			n++
+			var swapped bool
+			swapped, cur, found, err = p.host.KV.CompareAndSwap(ctx, key, cur, found, []byte(strconv.FormatInt(n, 10)))
+			if err == nil && swapped {
+				break
+			}
+		}
+	}
+	return &plugin.Response{Status: 200, Body: []byte(strconv.FormatInt(n, 10))}, nil
+}
+
+// routeOnlyPlug is testplug with only its route handler, for a manifest
+// that declares hooks it does not serve.
+type routeOnlyPlug struct{ p *testPlug }
+
+func (r routeOnlyPlug) Init(ctx context.Context, h *plugin.Host) error { return r.p.Init(ctx, h) }
+
+func (r routeOnlyPlug) ServeRoute(ctx context.Context, hook string, req *plugin.Request) (*plugin.Response, error) {
+	return r.p.ServeRoute(ctx, hook, req)
 }

@@ -15,7 +15,6 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"strconv"
 
 	"github.com/dimplugd/dimplugd/sdk-go/plugin"
 )
@@ -52,19 +51,15 @@ func (b *badge) HookResponse(ctx context.Context, hook string, req *plugin.Reque
 	return nil
 }
 
-// countView increments and returns the view count of a media item.
+// countView increments and returns the view count of a media item. The
+// count is one atomic KV increment, so concurrent views of the same item
+// are all counted (a Get then a Set would lose some).
 func (b *badge) countView(ctx context.Context, id string) (int, error) {
-	key := "views/" + id
-	v, _, err := b.host.KV.Get(ctx, key)
+	n, err := b.host.KV.Increment(ctx, "views/"+id, 1)
 	if err != nil {
 		return 0, err
 	}
-	n, _ := strconv.Atoi(string(v))
-	n++
-	if err := b.host.KV.Set(ctx, key, []byte(strconv.Itoa(n))); err != nil {
-		return 0, err
-	}
-	return n, nil
+	return int(n), nil
 }
 
 // ServeRoute answers the plugin's own routes: the views page.
