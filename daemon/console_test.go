@@ -348,7 +348,7 @@ func TestConsoleBrowser(t *testing.T) {
 		t.Fatalf("open the console: %v", err)
 	}
 	state := func() string {
-		s, err := chromedp.Run(tctx, chromedp.Text(chromedp.CSS(row+` td[data-field="state"]`)))
+		s, _, err := browsertest.Text(tctx, row+` td[data-field="state"]`)
 		if err != nil {
 			t.Fatalf("read the state: %v", err)
 		}
@@ -366,7 +366,7 @@ func TestConsoleBrowser(t *testing.T) {
 		t.Fatalf("click disable: %v", err)
 	}
 	waitFor(t, 20*time.Second, "the table to show gamma stopped", func() bool { return state() == StateStopped })
-	enabled, err := chromedp.Run(tctx, chromedp.Text(chromedp.CSS(row+` td[data-field="enabled"]`)))
+	enabled, _, err := browsertest.Text(tctx, row+` td[data-field="enabled"]`)
 	if err != nil || enabled != "no" {
 		t.Fatalf("enabled column: %q, %v; want no", enabled, err)
 	}
@@ -381,7 +381,7 @@ func TestConsoleBrowser(t *testing.T) {
 	); err != nil {
 		t.Fatalf("open the detail view: %v", err)
 	}
-	route, err := chromedp.Run(tctx, chromedp.Text(chromedp.CSS(`#hooks tbody tr td:nth-child(4)`)))
+	route, _, err := browsertest.Text(tctx, `#hooks tbody tr td:nth-child(4)`)
 	if err != nil || route != "/gamma/:id" {
 		t.Fatalf("hook route %q, %v", route, err)
 	}
@@ -397,7 +397,7 @@ func TestConsoleBrowser(t *testing.T) {
 	); err != nil {
 		t.Fatalf("save invalid settings: %v", err)
 	}
-	reason, err := chromedp.Run(tctx, chromedp.Text(chromedp.CSS(`.field[data-field="port"] .error`)))
+	reason, _, err := browsertest.Text(tctx, `.field[data-field="port"] .error`)
 	if err != nil || !strings.Contains(reason, "65535") {
 		t.Fatalf("port error %q, %v; want the daemon's reason", reason, err)
 	}

@@ -18,6 +18,7 @@ package browsertest
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -161,4 +162,28 @@ func removeAllRetry(t testing.TB, dir string) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	t.Logf("browsertest: remove profile %s: %v", dir, err)
+}
+
+// textResult is what Text's page expression returns.
+type textResult struct {
+	Found bool   `json:"found"`
+	Text  string `json:"text"`
+}
+
+// Text returns the text content of the first element matching the CSS
+// selector, read in one step inside the page, and whether one matched. Unlike
+// chromedp.Text, which finds a node and then reads it in a second round trip,
+// it cannot fail with "No node with given id" when the page re-renders the
+// element in between: tests that poll a live table use it.
+func Text(ctx context.Context, selector string) (string, bool, error) {
+	sel, err := json.Marshal(selector)
+	if err != nil {
+		return "", false, err
+	}
+	expr := `(() => { const e = document.querySelector(` + string(sel) + `); return e ? {found: true, text: e.textContent.trim()} : {found: false, text: ""}; })()`
+	out, err := chromedp.Run(ctx, chromedp.Evaluate[textResult](expr))
+	if err != nil {
+		return "", false, err
+	}
+	return out.Text, out.Found, nil
 }

@@ -35,3 +35,31 @@ func TestStartAndScreenshot(t *testing.T) {
 		t.Fatalf("screenshot %s is not a PNG: %v", path, err)
 	}
 }
+
+// TestTextWhileRerendering reads an element that the page replaces every
+// millisecond, as the console's live table does: Text must never fail with
+// a stale node, and a selector that matches nothing is reported as such.
+func TestTextWhileRerendering(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/html")
+		io.WriteString(w, `<!doctype html><table><tbody id="b"></tbody></table><script>
+let n = 0;
+setInterval(() => { document.getElementById("b").innerHTML = '<tr data-p="a\'b"><td>running</td></tr>'; n++; }, 1);
+</script>`)
+	}))
+	defer srv.Close()
+
+	ctx := browsertest.Start(t)
+	if err := chromedp.Do(ctx, chromedp.Navigate(srv.URL), chromedp.WaitReady(chromedp.CSS(`tbody tr td`))); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 200; i++ {
+		text, found, err := browsertest.Text(ctx, `tr[data-p="a'b"] td`)
+		if err != nil || !found || text != "running" {
+			t.Fatalf("read %d: %q, %v, %v; want running", i, text, found, err)
+		}
+	}
+	if text, found, err := browsertest.Text(ctx, `#missing`); err != nil || found || text != "" {
+		t.Fatalf("missing element: %q, %v, %v; want not found", text, found, err)
+	}
+}
