@@ -6,9 +6,11 @@
 
 @0x96e3335b176e694a;
 
-using Go = import "/go.capnp";
+using Go = import "go.capnp";
+using Cxx = import "c++.capnp";
 $Go.package("schema");
 $Go.import("github.com/dimplugd/dimplugd/schema");
+$Cxx.namespace("dimplugd::schema");
 
 using Http = import "http.capnp";
 

@@ -8,9 +8,11 @@
 
 @0xe7ec6bf594bbbfdd;
 
-using Go = import "/go.capnp";
+using Go = import "go.capnp";
+using Cxx = import "c++.capnp";
 $Go.package("schema");
 $Go.import("github.com/dimplugd/dimplugd/schema");
+$Cxx.namespace("dimplugd::schema");
 
 using Host = import "host.capnp";
 using Control = import "control.capnp";

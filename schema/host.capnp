@@ -9,9 +9,11 @@
 
 @0xbc2bd2a32e7a0198;
 
-using Go = import "/go.capnp";
+using Go = import "go.capnp";
+using Cxx = import "c++.capnp";
 $Go.package("schema");
 $Go.import("github.com/dimplugd/dimplugd/schema");
+$Cxx.namespace("dimplugd::schema");
 
 using Http = import "http.capnp";
 using Control = import "control.capnp";

@@ -17,9 +17,11 @@
 
 @0xef4232f91829290c;
 
-using Go = import "/go.capnp";
+using Go = import "go.capnp";
+using Cxx = import "c++.capnp";
 $Go.package("schema");
 $Go.import("github.com/dimplugd/dimplugd/schema");
+$Cxx.namespace("dimplugd::schema");
 
 struct Header {
   # One header line. Multi-valued headers appear as several Header entries.

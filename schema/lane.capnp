@@ -34,9 +34,11 @@
 
 @0xe9222974464132e8;
 
-using Go = import "/go.capnp";
+using Go = import "go.capnp";
+using Cxx = import "c++.capnp";
 $Go.package("schema");
 $Go.import("github.com/dimplugd/dimplugd/schema");
+$Cxx.namespace("dimplugd::schema");
 
 using Http = import "http.capnp";
 using Plugin = import "plugin.capnp";

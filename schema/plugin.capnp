@@ -14,9 +14,11 @@
 
 @0xdcd0aedd1fb5a87f;
 
-using Go = import "/go.capnp";
+using Go = import "go.capnp";
+using Cxx = import "c++.capnp";
 $Go.package("schema");
 $Go.import("github.com/dimplugd/dimplugd/schema");
+$Cxx.namespace("dimplugd::schema");
 
 using Http = import "http.capnp";
 
@@ -112,10 +114,11 @@ interface SettingsWatcher {
 }
 
 enum LogLevel {
-  debug @0;
-  info @1;
-  warn @2;
-  error @3;
+  # C++ names carry a suffix: DEBUG and ERROR are common macros.
+  debug @0 $Cxx.name("debugLevel");
+  info @1 $Cxx.name("infoLevel");
+  warn @2 $Cxx.name("warnLevel");
+  error @3 $Cxx.name("errorLevel");
 }
 
 struct LogField {

@@ -29,9 +29,11 @@
 
 @0xf7ae6596281489a0;
 
-using Go = import "/go.capnp";
+using Go = import "go.capnp";
+using Cxx = import "c++.capnp";
 $Go.package("schema");
 $Go.import("github.com/dimplugd/dimplugd/schema");
+$Cxx.namespace("dimplugd::schema");
 
 struct FrameMsg {
   union {
