@@ -74,8 +74,9 @@ func (d *Daemon) InstallFrom(ctx context.Context, archive io.Reader, opts regist
 	}
 	d.mu.Unlock()
 	u.logf("installed version %s", rec.Manifest.Version)
+	kept := rec.KeptData
 	if !existed {
-		d.noteTakenOver(u)
+		d.noteTakenOver(u, kept)
 	}
 	d.log.Info("plugin installed", "plugin", rec.Name, "version", rec.Manifest.Version, "replace", existed)
 	if existed {
@@ -100,6 +101,7 @@ func (d *Daemon) InstallFrom(ctx context.Context, archive io.Reader, opts regist
 	if err := d.afterFreshInstall(u, rec, opts.Wait); err != nil {
 		return registry.Record{}, err
 	}
+	rec.KeptData = kept
 	return rec, nil
 }
 
@@ -370,7 +372,7 @@ func (c *control) install(ctx context.Context, call schema.Control_install) erro
 	if err != nil {
 		return err
 	}
-	return statusInto(c.d, call.AllocResults, rec.Name)
+	return installedInto(c.d, call.AllocResults, rec)
 }
 
 func (c *control) list(ctx context.Context, call schema.Control_list) error {
@@ -606,19 +608,41 @@ func writeLogLine(s schema.LogLine, l logbuf.Line) error {
 func statusInto[R interface {
 	NewPlugin() (schema.PluginStatus, error)
 }](d *Daemon, alloc func() (R, error), name string) error {
-	u, err := d.unit(name)
+	_, err := newStatus(d, alloc, name)
+	return err
+}
+
+// installedInto is statusInto for an install's answer: it also says what
+// data of an earlier install the new one took over.
+func installedInto[R interface {
+	NewPlugin() (schema.PluginStatus, error)
+}](d *Daemon, alloc func() (R, error), rec registry.Record) error {
+	st, err := newStatus(d, alloc, rec.Name)
 	if err != nil {
 		return err
+	}
+	st.SetKeptDataKeys(uint64(rec.KeptData.Keys))
+	st.SetKeptDataSettings(uint32(rec.KeptData.Settings))
+	st.SetKeptDataBytes(uint64(rec.KeptData.Bytes))
+	return nil
+}
+
+func newStatus[R interface {
+	NewPlugin() (schema.PluginStatus, error)
+}](d *Daemon, alloc func() (R, error), name string) (schema.PluginStatus, error) {
+	u, err := d.unit(name)
+	if err != nil {
+		return schema.PluginStatus{}, err
 	}
 	r, err := alloc()
 	if err != nil {
-		return err
+		return schema.PluginStatus{}, err
 	}
 	st, err := r.NewPlugin()
 	if err != nil {
-		return err
+		return schema.PluginStatus{}, err
 	}
-	return d.writeStatus(st, u)
+	return st, d.writeStatus(st, u)
 }
 
 func (d *Daemon) writeStatus(s schema.PluginStatus, u *unit) error {

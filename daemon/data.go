@@ -70,10 +70,9 @@ func (d *Daemon) stopForRemoval(u *unit) {
 // plugin started, the data the install took over from an earlier
 // Uninstall (a fresh install starts empty otherwise), and remembers it so
 // that undoing the install keeps that data (undoFreshInstall).
-func (d *Daemon) noteTakenOver(u *unit) {
+func (d *Daemon) noteTakenOver(u *unit, use registry.DataUsage) {
 	d.takenOver.Delete(u.name)
-	use, err := d.store.DataUsage(u.name)
-	if err != nil || use.Empty() {
+	if use.Empty() {
 		return
 	}
 	d.takenOver.Store(u.name, use)

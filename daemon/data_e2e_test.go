@@ -45,7 +45,10 @@ func TestRemoveKeepsDataCLI(t *testing.T) {
 	if want := "removed media-badge; kept 8 B of data for media-badge (installing media-badge again finds it; dimplugctl rm --purge media-badge deletes it)"; strings.TrimSpace(out) != want {
 		t.Errorf("rm says %q\nwant %q", out, want)
 	}
-	d.ctl(false, "install", "--yes", exampleDir(t))
+	out, _ = d.ctl(false, "install", "--yes", exampleDir(t))
+	if want := "media-badge starts with the data kept from an earlier install: 1 keys, 0 settings (8 B)"; !strings.Contains(out, want) {
+		t.Errorf("the reinstall says %q\nwant it to say %q", out, want)
+	}
 	d.waitRunning("media-badge", 0)
 	if n := views(); n != 4 {
 		t.Errorf("views after a reinstall: %v, want 4", n)
@@ -62,7 +65,10 @@ func TestRemoveKeepsDataCLI(t *testing.T) {
 	if strings.TrimSpace(out) != "removed media-badge and deleted its data" {
 		t.Errorf("rm --purge says %q", out)
 	}
-	d.ctl(false, "install", "--yes", exampleDir(t))
+	out, _ = d.ctl(false, "install", "--yes", exampleDir(t))
+	if strings.Contains(out, "kept") {
+		t.Errorf("the install after a purge says %q: there was no data to take over", out)
+	}
 	d.waitRunning("media-badge", 0)
 	if n := views(); n != 1 {
 		t.Errorf("views after rm --purge and a reinstall: %v, want 1", n)

@@ -158,3 +158,19 @@ func TestFirstStartNamesUnservedHooks(t *testing.T) {
 		}
 	}
 }
+
+// TestFirstStartNamesUnservedStages: a plugin that serves frame streams but
+// has no handler for a manifest stage's role fails at its first start,
+// naming the stage, the role and the method to add (PluginInfo.frameRoles).
+func TestFirstStartNamesUnservedStages(t *testing.T) {
+	td := startDaemon(t, testRuntime(t), fastSupervision)
+	td.install(t, pluginDir(t, testplugManifest("noframes", []string{"-route-only"},
+		hooks("route", "GET", "/own/*path", "2s", "fail-closed", 0)+streamStage("tagger", "video/segment", "transform", "fail-open", "1s", 0))))
+	st := waitState(t, td.ctl, "noframes", 30*time.Second, "failed", func(s *host.PluginStatus) bool { return s.State == StateFailed })
+	for _, want := range []string{`plugin.toml: [[streams]] "tagger" is a transform stage, but the plugin's handshake serves no transform frames`,
+		"add a FilterFrame (plugin.FrameFilter) method", "or remove the stage from plugin.toml"} {
+		if !strings.Contains(st.Detail, want) {
+			t.Errorf("detail %q\ndoes not say %q", st.Detail, want)
+		}
+	}
+}

@@ -371,7 +371,7 @@ func (u *upload) finish(ctx context.Context, call schema.Upload_finish) error {
 			return err
 		}
 	}
-	return statusInto(u.c.d, func() (schema.Upload_finish_Results, error) { return res, nil }, rec.Name)
+	return installedInto(u.c.d, func() (schema.Upload_finish_Results, error) { return res, nil }, rec)
 }
 
 func (u *upload) Abort(ctx context.Context, call schema.Upload_abort) error {

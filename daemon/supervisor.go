@@ -724,9 +724,16 @@ func (u *unit) handshake(ctx context.Context, inst *instance, rec registry.Recor
 			return caps, &permanentError{missingHandler(h.Phase, h.Name)}
 		}
 	}
+	roles, err := servedRoles(info)
+	if err != nil {
+		return caps, fmt.Errorf("handshake: %w", err)
+	}
 	for _, st := range rec.Manifest.Streams {
 		if !info.Frames() {
 			return caps, &permanentError{missingFrames(st.Name)}
+		}
+		if roles != nil && !roles[st.Role] {
+			return caps, &permanentError{missingRole(st.Role, st.Name)}
 		}
 	}
 	inst.plugin = res.Plugin().AddRef()

@@ -224,6 +224,12 @@ struct PluginStatus {
   previousVersion @18 :Text;  # kept for rollback; empty when none
   publisher @19 :TrustedKey;  # who signed the installed package; null: unsigned
   sha256 @20 :Data;           # of the installed package
+  keptDataKeys @21 :UInt64;
+  keptDataSettings @22 :UInt32;
+  keptDataBytes @23 :UInt64;
+  # Set only in an install's answer: the data of an earlier install of this
+  # name (kept by an uninstall without purge) that this install took over.
+  # All zero when there was none.
 }
 
 struct LogLine {

@@ -55,6 +55,12 @@ struct PluginInfo {
   # it, still running, to the new daemon binary instead of restarting it.
   # Needs `frames`. A plugin that does not set it is stopped and started
   # again across an upgrade.
+  frameRoles @7 :List(Text);
+  # The stream roles the plugin has frame handlers for: "transform" (it
+  # filters frames and passes frames on) and/or "observe" (it sees frames).
+  # Needs `frames`. The daemon fails the plugin at its first start when a
+  # manifest [[streams]] stage has a role not listed, as it does for hook
+  # phases. Left unset (older plugins), only `frames` is checked.
 }
 
 interface Plugin {

@@ -570,12 +570,12 @@ type PluginInfo capnp.Struct
 const PluginInfo_TypeID = 0xe78d3c9ffd886ad5
 
 func NewPluginInfo(s *capnp.Segment) (PluginInfo, error) {
-	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 8, PointerCount: 4})
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 8, PointerCount: 5})
 	return PluginInfo(st), err
 }
 
 func NewRootPluginInfo(s *capnp.Segment) (PluginInfo, error) {
-	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 8, PointerCount: 4})
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 8, PointerCount: 5})
 	return PluginInfo(st), err
 }
 
@@ -712,12 +712,36 @@ func (s PluginInfo) SetRebind(v bool) {
 	capnp.Struct(s).SetBit(2, v)
 }
 
+func (s PluginInfo) FrameRoles() (capnp.TextList, error) {
+	p, err := capnp.Struct(s).Ptr(4)
+	return capnp.TextList(p.List()), err
+}
+
+func (s PluginInfo) HasFrameRoles() bool {
+	return capnp.Struct(s).HasPtr(4)
+}
+
+func (s PluginInfo) SetFrameRoles(v capnp.TextList) error {
+	return capnp.Struct(s).SetPtr(4, v.ToPtr())
+}
+
+// NewFrameRoles sets the frameRoles field to a newly
+// allocated capnp.TextList, preferring placement in s's segment.
+func (s PluginInfo) NewFrameRoles(n int32) (capnp.TextList, error) {
+	l, err := capnp.NewTextList(capnp.Struct(s).Segment(), n)
+	if err != nil {
+		return capnp.TextList{}, err
+	}
+	err = capnp.Struct(s).SetPtr(4, l.ToPtr())
+	return l, err
+}
+
 // PluginInfo_List is a list of PluginInfo.
 type PluginInfo_List = capnp.StructList[PluginInfo]
 
 // NewPluginInfo creates a new list of PluginInfo.
 func NewPluginInfo_List(s *capnp.Segment, sz int32) (PluginInfo_List, error) {
-	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 8, PointerCount: 4}, sz)
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 8, PointerCount: 5}, sz)
 	return capnp.StructList[PluginInfo](l), err
 }
 

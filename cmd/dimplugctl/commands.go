@@ -170,6 +170,7 @@ refused.`,
 					return c.printJSON(st)
 				}
 				fmt.Fprintf(c.out, "installed %s %s (%s)\n", st.Name, st.Version, enabledWord(st.Enabled))
+				c.printKeptData(st)
 				return nil
 			})
 		},

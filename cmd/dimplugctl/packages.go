@@ -486,7 +486,19 @@ func (c *cli) installPackage(src string, pf packageFlags, opts host.InstallOptio
 		by = fmt.Sprintf("signed by %s (%s)", res.Publisher.KeyID, termesc.String(res.Publisher.Comment))
 	}
 	fmt.Fprintf(c.out, "installed %s %s (%s), %s, sha256 %x\n", res.Plugin.Name, res.Plugin.Version, enabledWord(res.Plugin.Enabled), by, res.SHA256)
+	c.printKeptData(&res.Plugin)
 	return nil
+}
+
+// printKeptData says when an install took over the data an earlier install
+// of the name left behind (rm without --purge): the plugin starts with it.
+func (c *cli) printKeptData(st *host.PluginStatus) {
+	if st == nil || st.KeptData == nil {
+		return
+	}
+	k := st.KeptData
+	fmt.Fprintf(c.out, "%s starts with the data kept from an earlier install: %d keys, %d settings (%s); dimplugctl data export %s backs it up, rm --purge %s deletes it\n",
+		st.Name, k.Keys, k.Settings, manifest.Size(int64(k.Bytes)), st.Name, st.Name)
 }
 
 // showPublisher says who signed the package (checked against the keys the

@@ -63,8 +63,10 @@ func TestUninstallKeepsData(t *testing.T) {
 	}
 	s = openStore(t, dir)
 
-	// A fresh install finds it.
-	install(t, s, src, InstallOptions{})
+	// A fresh install finds it, and says so.
+	if rec := install(t, s, src, InstallOptions{}); rec.KeptData != use {
+		t.Errorf("the reinstall took over %+v, want %+v", rec.KeptData, use)
+	}
 	if v, ok, err := s.KV("keeper").Get("views/1"); err != nil || !ok || string(v) != "12" {
 		t.Fatalf("reinstalled: views/1 = %q, %v, %v", v, ok, err)
 	}

@@ -225,8 +225,13 @@ func (s *Store) commitStaged(stage string, m *manifest.Manifest, opt InstallOpti
 			// otherwise starts with empty key-value data and no settings
 			// (an older dimplugd may have removed the plugin without
 			// knowing of its settings).
-			if _, err := takeKeptTx(tx, m.Name); err != nil {
+			use := dataUsage(tx, m.Name)
+			kept, err := takeKeptTx(tx, m.Name)
+			if err != nil {
 				return err
+			}
+			if kept {
+				rec.KeptData = use
 			}
 		case err != nil:
 			return err

@@ -136,6 +136,10 @@ type Record struct {
 	// SHA256 is the hash of the installed package as received (hex);
 	// empty when installed from a directory.
 	SHA256 string `json:"sha256,omitempty"`
+	// KeptData is, on the record an install returns, the data of an
+	// earlier install of the name (kept by Uninstall) that the install
+	// took over. Not stored.
+	KeptData DataUsage `json:"-"`
 }
 
 // Store is an open state directory. Close it when done.

@@ -119,6 +119,10 @@ type PluginStatus struct {
 	Dir             string               `json:"dir"`
 	// PreviousVersion is the version kept for rollback; "" when none.
 	PreviousVersion string `json:"previous_version,omitempty"`
+	// KeptData is set only in an install's answer: the data of an earlier
+	// install of the name, kept by an uninstall without purge, that this
+	// install took over. Nil when there was none.
+	KeptData *KeptData `json:"kept_data,omitempty"`
 	// Publisher is who signed the installed package (a trusted key); nil
 	// when it was unsigned or installed from a directory.
 	Publisher *TrustedKey `json:"publisher,omitempty"`
@@ -152,6 +156,7 @@ func readStatus(s schema.PluginStatus) PluginStatus {
 		InstalledAt:     time.UnixMilli(s.InstalledAtUnixMs()),
 		Dir:             t(s.Dir()),
 		PreviousVersion: t(s.PreviousVersion()),
+		KeptData:        readKeptData(s),
 		SHA256:          readSHA256(s),
 		Publisher:       readPublisher(s),
 		Hooks:           []HookInfo{},
@@ -536,4 +541,20 @@ func dialClass(err error) error {
 		return errdefs.WithClass(err, errdefs.ErrUnavailable)
 	}
 	return err
+}
+
+// KeptData is how much data an install took over from an earlier install of
+// the same name.
+type KeptData struct {
+	Keys     uint64 `json:"keys"`
+	Settings uint32 `json:"settings"`
+	Bytes    uint64 `json:"bytes"`
+}
+
+func readKeptData(s schema.PluginStatus) *KeptData {
+	k := KeptData{Keys: s.KeptDataKeys(), Settings: s.KeptDataSettings(), Bytes: s.KeptDataBytes()}
+	if k == (KeptData{}) {
+		return nil
+	}
+	return &k
 }

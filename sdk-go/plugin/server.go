@@ -178,7 +178,33 @@ func writeInfo(info schema.PluginInfo, name string, s *server) error {
 	for i, p := range ps {
 		l.Set(i, p)
 	}
+	if s.cfg.frames == nil {
+		return nil
+	}
+	roles := frameRoles(s.p)
+	tl, err := info.NewFrameRoles(int32(len(roles)))
+	if err != nil {
+		return err
+	}
+	for i, r := range roles {
+		if err := tl.Set(i, r); err != nil {
+			return err
+		}
+	}
 	return nil
+}
+
+// frameRoles lists the stream roles p has frame handlers for, as the
+// handshake reports them (PluginInfo.frameRoles).
+func frameRoles(p any) []string {
+	var roles []string
+	if _, ok := p.(FrameFilter); ok {
+		roles = append(roles, "transform")
+	}
+	if _, ok := p.(FrameObserver); ok {
+		roles = append(roles, "observe")
+	}
+	return roles
 }
 
 type pluginServer struct{ s *server }
