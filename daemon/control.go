@@ -80,14 +80,16 @@ func (d *Daemon) InstallFrom(ctx context.Context, archive io.Reader, opts regist
 	}
 	d.log.Info("plugin installed", "plugin", rec.Name, "version", rec.Manifest.Version, "replace", existed)
 	if existed {
-		if rec, err = d.upgrade(u, rec, opts.Wait); err == nil && enable && !rec.Enabled {
+		if rec, err = d.upgrade(u, rec, opts); err == nil && enable && !rec.Enabled {
 			return d.Enable(rec.Name) // a disabled plugin: its upgrade is in place
 		}
 		return rec, err
 	}
 	if enable {
 		name := rec.Name
+		opts.Report("starting", 0, 0)
 		if rec, err = d.Enable(name); err != nil {
+			opts.Report("rolling back", 0, 0)
 			if !existed { // a failed install leaves nothing behind
 				if rerr := d.undoFreshInstall(name); rerr != nil {
 					err = errors.Join(err, rerr)
@@ -98,7 +100,7 @@ func (d *Daemon) InstallFrom(ctx context.Context, archive io.Reader, opts regist
 	}
 	d.rebuildRoutes()
 	u.poke()
-	if err := d.afterFreshInstall(u, rec, opts.Wait); err != nil {
+	if err := d.afterFreshInstall(u, rec, opts); err != nil {
 		return registry.Record{}, err
 	}
 	rec.KeptData = kept

@@ -248,6 +248,12 @@ type upload struct {
 	progress      schema.InstallProgress
 	started       time.Time
 
+	// progressMu guards progressOff, set once finish has answered: stages
+	// of an install that did not wait happen after the answer, and are
+	// not reported (the client may have released progress by then).
+	progressMu  sync.Mutex
+	progressOff bool
+
 	mu       sync.Mutex
 	f        *os.File
 	h        hash.Hash
@@ -293,7 +299,9 @@ func (u *upload) write(ctx context.Context, call schema.Upload_write) error {
 
 // stage reports progress without waiting for the answer.
 func (u *upload) stage(ctx context.Context, stage string, done, total uint64) {
-	if !u.progress.IsValid() {
+	u.progressMu.Lock()
+	defer u.progressMu.Unlock()
+	if u.progressOff || !u.progress.IsValid() {
 		return
 	}
 	_, release := u.progress.Stage(context.Background(), func(p schema.InstallProgress_stage_Params) error {
@@ -302,6 +310,22 @@ func (u *upload) stage(ctx context.Context, stage string, done, total uint64) {
 		return p.SetStage(stage)
 	})
 	release()
+}
+
+// releaseProgress stops reporting stages and lets go of the client's
+// InstallProgress.
+func (u *upload) releaseProgress() {
+	u.progressMu.Lock()
+	defer u.progressMu.Unlock()
+	u.progressOff = true
+	u.progress.Release()
+}
+
+// progressDone stops reporting stages: finish has answered.
+func (u *upload) progressDone() {
+	u.progressMu.Lock()
+	u.progressOff = true
+	u.progressMu.Unlock()
 }
 
 func (u *upload) failLocked(err error) error {
@@ -344,6 +368,8 @@ func (u *upload) finish(ctx context.Context, call schema.Upload_finish) error {
 	opts.PackageSize = u.n
 	opts.Package = u.c.d.packageCheck(u.allowUnsigned, false, &publisher)
 	opts.Provenance = func() (*registry.TrustedKey, string) { return publisher, hex.EncodeToString(sum) }
+	opts.Progress = func(stage string, done, total uint64) { u.stage(ctx, stage, done, total) }
+	defer u.progressDone()
 	call.Go()
 	rec, err := u.c.d.InstallFrom(ctx, u.f, opts)
 	if err != nil {
@@ -396,14 +422,14 @@ func (u *upload) Shutdown() {
 		u.c.d.log.Warn("package transfer ended before finish: the client went away", "bytes", u.n)
 	}
 	u.closeLocked()
-	u.progress.Release()
+	u.releaseProgress()
 }
 
 func (u *upload) cleanup() {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	u.closeLocked()
-	u.progress.Release()
+	u.releaseProgress()
 }
 
 func (u *upload) closeLocked() {

@@ -45,6 +45,9 @@ import (
 // run loop to start beside it.
 type pendingUpgrade struct {
 	rec registry.Record
+	// progress is told the stages of the switch (registry.InstallOptions
+	// .Progress); nil when no one listens.
+	progress func(stage string, done, total uint64)
 	// done gets the outcome when the run loop started the new version
 	// beside the old one (capacity 1).
 	done chan error
@@ -52,6 +55,13 @@ type pendingUpgrade struct {
 	// instead (the old instance had ended): the new record is then
 	// started like any other.
 	inPlace chan struct{}
+}
+
+// report tells the upgrade's listener, if any, that stage begins.
+func (up *pendingUpgrade) report(stage string) {
+	if up.progress != nil {
+		up.progress(stage, 0, 0)
+	}
 }
 
 // settleDelay is how long a new version started beside the old one must
@@ -97,11 +107,13 @@ func (u *unit) upgradeBeside(ctx context.Context, old *instance, up *pendingUpgr
 		up.done <- err
 		return nil
 	}
+	up.report("waiting")
 	if err := u.ready(ctx, inst); err != nil {
 		u.teardown(inst)
 		up.done <- err
 		return nil
 	}
+	up.report("switching")
 	u.mu.Lock()
 	err = u.transitionLocked(runningState{inst: inst})
 	if err == nil {
@@ -237,14 +249,16 @@ func (d *Daemon) awaitHealthy(u *unit, rec registry.Record, crashes uint64, dead
 
 // afterFreshInstall waits, with wait, for a freshly installed and enabled
 // plugin to become healthy, and removes it if it does not.
-func (d *Daemon) afterFreshInstall(u *unit, rec registry.Record, wait bool) error {
-	if !wait || !rec.Enabled {
+func (d *Daemon) afterFreshInstall(u *unit, rec registry.Record, opts registry.InstallOptions) error {
+	if !opts.Wait || !rec.Enabled {
 		return nil
 	}
+	opts.Report("waiting", 0, 0)
 	err := d.awaitHealthy(u, rec, 0, time.Now().Add(d.startBound()))
 	if err == nil {
 		return nil
 	}
+	opts.Report("rolling back", 0, 0)
 	if rerr := d.undoFreshInstall(rec.Name); rerr != nil {
 		return errors.Join(err, fmt.Errorf("remove it again: %w", rerr))
 	}
@@ -254,7 +268,7 @@ func (d *Daemon) afterFreshInstall(u *unit, rec registry.Record, wait bool) erro
 // upgrade finishes an upgrade the registry committed (rec, with the
 // replaced version kept as previous): it switches the unit to rec and,
 // with wait, answers with the outcome.
-func (d *Daemon) upgrade(u *unit, rec registry.Record, wait bool) (registry.Record, error) {
+func (d *Daemon) upgrade(u *unit, rec registry.Record, opts registry.InstallOptions) (registry.Record, error) {
 	undo := func() (registry.Record, error) { return d.store.Rollback(rec.Name, false) }
 	u.tx.Lock()
 	if rec.Enabled {
@@ -266,8 +280,8 @@ func (d *Daemon) upgrade(u *unit, rec registry.Record, wait bool) (registry.Reco
 			return registry.Record{}, err
 		}
 	}
-	done := d.switchTo(u, rec, undo)
-	if !wait {
+	done := d.switchTo(u, rec, undo, opts.Progress)
+	if !opts.Wait {
 		return rec, nil
 	}
 	if err := <-done; err != nil {
@@ -292,7 +306,7 @@ func (d *Daemon) Rollback(name string) (registry.Record, error) {
 	}
 	u.logf("rolling back from version %s to version %s", from, rec.Manifest.Version)
 	d.log.Info("plugin rolled back", "plugin", name, "from", from, "to", rec.Manifest.Version)
-	if err := <-d.switchTo(u, rec, func() (registry.Record, error) { return d.store.Rollback(name, true) }); err != nil {
+	if err := <-d.switchTo(u, rec, func() (registry.Record, error) { return d.store.Rollback(name, true) }, nil); err != nil {
 		return registry.Record{}, err
 	}
 	return rec, nil
@@ -309,12 +323,18 @@ func (u *unit) record() registry.Record {
 // (which restores the registry) and returns the unit to the record undo
 // returns. The outcome is sent on the returned channel. The caller holds
 // u.tx; switchTo releases it once settled.
-func (d *Daemon) switchTo(u *unit, rec registry.Record, undo func() (registry.Record, error)) <-chan error {
+func (d *Daemon) switchTo(u *unit, rec registry.Record, undo func() (registry.Record, error), progress func(stage string, done, total uint64)) <-chan error {
+	report := func(stage string) {
+		if progress != nil {
+			progress(stage, 0, 0)
+		}
+	}
+	report("starting")
 	u.mu.Lock()
 	_, running := u.state.(runningState)
 	var up *pendingUpgrade
 	if running && rec.Enabled && !u.removed {
-		up = &pendingUpgrade{rec: rec, done: make(chan error, 1), inPlace: make(chan struct{})}
+		up = &pendingUpgrade{rec: rec, done: make(chan error, 1), inPlace: make(chan struct{}), progress: progress}
 		u.pending = up
 	} else {
 		u.rec = rec
@@ -330,7 +350,7 @@ func (d *Daemon) switchTo(u *unit, rec registry.Record, undo func() (registry.Re
 	out := make(chan error, 1)
 	go func() {
 		defer u.tx.Unlock()
-		err := d.settle(u, rec, up, crashes)
+		err := d.settle(u, rec, up, crashes, report)
 		if err == nil {
 			if !rec.Manifest.Settings.IsZero() {
 				d.checkSettingsAfterUpgrade(u)
@@ -338,13 +358,14 @@ func (d *Daemon) switchTo(u *unit, rec registry.Record, undo func() (registry.Re
 			out <- nil
 			return
 		}
+		report("rolling back")
 		out <- d.undo(u, up, err, undo)
 	}()
 	return out
 }
 
 // settle waits for the outcome of switchTo.
-func (d *Daemon) settle(u *unit, rec registry.Record, up *pendingUpgrade, crashes uint64) error {
+func (d *Daemon) settle(u *unit, rec registry.Record, up *pendingUpgrade, crashes uint64, report func(string)) error {
 	deadline := time.Now().Add(d.startBound())
 	if up != nil {
 		select {
@@ -361,6 +382,7 @@ func (d *Daemon) settle(u *unit, rec registry.Record, up *pendingUpgrade, crashe
 	if !rec.Enabled {
 		return nil
 	}
+	report("waiting")
 	return d.awaitHealthy(u, rec, crashes, deadline)
 }
 

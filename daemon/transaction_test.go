@@ -1,11 +1,13 @@
 package daemon
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -290,5 +292,59 @@ func TestRollback(t *testing.T) {
 	}
 	if who, err := answeredBy(s); err != nil || who != "v2" {
 		t.Errorf("request after the second rollback: %q, %v", who, err)
+	}
+}
+
+// TestInstallStages: a streamed install reports each stage as it begins,
+// in order: a fresh install, an upgrade started beside the old version
+// and switched to, and an upgrade that cannot start and is rolled back.
+func TestInstallStages(t *testing.T) {
+	td := startDaemon(t, testRuntime(t), fastSupervision)
+	install := func(dir string, replace bool) ([]string, error) {
+		t.Helper()
+		archive, err := host.Archive(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		var mu sync.Mutex
+		var stages []string
+		_, err = td.ctl.InstallStream(ctx, bytes.NewReader(archive), host.StreamOptions{
+			InstallOptions: host.InstallOptions{Enable: true, Replace: replace, Wait: true},
+			AllowUnsigned:  true,
+			Stage: func(stage string, done, total uint64) {
+				mu.Lock()
+				defer mu.Unlock()
+				if len(stages) == 0 || stages[len(stages)-1] != stage {
+					stages = append(stages, stage)
+				}
+			},
+		})
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(stages), err
+	}
+	for _, tc := range []struct {
+		name    string
+		dir     string
+		replace bool
+		fails   bool
+		want    []string
+	}{
+		{"fresh install", pluginDir(t, txManifest("stg", "1.0.0", "-name", "v1")), false, false,
+			[]string{"verifying", "unpacking", "starting", "waiting"}},
+		{"upgrade beside", pluginDir(t, txManifest("stg", "2.0.0", "-name", "v2")), true, false,
+			[]string{"verifying", "unpacking", "starting", "waiting", "switching"}},
+		{"broken upgrade", pluginDir(t, txManifest("stg", "3.0.0", "-fail-start")), true, true,
+			[]string{"verifying", "unpacking", "starting", "rolling back"}},
+	} {
+		stages, err := install(tc.dir, tc.replace)
+		if (err != nil) != tc.fails {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if !slices.Equal(stages, tc.want) {
+			t.Errorf("%s: stages %q, want %q", tc.name, stages, tc.want)
+		}
 	}
 }

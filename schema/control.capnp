@@ -126,9 +126,12 @@ interface Upload {
 interface InstallProgress {
   # What the daemon is doing with a streamed package.
   stage @0 (stage :Text, done :UInt64, total :UInt64) -> ();
-  # stage: "receiving", "verifying", "unpacking", "starting", "waiting"
-  # (for the plugin to be healthy), "switching" (hooks to the new version),
-  # "rolling back". done/total count bytes where that means something.
+  # Called as each stage begins, in order: "receiving" (every 8 MiB),
+  # "verifying", "unpacking", "starting", "waiting" (for the plugin to be
+  # healthy), "switching" (an upgrade: calls to the new version), "rolling
+  # back" (it did not become healthy). done/total count bytes where that
+  # means something, else 0. Stages after finish answered (without
+  # InstallOptions.wait) are not reported. docs/packages.md has the table.
 }
 
 struct TrustedKey {

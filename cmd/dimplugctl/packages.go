@@ -631,6 +631,10 @@ func (p *progress) showLocked(stage string, done, total int64) {
 		}
 		b, _ := json.Marshal(ev)
 		fmt.Fprintf(p.c.errw, "%s\n", b)
+	case p.tty && done == 0 && total == 0:
+		// A stage of the plugin's start: nothing to count.
+		fmt.Fprintf(p.c.errw, "\r\033[K%s…", stage)
+		p.drawn = true
 	case p.tty:
 		line := fmt.Sprintf("%s %s", stage, manifest.Size(done))
 		if total > 0 {

@@ -20,9 +20,10 @@ func TestProgress(t *testing.T) {
 	} {
 		p.add(40 << 20)
 		p.stage("verifying", 100<<20, 100<<20)
+		p.stage("waiting", 0, 0)
 		p.finish()
 	}
-	if s := tty.String(); !strings.Contains(s, "sending 40 MiB / 100 MiB (40%)") || !strings.Contains(s, "MiB/s") || !strings.Contains(s, "ETA 3s") || !strings.Contains(s, "verifying") {
+	if s := tty.String(); !strings.Contains(s, "sending 40 MiB / 100 MiB (40%)") || !strings.Contains(s, "MiB/s") || !strings.Contains(s, "ETA 3s") || !strings.Contains(s, "verifying") || !strings.Contains(s, "waiting…") || strings.Contains(s, "waiting 0 B") {
 		t.Errorf("terminal: %q", s)
 	}
 	lines := strings.Split(strings.TrimSpace(js.String()), "\n")
@@ -30,7 +31,7 @@ func TestProgress(t *testing.T) {
 		Event, Stage string
 		Bytes, Total int64
 	}
-	if len(lines) != 2 || json.Unmarshal([]byte(lines[0]), &ev) != nil || ev.Event != "progress" || ev.Stage != "sending" || ev.Bytes != 40<<20 || ev.Total != 100<<20 {
+	if len(lines) != 3 || json.Unmarshal([]byte(lines[0]), &ev) != nil || ev.Event != "progress" || ev.Stage != "sending" || ev.Bytes != 40<<20 || ev.Total != 100<<20 {
 		t.Errorf("json: %q", js.String())
 	}
 	if pipe.Len() != 0 {

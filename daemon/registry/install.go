@@ -60,6 +60,12 @@ type InstallOptions struct {
 	// Provenance, when set, is called at the commit for the record's
 	// Publisher and SHA256 (known once the package has been checked).
 	Provenance func() (*TrustedKey, string)
+	// Progress, when set, is told each stage of the install as it begins
+	// (Control.installStream's InstallProgress): the store reports
+	// "unpacking" (done/total: the package's bytes when known), the daemon
+	// the stages after the commit ("starting", "waiting", "switching",
+	// "rolling back"). It must not block.
+	Progress func(stage string, done, total uint64)
 }
 
 // InstallDir installs the plugin in the directory src: it copies the tree
@@ -88,6 +94,13 @@ func (s *Store) InstallArchive(ctx context.Context, r io.Reader, opt InstallOpti
 	return s.install(ctx, "archive", opt, func(ctx context.Context, stage string) error {
 		return s.extract(ctx, r, stage, opt)
 	})
+}
+
+// Report calls opt.Progress, if set.
+func (opt InstallOptions) Report(stage string, done, total uint64) {
+	if opt.Progress != nil {
+		opt.Progress(stage, done, total)
+	}
 }
 
 // install stages a plugin with fill, then validates and commits it. from

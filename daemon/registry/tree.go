@@ -251,6 +251,7 @@ func (s *Store) extract(ctx context.Context, r io.Reader, stage string, opt Inst
 			return err
 		}
 	}
+	opt.Report("unpacking", 0, uint64(max(opt.PackageSize, 0)))
 	for hdr := first; hdr != nil; {
 		if err := ctx.Err(); err != nil {
 			return err
