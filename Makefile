@@ -39,7 +39,9 @@ FUZZ_TARGETS := \
 	./sdk-go/termesc:FuzzString:200000 \
 	./sdk-go/manifest:FuzzParse:50000 \
 	./sdk-go/manifest:FuzzRoute:200000 \
-	./daemon/settings:FuzzCompileValidate:100000
+	./daemon/settings:FuzzCompileValidate:100000 \
+	./sdk-go/dimplug:FuzzReadHeader:200000 \
+	./daemon/registry:FuzzInstallArchive:30000
 
 EXAMPLE_PLUGINS := $(notdir $(wildcard examples/plugins/*))
 

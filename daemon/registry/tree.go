@@ -193,7 +193,7 @@ func (s *Store) copyTree(ctx context.Context, src, stage string) error {
 // plain archive is handed to opt.Package as nil. There is one unpacker:
 // both kinds go through the same entry rules below.
 func (s *Store) extract(ctx context.Context, r io.Reader, stage string, opt InstallOptions) error {
-	br := bufio.NewReader(r)
+	br := bufio.NewReader(sourceReader{r})
 	var rd io.Reader = br
 	magic, _ := br.Peek(4)
 	switch {
@@ -217,7 +217,7 @@ func (s *Store) extract(ctx context.Context, r io.Reader, stage string, opt Inst
 		return err
 	}
 	defer dst.Close()
-	tr := tar.NewReader(ctxReader{ctx, rd})
+	tr := tar.NewReader(ctxReader{ctx, contentReader{rd}})
 	b := budget{packed: opt.PackageSize}
 	dirs := []string{"."}
 	first, err := tr.Next()
@@ -453,6 +453,37 @@ func syncDirs(root *os.Root, dirs []string) error {
 }
 
 // ctxReader stops reading once its context is done.
+// sourceReader marks the errors of the reader the archive comes from
+// (sourceError), so that contentReader can tell them from damage.
+type sourceReader struct{ r io.Reader }
+
+type sourceError struct{ err error }
+
+func (e *sourceError) Error() string { return e.err.Error() }
+func (e *sourceError) Unwrap() error { return e.err }
+
+func (s sourceReader) Read(p []byte) (int, error) {
+	n, err := s.r.Read(p)
+	if err != nil && err != io.EOF {
+		err = &sourceError{err}
+	}
+	return n, err
+}
+
+// contentReader reads the decompressed archive: an error that did not come
+// from the source (a corrupt zstd or gzip stream, whatever the
+// decompressor says about it) is damage, and invalid input.
+type contentReader struct{ r io.Reader }
+
+func (c contentReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	var se *sourceError
+	if err != nil && err != io.EOF && err != io.ErrUnexpectedEOF && !errors.As(err, &se) && !errors.Is(err, ErrInvalid) {
+		err = &invalidError{msg: "the archive is damaged: " + err.Error(), err: err}
+	}
+	return n, err
+}
+
 type ctxReader struct {
 	ctx context.Context
 	r   io.Reader

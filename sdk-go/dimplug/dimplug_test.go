@@ -13,7 +13,7 @@ import (
 	"aead.dev/minisign"
 )
 
-func testDir(t *testing.T) string {
+func testDir(t testing.TB) string {
 	dir := t.TempDir()
 	write := func(name, body string, mode os.FileMode) {
 		p := filepath.Join(dir, name)
