@@ -63,8 +63,13 @@ func (d *Daemon) InstallFrom(ctx context.Context, archive io.Reader, opts regist
 		return nil
 	}
 	opts.KeepPrevious = true // an upgrade is undone, or rolled back, to it (transaction.go)
+	// The name's transaction lock, from before the commit until this
+	// install has settled (an upgrade hands it on to switchTo).
+	release := func() {}
+	opts.Claim = func(name string) { release = d.txLocks.lock(name) }
 	rec, err := d.store.InstallArchive(ctx, archive, opts)
 	if err != nil {
+		release()
 		return registry.Record{}, err
 	}
 	d.mu.Lock()
@@ -80,11 +85,12 @@ func (d *Daemon) InstallFrom(ctx context.Context, archive io.Reader, opts regist
 	}
 	d.log.Info("plugin installed", "plugin", rec.Name, "version", rec.Manifest.Version, "replace", existed)
 	if existed {
-		if rec, err = d.upgrade(u, rec, opts); err == nil && enable && !rec.Enabled {
+		if rec, err = d.upgrade(u, rec, opts, release); err == nil && enable && !rec.Enabled {
 			return d.Enable(rec.Name) // a disabled plugin: its upgrade is in place
 		}
 		return rec, err
 	}
+	defer release()
 	if enable {
 		name := rec.Name
 		opts.Report("starting", 0, 0)

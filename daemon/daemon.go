@@ -224,6 +224,9 @@ type Daemon struct {
 	// fresh install took over from an earlier uninstall, until the install
 	// is done: undoing it keeps that data (data.go).
 	takenOver sync.Map
+	// txLocks serializes installs, upgrades and rollbacks per plugin name
+	// (transaction.go).
+	txLocks nameLocks
 
 	routes routes
 	hub    *frameHub // frame streams

@@ -66,9 +66,6 @@ type unit struct {
 	// pending is an upgrade to start beside the running instance
 	// (transaction.go); the run loop takes it.
 	pending *pendingUpgrade
-	// tx serializes upgrades and rollbacks of the plugin (held until
-	// each has settled).
-	tx       sync.Mutex
 	seq      int
 	restarts int
 	// crashTotal counts crashes since the daemon started, for the

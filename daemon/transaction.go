@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/dimplugd/dimplugd/daemon/logbuf"
@@ -268,19 +269,20 @@ func (d *Daemon) afterFreshInstall(u *unit, rec registry.Record, opts registry.I
 // upgrade finishes an upgrade the registry committed (rec, with the
 // replaced version kept as previous): it switches the unit to rec and,
 // with wait, answers with the outcome.
-func (d *Daemon) upgrade(u *unit, rec registry.Record, opts registry.InstallOptions) (registry.Record, error) {
+// The caller holds the name's transaction lock; release lets go of it once
+// the upgrade has settled.
+func (d *Daemon) upgrade(u *unit, rec registry.Record, opts registry.InstallOptions, release func()) (registry.Record, error) {
 	undo := func() (registry.Record, error) { return d.store.Rollback(rec.Name, false) }
-	u.tx.Lock()
 	if rec.Enabled {
 		if err := d.checkConflicts(rec.Name, &rec.Manifest); err != nil {
-			defer u.tx.Unlock()
+			defer release()
 			if _, rerr := undo(); rerr != nil {
 				err = errors.Join(err, rerr)
 			}
 			return registry.Record{}, err
 		}
 	}
-	done := d.switchTo(u, rec, undo, opts.Progress)
+	done := d.switchTo(u, rec, undo, opts.Progress, release)
 	if !opts.Wait {
 		return rec, nil
 	}
@@ -297,16 +299,16 @@ func (d *Daemon) Rollback(name string) (registry.Record, error) {
 	if err != nil {
 		return registry.Record{}, err
 	}
-	u.tx.Lock()
+	release := d.txLocks.lock(name)
 	from := u.record().Manifest.Version
 	rec, err := d.store.Rollback(name, true)
 	if err != nil {
-		u.tx.Unlock()
+		release()
 		return registry.Record{}, err
 	}
 	u.logf("rolling back from version %s to version %s", from, rec.Manifest.Version)
 	d.log.Info("plugin rolled back", "plugin", name, "from", from, "to", rec.Manifest.Version)
-	if err := <-d.switchTo(u, rec, func() (registry.Record, error) { return d.store.Rollback(name, true) }, nil); err != nil {
+	if err := <-d.switchTo(u, rec, func() (registry.Record, error) { return d.store.Rollback(name, true) }, nil, release); err != nil {
 		return registry.Record{}, err
 	}
 	return rec, nil
@@ -322,8 +324,8 @@ func (u *unit) record() registry.Record {
 // is one, else in its place; if rec does not become healthy it calls undo
 // (which restores the registry) and returns the unit to the record undo
 // returns. The outcome is sent on the returned channel. The caller holds
-// u.tx; switchTo releases it once settled.
-func (d *Daemon) switchTo(u *unit, rec registry.Record, undo func() (registry.Record, error), progress func(stage string, done, total uint64)) <-chan error {
+// the name's transaction lock; switchTo calls release once settled.
+func (d *Daemon) switchTo(u *unit, rec registry.Record, undo func() (registry.Record, error), progress func(stage string, done, total uint64), release func()) <-chan error {
 	report := func(stage string) {
 		if progress != nil {
 			progress(stage, 0, 0)
@@ -349,7 +351,7 @@ func (d *Daemon) switchTo(u *unit, rec registry.Record, undo func() (registry.Re
 	u.poke()
 	out := make(chan error, 1)
 	go func() {
-		defer u.tx.Unlock()
+		defer release()
 		err := d.settle(u, rec, up, crashes, report)
 		if err == nil {
 			if !rec.Manifest.Settings.IsZero() {
@@ -409,4 +411,48 @@ func (d *Daemon) undo(u *unit, up *pendingUpgrade, why error, undo func() (regis
 	u.logf("rolled back to version %s", prev.Manifest.Version)
 	d.log.Warn("plugin upgrade rolled back", "plugin", u.name, "to", prev.Manifest.Version, "why", why)
 	return fmt.Errorf("%w\nrolled back to version %s (its files, grant and data as they were before)", why, prev.Manifest.Version)
+}
+
+// nameLocks serializes the transactions on each plugin name: installs
+// from before their commit (registry.InstallOptions.Claim), upgrades and
+// rollbacks until they have settled. A second upgrade of a plugin thus
+// commits against the outcome of the first, never beside it: otherwise the
+// first one's rollback would undo the second's commit. The zero value is
+// ready to use.
+type nameLocks struct {
+	mu sync.Mutex
+	m  map[string]*nameLock
+}
+
+type nameLock struct {
+	sync.Mutex
+	refs int // holders and waiters; the entry goes when it drops to 0
+}
+
+// lock waits for the name's lock and returns the function that lets go of
+// it; calling that more than once is harmless.
+func (l *nameLocks) lock(name string) (release func()) {
+	l.mu.Lock()
+	if l.m == nil {
+		l.m = map[string]*nameLock{}
+	}
+	nl := l.m[name]
+	if nl == nil {
+		nl = &nameLock{}
+		l.m[name] = nl
+	}
+	nl.refs++
+	l.mu.Unlock()
+	nl.Lock()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			nl.Unlock()
+			l.mu.Lock()
+			if nl.refs--; nl.refs == 0 {
+				delete(l.m, name)
+			}
+			l.mu.Unlock()
+		})
+	}
 }

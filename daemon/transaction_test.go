@@ -348,3 +348,57 @@ func TestInstallStages(t *testing.T) {
 		}
 	}
 }
+
+// TestConcurrentUpgrades: two upgrades of one plugin at once, one of a
+// version that cannot start and one of a good version, in either order:
+// each commits against the outcome of the other, so the broken one's
+// rollback never undoes the good one, and the good version ends up serving.
+func TestConcurrentUpgrades(t *testing.T) {
+	td := startDaemon(t, testRuntime(t), fastSupervision)
+	if _, err := td.txInstall(t, pluginDir(t, txManifest("txc", "1.0.0", "-name", "v1")), false); err != nil {
+		t.Fatalf("install: %v", err)
+	}
+	broken, good := pluginDir(t, txManifest("txc", "2.0.0", "-crash")), pluginDir(t, txManifest("txc", "3.0.0", "-name", "v3"))
+	for round := range 3 {
+		var wg sync.WaitGroup
+		var brokenErr, goodErr error
+		wg.Add(2)
+		// Each on its own control connection, as two operators would:
+		// one connection's calls are answered in order.
+		upgrade := func(dir string, err *error) {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			ctl, derr := host.DialControl(ctx, td.control)
+			if derr != nil {
+				*err = derr
+				return
+			}
+			defer ctl.Close()
+			archive, aerr := host.Archive(dir)
+			if aerr != nil {
+				*err = aerr
+				return
+			}
+			_, *err = ctl.Install(ctx, archive, host.InstallOptions{Enable: true, Replace: true, Wait: true})
+		}
+		go upgrade(broken, &brokenErr)
+		go upgrade(good, &goodErr)
+		wg.Wait()
+		if brokenErr == nil || !strings.Contains(brokenErr.Error(), "version 2.0.0 did not become healthy") {
+			t.Errorf("round %d: the broken upgrade: %v", round, brokenErr)
+		}
+		if goodErr != nil {
+			t.Fatalf("round %d: the good upgrade: %v", round, goodErr)
+		}
+		st, err := td.ctl.Inspect(context.Background(), "txc")
+		if err != nil || st.Version != "3.0.0" || st.State != StateRunning {
+			t.Fatalf("round %d: after both: %+v, %v; want 3.0.0 running", round, st, err)
+		}
+		s := dial(t, td.socket)
+		if who, err := answeredBy(s); err != nil || who != "v3" {
+			t.Fatalf("round %d: answered by %q, %v; want v3", round, who, err)
+		}
+		s.Close()
+	}
+}

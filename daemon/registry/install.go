@@ -60,6 +60,12 @@ type InstallOptions struct {
 	// Provenance, when set, is called at the commit for the record's
 	// Publisher and SHA256 (known once the package has been checked).
 	Provenance func() (*TrustedKey, string)
+	// Claim, when set, is called with the staged plugin's name after its
+	// files and manifest were checked and before anything is committed or
+	// compared with the installed version. It may block: the daemon waits
+	// there for an earlier install, upgrade or rollback of the same name to
+	// settle, so that each commits against the outcome of the one before.
+	Claim func(name string)
 	// Progress, when set, is told each stage of the install as it begins
 	// (Control.installStream's InstallProgress): the store reports
 	// "unpacking" (done/total: the package's bytes when known), the daemon
@@ -161,6 +167,9 @@ func (s *Store) installStaged(ctx context.Context, opt InstallOptions, fill func
 	}
 	if err := ctx.Err(); err != nil {
 		return Record{Name: m.Name}, err
+	}
+	if opt.Claim != nil {
+		opt.Claim(m.Name)
 	}
 	// Fail early, before moving files, in the common case; back up
 	// before replacing.
