@@ -91,6 +91,7 @@ lint:
 
 test: deps build lint check-generate
 	$(GO) test $(GOFLAGS_BUILD) $(TESTFLAGS) -count=1 -timeout 40m ./...
+	@$(MAKE) --no-print-directory rust-test
 	@$(MAKE) --no-print-directory fuzz
 
 fuzz:
@@ -137,6 +138,10 @@ install: build
 		echo "installed; start with: systemctl enable --now dimplugd.socket dimplugd.service"; \
 	fi
 
-clean:
+clean: rust-clean
 	rm -rf $(BIN)
 	@for p in $(EXAMPLE_PLUGINS); do rm -f examples/plugins/$$p/$$p; done
+
+# The Rust host crate (sdk-rust/): rust-deps, rust-build, rust-test,
+# rust-lock, rust-clean. Last, so that none of its rules is the default.
+include sdk-rust/rust.mk

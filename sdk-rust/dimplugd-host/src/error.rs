@@ -1,0 +1,100 @@
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+
+/// What can go wrong talking to the daemon. Hook failures are not errors:
+/// they are in [`crate::DispatchResult`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// The host socket could not be connected to.
+    Connect {
+        /// The socket's path.
+        socket: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The daemon and this crate share no protocol version.
+    VersionMismatch {
+        /// The versions this side offered.
+        ours: Vec<u16>,
+        /// The versions the daemon speaks.
+        theirs: Vec<u16>,
+    },
+    /// An RPC call failed (the daemon answered with an exception, refused
+    /// the connection, or the connection broke under the call).
+    Rpc(capnp::Error),
+    /// The daemon's answer could not be read (bad UTF-8, an enum value or
+    /// union member this crate does not know: is the daemon newer?).
+    Protocol(String),
+    /// The connection to the daemon has ended; carries the reason when known.
+    Closed(Option<String>),
+    /// Connecting and opening the host session took longer than
+    /// [`crate::Options::connect_timeout`].
+    Timeout,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Connect { socket, source } if source.kind() == io::ErrorKind::PermissionDenied => write!(
+                f,
+                "dimplugd: host socket {}: permission denied: hosts must run as root, as the daemon's user or in the daemon's --host-group",
+                socket.display()
+            ),
+            Error::Connect { socket, source } => write!(
+                f,
+                "connect to dimplugd's host socket at {}: {source} (is the daemon running? start it with: dimplugd serve)",
+                socket.display()
+            ),
+            Error::VersionMismatch { ours, theirs } => write!(
+                f,
+                "host protocol version mismatch: the daemon speaks {} but this host speaks {}; upgrade whichever is older",
+                fmt_versions(theirs),
+                fmt_versions(ours)
+            ),
+            Error::Rpc(e) => write!(f, "dimplugd: {e}"),
+            Error::Protocol(m) => write!(f, "dimplugd: unreadable answer: {m}"),
+            Error::Closed(Some(why)) => write!(f, "dimplugd: connection closed: {why}"),
+            Error::Closed(None) => write!(f, "dimplugd: connection closed"),
+            Error::Timeout => write!(f, "dimplugd: timed out opening the host session"),
+        }
+    }
+}
+
+fn fmt_versions(v: &[u16]) -> String {
+    let s: Vec<String> = v.iter().map(u16::to_string).collect();
+    if s.is_empty() {
+        "no version".into()
+    } else {
+        format!("version {}", s.join(", "))
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Connect { source, .. } => Some(source),
+            Error::Rpc(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<capnp::Error> for Error {
+    fn from(e: capnp::Error) -> Self {
+        Error::Rpc(e)
+    }
+}
+
+impl From<capnp::NotInSchema> for Error {
+    fn from(e: capnp::NotInSchema) -> Self {
+        Error::Protocol(format!("{e} (is the daemon newer than this host?)"))
+    }
+}
+
+impl From<std::str::Utf8Error> for Error {
+    fn from(e: std::str::Utf8Error) -> Self {
+        Error::Protocol(format!("text is not UTF-8: {e}"))
+    }
+}
