@@ -812,7 +812,7 @@ func (t *RouteTable) Match(method, path string) []Phase {
 	var out []Phase
 	for i := range t.Entries {
 		e := &t.Entries[i]
-		if e.Method != "*" && e.Method != method {
+		if !manifest.MethodMatches(e.Method, method) {
 			continue
 		}
 		if _, ok := e.route.Match(path); !ok {
@@ -901,7 +901,7 @@ func (t *RouteTable) hooks(phase Phase, method, path string) []*RouteHook {
 	var out []*RouteHook
 	for i := range t.Entries {
 		e := &t.Entries[i]
-		if e.Method != "*" && e.Method != method {
+		if !manifest.MethodMatches(e.Method, method) {
 			continue
 		}
 		if _, ok := e.route.Match(path); !ok {

@@ -30,6 +30,12 @@ type segment struct {
 	param   string // non-empty for ":param" segments
 }
 
+// MethodMatches reports whether a hook declared for method hook (an
+// uppercase method or "*") sees a request with method request: "*" sees
+// every method, anything else only itself, compared exactly (HEAD is not
+// GET). schema/conformance/routes.json has the cases.
+func MethodMatches(hook, request string) bool { return hook == "*" || hook == request }
+
 // ParseRoute parses an axum-style route template such as
 // "/api/v1/stream/:gid/data/*path".
 func ParseRoute(template string) (Route, error) {

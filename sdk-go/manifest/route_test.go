@@ -1,6 +1,8 @@
 package manifest
 
 import (
+	"encoding/json"
+	"os"
 	"reflect"
 	"strings"
 	"testing"
@@ -190,6 +192,62 @@ func TestRouteOverlaps(t *testing.T) {
 		}
 		if got := b.Overlaps(a); got != tt.want {
 			t.Errorf("%q.Overlaps(%q) = %v, want %v (not symmetric)", tt.b, tt.a, got, tt.want)
+		}
+	}
+}
+
+// TestRouteConformance runs the shared route cases every host implements
+// (schema/conformance/routes.json; sdk-rust runs them too).
+func TestRouteConformance(t *testing.T) {
+	b, err := os.ReadFile("../../schema/conformance/routes.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc struct {
+		Match []struct {
+			Template, Path string
+			Params         [][2]string
+		}
+		Methods []struct {
+			Hook, Request string
+			Match         bool
+		}
+		InvalidTemplates []string `json:"invalid_templates"`
+	}
+	if err := json.Unmarshal(b, &doc); err != nil {
+		t.Fatal(err)
+	}
+	if len(doc.Match) < 20 || len(doc.Methods) < 5 || len(doc.InvalidTemplates) < 5 {
+		t.Fatalf("routes.json has %d match, %d method and %d template cases", len(doc.Match), len(doc.Methods), len(doc.InvalidTemplates))
+	}
+	for _, c := range doc.Match {
+		r, err := ParseRoute(c.Template)
+		if err != nil {
+			t.Fatalf("%q: %v", c.Template, err)
+		}
+		got, ok := r.Match(c.Path)
+		if ok != (c.Params != nil) {
+			t.Errorf("%q.Match(%q) = %v, want %v", c.Template, c.Path, ok, c.Params != nil)
+			continue
+		}
+		if len(got) != len(c.Params) {
+			t.Errorf("%q.Match(%q) = %v, want %v", c.Template, c.Path, got, c.Params)
+			continue
+		}
+		for i, p := range got {
+			if p.Name != c.Params[i][0] || p.Value != c.Params[i][1] {
+				t.Errorf("%q.Match(%q) = %v, want %v", c.Template, c.Path, got, c.Params)
+			}
+		}
+	}
+	for _, c := range doc.Methods {
+		if got := MethodMatches(c.Hook, c.Request); got != c.Match {
+			t.Errorf("MethodMatches(%q, %q) = %v, want %v", c.Hook, c.Request, got, c.Match)
+		}
+	}
+	for _, tmpl := range doc.InvalidTemplates {
+		if _, err := ParseRoute(tmpl); err == nil {
+			t.Errorf("ParseRoute(%q) accepted an invalid template", tmpl)
 		}
 	}
 }
