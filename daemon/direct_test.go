@@ -132,3 +132,32 @@ func TestDirectLane(t *testing.T) {
 	}
 	_ = context.Background
 }
+
+// TestDirectLaneRefusalSaysWhy: a plugin that serves the hook lane (fd 4)
+// but no frame socket (fd 5), over which the daemon hands plugins their
+// direct lanes, gets no direct lane; the session says why (not "is not
+// running"), and its calls go through the daemon with the same results.
+func TestDirectLaneRefusalSaysWhy(t *testing.T) {
+	td := startDaemon(t, testRuntime(t), fastSupervision)
+	td.install(t, pluginDir(t, testplugManifest("noframes", []string{"-no-frames"}, hooks("request", "GET", "/n/:id", "2s", "fail-closed", 0))))
+	waitState(t, td.ctl, "noframes", 30*time.Second, "running", running)
+	s := dial(t, td.socket)
+	var why string
+	waitFor(t, 10*time.Second, "the session to hear why it has no direct lane", func() bool {
+		res := dispatch(t, s, host.PhaseRequest, get("/n/1"), nil)
+		if res.Kind != host.MutateRequest || res.RequestMutation.Header.Get("X-Test-Request") != "noframes" {
+			t.Fatalf("result through the daemon: %+v", res)
+		}
+		var granted bool
+		granted, why = s.DirectLane("noframes")
+		if granted {
+			t.Fatal("a direct lane to a plugin without a frame socket")
+		}
+		return why != ""
+	})
+	for _, want := range []string{`plugin "noframes" serves no frame socket`, "PluginInfo.frames, fd 5", "calls to it go through the daemon"} {
+		if !strings.Contains(why, want) {
+			t.Errorf("refusal %q does not say %q", why, want)
+		}
+	}
+}

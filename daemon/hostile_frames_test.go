@@ -195,12 +195,19 @@ func TestHostileFrameHosts(t *testing.T) {
 		return 0
 	}()
 
-	cutOff := func(t *testing.T, c *frames.Conn) {
+	// cutOff reads until the daemon closes c, and returns the reason it
+	// said goodbye with, last.
+	cutOff := func(t *testing.T, c *frames.Conn) (goodbye string) {
 		t.Helper()
 		for {
-			msg, _, fds, err := c.Recv()
+			msg, fm, fds, err := c.Recv()
 			if err != nil {
-				return // cut off
+				return goodbye // cut off
+			}
+			if fm.Which() == schema.FrameMsg_Which_goodbye {
+				goodbye, _ = fm.Goodbye()
+			} else if goodbye != "" {
+				t.Errorf("a message after the goodbye: %v", fm.Which())
 			}
 			closeAll(fds)
 			msg.Release()
@@ -266,7 +273,9 @@ func TestHostileFrameHosts(t *testing.T) {
 				t.Fatal(err)
 			}
 			f.Close()
-			cutOff(t, c)
+			if why := cutOff(t, c); !strings.Contains(why, "announced pool 1 that is not shareable memory") {
+				t.Errorf("goodbye %q: want the reason the pool was refused", why)
+			}
 			checkHostsWork(t, td, ctx)
 		})
 	}

@@ -434,10 +434,18 @@ func (h *frameHub) read(p *framePeer) {
 		msg.Release()
 		if herr != nil {
 			err = herr
+			p.goodbye(herr.Error())
 			break
 		}
 	}
 	h.gone(p, err)
+}
+
+// goodbye tells the peer, last, why the daemon closes its frame socket (it
+// broke the protocol), giving a peer that does not read a moment at most.
+func (p *framePeer) goodbye(why string) {
+	_ = p.conn.SetWriteDeadline(time.Now().Add(time.Second))
+	_ = p.conn.Send(func(m schema.FrameMsg) error { return m.SetGoodbye(why) })
 }
 
 // handleLocked applies one message from p.
@@ -1620,10 +1628,20 @@ func (h *frameHub) grantLaneLocked(hostPeer *framePeer, plugin string) {
 		return
 	}
 	u.mu.Lock()
-	inst := u.inst
+	inst, state := u.inst, u.state.name()
 	u.mu.Unlock()
-	if inst == nil || inst.lane == nil || inst.frames == nil || inst.frames.gone {
-		refuse(fmt.Sprintf("plugin %q is not running, or serves no hook lane", plugin))
+	switch {
+	case inst == nil:
+		refuse(fmt.Sprintf("plugin %q is not running (%s); calls to it go through the daemon", plugin, state))
+		return
+	case inst.lane == nil:
+		refuse(fmt.Sprintf("plugin %q serves no hook lane (its handshake did not set PluginInfo.lane, fd 4); calls to it go through the daemon", plugin))
+		return
+	case inst.frames == nil:
+		refuse(fmt.Sprintf("plugin %q serves no frame socket (its handshake did not set PluginInfo.frames, fd 5), which is how the daemon hands a plugin its direct lanes; calls to it go through the daemon", plugin))
+		return
+	case inst.frames.gone:
+		refuse(fmt.Sprintf("plugin %q closed its frame socket; calls to it go through the daemon", plugin))
 		return
 	}
 	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)

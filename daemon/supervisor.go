@@ -65,7 +65,7 @@ type unit struct {
 	parked  *instance
 	// pending is an upgrade to start beside the running instance
 	// (transaction.go); the run loop takes it.
-	pending *pendingUpgrade
+	pending  *pendingUpgrade
 	seq      int
 	restarts int
 	// crashTotal counts crashes since the daemon started, for the

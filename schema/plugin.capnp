@@ -48,7 +48,11 @@ struct PluginInfo {
   sdk @2 :Text;             # e.g. "dimplugd-sdk-go/0.1.0"
   phases @3 :List(Http.Phase);  # the phases the plugin has handlers for
   lane @4 :Bool;                # the plugin serves the hook lane on fd 4 (lane.capnp)
-  frames @5 :Bool;              # the plugin serves frame streams on fd 5 (stream.capnp)
+  frames @5 :Bool;
+  # The plugin serves its frame socket on fd 5 (stream.capnp): frame
+  # streams, and the channel over which the daemon hands it direct hook
+  # lanes (LaneGrant). Hosts get direct lanes to a plugin only when it sets
+  # both `lane` and `frames`; otherwise their calls go through the daemon.
   rebind @6 :Bool;
   # The plugin takes a new control socket (and hook lane) over its frame
   # socket (FrameMsg.rebind), so a daemon being upgraded in place can hand

@@ -49,6 +49,12 @@ struct FrameMsg {
     hookStats @9 :HookStats;   # host → daemon: calls made on direct lanes since the last report
     rebind @10 :Rebind;        # daemon → plugin: carries a new control socket (and hook lane)
     rebound @11 :Rebind;       # plugin → daemon: the rebind is done (no fds)
+    goodbye @12 :Text;
+    # daemon → host or plugin, last: why the daemon is closing this frame
+    # socket (the peer broke the protocol: e.g. a pool whose memfd is not
+    # sealed against shrinking, growing and writing, a frame naming memory
+    # it does not own). A peer should report it as the reason its streams
+    # ended; the socket closes right after.
   }
 }
 

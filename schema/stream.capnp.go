@@ -24,10 +24,11 @@ const (
 	FrameMsg_Which_hookStats   FrameMsg_Which = 9
 	FrameMsg_Which_rebind      FrameMsg_Which = 10
 	FrameMsg_Which_rebound     FrameMsg_Which = 11
+	FrameMsg_Which_goodbye     FrameMsg_Which = 12
 )
 
 func (w FrameMsg_Which) String() string {
-	const s = "poolAddpoolDropopenopenedframereleaseendlaneRequestlanehookStatsrebindrebound"
+	const s = "poolAddpoolDropopenopenedframereleaseendlaneRequestlanehookStatsrebindreboundgoodbye"
 	switch w {
 	case FrameMsg_Which_poolAdd:
 		return s[0:7]
@@ -53,6 +54,8 @@ func (w FrameMsg_Which) String() string {
 		return s[64:70]
 	case FrameMsg_Which_rebound:
 		return s[70:77]
+	case FrameMsg_Which_goodbye:
+		return s[77:84]
 
 	}
 	return "FrameMsg_Which(" + strconv.FormatUint(uint64(w), 10) + ")"
@@ -482,6 +485,31 @@ func (s FrameMsg) NewRebound() (Rebind, error) {
 	}
 	err = capnp.Struct(s).SetPtr(0, capnp.Struct(ss).ToPtr())
 	return ss, err
+}
+
+func (s FrameMsg) Goodbye() (string, error) {
+	if capnp.Struct(s).Uint16(0) != 12 {
+		panic("Which() != goodbye")
+	}
+	p, err := capnp.Struct(s).Ptr(0)
+	return p.Text(), err
+}
+
+func (s FrameMsg) HasGoodbye() bool {
+	if capnp.Struct(s).Uint16(0) != 12 {
+		return false
+	}
+	return capnp.Struct(s).HasPtr(0)
+}
+
+func (s FrameMsg) GoodbyeBytes() ([]byte, error) {
+	p, err := capnp.Struct(s).Ptr(0)
+	return p.TextBytes(), err
+}
+
+func (s FrameMsg) SetGoodbye(v string) error {
+	capnp.Struct(s).SetUint16(0, 12)
+	return capnp.Struct(s).SetText(0, v)
 }
 
 // FrameMsg_List is a list of FrameMsg.

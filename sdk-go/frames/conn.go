@@ -9,6 +9,7 @@ import (
 	"os"
 	"sync"
 	"syscall"
+	"time"
 
 	"capnproto.org/go/capnp/v3"
 	"golang.org/x/sys/unix"
@@ -455,6 +456,9 @@ func messageLen(b []byte) (int, error) {
 // SyscallConn gives access to the socket's descriptor (to hand it over
 // across execve, say).
 func (c *Conn) SyscallConn() (syscall.RawConn, error) { return c.uc.SyscallConn() }
+
+// SetWriteDeadline bounds the writes of Send and Flush (net.Conn's rule).
+func (c *Conn) SetWriteDeadline(t time.Time) error { return c.uc.SetWriteDeadline(t) }
 
 // Close closes the socket. A Recv in progress returns an error.
 func (c *Conn) Close() error {

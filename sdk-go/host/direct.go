@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/dimplugd/dimplugd/schema"
+	"github.com/dimplugd/dimplugd/sdk-go/termesc"
 	"github.com/dimplugd/dimplugd/sdk-go/wire"
 )
 
@@ -28,6 +29,7 @@ import (
 // asked for one.
 type directLane struct {
 	lane     *wire.LaneClient // nil while asked for or refused
+	refused  string           // why the daemon refused the last request; "" once granted
 	breakers map[string]*wire.Breaker
 	reported map[string][2]uint64 // calls, failures already told to the daemon
 	stats    map[string]*directStats
@@ -288,8 +290,16 @@ func (s *Session) askLane(plugin string) {
 
 // laneGranted takes a lane the daemon set up (or its refusal).
 func (s *Session) laneGranted(plugin, why string, f *os.File) {
-	if f == nil {
-		return // refused; asked again after retryLane
+	if f == nil { // refused; asked again after retryLane
+		if why == "" {
+			why = "refused without a reason"
+		}
+		s.mu.Lock()
+		if dl := s.direct[plugin]; dl != nil {
+			dl.refused = termesc.String(why)
+		}
+		s.mu.Unlock()
+		return
 	}
 	c, err := net.FileConn(f)
 	if err != nil {
@@ -304,11 +314,26 @@ func (s *Session) laneGranted(plugin, why string, f *os.File) {
 		return
 	}
 	old := dl.lane
-	dl.lane = l
+	dl.lane, dl.refused = l, ""
 	s.mu.Unlock()
 	if old != nil {
 		old.Close()
 	}
+}
+
+// DirectLane reports whether the session holds a direct hook lane to
+// plugin and, when it does not, why the daemon refused the last request
+// for one ("" when the session has not asked, or is waiting for the
+// answer). Calls to a plugin without a lane go through the daemon, which
+// is correct but slower: this says why.
+func (s *Session) DirectLane(plugin string) (granted bool, refused string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	dl := s.direct[plugin]
+	if dl == nil {
+		return false, ""
+	}
+	return dl.lane != nil, dl.refused
 }
 
 // dropLane forgets a lane that broke, so that the next request asks again.

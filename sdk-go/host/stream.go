@@ -16,7 +16,9 @@ import (
 	rpccp "capnproto.org/go/capnp/v3/std/capnp/rpc"
 
 	"github.com/dimplugd/dimplugd/schema"
+	"github.com/dimplugd/dimplugd/sdk-go/errdefs"
 	"github.com/dimplugd/dimplugd/sdk-go/frames"
+	"github.com/dimplugd/dimplugd/sdk-go/termesc"
 )
 
 // FramesPreamble opens a frame socket on the daemon's socket (see
@@ -88,6 +90,7 @@ type frameClient struct {
 	streams map[uint64]*Stream
 	nextID  uint64
 	err     error
+	goodbye string        // why the daemon closed the socket (FrameMsg.goodbye)
 	done    chan struct{} // closed when the reader ends
 
 	// Frames and releases wait in the connection's batch for the flusher
@@ -202,8 +205,14 @@ func (fc *frameClient) read() {
 		fc.handle(fm, fds)
 		msg.Release()
 	}
-	if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrClosed) ||
-		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) {
+	fc.mu.Lock()
+	why := fc.goodbye
+	fc.mu.Unlock()
+	switch {
+	case why != "":
+		err = errdefs.New(errdefs.ErrInvalid, "dimplugd closed the frame socket: "+why)
+	case errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrClosed) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE):
 		err = ErrStreamCut
 	}
 	fc.mu.Lock()
@@ -279,6 +288,11 @@ func (fc *frameClient) handle(fm schema.FrameMsg, fds []*os.File) {
 		if r, err := fm.Release(); err == nil {
 			_ = fc.alloc.Free(r.Pool(), int64(r.Offset()), int64(r.Length()))
 		}
+	case schema.FrameMsg_Which_goodbye:
+		why, _ := fm.Goodbye()
+		fc.mu.Lock()
+		fc.goodbye = termesc.String(why)
+		fc.mu.Unlock()
 	case schema.FrameMsg_Which_lane:
 		if g, err := fm.Lane(); err == nil {
 			plugin, _ := g.Plugin()

@@ -41,6 +41,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/dimplugd/dimplugd/sdk-go/plugin"
@@ -374,7 +375,17 @@ func main() {
 	raw := flag.String("raw", "", "speak the frame protocol directly, breaking it this way (see raw.go)")
 	failStart := flag.Bool("fail-start", false, "exit with code 4 before the handshake, saying why")
 	routeOnly := flag.Bool("route-only", false, "have only a route handler (no request, response or observe hooks)")
+	noFrames := flag.Bool("no-frames", false, "drop the frame socket (fd 5) first: serve the hook lane (fd 4) alone")
 	flag.Parse()
+	if *noFrames {
+		// /dev/null in its place: fd 5 stays taken, and is no socket.
+		null, err := os.Open(os.DevNull)
+		if err != nil || syscall.Dup3(int(null.Fd()), plugin.FramesFD, 0) != nil {
+			fmt.Fprintln(os.Stderr, "testplug: cannot replace fd 5:", err)
+			os.Exit(1)
+		}
+		null.Close()
+	}
 	if *failStart {
 		fmt.Fprintln(os.Stderr, "testplug: cannot open /data/config.db: refusing to start on purpose")
 		os.Exit(4)
