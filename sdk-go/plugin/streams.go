@@ -315,8 +315,13 @@ func (fs *frameServer) handle(fm schema.FrameMsg, fds []*os.File) {
 	case schema.FrameMsg_Which_poolAdd:
 		pa, err := fm.PoolAdd()
 		if err == nil && len(fds) == 1 {
-			// Read-only: only a pool's producer writes it.
-			_ = fs.maps.Add(pa.Owner(), pa.Id(), fds[0], int64(pa.Size()))
+			// Read-only: only a pool's producer writes it. The daemon
+			// checked the memfd; a pool that cannot be mapped anyway
+			// is said on stderr (the plugin's log), naming the pool:
+			// its frames then fail to read, and say so too.
+			if err := fs.maps.Add(pa.Owner(), pa.Id(), fds[0], int64(pa.Size())); err != nil {
+				fmt.Fprintf(os.Stderr, "dimplug: cannot map pool %d of peer %d (%d bytes): %v\n", pa.Id(), pa.Owner(), pa.Size(), err)
+			}
 			fds = nil // Add closes it
 		}
 	case schema.FrameMsg_Which_poolDrop:

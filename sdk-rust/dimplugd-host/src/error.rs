@@ -32,6 +32,23 @@ pub enum Error {
     /// Connecting and opening the host session took longer than
     /// [`crate::Options::connect_timeout`].
     Timeout,
+    /// The daemon is not reachable now: the session lost it and is
+    /// reconnecting (with backoff). Calls that need the daemon fail at once
+    /// with this; [`crate::Session::dispatch`] answers by the hooks'
+    /// failure policies instead.
+    DaemonAway,
+}
+
+impl Error {
+    /// Whether the error means the connection to the daemon is gone (the
+    /// session reconnects by itself), rather than a refused call.
+    pub fn is_daemon_away(&self) -> bool {
+        match self {
+            Error::DaemonAway | Error::Closed(_) => true,
+            Error::Rpc(e) => e.kind == capnp::ErrorKind::Disconnected,
+            _ => false,
+        }
+    }
 }
 
 impl fmt::Display for Error {
@@ -58,6 +75,7 @@ impl fmt::Display for Error {
             Error::Closed(Some(why)) => write!(f, "dimplugd: connection closed: {why}"),
             Error::Closed(None) => write!(f, "dimplugd: connection closed"),
             Error::Timeout => write!(f, "dimplugd: timed out opening the host session"),
+            Error::DaemonAway => write!(f, "dimplugd is not reachable (the session is reconnecting)"),
         }
     }
 }

@@ -54,7 +54,7 @@ mod session;
 mod types;
 
 pub use error::Error;
-pub use route::match_route;
+pub use route::{match_route, method_matches, parse_route, Route, RouteError, MAX_ROUTE_LEN};
 pub use session::{Options, Session};
 pub use types::{
     DispatchResult, HookError, Outcome, Request, RequestMutation, Response, ResponseMutation, RouteEntry, RouteHook,

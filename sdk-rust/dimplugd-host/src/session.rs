@@ -1,16 +1,32 @@
-//! The host session: one connection to the daemon's host socket, run on its
-//! own thread (see the crate documentation, "Threading").
+//! The host session: a connection to the daemon's host socket that outlives
+//! the daemon, run on its own thread (see the crate documentation,
+//! "Threading"), as sdk-go/host's Session.
+//!
+//! The connection thread runs a keeper: it connects (openHost, then
+//! watchRoutes, which returns the current table and pushes every later
+//! one), serves calls until the connection ends, then connects again with
+//! backoff (at once, then 50 ms doubling to 2 s) until it succeeds or the
+//! session is closed. While the daemon is away calls that need it fail at
+//! once with [`Error::DaemonAway`], and [`Session::dispatch`] answers by the
+//! hooks' failure policies from the last route table.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use capnp::capability::Promise;
 use capnp_rpc::{rpc_twoparty_capnp::Side, twoparty, RpcSystem};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
+use tokio_util::sync::CancellationToken;
 
 use crate::schema::{daemon_capnp, host_capnp};
-use crate::{DispatchResult, Error, Phase, Request, Response, Result, RouteTable, SUPPORTED_VERSIONS};
+use crate::types::fail;
+use crate::{
+    DispatchResult, Error, HookError, HookErrorKind, Outcome, Phase, Request, Response, Result, RouteTable,
+    SUPPORTED_VERSIONS,
+};
 
 /// How [`Session::connect_with`] connects.
 #[derive(Clone, Debug)]
@@ -19,7 +35,8 @@ pub struct Options {
     pub client_name: String,
     /// The protocol versions offered; only tests change it.
     pub versions: Vec<u16>,
-    /// How long connecting and opening the host session may take.
+    /// How long connecting and opening the host session may take (the
+    /// first time; reconnects give each attempt 5 s, as the Go host).
     pub connect_timeout: Duration,
     /// The largest message read from the daemon, in 8-byte words (capnp's
     /// traversal limit). Responses carry whole bodies: the default is
@@ -38,28 +55,124 @@ impl Default for Options {
     }
 }
 
+/// Reconnect backoff (sdk-go/host: redialFirst, redialMax).
+const REDIAL_FIRST: Duration = Duration::from_millis(50);
+const REDIAL_MAX: Duration = Duration::from_secs(2);
+/// How long one reconnect attempt may take.
+const REDIAL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A callback told of every new route table (see [`Session::watch_routes`]).
+type Watcher = Arc<dyn Fn(&Arc<RouteTable>) + Send + Sync>;
+
+/// What the session's handles and its connection thread share.
+pub(crate) struct Inner {
+    /// The newest route table: the daemon's answer to watchRoutes on each
+    /// connect (replacing whatever was known: a new daemon numbers its
+    /// tables anew), then each table it pushes. Kept while the daemon is
+    /// away.
+    routes: watch::Sender<Option<Arc<RouteTable>>>,
+    watchers: Mutex<Vec<Watcher>>,
+    /// The current link's protocol versions; None while the daemon is away.
+    link: Mutex<Option<LinkInfo>>,
+    reconnects: AtomicU64,
+    /// Why the last connection ended, or why the last attempt failed.
+    last_error: Mutex<Option<String>>,
+    stop: CancellationToken,
+}
+
+#[derive(Clone)]
+struct LinkInfo {
+    version: u16,
+    daemon_versions: Arc<[u16]>,
+}
+
+impl Inner {
+    /// Keeps the newest table and tells the watchers. `replace`: take it
+    /// whatever its version (a new daemon's first table).
+    fn set_routes(&self, t: RouteTable, replace: bool) {
+        let t = Arc::new(t);
+        let changed = self.routes.send_if_modified(|cur| {
+            if !replace && cur.as_ref().is_some_and(|c| c.version >= t.version) {
+                return false;
+            }
+            *cur = Some(t.clone());
+            true
+        });
+        if changed {
+            let ws: Vec<Watcher> = self.watchers.lock().unwrap().clone();
+            for w in ws {
+                w(&t);
+            }
+        }
+    }
+
+    fn connected(&self) -> bool {
+        self.link.lock().unwrap().is_some()
+    }
+
+    /// A phase answered by its hooks' policies, as while the daemon is not
+    /// reachable: a fail-closed hook (or a route owner) fails the request
+    /// as unavailable, fail-open hooks are skipped (sdk-go/host: away).
+    pub(crate) fn away(&self, phase: Phase, req: &Request) -> DispatchResult {
+        let mut res = DispatchResult { outcome: Outcome::Continue, skipped: Vec::new(), applied: Vec::new() };
+        let Some(t) = self.routes.borrow().clone() else { return res };
+        for h in t.hooks(phase, &req.method, &req.path) {
+            let e = HookError {
+                plugin: h.plugin.clone(),
+                hook: h.hook.clone(),
+                kind: HookErrorKind::Unavailable,
+                reason: "is unavailable: dimplugd is not reachable (the host is reconnecting)".into(),
+            };
+            let r = fail(h, phase, e);
+            if matches!(r.outcome, Outcome::FailClosed(_)) {
+                return r;
+            }
+            res.skipped.extend(r.skipped);
+        }
+        res
+    }
+}
+
 /// A host's session with the daemon. `Send + Sync + Clone`: clones share
 /// the one connection, and any number of calls may be in flight.
 ///
-/// The connection is not re-established when the daemon goes away: calls
-/// then fail with [`Error::Closed`] and the host connects again.
+/// It outlives the daemon: when the connection ends (a restart, an
+/// upgrade, a crash) the session connects again by itself, with backoff,
+/// redoes the handshake and fetches the route table again. The connection
+/// ends when [`Session::close`] is called or the last handle is dropped.
 #[derive(Clone)]
 pub struct Session {
     tx: mpsc::UnboundedSender<Call>,
-    version: u16,
-    daemon_versions: Arc<[u16]>,
-    closed: Arc<Mutex<Option<String>>>,
+    inner: Arc<Inner>,
 }
 
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Session").field("version", &self.version).field("closed", &self.is_closed()).finish()
+        f.debug_struct("Session")
+            .field("version", &self.version())
+            .field("connected", &self.is_connected())
+            .field("reconnects", &self.reconnects())
+            .finish()
     }
 }
 
 enum Call {
     Routes(oneshot::Sender<Result<RouteTable>>),
     Dispatch(Box<DispatchCall>),
+}
+
+impl Call {
+    /// Answers a call the connection cannot take now.
+    fn away(self) {
+        match self {
+            Call::Routes(reply) => {
+                let _ = reply.send(Err(Error::DaemonAway));
+            }
+            Call::Dispatch(c) => {
+                let _ = c.reply.send(Err(Error::DaemonAway));
+            }
+        }
+    }
 }
 
 struct DispatchCall {
@@ -69,11 +182,6 @@ struct DispatchCall {
     reply: oneshot::Sender<Result<DispatchResult>>,
 }
 
-struct Opened {
-    version: u16,
-    daemon_versions: Vec<u16>,
-}
-
 impl Session {
     /// Connects to the daemon's host socket with the default [`Options`].
     pub async fn connect(socket: impl AsRef<Path>) -> Result<Session> {
@@ -81,44 +189,104 @@ impl Session {
     }
 
     /// Connects to the daemon's host socket, bootstraps its `Daemon`
-    /// capability and opens a host session (negotiating the protocol
-    /// version).
+    /// capability, opens a host session (negotiating the protocol version)
+    /// and watches the route table. The first connect must succeed; after
+    /// that the session reconnects by itself whenever the daemon goes away.
     pub async fn connect_with(socket: impl AsRef<Path>, opts: Options) -> Result<Session> {
         let socket = socket.as_ref().to_path_buf();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Closed(Some(format!("cannot start the connection's runtime: {e}"))))?;
+        let inner = Arc::new(Inner {
+            routes: watch::channel(None).0,
+            watchers: Mutex::new(Vec::new()),
+            link: Mutex::new(None),
+            reconnects: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+            stop: CancellationToken::new(),
+        });
         let (tx, rx) = mpsc::unbounded_channel();
         let (ready_tx, ready_rx) = oneshot::channel();
-        let closed = Arc::new(Mutex::new(None));
-        let closed2 = closed.clone();
-        let timeout = opts.connect_timeout;
+        let inner2 = inner.clone();
         std::thread::Builder::new()
             .name("dimplugd-rpc".into())
-            .spawn(move || run(socket, opts, ready_tx, rx, closed2))
+            .spawn(move || {
+                let local = tokio::task::LocalSet::new();
+                local.block_on(&rt, keeper(inner2, socket, opts, ready_tx, rx));
+            })
             .map_err(|e| Error::Closed(Some(format!("cannot start the connection thread: {e}"))))?;
-        let opened = match tokio::time::timeout(timeout, ready_rx).await {
-            Err(_) => return Err(Error::Timeout), // dropping tx ends the thread
-            Ok(Err(_)) => return Err(Error::Closed(closed.lock().unwrap().clone())),
-            Ok(Ok(r)) => r?,
-        };
-        Ok(Session { tx, version: opened.version, daemon_versions: opened.daemon_versions.into(), closed })
+        match ready_rx.await {
+            Ok(Ok(())) => Ok(Session { tx, inner }),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(Error::Closed(inner.last_error.lock().unwrap().clone())),
+        }
     }
 
-    /// The negotiated protocol version.
+    /// The protocol version negotiated with the newest daemon.
     pub fn version(&self) -> u16 {
-        self.version
+        self.inner.link.lock().unwrap().as_ref().map_or(0, |l| l.version)
     }
 
-    /// The versions the daemon speaks.
-    pub fn daemon_versions(&self) -> &[u16] {
-        &self.daemon_versions
+    /// The versions the current daemon speaks (empty while it is away).
+    pub fn daemon_versions(&self) -> Vec<u16> {
+        self.inner.link.lock().unwrap().as_ref().map_or_else(Vec::new, |l| l.daemon_versions.to_vec())
     }
 
-    /// Whether the connection has ended.
+    /// Whether the session is connected to the daemon now.
+    pub fn is_connected(&self) -> bool {
+        self.inner.connected()
+    }
+
+    /// How many times the session connected again after losing the daemon.
+    pub fn reconnects(&self) -> u64 {
+        self.inner.reconnects.load(Ordering::Relaxed)
+    }
+
+    /// Why the last connection ended or the last reconnect failed.
+    pub fn last_error(&self) -> Option<String> {
+        self.inner.last_error.lock().unwrap().clone()
+    }
+
+    /// Whether the session has been closed (not whether the daemon is
+    /// away: the session then reconnects).
     pub fn is_closed(&self) -> bool {
         self.tx.is_closed()
     }
 
-    /// The current route table (HostSession.routes).
+    /// Ends the session: the connection and the reconnecting. Other
+    /// handles' calls then fail with [`Error::Closed`].
+    pub fn close(&self) {
+        self.inner.stop.cancel();
+    }
+
+    /// The newest route table the daemon pushed (kept while it is away). A
+    /// request matching no entry needs no dispatch at all.
+    pub fn route_table(&self) -> Option<Arc<RouteTable>> {
+        self.inner.routes.borrow().clone()
+    }
+
+    /// Calls `update` with every later route table, from the connection
+    /// thread, until the session ends (also with each new daemon's first
+    /// table after a reconnect); returns the current one. `update` must not
+    /// block for long.
+    pub fn watch_routes(&self, update: impl Fn(&Arc<RouteTable>) + Send + Sync + 'static) -> Option<Arc<RouteTable>> {
+        self.inner.watchers.lock().unwrap().push(Arc::new(update));
+        self.route_table()
+    }
+
+    /// A receiver that sees every new route table (tokio's watch channel:
+    /// `changed().await`, then `borrow()`).
+    pub fn subscribe_routes(&self) -> watch::Receiver<Option<Arc<RouteTable>>> {
+        self.inner.routes.subscribe()
+    }
+
+    /// Fetches the current route table from the daemon
+    /// (HostSession.routes); [`Error::DaemonAway`] while it is away.
     pub async fn routes(&self) -> Result<RouteTable> {
+        if !self.inner.connected() {
+            return Err(Error::DaemonAway);
+        }
         let (reply, rx) = oneshot::channel();
         self.call(Call::Routes(reply), rx).await
     }
@@ -127,12 +295,22 @@ impl Session {
     /// (HostSession.dispatch). `response` is read in the response and
     /// observe phases only. An error means the daemon could not be asked;
     /// hook failures are in the result.
+    ///
+    /// While the daemon is away it does not wait: it answers by the hooks'
+    /// policies from the last route table, at once. A fail-closed hook (or
+    /// a route owner) fails the request as unavailable (503), naming the
+    /// plugin and saying that dimplugd is not reachable; fail-open hooks
+    /// are skipped ([`DispatchResult::skipped`] says why). A call cut off
+    /// by the daemon going away is answered the same way.
     pub async fn dispatch(
         &self,
         phase: Phase,
         request: &Request,
         response: Option<&Response>,
     ) -> Result<DispatchResult> {
+        if !self.inner.connected() {
+            return Ok(self.inner.away(phase, request));
+        }
         let (reply, rx) = oneshot::channel();
         let call = Call::Dispatch(Box::new(DispatchCall {
             phase,
@@ -140,7 +318,10 @@ impl Session {
             response: response.cloned(),
             reply,
         }));
-        self.call(call, rx).await
+        match self.call(call, rx).await {
+            Err(e) if e.is_daemon_away() && !self.inner.stop.is_cancelled() => Ok(self.inner.away(phase, request)),
+            r => r,
+        }
     }
 
     async fn call<T>(&self, call: Call, rx: oneshot::Receiver<Result<T>>) -> Result<T> {
@@ -151,91 +332,124 @@ impl Session {
     }
 
     fn closed_error(&self) -> Error {
-        Error::Closed(self.closed.lock().unwrap().clone())
+        Error::Closed(self.inner.last_error.lock().unwrap().clone())
     }
 }
 
-/// The connection thread: a current-thread runtime and a LocalSet own the
-/// RpcSystem and every capability client.
-fn run(
-    socket: PathBuf,
-    opts: Options,
-    ready: oneshot::Sender<Result<Opened>>,
-    rx: mpsc::UnboundedReceiver<Call>,
-    closed: Arc<Mutex<Option<String>>>,
-) {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            let _ = ready.send(Err(Error::Closed(Some(format!("cannot start the connection's runtime: {e}")))));
-            return;
-        }
-    };
-    let local = tokio::task::LocalSet::new();
-    let why = local.block_on(&rt, serve(socket, opts, ready, rx));
-    *closed.lock().unwrap() = why;
-    // Dropping the LocalSet drops the calls still in flight: their callers
-    // get Error::Closed with the reason just stored.
+/// Aborts a local task when dropped (an abandoned connect attempt must not
+/// leave its RpcSystem running).
+struct AbortOnDrop(tokio::task::JoinHandle<std::result::Result<(), capnp::Error>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
-async fn serve(
+/// One connection to one daemon.
+struct Link {
+    session: host_capnp::host_session::Client,
+    rpc: AbortOnDrop,
+    disconnector: capnp_rpc::Disconnector<twoparty::VatId>,
+    info: LinkInfo,
+}
+
+/// The connection thread: connects, serves, reconnects.
+async fn keeper(
+    inner: Arc<Inner>,
     socket: PathBuf,
     opts: Options,
-    ready: oneshot::Sender<Result<Opened>>,
+    ready: oneshot::Sender<Result<()>>,
     mut rx: mpsc::UnboundedReceiver<Call>,
-) -> Option<String> {
-    let stream = match tokio::net::UnixStream::connect(&socket).await {
-        Ok(s) => s,
-        Err(source) => {
-            let _ = ready.send(Err(Error::Connect { socket, source }));
-            return None;
-        }
-    };
-    let (r, w) = stream.into_split();
-    let mut reader_opts = capnp::message::ReaderOptions::new();
-    reader_opts.traversal_limit_in_words(Some(opts.traversal_limit_words));
-    let net = twoparty::VatNetwork::new(r.compat(), w.compat_write(), Side::Client, reader_opts);
-    let mut rpc = RpcSystem::new(Box::new(net), None);
-    let daemon: daemon_capnp::daemon::Client = rpc.bootstrap(Side::Server);
-    let disconnector = rpc.get_disconnector();
-    let mut rpc_done = tokio::task::spawn_local(rpc);
-
-    let mut ready = ready;
-    let opened = tokio::select! {
-        r = open_host(&daemon, &opts) => r,
-        r = &mut rpc_done => Err(Error::Closed(Some(ended(r)))),
-        // The caller timed out: give up rather than wait on the daemon.
-        _ = ready.closed() => return None,
-    };
-    let session = match opened {
-        Ok((session, opened)) => {
-            if ready.send(Ok(opened)).is_err() {
-                return None; // the caller gave up (timeout)
+) {
+    let mut ready = Some(ready);
+    let mut wait = Duration::ZERO;
+    let stop = inner.stop.clone();
+    'outer: loop {
+        if !wait.is_zero() {
+            let sleep = tokio::time::sleep(wait);
+            tokio::pin!(sleep);
+            loop {
+                tokio::select! {
+                    _ = &mut sleep => break,
+                    _ = stop.cancelled() => break 'outer,
+                    call = rx.recv() => match call {
+                        Some(c) => c.away(),
+                        None => break 'outer,
+                    },
+                }
             }
-            session
         }
-        Err(e) => {
-            let _ = ready.send(Err(e));
-            drop(daemon);
-            let _ = disconnector.await;
-            return None;
+        let timeout = if ready.is_some() { opts.connect_timeout } else { REDIAL_TIMEOUT };
+        let attempt = tokio::time::timeout(timeout, connect(&inner, &socket, &opts));
+        tokio::pin!(attempt);
+        let res = loop {
+            tokio::select! {
+                r = &mut attempt => break r.unwrap_or(Err(Error::Timeout)),
+                _ = stop.cancelled() => break 'outer,
+                _ = async { ready.as_mut().unwrap().closed().await }, if ready.is_some() => break 'outer,
+                call = rx.recv() => match call {
+                    Some(c) => c.away(),
+                    None => break 'outer,
+                },
+            }
+        };
+        let link = match res {
+            Ok(link) => link,
+            Err(e) => {
+                if let Some(r) = ready.take() {
+                    let _ = r.send(Err(e));
+                    break 'outer;
+                }
+                *inner.last_error.lock().unwrap() = Some(e.to_string());
+                wait = (wait * 2).clamp(REDIAL_FIRST, REDIAL_MAX);
+                continue;
+            }
+        };
+        *inner.link.lock().unwrap() = Some(link.info.clone());
+        match ready.take() {
+            Some(r) => {
+                if r.send(Ok(())).is_err() {
+                    break 'outer; // the caller gave up
+                }
+            }
+            None => {
+                inner.reconnects.fetch_add(1, Ordering::Relaxed);
+            }
         }
-    };
-    drop(daemon);
+        let why = serve(link, &mut rx, &stop).await;
+        *inner.link.lock().unwrap() = None;
+        match why {
+            Some(why) => {
+                *inner.last_error.lock().unwrap() = Some(why);
+                wait = Duration::ZERO; // the first try is at once
+            }
+            None => break 'outer,
+        }
+    }
+    *inner.link.lock().unwrap() = None;
+    rx.close();
+    while let Ok(c) = rx.try_recv() {
+        c.away();
+    }
+}
 
+/// Serves calls on a link until its connection ends (Some(why)) or the
+/// session is closed (None).
+async fn serve(mut link: Link, rx: &mut mpsc::UnboundedReceiver<Call>, stop: &CancellationToken) -> Option<String> {
     let why = loop {
         tokio::select! {
             call = rx.recv() => match call {
-                Some(call) => { tokio::task::spawn_local(handle(session.clone(), call)); }
+                Some(call) => { tokio::task::spawn_local(handle(link.session.clone(), call)); }
                 None => break None, // every Session handle is gone
             },
-            r = &mut rpc_done => break Some(ended(r)),
+            _ = stop.cancelled() => break None,
+            r = &mut link.rpc.0 => break Some(ended(r)),
         }
     };
-    rx.close();
-    drop(session);
+    drop(link.session);
     if why.is_none() {
-        let _ = disconnector.await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), link.disconnector).await;
     }
     why
 }
@@ -248,10 +462,46 @@ fn ended(r: std::result::Result<std::result::Result<(), capnp::Error>, tokio::ta
     }
 }
 
+/// Connects, opens the host session and watches the route table.
+async fn connect(inner: &Arc<Inner>, socket: &Path, opts: &Options) -> Result<Link> {
+    let stream = tokio::net::UnixStream::connect(socket)
+        .await
+        .map_err(|source| Error::Connect { socket: socket.to_path_buf(), source })?;
+    let (r, w) = stream.into_split();
+    let mut reader_opts = capnp::message::ReaderOptions::new();
+    reader_opts.traversal_limit_in_words(Some(opts.traversal_limit_words));
+    let net = twoparty::VatNetwork::new(r.compat(), w.compat_write(), Side::Client, reader_opts);
+    let mut rpc = RpcSystem::new(Box::new(net), None);
+    let daemon: daemon_capnp::daemon::Client = rpc.bootstrap(Side::Server);
+    let disconnector = rpc.get_disconnector();
+    let mut rpc_task = AbortOnDrop(tokio::task::spawn_local(rpc));
+
+    let opened = async {
+        let (session, info) = open_host(&daemon, opts).await?;
+        let table = watch_routes(&session, inner).await?;
+        Ok::<_, Error>((session, info, table))
+    };
+    let res = tokio::select! {
+        r = opened => r,
+        r = &mut rpc_task.0 => Err(Error::Closed(Some(ended(r)))),
+    };
+    drop(daemon);
+    match res {
+        Ok((session, info, table)) => {
+            inner.set_routes(table, true);
+            Ok(Link { session, rpc: rpc_task, disconnector, info })
+        }
+        Err(e) => {
+            let _ = tokio::time::timeout(Duration::from_secs(1), disconnector).await;
+            Err(e)
+        }
+    }
+}
+
 async fn open_host(
     daemon: &daemon_capnp::daemon::Client,
     opts: &Options,
-) -> Result<(host_capnp::host_session::Client, Opened)> {
+) -> Result<(host_capnp::host_session::Client, LinkInfo)> {
     let mut req = daemon.open_host_request();
     {
         let mut p = req.get();
@@ -271,7 +521,43 @@ async fn open_host(
     if !opts.versions.contains(&version) {
         return Err(Error::Protocol(format!("the daemon chose version {version}, which this host did not offer")));
     }
-    Ok((r.get_session()?, Opened { version, daemon_versions: theirs }))
+    Ok((r.get_session()?, LinkInfo { version, daemon_versions: theirs.into() }))
+}
+
+/// The RouteWatcher the session hands the daemon: each pushed table
+/// replaces an older one.
+struct RouteWatcherImpl {
+    inner: Arc<Inner>,
+}
+
+impl host_capnp::route_watcher::Server for RouteWatcherImpl {
+    fn update(
+        &mut self,
+        params: host_capnp::route_watcher::UpdateParams,
+        _: host_capnp::route_watcher::UpdateResults,
+    ) -> Promise<(), capnp::Error> {
+        let t = match params.get().and_then(|p| p.get_table()) {
+            Ok(t) => t,
+            Err(e) => return Promise::err(e),
+        };
+        match RouteTable::read(t) {
+            Ok(t) => {
+                self.inner.set_routes(t, false);
+                Promise::ok(())
+            }
+            Err(e) => Promise::err(capnp::Error::failed(format!("route table: {e}"))),
+        }
+    }
+}
+
+/// Asks the daemon to push every route table version (watchRoutes) and
+/// returns the current one.
+async fn watch_routes(session: &host_capnp::host_session::Client, inner: &Arc<Inner>) -> Result<RouteTable> {
+    let watcher: host_capnp::route_watcher::Client = capnp_rpc::new_client(RouteWatcherImpl { inner: inner.clone() });
+    let mut req = session.watch_routes_request();
+    req.get().set_watcher(watcher);
+    let reply = req.send().promise.await?;
+    RouteTable::read(reply.get()?.get_table()?)
 }
 
 async fn handle(session: host_capnp::host_session::Client, call: Call) {

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::route::{method_matches, Route, RouteError};
 use crate::schema::{host_capnp, http_capnp};
 use crate::{Error, FailurePolicy, HookErrorKind, Phase, Result};
 
@@ -289,12 +290,16 @@ impl RouteTable {
                     failure_policy: h.get_failure_policy()?,
                 });
             }
+            let route = e.get_route()?.to_string()?;
+            let parsed =
+                Route::parse(&route).map_err(|err| Error::Protocol(format!("route table entry {route:?}: {err}")))?;
             entries.push(RouteEntry {
                 method: e.get_method()?.to_string()?,
-                route: e.get_route()?.to_string()?,
+                route,
                 phases: e.get_phases()?.iter().collect::<std::result::Result<_, _>>()?,
                 owner: e.get_owner()?.to_string()?,
                 hooks,
+                parsed,
             });
         }
         Ok(RouteTable {
@@ -319,6 +324,11 @@ impl RouteTable {
         out
     }
 
+    /// The hooks of `phase` that a request matches, in table order.
+    pub fn hooks<'a>(&'a self, phase: Phase, method: &'a str, path: &'a str) -> Vec<&'a RouteHook> {
+        self.entries_for(method, path).flat_map(|e| e.hooks.iter().filter(move |h| h.phase == phase)).collect()
+    }
+
     /// The entries a request matches.
     pub fn entries_for<'a>(&'a self, method: &'a str, path: &'a str) -> impl Iterator<Item = &'a RouteEntry> + 'a {
         self.entries.iter().filter(move |e| e.matches(method, path))
@@ -338,12 +348,41 @@ pub struct RouteEntry {
     pub owner: String,
     /// The hooks behind the entry.
     pub hooks: Vec<RouteHook>,
+    parsed: Route,
 }
 
 impl RouteEntry {
-    /// Whether a request's method and path match the entry.
+    /// An entry; fails when `route` is not a valid template.
+    pub fn new(
+        method: impl Into<String>,
+        route: impl Into<String>,
+        phases: Vec<Phase>,
+        owner: impl Into<String>,
+        hooks: Vec<RouteHook>,
+    ) -> std::result::Result<Self, RouteError> {
+        let route = route.into();
+        let parsed = Route::parse(&route)?;
+        Ok(RouteEntry { method: method.into(), route, phases, owner: owner.into(), hooks, parsed })
+    }
+
+    /// Whether a request's method and path match the entry
+    /// ([`crate::method_matches`] and the parsed template).
     pub fn matches(&self, method: &str, path: &str) -> bool {
-        (self.method == "*" || self.method == method) && crate::match_route(&self.route, path).is_some()
+        self.params(method, path).is_some()
+    }
+
+    /// The parameters the entry's template captures from a matching
+    /// request, or `None` when the request does not match.
+    pub fn params(&self, method: &str, path: &str) -> Option<Vec<(String, String)>> {
+        if !method_matches(&self.method, method) {
+            return None;
+        }
+        self.parsed.matches(path)
+    }
+
+    /// The parsed route template.
+    pub fn parsed_route(&self) -> &Route {
+        &self.parsed
     }
 }
 
@@ -384,4 +423,14 @@ impl From<std::convert::Infallible> for Error {
     fn from(e: std::convert::Infallible) -> Self {
         match e {}
     }
+}
+
+/// A hook's failure policy applied to a failure, as the daemon does (and
+/// sdk-go/host's `fail`): route hooks and fail-closed hooks fail the
+/// request, fail-open hooks are skipped.
+pub(crate) fn fail(h: &RouteHook, phase: Phase, e: HookError) -> DispatchResult {
+    if h.failure_policy == FailurePolicy::FailClosed || phase == Phase::Route {
+        return DispatchResult { outcome: Outcome::FailClosed(e), skipped: Vec::new(), applied: Vec::new() };
+    }
+    DispatchResult { outcome: Outcome::Continue, skipped: vec![e], applied: Vec::new() }
 }

@@ -13,7 +13,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use dimplugd_host::{Error, FailurePolicy, Options, Outcome, Phase, Request, Response, Session};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use dimplugd_host::{
+    DispatchResult, Error, FailurePolicy, HookErrorKind, Options, Outcome, Phase, Request, Response, RouteTable,
+    Session,
+};
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
@@ -60,21 +66,52 @@ impl Daemon {
     }
 }
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
+impl Daemon {
+    /// Starts `dimplugd serve` on the test's config (state kept between
+    /// starts) and waits for its sockets.
+    fn serve(&mut self) {
+        let root_user = Command::new("id").arg("-u").output().map(|o| o.stdout == b"0\n").unwrap_or(false);
+        let mut serve = Command::new(self.bin.join("dimplugd"));
+        serve.arg("serve").arg("--config").arg(self.dir.join("config.toml"));
+        if !root_user {
+            serve.arg("--insecure-no-sandbox");
+        }
+        let log = fs::OpenOptions::new().create(true).append(true).open(self.dir.join("daemon.log")).unwrap();
+        serve.stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
+        self.child = Some(serve.spawn().expect("start dimplugd serve"));
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !self.control().exists() || !self.socket().exists() {
+            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("dimplugd serve exited ({st}):\n{}", self.log());
+            }
+            assert!(Instant::now() < deadline, "dimplugd did not create its sockets in 15 s:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the daemon (SIGTERM: it stops its plugins and removes its
+    /// sandboxes and sockets) and waits for it to exit.
+    fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            // SIGTERM: the daemon stops its plugins and removes its sandboxes.
             let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = c.try_wait() {
                     break;
                 }
-                std::thread::sleep(Duration::from_millis(50));
+                std::thread::sleep(Duration::from_millis(20));
             }
             let _ = c.kill();
             let _ = c.wait();
         }
+        let _ = fs::remove_file(self.control());
+        let _ = fs::remove_file(self.socket());
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
         if std::env::var_os("DIMPLUGD_TEST_KEEP").is_none() {
             let _ = fs::remove_dir_all(&self.dir);
         }
@@ -129,7 +166,6 @@ fn start() -> Option<Daemon> {
     );
     eprintln!("built the Go binaries in {:?}", t.elapsed());
 
-    let root_user = Command::new("id").arg("-u").output().map(|o| o.stdout == b"0\n").unwrap_or(false);
     fs::write(
         dir.join("config.toml"),
         format!(
@@ -140,23 +176,7 @@ fn start() -> Option<Daemon> {
         ),
     )
     .unwrap();
-    let mut serve = Command::new(d.bin.join("dimplugd"));
-    serve.arg("serve").arg("--config").arg(dir.join("config.toml"));
-    if !root_user {
-        serve.arg("--insecure-no-sandbox");
-    }
-    let log = fs::File::create(dir.join("daemon.log")).unwrap();
-    serve.stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
-    d.child = Some(serve.spawn().expect("start dimplugd serve"));
-
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !d.control().exists() {
-        if let Some(st) = d.child.as_mut().unwrap().try_wait().unwrap() {
-            panic!("dimplugd serve exited ({st}):\n{}", d.log());
-        }
-        assert!(Instant::now() < deadline, "dimplugd did not create its sockets in 15 s:\n{}", d.log());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    d.serve();
     let out = d.ctl(&["install", "--yes", plugin.to_str().unwrap()]);
     assert!(
         out.status.success(),
@@ -179,7 +199,7 @@ fn json_field<'a>(body: &'a str, key: &str) -> Option<&'a str> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_face_against_a_real_daemon() {
     let t0 = Instant::now();
-    let Some(d) = start() else { return };
+    let Some(mut d) = start() else { return };
     let t_started = t0.elapsed();
 
     // A version the daemon does not speak is refused with both lists.
@@ -260,19 +280,126 @@ async fn host_face_against_a_real_daemon() {
     assert_eq!(res.outcome, Outcome::Continue);
     assert!(res.applied.is_empty() && res.skipped.is_empty(), "{res:?}");
 
-    // Once the plugin is disabled its hooks leave the table.
+    // The session watches the route table: it holds the daemon's table
+    // from the start, and every change is pushed to it.
+    let pushed = Arc::new(AtomicUsize::new(0));
+    let pushed2 = pushed.clone();
+    let now = session.watch_routes(move |_| {
+        pushed2.fetch_add(1, Ordering::SeqCst);
+    });
+    assert_eq!(now.as_deref(), Some(&table), "the watched table is not the one routes() returned");
+    let mut sub = session.subscribe_routes();
+
+    // Once the plugin is disabled its hooks leave the table, and the new
+    // table is pushed.
     let out = d.ctl(&["disable", "media-badge"]);
     assert!(out.status.success(), "disable: {}", String::from_utf8_lossy(&out.stderr));
     let after = session.routes().await.expect("routes after disable");
     assert!(after.version > table.version, "version {} after {}", after.version, table.version);
     assert!(after.matches("GET", "/api/v1/media/42").is_empty(), "{after:#?}");
+    let t = wait_table(&mut sub, |t| t.version >= after.version).await;
+    assert!(t.matches("GET", "/api/v1/media/42").is_empty(), "pushed table {t:#?}");
+    assert!(pushed.load(Ordering::SeqCst) >= 1, "the watcher was not called");
+    let out = d.ctl(&["enable", "media-badge"]);
+    assert!(out.status.success(), "enable: {}", String::from_utf8_lossy(&out.stderr));
+    let t = wait_table(&mut sub, |t| !t.matches("GET", "/api/v1/media/42").is_empty()).await;
+    assert!(t.version > after.version);
+    let t_phase1 = t0.elapsed();
 
-    // When the daemon goes away, calls fail instead of hanging.
-    drop(d);
+    // The daemon goes away: the session notices, and answers at once while
+    // it is away: routes() with DaemonAway, dispatch by each hook's policy
+    // (media-badge's response hook is fail-open: skipped; its route is
+    // owned: 503 naming the plugin).
+    d.stop();
+    wait_for("the session to notice the daemon left", Duration::from_secs(5), || !session.is_connected()).await;
+    let t = Instant::now();
+    let err = session.routes().await.expect_err("routes while the daemon is away");
+    assert!(matches!(err, Error::DaemonAway), "{err:?}");
+    assert!(err.to_string().contains("not reachable"), "{err}");
+    let res = session.dispatch(Phase::Response, &req, Some(&resp)).await.expect("dispatch while away");
+    assert_eq!(res.outcome, Outcome::Continue);
+    assert_eq!(res.skipped.len(), 1, "{res:?}");
+    let e = &res.skipped[0];
+    assert_eq!((e.plugin.as_str(), e.hook.as_str(), e.kind), ("media-badge", "badge", HookErrorKind::Unavailable));
+    assert!(e.reason.contains("dimplugd is not reachable"), "{e:?}");
+    let res = session.dispatch(Phase::Route, &page, None).await.expect("route dispatch while away");
+    let Outcome::FailClosed(e) = &res.outcome else { panic!("want FailClosed while away, got {res:?}") };
+    assert_eq!((e.plugin.as_str(), e.kind, e.status()), ("media-badge", HookErrorKind::Unavailable, 503));
+    assert!(t.elapsed() < Duration::from_secs(1), "calls while away took {:?}", t.elapsed());
+    assert_eq!(session.reconnects(), 0);
+
+    // The daemon comes back on the same socket and state: the session
+    // reconnects by itself, takes the new daemon's table (pushed to the
+    // watchers) and dispatches through it again.
+    let pushed_before = pushed.load(Ordering::SeqCst);
+    d.serve();
+    wait_for("the session to reconnect", Duration::from_secs(10), || session.is_connected()).await;
+    assert_eq!(session.reconnects(), 1);
+    assert_eq!(session.version(), 1);
+    assert!(pushed.load(Ordering::SeqCst) > pushed_before, "the new daemon's table was not pushed to the watcher");
+    let t = session.route_table().expect("a table after the reconnect");
+    assert_eq!(t.matches("GET", "/api/v1/media/42"), vec![Phase::Response], "{t:#?}");
+    assert_eq!(session.routes().await.expect("routes after the reconnect"), *t);
+    // The plugin starts again with the daemon; its KV store kept the count.
+    let res = dispatch_until_applied(&session, &req, &resp, &d).await;
+    let body = String::from_utf8(res.apply_to_response(resp.clone()).body).unwrap();
+    assert_eq!(json_field(&body, "views"), Some("3"), "{body}");
+    let t_phase2 = t0.elapsed();
+
+    // Closing the session ends it: calls fail instead of hanging.
+    session.close();
+    wait_for("the session to close", Duration::from_secs(5), || session.is_closed()).await;
     let err = tokio::time::timeout(Duration::from_secs(5), session.routes())
         .await
-        .expect("routes after the daemon stopped hung")
-        .expect_err("routes after the daemon stopped");
-    assert!(matches!(err, Error::Closed(_) | Error::Rpc(_)), "{err:?}");
-    eprintln!("daemon up with media-badge in {t_started:?}; whole test {:?}", t0.elapsed());
+        .expect("routes after close hung")
+        .expect_err("routes after close");
+    assert!(err.is_daemon_away(), "{err:?}");
+    drop(d);
+    eprintln!(
+        "daemon up with media-badge in {t_started:?}; first phase done at {t_phase1:?}; reconnect done at {t_phase2:?}; whole test {:?}",
+        t0.elapsed()
+    );
+}
+
+/// Waits until the pushed table satisfies `ok`.
+async fn wait_table(
+    sub: &mut tokio::sync::watch::Receiver<Option<Arc<RouteTable>>>,
+    ok: impl Fn(&RouteTable) -> bool,
+) -> Arc<RouteTable> {
+    let deadline = Duration::from_secs(10);
+    tokio::time::timeout(deadline, async {
+        loop {
+            if let Some(t) = sub.borrow_and_update().clone() {
+                if ok(&t) {
+                    return t;
+                }
+            }
+            sub.changed().await.expect("the session ended");
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no such route table pushed in {deadline:?}; last {:#?}", sub.borrow()))
+}
+
+async fn wait_for(what: &str, limit: Duration, ok: impl Fn() -> bool) {
+    let t = Instant::now();
+    while !ok() {
+        assert!(t.elapsed() < limit, "waited {limit:?} for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Dispatches the response phase until the plugin (starting again) applies
+/// its hook.
+async fn dispatch_until_applied(session: &Session, req: &Request, resp: &Response, d: &Daemon) -> DispatchResult {
+    let t = Instant::now();
+    loop {
+        let res = session.dispatch(Phase::Response, req, Some(resp)).await.expect("dispatch");
+        if !res.applied.is_empty() {
+            assert_eq!(res.applied, vec!["media-badge/badge".to_string()]);
+            return res;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "the hook did not apply in 10 s: {res:?}\n{}", d.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
