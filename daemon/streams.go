@@ -339,8 +339,8 @@ const (
 	// maxParts bounds the frames a transform answers one frame with.
 	maxParts = 16
 	// maxInline bounds the bytes of a frame sent inline, and of all the
-	// inline parts of one answer (the SDKs inline up to 512 bytes).
-	maxInline = 64 << 10
+	// inline parts of one answer (schema: maxInlineBytes).
+	maxInline = int(schema.MaxInlineBytes)
 )
 
 // backloggedLocked reports whether one of the stream's stages has a full

@@ -59,7 +59,11 @@ struct HttpRequest {
   # configured limit with 413 rather than truncating them.
 
   params @6 :List(Param);
-  # Parameters captured by `route`, filled in by the daemon.
+  # Parameters captured by `route`. On a dispatch through the daemon, the
+  # daemon matches the request against each hook's template and fills
+  # `route` and `params` itself (what the host sent is replaced). On a
+  # direct lane the daemon is not there: the host fills both, from the
+  # route table entry that matched (docs/host-protocol.md).
 
   userId @7 :Int64;
   authenticated @8 :Bool;

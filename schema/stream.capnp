@@ -14,10 +14,17 @@
 # back, each in standard Cap'n Proto framing (batching many small frames
 # into one packet is what makes them cheap; packets are at most 192 KiB).
 # A packet with file descriptors (SCM_RIGHTS: a PoolAdd's memfd, a lane's
-# socket) carries exactly one message, the one they belong to. Plugins find theirs at file descriptor 5. A host writes the 9
-# bytes "DPFRAME1\n" on a new connection to the daemon's socket; the daemon
-# answers with one byte and a socket file descriptor (SCM_RIGHTS): the
-# host's frame socket.
+# socket) carries exactly one message, the one they belong to. Plugins find
+# theirs at file descriptor 5. A host writes the 9 bytes "DPFRAME1\n" on a
+# new connection to the daemon's socket; the daemon answers with one byte:
+# 1 with a socket file descriptor (SCM_RIGHTS), the host's frame socket;
+# or 0 followed by why it refused (text, until the daemon closes the
+# connection). docs/host-protocol.md has the sequence.
+#
+# Reading while writing: the daemon reads a host's socket only while the
+# stages keep up (it stops reading at a stage backlog of 1,024 frames)
+# and answers every frame (its frames back, or a dropped mark). A host must
+# read its socket while it writes, or both sides stall.
 #
 # Memory and flow control: a descriptor is a reference. Whoever receives a
 # frame releases it (Release) when done with it; the daemon counts the
@@ -33,6 +40,12 @@ using Go = import "go.capnp";
 using Cxx = import "c++.capnp";
 $Go.package("schema");
 $Go.import("github.com/dimplugd/dimplugd/schema");
+
+const maxInlineBytes :UInt32 = 65536;
+# The most bytes a frame may carry inline (Frame.data.inline), and all the
+# inline parts of one answer together; larger frames travel in a pool. The
+# Go SDKs inline frames up to 512 bytes. A peer over the limit is cut off
+# (FrameMsg.goodbye says so).
 $Cxx.namespace("dimplugd::schema");
 
 struct FrameMsg {
@@ -192,8 +205,12 @@ struct Frame {
 }
 
 struct FrameRef {
-  owner @0 :UInt64;          # daemon-assigned id of the producer; 0 from a
-                             # producer naming its own pool; peers echo it
+  owner @0 :UInt64;
+  # The daemon-assigned id of the pool's producer. 0 names the receiver's
+  # own pools, both ways: a producer sends 0 for its own pools, and the
+  # daemon sends 0 to a peer for frames in that peer's own pools (a frame
+  # coming back to its host), so no peer needs to know its own id. Other
+  # peers' ids come with their PoolAdd; peers echo them in Release.
   pool @1 :UInt32;
   offset @2 :UInt64;
   length @3 :UInt64;

@@ -8,6 +8,11 @@ import (
 	strconv "strconv"
 )
 
+// Constants defined in stream.capnp.
+const (
+	MaxInlineBytes = uint32(65536)
+)
+
 type FrameMsg capnp.Struct
 type FrameMsg_Which uint16
 
