@@ -23,6 +23,7 @@ import (
 	"github.com/dimplugd/dimplugd/schema"
 	"github.com/dimplugd/dimplugd/sdk-go/frames"
 	"github.com/dimplugd/dimplugd/sdk-go/manifest"
+	"github.com/dimplugd/dimplugd/sdk-go/termesc"
 	"github.com/dimplugd/dimplugd/sdk-go/wire"
 )
 
@@ -707,6 +708,9 @@ func (u *unit) handshake(ctx context.Context, inst *instance, rec registry.Recor
 	info, err := res.Info()
 	if err != nil {
 		return caps, fmt.Errorf("handshake: %w", err)
+	}
+	if name, _ := info.Name(); name != u.name {
+		return caps, &permanentError{fmt.Errorf("handshake: the plugin calls itself %q, but is installed as %q: answer PluginInfo.name with the name the handshake's InstanceInfo gave", termesc.String(name), u.name)}
 	}
 	pl, err := info.Phases()
 	if err != nil {

@@ -44,6 +44,9 @@ struct PluginInfo {
   # manifest: a manifest hook whose phase the plugin has no handler for is an
   # error at start, not at the first request.
   name @0 :Text;
+  # The plugin's installed name, as the handshake's InstanceInfo.name gave
+  # it (not a name of its own choosing): the daemon fails the start of a
+  # plugin that answers with another name.
   version @1 :Text;
   sdk @2 :Text;             # e.g. "dimplugd-sdk-go/0.1.0"
   phases @3 :List(Http.Phase);  # the phases the plugin has handlers for
