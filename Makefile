@@ -65,13 +65,14 @@ $(BIN)/capnpc-go: go.mod
 # annotations they import (shipped, so capnp needs no -I).
 SCHEMAS := control daemon host http lane plugin stream
 
-# generate rewrites the committed Go code of schema/ from the .capnp files.
+# generate rewrites the committed Go code of the schemas (sdk-go/schema,
+# in the SDK's module) from the .capnp files in schema/.
 generate: deps $(BIN)/capnpc-go
-	cd schema && PATH=$(BIN):$$PATH capnp compile -ogo $(SCHEMAS:=.capnp)
+	cd schema && PATH=$(BIN):$$PATH capnp compile -ogo:../sdk-go/schema $(SCHEMAS:=.capnp)
 
 # check-generate fails when the committed generated code is stale.
 check-generate: generate
-	@git diff --exit-code -- schema/ || { echo "schema/*.capnp.go is stale: run 'make generate' and commit"; exit 1; }
+	@git diff --exit-code -- schema/ sdk-go/schema/ || { echo "sdk-go/schema/*.capnp.go is stale: run 'make generate' and commit"; exit 1; }
 
 build: deps plugins
 	$(GO) build $(GOFLAGS_BUILD) -o $(BIN)/dimplugd ./cmd/dimplugd
@@ -88,8 +89,11 @@ plugins:
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) vet $(GOFLAGS_BUILD) ./...
+	cd sdk-go && $(GO) vet ./...
 
+# The SDK (sdk-go/) is its own module: its tests run in it.
 test: deps build lint check-generate
+	cd sdk-go && $(GO) test $(TESTFLAGS) -count=1 -timeout 20m ./...
 	$(GO) test $(GOFLAGS_BUILD) $(TESTFLAGS) -count=1 -timeout 40m ./...
 	@$(MAKE) --no-print-directory rust-test
 	@$(MAKE) --no-print-directory fuzz
@@ -99,7 +103,8 @@ fuzz:
 		pkg=$${t%%:*}; rest=$${t#*:}; name=$${rest%%:*}; budget=$${rest##*:}x; \
 		if [ -n "$(FUZZTIME)" ]; then budget=$(FUZZTIME); fi; \
 		echo "fuzzing $$name ($$pkg) for $$budget"; \
-		$(GO) test $(GOFLAGS_BUILD) -run '^$$' -fuzz "^$$name\$$" -fuzztime $$budget $$pkg || exit 1; \
+		dir=.; case $$pkg in ./sdk-go/*) dir=sdk-go; pkg=./$${pkg#./sdk-go/};; esac; \
+		(cd $$dir && $(GO) test $(GOFLAGS_BUILD) -run '^$$' -fuzz "^$$name\$$" -fuzztime $$budget $$pkg) || exit 1; \
 	done
 
 demo: build

@@ -7,8 +7,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dimplugd/dimplugd/schema"
 	"github.com/dimplugd/dimplugd/sdk-go/host"
+	"github.com/dimplugd/dimplugd/sdk-go/schema"
 )
 
 // BenchmarkHookedDispatch measures one response-phase hook through the

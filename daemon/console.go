@@ -8,9 +8,9 @@ import (
 	"os"
 
 	"github.com/dimplugd/dimplugd/daemon/console"
-	"github.com/dimplugd/dimplugd/schema"
 	"github.com/dimplugd/dimplugd/sdk-go/errdefs"
 	"github.com/dimplugd/dimplugd/sdk-go/host"
+	"github.com/dimplugd/dimplugd/sdk-go/schema"
 )
 
 // The operator console (package console): the data and actions of

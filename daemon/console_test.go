@@ -20,9 +20,9 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/dimplugd/dimplugd/internal/browsertest"
-	"github.com/dimplugd/dimplugd/schema"
 	"github.com/dimplugd/dimplugd/sdk-go/errdefs"
 	"github.com/dimplugd/dimplugd/sdk-go/host"
+	"github.com/dimplugd/dimplugd/sdk-go/schema"
 	"github.com/dimplugd/dimplugd/sdk-go/wire"
 )
 

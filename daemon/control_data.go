@@ -3,8 +3,8 @@ package daemon
 import (
 	"context"
 
-	"github.com/dimplugd/dimplugd/schema"
 	"github.com/dimplugd/dimplugd/sdk-go/errdefs"
+	"github.com/dimplugd/dimplugd/sdk-go/schema"
 )
 
 // Control.remove (an older dimplugctl's rm) still deletes the plugin's

@@ -40,8 +40,8 @@ import (
 	"github.com/dimplugd/dimplugd/daemon/logbuf"
 	"github.com/dimplugd/dimplugd/daemon/registry"
 	"github.com/dimplugd/dimplugd/sandbox"
-	"github.com/dimplugd/dimplugd/schema"
 	"github.com/dimplugd/dimplugd/sdk-go/manifest"
+	"github.com/dimplugd/dimplugd/sdk-go/schema"
 	"github.com/dimplugd/dimplugd/sdk-go/wire"
 )
 

@@ -12,8 +12,8 @@ import (
 	"net/url"
 	"time"
 
-	"github.com/dimplugd/dimplugd/schema"
 	"github.com/dimplugd/dimplugd/sdk-go/manifest"
+	"github.com/dimplugd/dimplugd/sdk-go/schema"
 	"github.com/dimplugd/dimplugd/sdk-go/wire"
 )
 

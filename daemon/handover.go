@@ -16,8 +16,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/dimplugd/dimplugd/sandbox"
-	"github.com/dimplugd/dimplugd/schema"
 	"github.com/dimplugd/dimplugd/sdk-go/frames"
+	"github.com/dimplugd/dimplugd/sdk-go/schema"
 )
 
 // Upgrades in place.

@@ -3,7 +3,7 @@ package daemon
 import (
 	"fmt"
 
-	"github.com/dimplugd/dimplugd/schema"
+	"github.com/dimplugd/dimplugd/sdk-go/schema"
 
 	"github.com/dimplugd/dimplugd/sdk-go/manifest"
 )

@@ -13,9 +13,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/dimplugd/dimplugd/schema"
 	"github.com/dimplugd/dimplugd/sdk-go/frames"
 	"github.com/dimplugd/dimplugd/sdk-go/host"
+	"github.com/dimplugd/dimplugd/sdk-go/schema"
 )
 
 // The frame side of the hostile suite: sandboxed plugins that speak the

@@ -3,7 +3,7 @@ package daemon
 import (
 	"context"
 
-	"github.com/dimplugd/dimplugd/schema"
+	"github.com/dimplugd/dimplugd/sdk-go/schema"
 )
 
 // CompareAndSwap is KeyValue.compareAndSwap: one registry transaction.

@@ -19,7 +19,7 @@ import (
 	"golang.org/x/net/netutil"
 
 	"github.com/dimplugd/dimplugd/sandbox"
-	"github.com/dimplugd/dimplugd/schema"
+	"github.com/dimplugd/dimplugd/sdk-go/schema"
 	"github.com/dimplugd/dimplugd/sdk-go/wire"
 )
 

@@ -15,9 +15,9 @@ import (
 
 	"aead.dev/minisign"
 	"github.com/dimplugd/dimplugd/daemon/registry"
-	"github.com/dimplugd/dimplugd/schema"
 	"github.com/dimplugd/dimplugd/sdk-go/dimplug"
 	"github.com/dimplugd/dimplugd/sdk-go/errdefs"
+	"github.com/dimplugd/dimplugd/sdk-go/schema"
 )
 
 // Policies for packages without a trusted signature (Config.UnsignedPolicy).

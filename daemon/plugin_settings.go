@@ -9,8 +9,8 @@ import (
 
 	"github.com/dimplugd/dimplugd/daemon/registry"
 	"github.com/dimplugd/dimplugd/daemon/settings"
-	"github.com/dimplugd/dimplugd/schema"
 	"github.com/dimplugd/dimplugd/sdk-go/errdefs"
+	"github.com/dimplugd/dimplugd/sdk-go/schema"
 )
 
 // Plugin settings (manifest [settings]): the daemon validates every write

@@ -17,9 +17,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dimplugd/dimplugd/schema"
 	"github.com/dimplugd/dimplugd/sdk-go/errdefs"
 	"github.com/dimplugd/dimplugd/sdk-go/host"
+	"github.com/dimplugd/dimplugd/sdk-go/schema"
 )
 
 // TestCircuitBreakerAndDeadlineOverride: a hook that keeps timing out stops

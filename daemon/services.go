@@ -6,7 +6,7 @@ import (
 
 	"github.com/dimplugd/dimplugd/daemon/logbuf"
 	"github.com/dimplugd/dimplugd/daemon/registry"
-	"github.com/dimplugd/dimplugd/schema"
+	"github.com/dimplugd/dimplugd/sdk-go/schema"
 )
 
 // logServer is the Logger capability granted to a plugin: lines land in the

@@ -15,9 +15,9 @@ import (
 
 	"capnproto.org/go/capnp/v3"
 
-	"github.com/dimplugd/dimplugd/schema"
 	"github.com/dimplugd/dimplugd/sdk-go/frames"
 	"github.com/dimplugd/dimplugd/sdk-go/manifest"
+	"github.com/dimplugd/dimplugd/sdk-go/schema"
 )
 
 // The frame hub routes frame streams (schema/stream.capnp). It never maps a

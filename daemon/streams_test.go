@@ -12,10 +12,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dimplugd/dimplugd/schema"
 	"github.com/dimplugd/dimplugd/sdk-go/frames"
 	"github.com/dimplugd/dimplugd/sdk-go/host"
 	"github.com/dimplugd/dimplugd/sdk-go/plugin"
+	"github.com/dimplugd/dimplugd/sdk-go/schema"
 )
 
 func streamStage(name, kind, role, failure, deadline string, priority int) string {

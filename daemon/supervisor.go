@@ -20,9 +20,9 @@ import (
 	"github.com/dimplugd/dimplugd/daemon/logstore"
 	"github.com/dimplugd/dimplugd/daemon/registry"
 	"github.com/dimplugd/dimplugd/sandbox"
-	"github.com/dimplugd/dimplugd/schema"
 	"github.com/dimplugd/dimplugd/sdk-go/frames"
 	"github.com/dimplugd/dimplugd/sdk-go/manifest"
+	"github.com/dimplugd/dimplugd/sdk-go/schema"
 	"github.com/dimplugd/dimplugd/sdk-go/termesc"
 	"github.com/dimplugd/dimplugd/sdk-go/wire"
 )

@@ -11,7 +11,7 @@
 using Go = import "go.capnp";
 using Cxx = import "c++.capnp";
 $Go.package("schema");
-$Go.import("github.com/dimplugd/dimplugd/schema");
+$Go.import("github.com/dimplugd/dimplugd/sdk-go/schema");
 $Cxx.namespace("dimplugd::schema");
 
 using Host = import "host.capnp";

@@ -39,7 +39,7 @@
 using Go = import "go.capnp";
 using Cxx = import "c++.capnp";
 $Go.package("schema");
-$Go.import("github.com/dimplugd/dimplugd/schema");
+$Go.import("github.com/dimplugd/dimplugd/sdk-go/schema");
 
 const maxInlineBytes :UInt32 = 65536;
 # The most bytes a frame may carry inline (Frame.data.inline), and all the

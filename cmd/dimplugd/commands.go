@@ -18,10 +18,10 @@ import (
 	"github.com/dimplugd/dimplugd/daemon/logstore"
 	"github.com/dimplugd/dimplugd/sandbox"
 	"github.com/dimplugd/dimplugd/sandbox/container"
-	"github.com/dimplugd/dimplugd/schema"
 	"github.com/dimplugd/dimplugd/sdk-go/errdefs"
 	"github.com/dimplugd/dimplugd/sdk-go/host"
 	"github.com/dimplugd/dimplugd/sdk-go/manifest"
+	"github.com/dimplugd/dimplugd/sdk-go/schema"
 )
 
 type usageError struct{ error }

@@ -6,7 +6,7 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/dimplugd/dimplugd/schema"
+	"github.com/dimplugd/dimplugd/sdk-go/schema"
 )
 
 // BenchmarkConnRoundTrip sends a frame message and waits for an echo (a

@@ -14,7 +14,7 @@ import (
 	"capnproto.org/go/capnp/v3"
 	"golang.org/x/sys/unix"
 
-	"github.com/dimplugd/dimplugd/schema"
+	"github.com/dimplugd/dimplugd/sdk-go/schema"
 )
 
 // MaxPacket is the largest packet on a frame socket. A single message

@@ -15,7 +15,7 @@ import (
 	"capnproto.org/go/capnp/v3"
 	"golang.org/x/sys/unix"
 
-	"github.com/dimplugd/dimplugd/schema"
+	"github.com/dimplugd/dimplugd/sdk-go/schema"
 )
 
 // pair returns both ends of a frame socket as Conns, closed at cleanup.

@@ -3,7 +3,7 @@ package frames
 import (
 	"fmt"
 
-	"github.com/dimplugd/dimplugd/schema"
+	"github.com/dimplugd/dimplugd/sdk-go/schema"
 )
 
 // Header is a frame's metadata: it travels unchanged through a chain.

@@ -7,7 +7,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/dimplugd/dimplugd/schema"
+	"github.com/dimplugd/dimplugd/sdk-go/schema"
 )
 
 // Producer is one peer's own shared memory, in scopes. A scope is the

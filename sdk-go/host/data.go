@@ -3,7 +3,7 @@ package host
 import (
 	"context"
 
-	"github.com/dimplugd/dimplugd/schema"
+	"github.com/dimplugd/dimplugd/sdk-go/schema"
 )
 
 // Uninstall stops and removes a plugin. Without purge its key-value data

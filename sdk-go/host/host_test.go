@@ -4,8 +4,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/dimplugd/dimplugd/schema"
 	"github.com/dimplugd/dimplugd/sdk-go/manifest"
+	"github.com/dimplugd/dimplugd/sdk-go/schema"
 )
 
 func TestRouteTableMatch(t *testing.T) {

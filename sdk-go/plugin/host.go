@@ -10,7 +10,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/dimplugd/dimplugd/schema"
+	"github.com/dimplugd/dimplugd/sdk-go/schema"
 )
 
 // Host is what the daemon granted this plugin instance. It is valid from

@@ -4,7 +4,7 @@ import (
 	"context"
 	"fmt"
 
-	"github.com/dimplugd/dimplugd/schema"
+	"github.com/dimplugd/dimplugd/sdk-go/schema"
 )
 
 // CompareAndSwap atomically stores new under key if the key holds old: with

@@ -44,8 +44,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/dimplugd/dimplugd/schema"
 	"github.com/dimplugd/dimplugd/sdk-go/frames"
+	"github.com/dimplugd/dimplugd/sdk-go/schema"
 	"github.com/dimplugd/dimplugd/sdk-go/wire"
 )
 

@@ -12,8 +12,8 @@ import (
 	"time"
 	"unsafe"
 
-	"github.com/dimplugd/dimplugd/schema"
 	"github.com/dimplugd/dimplugd/sdk-go/frames"
+	"github.com/dimplugd/dimplugd/sdk-go/schema"
 )
 
 // FramesFD is where the daemon passes the plugin's frame socket.

@@ -5,8 +5,8 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/dimplugd/dimplugd/schema"
 	"github.com/dimplugd/dimplugd/sdk-go/errdefs"
+	"github.com/dimplugd/dimplugd/sdk-go/schema"
 )
 
 // Phase is where in a request's life a hook runs; see schema.Phase.

@@ -16,7 +16,7 @@ import (
 
 	"capnproto.org/go/capnp/v3"
 
-	"github.com/dimplugd/dimplugd/schema"
+	"github.com/dimplugd/dimplugd/sdk-go/schema"
 )
 
 // Fuzz targets for what a lane peer reads: the framing (readFrame, and

@@ -5,8 +5,8 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/dimplugd/dimplugd/schema"
 	"github.com/dimplugd/dimplugd/sdk-go/manifest"
+	"github.com/dimplugd/dimplugd/sdk-go/schema"
 )
 
 // The hook-call codec and the phase policy.

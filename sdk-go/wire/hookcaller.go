@@ -7,8 +7,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/dimplugd/dimplugd/schema"
 	"github.com/dimplugd/dimplugd/sdk-go/errdefs"
+	"github.com/dimplugd/dimplugd/sdk-go/schema"
 )
 
 // CallHook calls one plugin hook on a hook lane (the daemon's lane to a

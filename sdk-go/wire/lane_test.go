@@ -13,8 +13,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dimplugd/dimplugd/schema"
 	"github.com/dimplugd/dimplugd/sdk-go/errdefs"
+	"github.com/dimplugd/dimplugd/sdk-go/schema"
 )
 
 func lanePair(t *testing.T) (net.Conn, net.Conn) {

@@ -1,8 +1,8 @@
 package wire
 
 import (
-	"github.com/dimplugd/dimplugd/schema"
 	"github.com/dimplugd/dimplugd/sdk-go/manifest"
+	"github.com/dimplugd/dimplugd/sdk-go/schema"
 )
 
 // ReadPermissions converts the wire form of a grant.

@@ -7,7 +7,7 @@ import (
 
 	"capnproto.org/go/capnp/v3"
 
-	"github.com/dimplugd/dimplugd/schema"
+	"github.com/dimplugd/dimplugd/sdk-go/schema"
 )
 
 func TestDiffAndApplyRequest(t *testing.T) {

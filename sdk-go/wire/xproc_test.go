@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dimplugd/dimplugd/schema"
+	"github.com/dimplugd/dimplugd/sdk-go/schema"
 )
 
 func BenchmarkLaneCrossProcess(b *testing.B) {

@@ -9,9 +9,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/dimplugd/dimplugd/schema"
 	"github.com/dimplugd/dimplugd/sdk-go/frames"
 	"github.com/dimplugd/dimplugd/sdk-go/plugin"
+	"github.com/dimplugd/dimplugd/sdk-go/schema"
 )
 
 // -raw makes testplug a hostile frame peer: it keeps the daemon's frame

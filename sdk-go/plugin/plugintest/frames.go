@@ -6,9 +6,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/dimplugd/dimplugd/schema"
 	"github.com/dimplugd/dimplugd/sdk-go/frames"
 	"github.com/dimplugd/dimplugd/sdk-go/plugin"
+	"github.com/dimplugd/dimplugd/sdk-go/schema"
 )
 
 // Owner ids the harness uses, playing the daemon: its own pools, and the

@@ -43,16 +43,19 @@ func TestCompileCxx(t *testing.T) {
 
 	// Only the .capnp files, in a fresh directory: nothing else to find.
 	src := t.TempDir()
-	files, err := filepath.Glob("*.capnp")
+	files, err := filepath.Glob("../../schema/*.capnp")
 	if err != nil {
 		t.Fatal(err)
+	}
+	if len(files) < len(apiSchemas)+2 {
+		t.Fatalf("found %d schema files in ../../schema", len(files))
 	}
 	for _, f := range files {
 		b, err := os.ReadFile(f)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := os.WriteFile(filepath.Join(src, f), b, 0o644); err != nil {
+		if err := os.WriteFile(filepath.Join(src, filepath.Base(f)), b, 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -1,6 +1,8 @@
-// Package schema is dimplugd's wire contract: the Cap'n Proto schema files
-// in this directory and the Go code generated from them (*.capnp.go, never
-// edited by hand; `make generate` rewrites them byte for byte).
+// Package schema is dimplugd's wire contract in Go: the code generated from
+// the Cap'n Proto schema files in the repository's schema/ directory
+// (*.capnp.go, never edited by hand; `make generate` rewrites them byte for
+// byte), part of the SDK's module so that plugins and hosts need nothing
+// else.
 //
 // The schema has three faces, each its own file:
 //
