@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -473,4 +474,43 @@ func heapInUse() uint64 {
 
 func isReset(err error) bool {
 	return err != nil && (strings.Contains(err.Error(), "connection reset") || strings.Contains(err.Error(), "broken pipe"))
+}
+
+// TestHookLaneComesBack: a dispatch larger than the host message limit
+// makes the daemon cut the session's hook lane while its RPC connection
+// lives on. That one call is answered by policy; the next ones go over
+// RPC at once, and the session opens a new lane by itself.
+func TestHookLaneComesBack(t *testing.T) {
+	td := startDaemonConfig(t, Config{Runtime: testRuntime(t), Supervision: fastSupervision, Limits: Limits{HostMessageSize: 1 << 20}})
+	td.install(t, pluginDir(t, testplugManifest("lanes", nil, hooks("request", "POST", "/l/:id", "2s", "fail-open", 0))))
+	waitState(t, td.ctl, "lanes", 30*time.Second, "running", running)
+	s := dial(t, td.socket, host.WithoutDirectLanes())
+	if !s.Lane() {
+		t.Fatal("no hook lane after dial")
+	}
+	post := func(body []byte) *host.Result {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		res, err := s.Dispatch(ctx, host.PhaseRequest, &host.Request{Method: "POST", Path: "/l/1", Header: http.Header{}, Body: body}, nil)
+		if err != nil {
+			t.Fatalf("dispatch: %v", err)
+		}
+		return res
+	}
+	if res := post([]byte("small")); res.Kind != host.MutateRequest {
+		t.Fatalf("before: %+v", res)
+	}
+	post(make([]byte, 2<<20)) // over the limit: the daemon cuts the lane
+	// The very next call is served (over RPC, or a new lane), not
+	// answered by policy as if the daemon were away.
+	if res := post([]byte("small")); res.Kind != host.MutateRequest || len(res.Skipped) != 0 {
+		t.Fatalf("right after the cut: %+v", res)
+	}
+	waitFor(t, 10*time.Second, "the session to open a new hook lane", s.Lane)
+	for range 5 {
+		if res := post([]byte("small")); res.Kind != host.MutateRequest {
+			t.Fatalf("on the new lane: %+v", res)
+		}
+	}
 }

@@ -196,7 +196,11 @@ type link struct {
 	conn    *rpc.Conn
 	s       schema.HostSession
 	version uint16
-	lane    *wire.LaneClient // nil: dispatch over RPC
+	// lane is the hook lane; nil: dispatch over RPC. A lane that breaks
+	// while the RPC connection lives on is replaced in the background
+	// (laneBroke); reopening ends with the link.
+	lane      atomic.Pointer[wire.LaneClient]
+	reopening sync.WaitGroup
 
 	// next is closed when the keeper's first connect attempt after this
 	// link ended has ended itself (see awaitNext).
@@ -222,11 +226,53 @@ func (l *link) gone() bool {
 }
 
 func (l *link) close() {
-	if l.lane != nil {
-		l.lane.Close()
-	}
 	l.s.Release()
 	l.conn.Close()
+	l.reopening.Wait() // it sees conn.Done and stops
+	if lane := l.lane.Swap(nil); lane != nil {
+		lane.Close()
+	}
+}
+
+// laneBroke takes a hook lane that ended under a call while the link's RPC
+// connection lives on (the daemon cut the lane: a message over its size
+// limit, a write that stalled): later calls go over RPC at once, and a new
+// lane is opened in the background, with backoff, until the link ends.
+func (l *link) laneBroke(s *Session, lane *wire.LaneClient) {
+	if !l.lane.CompareAndSwap(lane, nil) {
+		return // already replaced
+	}
+	lane.Close()
+	if s.opts.noLane || l.gone() {
+		return
+	}
+	l.reopening.Add(1)
+	go func() {
+		defer l.reopening.Done()
+		wait := redialFirst
+		for {
+			select {
+			case <-l.conn.Done():
+				return
+			case <-s.stop:
+				return
+			case <-time.After(wait):
+			}
+			ctx, cancel := context.WithTimeout(s.stopCtx, 5*time.Second)
+			nl, err := openLane(ctx, s.socket)
+			cancel()
+			if err == nil {
+				l.lane.Store(nl)
+				if l.gone() { // close may have run its Swap already
+					if lane := l.lane.Swap(nil); lane != nil {
+						lane.Close()
+					}
+				}
+				return
+			}
+			wait = min(2*wait, redialMax)
+		}
+	}()
 }
 
 // Dial opens a host session on the daemon's host socket (DefaultSocket,
@@ -289,7 +335,9 @@ func (s *Session) connect(ctx context.Context) (*link, error) {
 	if !s.opts.noLane {
 		// A daemon without the lane closes the connection; dispatch
 		// then stays on RPC.
-		l.lane, _ = openLane(ctx, s.socket)
+		if lane, err := openLane(ctx, s.socket); err == nil {
+			l.lane.Store(lane)
+		}
 	}
 	s.version.Store(uint32(l.version))
 	return l, nil
@@ -523,7 +571,7 @@ func openLane(ctx context.Context, socket string) (*wire.LaneClient, error) {
 // Lane reports whether the session dispatches on the hook lane now.
 func (s *Session) Lane() bool {
 	l := s.link.Load()
-	return l != nil && l.lane != nil
+	return l != nil && l.lane.Load() != nil
 }
 
 // Version is the protocol version negotiated with the newest daemon.
@@ -625,7 +673,7 @@ func (s *Session) Dispatch(ctx context.Context, phase Phase, req *Request, resp 
 	if l == nil {
 		return s.away(phase, req), nil
 	}
-	res, err := l.dispatch(ctx, phase, req, resp)
+	res, err := l.dispatch(ctx, s, phase, req, resp)
 	if wire.IsStopping(err) {
 		// The daemon is draining and did not start the call: send it to
 		// the next daemon, if it comes within attemptWait (an upgrade in
@@ -633,7 +681,7 @@ func (s *Session) Dispatch(ctx context.Context, phase Phase, req *Request, resp 
 		if l = s.awaitNext(ctx, l); l == nil {
 			return s.away(phase, req), nil
 		}
-		res, err = l.dispatch(ctx, phase, req, resp)
+		res, err = l.dispatch(ctx, s, phase, req, resp)
 	}
 	if err != nil && ctx.Err() == nil && (l.gone() || connLost(err) || wire.IsStopping(err)) {
 		return s.away(phase, req), nil
@@ -667,8 +715,10 @@ func connLost(err error) bool {
 		errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }
 
-// dispatch asks the daemon: on the hook lane, else over RPC.
-func (l *link) dispatch(ctx context.Context, phase Phase, req *Request, resp *Response) (*Result, error) {
+// dispatch asks the daemon: on the hook lane, else over RPC. A lane that
+// ended under the call is handed to laneBroke; the call itself fails (it
+// may or may not have run), and the caller answers it by policy.
+func (l *link) dispatch(ctx context.Context, s *Session, phase Phase, req *Request, resp *Response) (*Result, error) {
 	fill := func(p interface {
 		SetPhase(schema.Phase)
 		NewRequest() (schema.HttpRequest, error)
@@ -691,8 +741,8 @@ func (l *link) dispatch(ctx context.Context, phase Phase, req *Request, resp *Re
 		}
 		return nil
 	}
-	if l.lane != nil {
-		reply, rf, err := l.lane.Call(ctx, func(f schema.LaneFrame) error {
+	if lane := l.lane.Load(); lane != nil {
+		reply, rf, err := lane.Call(ctx, func(f schema.LaneFrame) error {
 			ld, err := f.NewDispatch()
 			if err != nil {
 				return err
@@ -700,6 +750,9 @@ func (l *link) dispatch(ctx context.Context, phase Phase, req *Request, resp *Re
 			return fill(ld)
 		})
 		if err != nil {
+			if connLost(err) && !l.gone() {
+				l.laneBroke(s, lane)
+			}
 			return nil, fmt.Errorf("dispatch %s %s: %w", req.Method, req.Path, err)
 		}
 		defer reply.Release()
