@@ -134,3 +134,50 @@ func TestMiddleware(t *testing.T) {
 		t.Errorf("a request to a route no longer hooked made %d dispatch calls", n)
 	}
 }
+
+// TestMiddlewareLargeResponse: a response larger than the middleware's body
+// limit skips fail-open response hooks and is sent unchanged, but is
+// answered 502 when a fail-closed response hook is on its route: that hook
+// must see every response.
+func TestMiddlewareLargeResponse(t *testing.T) {
+	td := startDaemon(t, testRuntime(t), fastSupervision)
+	td.install(t, pluginDir(t, testplugManifest("big", nil,
+		hooks("response", "GET", "/open/:id", "2s", "fail-open", 0)+
+			strings.Replace(hooks("response", "GET", "/closed/:id", "2s", "fail-closed", 0), `name = "response-hook"`, `name = "closed-hook"`, 1))))
+	waitState(t, td.ctl, "big", 30*time.Second, "running", running)
+	large := strings.Repeat("x", 4096)
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /{kind}/{id}", func(w http.ResponseWriter, r *http.Request) {
+		if r.PathValue("id") == "small" {
+			io.WriteString(w, "small")
+			return
+		}
+		io.WriteString(w, large)
+	})
+	mw, err := host.NewMiddleware(context.Background(), dial(t, td.socket), mux, host.WithMaxBody(1024))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(mw)
+	defer srv.Close()
+	for _, c := range []struct {
+		path, hooked string
+		status       int
+		body         string
+	}{
+		{"/open/small", "big", 200, "small"},
+		{"/closed/small", "big", 200, "small"},
+		{"/open/1", "", 200, large},
+		{"/closed/1", "", 502, "more than fail-closed response hook big/closed-hook may be given"},
+	} {
+		resp, err := http.Get(srv.URL + c.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != c.status || !strings.Contains(string(b), c.body) || resp.Header.Get("X-Test-Response") != c.hooked {
+			t.Errorf("%s: %d %.80q (X-Test-Response %q); want %d with %.80q, hooked by %q", c.path, resp.StatusCode, b, resp.Header.Get("X-Test-Response"), c.status, c.body, c.hooked)
+		}
+	}
+}

@@ -949,6 +949,20 @@ func readTable(t schema.RouteTable) (*RouteTable, error) {
 	return rt, nil
 }
 
+// failClosedHook returns a fail-closed hook of phase that a request
+// matches, or nil.
+func (t *RouteTable) failClosedHook(phase Phase, method, path string) *RouteHook {
+	if t == nil {
+		return nil
+	}
+	for _, h := range t.hooks(phase, method, path) {
+		if h.FailClosed {
+			return h
+		}
+	}
+	return nil
+}
+
 // hooks returns the hooks of phase that a request matches, in table order.
 func (t *RouteTable) hooks(phase Phase, method, path string) []*RouteHook {
 	var out []*RouteHook

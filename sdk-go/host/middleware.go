@@ -44,8 +44,10 @@ type middlewareOptions struct {
 
 // WithMaxBody sets the largest request or response body passed to hooks
 // (default 8 MiB). A larger request body on a hooked route is refused with
-// 413; a larger response body skips the response hooks (logged), it is never
-// truncated.
+// 413. A larger response body skips fail-open response hooks (logged) and
+// is sent unchanged, never truncated; when a fail-closed response hook is
+// on the route it is answered 502 instead (that hook must see every
+// response). Observers get its first n bytes.
 func WithMaxBody(n int64) MiddlewareOption { return func(o *middlewareOptions) { o.maxBody = n } }
 
 // WithUser tells hooks who the request is authenticated as.
@@ -164,12 +166,25 @@ func (m *Middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		m.logSkipped(res)
 	} else if rec.overflow {
+		// A fail-closed response hook must see every response it is
+		// hooked to: one too large for it is not sent unchanged behind
+		// its back.
+		if h := m.s.RouteTable().failClosedHook(PhaseResponse, r.Method, r.URL.Path); h != nil {
+			m.opts.log.Warn("response too large for a fail-closed response hook; answered 502", "plugin", h.Plugin, "hook", h.Hook, "method", r.Method, "path", r.URL.Path, "limit", m.opts.maxBody)
+			http.Error(w, fmt.Sprintf("the response is larger than %d bytes, more than fail-closed response hook %s/%s may be given", m.opts.maxBody, h.Plugin, h.Hook), http.StatusBadGateway)
+			return
+		}
 		m.opts.log.Warn("response too large for response hooks; sent unchanged", "method", r.Method, "path", r.URL.Path, "limit", m.opts.maxBody)
 	}
 	out := *resp
 	out.Header = withoutHeaders(resp.Header, responseCredentials...)
 	restoreHeaders(out.Header, rec.header, responseCredentials...)
 	writeResponse(w, &out)
+	if rec.overflow { // observers get the first maxBody bytes
+		cut := *resp
+		cut.Body = cut.Body[:m.opts.maxBody]
+		resp = &cut
+	}
 	m.observe(phases, req, resp)
 }
 
