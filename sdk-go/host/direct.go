@@ -63,6 +63,13 @@ func (s *Session) reportStats() {
 	}
 	var ds []delta
 	s.mu.Lock()
+	fc := s.frames
+	if fc == nil {
+		// No frame socket (the daemon is away): nothing is marked
+		// reported, so the next report after it is back carries it.
+		s.mu.Unlock()
+		return
+	}
 	for plugin, dl := range s.direct {
 		for hook, br := range dl.breakers {
 			calls, failures, _ := br.Stats(time.Now())
@@ -80,11 +87,7 @@ func (s *Session) reportStats() {
 			}
 		}
 	}
-	fc := s.frames
 	s.mu.Unlock()
-	if fc == nil {
-		return
-	}
 	for _, d := range ds {
 		_ = fc.conn.Send(func(m schema.FrameMsg) error {
 			hs, err := m.NewHookStats()
