@@ -169,6 +169,9 @@ type Session struct {
 
 	link   atomic.Pointer[link]       // nil while the daemon is away
 	routes atomic.Pointer[RouteTable] // pushed by the daemon; kept while it is away
+	// links numbers the session's connections: table versions compare
+	// only within one (each daemon process numbers its own).
+	links atomic.Uint64
 	// attempt is closed when the keeper's connect attempt under way ends;
 	// nil between attempts (see awaitLink).
 	attempt atomic.Pointer[connectAttempt]
@@ -830,6 +833,7 @@ func readResult(dr schema.DispatchResult) (*Result, error) {
 // RouteTable is a version of the daemon's hooked routes.
 type RouteTable struct {
 	Version uint64
+	link    uint64 // the session connection it came on (Session.links); 0: the cache
 	Entries []RouteEntry
 	// The daemon's circuit-breaker settings, which direct calls follow.
 	BreakerFailures int
@@ -1001,7 +1005,8 @@ func (s *Session) WatchRoutes(ctx context.Context, update func(*RouteTable)) (*R
 // session, and takes its current table in place of whatever the session
 // knew (a new daemon numbers its tables anew).
 func (s *Session) watch(ctx context.Context, l *link) error {
-	w := schema.RouteWatcher_ServerToClient(&routeWatcher{s: s})
+	gen := s.links.Add(1)
+	w := schema.RouteWatcher_ServerToClient(&routeWatcher{s: s, link: gen})
 	fut, release := l.s.WatchRoutes(ctx, func(p schema.HostSession_watchRoutes_Params) error {
 		return p.SetWatcher(w)
 	})
@@ -1018,16 +1023,18 @@ func (s *Session) watch(ctx context.Context, l *link) error {
 	if err != nil {
 		return err
 	}
-	s.routes.Store(rt)
-	s.routesChanged(rt)
+	rt.link = gen
+	s.setRoutes(rt) // a push on this connection may have come first
 	return nil
 }
 
-// setRoutes keeps the newest table and tells the watchers.
+// setRoutes keeps the newest table and tells the watchers. A table from a
+// newer connection (a new daemon, whose versions start again) replaces any
+// older one; within one connection, only a higher version does.
 func (s *Session) setRoutes(t *RouteTable) {
 	for {
 		cur := s.routes.Load()
-		if cur != nil && cur.Version >= t.Version {
+		if cur != nil && (cur.link > t.link || cur.link == t.link && cur.Version >= t.Version) {
 			return
 		}
 		if s.routes.CompareAndSwap(cur, t) {
@@ -1050,7 +1057,10 @@ func (s *Session) routesChanged(t *RouteTable) {
 	}
 }
 
-type routeWatcher struct{ s *Session }
+type routeWatcher struct {
+	s    *Session
+	link uint64 // the connection it watches on (Session.links)
+}
 
 func (w *routeWatcher) Update(ctx context.Context, call schema.RouteWatcher_update) error {
 	t, err := call.Args().Table()
@@ -1061,6 +1071,7 @@ func (w *routeWatcher) Update(ctx context.Context, call schema.RouteWatcher_upda
 	if err != nil {
 		return err
 	}
+	rt.link = w.link
 	w.s.setRoutes(rt)
 	return nil
 }
