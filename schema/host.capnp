@@ -60,8 +60,11 @@ interface HostSession {
 
 struct RouteTable {
   version @0 :UInt64;
-  # Increases whenever the set of active hooks changes (install, enable,
-  # disable, remove, a plugin entering or leaving quarantine).
+  # Increases whenever the table changes: a plugin installed, upgraded,
+  # enabled, disabled or removed, a deadline override. A plugin that
+  # crashes or is quarantined stays in the table (its hooks then fail by
+  # policy). Each daemon process numbers its tables from the start again:
+  # compare versions only within one connection.
   entries @1 :List(RouteEntry);
   breakerFailures @2 :UInt32;
   breakerCooldownMicros @3 :UInt64;

@@ -21,7 +21,10 @@
 # A caller sends a request frame (dispatch or hook) and gets exactly one
 # reply frame with the same id (dispatchResult, hookResult or error), unless
 # it sends cancel for that id first, in which case the reply may still come
-# and is ignored. Replies may come in any order. Frames are at most 64 MiB.
+# and is ignored. Replies may come in any order. The length field is at most
+# 64 MiB + 8 (the id counts); the daemon reads frames from hosts up to its
+# host message size (--host-message-size, 32 MiB by default) + 8, and
+# closes the lane on a larger one.
 # Call ids start at 1: id 0 is the daemon's `stopping` frame, not a reply.
 #
 # Where the lane runs:
@@ -31,6 +34,11 @@
 #   * host face: a host opens a second connection to the daemon's socket and
 #     writes the 8 bytes "DPLANE1\n"; the daemon answers with the same 8
 #     bytes and then serves dispatch calls on the connection.
+#   * direct lanes: a host asks for a lane to one plugin on its frame socket
+#     (stream.capnp: laneRequest); the daemon hands each side one end of a
+#     new socket pair (LaneGrant), with no preamble. The host sends hook
+#     calls on it, filling route and params itself, and the plugin answers
+#     as on fd 4. docs/host-protocol.md, "Direct lanes".
 
 @0xe9222974464132e8;
 
