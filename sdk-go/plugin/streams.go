@@ -14,6 +14,7 @@ import (
 
 	"github.com/dimplugd/dimplugd/sdk-go/frames"
 	"github.com/dimplugd/dimplugd/sdk-go/schema"
+	"github.com/dimplugd/dimplugd/sdk-go/termesc"
 )
 
 // FramesFD is where the daemon passes the plugin's frame socket.
@@ -312,6 +313,9 @@ func (fs *frameServer) handle(fm schema.FrameMsg, fds []*os.File) {
 		}
 	}()
 	switch fm.Which() {
+	case schema.FrameMsg_Which_goodbye:
+		why, _ := fm.Goodbye()
+		fmt.Fprintf(os.Stderr, "dimplug: the daemon closed the frame socket: %s\n", termesc.String(why))
 	case schema.FrameMsg_Which_poolAdd:
 		pa, err := fm.PoolAdd()
 		if err == nil && len(fds) == 1 {
