@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"slices"
 	"strconv"
 	"time"
@@ -116,18 +117,34 @@ type exportSettings struct {
 	Users  map[string]json.RawMessage `json:"users,omitempty"`
 }
 
-// ExportData returns the plugin's data in the export format.
+// ExportData returns the plugin's data in the export format, for one
+// control message: it fails when the document is larger than maxDataExport
+// (exportDataStream has no such limit).
 func (d *Daemon) ExportData(name string) ([]byte, error) {
-	u, err := d.unit(name)
+	b, _, err := d.exportDoc(name)
 	if err != nil {
 		return nil, err
+	}
+	if len(b) > maxDataExport {
+		return nil, errdefs.WithClass(fmt.Errorf("export the data of plugin %q: the export is %s, more than one control message carries (%s); use a newer dimplugctl, which streams it",
+			name, manifest.Size(len(b)), manifest.Size(maxDataExport)), errdefs.ErrInvalid)
+	}
+	return b, nil
+}
+
+// exportDoc builds the export document of the plugin's data, and says how
+// many keys it holds.
+func (d *Daemon) exportDoc(name string) ([]byte, int, error) {
+	u, err := d.unit(name)
+	if err != nil {
+		return nil, 0, err
 	}
 	u.mu.Lock()
 	version := u.rec.Manifest.Version
 	u.mu.Unlock()
 	data, err := d.store.ExportData(name)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	out := dataExport{Format: dataExportFormat, Plugin: name, PluginVersion: version, ExportedAt: time.Now().UTC(), KV: []exportedKV{}}
 	for _, p := range data.KV {
@@ -146,7 +163,7 @@ func (d *Daemon) ExportData(name string) ([]byte, error) {
 	for _, sv := range data.Settings {
 		raw, err := json.Marshal(sv.Values)
 		if err != nil {
-			return nil, err
+			return nil, 0, err
 		}
 		if sv.Scope == manifest.ScopeGlobal {
 			out.Settings.Global = raw
@@ -159,22 +176,22 @@ func (d *Daemon) ExportData(name string) ([]byte, error) {
 	}
 	b, err := json.MarshalIndent(out, "", "  ")
 	if err != nil {
-		return nil, err
-	}
-	if len(b) > maxDataExport {
-		return nil, errdefs.WithClass(fmt.Errorf("export the data of plugin %q: the export is %s, more than one control message carries (%s); delete keys the plugin no longer needs first",
-			name, manifest.Size(len(b)), manifest.Size(maxDataExport)), errdefs.ErrInvalid)
+		return nil, 0, err
 	}
 	u.logf("data exported: %d keys, %d settings objects", len(data.KV), len(data.Settings))
-	return append(b, '\n'), nil
+	return append(b, '\n'), len(data.KV), nil
 }
 
-// maxDataExport bounds an export document: it travels in one control
-// message, so at most wire.MaxMessageSize less room for the message's
+// maxDataExport bounds an export document sent in one control message
+// (exportData): at most wire.MaxMessageSize less room for the message's
 // framing. With base64 that is about 47 MiB of key-value data, less than
-// the 64 MiB a plugin may store: exporting more would need a streamed
-// export.
+// the 64 MiB a plugin may store: exportDataStream carries any export.
 const maxDataExport = wire.MaxMessageSize - 1<<20
+
+// maxDataImport bounds an import document: base64 makes a plugin's
+// largest key-value store (64 MiB of keys and values) about 86 MiB, and
+// JSON adds a little per key and the settings.
+const maxDataImport = 256 << 20
 
 // ImportData loads an export into an installed plugin's data: merged, or
 // with replace instead of everything stored. The document, the key-value
@@ -184,6 +201,11 @@ const maxDataExport = wire.MaxMessageSize - 1<<20
 // imported. A running plugin is told of the settings it gets; it reads
 // the new key-value data on its next reads.
 func (d *Daemon) ImportData(name string, doc []byte, replace bool) (int, error) {
+	return d.ImportDataFrom(name, bytes.NewReader(doc), int64(len(doc)), replace)
+}
+
+// ImportDataFrom is ImportData reading the document (size bytes) from r.
+func (d *Daemon) ImportDataFrom(name string, r io.Reader, size int64, replace bool) (int, error) {
 	u, err := d.unit(name)
 	if err != nil {
 		return 0, err
@@ -191,11 +213,11 @@ func (d *Daemon) ImportData(name string, doc []byte, replace bool) (int, error) 
 	invalid := func(format string, args ...any) error {
 		return errdefs.WithClass(fmt.Errorf("import data into plugin %q: nothing was imported: "+format, append([]any{name}, args...)...), errdefs.ErrInvalid)
 	}
-	if len(doc) > maxDataExport {
-		return 0, invalid("the document is %d bytes, over the %s limit", len(doc), manifest.Size(maxDataExport))
+	if size > maxDataImport {
+		return 0, invalid("the document is %d bytes, over the %s limit", size, manifest.Size(maxDataImport))
 	}
 	var in dataExport
-	dec := json.NewDecoder(bytes.NewReader(doc))
+	dec := json.NewDecoder(io.LimitReader(r, maxDataImport))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&in); err != nil {
 		return 0, invalid("not a dimplugd data export (docs/packages.md, \"Data export\"): %v", err)

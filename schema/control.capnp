@@ -84,17 +84,44 @@ interface Control {
 
   exportData @16 (name :Text) -> (archive :Data);
   # The plugin's data (key-value store and settings) in the documented
-  # export format (docs/packages.md, "Data export").
+  # export format (docs/packages.md, "Data export"), in one message: fails
+  # when the export is larger than a control message carries (about 47
+  # MiB of key-value data); exportDataStream has no such limit.
 
   importData @17 (name :Text, archive :Data, replace :Bool) -> (keys :UInt64);
   # Loads an export into a plugin's data: merged key by key, or replacing
   # everything with replace. Checked against the KV limits first; nothing
-  # is written when it fails.
+  # is written when it fails. importDataStream takes any size.
 
   trustAdd @18 (publicKey :Text, comment :Text) -> (key :TrustedKey);
   # Trusts a publisher key (minisign public key format) for signed packages.
   trustList @19 () -> (keys :List(TrustedKey));
   trustRemove @20 (keyId :Text) -> ();
+
+  exportDataStream @21 (name :Text, sink :ByteSink) -> (bytes :UInt64, keys :UInt64);
+  # exportData in chunks: the daemon writes the export document to sink
+  # (at most 1 MiB per write, in order) and answers once all is written.
+  # A sink that fails a write ends the export with that error.
+
+  importDataStream @22 (name :Text, replace :Bool) -> (upload :DataUpload);
+  # importData in chunks: write the document to upload, then finish. The
+  # daemon keeps it in a file in its state directory until then (never in
+  # memory), bounded by the largest export a plugin's data can make.
+}
+
+interface ByteSink {
+  # Where the daemon writes a stream of bytes (exportDataStream).
+  write @0 (chunk :Data) -> ();
+}
+
+interface DataUpload {
+  # One streamed data import (Control.importDataStream).
+  write @0 (chunk :Data) -> ();
+  # The next bytes, at most 1 MiB per call; keep a few calls in flight.
+  finish @1 () -> (keys :UInt64);
+  # Ends the document and imports it (as importData); answers with the
+  # number of keys imported.
+  abort @2 (reason :Text) -> ();
 }
 
 struct InstallOptions {

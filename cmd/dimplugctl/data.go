@@ -68,18 +68,20 @@ clear: keep them as safe as the daemon's state directory.`,
 		ValidArgsFunction: c.completeNames,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return c.withControl(func(ctx context.Context, ctl *host.Control) error {
-				doc, err := ctl.ExportData(ctx, args[0])
+				// Streamed: an export of any size, never whole in memory.
+				if out == "" || out == "-" {
+					_, _, err := ctl.ExportDataStream(ctx, args[0], c.out)
+					return err
+				}
+				var size, keys uint64
+				err := writeFileAtomic(out, func(w io.Writer) (err error) {
+					size, keys, err = ctl.ExportDataStream(ctx, args[0], w)
+					return err
+				})
 				if err != nil {
 					return err
 				}
-				if out == "" || out == "-" {
-					_, err := c.out.Write(doc)
-					return err
-				}
-				if err := writeFileAtomic(out, doc); err != nil {
-					return err
-				}
-				fmt.Fprintf(os.Stderr, "exported the data of %s to %s (%s)\n", args[0], out, manifest.Size(len(doc)))
+				fmt.Fprintf(os.Stderr, "exported the data of %s to %s (%d keys, %s)\n", args[0], out, keys, manifest.Size(int64(size)))
 				return nil
 			})
 		},
@@ -97,18 +99,17 @@ is written when anything fails.`,
 		Args:              exactArgs("<name>", "<file|->"),
 		ValidArgsFunction: c.completeNames,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			var doc []byte
-			var err error
-			if args[1] == "-" {
-				doc, err = io.ReadAll(io.LimitReader(os.Stdin, 256<<20))
-			} else {
-				doc, err = os.ReadFile(args[1])
-			}
-			if err != nil {
-				return err
+			var in io.Reader = os.Stdin
+			if args[1] != "-" {
+				f, err := os.Open(args[1])
+				if err != nil {
+					return err
+				}
+				defer f.Close()
+				in = f
 			}
 			return c.withControl(func(ctx context.Context, ctl *host.Control) error {
-				n, err := ctl.ImportData(ctx, args[0], doc, replace)
+				n, err := ctl.ImportDataStream(ctx, args[0], in, replace)
 				if err != nil {
 					return err
 				}
@@ -129,15 +130,15 @@ is written when anything fails.`,
 	return cmd
 }
 
-// writeFileAtomic writes data to path with mode 0600, through a temporary
-// file in the same directory.
-func writeFileAtomic(path string, data []byte) error {
+// writeFileAtomic writes what write writes to path with mode 0600, through
+// a temporary file in the same directory: path appears whole or not at all.
+func writeFileAtomic(path string, write func(io.Writer) error) error {
 	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
 	if err != nil {
 		return err
 	}
 	defer os.Remove(f.Name())
-	if _, err := f.Write(data); err != nil {
+	if err := write(f); err != nil {
 		f.Close()
 		return err
 	}

@@ -2,6 +2,9 @@ package host
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"io"
 
 	"github.com/dimplugd/dimplugd/sdk-go/schema"
 )
@@ -55,6 +58,73 @@ func (c *Control) ImportData(ctx context.Context, name string, doc []byte, repla
 	})
 	defer release()
 	res, err := fut.Struct()
+	if err != nil {
+		return 0, cleanErr(err)
+	}
+	return res.Keys(), nil
+}
+
+// ExportDataStream writes a plugin's data export document to w as the
+// daemon streams it (no size limit, unlike ExportData), and returns its
+// size and the number of keys in it.
+func (c *Control) ExportDataStream(ctx context.Context, name string, w io.Writer) (bytes, keys uint64, err error) {
+	sink := schema.ByteSink_ServerToClient(&writerSink{w: w})
+	defer sink.Release()
+	fut, release := c.c.ExportDataStream(ctx, func(p schema.Control_exportDataStream_Params) error {
+		if err := p.SetName(name); err != nil {
+			return err
+		}
+		return p.SetSink(sink.AddRef())
+	})
+	defer release()
+	res, err := fut.Struct()
+	if err != nil {
+		return 0, 0, cleanErr(err)
+	}
+	return res.Bytes(), res.Keys(), nil
+}
+
+// writerSink serves ByteSink by writing each chunk to w, in order (the
+// daemon's writes on one capability are delivered in order, one at a
+// time).
+type writerSink struct{ w io.Writer }
+
+func (s *writerSink) Write(ctx context.Context, call schema.ByteSink_write) error {
+	chunk, err := call.Args().Chunk()
+	if err != nil {
+		return err
+	}
+	_, err = s.w.Write(chunk)
+	return err
+}
+
+// ImportDataStream streams a data export document from r to the daemon
+// (no size limit but the daemon's bound on any export) and imports it as
+// ImportData does. A read error aborts the transfer; nothing is imported.
+func (c *Control) ImportDataStream(ctx context.Context, name string, r io.Reader, replace bool) (keys uint64, err error) {
+	fut, release := c.c.ImportDataStream(ctx, func(p schema.Control_importDataStream_Params) error {
+		p.SetReplace(replace)
+		return p.SetName(name)
+	})
+	defer release()
+	up := fut.Upload().AddRef()
+	defer up.Release()
+	err = streamChunks(r, func(chunk []byte) func() error {
+		f, rel := up.Write(ctx, func(p schema.DataUpload_write_Params) error { return p.SetChunk(chunk) })
+		return func() error { defer rel(); _, err := f.Struct(); return err }
+	})
+	var re *readError
+	if errors.As(err, &re) {
+		af, arel := up.Abort(context.Background(), func(p schema.DataUpload_abort_Params) error { return p.SetReason(re.Error()) })
+		af.Struct()
+		arel()
+		return 0, fmt.Errorf("read the data export: %w", re.err)
+	} else if err != nil {
+		return 0, fmt.Errorf("send the data export: %w", cleanErr(err))
+	}
+	ff, frel := up.Finish(ctx, nil)
+	defer frel()
+	res, err := ff.Struct()
 	if err != nil {
 		return 0, cleanErr(err)
 	}

@@ -3,6 +3,7 @@ package host
 import (
 	"context"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"time"
@@ -142,53 +143,17 @@ func (c *Control) InstallStream(ctx context.Context, r io.Reader, opts StreamOpt
 	defer release()
 	up := fut.Upload().AddRef()
 	defer up.Release()
-	type pending struct {
-		f       schema.Upload_write_Results_Future
-		release func()
-	}
-	var window []pending
-	wait := func(p pending) error {
-		_, err := p.f.Struct()
-		p.release()
-		return err
-	}
-	drain := func() error {
-		var first error
-		for _, p := range window {
-			if err := wait(p); err != nil && first == nil {
-				first = err
-			}
-		}
-		window = nil
-		return first
-	}
-	buf := make([]byte, ChunkSize)
-	for {
-		n, rerr := fill(r, buf)
-		if n > 0 {
-			chunk := buf[:n]
-			f, rel := up.Write(ctx, func(p schema.Upload_write_Params) error { return p.SetChunk(chunk) })
-			window = append(window, pending{f, rel})
-			if len(window) >= inFlight {
-				if err := wait(window[0]); err != nil {
-					drain()
-					return nil, fmt.Errorf("send the package: %w", cleanErr(err))
-				}
-				window = window[1:]
-			}
-		}
-		if rerr == io.EOF {
-			break
-		}
-		if rerr != nil {
-			drain()
-			af, arel := up.Abort(context.Background(), func(p schema.Upload_abort_Params) error { return p.SetReason(rerr.Error()) })
-			af.Struct()
-			arel()
-			return nil, fmt.Errorf("read the package: %w", rerr)
-		}
-	}
-	if err := drain(); err != nil {
+	err := streamChunks(r, func(chunk []byte) func() error {
+		f, rel := up.Write(ctx, func(p schema.Upload_write_Params) error { return p.SetChunk(chunk) })
+		return func() error { defer rel(); _, err := f.Struct(); return err }
+	})
+	var re *readError
+	if errors.As(err, &re) {
+		af, arel := up.Abort(context.Background(), func(p schema.Upload_abort_Params) error { return p.SetReason(re.Error()) })
+		af.Struct()
+		arel()
+		return nil, fmt.Errorf("read the package: %w", re.err)
+	} else if err != nil {
 		return nil, fmt.Errorf("send the package: %w", cleanErr(err))
 	}
 	ff, frel := up.Finish(ctx, nil)
@@ -263,3 +228,51 @@ func fill(r io.Reader, buf []byte) (int, error) {
 	}
 	return n, nil
 }
+
+// streamChunks reads r in chunks of ChunkSize and hands each to send,
+// which starts a write and returns a function that waits for its answer;
+// at most inFlight writes are unanswered at a time. It returns the first
+// write's error, or r's error as a *readError (after waiting for the
+// writes under way). The chunk is reused: send must copy it (a capnp
+// SetChunk does).
+func streamChunks(r io.Reader, send func(chunk []byte) (wait func() error)) error {
+	var window []func() error
+	drain := func() error {
+		var first error
+		for _, wait := range window {
+			if err := wait(); err != nil && first == nil {
+				first = err
+			}
+		}
+		window = nil
+		return first
+	}
+	buf := make([]byte, ChunkSize)
+	for {
+		n, rerr := fill(r, buf)
+		if n > 0 {
+			window = append(window, send(buf[:n]))
+			if len(window) >= inFlight {
+				if err := window[0](); err != nil {
+					window = window[1:]
+					drain()
+					return err
+				}
+				window = window[1:]
+			}
+		}
+		if rerr == io.EOF {
+			return drain()
+		}
+		if rerr != nil {
+			drain()
+			return &readError{rerr}
+		}
+	}
+}
+
+// readError is the reader's error in streamChunks.
+type readError struct{ err error }
+
+func (e *readError) Error() string { return e.err.Error() }
+func (e *readError) Unwrap() error { return e.err }
