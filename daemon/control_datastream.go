@@ -2,11 +2,8 @@ package daemon
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
-	"os"
-	"sync"
 
 	capnp "capnproto.org/go/capnp/v3"
 
@@ -113,65 +110,33 @@ func (c *control) importDataStream(call schema.Control_importDataStream) error {
 	if err != nil {
 		return fmt.Errorf("import: create a file for the document: %w", err)
 	}
-	up := &dataUpload{d: c.d, name: name, replace: call.Args().Replace(), f: f}
+	up := &dataUpload{d: c.d, name: name, replace: call.Args().Replace(), spool: spool{
+		log: c.d.log.With("plugin", name), what: "data document", f: f, max: maxDataImport,
+		tooLarge: fmt.Sprintf("import into plugin %q: the document is larger than %s, more than any export of a plugin's data", name, manifest.Size(maxDataImport)),
+	}}
 	res, err := call.AllocResults()
 	if err != nil {
-		up.close()
+		up.discard()
 		return err
 	}
 	return res.SetUpload(schema.DataUpload_ServerToClient(up))
 }
 
-// dataUpload receives one streamed import document into a file, bounded by
-// maxDataImport; finish imports it. A transfer that ends without finish
-// removes the file.
+// dataUpload receives one streamed import document (see spool); finish
+// imports it.
 type dataUpload struct {
+	spool
 	d       *Daemon
 	name    string
 	replace bool
-
-	mu     sync.Mutex
-	f      *os.File
-	n      int64
-	failed error
-	done   bool
 }
 
 func (u *dataUpload) Write(ctx context.Context, call schema.DataUpload_write) error {
-	return errdefs.ToWire(u.write(call))
-}
-
-func (u *dataUpload) write(call schema.DataUpload_write) error {
 	chunk, err := call.Args().Chunk()
 	if err != nil {
 		return err
 	}
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	switch {
-	case u.failed != nil:
-		return u.failed
-	case u.done || u.f == nil:
-		return errdefs.New(errdefs.ErrInvalid, "import: write after finish")
-	case len(chunk) > maxChunk:
-		return u.failLocked(errdefs.New(errdefs.ErrInvalid, fmt.Sprintf("import: a chunk of %d bytes; at most %d per write", len(chunk), maxChunk)))
-	case int64(len(chunk)) > maxDataImport-u.n:
-		return u.failLocked(errdefs.New(errdefs.ErrInvalid, fmt.Sprintf("import into plugin %q: the document is larger than %s, more than any export of a plugin's data", u.name, manifest.Size(maxDataImport))))
-	}
-	if _, err := u.f.Write(chunk); err != nil {
-		return u.failLocked(fmt.Errorf("import: store the document in the state directory: %w", err))
-	}
-	u.n += int64(len(chunk))
-	return nil
-}
-
-func (u *dataUpload) failLocked(err error) error {
-	if u.failed == nil {
-		u.failed = err
-		u.d.log.Warn("data import transfer failed", "plugin", u.name, "bytes", u.n, "err", err)
-		u.closeLocked()
-	}
-	return err
+	return errdefs.ToWire(u.write(chunk))
 }
 
 func (u *dataUpload) Finish(ctx context.Context, call schema.DataUpload_finish) error {
@@ -181,13 +146,9 @@ func (u *dataUpload) Finish(ctx context.Context, call schema.DataUpload_finish) 
 func (u *dataUpload) finish(call schema.DataUpload_finish) error {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	switch {
-	case u.failed != nil:
-		return u.failed
-	case u.done || u.f == nil:
-		return errdefs.New(errdefs.ErrInvalid, "import: finish called twice")
+	if err := u.beginFinishLocked(); err != nil {
+		return err
 	}
-	u.done = true
 	defer u.closeLocked()
 	if _, err := u.f.Seek(0, io.SeekStart); err != nil {
 		return err
@@ -207,32 +168,9 @@ func (u *dataUpload) finish(call schema.DataUpload_finish) error {
 
 func (u *dataUpload) Abort(ctx context.Context, call schema.DataUpload_abort) error {
 	reason, _ := call.Args().Reason()
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	if !u.done && u.failed == nil {
-		u.failed = errdefs.New(errdefs.ErrUnavailable, "import: aborted by the client: "+reason)
-		u.d.log.Warn("data import aborted by the client", "plugin", u.name, "bytes", u.n, "reason", reason)
-	}
-	u.closeLocked()
+	u.abort(reason)
 	return nil
 }
 
 // Shutdown is called when the client lets go of the upload.
-func (u *dataUpload) Shutdown() { u.close() }
-
-func (u *dataUpload) close() {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	if !u.done && u.failed == nil {
-		u.failed = errors.New("the connection was lost")
-	}
-	u.closeLocked()
-}
-
-func (u *dataUpload) closeLocked() {
-	if u.f != nil {
-		u.f.Close()
-		os.Remove(u.f.Name())
-		u.f = nil
-	}
-}
+func (u *dataUpload) Shutdown() { u.lost() }

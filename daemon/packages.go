@@ -5,11 +5,9 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"hash"
 	"io"
-	"os"
 	"sync"
 	"time"
 
@@ -219,10 +217,14 @@ func (c *control) installStream(call schema.Control_installStream) error {
 	if err != nil {
 		return fmt.Errorf("install: create a file for the package: %w", err)
 	}
+	max := c.d.maxPackageSize()
 	up := &upload{
 		c: c, opts: opts, allowUnsigned: o.AllowUnsigned(), pin: bytes.Clone(pin),
-		f: f, h: sha256.New(), max: c.d.maxPackageSize(), started: time.Now(),
+		h: sha256.New(), started: time.Now(),
+		spool: spool{log: c.d.log, what: "package", f: f, max: max,
+			tooLarge: fmt.Sprintf("install: the package is larger than this daemon's limit of %d bytes (dimplugd serve --max-package-size)", max)},
 	}
+	up.onChunk = up.received
 	if call.Args().HasProgress() {
 		up.progress = call.Args().Progress().AddRef()
 	}
@@ -234,13 +236,12 @@ func (c *control) installStream(call schema.Control_installStream) error {
 	return res.SetUpload(schema.Upload_ServerToClient(up))
 }
 
-// upload receives one streamed package into a temporary file in the
-// state directory (never in memory), bounded by MaxPackageSize, hashing
-// it as it comes; finish checks the pin and installs from the file
-// (Daemon.InstallFrom, which verifies it before anything is unpacked into
-// place). A transfer that ends without finish (abort, a lost connection)
-// removes the file and is logged with why.
+// upload receives one streamed package (see spool), bounded by
+// MaxPackageSize, hashing it as it comes; finish checks the pin and
+// installs from the file (Daemon.InstallFrom, which verifies it before
+// anything is unpacked into place).
 type upload struct {
+	spool
 	c             *control
 	opts          registry.InstallOptions
 	allowUnsigned bool
@@ -254,14 +255,8 @@ type upload struct {
 	progressMu  sync.Mutex
 	progressOff bool
 
-	mu       sync.Mutex
-	f        *os.File
-	h        hash.Hash
-	n        int64
-	max      int64
-	reported int64
-	failed   error // the first failure: later writes repeat it
-	done     bool
+	h        hash.Hash // under spool.mu
+	reported int64     // bytes at the last "receiving" stage; under spool.mu
 }
 
 func (u *upload) Write(ctx context.Context, call schema.Upload_write) error {
@@ -273,28 +268,17 @@ func (u *upload) write(ctx context.Context, call schema.Upload_write) error {
 	if err != nil {
 		return err
 	}
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	switch {
-	case u.failed != nil:
-		return u.failed
-	case u.done:
-		return errdefs.New(errdefs.ErrInvalid, "install: write after finish")
-	case len(chunk) > maxChunk:
-		return u.failLocked(errdefs.New(errdefs.ErrInvalid, fmt.Sprintf("install: a chunk of %d bytes; at most %d per write", len(chunk), maxChunk)))
-	case int64(len(chunk)) > u.max-u.n:
-		return u.failLocked(errdefs.New(errdefs.ErrInvalid, fmt.Sprintf("install: the package is larger than this daemon's limit of %d bytes (dimplugd serve --max-package-size)", u.max)))
-	}
-	if _, err := u.f.Write(chunk); err != nil {
-		return u.failLocked(fmt.Errorf("install: store the package in the state directory: %w", err))
-	}
+	return u.spool.write(chunk)
+}
+
+// received hashes a chunk and reports the bytes so far every 8 MiB
+// (spool.onChunk, under spool.mu).
+func (u *upload) received(chunk []byte) {
 	u.h.Write(chunk)
-	u.n += int64(len(chunk))
 	if u.n-u.reported >= 8<<20 {
 		u.reported = u.n
-		u.stage(ctx, "receiving", uint64(u.n), 0)
+		u.stage(context.Background(), "receiving", uint64(u.n), 0)
 	}
-	return nil
 }
 
 // stage reports progress without waiting for the answer.
@@ -328,15 +312,6 @@ func (u *upload) progressDone() {
 	u.progressMu.Unlock()
 }
 
-func (u *upload) failLocked(err error) error {
-	if u.failed == nil {
-		u.failed = err
-		u.c.d.log.Warn("package transfer failed", "bytes", u.n, "err", err)
-		u.closeLocked()
-	}
-	return err
-}
-
 func (u *upload) Finish(ctx context.Context, call schema.Upload_finish) error {
 	return errdefs.ToWire(u.finish(ctx, call))
 }
@@ -344,13 +319,9 @@ func (u *upload) Finish(ctx context.Context, call schema.Upload_finish) error {
 func (u *upload) finish(ctx context.Context, call schema.Upload_finish) error {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	if u.failed != nil {
-		return u.failed
+	if err := u.beginFinishLocked(); err != nil {
+		return err
 	}
-	if u.done {
-		return errdefs.New(errdefs.ErrInvalid, "install: finish called twice")
-	}
-	u.done = true
 	defer u.closeLocked()
 	sum := u.h.Sum(nil)
 	log := u.c.d.log.With("bytes", u.n, "sha256", hex.EncodeToString(sum))
@@ -402,42 +373,20 @@ func (u *upload) finish(ctx context.Context, call schema.Upload_finish) error {
 
 func (u *upload) Abort(ctx context.Context, call schema.Upload_abort) error {
 	reason, _ := call.Args().Reason()
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	if !u.done && u.failed == nil {
-		u.failed = errdefs.New(errdefs.ErrUnavailable, "install: aborted by the client: "+reason)
-		u.c.d.log.Warn("package transfer aborted by the client", "bytes", u.n, "reason", reason)
-	}
-	u.closeLocked()
+	u.abort(reason)
 	return nil
 }
 
 // Shutdown is called when the client lets go of the upload: a transfer
 // that did not finish is logged and its file removed.
 func (u *upload) Shutdown() {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	if !u.done && u.failed == nil {
-		u.failed = errors.New("the connection was lost")
-		u.c.d.log.Warn("package transfer ended before finish: the client went away", "bytes", u.n)
-	}
-	u.closeLocked()
+	u.lost()
 	u.releaseProgress()
 }
 
 func (u *upload) cleanup() {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	u.closeLocked()
+	u.discard()
 	u.releaseProgress()
-}
-
-func (u *upload) closeLocked() {
-	if u.f != nil {
-		u.f.Close()
-		os.Remove(u.f.Name())
-		u.f = nil
-	}
 }
 
 // writeProvenance writes who signed the installed package and its hash.
