@@ -37,6 +37,9 @@ pub enum Error {
     /// with this; [`crate::Session::dispatch`] answers by the hooks'
     /// failure policies instead.
     DaemonAway,
+    /// The daemon is stopping (or upgrading in place) and did not start the
+    /// call; it may be sent again to the next daemon.
+    Stopping,
 }
 
 impl Error {
@@ -76,6 +79,7 @@ impl fmt::Display for Error {
             Error::Closed(None) => write!(f, "dimplugd: connection closed"),
             Error::Timeout => write!(f, "dimplugd: timed out opening the host session"),
             Error::DaemonAway => write!(f, "dimplugd is not reachable (the session is reconnecting)"),
+            Error::Stopping => write!(f, "dimplugd is stopping: the call was not started"),
         }
     }
 }

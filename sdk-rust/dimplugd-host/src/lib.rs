@@ -19,10 +19,34 @@
 //! # Ok(()) }
 //! ```
 //!
-//! This first slice speaks the RPC face only (schema/daemon.capnp,
-//! schema/host.capnp): openHost, routes and dispatch. It does not yet open
-//! the hook lane (schema/lane.capnp), direct lanes, frame streams, watch
-//! routes or reconnect; sdk-go/host is the reference for all of those.
+//! What it covers, each as sdk-go/host does it:
+//!
+//! * **Connect and stay connected**: openHost with version negotiation,
+//!   then watchRoutes (the session always holds the newest route table:
+//!   [`Session::route_table`], [`Session::watch_routes`],
+//!   [`Session::subscribe_routes`]). When the daemon goes away the session
+//!   reconnects by itself (at once, then 50 ms doubling to 2 s) and takes
+//!   the new daemon's table; meanwhile [`Session::routes`] fails at once
+//!   with [`Error::DaemonAway`] and [`Session::dispatch`] answers by the
+//!   hooks' failure policies (fail-closed and route hooks: 503 naming the
+//!   plugin; fail-open hooks: skipped).
+//! * **The hook lane** (schema/lane.capnp): dispatch goes over a second
+//!   connection with plain framing instead of RPC ([`Options::hook_lane`]).
+//! * **Direct lanes**: when a phase of a request has exactly one hook, the
+//!   session asks the daemon for a lane to that plugin (on the frame socket,
+//!   schema/stream.capnp) and calls the hook itself, enforcing its deadline
+//!   (sending `cancel` when it passes), its failure policy and a circuit
+//!   breaker with the daemon's settings, filling the request's `route` and
+//!   `params`, and reporting the calls to the daemon every second
+//!   ([`Session::direct_stats`], [`Options::direct_lanes`]). Without a lane
+//!   (not granted yet, the plugin restarting) the call goes through the
+//!   daemon; a lane that ended is asked for again.
+//! * **A tower layer**, [`DimplugdLayer`]: hooks around an axum/hyper
+//!   service (see [`layer`]).
+//! * Route template matching ([`Route`], [`method_matches`]), tested against
+//!   the shared cases in schema/conformance/routes.json.
+//!
+//! Not yet: frame streams, user settings, the UI document.
 //!
 //! # Threading
 //!
@@ -32,9 +56,9 @@
 //! tokio runtime and a `LocalSet`, and is itself a `Send + Sync + Clone`
 //! handle that sends each call to that thread over a channel and awaits the
 //! answer on a oneshot. Calls run concurrently on the connection thread
-//! (one local task each). The cost is one channel hop each way and a copy
-//! of the request into the call's message; the connection thread does all
-//! Cap'n Proto work, so it does not compete with the host's own runtime.
+//! (one local task each). The hook lane and direct lanes need no RPC: their
+//! calls are made from the caller's task, and only their readers run on
+//! the connection thread's runtime.
 //!
 //! The generated Cap'n Proto code is in [`schema`] for hosts that want to
 //! drive the protocol themselves.
@@ -48,10 +72,17 @@ pub mod schema {
     include!(concat!(env!("OUT_DIR"), "/schema.rs"));
 }
 
+mod direct;
 mod error;
+mod frames;
+mod lane;
+pub mod layer;
 mod route;
 mod session;
 mod types;
+
+pub use direct::DirectHookStats;
+pub use layer::{DimplugdLayer, DimplugdService};
 
 pub use error::Error;
 pub use route::{match_route, method_matches, parse_route, Route, RouteError, MAX_ROUTE_LEN};

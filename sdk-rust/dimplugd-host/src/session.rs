@@ -10,8 +10,9 @@
 //! once with [`Error::DaemonAway`], and [`Session::dispatch`] answers by the
 //! hooks' failure policies from the last route table.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,7 +22,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::schema::{daemon_capnp, host_capnp};
+use crate::direct::{DirectHookStats, DirectLane};
+use crate::frames::{FrameClient, OnLane};
+use crate::lane::{LaneClient, LaneError};
+use crate::schema::{daemon_capnp, host_capnp, lane_capnp};
 use crate::types::fail;
 use crate::{
     DispatchResult, Error, HookError, HookErrorKind, Outcome, Phase, Request, Response, Result, RouteTable,
@@ -42,6 +46,13 @@ pub struct Options {
     /// traversal limit). Responses carry whole bodies: the default is
     /// 128 MiB, above the daemon's default body limits.
     pub traversal_limit_words: usize,
+    /// Dispatch on the hook lane (schema/lane.capnp) rather than over
+    /// RPC; the results are the same, the lane is faster. A daemon without
+    /// the lane is dispatched to over RPC.
+    pub hook_lane: bool,
+    /// Call a phase's only hook directly over a lane to its plugin, when
+    /// the daemon grants one (see the crate documentation, "Direct lanes").
+    pub direct_lanes: bool,
 }
 
 impl Default for Options {
@@ -51,6 +62,8 @@ impl Default for Options {
             versions: SUPPORTED_VERSIONS.to_vec(),
             connect_timeout: Duration::from_secs(10),
             traversal_limit_words: 128 << 20 >> 3,
+            hook_lane: true,
+            direct_lanes: true,
         }
     }
 }
@@ -66,6 +79,11 @@ type Watcher = Arc<dyn Fn(&Arc<RouteTable>) + Send + Sync>;
 
 /// What the session's handles and its connection thread share.
 pub(crate) struct Inner {
+    pub(crate) socket: PathBuf,
+    pub(crate) opts: Options,
+    /// The connection thread's runtime: lane and frame socket readers run
+    /// there.
+    pub(crate) rt: tokio::runtime::Handle,
     /// The newest route table: the daemon's answer to watchRoutes on each
     /// connect (replacing whatever was known: a new daemon numbers its
     /// tables anew), then each table it pushes. Kept while the daemon is
@@ -75,15 +93,26 @@ pub(crate) struct Inner {
     /// The current link's protocol versions; None while the daemon is away.
     link: Mutex<Option<LinkInfo>>,
     reconnects: AtomicU64,
+    /// The protocol version negotiated with the newest daemon.
+    version: std::sync::atomic::AtomicU16,
     /// Why the last connection ended, or why the last attempt failed.
     last_error: Mutex<Option<String>>,
-    stop: CancellationToken,
+    pub(crate) stop: CancellationToken,
+    /// Direct lanes by plugin (direct.rs).
+    pub(crate) direct: Mutex<HashMap<String, DirectLane>>,
+    /// The frame socket of the current link, opened by the first lane
+    /// request.
+    pub(crate) frames: tokio::sync::Mutex<Option<Arc<FrameClient>>>,
+    pub(crate) lane_grants: AtomicU64,
+    pub(crate) reporter: AtomicBool,
 }
 
 #[derive(Clone)]
 struct LinkInfo {
     version: u16,
     daemon_versions: Arc<[u16]>,
+    /// The hook lane to the daemon; None: dispatch over RPC.
+    lane: Option<LaneClient>,
 }
 
 impl Inner {
@@ -108,6 +137,46 @@ impl Inner {
 
     fn connected(&self) -> bool {
         self.link.lock().unwrap().is_some()
+    }
+
+    pub(crate) fn route_table(&self) -> Option<Arc<RouteTable>> {
+        self.routes.borrow().clone()
+    }
+
+    /// The frame socket to the current daemon, opened when there is none
+    /// or the last one ended with its daemon.
+    pub(crate) async fn frame_client(self: &Arc<Self>) -> Option<Arc<FrameClient>> {
+        if !self.connected() {
+            return None;
+        }
+        let mut fc = self.frames.lock().await;
+        if let Some(c) = fc.as_ref().filter(|c| !c.is_done()) {
+            return Some(c.clone());
+        }
+        let weak = Arc::downgrade(self);
+        let on_lane: OnLane = Arc::new(move |plugin, lane| {
+            if let Some(inner) = weak.upgrade() {
+                inner.lane_granted(plugin, lane);
+            }
+        });
+        let c = Arc::new(FrameClient::open(&self.socket, on_lane).await.ok()?);
+        *fc = Some(c.clone());
+        Some(c)
+    }
+
+    /// The link's hook lane, if it has a live one.
+    fn hook_lane(&self) -> Option<LaneClient> {
+        self.link.lock().unwrap().as_ref().and_then(|l| l.lane.clone()).filter(|l| !l.is_done())
+    }
+
+    /// Forgets a link that ended: its hook lane and frame socket go.
+    async fn lost(&self) {
+        if let Some(l) = self.link.lock().unwrap().take() {
+            if let Some(lane) = l.lane {
+                lane.close();
+            }
+        }
+        self.frames.lock().await.take();
     }
 
     /// A phase answered by its hooks' policies, as while the daemon is not
@@ -199,10 +268,18 @@ impl Session {
             .build()
             .map_err(|e| Error::Closed(Some(format!("cannot start the connection's runtime: {e}"))))?;
         let inner = Arc::new(Inner {
+            socket: socket.clone(),
+            opts: opts.clone(),
+            rt: rt.handle().clone(),
+            direct: Mutex::new(HashMap::new()),
+            frames: tokio::sync::Mutex::new(None),
+            lane_grants: AtomicU64::new(0),
+            reporter: AtomicBool::new(false),
             routes: watch::channel(None).0,
             watchers: Mutex::new(Vec::new()),
             link: Mutex::new(None),
             reconnects: AtomicU64::new(0),
+            version: std::sync::atomic::AtomicU16::new(0),
             last_error: Mutex::new(None),
             stop: CancellationToken::new(),
         });
@@ -225,7 +302,7 @@ impl Session {
 
     /// The protocol version negotiated with the newest daemon.
     pub fn version(&self) -> u16 {
-        self.inner.link.lock().unwrap().as_ref().map_or(0, |l| l.version)
+        self.inner.version.load(Ordering::Relaxed)
     }
 
     /// The versions the current daemon speaks (empty while it is away).
@@ -302,26 +379,81 @@ impl Session {
     /// plugin and saying that dimplugd is not reachable; fail-open hooks
     /// are skipped ([`DispatchResult::skipped`] says why). A call cut off
     /// by the daemon going away is answered the same way.
+    ///
+    /// Call it inside a tokio runtime: direct calls time their deadlines
+    /// with its timer.
     pub async fn dispatch(
         &self,
         phase: Phase,
         request: &Request,
         response: Option<&Response>,
     ) -> Result<DispatchResult> {
-        if !self.inner.connected() {
-            return Ok(self.inner.away(phase, request));
+        if let Some(res) = self.inner.dispatch_direct(phase, request, response).await {
+            return Ok(res);
         }
-        let (reply, rx) = oneshot::channel();
-        let call = Call::Dispatch(Box::new(DispatchCall {
-            phase,
-            request: request.clone(),
-            response: response.cloned(),
-            reply,
-        }));
-        match self.call(call, rx).await {
-            Err(e) if e.is_daemon_away() && !self.inner.stop.is_cancelled() => Ok(self.inner.away(phase, request)),
-            r => r,
+        for attempt in 0..2 {
+            if !self.inner.connected() {
+                return Ok(self.inner.away(phase, request));
+            }
+            let reconnects = self.reconnects();
+            let res = match self.inner.hook_lane() {
+                Some(lane) => dispatch_on_lane(&lane, phase, request, response).await,
+                None => {
+                    let (reply, rx) = oneshot::channel();
+                    let call = Call::Dispatch(Box::new(DispatchCall {
+                        phase,
+                        request: request.clone(),
+                        response: response.cloned(),
+                        reply,
+                    }));
+                    self.call(call, rx).await
+                }
+            };
+            match res {
+                // The daemon is stopping and did not start the call: send
+                // it to the next daemon if one comes within a second (an
+                // upgrade in place), else answer by policy.
+                Err(Error::Stopping) if attempt == 0 => {
+                    let t = std::time::Instant::now();
+                    while self.reconnects() == reconnects && t.elapsed() < Duration::from_secs(1) {
+                        if self.inner.stop.is_cancelled() {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    if self.reconnects() == reconnects {
+                        return Ok(self.inner.away(phase, request));
+                    }
+                }
+                Err(e) if (e.is_daemon_away() || matches!(e, Error::Stopping)) && !self.inner.stop.is_cancelled() => {
+                    return Ok(self.inner.away(phase, request))
+                }
+                r => return r,
+            }
         }
+        Ok(self.inner.away(phase, request))
+    }
+
+    /// What the session's direct calls added up to, per hook (the counts
+    /// it reports to the daemon every second).
+    pub fn direct_stats(&self) -> Vec<DirectHookStats> {
+        self.inner.direct_stats()
+    }
+
+    /// Whether the session holds a live direct lane to `plugin` now.
+    pub fn has_direct_lane(&self, plugin: &str) -> bool {
+        self.inner.has_direct_lane(plugin)
+    }
+
+    /// How many direct lanes the daemon has granted this session.
+    pub fn lane_grants(&self) -> u64 {
+        self.inner.lane_grants.load(Ordering::Relaxed)
+    }
+
+    /// Whether the session dispatches on the hook lane now (rather than
+    /// over RPC).
+    pub fn uses_hook_lane(&self) -> bool {
+        self.inner.hook_lane().is_some()
     }
 
     async fn call<T>(&self, call: Call, rx: oneshot::Receiver<Result<T>>) -> Result<T> {
@@ -406,6 +538,7 @@ async fn keeper(
                 continue;
             }
         };
+        inner.version.store(link.info.version, Ordering::Relaxed);
         *inner.link.lock().unwrap() = Some(link.info.clone());
         match ready.take() {
             Some(r) => {
@@ -418,7 +551,10 @@ async fn keeper(
             }
         }
         let why = serve(link, &mut rx, &stop).await;
-        *inner.link.lock().unwrap() = None;
+        if why.is_none() {
+            inner.report_stats().await; // the last direct calls
+        }
+        inner.lost().await;
         match why {
             Some(why) => {
                 *inner.last_error.lock().unwrap() = Some(why);
@@ -427,7 +563,9 @@ async fn keeper(
             None => break 'outer,
         }
     }
-    *inner.link.lock().unwrap() = None;
+    inner.stop.cancel();
+    inner.lost().await;
+    inner.close_lanes();
     rx.close();
     while let Ok(c) = rx.try_recv() {
         c.away();
@@ -487,8 +625,14 @@ async fn connect(inner: &Arc<Inner>, socket: &Path, opts: &Options) -> Result<Li
     };
     drop(daemon);
     match res {
-        Ok((session, info, table)) => {
+        Ok((session, mut info, table)) => {
             inner.set_routes(table, true);
+            if opts.hook_lane {
+                // A daemon without the lane closes the connection: dispatch
+                // then stays on RPC.
+                let open = LaneClient::open_host_lane(socket, opts.traversal_limit_words);
+                info.lane = tokio::time::timeout(Duration::from_secs(2), open).await.ok().and_then(|r| r.ok());
+            }
             Ok(Link { session, rpc: rpc_task, disconnector, info })
         }
         Err(e) => {
@@ -521,7 +665,7 @@ async fn open_host(
     if !opts.versions.contains(&version) {
         return Err(Error::Protocol(format!("the daemon chose version {version}, which this host did not offer")));
     }
-    Ok((r.get_session()?, LinkInfo { version, daemon_versions: theirs.into() }))
+    Ok((r.get_session()?, LinkInfo { version, daemon_versions: theirs.into(), lane: None }))
 }
 
 /// The RouteWatcher the session hands the daemon: each pushed table
@@ -595,4 +739,34 @@ async fn dispatch(
     }
     let reply = req.send().promise.await?;
     DispatchResult::read(reply.get()?.get_result()?)
+}
+
+/// A dispatch on the hook lane (LaneFrame.dispatch → dispatchResult).
+async fn dispatch_on_lane(
+    lane: &LaneClient,
+    phase: Phase,
+    request: &Request,
+    response: Option<&Response>,
+) -> Result<DispatchResult> {
+    let body = {
+        let mut m = capnp::message::Builder::new_default();
+        let mut d = m.init_root::<lane_capnp::lane_frame::Builder>().init_dispatch();
+        d.set_phase(phase);
+        request.write(d.reborrow().init_request());
+        if let Some(resp) = response {
+            resp.write(d.reborrow().init_response());
+        }
+        crate::lane::encode(&m)
+    };
+    let reply = lane.call(body).await.map_err(|e| match e {
+        LaneError::Stopping => Error::Stopping,
+        LaneError::Closed(why) => Error::Closed(Some(why)),
+        LaneError::Remote(t) => Error::Rpc(capnp::Error::failed(t)),
+        LaneError::Io(e) => Error::Protocol(e),
+    })?;
+    let f = reply.get_root::<lane_capnp::lane_frame::Reader>()?;
+    match f.which()? {
+        lane_capnp::lane_frame::DispatchResult(r) => DispatchResult::read(r?),
+        _ => Err(Error::Protocol("an unexpected reply to a dispatch on the hook lane".into())),
+    }
 }

@@ -22,6 +22,10 @@ pub struct Request {
     pub headers: Vec<(String, String)>,
     /// The buffered body.
     pub body: Vec<u8>,
+    /// The parameters `route` captured, in template order. The daemon
+    /// fills them on dispatch; the session fills them (and `route`) itself
+    /// on direct lanes, from the route table entry that matched.
+    pub params: Vec<(String, String)>,
     /// The authenticated Dim user, if any. The host must take it from its
     /// own authentication, never from the request itself.
     pub user_id: Option<i64>,
@@ -52,6 +56,12 @@ impl Request {
         b.set_raw_query(self.raw_query.as_str());
         write_headers(b.reborrow().init_headers(len32(&self.headers)), &self.headers);
         b.set_body(&self.body);
+        let mut ps = b.reborrow().init_params(len32(&self.params));
+        for (i, (n, v)) in self.params.iter().enumerate() {
+            let mut p = ps.reborrow().get(i as u32);
+            p.set_name(n.as_str());
+            p.set_value(v.as_str());
+        }
         b.set_user_id(self.user_id.unwrap_or(0));
         b.set_authenticated(self.user_id.is_some());
         b.set_remote_addr(self.remote_addr.as_str());
@@ -88,7 +98,7 @@ impl Response {
         b.set_body(&self.body);
     }
 
-    fn read(r: http_capnp::http_response::Reader<'_>) -> Result<Self> {
+    pub(crate) fn read(r: http_capnp::http_response::Reader<'_>) -> Result<Self> {
         Ok(Response { status: r.get_status(), headers: read_headers(r.get_headers()?)?, body: r.get_body()?.to_vec() })
     }
 }
@@ -111,7 +121,7 @@ pub struct RequestMutation {
 }
 
 impl RequestMutation {
-    fn read(r: http_capnp::request_mutation::Reader<'_>) -> Result<Self> {
+    pub(crate) fn read(r: http_capnp::request_mutation::Reader<'_>) -> Result<Self> {
         Ok(RequestMutation {
             headers: if r.get_replace_headers() { Some(read_headers(r.get_headers()?)?) } else { None },
             raw_query: if r.get_replace_query() { Some(r.get_raw_query()?.to_string()?) } else { None },
@@ -145,7 +155,7 @@ pub struct ResponseMutation {
 }
 
 impl ResponseMutation {
-    fn read(r: http_capnp::response_mutation::Reader<'_>) -> Result<Self> {
+    pub(crate) fn read(r: http_capnp::response_mutation::Reader<'_>) -> Result<Self> {
         Ok(ResponseMutation {
             status: match r.get_status() {
                 0 => None,

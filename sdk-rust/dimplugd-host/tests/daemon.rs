@@ -21,6 +21,12 @@ use dimplugd_host::{
     Session,
 };
 
+/// The tests run one at a time: media-badge's hook has a 200 ms deadline,
+/// and a Go build or a sandboxed plugin starting for the other test
+/// (all cores busy) can hold a plugin past it, which the session then
+/// rightly reports as a timeout.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
 }
@@ -128,18 +134,47 @@ fn go(root: &Path, args: &[&str], envs: &[(&str, &str)]) {
     assert!(out.status.success(), "go {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
 }
 
+/// Builds an example plugin (static, trimmed) into a copy of its directory
+/// under `dir` and returns that directory.
+fn build_plugin(root: &Path, dir: &Path, name: &str) -> PathBuf {
+    let plugin = dir.join(name);
+    fs::create_dir_all(&plugin).unwrap();
+    fs::copy(root.join(format!("examples/plugins/{name}/plugin.toml")), plugin.join("plugin.toml")).unwrap();
+    let src = root.join(format!("examples/plugins/{name}"));
+    for extra in ["settings"] {
+        if src.join(extra).is_dir() {
+            fs::create_dir_all(plugin.join(extra)).unwrap();
+            for f in fs::read_dir(src.join(extra)).unwrap() {
+                let f = f.unwrap();
+                fs::copy(f.path(), plugin.join(extra).join(f.file_name())).unwrap();
+            }
+        }
+    }
+    let out = plugin.join(name);
+    let args = ["build", "-trimpath", "-o", out.to_str().unwrap()];
+    let pkg = format!("./examples/plugins/{name}");
+    go(root, &[&args[..], &[pkg.as_str()]].concat(), &[("CGO_ENABLED", "0")]);
+    plugin
+}
+
 fn run_cmd_ok(cmd: &str) -> bool {
     Command::new(cmd).arg("version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
 }
 
 /// Builds what is needed and starts the daemon with media-badge installed.
 fn start() -> Option<Daemon> {
+    start_with("host", &["media-badge"])
+}
+
+/// Builds what is needed and starts a daemon of its own for a test (`tag`)
+/// with these example plugins installed.
+fn start_with(tag: &str, plugins: &[&str]) -> Option<Daemon> {
     prerequisite(cfg!(target_os = "linux"), "dimplugd runs on Linux only")?;
     let root = repo_root();
     let go_cmd = std::env::var("GO").unwrap_or_else(|_| "go".into());
     prerequisite(run_cmd_ok(&go_cmd), "Go is not installed (needed to build dimplugd and media-badge)")?;
 
-    let dir = std::env::temp_dir().join(format!("dimplugd-rs-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("dimplugd-rs-{}-{tag}", std::process::id()));
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).unwrap();
     // Sandboxed plugins run as unprivileged uids that must pass through it.
@@ -155,36 +190,32 @@ fn start() -> Option<Daemon> {
             go(&root, &["build", "-o", &format!("{out}/dimplugctl"), "./cmd/dimplugctl"], &[]);
         }
     }
-    // The plugin: its manifest and a static build, in a copy of its directory.
-    let plugin = dir.join("media-badge");
-    fs::create_dir_all(&plugin).unwrap();
-    fs::copy(root.join("examples/plugins/media-badge/plugin.toml"), plugin.join("plugin.toml")).unwrap();
-    go(
-        &root,
-        &["build", "-trimpath", "-o", plugin.join("media-badge").to_str().unwrap(), "./examples/plugins/media-badge"],
-        &[("CGO_ENABLED", "0")],
-    );
+    // The plugins: their manifests and static builds, in copies of their
+    // directories.
+    let built: Vec<PathBuf> = plugins.iter().map(|p| build_plugin(&root, &dir, p)).collect();
     eprintln!("built the Go binaries in {:?}", t.elapsed());
 
     fs::write(
         dir.join("config.toml"),
         format!(
             "state_dir = \"{0}/state\"\nsocket = \"{0}/dimplugd.sock\"\ncontrol_socket = \"{0}/control.sock\"\n\
-             container_state = \"{0}/containers\"\ncgroup_parent = \"dimplugd-rstest-{1}\"\n",
+             container_state = \"{0}/containers\"\ncgroup_parent = \"dimplugd-rstest-{1}-{tag}\"\n",
             dir.display(),
             std::process::id()
         ),
     )
     .unwrap();
     d.serve();
-    let out = d.ctl(&["install", "--yes", plugin.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "dimplugctl install media-badge: {}{}\ndaemon log:\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-        d.log()
-    );
+    for (name, plugin) in plugins.iter().zip(&built) {
+        let out = d.ctl(&["install", "--yes", plugin.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "dimplugctl install {name}: {}{}\ndaemon log:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            d.log()
+        );
+    }
     Some(d)
 }
 
@@ -198,6 +229,7 @@ fn json_field<'a>(body: &'a str, key: &str) -> Option<&'a str> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_face_against_a_real_daemon() {
+    let _serial = SERIAL.lock().await;
     let t0 = Instant::now();
     let Some(mut d) = start() else { return };
     let t_started = t0.elapsed();
@@ -265,7 +297,44 @@ async fn host_face_against_a_real_daemon() {
         assert_eq!(json_field(&body, "name"), Some("\"Big Buck Bunny\""), "{body}");
     }
 
-    // The plugin's own route answers with the count it kept.
+    // Dispatch goes on the hook lane (DPLANE1), not over RPC.
+    assert!(session.uses_hook_lane(), "the session did not open the hook lane");
+
+    // Direct lanes: the first dispatch asked the daemon for a lane to
+    // media-badge (its phase has one hook); once granted, the session calls
+    // the plugin itself, filling route and params (the plugin counts views
+    // under "views/<id>", so the count proves the params arrived).
+    wait_for("a direct lane to media-badge", Duration::from_secs(5), || session.has_direct_lane("media-badge")).await;
+    assert_eq!(session.lane_grants(), 1);
+    wait_daemon_calls_settle(&d).await;
+    let daemon_before = daemon_hook_calls(&d, "media-badge", "badge");
+    let direct_before = direct_calls(&session, "badge");
+    for want_views in 3..=4 {
+        let res = session.dispatch(Phase::Response, &req, Some(&resp)).await.expect("direct dispatch");
+        assert!(res.skipped.is_empty(), "skipped: {:?}", res.skipped);
+        assert_eq!(res.applied, vec!["media-badge/badge".to_string()]);
+        let out = res.apply_to_response(resp.clone());
+        assert_eq!(out.header("x-dim-badge"), Some("plugin-approved"));
+        let body = String::from_utf8(out.body).unwrap();
+        assert_eq!(json_field(&body, "views"), Some(want_views.to_string().as_str()), "{body}");
+    }
+    let st = session.direct_stats();
+    let badge = st.iter().find(|s| s.hook == "badge").expect("direct stats of badge");
+    assert_eq!(badge.calls, direct_before + 2, "the calls did not go over the direct lane: {st:?}");
+    assert_eq!((badge.failures, badge.timeouts, badge.rejected, badge.breaker_open), (0, 0, 0, 0), "{st:?}");
+    // The session reports its direct calls to the daemon (every second):
+    // inspect counts them with its own.
+    let t = Instant::now();
+    while daemon_hook_calls(&d, "media-badge", "badge") != daemon_before + 2 {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "the daemon counts {} calls of badge, want {} + 2 reported by the host",
+            daemon_hook_calls(&d, "media-badge", "badge"),
+            daemon_before
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     let mut page =
         Request::new("GET", "/api/v1/plugins/media-badge/views").with_route("/api/v1/plugins/media-badge/views");
     page.raw_query = "media_id=42".into();
@@ -273,7 +342,7 @@ async fn host_face_against_a_real_daemon() {
     let Outcome::Respond(r) = &res.outcome else { panic!("want Respond, got {:?}", res.outcome) };
     assert_eq!(r.status, 200);
     let html = String::from_utf8_lossy(&r.body);
-    assert!(html.contains(r#"<span class="count">2</span>"#), "views page: {html}");
+    assert!(html.contains(r#"<span class="count">4</span>"#), "views page: {html}");
 
     // No hook in the request phase of that route: nothing to do.
     let res = session.dispatch(Phase::Request, &req, None).await.expect("dispatch request phase");
@@ -304,6 +373,24 @@ async fn host_face_against_a_real_daemon() {
     assert!(out.status.success(), "enable: {}", String::from_utf8_lossy(&out.stderr));
     let t = wait_table(&mut sub, |t| !t.matches("GET", "/api/v1/media/42").is_empty()).await;
     assert!(t.version > after.version);
+    // The plugin restarted (disable, enable): its old lane ended with the
+    // instance. The session asks again and calls the new instance directly.
+    let grants = session.lane_grants();
+    let direct_before = direct_calls(&session, "badge");
+    let res = dispatch_until_applied(&session, &req, &resp, &d).await;
+    let body = String::from_utf8(res.apply_to_response(resp.clone()).body).unwrap();
+    assert_eq!(json_field(&body, "views"), Some("5"), "{body}");
+    // Lanes are asked for by dispatches (again at most once a second while
+    // the daemon refuses: the plugin may still be starting).
+    redispatch_until("a new direct lane after the plugin restarted", &session, &req, &resp, || {
+        session.lane_grants() > grants && session.has_direct_lane("media-badge")
+    })
+    .await;
+    let views_now = views_now(&session, &page).await;
+    let res = session.dispatch(Phase::Response, &req, Some(&resp)).await.expect("dispatch on the new lane");
+    let body = String::from_utf8(res.apply_to_response(resp.clone()).body).unwrap();
+    assert_eq!(json_field(&body, "views"), Some((views_now + 1).to_string().as_str()), "{body}");
+    assert!(direct_calls(&session, "badge") > direct_before, "no call went over the new lane");
     let t_phase1 = t0.elapsed();
 
     // The daemon goes away: the session notices, and answers at once while
@@ -343,7 +430,16 @@ async fn host_face_against_a_real_daemon() {
     // The plugin starts again with the daemon; its KV store kept the count.
     let res = dispatch_until_applied(&session, &req, &resp, &d).await;
     let body = String::from_utf8(res.apply_to_response(resp.clone()).body).unwrap();
-    assert_eq!(json_field(&body, "views"), Some("3"), "{body}");
+    let v: u64 = json_field(&body, "views").unwrap().parse().unwrap();
+    assert!(v > views_now + 1, "the count went back to {v}: {body}");
+    // The old daemon's plugin instance, and with it the lane, is gone: the
+    // session gets a lane from the new daemon.
+    let grants = session.lane_grants();
+    redispatch_until("a direct lane from the new daemon", &session, &req, &resp, || {
+        session.lane_grants() > grants && session.has_direct_lane("media-badge")
+    })
+    .await;
+    assert!(session.uses_hook_lane(), "no hook lane to the new daemon");
     let t_phase2 = t0.elapsed();
 
     // Closing the session ends it: calls fail instead of hanging.
@@ -359,6 +455,55 @@ async fn host_face_against_a_real_daemon() {
         "daemon up with media-badge in {t_started:?}; first phase done at {t_phase1:?}; reconnect done at {t_phase2:?}; whole test {:?}",
         t0.elapsed()
     );
+}
+
+/// Dispatches the response phase every 50 ms until `ok` (at most 10 s).
+async fn redispatch_until(what: &str, session: &Session, req: &Request, resp: &Response, ok: impl Fn() -> bool) {
+    let t = Instant::now();
+    while !ok() {
+        assert!(t.elapsed() < Duration::from_secs(10), "waited 10 s for {what}");
+        session.dispatch(Phase::Response, req, Some(resp)).await.expect("dispatch");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The view count the plugin's page shows.
+async fn views_now(session: &Session, page: &Request) -> u64 {
+    let res = session.dispatch(Phase::Route, page, None).await.expect("dispatch route");
+    let Outcome::Respond(r) = &res.outcome else { panic!("want Respond, got {:?}", res.outcome) };
+    let html = String::from_utf8_lossy(&r.body);
+    let at = html.find(r#"<span class="count">"#).unwrap_or_else(|| panic!("no count in {html}")) + 20;
+    html[at..html[at..].find('<').unwrap() + at].parse().unwrap()
+}
+
+/// The calls of one hook that the session made over a direct lane.
+fn direct_calls(session: &Session, hook: &str) -> u64 {
+    session.direct_stats().iter().filter(|s| s.hook == hook).map(|s| s.calls).sum()
+}
+
+/// The calls of a hook the daemon counts (`dimplugctl --json inspect`):
+/// its own and those hosts reported from direct lanes.
+fn daemon_hook_calls(d: &Daemon, plugin: &str, hook: &str) -> u64 {
+    let out = d.ctl(&["--json", "inspect", plugin]);
+    assert!(out.status.success(), "inspect: {}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("inspect --json: {e}: {}", String::from_utf8_lossy(&out.stdout)));
+    let hooks = v["hooks"].as_array().unwrap_or_else(|| panic!("no hooks in inspect --json: {v}"));
+    let h = hooks.iter().find(|h| h["name"] == hook).unwrap_or_else(|| panic!("no hook {hook:?} in {v}"));
+    h["calls"].as_u64().unwrap_or_else(|| panic!("no calls count in {h}"))
+}
+
+/// Waits until the daemon's count stops moving (a report under way lands).
+async fn wait_daemon_calls_settle(d: &Daemon) {
+    let mut last = daemon_hook_calls(d, "media-badge", "badge");
+    loop {
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let now = daemon_hook_calls(d, "media-badge", "badge");
+        if now == last {
+            return;
+        }
+        last = now;
+    }
 }
 
 /// Waits until the pushed table satisfies `ok`.
@@ -402,4 +547,159 @@ async fn dispatch_until_applied(session: &Session, req: &Request, resp: &Respons
         assert!(t.elapsed() < Duration::from_secs(10), "the hook did not apply in 10 s: {res:?}\n{}", d.log());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A tiny stand-in for Dim's media handler: counts its calls, answers the
+/// item with a rating by id, sets a cookie and says whether it saw one.
+async fn media(
+    axum::extract::State(calls): axum::extract::State<Arc<AtomicUsize>>,
+    axum::extract::Path(id): axum::extract::Path<i64>,
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
+    calls.fetch_add(1, Ordering::SeqCst);
+    let rating = match id {
+        42 => "G",
+        43 => "R",
+        _ => "NR",
+    };
+    let saw = if headers.contains_key("cookie") && headers.contains_key("authorization") { "yes" } else { "no" };
+    axum::response::Response::builder()
+        .header("content-type", "application/json")
+        .header("set-cookie", "dim_session=abc; HttpOnly")
+        .header("x-saw-credentials", saw)
+        .body(axum::body::Body::from(format!(r#"{{"id":{id},"name":"Item {id}","rating":"{rating}"}}"#)))
+        .unwrap()
+}
+
+struct Got {
+    status: u16,
+    headers: axum::http::HeaderMap,
+    body: String,
+}
+
+async fn get(app: &axum::Router, path: &str, user: Option<i64>, body: Vec<u8>) -> Got {
+    use tower::ServiceExt;
+    let mut b = axum::http::Request::builder()
+        .method(if path == "/health" && !body.is_empty() { "POST" } else { "GET" })
+        .uri(path)
+        .header("cookie", "dim_session=abc")
+        .header("authorization", "Bearer token");
+    if let Some(u) = user {
+        b = b.header("x-test-user", u.to_string());
+    }
+    let resp = app.clone().oneshot(b.body(axum::body::Body::from(body)).unwrap()).await.unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
+    Got { status, headers, body: String::from_utf8_lossy(&body).into_owned() }
+}
+
+/// The tower layer around an axum Router, against a real daemon with
+/// media-badge (response hook, route) and parental-controls (request hook:
+/// short-circuits with 403; observe: learns ratings; fail-closed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn layer_against_a_real_daemon() {
+    use axum::routing::get as get_route;
+    use dimplugd_host::DimplugdLayer;
+
+    let _serial = SERIAL.lock().await;
+    let t0 = Instant::now();
+    let Some(mut d) = start_with("layer", &["media-badge", "parental-controls"]) else { return };
+    let session = Session::connect(d.socket()).await.unwrap_or_else(|e| panic!("connect: {e}\n{}", d.log()));
+    let t = session.route_table().expect("a route table");
+    let phases = t.matches("GET", "/api/v1/media/42");
+    for p in [Phase::Request, Phase::Response, Phase::Observe] {
+        assert!(phases.contains(&p), "{p:?} not hooked on GET /api/v1/media/:id: {t:#?}");
+    }
+
+    let calls = Arc::new(AtomicUsize::new(0));
+    let layer = DimplugdLayer::new(session.clone()).max_body(4096).user(|p| {
+        // The test's stand-in for the host's own authentication.
+        p.headers.get("x-test-user")?.to_str().ok()?.parse().ok()
+    });
+    let app = axum::Router::new()
+        .route("/api/v1/media/:id", get_route(media))
+        .route("/health", get_route(|| async { "ok" }).post(|b: axum::body::Bytes| async move { b.len().to_string() }))
+        .with_state(calls.clone())
+        .layer(layer.clone());
+
+    // A restricted user (2: PG) asking for an item of unknown rating: the
+    // request hook answers 403 and the handler never runs.
+    let g = get(&app, "/api/v1/media/44", Some(2), Vec::new()).await;
+    assert_eq!(g.status, 403, "{}: {}\n{}", g.status, g.body, d.log());
+    assert!(g.body.contains("blocked by parental controls"), "{}", g.body);
+    assert_eq!(calls.load(Ordering::SeqCst), 0, "the handler ran for a refused request");
+
+    // An unrestricted user: the handler runs (with the client's
+    // credentials), the response hook adds the badge and the view, the
+    // handler's cookie is kept.
+    let g = get(&app, "/api/v1/media/42", Some(1), Vec::new()).await;
+    assert_eq!(g.status, 200, "{}", g.body);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(g.headers["x-dim-badge"], "plugin-approved", "{:?}", g.headers);
+    assert_eq!(g.headers["x-saw-credentials"], "yes", "the handler lost the client's credentials");
+    assert_eq!(g.headers["set-cookie"], "dim_session=abc; HttpOnly");
+    assert_eq!(g.headers["content-length"], g.body.len().to_string().as_str());
+    assert_eq!(json_field(&g.body, "plugin_badge"), Some("\"plugin-approved\""), "{}", g.body);
+    assert_eq!(json_field(&g.body, "views"), Some("1"), "{}", g.body);
+    assert_eq!(json_field(&g.body, "rating"), Some("\"G\""), "{}", g.body);
+
+    // The observer learned item 42's rating (G) from that answer, off the
+    // request path: the restricted user may now see it.
+    assert!(layer.flush_observers(Duration::from_secs(5)).await, "observations not handed to the daemon");
+    let t = Instant::now();
+    loop {
+        let g = get(&app, "/api/v1/media/42", Some(2), Vec::new()).await;
+        if g.status == 200 {
+            break;
+        }
+        assert_eq!(g.status, 403, "{}", g.body);
+        assert!(t.elapsed() < Duration::from_secs(5), "parental-controls did not learn the rating: {}", g.body);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Item 43 is R: once learned, refused with its rating.
+    assert_eq!(get(&app, "/api/v1/media/43", Some(1), Vec::new()).await.status, 200);
+    let t = Instant::now();
+    loop {
+        let g = get(&app, "/api/v1/media/43", Some(2), Vec::new()).await;
+        assert_eq!(g.status, 403, "{}", g.body);
+        if json_field(&g.body, "rating") == Some("\"R\"") {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "parental-controls did not learn rating R: {}", g.body);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A body over the limit on a hooked route: 413, the handler never runs;
+    // unhooked routes are not limited.
+    let before = calls.load(Ordering::SeqCst);
+    let g = get(&app, "/api/v1/media/42", Some(1), vec![b'x'; 5000]).await;
+    assert_eq!(g.status, 413, "{}", g.body);
+    assert_eq!(calls.load(Ordering::SeqCst), before);
+    let g = get(&app, "/health", None, vec![b'x'; 5000]).await;
+    assert_eq!((g.status, g.body.as_str()), (200, "5000"));
+
+    // The route phase: the plugin answers its own page (sandboxed by CSP).
+    let g = get(&app, "/api/v1/plugins/media-badge/views?media_id=42", Some(1), Vec::new()).await;
+    assert_eq!(g.status, 200, "{}", g.body);
+    assert!(g.body.contains(r#"<span class="count">"#), "{}", g.body);
+    assert_eq!(
+        g.headers["content-security-policy"],
+        "sandbox allow-scripts allow-forms; frame-ancestors 'self'; base-uri 'none'; form-action 'self'"
+    );
+    assert!(g.headers.get("set-cookie").is_none());
+
+    // The daemon away: the fail-closed guard answers 503 naming the plugin;
+    // unhooked routes are served.
+    d.stop();
+    wait_for("the session to notice the daemon left", Duration::from_secs(5), || !session.is_connected()).await;
+    let before = calls.load(Ordering::SeqCst);
+    let g = get(&app, "/api/v1/media/42", Some(1), Vec::new()).await;
+    assert_eq!(g.status, 503, "{}", g.body);
+    assert_eq!(g.headers["x-dimplugd-failed-plugin"], "parental-controls");
+    assert!(g.body.contains("dimplugd is not reachable"), "{}", g.body);
+    assert_eq!(calls.load(Ordering::SeqCst), before);
+    assert_eq!(get(&app, "/health", None, Vec::new()).await.status, 200);
+    session.close();
+    eprintln!("layer test: {:?}", t0.elapsed());
 }
