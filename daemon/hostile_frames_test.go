@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -525,6 +526,47 @@ func TestHostileStreamFlood(t *testing.T) {
 	td.hub.mu.Unlock()
 	if n != maxStreamsPerHost {
 		t.Fatalf("%d streams open, want %d", n, maxStreamsPerHost)
+	}
+	checkHostsWork(t, td, context.Background())
+}
+
+// TestHostThatDoesNotRead: a host that writes frames and never reads its
+// frame socket does not make the daemon hold every answer to it: past
+// maxOutQueue of waiting messages it is cut off; other hosts stream on.
+func TestHostThatDoesNotRead(t *testing.T) {
+	td := startWithPlugins(t, fastSupervision,
+		testPlugin{name: "passer", frames: "pass", extra: streamStage("pass", "video/segment", "transform", "fail-open", "10s", 0)})
+	c, _ := rawFrameClient(t, td.socket)
+	openRaw(t, c, 1, "video/segment")
+	frame := bytes.Repeat([]byte{7}, 60<<10) // inline, under maxInlineBytes
+	const total = 4 * maxOutQueue / (60 << 10)
+	c.SetWriteDeadline(time.Now().Add(60 * time.Second))
+	sent := 0
+	for ; sent < total; sent++ {
+		if err := c.SendFrame(1, frames.Header{Seq: uint64(sent + 1)}, 0, 1, frame, nil); err != nil {
+			break // cut off
+		}
+	}
+	// Whatever was still written to the socket before the cut, then the
+	// end: it must come, or the daemon is still holding the answers.
+	var stuck atomic.Bool
+	timer := time.AfterFunc(30*time.Second, func() { stuck.Store(true); c.Close() })
+	defer timer.Stop()
+	got := 0
+	for {
+		msg, fm, fds, err := c.Recv()
+		if err != nil {
+			break
+		}
+		if fm.Which() == schema.FrameMsg_Which_frame {
+			got++
+		}
+		closeAll(fds)
+		msg.Release()
+	}
+	t.Logf("sent %d of %d frames of 60 KiB, got %d back before the cut", sent, total, got)
+	if stuck.Load() || got >= total {
+		t.Fatalf("the daemon kept the host (%d answers read, %d MiB) although it did not read", got, got*60>>10)
 	}
 	checkHostsWork(t, td, context.Background())
 }

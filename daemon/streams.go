@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -93,9 +94,13 @@ type framePeer struct {
 	// lock (a full socket to one plugin must not stall every stream).
 	outMu    sync.Mutex
 	outQ     []outMsg
-	outSpare []outMsg      // the writer's: outQ and outSpare swap on every drain
-	outWake  chan struct{} // capacity 1
-	outStop  chan struct{} // closed when the peer is gone
+	outBytes int64    // about what outQ holds: inline bytes plus a little per message
+	outSpare []outMsg // the writer's: outQ and outSpare swap on every drain
+	// overflowed is set when the queue passed maxOutQueue: the peer does
+	// not read its socket, and was cut off (gone names why).
+	overflowed atomic.Bool
+	outWake    chan struct{} // capacity 1
+	outStop    chan struct{} // closed when the peer is gone
 }
 
 // outMsg is one queued message: a frame (the common case, kept free of
@@ -142,7 +147,19 @@ func (p *framePeer) sendFrame(sid uint64, fd frameData, ref *frames.Ref, returne
 	return p.enqueue(m)
 }
 
+// maxOutQueue bounds, in bytes (inline frame data plus outMsgOverhead per
+// message), what waits for one host's writer. A host that stops reading
+// its socket while it writes would otherwise make the daemon hold every
+// answer to it: past the bound it is cut off instead. (What waits for a
+// plugin is bounded by its stages' backlogs: the daemon stops reading the
+// hosts that feed them.)
+const (
+	maxOutQueue    = 64 << 20
+	outMsgOverhead = 128
+)
+
 func (p *framePeer) enqueue(m outMsg) error {
+	size := int64(len(m.fd.inline)) + outMsgOverhead
 	p.outMu.Lock()
 	select {
 	case <-p.outStop:
@@ -151,7 +168,16 @@ func (p *framePeer) enqueue(m outMsg) error {
 		return errors.New("frame peer gone")
 	default:
 	}
+	if p.unit == nil && p.outBytes+size > maxOutQueue {
+		p.outMu.Unlock()
+		closeAll(m.files)
+		if !p.overflowed.Swap(true) {
+			p.conn.Close() // the reader ends, and gone says why
+		}
+		return errors.New("frame peer does not read its socket")
+	}
 	p.outQ = append(p.outQ, m)
+	p.outBytes += size
 	p.outMu.Unlock()
 	select {
 	case p.outWake <- struct{}{}:
@@ -167,6 +193,7 @@ func (p *framePeer) write() {
 		p.outMu.Lock()
 		q := p.outQ
 		p.outQ = p.outSpare[:0]
+		p.outBytes = 0
 		p.outMu.Unlock()
 		for i := range q {
 			// Everything queued goes out in as few packets as fit
@@ -1470,6 +1497,9 @@ func (h *frameHub) gone(p *framePeer, err error) {
 	}
 	if err != nil && p.why == "" && !isConnEnd(err) {
 		p.why = err.Error()
+	}
+	if p.overflowed.Load() && p.why == "" {
+		p.why = fmt.Sprintf("did not read its frame socket: more than %s of messages waited for it", manifest.Size(maxOutQueue))
 	}
 	close(p.goneCh)
 	h.drained.Broadcast()
