@@ -202,8 +202,13 @@ type link struct {
 	// lane is the hook lane; nil: dispatch over RPC. A lane that breaks
 	// while the RPC connection lives on is replaced in the background
 	// (laneBroke); reopening ends with the link.
-	lane      atomic.Pointer[wire.LaneClient]
+	lane atomic.Pointer[wire.LaneClient]
+	// reopening counts the goroutine that reopens a broken lane. mu and
+	// closed order its Add against close's Wait: once close has begun, no
+	// new reopener starts.
 	reopening sync.WaitGroup
+	mu        sync.Mutex
+	closed    bool
 
 	// next is closed when the keeper's first connect attempt after this
 	// link ended has ended itself (see awaitNext).
@@ -231,6 +236,9 @@ func (l *link) gone() bool {
 func (l *link) close() {
 	l.s.Release()
 	l.conn.Close()
+	l.mu.Lock()
+	l.closed = true
+	l.mu.Unlock()
 	l.reopening.Wait() // it sees conn.Done and stops
 	if lane := l.lane.Swap(nil); lane != nil {
 		lane.Close()
@@ -249,7 +257,13 @@ func (l *link) laneBroke(s *Session, lane *wire.LaneClient) {
 	if s.opts.noLane || l.gone() {
 		return
 	}
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return
+	}
 	l.reopening.Add(1)
+	l.mu.Unlock()
 	go func() {
 		defer l.reopening.Done()
 		wait := redialFirst
