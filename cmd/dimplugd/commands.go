@@ -49,7 +49,7 @@ func rootCmd() *cobra.Command {
 		SilenceErrors: true,
 	}
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error { return usageError{err} })
-	root.AddCommand(withConfig(serveCmd()), versionCmd(), stateCmd(), configCmd())
+	root.AddCommand(withConfig(serveCmd()), versionCmd(), stateCmd(), configCmd(), conformanceCmd())
 	return root
 }
 
