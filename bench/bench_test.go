@@ -29,7 +29,9 @@ func TestQuick(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 			defer cancel()
 			var out bytes.Buffer
-			res, err := Run(ctx, Options{Quick: true, Only: []string{name}, Out: &out, Progress: testLog{t}})
+			// The Rust host's row needs a cargo release build (minutes on
+			// a cold cache); make rust-test covers the crate.
+			res, err := Run(ctx, Options{Quick: true, Only: []string{name}, Out: &out, Progress: testLog{t}, NoRust: true})
 			t.Logf("tables:\n%s", out.String())
 			if err != nil {
 				t.Fatal(err)
@@ -45,8 +47,9 @@ func TestQuick(t *testing.T) {
 				for _, r := range tab.Rows {
 					if r.Skip != "" {
 						// Skipping is for machines that cannot run a
-						// sandbox; CI must.
-						if os.Getenv("CI") == "true" {
+						// sandbox; CI must. Optional rows (the Rust
+						// host, which needs cargo) may be missing.
+						if os.Getenv("CI") == "true" && !r.Optional {
 							t.Errorf("%s: row %q skipped in CI: %s", tab.Title, r.Name, r.Skip)
 						}
 						continue

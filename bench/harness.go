@@ -26,20 +26,24 @@ type Options struct {
 	Only     []string  // sections to run; all when empty
 	Out      io.Writer // the tables
 	Progress io.Writer // what the harness is doing; nil for silence
+	// NoRust leaves out the Rust host's row ("not measured"), sparing a
+	// cargo release build of minutes on a cold cache (the smoke test).
+	NoRust bool
 }
 
 // section is one part of the benchmark.
 type section struct {
 	name  string
 	needs []string // helper binaries, keys of helpers
+	rust  bool     // needs the Rust host's bench-host (see rusthost.go)
 	run   func(ctx context.Context, e *env) ([]*Table, error)
 }
 
 func sections() []section {
 	return []section{
-		{"spawn", []string{"fdecho", "media-badge", "dimplugd", "goplug"}, runSpawn},
-		{"hooks", []string{"rawecho", "goplug", "badge", "dimplugd"}, runHooks},
-		{"streams", []string{"framesink", "passthrough", "dimplugd"}, runStreams},
+		{"spawn", []string{"fdecho", "media-badge", "dimplugd", "goplug"}, false, runSpawn},
+		{"hooks", []string{"rawecho", "goplug", "badge", "dimplugd"}, true, runHooks},
+		{"streams", []string{"framesink", "passthrough", "dimplugd"}, false, runStreams},
 	}
 }
 
@@ -54,11 +58,17 @@ func sectionNames() []string {
 // env is what a section gets: the options, the built helpers and a
 // scratch directory.
 type env struct {
-	opts    Options
-	bins    map[string]string // helper name → binary
-	dir     string            // scratch directory, removed at the end
-	ctErr   error             // why the container runtime cannot run here, or nil
-	modRoot string
+	opts  Options
+	bins  map[string]string // helper name → binary
+	dir   string            // scratch directory, removed at the end
+	ctErr error             // why the container runtime cannot run here, or nil
+	// benchRoot is this module's directory (bench/), repoRoot the
+	// dimplugd module's (the checkout's root), as go list -m finds them.
+	benchRoot, repoRoot string
+	// rustHost is the Rust host's bench-host binary, or "" with rustErr
+	// saying why it could not be built (its row then says so).
+	rustHost string
+	rustErr  error
 }
 
 // quick picks the quick or the full value.
@@ -115,19 +125,41 @@ func Run(ctx context.Context, opts Options) (map[string][]*Table, error) {
 	if e.ctErr != nil {
 		e.progress("%v: sandboxed rows are skipped", e.ctErr)
 	}
-	if e.modRoot, err = moduleRoot(); err != nil {
+	if e.benchRoot, e.repoRoot, err = moduleRoots(); err != nil {
 		return nil, err
 	}
 	var need []string
+	rust := false
 	for _, s := range todo {
 		for _, n := range s.needs {
 			if !slices.Contains(need, n) {
 				need = append(need, n)
 			}
 		}
+		rust = rust || s.rust
 	}
 	start := time.Now()
-	if e.bins, err = buildHelpers(ctx, e.modRoot, filepath.Join(dir, "bin"), need); err != nil {
+	rustDone := make(chan struct{})
+	go func() {
+		defer close(rustDone)
+		if !rust {
+			return
+		}
+		if e.opts.NoRust {
+			e.rustErr = errors.New("left out (Options.NoRust)")
+			return
+		}
+		t0 := time.Now()
+		e.rustHost, e.rustErr = buildRustHost(ctx, e.repoRoot)
+		if e.rustErr != nil {
+			e.progress("the Rust host's row is not measured: %v", e.rustErr)
+		} else {
+			e.progress("built the Rust host's bench-host in %s", time.Since(t0).Round(time.Millisecond))
+		}
+	}()
+	e.bins, err = buildHelpers(ctx, e.benchRoot, e.repoRoot, filepath.Join(dir, "bin"), need)
+	<-rustDone
+	if err != nil {
 		return nil, err
 	}
 	e.progress("built %s in %s", strings.Join(need, ", "), time.Since(start).Round(time.Millisecond))
@@ -180,77 +212,108 @@ func loadAvg() string {
 
 // helper is a binary the harness builds.
 type helper struct {
-	pkg    string
-	static bool // CGO_ENABLED=0, -trimpath: how plugins are built
+	pkg    string // relative to its module's directory
+	repo   bool   // in the dimplugd module (the checkout's root), not this one
+	static bool   // CGO_ENABLED=0, -trimpath: how plugins are built
 }
 
 var helpers = map[string]helper{
-	"fdecho":      {"./bench/plugins/fdecho", true},
-	"rawecho":     {"./bench/plugins/rawecho", true},
-	"goplug":      {"./bench/plugins/goplug", true},
-	"badge":       {"./bench/plugins/badge", true},
-	"framesink":   {"./bench/plugins/framesink", true},
-	"passthrough": {"./bench/plugins/passthrough", true},
-	"media-badge": {"./examples/plugins/media-badge", true},
-	"dimplugd":    {"./cmd/dimplugd", false},
+	"fdecho":      {"./plugins/fdecho", false, true},
+	"rawecho":     {"./plugins/rawecho", false, true},
+	"goplug":      {"./plugins/goplug", false, true},
+	"badge":       {"./plugins/badge", false, true},
+	"framesink":   {"./plugins/framesink", false, true},
+	"passthrough": {"./plugins/passthrough", false, true},
+	"media-badge": {"./examples/plugins/media-badge", true, true},
+	"dimplugd":    {"./cmd/dimplugd", true, false},
 }
 
-func moduleRoot() (string, error) {
-	out, err := exec.Command("go", "env", "GOMOD").Output()
+// moduleRoots finds this module's directory and the dimplugd module's
+// (which go.mod replaces with the checkout's root).
+func moduleRoots() (bench, repo string, err error) {
+	out, err := exec.Command("go", "list", "-m", "-f", "{{.Path}} {{.Dir}}", benchModule, repoModule).Output()
 	if err != nil {
-		return "", fmt.Errorf("go env GOMOD: %w", err)
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			err = fmt.Errorf("%w: %s", err, bytes.TrimSpace(ee.Stderr))
+		}
+		return "", "", fmt.Errorf("go list -m (run the benchmark inside the bench module: cd bench): %w", err)
 	}
-	gomod := strings.TrimSpace(string(out))
-	if gomod == "" || gomod == os.DevNull {
-		return "", errors.New("run the benchmark inside the dimplugd module")
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		path, dir, _ := strings.Cut(line, " ")
+		switch path {
+		case benchModule:
+			bench = dir
+		case repoModule:
+			repo = dir
+		}
 	}
-	return filepath.Dir(gomod), nil
+	if bench == "" || repo == "" {
+		return "", "", fmt.Errorf("go list -m found no directory for %s or %s: run the benchmark inside the bench module (cd bench)", benchModule, repoModule)
+	}
+	return bench, repo, nil
 }
 
-// buildHelpers builds the named helpers into dir: the static ones in one go
-// build, the daemon (cgo, -tags seccomp, like `make build`) in another, at
-// the same time.
-func buildHelpers(ctx context.Context, root, dir string, names []string) (map[string]string, error) {
+const (
+	benchModule = "github.com/dimplugd/dimplugd/bench"
+	repoModule  = "github.com/dimplugd/dimplugd"
+)
+
+// buildHelpers builds the named helpers into dir, each in its module (this
+// one, under benchRoot, or dimplugd's, under repoRoot): the static ones in
+// one go build per module, the daemon (cgo, -tags seccomp, like `make
+// build`) in another, all at the same time.
+func buildHelpers(ctx context.Context, benchRoot, repoRoot, dir string, names []string) (map[string]string, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
-	var static, dynamic []string
+	// A build: its module's directory and whether it is static.
+	type build struct {
+		root   string
+		static bool
+	}
+	pkgs := map[build][]string{}
+	var order []build
 	bins := map[string]string{}
 	for _, n := range names {
 		h, ok := helpers[n]
 		if !ok {
 			return nil, fmt.Errorf("unknown helper %q", n)
 		}
-		if h.static {
-			static = append(static, h.pkg)
-		} else {
-			dynamic = append(dynamic, h.pkg)
+		b := build{benchRoot, h.static}
+		if h.repo {
+			b.root = repoRoot
 		}
+		if _, ok := pkgs[b]; !ok {
+			order = append(order, b)
+		}
+		pkgs[b] = append(pkgs[b], h.pkg)
 		bins[n] = filepath.Join(dir, filepath.Base(h.pkg))
 	}
-	build := func(env []string, args ...string) error {
-		cmd := exec.CommandContext(ctx, "go", append([]string{"build", "-o", dir + "/"}, args...)...)
-		cmd.Dir = root
+	run := func(b build) error {
+		args := []string{"build", "-o", dir + "/"}
+		env := []string{"CGO_ENABLED=1"}
+		if b.static {
+			args, env = append(args, "-trimpath"), []string{"CGO_ENABLED=0"}
+		} else {
+			args = append(args, "-tags", "seccomp")
+		}
+		args = append(args, pkgs[b]...)
+		cmd := exec.CommandContext(ctx, "go", args...)
+		cmd.Dir = b.root
 		cmd.Env = append(os.Environ(), env...)
 		if out, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("go build %s: %v\n%s", strings.Join(args, " "), err, out)
+			return fmt.Errorf("go %s (in %s): %w\n%s", strings.Join(args, " "), b.root, err, out)
 		}
 		return nil
 	}
 	var wg sync.WaitGroup
-	errs := make([]error, 2)
-	if len(static) > 0 {
+	errs := make([]error, len(order))
+	for i, b := range order {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs[0] = build([]string{"CGO_ENABLED=0"}, append([]string{"-trimpath"}, static...)...)
-		}()
-	}
-	if len(dynamic) > 0 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs[1] = build([]string{"CGO_ENABLED=1"}, append([]string{"-tags", "seccomp"}, dynamic...)...)
+			errs[i] = run(b)
 		}()
 	}
 	wg.Wait()
@@ -324,6 +387,10 @@ type Row struct {
 	Vals    []float64
 	Skip    string
 	Formats []string // per-value formats overriding the columns'; optional
+	// Optional rows need tools the rest of the bench does not (cargo and
+	// the vendored crates for the Rust host): when Skip is set they print
+	// "not measured", and the smoke test accepts that even in CI.
+	Optional bool
 }
 
 // add appends a row.
@@ -333,6 +400,11 @@ func (t *Table) add(name string, vals ...float64) {
 
 // skip appends a row that could not be measured.
 func (t *Table) skip(name, why string) { t.Rows = append(t.Rows, Row{Name: name, Skip: why}) }
+
+// notMeasured appends an optional row that could not be measured.
+func (t *Table) notMeasured(name, why string) {
+	t.Rows = append(t.Rows, Row{Name: name, Skip: why, Optional: true})
+}
 
 // note appends a line printed under the table.
 func (t *Table) note(format string, args ...any) {
@@ -347,7 +419,9 @@ func (t *Table) Print(w io.Writer) {
 		for i, c := range t.Cols {
 			switch {
 			case r.Skip != "":
-				if i == 0 {
+				if i == 0 && r.Optional {
+					line = append(line, "not measured: "+r.Skip)
+				} else if i == 0 {
 					line = append(line, "skipped: "+r.Skip)
 				} else {
 					line = append(line, "")
@@ -365,7 +439,7 @@ func (t *Table) Print(w io.Writer) {
 	width := make([]int, len(cells[0]))
 	for _, line := range cells {
 		for i, c := range line {
-			if r := runeLen(c); r > width[i] && !(i == 1 && strings.HasPrefix(c, "skipped: ")) {
+			if r := runeLen(c); r > width[i] && !(i == 1 && (strings.HasPrefix(c, "skipped: ") || strings.HasPrefix(c, "not measured: "))) {
 				width[i] = r
 			}
 		}

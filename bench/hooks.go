@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -35,6 +36,11 @@ type transport struct {
 	// returns how many completed (the raw echo pipelines on one
 	// connection).
 	pipelined func(ctx context.Context, depth int, until time.Time) (int, error)
+	// round, when set, replaces sequential and throughput: another
+	// process makes warm untimed calls, n timed sequential ones and then
+	// keeps inFlight calls in flight for dur, and returns the latencies
+	// and calls/s it measured (the Rust host).
+	round func(ctx context.Context, warm, n int, dur time.Duration) ([]time.Duration, float64, error)
 
 	lat []time.Duration // sequential latencies, all rounds
 	tps []float64       // calls/s per round
@@ -147,7 +153,7 @@ func runHooks(ctx context.Context, e *env) ([]*Table, error) {
 		return nil, err
 	}
 	cleanups = append(cleanups, func() { d.close() })
-	dir, err := pluginDir(e.dir, "bench-badge", filepath.Join(e.modRoot, "bench/plugins/badge/plugin.toml"), e.bins["badge"], "badge")
+	dir, err := pluginDir(e.dir, "bench-badge", filepath.Join(e.benchRoot, "plugins/badge/plugin.toml"), e.bins["badge"], "badge")
 	if err != nil {
 		return nil, err
 	}
@@ -194,12 +200,45 @@ func runHooks(ctx context.Context, e *env) ([]*Table, error) {
 		}
 	}
 
+	// The Rust host: its own process and session, on its own direct lane
+	// to the same plugin.
+	rustName := "dimplugd: Rust host → " + sandbox + " (direct lane) → back"
+	var rs *transport
+	rustWhy := ""
+	if e.rustErr != nil {
+		rustWhy = e.rustErr.Error()
+	} else if e.rustHost == "" {
+		rustWhy = "not built"
+	} else if rs, err = rustTransport(e, d.socket, "bench-badge", call); err != nil {
+		rustWhy = err.Error()
+	} else {
+		rs.name = rustName
+	}
+
 	all := []*transport{raw, gp, dp, dd}
+	if rs != nil {
+		all = []*transport{raw, gp, dp, rs, dd}
+	}
 	// Rounds interleave the transports so that a change in the machine's
 	// load hits all of them alike.
 	for r := range rounds {
 		for _, t := range all {
 			e.progress("hooks: round %d/%d: %s", r+1, rounds, t.name)
+			if t.round != nil {
+				if t == rs && rustWhy != "" {
+					continue // failed in an earlier round
+				}
+				lat, tps, err := t.round(ctx, warm, perRound, tputDur)
+				if err != nil {
+					// The Rust host is an extra row: its failure is
+					// printed in its row, not the section's.
+					rustWhy = "bench-host failed: " + d.fail(err).Error()
+					e.progress("hooks: %s", rustWhy)
+					continue
+				}
+				t.lat, t.tps = append(t.lat, lat...), append(t.tps, tps)
+				continue
+			}
 			if err := t.sequential(ctx, warm, perRound); err != nil {
 				return nil, fmt.Errorf("%s: %w", t.name, err)
 			}
@@ -221,22 +260,45 @@ func runHooks(ctx context.Context, e *env) ([]*Table, error) {
 		slices.Sort(s)
 		return us(pct(s, 0.5)), us(pct(s, 0.99)), median(t.tps)
 	}
-	for _, t := range all {
+	for _, t := range []*transport{raw, gp, dp} {
 		p50, p99, tps := stats(t)
 		tab.add(t.name, p50, p99, tps)
 	}
+	if rustWhy == "" {
+		p50, p99, tps := stats(rs)
+		tab.add(rs.name, p50, p99, tps)
+	} else {
+		// The row says the first line of why; the rest (cargo's or
+		// the daemon's output) goes under the table.
+		first, rest, _ := strings.Cut(strings.TrimSpace(rustWhy), "\n")
+		tab.notMeasured(rustName, first)
+		if rest != "" {
+			tab.note("Rust host not measured: %s\n    %s", first, strings.ReplaceAll(strings.TrimSpace(rest), "\n", "\n    "))
+		}
+	}
+	p50, p99, tps := stats(dd)
+	tab.add(dd.name, p50, p99, tps)
 	r50, r99, rt := stats(raw)
 	g50, g99, gt := stats(gp)
 	d50, d99, dt := stats(dp)
 	v50, v99, vt := stats(dd)
 	ratioFmt := []string{"%.2f×", "%.2f×", "%.2f×"}
 	tab.Rows = append(tab.Rows,
-		Row{Name: "ratio dimplugd (direct) / go-plugin", Vals: []float64{d50 / g50, d99 / g99, dt / gt}, Formats: ratioFmt},
+		Row{Name: "ratio dimplugd (direct) / go-plugin", Vals: []float64{d50 / g50, d99 / g99, dt / gt}, Formats: ratioFmt})
+	const rustRatio = "ratio dimplugd (Rust host, direct) / go-plugin"
+	if rustWhy == "" {
+		s50, s99, st := stats(rs)
+		tab.Rows = append(tab.Rows, Row{Name: rustRatio, Vals: []float64{s50 / g50, s99 / g99, st / gt}, Formats: ratioFmt})
+	} else {
+		tab.notMeasured(rustRatio, "no Rust host row")
+	}
+	tab.Rows = append(tab.Rows,
 		Row{Name: "ratio dimplugd (via daemon) / go-plugin", Vals: []float64{v50 / g50, v99 / g99, vt / gt}, Formats: ratioFmt},
 		Row{Name: "ratio dimplugd (direct) / raw", Vals: []float64{d50 / r50, d99 / r99, dt / rt}, Formats: ratioFmt})
 	tab.note("Target: a hooked request costs no more than one go-plugin gRPC call: dimplugd/go-plugin p50 %s (a phase with one hook, the common case, runs on a direct lane the daemon sets up).", verdict(d50/g50, 1))
 	tab.note("Ratio rows are dimplugd's value divided by the baseline's: above 1 is slower for latency, below 1 is slower for calls/s.")
 	tab.note("Raw pipelines %d requests on one connection; go-plugin and dimplugd run %d goroutines sharing one connection (one grpc.ClientConn, one host.Session).", inFlight, inFlight)
+	tab.note("Rust host: sdk-rust/examples/bench-host.rs (the dimplugd-host crate's Session::dispatch, release build), its own process and session on its own direct lane to the same plugin, started once per round after the lane is granted; %d tokio tasks share its session for calls/s.", inFlight)
 	tab.note("direct lane: one round trip host → plugin on a socket the daemon handed both (deadline, failure policy and breaker applied by the host SDK); via daemon: two round trips (host → daemon, daemon → plugin), used when a phase has several hooks; go-plugin makes one. The sandboxed plugin runs under the daemon's default limits (1 CPU).")
 
 	e.progress("hooks: unhooked middleware")

@@ -1,5 +1,8 @@
 // Command bench is dimplugd's benchmark harness, run by `make bench`
-// (go run -tags seccomp ./bench). It measures dimplugd against baselines
+// (cd bench && go run -tags seccomp .). It is its own module
+// (github.com/dimplugd/dimplugd/bench, with the daemon and the SDK replaced
+// by this checkout), so that its baselines' dependencies (go-plugin, gRPC,
+// protobuf) stay out of the daemon's module. It measures dimplugd against baselines
 // measured in the same run on the same machine, and prints each result
 // next to its ratio to the baseline, so that the figures in
 // shared/ROADMAP.md ("Figures to beat") can be checked by reading one
@@ -36,10 +39,15 @@
 // dimplugd: host.Session.Dispatch of a response-phase hook from this
 // process to a `dimplugd serve` process, on to the sandboxed
 // bench/plugins/badge and back (two IPC round trips where go-plugin makes
-// one). Each row gives the sequential p50 and p99 latency and the
-// throughput with 64 calls in flight on one connection; the ratio rows
-// divide dimplugd's figures by the baselines' (target: dimplugd/go-plugin
-// p50 at most 1×). A second table gives the cost of an unhooked request in
+// one), and on a direct lane from the host to the plugin (one round trip),
+// from this process's Go host and from the Rust host
+// (sdk-rust/examples/bench-host.rs, the dimplugd-host crate's
+// Session::dispatch, run as its own process against the same daemon and
+// plugin; built with cargo in release mode against the crates `make
+// rust-deps` unpacks, and "not measured" without them). Each row gives
+// the sequential p50 and p99 latency and the throughput with 64 calls in
+// flight on one connection; the ratio rows divide dimplugd's figures by
+// the baselines' (target: dimplugd/go-plugin p50 at most 1×). A second table gives the cost of an unhooked request in
 // the host: host.Middleware's ServeHTTP on a route no plugin hooks against
 // calling the handler directly, both with an httptest.ResponseRecorder
 // (target: under 1 µs more).
@@ -64,7 +72,8 @@
 // Helper binaries (the probe, the raw echo server, the go-plugin plugin,
 // the badge plugin, media-badge, the stream sinks, the pass-through plugin
 // and dimplugd) are built with `go build` into a temporary directory at
-// start; plugins are static (CGO_ENABLED=0).
+// start, each in its module (bench/plugins in this one, media-badge and
+// dimplugd in the checkout's root); plugins are static (CGO_ENABLED=0).
 // -quick makes every run short; the smoke test in bench_test.go uses it.
 // Everything stays on this machine: Unix sockets and socketpairs only.
 package main

@@ -391,7 +391,7 @@ func daemonSpawns(ctx context.Context, e *env, warm, n int, parts *daemonParts) 
 		stop()
 		return nil, 0, nil, err
 	}
-	dir, err := pluginDir(e.dir, "media-badge", filepath.Join(e.modRoot, "examples/plugins/media-badge/plugin.toml"), e.bins["media-badge"], "media-badge")
+	dir, err := pluginDir(e.dir, "media-badge", filepath.Join(e.repoRoot, "examples/plugins/media-badge/plugin.toml"), e.bins["media-badge"], "media-badge")
 	if err != nil {
 		return fail(err)
 	}

@@ -19,6 +19,8 @@ import (
 	"syscall"
 	"time"
 
+	"capnproto.org/go/capnp/v3"
+	"capnproto.org/go/capnp/v3/rpc"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
@@ -26,6 +28,7 @@ import (
 	"github.com/dimplugd/dimplugd/sdk-go/frames"
 	"github.com/dimplugd/dimplugd/sdk-go/host"
 	"github.com/dimplugd/dimplugd/sdk-go/schema"
+	"github.com/dimplugd/dimplugd/sdk-go/wire"
 )
 
 // streamSizes are the frame sizes of the main streams table: a small
@@ -184,7 +187,7 @@ func runStreams(ctx context.Context, e *env) ([]*Table, error) {
 		return nil, err
 	}
 	cleanups = append(cleanups, func() { d.close() })
-	dir, err := pluginDir(e.dir, "bench-pass", filepath.Join(e.modRoot, "bench/plugins/passthrough/plugin.toml"), e.bins["passthrough"], "passthrough")
+	dir, err := pluginDir(e.dir, "bench-pass", filepath.Join(e.benchRoot, "plugins/passthrough/plugin.toml"), e.bins["passthrough"], "passthrough")
 	if err != nil {
 		return nil, err
 	}
@@ -205,7 +208,7 @@ func runStreams(ctx context.Context, e *env) ([]*Table, error) {
 	if err != nil {
 		return nil, d.fail(fmt.Errorf("frame socket: %w", err))
 	}
-	cleanups = append(cleanups, func() { fcc.conn.Close() })
+	cleanups = append(cleanups, func() { fcc.close() })
 	where := "sandboxed"
 	if !d.sandboxed {
 		where = "UNSANDBOXED"
@@ -635,14 +638,53 @@ func dimplugdRun(sess *host.Session, pats patterns, inline bool, streamInFlight 
 
 // frameConn is a host's frame socket spoken directly with frames.Conn,
 // bypassing the host SDK: it sends frames of any size inline (up to
-// frames.MaxPacket), which the SDK does only up to host.InlineMax.
+// frames.MaxPacket), which the SDK does only up to host.InlineMax. The
+// daemon opens a frame socket only for an open host session (by its
+// token), so frameConn holds one of its own, over RPC.
 type frameConn struct {
-	conn *frames.Conn
-	next uint64 // stream ids
+	conn    *frames.Conn
+	rpc     *rpc.Conn          // the connection of
+	session schema.HostSession // the host session the frame socket belongs to
+	next    uint64             // stream ids
 }
 
-func dialFrameConn(ctx context.Context, socket string) (*frameConn, error) {
+func dialFrameConn(ctx context.Context, socket string) (fc *frameConn, err error) {
 	var dl net.Dialer
+	nc, err := dl.DialContext(ctx, "unix", socket)
+	if err != nil {
+		return nil, err
+	}
+	rc := wire.NewConn(nc, capnp.Client{}, nil)
+	defer func() {
+		if err != nil {
+			rc.Close()
+		}
+	}()
+	boot := schema.Daemon(rc.Bootstrap(ctx))
+	defer boot.Release()
+	fut, release := boot.OpenHost(ctx, func(p schema.Daemon_openHost_Params) error {
+		if err := wire.WriteVersions(p.NewVersions, schema.SupportedVersions); err != nil {
+			return err
+		}
+		return p.SetClient("dimplugd bench (frames.Conn)")
+	})
+	defer release()
+	res, err := fut.Struct()
+	if err != nil {
+		return nil, fmt.Errorf("openHost: %w", err)
+	}
+	token, err := res.SessionToken()
+	if err != nil {
+		return nil, fmt.Errorf("openHost: %w", err)
+	}
+	// The frame socket lives as long as the session: hold it.
+	hs := res.Session().AddRef()
+	defer func() {
+		if err != nil {
+			hs.Release()
+		}
+	}()
+
 	c, err := dl.DialContext(ctx, "unix", socket)
 	if err != nil {
 		return nil, err
@@ -650,22 +692,34 @@ func dialFrameConn(ctx context.Context, socket string) (*frameConn, error) {
 	defer c.Close()
 	uc := c.(*net.UnixConn)
 	uc.SetDeadline(time.Now().Add(10 * time.Second))
-	if _, err := io.WriteString(uc, host.FramesPreamble); err != nil {
+	if _, err := uc.Write(append([]byte(wire.FramesPreamble), token...)); err != nil {
 		return nil, err
 	}
-	_, f, err := frames.RecvFD(uc, make([]byte, 1))
+	answer := make([]byte, 1)
+	_, f, err := frames.RecvFD(uc, answer)
 	if err != nil {
 		return nil, err
 	}
-	if f == nil {
-		return nil, errors.New("the daemon answered without a frame socket")
+	if f == nil || answer[0] != wire.PreambleOK {
+		if f != nil {
+			f.Close()
+		}
+		why, _ := io.ReadAll(io.LimitReader(uc, 4<<10))
+		return nil, fmt.Errorf("the daemon refused the frame socket: %q", why)
 	}
 	defer f.Close()
 	conn, err := frames.FileConn(f)
 	if err != nil {
 		return nil, err
 	}
-	return &frameConn{conn: conn}, nil
+	return &frameConn{conn: conn, rpc: rc, session: hs}, nil
+}
+
+// close closes the frame socket and its host session.
+func (fc *frameConn) close() {
+	fc.conn.Close()
+	fc.session.Release()
+	fc.rpc.Close()
 }
 
 // run streams n inline frames of size through the chain: a sender

@@ -207,12 +207,14 @@ func (s Supervision) withDefaults() Supervision {
 
 // Daemon is a running dimplugd.
 type Daemon struct {
-	cfg      Config
-	sup      Supervision
-	log      *slog.Logger
-	store    *registry.Store
-	versions []uint16
-	started  time.Time
+	cfg Config
+	// hostSessions are the open host sessions, by token (hostsessions.go).
+	hostSessions hostSessions
+	sup          Supervision
+	log          *slog.Logger
+	store        *registry.Store
+	versions     []uint16
+	started      time.Time
 
 	ctx    context.Context // cancelled by Close; parent of every goroutine's context
 	cancel context.CancelFunc

@@ -3,8 +3,9 @@
 package daemon
 
 import (
+	"bytes"
+	"context"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"runtime"
@@ -16,8 +17,8 @@ import (
 
 	"github.com/dimplugd/dimplugd/sandbox"
 	"github.com/dimplugd/dimplugd/sdk-go/frames"
-	"github.com/dimplugd/dimplugd/sdk-go/host"
 	"github.com/dimplugd/dimplugd/sdk-go/schema"
+	"github.com/dimplugd/dimplugd/sdk-go/wire"
 )
 
 // frameMsgBytes encodes one FrameMsg in standard Cap'n Proto framing, as a
@@ -189,22 +190,93 @@ func FuzzFrameMsg(f *testing.F) {
 	})
 }
 
-// dialFrameSocket opens a host frame socket on the daemon's host socket.
+// dialFrameSocket opens a host frame socket on the daemon's host socket,
+// for a host session of its own that lasts as long as the test.
 func dialFrameSocket(t *testing.T, socket string) *os.File {
+	t.Helper()
+	f, why := openFrameSocket(t, socket, rawHostSession(t, socket))
+	if f == nil {
+		t.Fatalf("frame socket refused: %s", why)
+	}
+	return f
+}
+
+// openFrameSocket opens a frame socket with token; nil and why when the
+// daemon refuses.
+func openFrameSocket(t *testing.T, socket string, token []byte) (*os.File, string) {
 	t.Helper()
 	c, err := net.Dial("unix", socket)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	if _, err := io.WriteString(c, host.FramesPreamble); err != nil {
+	if _, err := c.Write(append([]byte(wire.FramesPreamble), token...)); err != nil {
 		t.Fatal(err)
 	}
-	_, f, err := frames.RecvFD(c.(*net.UnixConn), make([]byte, 1))
-	if err != nil || f == nil {
-		t.Fatalf("frame socket: %v %v", f, err)
+	buf := make([]byte, 1024)
+	n, f, err := frames.RecvFD(c.(*net.UnixConn), buf)
+	if err != nil {
+		t.Fatalf("frame socket: %v", err)
 	}
-	return f
+	if f == nil {
+		if n == 0 || buf[0] != wire.PreambleRefused {
+			t.Fatalf("frame socket: no fd and no refusal: %q", buf[:n])
+		}
+		return nil, string(buf[1:n])
+	}
+	return f, ""
+}
+
+// rawHostSession opens a host session over plain Cap'n Proto RPC and
+// returns its token; the session ends with the test.
+func rawHostSession(t *testing.T, socket string) []byte {
+	t.Helper()
+	token, end := rawHostSessionEnd(t, socket)
+	t.Cleanup(end)
+	return token
+}
+
+// rawHostSessionEnd is rawHostSession with the end in the caller's hands.
+func rawHostSessionEnd(t *testing.T, socket string) (token []byte, end func()) {
+	t.Helper()
+	_, token, end = rawHostSessionCap(t, socket)
+	return token, end
+}
+
+// rawHostSessionCap is rawHostSessionEnd with the session capability,
+// which end releases.
+func rawHostSessionCap(t *testing.T, socket string) (sess schema.HostSession, token []byte, end func()) {
+	t.Helper()
+	c, err := net.Dial("unix", socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn := wire.NewConn(c, capnp.Client{}, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	boot := schema.Daemon(conn.Bootstrap(ctx))
+	defer boot.Release()
+	fut, release := boot.OpenHost(ctx, func(p schema.Daemon_openHost_Params) error {
+		vs, err := p.NewVersions(1)
+		if err != nil {
+			return err
+		}
+		vs.Set(0, schema.SupportedVersions[len(schema.SupportedVersions)-1])
+		return p.SetClient("raw test host")
+	})
+	defer release()
+	res, err := fut.Struct()
+	if err != nil {
+		conn.Close()
+		t.Fatalf("openHost: %v", err)
+	}
+	tok, err := res.SessionToken()
+	if err != nil || len(tok) != wire.TokenLen {
+		conn.Close()
+		t.Fatalf("openHost: token %x, %v", tok, err)
+	}
+	sess = res.Session().AddRef() // the session lasts while it is held
+	return sess, bytes.Clone(tok), func() { sess.Release(); conn.Close() }
 }
 
 // awaitStream reads until stream sid is opened or ended, or the

@@ -366,8 +366,13 @@ func TestHostileFrameSocketFlood(t *testing.T) {
 	// its frame socket; frame sockets have a count of their own.
 	td := startDaemonConfig(t, Config{Supervision: fastSupervision, Limits: Limits{HostConnsPerUID: 6}})
 	var socks []*os.File
+	token := rawHostSession(t, td.socket) // one more connection
 	for i := 0; i < 6; i++ {
-		socks = append(socks, dialFrameSocket(t, td.socket))
+		f, why := openFrameSocket(t, td.socket, token)
+		if f == nil {
+			t.Fatalf("frame socket %d refused: %s", i+1, why)
+		}
+		socks = append(socks, f)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

@@ -220,8 +220,9 @@ func (d *Daemon) addWatcher(c schema.RouteWatcher, sent uint64) *watcher {
 	}
 	d.routes.mu.Unlock()
 	d.wg.Add(1)
-	go func() {
+	go func() { // the watcher's pusher; ends with the session (w.quit) or the daemon
 		defer d.wg.Done()
+		backoff := watcherBackoffFirst
 		defer func() {
 			d.routes.mu.Lock()
 			delete(d.routes.watchers, w)
@@ -252,13 +253,32 @@ func (d *Daemon) addWatcher(c schema.RouteWatcher, sent uint64) *watcher {
 			release()
 			cancel()
 			if err != nil {
-				return
+				// A host that failed or was slow to take one table must
+				// not keep a stale one for the rest of its session: try
+				// again (with the newest table) until the session ends.
+				d.log.Warn("route table push to a host failed; trying again", "version", t.version, "in", backoff, "err", err)
+				select {
+				case <-w.quit:
+					return
+				case <-d.ctx.Done():
+					return
+				case <-time.After(backoff):
+				}
+				backoff = min(2*backoff, watcherBackoffMax)
+				w.notify()
+				continue
 			}
-			sent = t.version
+			sent, backoff = t.version, watcherBackoffFirst
 		}
 	}()
 	return w
 }
+
+// How long a route watcher waits before pushing again after a failed push.
+const (
+	watcherBackoffFirst = 500 * time.Millisecond
+	watcherBackoffMax   = 30 * time.Second
+)
 
 func (r *routes) closeWatchers() {
 	r.mu.Lock()

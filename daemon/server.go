@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -392,25 +393,67 @@ func (l *laneSet) idle() <-chan struct{} {
 	return l.zero
 }
 
-// FramesPreamble opens a host's frame socket (see schema/stream.capnp).
-const FramesPreamble = "DPFRAME1\n"
-
+// serveLane serves a connection that opened with a preamble: the hook lane
+// or the frame socket of an open host session (wire.LanePreamble,
+// wire.FramesPreamble). Anything else is closed without a word, but an
+// older preamble version is told which versions the daemon speaks.
 func (s *server) serveLane(c *bufferedConn, p peer) {
 	defer c.Close()
-	pre := make([]byte, len(wire.LanePreamble))
 	c.SetReadDeadline(time.Now().Add(s.d.limits().FirstMessageTimeout))
+	pre := make([]byte, preambleLen)
 	if _, err := io.ReadFull(c, pre); err != nil {
 		return
 	}
-	if string(pre) == FramesPreamble[:len(pre)] {
-		s.serveFrames(c, p)
-		return
+	var token []byte
+	readToken := func() bool {
+		token = make([]byte, wire.TokenLen)
+		_, err := io.ReadFull(c, token)
+		return err == nil
 	}
-	if string(pre) != wire.LanePreamble {
+	switch string(pre) {
+	case wire.LanePreamble:
+		if !readToken() {
+			return
+		}
+	case wire.FramesPreamble[:preambleLen]:
+		nl := make([]byte, len(wire.FramesPreamble)-preambleLen)
+		if _, err := io.ReadFull(c, nl); err != nil || string(nl) != wire.FramesPreamble[preambleLen:] || !readToken() {
+			return
+		}
+	case "DPLANE1\n", "DPFRAME1":
+		s.refusePreamble(c, p, fmt.Sprintf("this host opened with %q, a version dimplugd no longer speaks: it speaks %q and %q, each followed by the session token from openHost (docs/host-protocol.md); update the host's dimplugd library",
+			strings.TrimSpace(string(pre)), strings.TrimSpace(wire.LanePreamble), strings.TrimSpace(wire.FramesPreamble)))
+		return
+	default:
 		return
 	}
 	c.SetReadDeadline(time.Time{})
-	if _, err := io.WriteString(c, wire.LanePreamble); err != nil {
+	h, why := s.d.hostSessions.lookup(token, p.uid)
+	if h == nil {
+		s.refusePreamble(c, p, why)
+		return
+	}
+	if string(pre) == wire.LanePreamble {
+		s.serveHostLane(c, h)
+	} else {
+		s.serveFrames(c, p, h)
+	}
+}
+
+// refusePreamble answers a preamble with wire.PreambleRefused and why.
+func (s *server) refusePreamble(c net.Conn, p peer, why string) {
+	s.d.log.Warn("host connection refused", "uid", p.uid, "pid", p.pid, "why", why)
+	c.SetWriteDeadline(time.Now().Add(time.Second))
+	_, _ = c.Write(append([]byte{wire.PreambleRefused}, why...))
+}
+
+// serveHostLane serves session h's hook lane on c until either ends.
+func (s *server) serveHostLane(c *bufferedConn, h *hostSession) {
+	if !h.tie(c, nil) {
+		return
+	}
+	defer h.untie(c)
+	if _, err := c.Write([]byte{wire.PreambleOK}); err != nil {
 		return
 	}
 	if !s.track(c, true) {
@@ -424,23 +467,17 @@ func (s *server) serveLane(c *bufferedConn, p peer) {
 	_ = wire.ServeLaneLimited(s.d.ctx, c, s.d.laneDispatch, lim, s.d.goodbye)
 }
 
-// serveFrames hands a host its frame socket: the rest of the preamble, then
-// one byte and the socket's fd; the stream connection then closes. A uid
-// with HostConnsPerUID frame sockets open already gets a 0 byte and why
-// instead.
-func (s *server) serveFrames(c *bufferedConn, p peer) {
-	rest := make([]byte, len(FramesPreamble)-len(wire.LanePreamble))
-	if _, err := io.ReadFull(c, rest); err != nil || string(rest) != FramesPreamble[len(wire.LanePreamble):] {
-		return
-	}
+// serveFrames hands session h its frame socket: wire.PreambleOK and the
+// socket's fd; the stream connection then closes. A uid with
+// HostConnsPerUID frame sockets open already is refused. The socket is
+// closed when the session ends.
+func (s *server) serveFrames(c *bufferedConn, p peer, h *hostSession) {
 	uc, ok := c.Conn.(*net.UnixConn)
 	if !ok {
 		return
 	}
 	if !s.d.hub.reserveHost(p.uid, s.d.limits().HostConnsPerUID) {
-		why := fmt.Sprintf("too many frame sockets: uid %d already has %d open (the cap per uid, --host-conns-per-uid)", p.uid, s.d.limits().HostConnsPerUID)
-		s.d.log.Warn("frame socket refused", "uid", p.uid, "pid", p.pid, "why", why)
-		_, _ = uc.Write(append([]byte{0}, why...))
+		s.refusePreamble(c, p, fmt.Sprintf("too many frame sockets: uid %d already has %d open (the cap per uid, --host-conns-per-uid)", p.uid, s.d.limits().HostConnsPerUID))
 		return
 	}
 	ours, theirs, err := frames.Socketpair()
@@ -450,12 +487,15 @@ func (s *server) serveFrames(c *bufferedConn, p peer) {
 		return
 	}
 	defer theirs.Close()
-	if err := frames.SendFD(uc, []byte{1}, theirs); err != nil {
+	if err := frames.SendFD(uc, []byte{wire.PreambleOK}, theirs); err != nil {
 		s.d.hub.unreserveHost(p.uid)
 		ours.Close()
 		return
 	}
-	s.d.hub.attachHost(ours, p.uid)
+	fp := s.d.hub.attachHost(ours, p.uid)
+	if !h.tie(ours, fp.goneCh) {
+		ours.Close() // the session ended meanwhile: the peer's reader ends
+	}
 }
 
 // laneDispatch answers a dispatch call on a host's hook lane.
@@ -614,8 +654,16 @@ func (g *gateway) OpenHost(ctx context.Context, call schema.Daemon_openHost) err
 		return g.wrongSocket(faceHost)
 	}
 	return openFace(g, "host", call.Args(), call.AllocResults, func(res schema.Daemon_openHost_Results, client string) error {
+		h := &hostSession{d: g.d, uid: g.peer.uid}
+		if err := g.d.hostSessions.add(h); err != nil {
+			return err
+		}
+		if err := res.SetSessionToken(h.token[:]); err != nil {
+			g.d.hostSessions.remove(h)
+			return err
+		}
 		g.d.log.Info("host connected", "client", client)
-		return res.SetSession(schema.HostSession_ServerToClient(&hostSession{d: g.d}))
+		return res.SetSession(schema.HostSession_ServerToClient(h))
 	})
 }
 
@@ -628,22 +676,35 @@ func (g *gateway) OpenControl(ctx context.Context, call schema.Daemon_openContro
 	})
 }
 
-// hostSession serves one host's HostSession capability.
+// hostSession serves one host's HostSession capability. Its token ties
+// the host's hook lane and frame socket to it (hostsessions.go).
 type hostSession struct {
-	d *Daemon
+	d     *Daemon
+	uid   uint32
+	token sessionToken
 
 	mu       sync.Mutex
 	watchers []*watcher
+	tied     map[io.Closer]<-chan struct{} // connections to close at the end
+	ended    bool
 }
 
-// Shutdown is called when the host releases the session or disconnects.
+// Shutdown is called when the host releases the session or disconnects:
+// its token stops working and its lane and frame socket are closed.
 func (h *hostSession) Shutdown() {
+	h.d.hostSessions.remove(h)
 	h.mu.Lock()
-	defer h.mu.Unlock()
+	h.ended = true
 	for _, w := range h.watchers {
 		w.stop()
 	}
 	h.watchers = nil
+	tied := h.tied
+	h.tied = nil
+	h.mu.Unlock()
+	for c := range tied {
+		c.Close()
+	}
 }
 
 func (h *hostSession) Routes(ctx context.Context, call schema.HostSession_routes) error {

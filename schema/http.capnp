@@ -47,7 +47,13 @@ struct HttpRequest {
   # Empty when the host did not match the request against a template.
 
   path @2 :Text;
-  # The concrete, already-unescaped path ("/api/v1/media/42").
+  # The concrete path ("/api/v1/media/42"), without the query, in the form
+  # the host's own router routes on: as received (percent-encoded) for a
+  # router that matches raw paths, like axum's; percent-decoded for one that
+  # decodes first, like Go's net/http ServeMux. Hooks must match exactly the
+  # requests the host's handlers serve, so a host matches its route table
+  # against, and sends, the very string its router used; route matching
+  # itself never decodes (schema/conformance/routes.json).
 
   rawQuery @3 :Text;
   # The query string without the leading "?", exactly as the client sent it.

@@ -32,8 +32,11 @@
 #     descriptor 4. A plugin that serves the lane on it says so in
 #     PluginInfo.lane; the daemon then sends hook calls there.
 #   * host face: a host opens a second connection to the daemon's socket and
-#     writes the 8 bytes "DPLANE1\n"; the daemon answers with the same 8
-#     bytes and then serves dispatch calls on the connection.
+#     writes the 8 bytes "DPLANE2\n" followed by the 16-byte sessionToken
+#     openHost returned (daemon.capnp); the daemon answers one byte, 1, and
+#     then serves dispatch calls on the connection until it or the session
+#     ends; or 0 followed by why it refused (text, until it closes: a token
+#     of no open session, an older preamble version).
 #   * direct lanes: a host asks for a lane to one plugin on its frame socket
 #     (stream.capnp: laneRequest); the daemon hands each side one end of a
 #     new socket pair (LaneGrant), with no preamble. The host sends hook

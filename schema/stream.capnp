@@ -15,8 +15,10 @@
 # into one packet is what makes them cheap; packets are at most 192 KiB).
 # A packet with file descriptors (SCM_RIGHTS: a PoolAdd's memfd, a lane's
 # socket) carries exactly one message, the one they belong to. Plugins find
-# theirs at file descriptor 5. A host writes the 9 bytes "DPFRAME1\n" on a
-# new connection to the daemon's socket; the daemon answers with one byte:
+# theirs at file descriptor 5. A host writes the 9 bytes "DPFRAME2\n" and
+# the 16-byte sessionToken openHost returned (daemon.capnp) on a new
+# connection to the daemon's socket (the socket is closed when that session
+# ends); the daemon answers with one byte:
 # 1 with a socket file descriptor (SCM_RIGHTS), the host's frame socket;
 # or 0 followed by why it refused (text, until the daemon closes the
 # connection). docs/host-protocol.md has the sequence.

@@ -29,7 +29,7 @@ func TestSystemdInstall(t *testing.T) {
 		t.Fatalf("make install: %v\n%s", err, out)
 	}
 	for _, f := range []string{
-		"usr/local/bin/dimplugd", "usr/local/bin/dimplugctl",
+		"usr/local/bin/dimplugd", "usr/local/bin/dimplugctl", "usr/local/bin/dimplugd-conformance-plugin",
 		"etc/systemd/system/dimplugd.service", "etc/systemd/system/dimplugd.socket",
 		"etc/sysusers.d/dimplugd.conf", "etc/dimplugd/config.toml",
 		"usr/local/share/doc/dimplugd/operate-systemd.md",

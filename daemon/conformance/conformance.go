@@ -262,6 +262,8 @@ func (k *kit) startDaemon(ctx context.Context) error {
 	}
 	k.daemon = exec.Command(k.cfg.Daemon, args...)
 	k.daemon.Stdout, k.daemon.Stderr = k.daemonLog, k.daemonLog
+	// The daemon does not outlive the kit, even one that is killed.
+	k.daemon.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
 	if err := k.daemon.Start(); err != nil {
 		return fmt.Errorf("start %s: %w", k.cfg.Daemon, err)
 	}

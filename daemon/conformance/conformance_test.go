@@ -175,6 +175,12 @@ func (f *faulty) Match(ctx context.Context, template, path string) (*MatchAnswer
 }
 
 func (f *faulty) Dispatch(ctx context.Context, q *DispatchQuery) (*DispatchAnswer, error) {
+	if f.fault == "no cancel" && q.TimeoutMs > 0 && q.TimeoutMs < 1000 {
+		// Gives up on the call when its client does, but lets it run on.
+		go f.GoDriver.Dispatch(context.WithoutCancel(ctx), &DispatchQuery{Phase: q.Phase, Method: q.Method, Path: q.Path, Query: q.Query, Header: q.Header})
+		time.Sleep(time.Duration(q.TimeoutMs) * time.Millisecond)
+		return nil, context.DeadlineExceeded
+	}
 	a, err := f.GoDriver.Dispatch(ctx, q)
 	if err != nil {
 		return a, err
@@ -224,6 +230,7 @@ func TestKitCatchesFaults(t *testing.T) {
 		{"fail open always", "^(deadline|error)/", []string{"deadline/fail-closed", "error/policies"}},
 		{"late", "^deadline/", []string{"deadline/fail-open", "deadline/fail-closed"}},
 		{"no lanes", "^direct/granted$", []string{"direct/granted"}},
+		{"no cancel", "^cancel$", []string{"cancel"}},
 	} {
 		t.Run(tc.fault, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)

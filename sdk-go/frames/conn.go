@@ -503,7 +503,8 @@ func closeFiles(files []*os.File) {
 
 // SendFD writes b with f's descriptor attached (SCM_RIGHTS) on c, a stream
 // or datagram Unix socket. It is the daemon's side of the host handshake
-// ("DPFRAME1\n" → one byte and the host's frame socket). The caller keeps f.
+// (wire.FramesPreamble and a token → one byte and the host's frame
+// socket). The caller keeps f.
 func SendFD(c *net.UnixConn, b []byte, f *os.File) error {
 	var files []*os.File
 	if f != nil {

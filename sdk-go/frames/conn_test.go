@@ -560,12 +560,12 @@ func TestSendRecvFDHandshake(t *testing.T) {
 	daemon, host := streamPair(t)
 
 	// host → daemon: the preamble.
-	_, err := host.Write([]byte("DPFRAME1\n"))
+	_, err := host.Write([]byte("DPFRAME2\n"))
 	must(t, err)
 	pre := make([]byte, 9)
 	_, err = io.ReadFull(daemon, pre)
 	must(t, err)
-	if string(pre) != "DPFRAME1\n" {
+	if string(pre) != "DPFRAME2\n" {
 		t.Fatalf("preamble %q", pre)
 	}
 

@@ -8,6 +8,7 @@
 package host
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -26,6 +27,7 @@ import (
 	"github.com/dimplugd/dimplugd/sdk-go/errdefs"
 	"github.com/dimplugd/dimplugd/sdk-go/manifest"
 	"github.com/dimplugd/dimplugd/sdk-go/schema"
+	"github.com/dimplugd/dimplugd/sdk-go/termesc"
 	"github.com/dimplugd/dimplugd/sdk-go/wire"
 )
 
@@ -199,6 +201,7 @@ type link struct {
 	conn    *rpc.Conn
 	s       schema.HostSession
 	version uint16
+	token   []byte // the session's token: opens its hook lane and frame socket
 	// lane is the hook lane; nil: dispatch over RPC. A lane that breaks
 	// while the RPC connection lives on is replaced in the background
 	// (laneBroke); reopening ends with the link.
@@ -276,7 +279,7 @@ func (l *link) laneBroke(s *Session, lane *wire.LaneClient) {
 			case <-time.After(wait):
 			}
 			ctx, cancel := context.WithTimeout(s.stopCtx, 5*time.Second)
-			nl, err := openLane(ctx, s.socket)
+			nl, err := openLane(ctx, s.socket, l.token)
 			cancel()
 			if err == nil {
 				l.lane.Store(nl)
@@ -344,7 +347,11 @@ func (s *Session) connect(ctx context.Context) (*link, error) {
 	if err != nil {
 		return nil, err
 	}
-	l := &link{conn: conn, s: res.Session().AddRef(), version: res.Version(), next: make(chan struct{})}
+	token, err := res.SessionToken()
+	if err != nil {
+		return nil, fmt.Errorf("openHost: %w", err)
+	}
+	l := &link{conn: conn, s: res.Session().AddRef(), version: res.Version(), token: bytes.Clone(token), next: make(chan struct{})}
 	if err := s.watch(ctx, l); err != nil {
 		l.close()
 		return nil, err
@@ -352,7 +359,7 @@ func (s *Session) connect(ctx context.Context) (*link, error) {
 	if !s.opts.noLane {
 		// A daemon without the lane closes the connection; dispatch
 		// then stays on RPC.
-		if lane, err := openLane(ctx, s.socket); err == nil {
+		if lane, err := openLane(ctx, s.socket, l.token); err == nil {
 			l.lane.Store(lane)
 		}
 	}
@@ -563,7 +570,7 @@ func negotiated[R interface {
 }
 
 // openLane opens a hook lane to the daemon (see schema/lane.capnp).
-func openLane(ctx context.Context, socket string) (*wire.LaneClient, error) {
+func openLane(ctx context.Context, socket string, token []byte) (*wire.LaneClient, error) {
 	var d net.Dialer
 	c, err := d.DialContext(ctx, "unix", socket)
 	if err != nil {
@@ -572,13 +579,17 @@ func openLane(ctx context.Context, socket string) (*wire.LaneClient, error) {
 	if dl, ok := ctx.Deadline(); ok {
 		c.SetDeadline(dl)
 	}
-	buf := make([]byte, len(wire.LanePreamble))
-	if _, err := io.WriteString(c, wire.LanePreamble); err != nil {
+	if _, err := c.Write(wire.LanePreambleWithToken(token)); err != nil {
 		c.Close()
 		return nil, err
 	}
-	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != wire.LanePreamble {
+	answer := make([]byte, 1)
+	if _, err := io.ReadFull(c, answer); err != nil || answer[0] != wire.PreambleOK {
+		why, _ := io.ReadAll(io.LimitReader(c, 4<<10))
 		c.Close()
+		if err == nil && len(why) > 0 {
+			return nil, fmt.Errorf("dimplugd refused the hook lane: %s", termesc.String(string(why)))
+		}
 		return nil, fmt.Errorf("the daemon does not serve the hook lane")
 	}
 	c.SetDeadline(time.Time{})

@@ -19,11 +19,8 @@ import (
 	"github.com/dimplugd/dimplugd/sdk-go/frames"
 	"github.com/dimplugd/dimplugd/sdk-go/schema"
 	"github.com/dimplugd/dimplugd/sdk-go/termesc"
+	"github.com/dimplugd/dimplugd/sdk-go/wire"
 )
-
-// FramesPreamble opens a frame socket on the daemon's socket (see
-// schema/stream.capnp).
-const FramesPreamble = "DPFRAME1\n"
 
 // InlineMax is the largest frame Send puts inside a message rather than in
 // shared memory. Messages are batched, so what inline costs is the copies:
@@ -99,7 +96,29 @@ type frameClient struct {
 	flushDone chan struct{} // closed when the flusher ends
 }
 
-func dialFrames(ctx context.Context, s *Session, socket string, poolSize int64) (*frameClient, error) {
+// dialFrames opens the session's frame socket, tied to the link's session
+// by its token (wire.FramesPreamble).
+func dialFrames(ctx context.Context, s *Session, socket string, token []byte, poolSize int64) (*frameClient, error) {
+	f, err := openFrameSocket(ctx, socket, token)
+	if err != nil {
+		return nil, err
+	}
+	conn, err := frames.FileConn(f)
+	f.Close()
+	if err != nil {
+		return nil, err
+	}
+	fc := &frameClient{s: s, conn: conn, maps: frames.NewMappings(), alloc: frames.NewProducer(conn, poolSize),
+		streams: map[uint64]*Stream{}, done: make(chan struct{}),
+		flushWake: make(chan struct{}, 1), flushDone: make(chan struct{})}
+	go fc.read()
+	go fc.flusher()
+	return fc, nil
+}
+
+// openFrameSocket asks the daemon on socket for a frame socket of the
+// session token names.
+func openFrameSocket(ctx context.Context, socket string, token []byte) (*os.File, error) {
 	var d net.Dialer
 	c, err := d.DialContext(ctx, "unix", socket)
 	if err != nil {
@@ -110,7 +129,7 @@ func dialFrames(ctx context.Context, s *Session, socket string, poolSize int64) 
 	if dl, ok := ctx.Deadline(); ok {
 		uc.SetDeadline(dl)
 	}
-	if _, err := io.WriteString(uc, FramesPreamble); err != nil {
+	if _, err := uc.Write(append([]byte(wire.FramesPreamble), token...)); err != nil {
 		return nil, err
 	}
 	buf := make([]byte, 512)
@@ -124,17 +143,21 @@ func dialFrames(ctx context.Context, s *Session, socket string, poolSize int64) 
 		}
 		return nil, errors.New("the daemon answered without a frame socket")
 	}
-	conn, err := frames.FileConn(f)
-	f.Close()
-	if err != nil {
-		return nil, err
+	return f, nil
+}
+
+// OpenFrameSocket opens one more frame socket of this session and hands it
+// over, for a host (or a tool) that speaks schema/stream.capnp itself; the
+// session's own streams and direct lanes use a socket of their own. The
+// socket is a SOCK_SEQPACKET Unix socket; the daemon closes it when the
+// session's connection ends. It counts against the daemon's frame
+// sockets per uid.
+func (s *Session) OpenFrameSocket(ctx context.Context) (*os.File, error) {
+	l := s.link.Load()
+	if l == nil {
+		return nil, ErrDaemonAway
 	}
-	fc := &frameClient{s: s, conn: conn, maps: frames.NewMappings(), alloc: frames.NewProducer(conn, poolSize),
-		streams: map[uint64]*Stream{}, done: make(chan struct{}),
-		flushWake: make(chan struct{}, 1), flushDone: make(chan struct{})}
-	go fc.read()
-	go fc.flusher()
-	return fc, nil
+	return openFrameSocket(ctx, s.socket, l.token)
 }
 
 // frameRefusal reads why the daemon refused a frame socket: a 0 byte and
@@ -519,7 +542,8 @@ var ErrStreamCut = errors.New("dimplugd went away: the stream was cut off (open 
 // frameClient returns the session's frame socket to the current daemon,
 // opening one when there is none or the last one ended with its daemon.
 func (s *Session) frameClient(ctx context.Context) (*frameClient, error) {
-	if s.link.Load() == nil {
+	l := s.link.Load()
+	if l == nil {
 		return nil, ErrDaemonAway
 	}
 	s.mu.Lock()
@@ -533,7 +557,7 @@ func (s *Session) frameClient(ctx context.Context) (*frameClient, error) {
 			return fc, nil
 		}
 	}
-	fc, err := dialFrames(ctx, s, s.socket, DefaultPoolSize)
+	fc, err := dialFrames(ctx, s, s.socket, l.token, DefaultPoolSize)
 	if err != nil {
 		return nil, err
 	}

@@ -192,7 +192,7 @@ func (c Daemon_openHost) Args() Daemon_openHost_Params {
 
 // AllocResults allocates the results struct.
 func (c Daemon_openHost) AllocResults() (Daemon_openHost_Results, error) {
-	r, err := c.Call.AllocResults(capnp.ObjectSize{DataSize: 8, PointerCount: 2})
+	r, err := c.Call.AllocResults(capnp.ObjectSize{DataSize: 8, PointerCount: 3})
 	return Daemon_openHost_Results(r), err
 }
 
@@ -333,12 +333,12 @@ type Daemon_openHost_Results capnp.Struct
 const Daemon_openHost_Results_TypeID = 0x9007c8fc8bfc2ab4
 
 func NewDaemon_openHost_Results(s *capnp.Segment) (Daemon_openHost_Results, error) {
-	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 8, PointerCount: 2})
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 8, PointerCount: 3})
 	return Daemon_openHost_Results(st), err
 }
 
 func NewRootDaemon_openHost_Results(s *capnp.Segment) (Daemon_openHost_Results, error) {
-	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 8, PointerCount: 2})
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 8, PointerCount: 3})
 	return Daemon_openHost_Results(st), err
 }
 
@@ -423,12 +423,25 @@ func (s Daemon_openHost_Results) SetSession(v HostSession) error {
 	return capnp.Struct(s).SetPtr(1, in.ToPtr())
 }
 
+func (s Daemon_openHost_Results) SessionToken() ([]byte, error) {
+	p, err := capnp.Struct(s).Ptr(2)
+	return []byte(p.Data()), err
+}
+
+func (s Daemon_openHost_Results) HasSessionToken() bool {
+	return capnp.Struct(s).HasPtr(2)
+}
+
+func (s Daemon_openHost_Results) SetSessionToken(v []byte) error {
+	return capnp.Struct(s).SetData(2, v)
+}
+
 // Daemon_openHost_Results_List is a list of Daemon_openHost_Results.
 type Daemon_openHost_Results_List = capnp.StructList[Daemon_openHost_Results]
 
 // NewDaemon_openHost_Results creates a new list of Daemon_openHost_Results.
 func NewDaemon_openHost_Results_List(s *capnp.Segment, sz int32) (Daemon_openHost_Results_List, error) {
-	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 8, PointerCount: 2}, sz)
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 8, PointerCount: 3}, sz)
 	return capnp.StructList[Daemon_openHost_Results](l), err
 }
 

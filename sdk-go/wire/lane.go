@@ -18,9 +18,27 @@ import (
 	"github.com/dimplugd/dimplugd/sdk-go/schema"
 )
 
-// LanePreamble opens a host's hook lane on the daemon's socket; the daemon
-// echoes it. See schema/lane.capnp.
-const LanePreamble = "DPLANE1\n"
+// The preambles that open a host's other connections on the daemon's host
+// socket, each followed by the TokenLen bytes of the session token openHost
+// returned (schema/daemon.capnp): the hook lane (schema/lane.capnp) and the
+// frame socket (schema/stream.capnp). The daemon answers the lane's with
+// PreambleOK, or PreambleRefused and why (text, until it closes the
+// connection); the frame socket's the same way, PreambleOK carrying the
+// socket's file descriptor. The digit is the preamble's version: a daemon
+// refuses one it does not speak, naming those it does.
+const (
+	LanePreamble   = "DPLANE2\n"
+	FramesPreamble = "DPFRAME2\n"
+	TokenLen       = 16
+
+	PreambleOK      byte = 1
+	PreambleRefused byte = 0
+)
+
+// LanePreambleWithToken is what a host writes to open its hook lane.
+func LanePreambleWithToken(token []byte) []byte {
+	return append([]byte(LanePreamble), token...)
+}
 
 // maxLaneFrame bounds one frame (length prefix excluded).
 const maxLaneFrame = MaxMessageSize + 8

@@ -55,15 +55,29 @@ func (c *conf) common(ctx context.Context, a string) error {
 		select {
 		case <-t.C:
 		case <-ctx.Done():
-			c.mu.Lock()
-			c.cancels++
-			c.mu.Unlock()
+			if cancelledEarly(ctx) {
+				c.mu.Lock()
+				c.cancels++
+				c.mu.Unlock()
+			}
 			return ctx.Err()
 		}
 	case a == "fail":
 		return errors.New("failing as the request asked")
 	}
 	return nil
+}
+
+// cancelledEarly reports whether ctx ended by a cancellation well before
+// its deadline: the host (or the daemon for it) gave up on the call, as
+// opposed to the deadline passing, when the plugin's own timer and a cancel
+// race.
+func cancelledEarly(ctx context.Context) bool {
+	if !errors.Is(ctx.Err(), context.Canceled) {
+		return false
+	}
+	dl, ok := ctx.Deadline()
+	return !ok || time.Until(dl) > 100*time.Millisecond
 }
 
 func (c *conf) HookRequest(ctx context.Context, hook string, req *plugin.Request) (*plugin.Response, error) {

@@ -532,6 +532,7 @@ async fn call_hook(
         }
         crate::lane::encode(&m)
     };
+    let start = Instant::now();
     let call = lane.call(body);
     let res = if hook.deadline.is_zero() {
         call.await
@@ -547,6 +548,15 @@ async fn call_hook(
         Ok(r) => r,
         Err(LaneError::Closed(_) | LaneError::Stopping) => {
             return Err(err(HookErrorKind::Unavailable, format!("stopped while handling the request {place}")))
+        }
+        // The plugin enforces the same deadline and may answer with its own
+        // "context deadline exceeded" a moment before the timer above fires:
+        // a timeout all the same (sdk-go/wire.CallError).
+        Err(LaneError::Remote(text))
+            if !hook.deadline.is_zero()
+                && (start.elapsed() >= hook.deadline || text.ends_with("context deadline exceeded")) =>
+        {
+            return Err(err(HookErrorKind::Timeout, format!("exceeded its {:?} deadline {place}", hook.deadline)))
         }
         Err(LaneError::Remote(text)) => {
             return Err(match text.strip_prefix("[unavailable] ") {

@@ -1,5 +1,5 @@
 //! The host's frame socket (schema/stream.capnp), as far as direct lanes
-//! need it: opened with "DPFRAME1\n" on a new connection to the daemon's
+//! need it: opened with "DPFRAME2\n" and the session token on a new connection to the daemon's
 //! socket (the daemon answers one byte, 1, and the socket's descriptor as
 //! SCM_RIGHTS; or 0 and why), it is a SOCK_SEQPACKET socket whose packets
 //! carry FrameMsgs back to back. The host sends `laneRequest` and
@@ -22,8 +22,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::schema::stream_capnp::frame_msg;
 
-/// What a host writes to get its frame socket.
-const FRAMES_PREAMBLE: &[u8; 9] = b"DPFRAME1\n";
+/// What a host writes to get its frame socket, followed by its session's
+/// token (schema/daemon.capnp: openHost's sessionToken).
+const FRAMES_PREAMBLE: &[u8; 9] = b"DPFRAME2\n";
 /// The largest packet (sdk-go/frames.MaxPacket).
 const MAX_PACKET: usize = 192 << 10;
 /// The most descriptors one packet carries (sdk-go/frames.MaxFDs).
@@ -40,11 +41,14 @@ pub(crate) struct FrameClient {
 }
 
 impl FrameClient {
-    /// Opens the frame socket; must run inside a tokio runtime, which runs
-    /// its reader. `on_lane` is called (from the reader) for every grant.
-    pub(crate) async fn open(socket: &Path, on_lane: OnLane) -> io::Result<FrameClient> {
+    /// Opens the frame socket of the session `token` names; must run
+    /// inside a tokio runtime, which runs its reader. `on_lane` is called
+    /// (from the reader) for every grant.
+    pub(crate) async fn open(socket: &Path, token: &[u8], on_lane: OnLane) -> io::Result<FrameClient> {
         let mut c = UnixStream::connect(socket).await?;
-        c.write_all(FRAMES_PREAMBLE).await?;
+        let mut preamble = FRAMES_PREAMBLE.to_vec();
+        preamble.extend_from_slice(token);
+        c.write_all(&preamble).await?;
         let mut buf = [0u8; 512];
         let (n, mut fds) = loop {
             c.readable().await?;

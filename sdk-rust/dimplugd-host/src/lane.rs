@@ -20,8 +20,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::schema::lane_capnp::lane_frame;
 
-/// What a host writes (and the daemon echoes) to open its hook lane.
-pub(crate) const LANE_PREAMBLE: &[u8; 8] = b"DPLANE1\n";
+/// What a host writes, followed by its session token, to open its hook lane.
+pub(crate) const LANE_PREAMBLE: &[u8; 8] = b"DPLANE2\n";
 
 /// The largest frame: a 64 MiB message and its call id.
 const MAX_FRAME: usize = (64 << 20) + 8;
@@ -96,17 +96,29 @@ impl LaneClient {
     }
 
     /// Opens the host's hook lane on the daemon's socket: a new connection,
-    /// the preamble written and echoed.
+    /// the preamble and the session's token written, one byte answered (1:
+    /// served; 0: refused, followed by why).
     pub(crate) async fn open_host_lane(
         socket: &std::path::Path,
+        token: &[u8],
         traversal_limit_words: usize,
     ) -> std::io::Result<LaneClient> {
         let mut c = UnixStream::connect(socket).await?;
-        c.write_all(LANE_PREAMBLE).await?;
-        let mut buf = [0u8; 8];
-        c.read_exact(&mut buf).await?;
-        if &buf != LANE_PREAMBLE {
-            return Err(std::io::Error::other("the daemon does not serve the hook lane"));
+        let mut preamble = LANE_PREAMBLE.to_vec();
+        preamble.extend_from_slice(token);
+        c.write_all(&preamble).await?;
+        let mut answer = [0u8; 1];
+        c.read_exact(&mut answer).await?;
+        if answer[0] != 1 {
+            let mut why = Vec::new();
+            let _ = (&mut c).take(4 << 10).read_to_end(&mut why).await;
+            if why.is_empty() {
+                return Err(std::io::Error::other("the daemon does not serve the hook lane"));
+            }
+            return Err(std::io::Error::other(format!(
+                "dimplugd refused the hook lane: {}",
+                String::from_utf8_lossy(&why)
+            )));
         }
         Ok(LaneClient::new(c, traversal_limit_words))
     }

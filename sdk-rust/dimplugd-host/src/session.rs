@@ -111,6 +111,8 @@ pub(crate) struct Inner {
 struct LinkInfo {
     version: u16,
     daemon_versions: Arc<[u16]>,
+    /// The session's token: opens its hook lane and frame socket.
+    token: Arc<[u8]>,
     /// The hook lane to the daemon; None: dispatch over RPC.
     lane: Option<LaneClient>,
 }
@@ -159,7 +161,8 @@ impl Inner {
                 inner.lane_granted(plugin, lane);
             }
         });
-        let c = Arc::new(FrameClient::open(&self.socket, on_lane).await.ok()?);
+        let token = self.link.lock().unwrap().as_ref().map(|l| l.token.clone())?;
+        let c = Arc::new(FrameClient::open(&self.socket, &token, on_lane).await.ok()?);
         *fc = Some(c.clone());
         Some(c)
     }
@@ -630,7 +633,7 @@ async fn connect(inner: &Arc<Inner>, socket: &Path, opts: &Options) -> Result<Li
             if opts.hook_lane {
                 // A daemon without the lane closes the connection: dispatch
                 // then stays on RPC.
-                let open = LaneClient::open_host_lane(socket, opts.traversal_limit_words);
+                let open = LaneClient::open_host_lane(socket, &info.token, opts.traversal_limit_words);
                 info.lane = tokio::time::timeout(Duration::from_secs(2), open).await.ok().and_then(|r| r.ok());
             }
             Ok(Link { session, rpc: rpc_task, disconnector, info })
@@ -665,7 +668,8 @@ async fn open_host(
     if !opts.versions.contains(&version) {
         return Err(Error::Protocol(format!("the daemon chose version {version}, which this host did not offer")));
     }
-    Ok((r.get_session()?, LinkInfo { version, daemon_versions: theirs.into(), lane: None }))
+    let token: Arc<[u8]> = r.get_session_token()?.into();
+    Ok((r.get_session()?, LinkInfo { version, daemon_versions: theirs.into(), token, lane: None }))
 }
 
 /// The RouteWatcher the session hands the daemon: each pushed table
