@@ -575,3 +575,40 @@ func TestHostThatDoesNotRead(t *testing.T) {
 	}
 	checkHostsWork(t, td, context.Background())
 }
+
+// A host asking for direct lanes to one plugin in a loop gets at most
+// maxLaneGrants of them (each is a socket in the plugin), then refusals
+// that say why.
+func TestHostileLaneRequestLoop(t *testing.T) {
+	td := startWithPlugins(t, fastSupervision, testPlugin{name: "laned", frames: "pass",
+		extra: hooks("request", "GET", "/l/:id", "2s", "fail-open", 0)})
+	conn, _ := rawFrameClient(t, td.socket)
+	const asks = maxLaneGrants + 4
+	for range asks {
+		if err := conn.Send(func(m schema.FrameMsg) error { return m.SetLaneRequest("laned") }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var granted, refused int
+	var why string
+	for granted+refused < asks {
+		msg, fm, fds, err := conn.Recv()
+		if err != nil {
+			t.Fatalf("after %d grants and %d refusals: %v", granted, refused, err)
+		}
+		closeAll(fds)
+		if fm.Which() == schema.FrameMsg_Which_lane {
+			g, _ := fm.Lane()
+			if g.HasError() {
+				refused++
+				why, _ = g.Error()
+			} else {
+				granted++
+			}
+		}
+		msg.Release()
+	}
+	if granted != maxLaneGrants || !strings.Contains(why, "the cap per plugin instance") {
+		t.Fatalf("%d lanes granted, %d refused (%q); want %d granted and the rest refused naming the cap", granted, refused, why, maxLaneGrants)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/http"
 	"strings"
 	"sync"
 	"testing"
@@ -154,4 +155,53 @@ func TestRouteWatcherRetries(t *testing.T) {
 	got := fw.last()
 	td.install(t, pluginDir(t, testplugManifest("watched2", nil, hooks("request", "GET", "/watched2/:id", "1s", "fail-open", 0))))
 	waitFor(t, 20*time.Second, "a newer table after the retries", func() bool { return fw.last() > got })
+}
+
+// TestLaneDisconnectCancels: when a host's hook lane closes with calls in
+// flight, the daemon cancels them at once (the plugin stops working for
+// nobody) instead of letting them run to their deadlines.
+func TestLaneDisconnectCancels(t *testing.T) {
+	td := startWithPlugins(t, fastSupervision, testPlugin{name: "slow", extra: hooks("request", "GET", "/slow/:id", "20s", "fail-open", 0)})
+	token := rawHostSession(t, td.socket)
+	c, err := net.Dial("unix", td.socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Write(wire.LanePreambleWithToken(token)); err != nil {
+		t.Fatal(err)
+	}
+	if b := make([]byte, 1); func() error { _, err := io.ReadFull(c, b); return err }() != nil || b[0] != wire.PreambleOK {
+		t.Fatal("hook lane refused")
+	}
+	lane := wire.NewLaneClient(c)
+	before := td.dispatches.Load()
+	called := make(chan error, 1)
+	go func() {
+		_, _, err := lane.Call(context.Background(), func(f schema.LaneFrame) error {
+			ld, err := f.NewDispatch()
+			if err != nil {
+				return err
+			}
+			ld.SetPhase(schema.Phase_request)
+			rq, err := ld.NewRequest()
+			if err != nil {
+				return err
+			}
+			return wire.WriteRequest(rq, &wire.Request{Method: "GET", Path: "/slow/1", RawQuery: "sleep=15s", Header: http.Header{}})
+		})
+		called <- err
+	}()
+	cancelled := func() uint64 {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		st, err := td.ctl.Inspect(ctx, "slow")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st.Hooks[0].ByPolicy["cancelled"]
+	}
+	waitFor(t, 5*time.Second, "the call at the daemon", func() bool { return td.dispatches.Load() >= before+1 })
+	lane.Close()
+	<-called
+	waitFor(t, 5*time.Second, "the call cancelled after its host's lane closed (its deadline is 20 s, the plugin sleeps 15 s)", func() bool { return cancelled() >= 1 })
 }

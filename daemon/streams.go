@@ -78,6 +78,9 @@ type framePeer struct {
 	goneCh chan struct{}
 	why    string
 	lanes  map[string]bool // a host's: plugins it was granted a direct lane to
+	// laneGrants counts a host's grants per plugin instance, capped at
+	// maxLaneGrants: each is a socket in the plugin.
+	laneGrants map[laneGrantKey]int
 	// rebound is closed when the plugin answers a rebind (see
 	// expectRebound); under the hub's lock.
 	rebound chan struct{}
@@ -1635,6 +1638,15 @@ func (h *frameHub) expectRebound(p *framePeer) <-chan struct{} {
 	return ch
 }
 
+// maxLaneGrants bounds the direct lanes one frame socket may be granted to
+// one plugin instance: a host needs one (a few after lanes broke); each is
+// a socket and a goroutine in the plugin, which a host asking in a loop
+// must not exhaust.
+const maxLaneGrants = 16
+
+// laneGrantKey is a plugin instance a host was granted lanes to.
+type laneGrantKey struct{ plugin, instance string }
+
 // grantLaneLocked sets up a direct hook lane between a host and a running
 // plugin: a socketpair whose ends go to each over their frame sockets. The
 // host then calls the plugin's only hook of a phase itself; everything else
@@ -1674,11 +1686,20 @@ func (h *frameHub) grantLaneLocked(hostPeer *framePeer, plugin string) {
 		refuse(fmt.Sprintf("plugin %q closed its frame socket; calls to it go through the daemon", plugin))
 		return
 	}
+	key := laneGrantKey{plugin, inst.id}
+	if n := hostPeer.laneGrants[key]; n >= maxLaneGrants {
+		refuse(fmt.Sprintf("this frame socket was granted %d direct lanes to plugin %q already (the cap per plugin instance): use them; after the plugin restarts, ask again", n, plugin))
+		return
+	}
 	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
 	if err != nil {
 		refuse("socketpair: " + err.Error())
 		return
 	}
+	if hostPeer.laneGrants == nil {
+		hostPeer.laneGrants = map[laneGrantKey]int{}
+	}
+	hostPeer.laneGrants[key]++ // counted once the plugin holds its end
 	pluginEnd, hostEnd := os.NewFile(uintptr(fds[0]), "direct-lane"), os.NewFile(uintptr(fds[1]), "direct-lane")
 	grant := func(to *framePeer, f *os.File) error { // the message owns f
 		return to.send(func(m schema.FrameMsg) error {

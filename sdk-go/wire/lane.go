@@ -40,6 +40,49 @@ func LanePreambleWithToken(token []byte) []byte {
 	return append([]byte(LanePreamble), token...)
 }
 
+// A lane's peer may have at most MaxLaneCallsInFlight calls, holding at
+// most MaxLaneBytesInFlight bytes of requests, in flight: past either, the
+// serving side reads nothing more (cancel frames included) until a call
+// ends. Calls end by their deadlines at the latest, so the wait is bounded.
+const (
+	MaxLaneCallsInFlight = 1024
+	MaxLaneBytesInFlight = 256 << 20
+)
+
+// callLimit counts calls in flight and their bytes.
+type callLimit struct {
+	mu             sync.Mutex
+	cond           sync.Cond
+	n, bytes       int64
+	maxN, maxBytes int64
+}
+
+func newCallLimit(maxN, maxBytes int64) *callLimit {
+	l := &callLimit{maxN: maxN, maxBytes: maxBytes}
+	l.cond.L = &l.mu
+	return l
+}
+
+// acquire waits until one more call of size bytes fits; a call larger than
+// the byte bound fits when nothing else is in flight.
+func (l *callLimit) acquire(size int64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for l.n >= l.maxN || (l.n > 0 && l.bytes+size > l.maxBytes) {
+		l.cond.Wait()
+	}
+	l.n++
+	l.bytes += size
+}
+
+func (l *callLimit) release(size int64) {
+	l.mu.Lock()
+	l.n--
+	l.bytes -= size
+	l.mu.Unlock()
+	l.cond.Broadcast()
+}
+
 // maxLaneFrame bounds one frame (length prefix excluded).
 const maxLaneFrame = MaxMessageSize + 8
 
@@ -254,10 +297,11 @@ func serveLane(ctx context.Context, c net.Conn, h LaneHandler, lim *Limits, good
 	}()
 
 	var (
-		wmu      sync.Mutex
-		mu       sync.Mutex
-		inflight = map[uint64]context.CancelFunc{}
-		wg       sync.WaitGroup
+		wmu           sync.Mutex
+		mu            sync.Mutex
+		inflight      = map[uint64]context.CancelFunc{}
+		wg            sync.WaitGroup
+		inflightLimit = newCallLimit(MaxLaneCallsInFlight, MaxLaneBytesInFlight)
 	)
 	r := bufio.NewReaderSize(c, 64<<10)
 	read := func() (uint64, *capnp.Message, error) { return readFrame(r) }
@@ -282,6 +326,8 @@ func serveLane(ctx context.Context, c net.Conn, h LaneHandler, lim *Limits, good
 			msg.Release()
 			continue
 		}
+		size, _ := msg.TotalSize()
+		inflightLimit.acquire(int64(size)) // back-pressure: no more reads until calls end
 		cctx, cancel := context.WithCancel(ctx)
 		mu.Lock()
 		inflight[id] = cancel
@@ -289,6 +335,7 @@ func serveLane(ctx context.Context, c net.Conn, h LaneHandler, lim *Limits, good
 		wg.Add(1)
 		go func() { // one per request; ends when the handler returns
 			defer wg.Done()
+			defer inflightLimit.release(int64(size))
 			defer func() {
 				mu.Lock()
 				delete(inflight, id)
@@ -329,6 +376,9 @@ func serveLane(ctx context.Context, c net.Conn, h LaneHandler, lim *Limits, good
 		return nil
 	default:
 	}
+	// The peer is gone (or sent garbage): nobody waits for the answers of
+	// the calls in flight, so they stop now rather than at their deadlines.
+	cancelAll()
 	c.Close()
 	wg.Wait()
 	if peerGone(err) {
