@@ -1,6 +1,7 @@
 package conformance
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -42,6 +43,7 @@ var cases = []kitCase{
 	{"error/policies", "", caseErrors},
 	{"direct/granted", FeatureDirectLanes, caseDirectGranted},
 	{"direct/reported", FeatureDirectLanes, caseDirectReported},
+	{"stream/chain", FeatureStreams, caseStreamChain},
 	{"restart/plugin", "", caseRestartPlugin},
 	{"restart/daemon", "", caseRestartDaemon},
 }
@@ -686,5 +688,38 @@ func caseRestartDaemon(ctx context.Context, k *kit) error {
 		return fmt.Errorf("the daemon started again: the host did not come back: %w; last answer %s", err, describe(last))
 	}
 	k.logf("the host dispatched again %s after the daemon started", time.Since(started).Round(time.Millisecond))
+	return nil
+}
+
+// caseStreamChain sends frames of many sizes (inline and in shared memory,
+// one past 1 MiB) through conf-a's and conf-b's transforms and checks what
+// comes back: every frame, in order, changed by conf-a and then conf-b.
+func caseStreamChain(ctx context.Context, k *kit) error {
+	sizes := []int{0, 1, 100, 511, 512, 513, 4096, 64 << 10, 300 << 10, 1536 << 10}
+	q := &StreamQuery{Kind: StreamKind}
+	for i, n := range sizes {
+		b := make([]byte, n)
+		for j := range b {
+			b[j] = byte(i*31 + j*7)
+		}
+		q.Frames = append(q.Frames, b)
+	}
+	a, err := k.drv.Stream(ctx, q)
+	if err != nil {
+		return fmt.Errorf("a stream of %d frames: %w", len(q.Frames), err)
+	}
+	if want := []string{"conf-a/frames", "conf-b/frames"}; !reflect.DeepEqual(a.Chain, want) {
+		return fmt.Errorf("the stream's chain is %q, want %q (transforms by priority)", a.Chain, want)
+	}
+	if len(a.Frames) != len(q.Frames) {
+		return fmt.Errorf("%d frames came back of %d sent", len(a.Frames), len(q.Frames))
+	}
+	for i, in := range q.Frames {
+		want := append([]byte("conf-b:conf-a:"), in...)
+		if !bytes.Equal(a.Frames[i], want) {
+			return fmt.Errorf("frame %d (%d bytes) came back as %d bytes starting %.40q, want %d bytes starting %.40q",
+				i, len(in), len(a.Frames[i]), a.Frames[i], len(want), want)
+		}
+	}
 	return nil
 }

@@ -334,6 +334,8 @@ func kitManifest(name string, priority int) string {
 	m += hook("req", "request", "GET", "/conf/:id", "1s", "fail-open", priority)
 	m += hook("resp", "response", "GET", "/conf/:id", "1s", "fail-open", priority)
 	m += hook("obs", "observe", "GET", "/conf/:id", "1s", "fail-open", priority)
+	m += fmt.Sprintf("\n[[streams]]\nname = \"frames\"\nkind = %q\nrole = \"transform\"\npriority = %d\ndeadline = \"2s\"\nfailure = \"fail-closed\"\n", StreamKind, priority)
+	m += "\n[permissions]\nmemory = \"96MiB\"\n"
 	switch name {
 	case "conf-a":
 		m += hook("solo", "request", "*", "/solo/:id", "300ms", "fail-open", 0)
@@ -343,6 +345,9 @@ func kitManifest(name string, priority int) string {
 	}
 	return m
 }
+
+// StreamKind is the frame kind of the kit's stream stages.
+const StreamKind = "conformance/frames"
 
 // install installs the plugin under name, enabled.
 func (k *kit) install(ctx context.Context, name string, priority int) error {

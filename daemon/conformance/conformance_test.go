@@ -207,6 +207,14 @@ func (f *faulty) Dispatch(ctx context.Context, q *DispatchQuery) (*DispatchAnswe
 	return a, nil
 }
 
+func (f *faulty) Stream(ctx context.Context, q *StreamQuery) (*StreamAnswer, error) {
+	a, err := f.GoDriver.Stream(ctx, q)
+	if err == nil && f.fault == "lost frame" && len(a.Frames) > 0 { // stops reading one frame early
+		a.Frames = a.Frames[:len(a.Frames)-1]
+	}
+	return a, err
+}
+
 func (f *faulty) DirectLane(ctx context.Context, plugin string) (*LaneAnswer, error) {
 	if f.fault == "no lanes" {
 		return &LaneAnswer{}, nil
@@ -231,6 +239,7 @@ func TestKitCatchesFaults(t *testing.T) {
 		{"late", "^deadline/", []string{"deadline/fail-open", "deadline/fail-closed"}},
 		{"no lanes", "^direct/granted$", []string{"direct/granted"}},
 		{"no cancel", "^cancel$", []string{"cancel"}},
+		{"lost frame", "^stream/", []string{"stream/chain"}},
 	} {
 		t.Run(tc.fault, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)

@@ -27,12 +27,17 @@ type Driver interface {
 	Method(ctx context.Context, hook, request string) (bool, error)
 	Dispatch(ctx context.Context, q *DispatchQuery) (*DispatchAnswer, error)
 	DirectLane(ctx context.Context, plugin string) (*LaneAnswer, error)
+	Stream(ctx context.Context, q *StreamQuery) (*StreamAnswer, error)
 	Close() error
 }
 
-// FeatureDirectLanes is the driver feature of hosts that call single-hook
-// routes directly.
-const FeatureDirectLanes = "direct-lanes"
+// Driver features: parts of the contract a host may leave out.
+const (
+	// FeatureDirectLanes: the host calls single-hook routes directly.
+	FeatureDirectLanes = "direct-lanes"
+	// FeatureStreams: the host sends frame streams.
+	FeatureStreams = "streams"
+)
 
 // Hello is the driver's first line.
 type Hello struct {
@@ -130,6 +135,19 @@ type DispatchAnswer struct {
 	Failure   *HookFailure  `json:"failure"`
 	Skipped   []HookFailure `json:"skipped"`
 	ElapsedMs int64         `json:"elapsedMs"`
+}
+
+// StreamQuery asks a host to send frames through a stream of kind and
+// return what comes out of the chain.
+type StreamQuery struct {
+	Kind   string   `json:"kind"`
+	Frames [][]byte `json:"frames"`
+}
+
+// StreamAnswer is what came out: the frames in order, and the chain.
+type StreamAnswer struct {
+	Frames [][]byte `json:"frames"`
+	Chain  []string `json:"chain"`
 }
 
 // LaneAnswer says whether a host holds a direct lane to a plugin.
@@ -380,6 +398,11 @@ func (d *ProcessDriver) Dispatch(ctx context.Context, q *DispatchQuery) (*Dispat
 	req["op"] = "dispatch"
 	var a DispatchAnswer
 	return &a, d.call(ctx, req, &a)
+}
+
+func (d *ProcessDriver) Stream(ctx context.Context, q *StreamQuery) (*StreamAnswer, error) {
+	var a StreamAnswer
+	return &a, d.call(ctx, map[string]any{"op": "stream", "kind": q.Kind, "frames": q.Frames}, &a)
 }
 
 func (d *ProcessDriver) DirectLane(ctx context.Context, plugin string) (*LaneAnswer, error) {

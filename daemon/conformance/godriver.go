@@ -2,8 +2,10 @@ package conformance
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -32,7 +34,7 @@ func DialGoDriver(ctx context.Context, socket string) (*GoDriver, error) {
 }
 
 func (g *GoDriver) Hello() Hello {
-	return Hello{Implementation: "dimplugd sdk-go/host", Features: []string{FeatureDirectLanes}}
+	return Hello{Implementation: "dimplugd sdk-go/host", Features: []string{FeatureDirectLanes, FeatureStreams}}
 }
 
 func (g *GoDriver) Routes(ctx context.Context) (*RoutesAnswer, error) {
@@ -145,6 +147,44 @@ func (g *GoDriver) DirectLane(ctx context.Context, plugin string) (*LaneAnswer, 
 	return &LaneAnswer{Granted: granted, Reason: reason}, nil
 }
 
+// Stream sends the frames and reads what comes back at the same time (a
+// host must read while it writes).
+func (g *GoDriver) Stream(ctx context.Context, q *StreamQuery) (*StreamAnswer, error) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	st, err := g.s.OpenStream(ctx, q.Kind, host.StreamMeta{})
+	if err != nil {
+		return nil, err
+	}
+	defer st.Cancel()
+	sent := make(chan error, 1)
+	go func() { // the writer; ends after the last frame or the first error
+		for i, data := range q.Frames {
+			if err := st.Send(ctx, &host.Frame{Seq: uint64(i), Data: data}); err != nil {
+				sent <- err
+				return
+			}
+		}
+		sent <- st.CloseSend()
+	}()
+	a := &StreamAnswer{Frames: [][]byte{}, Chain: st.Stages()}
+	for {
+		f, err := st.Recv(ctx)
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return nil, err
+		}
+		a.Frames = append(a.Frames, bytes.Clone(f.Data))
+		f.Release()
+	}
+	if err := <-sent; err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
 func (g *GoDriver) Close() error { return g.s.Close() }
 
 // ServeDriver speaks the driver protocol for d on in and out: the hello
@@ -181,15 +221,20 @@ func ServeDriver(ctx context.Context, d Driver, in io.Reader, out io.Writer) err
 		if err := json.Unmarshal(line, &m); err != nil {
 			return fmt.Errorf("%w: request %.200q: %v", errdefs.ErrInvalid, line, err)
 		}
-		if m.Op == "dispatch" {
-			if err := json.Unmarshal(line, &q); err != nil {
-				return fmt.Errorf("%w: request %.200q: %v", errdefs.ErrInvalid, line, err)
-			}
+		var sq StreamQuery
+		switch m.Op {
+		case "dispatch":
+			err = json.Unmarshal(line, &q)
+		case "stream":
+			err = json.Unmarshal(line, &sq)
+		}
+		if err != nil {
+			return fmt.Errorf("%w: request %.200q: %v", errdefs.ErrInvalid, line, err)
 		}
 		wg.Add(1)
 		go func() { // one per request; ends with its answer
 			defer wg.Done()
-			answer, err := serveOne(ctx, d, &m, &q)
+			answer, err := serveOne(ctx, d, &m, &q, &sq)
 			if err != nil {
 				write(message{ID: m.ID, Error: err.Error()})
 				return
@@ -203,7 +248,7 @@ func ServeDriver(ctx context.Context, d Driver, in io.Reader, out io.Writer) err
 	}
 }
 
-func serveOne(ctx context.Context, d Driver, m *message, q *DispatchQuery) (any, error) {
+func serveOne(ctx context.Context, d Driver, m *message, q *DispatchQuery, sq *StreamQuery) (any, error) {
 	switch m.Op {
 	case "routes":
 		return d.Routes(ctx)
@@ -216,6 +261,8 @@ func serveOne(ctx context.Context, d Driver, m *message, q *DispatchQuery) (any,
 		return d.Dispatch(ctx, q)
 	case "directLane":
 		return d.DirectLane(ctx, m.Plugin)
+	case "stream":
+		return d.Stream(ctx, sq)
 	}
 	return nil, fmt.Errorf("%w: unknown op %q", errdefs.ErrInvalid, m.Op)
 }

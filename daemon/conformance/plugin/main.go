@@ -139,6 +139,20 @@ func (c *conf) Observe(ctx context.Context, hook string, req *plugin.Request, re
 	}
 }
 
+// FilterFrame is the "frames" stage: each frame comes back as a new frame
+// holding "NAME:" and then the frame's bytes, with its header kept.
+func (c *conf) FilterFrame(ctx context.Context, s *plugin.Stream, f *plugin.Frame) ([]*plugin.Frame, error) {
+	prefix := c.name + ":"
+	out, err := s.NewFrame(ctx, len(prefix)+len(f.Data))
+	if err != nil {
+		return nil, err
+	}
+	copy(out.Data, prefix)
+	copy(out.Data[len(prefix):], f.Data)
+	out.Seq, out.PTS, out.DTS, out.Duration, out.KeyFrame, out.ContentType = f.Seq, f.PTS, f.DTS, f.Duration, f.KeyFrame, f.ContentType
+	return []*plugin.Frame{out}, nil
+}
+
 func main() {
 	if err := plugin.Serve(&conf{}); err != nil {
 		log.Fatal(err)
