@@ -45,7 +45,7 @@ FUZZ_TARGETS := \
 
 EXAMPLE_PLUGINS := $(notdir $(wildcard examples/plugins/*))
 
-.PHONY: all deps build plugins generate check-generate test fuzz lint demo bench clean install
+.PHONY: all deps build plugins generate check-generate test fuzz lint demo bench bench-go clean install
 
 all: build
 
@@ -119,10 +119,44 @@ demo: build
 # gRPC) stay out of the daemon's. Its hooks section also runs the Rust
 # host (sdk-rust/examples/bench-host.rs), built by the harness with cargo
 # against the crates rust-deps unpacks; without cargo or those crates that
-# row says "not measured" and the rest runs.
+# row says "not measured" and the rest runs. `BENCH_JSON=FILE make bench`
+# also writes the results as JSON to FILE (the harness's -json; the format
+# is in bench/main.go's package comment).
+BENCH_JSON ?=
 bench: deps build
 	@if [ -x "$(CARGO)" ]; then $(MAKE) --no-print-directory rust-deps || echo "bench: make rust-deps failed: the Rust host's row will say why"; fi
-	cd bench && CARGO="$(CARGO)" RUST_VENDOR="$(RUST_VENDOR)" $(GO) run $(GOFLAGS_BUILD) .
+	cd bench && CARGO="$(CARGO)" RUST_VENDOR="$(RUST_VENDOR)" $(GO) run $(GOFLAGS_BUILD) . $(if $(BENCH_JSON),-json "$(abspath $(BENCH_JSON))")
+
+# bench-go runs the Go benchmarks (func Benchmark… in *_test.go, found in
+# every module: the daemon's, sdk-go and bench) with -benchmem,
+# BENCH_COUNT times each (default 6), and writes go test's output, one
+# module after the other, to BENCH_GO_OUT (default bin/bench-go.txt), the
+# format benchstat reads; BENCH_TIME sets -benchtime. To compare two commits,
+# run it on each and give the files to benchstat
+# (go install golang.org/x/perf/cmd/benchstat@latest):
+#   make bench-go BENCH_GO_OUT=/tmp/old.txt   # on the old commit
+#   make bench-go BENCH_GO_OUT=/tmp/new.txt   # on the new one
+#   benchstat /tmp/old.txt /tmp/new.txt
+BENCH_COUNT  ?= 6
+BENCH_GO_OUT ?= $(BIN)/bench-go.txt
+BENCH_TIME   ?=
+bench-go: deps build
+	@out="$(abspath $(BENCH_GO_OUT))"; mkdir -p "$$(dirname "$$out")" && : > "$$out" || exit 1; \
+	all=$$(grep -rl --include='*_test.go' --exclude-dir=.git --exclude-dir=bin --exclude-dir=sdk-rust --exclude-dir=testdata -e '^func Benchmark' . | sed 's|/[^/]*$$||' | sort -u); \
+	for mod in . sdk-go bench; do \
+		pkgs=""; \
+		for d in $$all; do \
+			case $$d in ./sdk-go|./sdk-go/*) m=sdk-go;; ./bench|./bench/*) m=bench;; *) m=.;; esac; \
+			[ "$$m" = "$$mod" ] || continue; \
+			if [ "$$mod" = . ]; then pkgs="$$pkgs $$d"; else pkgs="$$pkgs .$${d#./$$mod}"; fi; \
+		done; \
+		[ -n "$$pkgs" ] || continue; \
+		echo "bench-go: module $$mod:$$pkgs"; \
+		( cd $$mod && $(GO) test $(GOFLAGS_BUILD) -run '^$$' -bench . -benchmem -count $(BENCH_COUNT) $(if $(BENCH_TIME),-benchtime $(BENCH_TIME)) -timeout 60m $$pkgs; echo $$? > "$$out.rc" ) | tee -a "$$out"; \
+		rc=$$(cat "$$out.rc"); rm -f "$$out.rc"; \
+		if [ "$$rc" != 0 ]; then echo "bench-go: go test failed in module $$mod (exit $$rc)"; exit 1; fi; \
+	done; \
+	echo "bench-go: wrote $$out (compare two with benchstat old.txt new.txt)"
 
 # install puts the binaries, the systemd units, the sysusers.d entry of the
 # sockets' group, the default config and the systemd guide in place, under

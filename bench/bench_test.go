@@ -18,7 +18,8 @@ func TestMain(m *testing.M) {
 }
 
 // TestQuick runs each section in quick mode and checks that it produced a
-// number for every row. It asserts nothing about the numbers themselves:
+// number for every row, and that its JSON results hold every row (see
+// checkJSON). It asserts nothing about the numbers themselves:
 // performance claims live in the printed tables only.
 func TestQuick(t *testing.T) {
 	if testing.Short() {
@@ -28,10 +29,10 @@ func TestQuick(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 			defer cancel()
-			var out bytes.Buffer
+			var out, js bytes.Buffer
 			// The Rust host's row needs a cargo release build (minutes on
 			// a cold cache); make rust-test covers the crate.
-			res, err := Run(ctx, Options{Quick: true, Only: []string{name}, Out: &out, Progress: testLog{t}, NoRust: true})
+			res, err := Run(ctx, Options{Quick: true, Only: []string{name}, Out: &out, Progress: testLog{t}, NoRust: true, JSON: &js})
 			t.Logf("tables:\n%s", out.String())
 			if err != nil {
 				t.Fatal(err)
@@ -39,6 +40,14 @@ func TestQuick(t *testing.T) {
 			tables := res[name]
 			if len(tables) == 0 {
 				t.Fatal("no tables")
+			}
+			// The JSON results (-json): every row of every table printed,
+			// ratios with their baselines, skipped rows with their reason.
+			for _, err := range checkJSON(js.Bytes(), []sectionTables{{name, tables}}) {
+				t.Errorf("JSON results: %v", err)
+			}
+			if !bytes.Contains(js.Bytes(), []byte(`"mode":"quick"`)) {
+				t.Errorf("JSON results: the run is not marked quick: %.300s", js.String())
 			}
 			for _, tab := range tables {
 				if len(tab.Rows) == 0 {

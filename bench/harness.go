@@ -29,6 +29,9 @@ type Options struct {
 	// NoRust leaves out the Rust host's row ("not measured"), sparing a
 	// cargo release build of minutes on a cold cache (the smoke test).
 	NoRust bool
+	// JSON, when set, receives the results as JSON once every section
+	// has run (see writeJSON): what main's -json writes to its file.
+	JSON io.Writer
 }
 
 // section is one part of the benchmark.
@@ -111,6 +114,7 @@ func Run(ctx context.Context, opts Options) (map[string][]*Table, error) {
 		}
 	}
 
+	started := time.Now()
 	dir, err := os.MkdirTemp("", "dimplugd-bench-")
 	if err != nil {
 		return nil, err
@@ -171,9 +175,17 @@ func Run(ctx context.Context, opts Options) (map[string][]*Table, error) {
 	if raceEnabled {
 		mode += ", RACE DETECTOR ON (numbers not comparable)"
 	}
+	load := loadAvg()
 	fmt.Fprintf(opts.Out, "dimplugd bench — %s, %s/%s, %d CPUs, load %s%s\n\n", runtime.Version(), runtime.GOOS, runtime.GOARCH,
-		runtime.NumCPU(), loadAvg(), mode)
+		runtime.NumCPU(), load, mode)
+	info := runInfo{Time: started.UTC().Format(time.RFC3339), Go: runtime.Version(), GOOS: runtime.GOOS, GOARCH: runtime.GOARCH,
+		GOMAXPROCS: runtime.GOMAXPROCS(0), CPUs: runtime.NumCPU(), Load: load, Mode: "full", Quick: opts.Quick, Race: raceEnabled}
+	if opts.Quick {
+		info.Mode = "quick"
+	}
+	info.GitCommit, info.GitDirty = gitState(e.repoRoot)
 	out := map[string][]*Table{}
+	var ordered []sectionTables
 	var errs []error
 	for _, s := range todo {
 		if ctx.Err() != nil {
@@ -187,11 +199,22 @@ func Run(ctx context.Context, opts Options) (map[string][]*Table, error) {
 			t.Print(opts.Out)
 		}
 		out[s.name] = tables
+		ordered = append(ordered, sectionTables{s.name, tables})
+		info.Sections = append(info.Sections, s.name)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("section %s: %w", s.name, err))
 			fmt.Fprintf(opts.Out, "section %s FAILED: %v\n\n", s.name, err)
+			if info.Errors == nil {
+				info.Errors = map[string]string{}
+			}
+			info.Errors[s.name] = err.Error()
 		}
 		e.progress("section %s took %s", s.name, time.Since(start).Round(time.Millisecond))
+	}
+	if opts.JSON != nil {
+		if err := writeJSON(opts.JSON, info, ordered); err != nil {
+			errs = append(errs, fmt.Errorf("writing the JSON results: %w", err))
+		}
 	}
 	return out, errors.Join(errs...)
 }
@@ -378,6 +401,10 @@ type Col struct {
 	// Optional columns may be missing (NaN) in a measured row: a ratio
 	// to a baseline that could not run.
 	Optional bool
+	Unit     string // of the values, for the JSON results ("" for a ratio column: see Ratio)
+	// Ratio, when set, makes every value of this column a ratio to a
+	// baseline (a row's Ratios override it); see Ratio.
+	Ratio *Ratio
 }
 
 // Row is one table row. NaN values print as "–". A row whose Skip is set
@@ -391,6 +418,10 @@ type Row struct {
 	// the vendored crates for the Rust host): when Skip is set they print
 	// "not measured", and the smoke test accepts that even in CI.
 	Optional bool
+	// Ratios, by column, say which values are ratios to a baseline and
+	// how they are computed (nil or short: the column's Ratio, if any).
+	// The printed value is then computed from them; see Ratio.
+	Ratios []*Ratio
 }
 
 // add appends a row.
@@ -413,6 +444,7 @@ func (t *Table) note(format string, args ...any) {
 
 // Print writes t as an aligned Markdown table with its notes.
 func (t *Table) Print(w io.Writer) {
+	t.resolveRatios()
 	cells := [][]string{append([]string{t.Label}, colNames(t.Cols)...)}
 	for _, r := range t.Rows {
 		line := []string{r.Name}

@@ -252,8 +252,8 @@ func runHooks(ctx context.Context, e *env) ([]*Table, error) {
 		Title: fmt.Sprintf("hooks: one hooked response, request %d B / answer %d B as protobuf (%d×%d sequential calls after %d warm-up; %d in flight for %s ×%d)",
 			reqSize, respSize, rounds, perRound, warm, inFlight, tputDur, rounds),
 		Label: "transport",
-		Cols: []Col{{Name: "p50 µs", Format: "%.0f"}, {Name: "p99 µs", Format: "%.0f"},
-			{Name: fmt.Sprintf("calls/s, %d in flight", inFlight), Format: "%.0f"}},
+		Cols: []Col{{Name: "p50 µs", Format: "%.0f", Unit: "µs"}, {Name: "p99 µs", Format: "%.0f", Unit: "µs"},
+			{Name: fmt.Sprintf("calls/s, %d in flight", inFlight), Format: "%.0f", Unit: "calls/s"}},
 	}
 	stats := func(t *transport) (p50, p99, tps float64) {
 		s := slices.Clone(t.lat)
@@ -278,23 +278,12 @@ func runHooks(ctx context.Context, e *env) ([]*Table, error) {
 	}
 	p50, p99, tps := stats(dd)
 	tab.add(dd.name, p50, p99, tps)
-	r50, r99, rt := stats(raw)
-	g50, g99, gt := stats(gp)
-	d50, d99, dt := stats(dp)
-	v50, v99, vt := stats(dd)
-	ratioFmt := []string{"%.2f×", "%.2f×", "%.2f×"}
-	tab.Rows = append(tab.Rows,
-		Row{Name: "ratio dimplugd (direct) / go-plugin", Vals: []float64{d50 / g50, d99 / g99, dt / gt}, Formats: ratioFmt})
-	const rustRatio = "ratio dimplugd (Rust host, direct) / go-plugin"
-	if rustWhy == "" {
-		s50, s99, st := stats(rs)
-		tab.Rows = append(tab.Rows, Row{Name: rustRatio, Vals: []float64{s50 / g50, s99 / g99, st / gt}, Formats: ratioFmt})
-	} else {
-		tab.notMeasured(rustRatio, "no Rust host row")
-	}
-	tab.Rows = append(tab.Rows,
-		Row{Name: "ratio dimplugd (via daemon) / go-plugin", Vals: []float64{v50 / g50, v99 / g99, vt / gt}, Formats: ratioFmt},
-		Row{Name: "ratio dimplugd (direct) / raw", Vals: []float64{d50 / r50, d99 / r99, dt / rt}, Formats: ratioFmt})
+	g50, _, _ := stats(gp)
+	d50, _, _ := stats(dp)
+	tab.ratioRow("ratio dimplugd (direct) / go-plugin", dp.name, gp.name)
+	tab.ratioRow("ratio dimplugd (Rust host, direct) / go-plugin", rustName, gp.name)
+	tab.ratioRow("ratio dimplugd (via daemon) / go-plugin", dd.name, gp.name)
+	tab.ratioRow("ratio dimplugd (direct) / raw", dp.name, raw.name)
 	tab.note("Target: a hooked request costs no more than one go-plugin gRPC call: dimplugd/go-plugin p50 %s (a phase with one hook, the common case, runs on a direct lane the daemon sets up).", verdict(d50/g50, 1))
 	tab.note("Ratio rows are dimplugd's value divided by the baseline's: above 1 is slower for latency, below 1 is slower for calls/s.")
 	tab.note("Raw pipelines %d requests on one connection; go-plugin and dimplugd run %d goroutines sharing one connection (one grpc.ClientConn, one host.Session).", inFlight, inFlight)
@@ -463,7 +452,8 @@ func middlewareOverhead(ctx context.Context, e *env, sess *host.Session) (*Table
 	t := &Table{
 		Title: fmt.Sprintf("unhooked request in the host: ServeHTTP with an httptest.ResponseRecorder, in process (%d paired runs of ~%s each)", rounds, target),
 		Label: "path",
-		Cols:  []Col{{Name: "ns/op, median", Format: "%.0f", Signed: true}, {Name: "ns/op, min", Format: "%.0f", Signed: true}, {Name: "allocs/op", Format: "%.1f", Signed: true}},
+		Cols: []Col{{Name: "ns/op, median", Format: "%.0f", Signed: true, Unit: "ns/op"}, {Name: "ns/op, min", Format: "%.0f", Signed: true, Unit: "ns/op"},
+			{Name: "allocs/op", Format: "%.1f", Signed: true, Unit: "allocs/op"}},
 	}
 	t.add("handler called directly", median(dNs), slices.Min(dNs), dAllocs)
 	t.add("through host.Middleware (route not hooked)", median(vNs), slices.Min(vNs), vAllocs)

@@ -76,10 +76,34 @@
 // dimplugd in the checkout's root); plugins are static (CGO_ENABLED=0).
 // -quick makes every run short; the smoke test in bench_test.go uses it.
 // Everything stays on this machine: Unix sockets and socketpairs only.
+//
+// -json FILE (BENCH_JSON=FILE make bench) also writes the results as JSON,
+// once every section has run (a failed section's tables as far as they
+// got): one object, {"run": {...}, "rows": [...]}, with one element of
+// rows per line. "run" gives the start time (UTC), the Go version, GOOS,
+// GOARCH, GOMAXPROCS and the CPU count, the load average, "mode" ("quick"
+// or "full"), whether the race detector was on, the git commit of the
+// checkout and whether it had uncommitted changes (both left out without
+// git), the sections run and any section's error. "rows" has one object
+// per printed value, every column of every row of every table, in the
+// order printed: section, table (its title), row, column, unit and value
+// (null where the table prints "–"). A row that was not measured has
+// value null and "skipped" saying why ("optional": true when it needs a
+// tool the rest does not, such as cargo). A ratio to a baseline (the
+// "ratio X / Y" rows, and columns such as "p50 × bwrap" or "dimplugd ÷
+// gRPC") has value, unit, value_row and value_column for what is
+// compared, baseline (the baseline's row, or a fixed figure such as
+// "target 8 MiB"), baseline_column and baseline_value for what it is
+// compared with, and ratio = value / baseline_value, the printed figure:
+// the Ratio type says how each is found in the table. For example:
+//
+//	jq -r '.rows[] | select(has("ratio")) | [.row, .column, .ratio] | @tsv' results.json
 package main
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -95,6 +119,7 @@ func main() {
 
 	quick := flag.Bool("quick", false, "short runs (smoke test): the numbers are rough")
 	only := flag.String("only", "", "comma-separated sections to run: "+strings.Join(sectionNames(), ", ")+" (default all)")
+	jsonPath := flag.String("json", "", "also write the results as JSON to this `file` (see the package comment)")
 	flag.Parse()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -103,7 +128,19 @@ func main() {
 	if *only != "" {
 		opts.Only = strings.Split(*only, ",")
 	}
-	if _, err := Run(ctx, opts); err != nil {
+	var results bytes.Buffer
+	if *jsonPath != "" {
+		opts.JSON = &results
+	}
+	_, err := Run(ctx, opts)
+	if results.Len() > 0 {
+		if werr := os.WriteFile(*jsonPath, results.Bytes(), 0o644); werr != nil {
+			err = errors.Join(err, werr)
+		} else {
+			fmt.Fprintf(os.Stderr, "bench: wrote the results as JSON to %s\n", *jsonPath)
+		}
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}

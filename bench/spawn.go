@@ -241,7 +241,7 @@ func runSpawn(ctx context.Context, e *env) ([]*Table, error) {
 	t := &Table{
 		Title: fmt.Sprintf("spawn: process start → first answer on fd 3 (N=%d each after %d warm-up; dimplugd N=%d)", n, warm, nDaemon),
 		Label: "how the plugin starts",
-		Cols:  []Col{{Name: "p50 ms", Format: "%.1f"}, {Name: "p90 ms", Format: "%.1f"}, {Name: "p50 × bwrap", Format: "%.2f", Optional: true}},
+		Cols:  []Col{{Name: "p50 ms", Format: "%.1f", Unit: "ms"}, {Name: "p90 ms", Format: "%.1f", Unit: "ms"}, {Name: "p50 × bwrap", Format: "%.2f", Optional: true}},
 	}
 	type result struct {
 		name string
@@ -269,6 +269,7 @@ func runSpawn(ctx context.Context, e *env) ([]*Table, error) {
 		rowDaemon   = "dimplugd serve: enable → running (media-badge)"
 		rowGoPlugin = "go-plugin v1.8.0: launch → first call (no sandbox)"
 	)
+	t.Cols[2].Ratio = &Ratio{OfCol: 0, Base: rowBwrap, BaseCol: 0}
 	if err := measure(rowExec, execLauncher(filepath.Join(ctRoot, "fdecho"))); err != nil {
 		errs = append(errs, err)
 	}
@@ -299,7 +300,9 @@ func runSpawn(ctx context.Context, e *env) ([]*Table, error) {
 	mem := &Table{
 		Title: "idle memory: VmRSS of the plugin process after 1 s idle",
 		Label: "plugin",
-		Cols:  []Col{{Name: "RSS MiB", Format: "%.1f"}, {Name: "× target 8 MiB", Format: "%.2f"}, {Name: "× go-plugin 13.9 MiB", Format: "%.2f"}},
+		Cols: []Col{{Name: "RSS MiB", Format: "%.1f", Unit: "MiB"},
+			{Name: "× target 8 MiB", Format: "%.2f", Ratio: &Ratio{OfCol: 0, BaseName: "target 8 MiB", BaseValue: 8}},
+			{Name: "× go-plugin 13.9 MiB", Format: "%.2f", Ratio: &Ratio{OfCol: 0, BaseName: "go-plugin 13.9 MiB (ROADMAP.md)", BaseValue: 13.9}}},
 	}
 	var parts daemonParts
 	daemonDs, badgePID, stopDaemon, err := daemonSpawns(ctx, e, warm, nDaemon, &parts)

@@ -290,7 +290,7 @@ func streamsTable(e *env, rounds, perRun, maxRun int, where string, mc, raw, gs,
 		Title: fmt.Sprintf("streams: frames through a pass-through plugin and back, %d MiB per run (at most %d frames: %s of 4 KiB ones), median of %d runs; MB = 10⁶ bytes",
 			perRun>>20, maxRun, sizeName(min(perRun, maxRun*4<<10)), rounds),
 		Label: "frame size: transport",
-		Cols: []Col{{Name: "MB/s", Format: "%.0f"}, {Name: "frames/s", Format: "%.0f"},
+		Cols: []Col{{Name: "MB/s", Format: "%.0f", Unit: "MB/s"}, {Name: "frames/s", Format: "%.0f", Unit: "frames/s"},
 			{Name: "dimplugd ÷ gRPC", Format: "%.2f×", Optional: true}, {Name: "dimplugd ÷ raw", Format: "%.2f×", Optional: true}},
 	}
 	nan := math.NaN()
@@ -302,13 +302,15 @@ func streamsTable(e *env, rounds, perRun, maxRun int, where string, mc, raw, gs,
 		sz := sizeName(size)
 		fps := func(mbps float64) float64 { return mbps * 1e6 / float64(size) }
 		g, r, m := gs.median(size), raw.median(size), mc.median(size)
+		rawRow, grpcRow := sz+": raw Unix socket, length-prefixed, 2 processes", sz+": gRPC client-streaming, 2 processes"
 		t.add(sz+": memcpy in process (ceiling)", m, fps(m), nan, nan)
-		t.add(sz+": raw Unix socket, length-prefixed, 2 processes", r, fps(r), nan, nan)
-		t.add(sz+": gRPC client-streaming, 2 processes", g, fps(g), nan, nan)
+		t.add(rawRow, r, fps(r), nan, nan)
+		t.add(grpcRow, g, fps(g), nan, nan)
 		for _, s := range []*streamer{desc, inl} {
 			if s.takes(size) {
 				v := s.median(size)
-				t.add(sz+": "+names[s], v, fps(v), ratio(v, g), ratio(v, r))
+				t.Rows = append(t.Rows, Row{Name: sz + ": " + names[s], Vals: []float64{v, fps(v), nan, nan},
+					Ratios: []*Ratio{2: {OfCol: 0, Base: grpcRow, BaseCol: 0}, 3: {OfCol: 0, Base: rawRow, BaseCol: 0}}})
 			}
 		}
 	}
@@ -328,9 +330,9 @@ func cpuTable(desc, inl *streamer, procs *pathProcs, where string) *Table {
 	t := &Table{
 		Title: "streams: CPU time per frame on the dimplugd path (µs, over all the main table's runs)",
 		Label: "frame size: path",
-		Cols: []Col{{Name: "wall", Format: "%.1f"}, {Name: "host (this process)", Format: "%.1f", Optional: true},
-			{Name: "daemon", Format: "%.1f", Optional: true}, {Name: "plugin", Format: "%.1f", Optional: true},
-			{Name: "CPU, all three", Format: "%.1f", Optional: true}},
+		Cols: []Col{{Name: "wall", Format: "%.1f", Unit: "µs"}, {Name: "host (this process)", Format: "%.1f", Optional: true, Unit: "µs"},
+			{Name: "daemon", Format: "%.1f", Optional: true, Unit: "µs"}, {Name: "plugin", Format: "%.1f", Optional: true, Unit: "µs"},
+			{Name: "CPU, all three", Format: "%.1f", Optional: true, Unit: "µs"}},
 	}
 	for _, s := range []*streamer{desc, inl} {
 		for _, size := range streamSizes {
@@ -362,17 +364,18 @@ func thresholdTable(rounds, perPoint, maxPoint int, tInl, tConn, tDesc *streamer
 		Title: fmt.Sprintf("streams: inline or shared memory? dimplugd MB/s through the pass-through plugin by frame size, %d MiB per run (at most %d frames), median of %d runs",
 			perPoint>>20, maxPoint, rounds),
 		Label: "frame size",
-		Cols: []Col{{Name: "inline, host SDK", Format: "%.0f", Optional: true}, {Name: "inline, frames.Conn client", Format: "%.0f"},
-			{Name: "shared memory", Format: "%.0f"}, {Name: "shared memory ÷ best inline", Format: "%.2f×"}},
+		Cols: []Col{{Name: "inline, host SDK", Format: "%.0f", Optional: true, Unit: "MB/s"}, {Name: "inline, frames.Conn client", Format: "%.0f", Unit: "MB/s"},
+			{Name: "shared memory", Format: "%.0f", Unit: "MB/s"}, {Name: "shared memory ÷ best inline", Format: "%.2f×"}},
 	}
 	lastInline, firstDesc := 0, 0
 	for _, size := range thresholdSizes {
 		a, b, dsc := tInl.median(size), tConn.median(size), tDesc.median(size)
-		best := b
+		best, bestCol := b, 1
 		if !math.IsNaN(a) && a > b {
-			best = a
+			best, bestCol = a, 0
 		}
-		t.add(sizeName(size), a, b, dsc, ratio(dsc, best))
+		t.Rows = append(t.Rows, Row{Name: sizeName(size), Vals: []float64{a, b, dsc, ratio(dsc, best)},
+			Ratios: []*Ratio{3: {OfCol: 2, BaseCol: bestCol}}})
 		if best > dsc {
 			lastInline = size
 		} else if firstDesc == 0 {
