@@ -30,8 +30,8 @@ use tokio::sync::mpsc;
 
 use dimplugd_host::layer::{failure_response, without, REQUEST_CREDENTIALS, RESPONSE_CREDENTIALS};
 use dimplugd_host::{
-    match_route, method_matches, parse_route, DispatchResult, FailurePolicy, HookError, HookErrorKind, Options,
-    Outcome, Phase, Request, Response, RouteTable, Session,
+    match_route, method_matches, parse_route, DispatchResult, FailurePolicy, Frame, HookError, HookErrorKind, Options,
+    Outcome, Phase, Request, Response, RouteTable, Session, StreamMeta,
 };
 
 /// How long observers started by `dispatch` may still run once stdin ended.
@@ -69,7 +69,7 @@ async fn main() {
 
     let hello = json!({"hello": {
         "implementation": concat!("dimplugd-host (rust) ", env!("CARGO_PKG_VERSION")),
-        "features": ["direct-lanes"],
+        "features": ["direct-lanes", "streams"],
     }});
     let _ = out_tx.send(hello);
 
@@ -118,6 +118,7 @@ async fn handle(session: &Session, line: &str, observers: &tokio::sync::Mutex<to
         "method" => method_op(&req),
         "dispatch" => dispatch(session, &req, observers).await,
         "directLane" => direct_lane(session, &req),
+        "stream" => stream(session, &req).await,
         op => Err(format!("unknown op {op:?}")),
     };
     let mut answer = match res {
@@ -182,6 +183,41 @@ fn match_op(req: &Value) -> Result<Value, String> {
 /// `method`: the crate's method matching.
 fn method_op(req: &Value) -> Result<Value, String> {
     Ok(json!({"match": method_matches(str_field(req, "hook")?, str_field(req, "request")?)}))
+}
+
+/// `stream`: sends the frames through a stream of the kind while reading
+/// what comes out (a host must read while it writes), then closes its input
+/// and reads to the end.
+async fn stream(session: &Session, req: &Value) -> Result<Value, String> {
+    let kind = str_field(req, "kind")?;
+    let mut frames = Vec::new();
+    for (i, f) in req.get("frames").and_then(Value::as_array).ok_or("frames: want an array")?.iter().enumerate() {
+        let data = b64_decode(f.as_str().ok_or("frames: want base64 strings")?)?;
+        frames.push(Frame { seq: i as u64, data, ..Default::default() });
+    }
+    let run = async {
+        let st = session.open_stream(kind, &StreamMeta::default()).await.map_err(|e| e.to_string())?;
+        let chain = st.stages();
+        let send = async {
+            for f in &frames {
+                st.send(f).await.map_err(|e| e.to_string())?;
+            }
+            st.close_send().map_err(|e| e.to_string())
+        };
+        let recv = async {
+            let mut out = Vec::new();
+            while let Some(f) = st.recv().await.map_err(|e| e.to_string())? {
+                out.push(Value::String(b64_encode(f.data())));
+            }
+            Ok::<_, String>(out)
+        };
+        let (sent, got) = tokio::join!(send, recv);
+        sent?;
+        Ok::<_, String>(json!({"frames": got?, "chain": chain}))
+    };
+    tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .map_err(|_| "the stream did not end within 30 s".to_string())?
 }
 
 /// `directLane`: whether the session holds a live lane to the plugin.

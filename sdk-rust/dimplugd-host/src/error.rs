@@ -40,6 +40,16 @@ pub enum Error {
     /// The daemon is stopping (or upgrading in place) and did not start the
     /// call; it may be sent again to the next daemon.
     Stopping,
+    /// A frame stream was refused or failed: the daemon's reason (e.g. a
+    /// fail-closed stage that failed or missed its deadline, naming the
+    /// plugin and stage), or a misuse (sending after `close_send`).
+    Stream(String),
+    /// The frame socket ended under a stream (the daemon went away, or cut
+    /// the host off: then its goodbye says why): the stream's frames are
+    /// lost; open a new stream once the session is connected again.
+    StreamCut(Option<String>),
+    /// A local system call failed (the frame socket, a shared memory pool).
+    Io(io::Error),
 }
 
 impl Error {
@@ -47,7 +57,7 @@ impl Error {
     /// session reconnects by itself), rather than a refused call.
     pub fn is_daemon_away(&self) -> bool {
         match self {
-            Error::DaemonAway | Error::Closed(_) => true,
+            Error::DaemonAway | Error::Closed(_) | Error::StreamCut(_) => true,
             Error::Rpc(e) => e.kind == capnp::ErrorKind::Disconnected,
             _ => false,
         }
@@ -80,6 +90,12 @@ impl fmt::Display for Error {
             Error::Timeout => write!(f, "dimplugd: timed out opening the host session"),
             Error::DaemonAway => write!(f, "dimplugd is not reachable (the session is reconnecting)"),
             Error::Stopping => write!(f, "dimplugd is stopping: the call was not started"),
+            Error::Stream(why) => write!(f, "dimplugd: stream failed: {why}"),
+            Error::StreamCut(Some(why)) => write!(f, "dimplugd closed the frame socket: {why}"),
+            Error::StreamCut(None) => {
+                write!(f, "dimplugd went away: the stream was cut off (open a new one once the daemon is back)")
+            }
+            Error::Io(e) => write!(f, "dimplugd: {e}"),
         }
     }
 }
@@ -98,6 +114,7 @@ impl std::error::Error for Error {
         match self {
             Error::Connect { source, .. } => Some(source),
             Error::Rpc(e) => Some(e),
+            Error::Io(e) => Some(e),
             _ => None,
         }
     }

@@ -1,12 +1,13 @@
-//! The host's frame socket (schema/stream.capnp), as far as direct lanes
-//! need it: opened with "DPFRAME2\n" and the session token on a new connection to the daemon's
+//! The host's frame socket (schema/stream.capnp), shared by direct lanes and
+//! frame streams: opened with "DPFRAME2\n" and the session token on a new connection to the daemon's
 //! socket (the daemon answers one byte, 1, and the socket's descriptor as
 //! SCM_RIGHTS; or 0 and why), it is a SOCK_SEQPACKET socket whose packets
 //! carry FrameMsgs back to back. The host sends `laneRequest` and
 //! `hookStats`; the daemon answers a lane request with `lane` (a LaneGrant,
-//! with the lane's socket as SCM_RIGHTS, or an error). Frame streams are not
-//! implemented: every other message is ignored (and its descriptors
-//! closed).
+//! with the lane's socket as SCM_RIGHTS, or an error). Every other message
+//! goes to the socket's [`Streams`] (stream.rs): frame streams and pools.
+//! Stream messages are written by one writer task, which batches them into
+//! packets (a message with a descriptor goes in a packet of its own).
 
 use std::io;
 use std::mem::{size_of, MaybeUninit};
@@ -21,6 +22,7 @@ use tokio::net::UnixStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::schema::stream_capnp::frame_msg;
+use crate::stream::{Out, Streams};
 
 /// What a host writes to get its frame socket, followed by its session's
 /// token (schema/daemon.capnp: openHost's sessionToken).
@@ -38,13 +40,21 @@ pub(crate) struct FrameClient {
     fd: Arc<AsyncFd<OwnedFd>>,
     done: CancellationToken,
     reader: tokio::task::AbortHandle,
+    writer: tokio::task::AbortHandle,
+    streams: Arc<Streams>,
 }
 
 impl FrameClient {
     /// Opens the frame socket of the session `token` names; must run
     /// inside a tokio runtime, which runs its reader. `on_lane` is called
     /// (from the reader) for every grant.
-    pub(crate) async fn open(socket: &Path, token: &[u8], on_lane: OnLane) -> io::Result<FrameClient> {
+    /// `pool_size` bounds the shared memory of its streams.
+    pub(crate) async fn open(
+        socket: &Path,
+        token: &[u8],
+        on_lane: OnLane,
+        pool_size: usize,
+    ) -> io::Result<FrameClient> {
         let mut c = UnixStream::connect(socket).await?;
         let mut preamble = FRAMES_PREAMBLE.to_vec();
         preamble.extend_from_slice(token);
@@ -69,8 +79,16 @@ impl FrameClient {
         set_nonblocking(fd.as_raw_fd())?;
         let fd = Arc::new(AsyncFd::new(fd)?);
         let done = CancellationToken::new();
-        let reader = tokio::spawn(read_loop(fd.clone(), on_lane, done.clone())).abort_handle();
-        Ok(FrameClient { fd, done, reader })
+        let (out, out_rx) = tokio::sync::mpsc::unbounded_channel();
+        let streams = Arc::new(Streams::new(out, pool_size));
+        let reader = tokio::spawn(read_loop(fd.clone(), on_lane, streams.clone(), done.clone())).abort_handle();
+        let writer = tokio::spawn(write_loop(fd.clone(), out_rx, done.clone())).abort_handle();
+        Ok(FrameClient { fd, done, reader, writer, streams })
+    }
+
+    /// The socket's streams and pools.
+    pub(crate) fn streams(&self) -> &Arc<Streams> {
+        &self.streams
     }
 
     /// Whether the socket has ended (its daemon went away).
@@ -108,7 +126,9 @@ impl FrameClient {
 impl Drop for FrameClient {
     fn drop(&mut self) {
         self.reader.abort();
+        self.writer.abort();
         self.done.cancel();
+        self.streams.close();
     }
 }
 
@@ -167,7 +187,7 @@ fn recv_with_fds(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)>
     Ok((n as usize, fds))
 }
 
-async fn read_loop(fd: Arc<AsyncFd<OwnedFd>>, on_lane: OnLane, done: CancellationToken) {
+async fn read_loop(fd: Arc<AsyncFd<OwnedFd>>, on_lane: OnLane, streams: Arc<Streams>, done: CancellationToken) {
     let mut buf = vec![0u8; MAX_PACKET];
     let mut opts = ReaderOptions::new();
     opts.traversal_limit_in_words(Some(MAX_PACKET));
@@ -186,6 +206,10 @@ async fn read_loop(fd: Arc<AsyncFd<OwnedFd>>, on_lane: OnLane, done: Cancellatio
             let mine = if first { std::mem::take(&mut fds) } else { Vec::new() };
             first = false;
             let Ok(root) = msg.get_root::<frame_msg::Reader>() else { continue };
+            if !matches!(root.which(), Ok(frame_msg::Lane(_))) {
+                streams.handle(root, mine);
+                continue;
+            }
             if let Ok(frame_msg::Lane(Ok(g))) = root.which() {
                 let plugin = g.get_plugin().ok().and_then(|t| t.to_string().ok()).unwrap_or_default();
                 let why = g.get_error().ok().and_then(|t| t.to_string().ok()).unwrap_or_default();
@@ -202,4 +226,73 @@ async fn read_loop(fd: Arc<AsyncFd<OwnedFd>>, on_lane: OnLane, done: Cancellatio
         }
     }
     done.cancel();
+    streams.close();
+}
+
+/// Writes the streams' messages: as many as fit in a packet of 64 KiB
+/// (the Go SDKs' batch), a message with a descriptor in one of its own.
+async fn write_loop(
+    fd: Arc<AsyncFd<OwnedFd>>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Out>,
+    done: CancellationToken,
+) {
+    const BATCH: usize = 64 << 10;
+    let mut next: Option<Out> = None;
+    loop {
+        let first = match next.take() {
+            Some(m) => m,
+            None => tokio::select! {
+                m = rx.recv() => match m { Some(m) => m, None => break },
+                _ = done.cancelled() => break,
+            },
+        };
+        let mut pkt = first.bytes;
+        let pass = first.fd;
+        if pass.is_none() {
+            while let Ok(m) = rx.try_recv() {
+                if m.fd.is_some() || pkt.len() + m.bytes.len() > BATCH {
+                    next = Some(m);
+                    break;
+                }
+                pkt.extend_from_slice(&m.bytes);
+            }
+        }
+        if pkt.len() > MAX_PACKET {
+            break; // cannot happen: frames inline at most INLINE_MAX bytes
+        }
+        let raw = pass.as_ref().map(|f| f.as_raw_fd());
+        let r = fd.async_io(Interest::WRITABLE, |s| send_with_fd(s.as_raw_fd(), &pkt, raw)).await;
+        if r.is_err() {
+            break; // the reader sees the socket end
+        }
+    }
+}
+
+/// One sendmsg of `buf`, with `pass` as SCM_RIGHTS if given.
+fn send_with_fd(fd: RawFd, buf: &[u8], pass: Option<RawFd>) -> io::Result<()> {
+    let mut cbuf = [0u64; 4];
+    let mut iov = libc::iovec { iov_base: buf.as_ptr() as *mut _, iov_len: buf.len() };
+    // SAFETY: msghdr is plain data; every pointer set below outlives the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if let Some(p) = pass {
+        // SAFETY: cbuf has room for one descriptor's control message.
+        unsafe {
+            let space = libc::CMSG_SPACE(size_of::<RawFd>() as u32) as usize;
+            msg.msg_control = cbuf.as_mut_ptr().cast();
+            msg.msg_controllen = space as _;
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<RawFd>() as u32) as _;
+            std::ptr::write_unaligned(libc::CMSG_DATA(cmsg) as *mut RawFd, p);
+        }
+    }
+    // SAFETY: msg points at live buffers of the lengths given.
+    let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }

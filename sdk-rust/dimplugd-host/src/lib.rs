@@ -46,7 +46,18 @@
 //! * Route template matching ([`Route`], [`method_matches`]), tested against
 //!   the shared cases in schema/conformance/routes.json.
 //!
-//! Not yet: frame streams, user settings, the UI document.
+//! * **User settings and the UI document**: [`Session::user_settings`],
+//!   [`Session::set_user_settings`] (JSON text in and out: bring your own
+//!   JSON library) and [`Session::ui_document`].
+//! * **Frame streams** ([`stream`]): [`Session::open_stream`] opens a
+//!   stream through the plugins that take its kind; [`Stream::send`] sends
+//!   small frames inline and larger ones in the session's own shared
+//!   memory (sealed memfd pools, bounded: a send waits for the chain to
+//!   release memory), [`Stream::recv`] returns the frames coming back, in
+//!   order, as [`ReceivedFrame`]s viewing shared memory (plugins' pools are
+//!   mapped read-only), released when dropped.
+//!   [`Stream::new_frame`] and [`Stream::send_shared`] send a frame
+//!   filled in place in shared memory, without a copy.
 //!
 //! # Threading
 //!
@@ -79,6 +90,8 @@ mod lane;
 pub mod layer;
 mod route;
 mod session;
+mod settings;
+pub mod stream;
 mod types;
 
 pub use direct::DirectHookStats;
@@ -87,6 +100,8 @@ pub use layer::{DimplugdLayer, DimplugdService};
 pub use error::Error;
 pub use route::{match_route, method_matches, parse_route, Route, RouteError, MAX_ROUTE_LEN};
 pub use session::{Options, Session};
+pub use settings::{PluginSettings, UiDocument, SCOPE_GLOBAL, SCOPE_USER};
+pub use stream::{Frame, FrameMemory, ReceivedFrame, SharedFrame, Stage, Stream, StreamMeta};
 pub use types::{
     DispatchResult, HookError, Outcome, Request, RequestMutation, Response, ResponseMutation, RouteEntry, RouteHook,
     RouteTable,

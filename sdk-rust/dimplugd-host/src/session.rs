@@ -26,6 +26,8 @@ use crate::direct::{DirectHookStats, DirectLane};
 use crate::frames::{FrameClient, OnLane};
 use crate::lane::{LaneClient, LaneError};
 use crate::schema::{daemon_capnp, host_capnp, lane_capnp};
+use crate::settings::{PluginSettings, SettingsCall, UiDocument};
+use crate::stream::{FrameMemory, Stream, StreamMeta};
 use crate::types::fail;
 use crate::{
     DispatchResult, Error, HookError, HookErrorKind, Outcome, Phase, Request, Response, Result, RouteTable,
@@ -53,6 +55,10 @@ pub struct Options {
     /// Call a phase's only hook directly over a lane to its plugin, when
     /// the daemon grants one (see the crate documentation, "Direct lanes").
     pub direct_lanes: bool,
+    /// The bound of the shared memory the session's frame streams have in
+    /// flight ([`crate::stream::DEFAULT_POOL_SIZE`]); a send waits while it
+    /// is full. A frame larger than it gets a pool of its own.
+    pub stream_pool_size: usize,
 }
 
 impl Default for Options {
@@ -64,6 +70,7 @@ impl Default for Options {
             traversal_limit_words: 128 << 20 >> 3,
             hook_lane: true,
             direct_lanes: true,
+            stream_pool_size: crate::stream::DEFAULT_POOL_SIZE,
         }
     }
 }
@@ -148,12 +155,17 @@ impl Inner {
     /// The frame socket to the current daemon, opened when there is none
     /// or the last one ended with its daemon.
     pub(crate) async fn frame_client(self: &Arc<Self>) -> Option<Arc<FrameClient>> {
+        self.open_frame_client().await.ok()
+    }
+
+    /// [`Inner::frame_client`], saying why there is none.
+    pub(crate) async fn open_frame_client(self: &Arc<Self>) -> Result<Arc<FrameClient>> {
         if !self.connected() {
-            return None;
+            return Err(Error::DaemonAway);
         }
         let mut fc = self.frames.lock().await;
         if let Some(c) = fc.as_ref().filter(|c| !c.is_done()) {
-            return Some(c.clone());
+            return Ok(c.clone());
         }
         let weak = Arc::downgrade(self);
         let on_lane: OnLane = Arc::new(move |plugin, lane| {
@@ -161,10 +173,12 @@ impl Inner {
                 inner.lane_granted(plugin, lane);
             }
         });
-        let token = self.link.lock().unwrap().as_ref().map(|l| l.token.clone())?;
-        let c = Arc::new(FrameClient::open(&self.socket, &token, on_lane).await.ok()?);
+        let token = self.link.lock().unwrap().as_ref().map(|l| l.token.clone()).ok_or(Error::DaemonAway)?;
+        let c =
+            FrameClient::open(&self.socket, &token, on_lane, self.opts.stream_pool_size).await.map_err(Error::Io)?;
+        let c = Arc::new(c);
         *fc = Some(c.clone());
-        Some(c)
+        Ok(c)
     }
 
     /// The link's hook lane, if it has a live one.
@@ -231,6 +245,7 @@ impl std::fmt::Debug for Session {
 enum Call {
     Routes(oneshot::Sender<Result<RouteTable>>),
     Dispatch(Box<DispatchCall>),
+    Settings(SettingsCall),
 }
 
 impl Call {
@@ -243,6 +258,7 @@ impl Call {
             Call::Dispatch(c) => {
                 let _ = c.reply.send(Err(Error::DaemonAway));
             }
+            Call::Settings(c) => c.away(),
         }
     }
 }
@@ -369,6 +385,78 @@ impl Session {
         }
         let (reply, rx) = oneshot::channel();
         self.call(Call::Routes(reply), rx).await
+    }
+
+    /// One user's settings of `plugin` (its manifest's `[settings.user]`;
+    /// HostSession.userSettings), read on that user's behalf: pass the id
+    /// of the user the host authenticated, never one taken from the
+    /// request. Secrets are masked. A plugin that is not installed or has
+    /// no user settings fails as not found ([`Error::Rpc`], naming it);
+    /// [`Error::DaemonAway`] while the daemon is away.
+    pub async fn user_settings(&self, plugin: &str, user: i64) -> Result<PluginSettings> {
+        if !self.inner.connected() {
+            return Err(Error::DaemonAway);
+        }
+        let (reply, rx) = oneshot::channel();
+        self.call(Call::Settings(SettingsCall::Get { plugin: plugin.into(), user, reply }), rx).await
+    }
+
+    /// Writes one user's settings of `plugin` on that user's behalf
+    /// (HostSession.setUserSettings) and returns them as stored. `values`
+    /// is a JSON object (text) with a partial update: a key set to `null`
+    /// goes back to its default, a secret sent back masked (`"********"`)
+    /// keeps its value, keys not named are kept. The daemon validates it
+    /// against the plugin's schema: an invalid write fails as invalid
+    /// ([`Error::Rpc`]) naming each bad field, and nothing is stored.
+    pub async fn set_user_settings(&self, plugin: &str, user: i64, values: &str) -> Result<PluginSettings> {
+        if !self.inner.connected() {
+            return Err(Error::DaemonAway);
+        }
+        let (reply, rx) = oneshot::channel();
+        let call = SettingsCall::Set { plugin: plugin.into(), user, values: values.into(), reply };
+        self.call(Call::Settings(call), rx).await
+    }
+
+    /// What the enabled, running plugins add to the host's web UI
+    /// (HostSession.uiDocument): their Preferences tabs and pages, as one
+    /// JSON document. Fetch it again when the route table changes;
+    /// [`Error::DaemonAway`] while the daemon is away (serve
+    /// [`UiDocument::unavailable`] then).
+    pub async fn ui_document(&self) -> Result<UiDocument> {
+        if !self.inner.connected() {
+            return Err(Error::DaemonAway);
+        }
+        let (reply, rx) = oneshot::channel();
+        self.call(Call::Settings(SettingsCall::Ui { reply }), rx).await
+    }
+
+    /// Opens a frame stream of `kind` (e.g. "video/segment") through the
+    /// plugins whose manifests take it, in order (transforms, then
+    /// observers), and waits for the daemon to build the chain. The first
+    /// call opens the session's frame socket. A refused stream (e.g. a
+    /// fail-closed stage whose plugin is not running) fails with
+    /// [`Error::Stream`] saying why; [`Error::DaemonAway`] while the daemon
+    /// is away. See [`Stream`] for sending and receiving.
+    pub async fn open_stream(&self, kind: &str, meta: &StreamMeta) -> Result<Stream> {
+        let inner = self.inner.clone();
+        // The socket's reader and writer run on the connection thread.
+        let fc = self
+            .inner
+            .rt
+            .spawn(async move { inner.open_frame_client().await })
+            .await
+            .map_err(|_| Error::Closed(None))??;
+        Stream::open(fc.streams().clone(), kind, meta).await
+    }
+
+    /// How much of the session's shared memory for frames (on its current
+    /// frame socket) is in use: all of it is released once every frame
+    /// sent has come back and every frame received was dropped.
+    pub async fn frame_memory(&self) -> FrameMemory {
+        match self.inner.frames.lock().await.as_ref() {
+            Some(fc) => fc.streams().memory(),
+            None => FrameMemory::default(),
+        }
     }
 
     /// Runs every hook of `phase` matching the request's method and path
@@ -718,6 +806,7 @@ async fn handle(session: host_capnp::host_session::Client, call: Call) {
             let res = dispatch(&session, c.phase, &c.request, c.response.as_ref()).await;
             let _ = c.reply.send(res);
         }
+        Call::Settings(c) => c.run(session).await,
     }
 }
 
