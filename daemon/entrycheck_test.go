@@ -174,3 +174,16 @@ func TestFirstStartNamesUnservedStages(t *testing.T) {
 		}
 	}
 }
+
+// TestFirstStartRefusesAnotherName: a plugin whose handshake calls it by
+// another name than the one it is installed as (PluginInfo.name) fails at
+// its first start, saying both names.
+func TestFirstStartRefusesAnotherName(t *testing.T) {
+	td := startDaemon(t, testRuntime(t), fastSupervision)
+	td.install(t, pluginDir(t, testplugManifest("honest", []string{"-claim", "impostor"},
+		hooks("request", "GET", "/api/v1/media/:id", "2s", "fail-open", 0))))
+	st := waitState(t, td.ctl, "honest", 30*time.Second, "failed", func(s *host.PluginStatus) bool { return s.State == StateFailed })
+	if want := `the plugin calls itself "impostor", but is installed as "honest"`; !strings.Contains(st.Detail, want) {
+		t.Errorf("detail %q\ndoes not say %q", st.Detail, want)
+	}
+}

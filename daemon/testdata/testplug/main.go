@@ -6,6 +6,7 @@
 //	-fail-start      exit(4) before the handshake, saying why on stderr
 //	-name X          the value it writes into headers (default: installed name)
 //	-route-only      have only a route handler (Init and ServeRoute)
+//	-claim NAME      call itself NAME in the handshake (claim.go)
 //
 // Hooks, by phase:
 //
@@ -376,7 +377,15 @@ func main() {
 	failStart := flag.Bool("fail-start", false, "exit with code 4 before the handshake, saying why")
 	routeOnly := flag.Bool("route-only", false, "have only a route handler (no request, response or observe hooks)")
 	noFrames := flag.Bool("no-frames", false, "drop the frame socket (fd 5) first: serve the hook lane (fd 4) alone")
+	claim := flag.String("claim", "", "call itself this name in the handshake, whatever it is installed as (see claim.go)")
 	flag.Parse()
+	if *claim != "" {
+		if err := claimName(*claim); err != nil {
+			fmt.Fprintln(os.Stderr, "testplug:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if *noFrames {
 		// /dev/null in its place: fd 5 stays taken, and is no socket.
 		null, err := os.Open(os.DevNull)
