@@ -96,15 +96,28 @@ func writeFrame(c net.Conn, mu *sync.Mutex, id uint64, msg *capnp.Message) error
 	if err != nil {
 		return err
 	}
-	var hdr [12]byte
-	binary.LittleEndian.PutUint32(hdr[:4], uint32(8+len(body)))
-	binary.LittleEndian.PutUint64(hdr[4:], id)
-	bufs := net.Buffers{hdr[:], body}
+	w := frameWriters.Get().(*frameWriter)
+	binary.LittleEndian.PutUint32(w.hdr[:4], uint32(8+len(body)))
+	binary.LittleEndian.PutUint64(w.hdr[4:], id)
+	w.vec = [2][]byte{w.hdr[:], body}
+	w.bufs = w.vec[:] // WriteTo consumes bufs, not vec
 	mu.Lock()
-	defer mu.Unlock()
-	_, err = bufs.WriteTo(c)
+	_, err = w.bufs.WriteTo(c)
+	mu.Unlock()
+	w.vec[1], w.bufs = nil, nil // the pool keeps no body
+	frameWriters.Put(w)
 	return err
 }
+
+// frameWriter is a frame's header and the writev vector, reused: a frame
+// written costs no allocation beyond its marshalled body.
+type frameWriter struct {
+	hdr  [12]byte
+	vec  [2][]byte
+	bufs net.Buffers
+}
+
+var frameWriters = sync.Pool{New: func() any { return new(frameWriter) }}
 
 // readFrame reads one frame with no limits but the frame size; the
 // message owns its buffer. (See readFrameLimited.)
@@ -144,12 +157,12 @@ func NewLaneClient(c net.Conn) *LaneClient {
 }
 
 func (l *LaneClient) read() {
-	r := bufio.NewReaderSize(l.c, 64<<10)
+	lr := newLimitedReader(bufio.NewReaderSize(l.c, 64<<10), nil, Limits{})
 	var err error
 	for {
 		var id uint64
 		var msg *capnp.Message
-		if id, msg, err = readFrame(r); err != nil {
+		if id, msg, err = readFrameLimited(lr); err != nil {
 			break
 		}
 		if id == 0 { // stopping: what is pending was not started
@@ -304,11 +317,11 @@ func serveLane(ctx context.Context, c net.Conn, h LaneHandler, lim *Limits, good
 		inflightLimit = newCallLimit(MaxLaneCallsInFlight, MaxLaneBytesInFlight)
 	)
 	r := bufio.NewReaderSize(c, 64<<10)
-	read := func() (uint64, *capnp.Message, error) { return readFrame(r) }
+	lr := newLimitedReader(r, nil, Limits{}) // one per connection, not per frame
 	if lim != nil {
-		lr := newLimitedReader(r, dl, *lim)
-		read = func() (uint64, *capnp.Message, error) { return readFrameLimited(lr) }
+		lr = newLimitedReader(r, dl, *lim)
 	}
+	read := func() (uint64, *capnp.Message, error) { return readFrameLimited(lr) }
 	var err error
 	for {
 		var id uint64
