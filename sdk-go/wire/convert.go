@@ -3,6 +3,7 @@ package wire
 import (
 	"fmt"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/dimplugd/dimplugd/sdk-go/errdefs"
@@ -59,15 +60,52 @@ func readHeaders(l schema.Header_List, e *errs) http.Header {
 		e.set(fmt.Errorf("%d headers: more than the %d allowed", l.Len(), MaxHeaders))
 		return nil
 	}
-	h := make(http.Header, min(l.Len(), 32))
-	for i := 0; i < l.Len(); i++ {
+	n := l.Len()
+	h := make(http.Header, min(n, 32))
+	if n == 0 {
+		return h
+	}
+	// Every name and value is copied out of the message into one string,
+	// and each header's value list is a piece of one slice: two
+	// allocations for all the texts instead of two or three per header.
+	total := 0
+	for i := 0; i < n; i++ {
 		hd := l.At(i)
-		name := e.text(hd.Name())
+		name, err := hd.NameBytes()
+		e.set(err)
+		value, err := hd.ValueBytes()
+		e.set(err)
+		total += len(name) + len(value)
+	}
+	var sb strings.Builder
+	sb.Grow(total)
+	type span struct{ name, value [2]int }
+	spans := make([]span, n)
+	for i := 0; i < n; i++ {
+		hd := l.At(i)
+		name, _ := hd.NameBytes()
+		value, _ := hd.ValueBytes()
+		sp := &spans[i]
+		sp.name[0] = sb.Len()
+		sb.Write(name)
+		sp.name[1], sp.value[0] = sb.Len(), sb.Len()
+		sb.Write(value)
+		sp.value[1] = sb.Len()
+	}
+	all := sb.String()
+	values := make([]string, n)
+	for i, sp := range spans {
+		name := all[sp.name[0]:sp.name[1]]
 		if name == "" {
 			continue
 		}
 		k := http.CanonicalHeaderKey(name)
-		h[k] = append(h[k], e.text(hd.Value()))
+		values[i] = all[sp.value[0]:sp.value[1]]
+		if vs, ok := h[k]; ok {
+			h[k] = append(vs, values[i])
+		} else {
+			h[k] = values[i : i+1 : i+1] // capped: an append copies, never overwrites
+		}
 	}
 	return h
 }
