@@ -127,6 +127,16 @@ bench: deps build
 	@if [ -x "$(CARGO)" ]; then $(MAKE) --no-print-directory rust-deps || echo "bench: make rust-deps failed: the Rust host's row will say why"; fi
 	cd bench && CARGO="$(CARGO)" RUST_VENDOR="$(RUST_VENDOR)" $(GO) run $(GOFLAGS_BUILD) . $(if $(BENCH_JSON),-json "$(abspath $(BENCH_JSON))")
 
+# bench-callgrind counts the instructions of one hooked call on a direct
+# lane, host side (sdk-go/host) and plugin side (sdk-go/plugin), under
+# valgrind --tool=callgrind: the bench harness's callgrind section, run
+# alone (a few minutes; see bench/callgrind.go). It needs valgrind
+# (apt-get install valgrind); BENCH_JSON works as for bench.
+.PHONY: bench-callgrind
+bench-callgrind: deps build
+	@command -v valgrind >/dev/null || { echo "bench-callgrind: valgrind is not installed (apt-get install valgrind)"; exit 1; }
+	cd bench && $(GO) run $(GOFLAGS_BUILD) . -only callgrind $(if $(BENCH_JSON),-json "$(abspath $(BENCH_JSON))")
+
 # bench-go runs the Go benchmarks (func Benchmark… in *_test.go, found in
 # every module: the daemon's, sdk-go and bench) with -benchmem,
 # BENCH_COUNT times each (default 6), and writes go test's output, one

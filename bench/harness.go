@@ -47,6 +47,7 @@ func sections() []section {
 		{"spawn", []string{"fdecho", "media-badge", "dimplugd", "goplug"}, false, runSpawn},
 		{"hooks", []string{"rawecho", "goplug", "badge", "dimplugd"}, true, runHooks},
 		{"streams", []string{"framesink", "passthrough", "dimplugd"}, false, runStreams},
+		{"callgrind", []string{"badge", "dimplugd"}, false, runCallgrind},
 	}
 }
 
