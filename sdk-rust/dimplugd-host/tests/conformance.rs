@@ -12,40 +12,12 @@
 //! is missing. Without Go (and no prebuilt binaries) the test is skipped,
 //! except when CI=true, where a missing prerequisite fails it.
 
+mod common;
+use common::{go, go_cmd, prerequisite, repo_root};
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
-}
-
-/// Skips (returns None) or, under CI, fails when a prerequisite is missing.
-fn prerequisite(ok: bool, what: &str) -> Option<()> {
-    if ok {
-        return Some(());
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("prerequisite missing under CI=true: {what}");
-    }
-    eprintln!("SKIPPED: {what}");
-    None
-}
-
-fn go_cmd() -> String {
-    std::env::var("GO").unwrap_or_else(|_| "go".into())
-}
-
-fn go(root: &Path, args: &[&str], envs: &[(&str, &str)]) {
-    let out = Command::new(go_cmd())
-        .args(args)
-        .envs(envs.iter().copied())
-        .current_dir(root)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run go");
-    assert!(out.status.success(), "go {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
-}
 
 /// A directory holding `dimplugd` and `dimplugd-conformance-plugin`, and
 /// whether the test made it (and removes it).

@@ -8,6 +8,9 @@
 //! dimplugctl> skips building those two. Without Go the test is skipped,
 //! except when CI=true, where a missing prerequisite fails it.
 
+mod common;
+use common::{go, prerequisite, repo_root};
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -26,22 +29,6 @@ use dimplugd_host::{
 /// (all cores busy) can hold a plugin past it, which the session then
 /// rightly reports as a timeout.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
-}
-
-/// Skips (returns None) or, under CI, fails when a prerequisite is missing.
-fn prerequisite(ok: bool, what: &str) -> Option<()> {
-    if ok {
-        return Some(());
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("prerequisite missing under CI=true: {what}");
-    }
-    eprintln!("SKIPPED: {what}");
-    None
-}
 
 /// The daemon and its temporary directory; stopped and removed on drop.
 struct Daemon {
@@ -122,16 +109,6 @@ impl Drop for Daemon {
             let _ = fs::remove_dir_all(&self.dir);
         }
     }
-}
-
-fn go(root: &Path, args: &[&str], envs: &[(&str, &str)]) {
-    let out = Command::new(std::env::var("GO").unwrap_or_else(|_| "go".into()))
-        .args(args)
-        .envs(envs.iter().copied())
-        .current_dir(root)
-        .output()
-        .expect("run go");
-    assert!(out.status.success(), "go {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
 }
 
 /// Builds an example plugin (static, trimmed) into a copy of its directory
