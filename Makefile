@@ -11,7 +11,7 @@ CAPNP_GO  := capnproto.org/go/capnp/v3
 CAPNP_VER := v3.1.0-alpha.2
 # libcapnp-dev: the C++ headers a test compiles generated C++ against.
 # systemd: systemd-analyze checks the shipped units (cmd/dimplugd/systemd).
-APT_PKGS  := capnproto libcapnp-dev libseccomp-dev bubblewrap pkg-config gcc chromium systemd curl
+APT_PKGS  := capnproto libcapnp-dev libseccomp-dev bubblewrap pkg-config gcc chromium systemd curl valgrind
 GOFLAGS_BUILD := -tags $(TAGS)
 TESTFLAGS ?=
 ifeq ($(CI),true)
@@ -93,13 +93,15 @@ lint:
 	cd sdk-go && $(GO) vet ./...
 	cd bench && $(GO) vet $(GOFLAGS_BUILD) ./...
 
-# The SDK (sdk-go/) is its own module: its tests run in it. The daemon
+# The SDK (sdk-go/) is its own module: its tests run in it. The bench's
+# smoke tests run without -race, as `make bench` does: valgrind (the
+# callgrind section) cannot run a race-instrumented binary. The daemon
 # package's tests take most of the time (34 min under -race on a loaded
 # 2-core machine): hence the 60-minute bound per package.
 test: deps build lint check-generate
 	cd sdk-go && $(GO) test $(TESTFLAGS) -count=1 -timeout 20m ./...
 	$(GO) test $(GOFLAGS_BUILD) $(TESTFLAGS) -count=1 -timeout 60m ./...
-	cd bench && $(GO) test $(GOFLAGS_BUILD) $(TESTFLAGS) -count=1 -timeout 20m ./...
+	cd bench && $(GO) test $(GOFLAGS_BUILD) -count=1 -timeout 20m ./...
 	@$(MAKE) --no-print-directory rust-test
 	@$(MAKE) --no-print-directory fuzz
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"math"
+	"os"
 	"os/exec"
 	"testing"
 	"time"
@@ -17,9 +18,15 @@ func TestCallgrindQuick(t *testing.T) {
 		t.Skip("builds the daemon and runs it and a host under valgrind")
 	}
 	if _, err := exec.LookPath("valgrind"); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("valgrind must be installed in CI (the Makefile's APT_PKGS): %v", err)
+		}
 		t.Skip("valgrind is not installed")
 	}
 	if raceEnabled {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("make test runs the bench's tests without -race: the race detector's runtime does not run under valgrind")
+		}
 		t.Skip("the race detector's runtime does not run under valgrind")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
