@@ -475,7 +475,9 @@ func (h *frameHub) read(p *framePeer) {
 // broke the protocol), giving a peer that does not read a moment at most.
 func (p *framePeer) goodbye(why string) {
 	_ = p.conn.SetWriteDeadline(time.Now().Add(time.Second))
-	_ = p.conn.Send(func(m schema.FrameMsg) error { return m.SetGoodbye(why) })
+	if p.conn.Send(func(m schema.FrameMsg) error { return m.SetGoodbye(why) }) == nil {
+		_ = p.conn.Sync() // the writer may hold it in its batch: out before the close
+	}
 }
 
 // handleLocked applies one message from p.

@@ -58,6 +58,8 @@ type Conn struct {
 	spare    []byte     // the other buffer: batch and spare swap on every write
 	flushing bool       // a goroutine is writing; it writes batch before it stops
 	werr     error      // the first write error; sending fails with it from then on
+	taken    uint64     // batches taken for writing so far (batch is number taken+1)
+	written  uint64     // batches whose write has ended, in order (≤ taken)
 
 	rmu   sync.Mutex // serializes Recv; guards the fields below
 	rbuf  []byte
@@ -269,6 +271,33 @@ func (c *Conn) send(fill func(schema.FrameMsg) error, fds []*os.File, now bool) 
 	return nil
 }
 
+// Sync waits until every message sent or buffered before it was called has
+// been written to the socket (by this goroutine, when no write is in
+// progress), and returns the connection's write error, if any. Send alone
+// may return while another goroutine's write is about to take its message;
+// a sender that closes the connection next, such as one saying goodbye,
+// calls Sync first so that the message is not lost.
+func (c *Conn) Sync() error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if len(c.batch) > 0 {
+		want := c.taken + 1 // the batch being filled
+		for c.werr == nil && c.written < want {
+			if !c.flushing {
+				c.flushing = true
+				c.drainLocked()
+				continue
+			}
+			c.wcond.Wait()
+		}
+		return c.werr
+	}
+	for c.werr == nil && c.written < c.taken { // a write in progress
+		c.wcond.Wait()
+	}
+	return c.werr
+}
+
 // drainLocked writes batches until none is left, then ends the caller's
 // turn as the writer (c.flushing, which the caller set). wmu is held on
 // entry and exit and released during each write.
@@ -290,11 +319,14 @@ func (c *Conn) writeBatchLocked() error {
 	}
 	b := c.batch
 	c.batch, c.spare = c.spare[:0], nil
+	c.taken++
 	c.wcond.Broadcast() // room in the batch again
 	c.wmu.Unlock()
 	err := c.write([][]byte{b}, nil)
 	c.wmu.Lock()
 	c.spare = b[:0]
+	c.written++
+	c.wcond.Broadcast() // for Sync
 	if err != nil && c.werr == nil {
 		c.werr = err
 	}

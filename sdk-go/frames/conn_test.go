@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"github.com/dimplugd/dimplugd/sdk-go/internal/testwait"
 	"io"
 	"net"
 	"os"
@@ -848,4 +849,52 @@ func TestConnRecvBrokenMessageInBatch(t *testing.T) {
 		t.Fatalf("after the broken packet: seq %d", f.Seq())
 	}
 	msg.Release()
+}
+
+// A message Send leaves to another goroutine's write in progress is on the
+// socket once Sync returns: a sender that closes right after (a daemon
+// saying goodbye) does not lose it.
+func TestConnSyncWaitsForAnotherWriter(t *testing.T) {
+	a, b := pair(t)
+	var flushed sync.WaitGroup
+	flushed.Go(func() { // blocks in its write until b reads; fails once a closes
+		for i := range 64 {
+			if sendSeq(a, uint64(i), 60<<10, true) != nil {
+				return
+			}
+		}
+		_ = a.Flush()
+	})
+	testwait.Until(t, "a write to block on the full socket", func() bool {
+		a.wmu.Lock()
+		defer a.wmu.Unlock()
+		return a.flushing && a.written < a.taken
+	})
+	if err := a.Send(func(m schema.FrameMsg) error { return m.SetGoodbye("last words") }); err != nil {
+		t.Fatal(err)
+	}
+	synced := make(chan error, 1)
+	go func() { // closes at once when Sync returns, as the daemon does
+		err := a.Sync()
+		a.Close()
+		synced <- err
+	}()
+	var last string
+	for last == "" {
+		msg, m, _, err := b.Recv()
+		if err != nil {
+			t.Fatalf("the socket ended before the goodbye: %v", err)
+		}
+		if m.Which() == schema.FrameMsg_Which_goodbye {
+			last, _ = m.Goodbye()
+		}
+		msg.Release()
+	}
+	if err := <-synced; err != nil {
+		t.Fatal(err)
+	}
+	if last != "last words" {
+		t.Fatalf("goodbye %q", last)
+	}
+	flushed.Wait()
 }

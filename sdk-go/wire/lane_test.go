@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/dimplugd/dimplugd/sdk-go/internal/testwait"
 	"net"
 	"os"
 	"strings"
@@ -198,7 +199,7 @@ func TestLaneGoodbye(t *testing.T) {
 		}
 		held <- err
 	}()
-	waitUntil(t, "the held call to start", func() bool { return started.Load() == 1 })
+	testwait.Until(t, "the held call to start", func() bool { return started.Load() == 1 })
 	close(goodbye)
 	close(release)
 	if err := <-held; err != nil {
@@ -219,18 +220,6 @@ func TestLaneGoodbye(t *testing.T) {
 	}
 	if n := started.Load(); n != 1 {
 		t.Errorf("the handler ran %d times, want once", n)
-	}
-}
-
-// waitUntil polls cond until it holds, failing after 5 s.
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
 	}
 }
 
