@@ -62,7 +62,7 @@ func BenchmarkPluginHop(b *testing.B) {
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		t0 := time.Now()
-		if out, err := td.Daemon.dispatch(ctx, schema.Phase_request, req, nil); err != nil || out.which != schema.DispatchResult_outcome_Which_mutateRequest {
+		if out, err := td.Daemon.dispatch(ctx, schema.Phase_request, req, nil); err != nil || out.Kind != schema.DispatchResult_outcome_Which_mutateRequest {
 			b.Fatalf("dispatch: %+v, %v", out, err)
 		}
 		lat = append(lat, time.Since(t0))

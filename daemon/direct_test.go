@@ -2,6 +2,8 @@ package daemon
 
 import (
 	"context"
+	"fmt"
+	"net/http"
 	"strings"
 	"syscall"
 	"testing"
@@ -160,4 +162,141 @@ func TestDirectLaneRefusalSaysWhy(t *testing.T) {
 			t.Errorf("refusal %q does not say %q", why, want)
 		}
 	}
+}
+
+// TestDirectPhases: phases with several hooks from several plugins run over
+// direct lanes, in the daemon's order and under its phase policy — a host
+// calling the plugins itself answers exactly what the daemon answers (a
+// session without direct lanes is the reference) — and none of it goes
+// through the daemon.
+func TestDirectPhases(t *testing.T) {
+	// Priorities run against the names (pc, pb, pa), so the order is the
+	// priorities', not the table's.
+	td := startWithPlugins(t, fastSupervision,
+		testPlugin{name: "pa", extra: hooks("request", "GET", "/multi/:id", "2s", "fail-open", 30) + hooks("response", "GET", "/multi/:id", "2s", "fail-open", 30)},
+		testPlugin{name: "pb", extra: hooks("request", "GET", "/multi/:id", "150ms", "fail-closed", 20) + hooks("response", "GET", "/multi/:id", "2s", "fail-open", 20)},
+		testPlugin{name: "pc", extra: hooks("request", "GET", "/multi/:id", "150ms", "fail-open", 10) + hooks("response", "GET", "/multi/:id", "150ms", "fail-open", 10)},
+	)
+	direct := dial(t, td.socket)
+	viaDaemon := dial(t, td.socket, host.WithoutDirectLanes())
+	resp := func() *host.Response { return &host.Response{Status: 200, Header: http.Header{}, Body: []byte("x")} }
+
+	// Every lane of the phase is asked for at once; then nothing reaches
+	// the daemon.
+	waitFor(t, 10*time.Second, "the session to run both phases directly", func() bool {
+		before := td.dispatches.Load()
+		dispatch(t, direct, host.PhaseRequest, get("/multi/1"), nil)
+		dispatch(t, direct, host.PhaseResponse, get("/multi/1"), resp())
+		return td.dispatches.Load() == before
+	})
+	for _, p := range []string{"pa", "pb", "pc"} {
+		if ok, why := direct.DirectLane(p); !ok {
+			t.Fatalf("no direct lane to %s: %s", p, why)
+		}
+	}
+	before := td.dispatches.Load()
+
+	same := func(t *testing.T, what string, got, want *host.Result) {
+		t.Helper()
+		norm := func(r *host.Result) string {
+			r.ResponseMutation.Header.Del("X-Test-Hits") // each plugin's own counter
+			s := fmt.Sprintf("kind=%d applied=%v mutreq=%+v mutresp=%+v", r.Kind, r.Applied, r.RequestMutation, r.ResponseMutation)
+			if r.Response != nil {
+				s += fmt.Sprintf(" respond=%d %q", r.Response.Status, r.Response.Body)
+			}
+			if r.Failure != nil {
+				s += fmt.Sprintf(" failure=%s/%s %d %q", r.Failure.Plugin, r.Failure.Hook, r.Failure.Kind, r.Failure.Message)
+			}
+			for _, e := range r.Skipped {
+				s += fmt.Sprintf(" skipped=%s/%s %d %q", e.Plugin, e.Hook, e.Kind, e.Message)
+			}
+			return s
+		}
+		if g, w := norm(got), norm(want); g != w {
+			t.Errorf("%s:\ndirect:     %s\nvia daemon: %s", what, g, w)
+		}
+	}
+	cases := []struct {
+		name, path string
+		check      func(t *testing.T, r *host.Result)
+	}{
+		{"in priority order", "/multi/1?x=1", func(t *testing.T, r *host.Result) {
+			if r.Kind != host.MutateRequest || r.RequestMutation.RawQuery != "x=1&seen=pc&seen=pb&seen=pa" ||
+				strings.Join(r.Applied, ",") != "pc/request-hook,pb/request-hook,pa/request-hook" {
+				t.Errorf("%+v", r)
+			}
+		}},
+		{"the first answer ends the phase", "/multi/forbidden", func(t *testing.T, r *host.Result) {
+			if r.Kind != host.Respond || r.Response.Status != 403 || strings.Join(r.Applied, ",") != "pc/request-hook" {
+				t.Errorf("%+v", r)
+			}
+		}},
+		{"a fail-open timeout is skipped, a fail-closed one fails the request", "/multi/1?sleep=400ms", func(t *testing.T, r *host.Result) {
+			if r.Kind != host.FailClosed || r.Failure.Plugin != "pb" || r.Failure.Kind != schema.HookErrorKind_timeout ||
+				len(r.Skipped) != 1 || r.Skipped[0].Plugin != "pc" {
+				t.Errorf("%+v", r)
+			}
+		}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			got := dispatch(t, direct, host.PhaseRequest, get(c.path), nil)
+			c.check(t, got)
+			same(t, c.path, got, dispatch(t, viaDaemon, host.PhaseRequest, get(c.path), nil))
+		})
+	}
+	// Response hooks run in reverse (pa, pb, pc); a fail-open timeout
+	// (pc's, 150 ms, while pa and pb sleep 200 ms within their 2 s) is
+	// skipped.
+	t.Run("response phase", func(t *testing.T) {
+		got := dispatch(t, direct, host.PhaseResponse, get("/multi/1"), resp())
+		if got.Kind != host.MutateResponse || strings.Join(got.ResponseMutation.Header.Values("X-Test-Response"), ",") != "pa,pb,pc" {
+			t.Errorf("%+v", got)
+		}
+		same(t, "response", got, dispatch(t, viaDaemon, host.PhaseResponse, get("/multi/1"), resp()))
+		got = dispatch(t, direct, host.PhaseResponse, get("/multi/1?respsleep=200ms"), resp())
+		if len(got.Skipped) != 1 || got.Skipped[0].Plugin != "pc" || strings.Join(got.Applied, ",") != "pa/response-hook,pb/response-hook" {
+			t.Errorf("skipped timeout: %+v", got)
+		}
+		same(t, "response with a timeout", got, dispatch(t, viaDaemon, host.PhaseResponse, get("/multi/1?respsleep=200ms"), resp()))
+	})
+	if n := td.dispatches.Load() - before; n != int64(len(cases)+2) {
+		t.Errorf("%d dispatches reached the daemon, want only the %d of the session without direct lanes", n, len(cases)+2)
+	}
+
+	// A plugin of the phase dies: its fail-closed hook fails the request
+	// as unavailable (on its lane, which broke, or through the daemon while
+	// it restarts), and the phase is direct again once it is back.
+	pb, err := td.ctl.Inspect(context.Background(), "pb")
+	if err != nil {
+		t.Fatal(err)
+	}
+	syscall.Kill(pb.PID, syscall.SIGKILL)
+	waitState(t, td.ctl, "pb", 10*time.Second, "backoff", func(s *host.PluginStatus) bool { return s.State == StateBackoff })
+	for range 2 {
+		r := dispatch(t, direct, host.PhaseRequest, get("/multi/1"), nil)
+		if r.Kind != host.FailClosed || r.Failure.Plugin != "pb" || r.Failure.Kind != schema.HookErrorKind_unavailable {
+			t.Fatalf("while pb is down: %+v", r)
+		}
+	}
+	waitState(t, td.ctl, "pb", 20*time.Second, "restarted", func(s *host.PluginStatus) bool { return s.State == StateRunning && s.PID != pb.PID })
+	waitFor(t, 10*time.Second, "the phase to be direct again", func() bool {
+		b := td.dispatches.Load()
+		r := dispatch(t, direct, host.PhaseRequest, get("/multi/1?x=1"), nil)
+		if r.RequestMutation.RawQuery != "x=1&seen=pc&seen=pb&seen=pa" {
+			t.Fatalf("after the restart: %+v", r)
+		}
+		return td.dispatches.Load() == b
+	})
+}
+
+func hasHookOf(t *host.RouteTable, plugin string) bool {
+	for _, e := range t.Entries {
+		for _, h := range e.Hooks {
+			if h.Plugin == plugin {
+				return true
+			}
+		}
+	}
+	return false
 }

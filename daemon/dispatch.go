@@ -5,36 +5,28 @@ import (
 	"errors"
 	"fmt"
 	"iter"
-	"sync"
 	"sync/atomic"
 	"time"
 
 	"capnproto.org/go/capnp/v3/exc"
 
+	"github.com/dimplugd/dimplugd/sdk-go/errdefs"
 	"github.com/dimplugd/dimplugd/sdk-go/manifest"
 	"github.com/dimplugd/dimplugd/sdk-go/schema"
 	"github.com/dimplugd/dimplugd/sdk-go/wire"
 )
 
 // outcome is the combined effect of one phase's hooks on one request.
-type outcome struct {
-	which   schema.DispatchResult_outcome_Which
-	reqMut  wire.RequestMutation
-	resp    *wire.Response
-	respMut wire.ResponseMutation
-	fail    *wire.HookError
-	skipped []wire.HookError
-	applied []string
-}
+type outcome = wire.Outcome
 
 // Observers are best effort: past these bounds a copy is dropped (and
 // reported in the dispatch's skipped list) rather than queued without
 // limit. A burst from one host fits; a plugin that observes more slowly
 // than requests arrive for long loses copies, and only its own.
 const (
-	// maxObserveQueue bounds one plugin's observe calls queued or in
-	// flight.
-	maxObserveQueue = 4096
+	// maxObserveQueue bounds one plugin's observe calls queued behind
+	// the one in flight.
+	maxObserveQueue = wire.MaxQueuedCalls
 	// maxObserveBytes bounds the bytes (bodies plus headers) of every
 	// observe call queued or in flight in the daemon.
 	maxObserveBytes = 64 << 20
@@ -42,25 +34,6 @@ const (
 
 // observeBytes is what the observe calls queued or in flight hold.
 var observeBytes atomic.Int64
-
-// observeSize is what an observe call holds on to, roughly.
-func observeSize(req *wire.Request, resp *wire.Response) int64 {
-	n := int64(len(req.Body) + len(req.Path) + len(req.RawQuery) + 512)
-	for k, vs := range req.Header {
-		for _, v := range vs {
-			n += int64(len(k) + len(v))
-		}
-	}
-	if resp != nil {
-		n += int64(len(resp.Body))
-		for k, vs := range resp.Header {
-			for _, v := range vs {
-				n += int64(len(k) + len(v))
-			}
-		}
-	}
-	return n
-}
 
 // dispatch runs every hook of phase matching req, in order. A call that
 // arrives while the daemon drains (see drain) is refused with
@@ -72,99 +45,31 @@ func (d *Daemon) dispatch(ctx context.Context, phase schema.Phase, req *wire.Req
 	if d.draining.Load() {
 		return nil, wire.ErrStopping
 	}
-	out := &outcome{which: schema.DispatchResult_outcome_Which_continue}
 	t := d.routes.cur.Load()
 	if int(phase) >= len(t.phases) {
-		return out, nil
+		return &outcome{Kind: schema.DispatchResult_outcome_Which_continue}, nil
 	}
 	hooks := t.phases[phase]
-	switch phase {
-	case schema.Phase_request:
-		d.dispatchRequest(ctx, hooks, req, out)
-	case schema.Phase_response:
-		d.dispatchResponse(ctx, hooks, req, resp, out)
-	case schema.Phase_route:
-		d.dispatchRoute(ctx, hooks, req, out)
-	case schema.Phase_observe:
+	if phase == schema.Phase_observe {
+		out := &outcome{Kind: schema.DispatchResult_outcome_Which_continue}
 		d.dispatchObserve(hooks, req, resp, out)
+		return out, nil
 	}
-	return out, nil
+	return wire.RunPhase(phase, matching(hooks, req), describeHook,
+		func(m matched, req *wire.Request, resp *wire.Response) (wire.HookAnswer, *wire.HookError) {
+			return d.callHook(ctx, m.h, phase, req, m.params, resp)
+		}, req, resp), nil
 }
 
-// dispatchRequest runs the request hooks in turn, each on the request as
-// the ones before left it; a hook that answers ends the phase.
-func (d *Daemon) dispatchRequest(ctx context.Context, hooks []*hookRef, req *wire.Request, out *outcome) {
-	var work *wire.Request
-	for h, params := range matching(hooks, req) {
-		if work == nil {
-			work = req.Clone()
-		}
-		a, herr := d.callHook(ctx, h, schema.Phase_request, work, params, nil)
-		if herr != nil {
-			if out.failed(h, herr) {
-				return
-			}
-			continue
-		}
-		switch a.Kind {
-		case schema.HookResult_Which_mutateRequest:
-			a.RequestMutation.Apply(work)
-			out.applied = append(out.applied, h.name())
-		case schema.HookResult_Which_respond:
-			out.which, out.resp = schema.DispatchResult_outcome_Which_respond, a.Response
-			out.applied = append(out.applied, h.name())
-			return
-		}
-	}
-	if work != nil {
-		if m := wire.DiffRequest(req, work); !m.IsZero() {
-			out.which, out.reqMut = schema.DispatchResult_outcome_Which_mutateRequest, m
-		}
-	}
+// matched is a hook whose route matches a request, with the parameters
+// its route takes from the path.
+type matched struct {
+	h      *hookRef
+	params []manifest.Param
 }
 
-// dispatchResponse runs the response hooks in turn, each on the response
-// as the ones before left it.
-func (d *Daemon) dispatchResponse(ctx context.Context, hooks []*hookRef, req *wire.Request, resp *wire.Response, out *outcome) {
-	var work *wire.Response
-	for h, params := range matching(hooks, req) {
-		if work == nil {
-			work = resp.Clone()
-		}
-		a, herr := d.callHook(ctx, h, schema.Phase_response, req, params, work)
-		if herr != nil {
-			if out.failed(h, herr) {
-				return
-			}
-			continue
-		}
-		if a.Kind == schema.HookResult_Which_mutateResponse {
-			a.ResponseMutation.Apply(work)
-			out.applied = append(out.applied, h.name())
-		}
-	}
-	if work != nil {
-		if m := wire.DiffResponse(resp, work); !m.IsZero() {
-			out.which, out.respMut = schema.DispatchResult_outcome_Which_mutateResponse, m
-		}
-	}
-}
-
-// dispatchRoute asks the first matching route hook, the route's owner, to
-// answer the request.
-func (d *Daemon) dispatchRoute(ctx context.Context, hooks []*hookRef, req *wire.Request, out *outcome) {
-	for h, params := range matching(hooks, req) {
-		a, herr := d.callHook(ctx, h, schema.Phase_route, req, params, nil)
-		if herr != nil {
-			// The owner of a route is the only one who can answer it:
-			// whatever its policy, a failure fails the request.
-			out.which, out.fail = schema.DispatchResult_outcome_Which_failClosed, herr
-			return
-		}
-		out.which, out.resp = schema.DispatchResult_outcome_Which_respond, a.Response
-		out.applied = append(out.applied, h.name())
-		return
-	}
+func describeHook(m matched) wire.PhaseHook {
+	return wire.PhaseHook{Name: m.h.name(), FailClosed: m.h.hook.Failure == manifest.FailClosed}
 }
 
 // dispatchObserve hands the observers their copies in the background and
@@ -177,11 +82,12 @@ func (d *Daemon) dispatchRoute(ctx context.Context, hooks []*hookRef, req *wire.
 // never handles two observations at once. A slow observer only delays its
 // own queue (up to its deadline per call).
 func (d *Daemon) dispatchObserve(hooks []*hookRef, req *wire.Request, resp *wire.Response, out *outcome) {
-	size := observeSize(req, resp)
-	for h, params := range matching(hooks, req) {
+	size := wire.ExchangeSize(req, resp)
+	for m := range matching(hooks, req) {
+		h, params := m.h, m.params
 		if observeBytes.Add(size) > maxObserveBytes {
 			observeBytes.Add(-size)
-			out.skipped = append(out.skipped, *hookErr(h, schema.HookErrorKind_unavailable,
+			out.Skipped = append(out.Skipped, *hookErr(h, schema.HookErrorKind_unavailable,
 				fmt.Sprintf("observer dropped: the observe calls waiting in the daemon hold more than %d MiB", maxObserveBytes>>20)))
 			continue
 		}
@@ -193,7 +99,7 @@ func (d *Daemon) dispatchObserve(hooks []*hookRef, req *wire.Request, resp *wire
 		})
 		if !ok {
 			observeBytes.Add(-size)
-			out.skipped = append(out.skipped, *hookErr(h, schema.HookErrorKind_unavailable,
+			out.Skipped = append(out.Skipped, *hookErr(h, schema.HookErrorKind_unavailable,
 				fmt.Sprintf("observer dropped: %d observe calls already wait for this plugin", maxObserveQueue)))
 		}
 	}
@@ -201,69 +107,23 @@ func (d *Daemon) dispatchObserve(hooks []*hookRef, req *wire.Request, resp *wire
 
 // callQueue holds calls to a plugin that must be made one after another
 // in the order they were queued (its observe calls, its settings change
-// notifications), by a goroutine the daemon owns that runs while the
-// queue is not empty; at most maxObserveQueue wait.
-type callQueue struct {
-	mu      sync.Mutex
-	calls   []func()
-	running bool
-}
+// notifications), by a goroutine the daemon owns; at most maxObserveQueue
+// wait.
+type callQueue struct{ q wire.CallQueue }
 
 // push queues call, or reports false if maxObserveQueue calls wait.
-func (q *callQueue) push(d *Daemon, call func()) bool {
-	q.mu.Lock()
-	if len(q.calls) >= maxObserveQueue {
-		q.mu.Unlock()
-		return false
-	}
-	q.calls = append(q.calls, call)
-	start := !q.running
-	q.running = true
-	q.mu.Unlock()
-	if !start {
-		return true
-	}
-	d.wg.Add(1)
-	go func() { // owned by the daemon; each call ends at its hook's deadline at the latest
-		defer d.wg.Done()
-		for {
-			q.mu.Lock()
-			if len(q.calls) == 0 {
-				q.running = false
-				q.mu.Unlock()
-				return
-			}
-			call := q.calls[0]
-			q.calls[0] = nil
-			q.calls = q.calls[1:]
-			q.mu.Unlock()
-			call()
-		}
-	}()
-	return true
-}
+func (q *callQueue) push(d *Daemon, call func()) bool { return q.q.Push(&d.wg, call) }
 
 // matching yields the hooks that match req, in order, with the route
 // parameters each one's route takes from the path.
-func matching(hooks []*hookRef, req *wire.Request) iter.Seq2[*hookRef, []manifest.Param] {
-	return func(yield func(*hookRef, []manifest.Param) bool) {
+func matching(hooks []*hookRef, req *wire.Request) iter.Seq[matched] {
+	return func(yield func(matched) bool) {
 		for _, h := range hooks {
-			if params, ok := h.matches(req.Method, req.Path); ok && !yield(h, params) {
+			if params, ok := h.matches(req.Method, req.Path); ok && !yield(matched{h, params}) {
 				return
 			}
 		}
 	}
-}
-
-// failed records a hook failure and reports whether it ends the request
-// (fail-closed).
-func (o *outcome) failed(h *hookRef, e *wire.HookError) bool {
-	if h.hook.Failure == manifest.FailClosed {
-		o.which, o.fail = schema.DispatchResult_outcome_Which_failClosed, e
-		return true
-	}
-	o.skipped = append(o.skipped, *e)
-	return false
 }
 
 // name is "plugin/hook", as a dispatch result lists the hooks it applied.
@@ -365,4 +225,34 @@ func (d *Daemon) call(ctx context.Context, ref pluginRef, h *hookRef, phase sche
 
 func isDisconnected(err error) bool {
 	return exc.IsType(err, exc.Disconnected)
+}
+
+// Observed is the host face's barrier for observers (host.capnp,
+// observed): it returns once the observe calls queued for the plugin
+// before it have been made, so that a host moving a plugin's observations
+// to a direct lane keeps them in order.
+func (h *hostSession) Observed(ctx context.Context, call schema.HostSession_observed) error {
+	name, err := call.Args().Plugin()
+	if err != nil {
+		return errdefs.ToWire(errdefs.WithClass(fmt.Errorf("observed: %w", err), errdefs.ErrInvalid))
+	}
+	u, err := h.d.unit(name)
+	if err != nil {
+		return nil // nothing queued for a plugin that is not installed
+	}
+	reached := make(chan struct{})
+	for !u.observeQ.push(h.d, func() { close(reached) }) {
+		// The queue is full: it drains by its calls' deadlines.
+		select {
+		case <-time.After(10 * time.Millisecond):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	select {
+	case <-reached:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }

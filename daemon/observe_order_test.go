@@ -16,7 +16,9 @@ import (
 
 // TestObserversInOrder: a host serves 300 requests in a row through the
 // middleware; the plugin observing them must see them in that order (a
-// scrobbler's stored position moved backwards when observations raced).
+// scrobbler's stored position moved backwards when observations raced),
+// also across the session's switch from the daemon's path to its direct
+// lane.
 func TestObserversInOrder(t *testing.T) {
 	td := startDaemon(t, testRuntime(t), fastSupervision)
 	td.install(t, pluginDir(t, testplugManifest("scrobbler", nil,
@@ -70,7 +72,12 @@ func TestObserversInOrder(t *testing.T) {
 	if count != n {
 		t.Errorf("%d of %d observations delivered: a burst from one host was dropped", count, n)
 	}
-	t.Logf("%d of %d observations delivered, in order", count, n)
+	// The first observations go through the daemon until the session has
+	// its direct lane; the rest go direct, and the switch kept the order.
+	if d := td.dispatches.Load(); d == 0 || d >= n {
+		t.Errorf("%d of %d observations went through the daemon: the test should see the switch to direct", d, n)
+	}
+	t.Logf("%d of %d observations delivered, in order; %d through the daemon", count, n, td.dispatches.Load())
 }
 
 // TestObserveQueueBound: a plugin's observe queue takes maxObserveQueue

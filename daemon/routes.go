@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"context"
-	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -89,21 +88,9 @@ func (d *Daemon) rebuildRoutes() {
 	}
 	for p := range t.phases {
 		hs := t.phases[p]
-		sort.SliceStable(hs, func(i, j int) bool {
-			a, b := hs[i], hs[j]
-			if a.hook.Priority != b.hook.Priority {
-				return a.hook.Priority < b.hook.Priority
-			}
-			if a.plugin != b.plugin {
-				return a.plugin < b.plugin
-			}
-			return a.hook.Name < b.hook.Name
+		wire.SortHooks(schema.Phase(p), hs, func(h *hookRef) wire.HookKey {
+			return wire.HookKey{Priority: h.hook.Priority, Plugin: h.plugin, Hook: h.hook.Name}
 		})
-		if schema.Phase(p) == schema.Phase_response { // response hooks run in reverse
-			for i, j := 0, len(hs)-1; i < j; i, j = i+1, j-1 {
-				hs[i], hs[j] = hs[j], hs[i]
-			}
-		}
 	}
 	idx := map[[2]string]int{}
 	for _, h := range hooks {

@@ -534,7 +534,7 @@ func (d *Daemon) laneDispatch(ctx context.Context, req, reply schema.LaneFrame) 
 	if err != nil {
 		return err
 	}
-	return writeOutcome(dr, out)
+	return wire.WriteOutcome(dr, out)
 }
 
 // bufferedConn reads through the buffer that peeked at the first byte.
@@ -779,60 +779,5 @@ func (h *hostSession) Dispatch(ctx context.Context, call schema.HostSession_disp
 	if err != nil {
 		return err
 	}
-	return writeOutcome(r, out)
-}
-
-func writeOutcome(r schema.DispatchResult, out *outcome) error {
-	oc := r.Outcome()
-	var err error
-	switch out.which {
-	case schema.DispatchResult_outcome_Which_continue:
-		oc.SetContinue()
-	case schema.DispatchResult_outcome_Which_mutateRequest:
-		var ms schema.RequestMutation
-		if ms, err = oc.NewMutateRequest(); err == nil {
-			err = wire.WriteRequestMutation(ms, &out.reqMut)
-		}
-	case schema.DispatchResult_outcome_Which_respond:
-		var rs schema.HttpResponse
-		if rs, err = oc.NewRespond(); err == nil {
-			err = wire.WriteResponse(rs, out.resp)
-		}
-	case schema.DispatchResult_outcome_Which_mutateResponse:
-		var ms schema.ResponseMutation
-		if ms, err = oc.NewMutateResponse(); err == nil {
-			err = wire.WriteResponseMutation(ms, &out.respMut)
-		}
-	case schema.DispatchResult_outcome_Which_failClosed:
-		var he schema.HookError
-		if he, err = oc.NewFailClosed(); err == nil {
-			err = wire.WriteHookError(he, out.fail)
-		}
-	}
-	if err != nil {
-		return err
-	}
-	if len(out.skipped) > 0 {
-		l, err := r.NewSkipped(int32(len(out.skipped)))
-		if err != nil {
-			return err
-		}
-		for i := range out.skipped {
-			if err := wire.WriteHookError(l.At(i), &out.skipped[i]); err != nil {
-				return err
-			}
-		}
-	}
-	if len(out.applied) > 0 {
-		l, err := r.NewApplied(int32(len(out.applied)))
-		if err != nil {
-			return err
-		}
-		for i, a := range out.applied {
-			if err := l.Set(i, a); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
+	return wire.WriteOutcome(r, out)
 }

@@ -55,6 +55,14 @@ interface HostSession {
   # Its "version" changes whenever its content does; fetch it again when
   # the route table changes.
 
+  observed @6 (plugin :Text) -> ();
+  # Returns once every observe call queued in the daemon for `plugin` when
+  # it was called has been made (or has failed). A host that observes over
+  # direct lanes calls it before its first direct observe call to a plugin
+  # it has observed through the daemon, so that the plugin still sees the
+  # host's requests in order across the switch (docs/host-protocol.md,
+  # "Direct lanes"). Returns at once for a plugin that is not installed.
+
   # Frame streams are on the frame socket (stream.capnp).
 }
 

@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/dimplugd/dimplugd/sdk-go/manifest"
 	"github.com/dimplugd/dimplugd/sdk-go/schema"
 	"github.com/dimplugd/dimplugd/sdk-go/termesc"
 	"github.com/dimplugd/dimplugd/sdk-go/wire"
@@ -16,14 +17,15 @@ import (
 // Direct hook lanes.
 //
 // A hooked request normally crosses two connections: host → daemon →
-// plugin. When a phase of a request has exactly one hook, the session may
-// call that plugin itself over a direct lane the daemon set up between the
-// two (schema/stream.capnp, LaneGrant): one round trip instead of two. The
-// session then applies what the daemon would — the hook's deadline, its
-// failure policy, a circuit breaker, the rules of the phase — from the
-// contract the route table carries. Everything else (several hooks in a
-// phase, observers, a plugin without a lane, a lane that broke) goes
-// through the daemon as before.
+// plugin. The session may instead call the plugins itself, over direct
+// lanes the daemon set up between them (schema/stream.capnp, LaneGrant):
+// one round trip per hook instead of two. It then applies what the daemon
+// would — the hooks' order, each hook's deadline, failure policy and
+// circuit breaker, the rules of the phase (wire.SortHooks, wire.RunPhase)
+// — from the contract the route table carries, for every phase: several
+// hooks run one after another, observers are called off the request's
+// path. A phase with a plugin the session has no lane to (not granted
+// yet, refused, broken) goes through the daemon as before.
 
 // directLane is the session's lane to one plugin, or the memory of having
 // asked for one.
@@ -137,108 +139,281 @@ func (s *Session) reportLoop(stop <-chan struct{}) {
 // daemon refused (the plugin was not running, say).
 const retryLane = time.Second
 
-// dispatchDirect tries to run a phase's only hook over a direct lane. ok is false
-// when the request must go through the daemon.
+// directHook is one hook of a phase that a session calls over a direct
+// lane, with what the call needs.
+type directHook struct {
+	hook   *RouteHook
+	entry  *RouteEntry
+	params []manifest.Param
+	lane   *wire.LaneClient
+	br     *wire.Breaker
+	st     *directStats
+}
+
+func (h *directHook) key() wire.HookKey {
+	return wire.HookKey{Priority: h.hook.Priority, Plugin: h.hook.Plugin, Hook: h.hook.Hook}
+}
+
+func describeDirect(h *directHook) wire.PhaseHook {
+	return wire.PhaseHook{Name: h.hook.Plugin + "/" + h.hook.Hook, FailClosed: h.hook.FailClosed}
+}
+
+// dispatchDirect runs a phase over direct lanes when the session holds a
+// lane to every plugin with a hook in it: the hooks in the daemon's order,
+// under the daemon's phase policy (wire.SortHooks, wire.RunPhase), each
+// call under its hook's deadline, breaker and failure policy. Observers
+// are handed their copies on the session's per-plugin queues. ok is false
+// when the phase must go through the daemon: a lane is missing (it is
+// asked for meanwhile), or the first hook's plugin went away under the
+// call, before any hook of the phase ran. A plugin that goes away later in
+// the phase is answered by its hook's policy, as the daemon would.
 func (s *Session) dispatchDirect(ctx context.Context, phase Phase, req *Request, resp *Response) (res *Result, ok bool) {
-	if s.noDirect || phase == PhaseObserve {
+	if s.noDirect {
 		return nil, false
 	}
 	t := s.routes.Load()
 	if t == nil {
 		return nil, false
 	}
-	var hook *RouteHook
-	var entry *RouteEntry
+	var buf [4]directHook
+	hooks := buf[:0]
 	for i := range t.Entries {
 		e := &t.Entries[i]
-		if e.Method != "*" && e.Method != req.Method {
+		if !manifest.MethodMatches(e.Method, req.Method) {
 			continue
 		}
+		var params []manifest.Param
+		matched, tried := false, false
 		for j := range e.Hooks {
 			if e.Hooks[j].Phase != phase {
 				continue
 			}
-			if _, match := e.route.Match(req.Path); !match {
+			if !tried {
+				params, matched = e.route.Match(req.Path)
+				tried = true
+			}
+			if !matched {
 				break
 			}
-			if hook != nil {
-				return nil, false // several hooks: the daemon orders them
+			hooks = append(hooks, directHook{hook: &e.Hooks[j], entry: e, params: params})
+		}
+	}
+	if len(hooks) == 0 {
+		return nil, false
+	}
+	ready := true
+	for i := range hooks { // asks for every missing lane at once
+		h := &hooks[i]
+		if h.lane, h.br, h.st = s.directLaneFor(h.hook.Plugin, h.hook.Hook, t); h.lane == nil {
+			ready = false
+		}
+	}
+	if !ready {
+		return nil, false
+	}
+	if len(hooks) > 1 {
+		wire.SortHooks(phase, hooks, func(h directHook) wire.HookKey { return h.key() })
+	}
+	if phase == PhaseObserve {
+		return s.observeDirect(hooks, req, resp), true
+	}
+	fallback, ran := false, 0
+	each := func(yield func(*directHook) bool) {
+		for i := range hooks {
+			if fallback || !yield(&hooks[i]) {
+				return
 			}
-			hook, entry = &e.Hooks[j], e
 		}
 	}
-	if hook == nil {
+	out := wire.RunPhase(phase, each, describeDirect, func(h *directHook, req *Request, resp *Response) (wire.HookAnswer, *wire.HookError) {
+		a, herr, away := s.callDirect(ctx, h, phase, req, resp)
+		if away && ran == 0 {
+			fallback = true // nothing ran yet: the daemon knows what to say
+		}
+		ran++
+		return a, herr
+	}, req, resp)
+	if fallback {
 		return nil, false
 	}
-	lane, br, st := s.directLaneFor(hook.Plugin, hook.Hook, t)
-	if lane == nil {
-		return nil, false
-	}
-	params, _ := entry.route.Match(req.Path)
-	where := fmt.Sprintf("on %s %s", req.Method, entry.Route)
-	if allowed, why := br.Allow(time.Now()); !allowed {
-		st.breakerOpen.Add(1)
-		return fail(hook, phase, &HookError{Plugin: hook.Plugin, Hook: hook.Hook, Kind: schema.HookErrorKind_unavailable, Message: why + " " + where}), true
-	}
-	began := time.Now()
-	a, herr := wire.CallHook(ctx, lane, &wire.HookCall{Hook: hook.Hook, Phase: phase, Timeout: hook.Deadline,
-		Request: wire.HookRequest(req, entry.Route, params), Response: resp}, hook.Plugin, where)
-	if herr == nil || herr.Kind != schema.HookErrorKind_unavailable {
-		st.latency.Observe(time.Since(began)) // the calls the breaker counts below
-	}
-	if herr != nil {
-		select {
-		case <-lane.Done():
-			// The lane closed (the instance went away) or broke (the
-			// plugin sent a frame that is not one): the next call asks
-			// for a new lane, going through the daemon meanwhile.
-			s.dropLane(hook.Plugin, lane)
-		default:
-		}
-		if herr.Kind == schema.HookErrorKind_unavailable {
-			// The plugin went away, or the host gave up: the daemon
-			// knows what to say.
-			br.Release()
-			return nil, false
-		}
-		switch herr.Kind {
-		case schema.HookErrorKind_timeout:
-			st.timeouts.Add(1)
-		case schema.HookErrorKind_rejected:
-			st.rejected.Add(1)
-		}
-		br.Record(false, time.Now())
-		return fail(hook, phase, herr), true
-	}
-	br.Record(true, time.Now())
-	return resultOf(hook, a), true
+	return resultOf(out), true
 }
 
-// resultOf is what the daemon would have answered for a phase whose only
-// hook answered a.
-func resultOf(hook *RouteHook, a wire.HookAnswer) *Result {
-	res := &Result{Kind: Continue}
-	switch a.Kind {
-	case schema.HookResult_Which_mutateRequest:
-		res.Kind, res.RequestMutation = MutateRequest, a.RequestMutation
-	case schema.HookResult_Which_respond:
-		res.Kind, res.Response = Respond, a.Response
-	case schema.HookResult_Which_mutateResponse:
-		res.Kind, res.ResponseMutation = MutateResponse, a.ResponseMutation
+// callDirect makes one hook call over h's lane. away reports that the
+// plugin went away under the call or the host gave up (herr is then
+// unavailable, and the breaker does not count it).
+func (s *Session) callDirect(ctx context.Context, h *directHook, phase Phase, req *Request, resp *Response) (a wire.HookAnswer, herr *HookError, away bool) {
+	where := "on " + req.Method + " " + h.entry.Route
+	if allowed, why := h.br.Allow(time.Now()); !allowed {
+		h.st.breakerOpen.Add(1)
+		return a, &HookError{Plugin: h.hook.Plugin, Hook: h.hook.Hook, Kind: schema.HookErrorKind_unavailable, Message: why + " " + where}, false
 	}
-	if res.Kind != Continue {
-		res.Applied = []string{hook.Plugin + "/" + hook.Hook}
+	began := time.Now()
+	a, herr = wire.CallHook(ctx, h.lane, &wire.HookCall{Hook: h.hook.Hook, Phase: phase, Timeout: h.hook.Deadline,
+		Request: wire.HookRequest(req, h.entry.Route, h.params), Response: resp}, h.hook.Plugin, where)
+	if herr == nil {
+		h.st.latency.Observe(time.Since(began))
+		h.br.Record(true, time.Now())
+		return a, nil, false
+	}
+	select {
+	case <-h.lane.Done():
+		// The lane closed (the instance went away) or broke (the plugin
+		// sent a frame that is not one): the next call asks for a new
+		// lane, going through the daemon meanwhile.
+		s.dropLane(h.hook.Plugin, h.lane)
+	default:
+	}
+	if herr.Kind == schema.HookErrorKind_unavailable {
+		// The plugin went away, or the host gave up: not the hook's fault.
+		h.br.Release()
+		return a, herr, true
+	}
+	h.st.latency.Observe(time.Since(began)) // the calls the breaker counts
+	switch herr.Kind {
+	case schema.HookErrorKind_timeout:
+		h.st.timeouts.Add(1)
+	case schema.HookErrorKind_rejected:
+		h.st.rejected.Add(1)
+	}
+	h.br.Record(false, time.Now())
+	return a, herr, false
+}
+
+// Direct observers: each plugin's observe calls run one at a time, in the
+// order they were dispatched, on a queue of the session's (as the
+// daemon's per-plugin queues do), within these bounds.
+const (
+	// maxObserveBytes bounds what the observe calls queued or in flight
+	// in a session hold (bodies and headers).
+	maxObserveBytes = 64 << 20
+	// closeObservers is how long Close lets queued observations finish
+	// before it ends the lanes under them.
+	closeObservers = 5 * time.Second
+)
+
+// observeDirect hands each observer its copy of the exchange on the
+// plugin's queue and returns at once; an observer whose queue is full, or
+// that would pass maxObserveBytes, is skipped (listed in Skipped).
+func (s *Session) observeDirect(hooks []directHook, req *Request, resp *Response) *Result {
+	res := &Result{Kind: Continue}
+	// The host may reuse what it passed once Dispatch returns.
+	req = req.Clone()
+	if resp != nil {
+		resp = resp.Clone()
+	}
+	size := wire.ExchangeSize(req, resp)
+	for _, h := range hooks {
+		skip := func(why string) {
+			res.Skipped = append(res.Skipped, HookError{Plugin: h.hook.Plugin, Hook: h.hook.Hook,
+				Kind: schema.HookErrorKind_unavailable, Message: "observer dropped: " + why})
+		}
+		if s.observeBytes.Add(size) > maxObserveBytes {
+			s.observeBytes.Add(-size)
+			skip(fmt.Sprintf("the observe calls waiting in the host hold more than %d MiB", maxObserveBytes>>20))
+			continue
+		}
+		q, barrier := s.observeQueue(h.hook.Plugin)
+		s.observePending.Add(1)
+		if !q.Push(&s.observing, func() {
+			defer s.observePending.Add(-1)
+			defer s.observeBytes.Add(-size)
+			if barrier {
+				s.awaitDaemonObservers(h.hook.Plugin)
+			}
+			// A failure counts in the hook's breaker and stats, which
+			// the daemon hears of (reportStats).
+			_, _, _ = s.callDirect(s.stopCtx, &h, PhaseObserve, req, resp)
+		}) {
+			s.observePending.Add(-1)
+			s.observeBytes.Add(-size)
+			skip(fmt.Sprintf("%d observe calls already wait for this plugin", wire.MaxQueuedCalls))
+		}
 	}
 	return res
 }
 
-// fail applies a hook's failure policy: route hooks and fail-closed hooks
-// fail the request, fail-open hooks are skipped.
-func fail(h *RouteHook, phase Phase, e *HookError) *Result {
-	if h.FailClosed || phase == PhaseRoute {
-		return &Result{Kind: FailClosed, Failure: e}
+// observeQueue returns the session's observe queue for plugin, and
+// whether the plugin has been sent observations through the daemon since
+// its last direct one (the next direct call must wait for those first).
+func (s *Session) observeQueue(plugin string) (q *wire.CallQueue, viaDaemon bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	q = s.observeQ[plugin]
+	if q == nil {
+		q = &wire.CallQueue{}
+		s.observeQ[plugin] = q
 	}
-	return &Result{Kind: Continue, Skipped: []HookError{*e}}
+	viaDaemon = s.observedViaDaemon[plugin]
+	delete(s.observedViaDaemon, plugin)
+	return q, viaDaemon
+}
+
+// Observations keep their order per plugin across the switch between the
+// daemon's path and direct lanes (either way, for instance when a lane is
+// granted, or when another observer's lane breaks and the whole phase goes
+// through the daemon for a while):
+//
+//   - before a phase of observers goes through the daemon, the session
+//     lets its direct observe calls finish (beforeDaemonObserve), and
+//     notes the plugins it sent through the daemon;
+//   - before the first direct call to such a plugin, its queue waits for
+//     the daemon's to pass that point (awaitDaemonObservers, the host
+//     face's observed barrier).
+//
+// Both waits are off the request's path: observe dispatches come from
+// the middleware's own queue.
+
+// beforeDaemonObserve is called before observers are dispatched through
+// the daemon.
+func (s *Session) beforeDaemonObserve(req *Request) {
+	if s.observePending.Load() > 0 {
+		s.awaitObservers()
+	}
+	t := s.routes.Load()
+	if t == nil {
+		return
+	}
+	hooks := t.hooks(PhaseObserve, req.Method, req.Path)
+	if len(hooks) == 0 {
+		return
+	}
+	s.mu.Lock()
+	for _, h := range hooks {
+		s.observedViaDaemon[h.Plugin] = true
+	}
+	s.mu.Unlock()
+}
+
+// awaitDaemonObservers waits until the observe calls the daemon holds for
+// plugin have been made (a few seconds at most).
+func (s *Session) awaitDaemonObservers(plugin string) {
+	l := s.link.Load()
+	if l == nil {
+		return // the daemon is away: what it held is gone
+	}
+	ctx, cancel := context.WithTimeout(s.stopCtx, closeObservers)
+	defer cancel()
+	fut, release := l.s.Observed(ctx, func(p schema.HostSession_observed_Params) error { return p.SetPlugin(plugin) })
+	defer release()
+	_, _ = fut.Struct() // an old daemon, or a timeout: go on
+}
+
+// resultOf is a Result for what a phase's hooks came to.
+func resultOf(o *wire.Outcome) *Result {
+	res := &Result{Kind: Continue, RequestMutation: o.RequestMutation, Response: o.Response,
+		ResponseMutation: o.ResponseMutation, Failure: o.Failure, Skipped: o.Skipped, Applied: o.Applied}
+	switch o.Kind {
+	case schema.DispatchResult_outcome_Which_mutateRequest:
+		res.Kind = MutateRequest
+	case schema.DispatchResult_outcome_Which_respond:
+		res.Kind = Respond
+	case schema.DispatchResult_outcome_Which_mutateResponse:
+		res.Kind = MutateResponse
+	case schema.DispatchResult_outcome_Which_failClosed:
+		res.Kind = FailClosed
+	}
+	return res
 }
 
 // directLaneFor returns the session's lane to plugin and the hook's
@@ -348,6 +523,17 @@ func (s *Session) dropLane(plugin string, l *wire.LaneClient) {
 	}
 	s.mu.Unlock()
 	l.Close()
+}
+
+// awaitObservers lets the observations already queued finish, for
+// closeObservers at most.
+func (s *Session) awaitObservers() {
+	done := make(chan struct{})
+	go func() { s.observing.Wait(); close(done) }() // ends with the last observe call
+	select {
+	case <-done:
+	case <-time.After(closeObservers):
+	}
 }
 
 // closeLanes reports the last stats and ends every direct lane.

@@ -15,6 +15,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -194,6 +195,14 @@ type Session struct {
 
 	statsOnce            sync.Once
 	statsStop, statsDone chan struct{} // the direct-call stats reporter
+
+	// Direct observers (direct.go): each plugin's queue, what they hold,
+	// and their goroutines, which Close waits for.
+	observeQ          map[string]*wire.CallQueue // by plugin; under mu
+	observedViaDaemon map[string]bool            // by plugin; under mu
+	observeBytes      atomic.Int64
+	observePending    atomic.Int64 // direct observe calls queued or in flight
+	observing         sync.WaitGroup
 }
 
 // link is one connection to one daemon: the RPC session and its hook lane.
@@ -301,7 +310,7 @@ func (l *link) laneBroke(s *Session, lane *wire.LaneClient) {
 // WithStartDegraded it does not even need the daemon to be up yet.
 func Dial(ctx context.Context, socket string, opts ...Option) (*Session, error) {
 	o := buildOptions(opts)
-	sess := &Session{socket: socket, opts: o, direct: map[string]*directLane{}, noDirect: o.noLane || o.noDirect,
+	sess := &Session{socket: socket, opts: o, direct: map[string]*directLane{}, observeQ: map[string]*wire.CallQueue{}, observedViaDaemon: map[string]bool{}, noDirect: o.noLane || o.noDirect,
 		stop: make(chan struct{}), keeperDone: make(chan struct{})}
 	sess.stopCtx, sess.cancel = context.WithCancel(context.Background())
 	if o.cache != "" {
@@ -609,8 +618,15 @@ func (s *Session) Version() uint16 { return uint16(s.version.Load()) }
 // away: the session then reconnects).
 func (s *Session) Done() <-chan struct{} { return s.stop }
 
-// Close ends the session and its keeper.
+// Close ends the session and its keeper, after the observations already
+// dispatched over direct lanes have been made (a few seconds at most).
 func (s *Session) Close() error {
+	s.mu.Lock()
+	closed := s.closed
+	s.mu.Unlock()
+	if !closed {
+		s.awaitObservers()
+	}
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -694,6 +710,9 @@ func (s *Session) Dispatch(ctx context.Context, phase Phase, req *Request, resp 
 	if res, ok := s.dispatchDirect(ctx, phase, req, resp); ok {
 		return res, nil
 	}
+	if phase == PhaseObserve {
+		s.beforeDaemonObserve(req)
+	}
 	l := s.link.Load()
 	if l == nil {
 		l = s.awaitLink(ctx)
@@ -720,20 +739,33 @@ func (s *Session) Dispatch(ctx context.Context, phase Phase, req *Request, resp 
 // away answers a phase by its hooks' failure policies, as while the daemon
 // is not reachable.
 func (s *Session) away(phase Phase, req *Request) *Result {
-	res := &Result{Kind: Continue}
 	t := s.routes.Load()
 	if t == nil {
+		return &Result{Kind: Continue}
+	}
+	hooks := t.hooks(phase, req.Method, req.Path)
+	unreachable := func(h *RouteHook) *HookError {
+		return &HookError{Plugin: h.Plugin, Hook: h.Hook, Kind: schema.HookErrorKind_unavailable,
+			Message: "is unavailable: dimplugd is not reachable (the host is reconnecting)"}
+	}
+	if phase == PhaseObserve { // nobody observes meanwhile
+		res := &Result{Kind: Continue}
+		for _, h := range hooks {
+			res.Skipped = append(res.Skipped, *unreachable(h))
+		}
 		return res
 	}
-	for _, h := range t.hooks(phase, req.Method, req.Path) {
-		e := &HookError{Plugin: h.Plugin, Hook: h.Hook, Kind: schema.HookErrorKind_unavailable,
-			Message: "is unavailable: dimplugd is not reachable (the host is reconnecting)"}
-		if r := fail(h, phase, e); r.Kind == FailClosed {
-			return r
-		}
-		res.Skipped = append(res.Skipped, *e)
-	}
-	return res
+	wire.SortHooks(phase, hooks, func(h *RouteHook) wire.HookKey {
+		return wire.HookKey{Priority: h.Priority, Plugin: h.Plugin, Hook: h.Hook}
+	})
+	return resultOf(wire.RunPhase(phase, slices.Values(hooks),
+		func(h *RouteHook) wire.PhaseHook {
+			return wire.PhaseHook{Name: h.Plugin + "/" + h.Hook, FailClosed: h.FailClosed}
+		},
+		func(h *RouteHook, _ *Request, _ *Response) (wire.HookAnswer, *wire.HookError) {
+			return wire.HookAnswer{}, unreachable(h)
+		},
+		req, nil))
 }
 
 // connLost reports whether a dispatch error means the connection to the

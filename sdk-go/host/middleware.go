@@ -25,11 +25,8 @@ type Middleware struct {
 	s         *Session
 	next      http.Handler
 	opts      middlewareOptions
-	observers sync.WaitGroup // observe dispatches queued or in flight
-
-	obsMu      sync.Mutex
-	obsQueue   []func() // observe dispatches, sent in order by one goroutine
-	obsSending bool     // that goroutine runs
+	observers sync.WaitGroup // the goroutine sending obsQ, while it runs
+	obsQ      wire.CallQueue // observe dispatches, sent in order
 }
 
 // MiddlewareOption configures a Middleware.
@@ -222,44 +219,22 @@ func (m *Middleware) wireRequest(r *http.Request) (*Request, error) {
 // response. Observations are dispatched one after another, in the order
 // the exchanges were served, by one goroutine (each bounded by a timeout):
 // with the daemon's per-plugin queues, each plugin observes a middleware's
-// exchanges in that order (see docs/protocol.md, "Observe phase").
+// exchanges in that order (see docs/protocol.md, "Observe phase"). Past
+// wire.MaxQueuedCalls waiting, an observation is dropped (and logged).
 func (m *Middleware) observe(phases []Phase, req *Request, resp *Response) {
 	if !has(phases, PhaseObserve) {
 		return
 	}
-	m.observers.Add(1)
-	m.obsMu.Lock()
-	m.obsQueue = append(m.obsQueue, func() {
-		defer m.observers.Done()
+	ok := m.obsQ.Push(&m.observers, func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		if _, err := m.s.Dispatch(ctx, PhaseObserve, req, resp); err != nil {
 			m.opts.log.Warn("observe dispatch failed", "method", req.Method, "path", req.Path, "err", err)
 		}
 	})
-	start := !m.obsSending
-	m.obsSending = true
-	m.obsMu.Unlock()
-	if start {
-		go m.sendObservations() // owned by the middleware; Close waits for its work
-	}
-}
-
-// sendObservations dispatches queued observations in order until the
-// queue is empty.
-func (m *Middleware) sendObservations() {
-	for {
-		m.obsMu.Lock()
-		if len(m.obsQueue) == 0 {
-			m.obsSending = false
-			m.obsMu.Unlock()
-			return
-		}
-		send := m.obsQueue[0]
-		m.obsQueue[0] = nil
-		m.obsQueue = m.obsQueue[1:]
-		m.obsMu.Unlock()
-		send()
+	if !ok {
+		m.opts.log.Warn("observation dropped: the observers are behind", "method", req.Method, "path", req.Path,
+			"queued", wire.MaxQueuedCalls)
 	}
 }
 

@@ -136,6 +136,26 @@ func (c HostSession) UiDocument(ctx context.Context, params func(HostSession_uiD
 
 }
 
+func (c HostSession) Observed(ctx context.Context, params func(HostSession_observed_Params) error) (HostSession_observed_Results_Future, capnp.ReleaseFunc) {
+
+	s := capnp.Send{
+		Method: capnp.Method{
+			InterfaceID:   0x9e7ce17529e32eec,
+			MethodID:      6,
+			InterfaceName: "host.capnp:HostSession",
+			MethodName:    "observed",
+		},
+	}
+	if params != nil {
+		s.ArgsSize = capnp.ObjectSize{DataSize: 0, PointerCount: 1}
+		s.PlaceArgs = func(s capnp.Struct) error { return params(HostSession_observed_Params(s)) }
+	}
+
+	ans, release := capnp.Client(c).SendCall(ctx, s)
+	return HostSession_observed_Results_Future{Future: ans.Future()}, release
+
+}
+
 func (c HostSession) WaitStreaming() error {
 	return capnp.Client(c).WaitStreaming()
 }
@@ -220,6 +240,8 @@ type HostSession_Server interface {
 	SetUserSettings(context.Context, HostSession_setUserSettings) error
 
 	UiDocument(context.Context, HostSession_uiDocument) error
+
+	Observed(context.Context, HostSession_observed) error
 }
 
 // HostSession_NewServer creates a new Server from an implementation of HostSession_Server.
@@ -238,7 +260,7 @@ func HostSession_ServerToClient(s HostSession_Server) HostSession {
 // This can be used to create a more complicated Server.
 func HostSession_Methods(methods []server.Method, s HostSession_Server) []server.Method {
 	if cap(methods) == 0 {
-		methods = make([]server.Method, 0, 6)
+		methods = make([]server.Method, 0, 7)
 	}
 
 	methods = append(methods, server.Method{
@@ -310,6 +332,18 @@ func HostSession_Methods(methods []server.Method, s HostSession_Server) []server
 		},
 		Impl: func(ctx context.Context, call *server.Call) error {
 			return s.UiDocument(ctx, HostSession_uiDocument{call})
+		},
+	})
+
+	methods = append(methods, server.Method{
+		Method: capnp.Method{
+			InterfaceID:   0x9e7ce17529e32eec,
+			MethodID:      6,
+			InterfaceName: "host.capnp:HostSession",
+			MethodName:    "observed",
+		},
+		Impl: func(ctx context.Context, call *server.Call) error {
+			return s.Observed(ctx, HostSession_observed{call})
 		},
 	})
 
@@ -416,6 +450,23 @@ func (c HostSession_uiDocument) Args() HostSession_uiDocument_Params {
 func (c HostSession_uiDocument) AllocResults() (HostSession_uiDocument_Results, error) {
 	r, err := c.Call.AllocResults(capnp.ObjectSize{DataSize: 0, PointerCount: 1})
 	return HostSession_uiDocument_Results(r), err
+}
+
+// HostSession_observed holds the state for a server call to HostSession.observed.
+// See server.Call for documentation.
+type HostSession_observed struct {
+	*server.Call
+}
+
+// Args returns the call's arguments.
+func (c HostSession_observed) Args() HostSession_observed_Params {
+	return HostSession_observed_Params(c.Call.Args())
+}
+
+// AllocResults allocates the results struct.
+func (c HostSession_observed) AllocResults() (HostSession_observed_Results, error) {
+	r, err := c.Call.AllocResults(capnp.ObjectSize{DataSize: 0, PointerCount: 0})
+	return HostSession_observed_Results(r), err
 }
 
 // HostSession_List is a list of HostSession.
@@ -1491,6 +1542,153 @@ type HostSession_uiDocument_Results_Future struct{ *capnp.Future }
 func (f HostSession_uiDocument_Results_Future) Struct() (HostSession_uiDocument_Results, error) {
 	p, err := f.Future.Ptr()
 	return HostSession_uiDocument_Results(p.Struct()), err
+}
+
+type HostSession_observed_Params capnp.Struct
+
+// HostSession_observed_Params_TypeID is the unique identifier for the type HostSession_observed_Params.
+const HostSession_observed_Params_TypeID = 0xe7eddd08f9b52e7d
+
+func NewHostSession_observed_Params(s *capnp.Segment) (HostSession_observed_Params, error) {
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1})
+	return HostSession_observed_Params(st), err
+}
+
+func NewRootHostSession_observed_Params(s *capnp.Segment) (HostSession_observed_Params, error) {
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1})
+	return HostSession_observed_Params(st), err
+}
+
+func ReadRootHostSession_observed_Params(msg *capnp.Message) (HostSession_observed_Params, error) {
+	root, err := msg.Root()
+	return HostSession_observed_Params(root.Struct()), err
+}
+
+func (s HostSession_observed_Params) String() string {
+	str, _ := text.Marshal(0xe7eddd08f9b52e7d, capnp.Struct(s))
+	return str
+}
+
+func (s HostSession_observed_Params) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Struct(s).EncodeAsPtr(seg)
+}
+
+func (HostSession_observed_Params) DecodeFromPtr(p capnp.Ptr) HostSession_observed_Params {
+	return HostSession_observed_Params(capnp.Struct{}.DecodeFromPtr(p))
+}
+
+func (s HostSession_observed_Params) ToPtr() capnp.Ptr {
+	return capnp.Struct(s).ToPtr()
+}
+func (s HostSession_observed_Params) IsValid() bool {
+	return capnp.Struct(s).IsValid()
+}
+
+func (s HostSession_observed_Params) Message() *capnp.Message {
+	return capnp.Struct(s).Message()
+}
+
+func (s HostSession_observed_Params) Segment() *capnp.Segment {
+	return capnp.Struct(s).Segment()
+}
+func (s HostSession_observed_Params) Plugin() (string, error) {
+	p, err := capnp.Struct(s).Ptr(0)
+	return p.Text(), err
+}
+
+func (s HostSession_observed_Params) HasPlugin() bool {
+	return capnp.Struct(s).HasPtr(0)
+}
+
+func (s HostSession_observed_Params) PluginBytes() ([]byte, error) {
+	p, err := capnp.Struct(s).Ptr(0)
+	return p.TextBytes(), err
+}
+
+func (s HostSession_observed_Params) SetPlugin(v string) error {
+	return capnp.Struct(s).SetText(0, v)
+}
+
+// HostSession_observed_Params_List is a list of HostSession_observed_Params.
+type HostSession_observed_Params_List = capnp.StructList[HostSession_observed_Params]
+
+// NewHostSession_observed_Params creates a new list of HostSession_observed_Params.
+func NewHostSession_observed_Params_List(s *capnp.Segment, sz int32) (HostSession_observed_Params_List, error) {
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1}, sz)
+	return capnp.StructList[HostSession_observed_Params](l), err
+}
+
+// HostSession_observed_Params_Future is a wrapper for a HostSession_observed_Params promised by a client call.
+type HostSession_observed_Params_Future struct{ *capnp.Future }
+
+func (f HostSession_observed_Params_Future) Struct() (HostSession_observed_Params, error) {
+	p, err := f.Future.Ptr()
+	return HostSession_observed_Params(p.Struct()), err
+}
+
+type HostSession_observed_Results capnp.Struct
+
+// HostSession_observed_Results_TypeID is the unique identifier for the type HostSession_observed_Results.
+const HostSession_observed_Results_TypeID = 0xc1e9ecdf6d3d76d5
+
+func NewHostSession_observed_Results(s *capnp.Segment) (HostSession_observed_Results, error) {
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 0})
+	return HostSession_observed_Results(st), err
+}
+
+func NewRootHostSession_observed_Results(s *capnp.Segment) (HostSession_observed_Results, error) {
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 0})
+	return HostSession_observed_Results(st), err
+}
+
+func ReadRootHostSession_observed_Results(msg *capnp.Message) (HostSession_observed_Results, error) {
+	root, err := msg.Root()
+	return HostSession_observed_Results(root.Struct()), err
+}
+
+func (s HostSession_observed_Results) String() string {
+	str, _ := text.Marshal(0xc1e9ecdf6d3d76d5, capnp.Struct(s))
+	return str
+}
+
+func (s HostSession_observed_Results) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Struct(s).EncodeAsPtr(seg)
+}
+
+func (HostSession_observed_Results) DecodeFromPtr(p capnp.Ptr) HostSession_observed_Results {
+	return HostSession_observed_Results(capnp.Struct{}.DecodeFromPtr(p))
+}
+
+func (s HostSession_observed_Results) ToPtr() capnp.Ptr {
+	return capnp.Struct(s).ToPtr()
+}
+func (s HostSession_observed_Results) IsValid() bool {
+	return capnp.Struct(s).IsValid()
+}
+
+func (s HostSession_observed_Results) Message() *capnp.Message {
+	return capnp.Struct(s).Message()
+}
+
+func (s HostSession_observed_Results) Segment() *capnp.Segment {
+	return capnp.Struct(s).Segment()
+}
+
+// HostSession_observed_Results_List is a list of HostSession_observed_Results.
+type HostSession_observed_Results_List = capnp.StructList[HostSession_observed_Results]
+
+// NewHostSession_observed_Results creates a new list of HostSession_observed_Results.
+func NewHostSession_observed_Results_List(s *capnp.Segment, sz int32) (HostSession_observed_Results_List, error) {
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 0, PointerCount: 0}, sz)
+	return capnp.StructList[HostSession_observed_Results](l), err
+}
+
+// HostSession_observed_Results_Future is a wrapper for a HostSession_observed_Results promised by a client call.
+type HostSession_observed_Results_Future struct{ *capnp.Future }
+
+func (f HostSession_observed_Results_Future) Struct() (HostSession_observed_Results, error) {
+	p, err := f.Future.Ptr()
+	return HostSession_observed_Results(p.Struct()), err
 }
 
 type RouteTable capnp.Struct

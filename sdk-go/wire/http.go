@@ -192,3 +192,23 @@ func HeadersEqual(a, b http.Header) bool {
 	}
 	return n == 0
 }
+
+// ExchangeSize is roughly what a copy of an exchange holds (bodies,
+// headers, path and query): what queued observe calls are bounded by.
+func ExchangeSize(req *Request, resp *Response) int64 {
+	n := int64(len(req.Body) + len(req.Path) + len(req.RawQuery) + 512)
+	for k, vs := range req.Header {
+		for _, v := range vs {
+			n += int64(len(k) + len(v))
+		}
+	}
+	if resp != nil {
+		n += int64(len(resp.Body))
+		for k, vs := range resp.Header {
+			for _, v := range vs {
+				n += int64(len(k) + len(v))
+			}
+		}
+	}
+	return n
+}

@@ -22,7 +22,8 @@
 //	          compare-and-swap loop for &by=cas) and answers 200 with
 //	          the new count.
 //	response: adds "X-Test-Response: <name>" and increments the KV counter
-//	          "hits", returned in "X-Test-Hits".
+//	          "hits", returned in "X-Test-Hits"; sleeps first for
+//	          ?respsleep=<duration>.
 //	route:    answers 200 with "owned by <name>: <path> <params>".
 //	observe:  stores the last observed path in KV key "observed"; for
 //	          /ordered/<n>, counts observations and inversions (n lower
@@ -224,6 +225,13 @@ func (p *testPlug) print(ctx context.Context, mode string, q url.Values) (*plugi
 }
 
 func (p *testPlug) HookResponse(ctx context.Context, hook string, req *plugin.Request, resp *plugin.Response) error {
+	if d, err := time.ParseDuration(req.Query().Get("respsleep")); err == nil {
+		select {
+		case <-time.After(d):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 	resp.Header.Add("X-Test-Response", p.name)
 	if req.Query().Has("forge") {
 		resp.Header.Set("X-Test-Saw-Set-Cookie", resp.Header.Get("Set-Cookie"))
