@@ -162,11 +162,20 @@ func (d *daemonProc) startedAt(ctx context.Context, name string, t0 time.Time) (
 
 // pluginDir makes an installable directory holding a manifest and a binary.
 func pluginDir(parent, name, manifest, bin, entry string) (string, error) {
+	m, err := os.ReadFile(manifest)
+	if err != nil {
+		return "", err
+	}
+	return pluginDirManifest(parent, name, string(m), bin, entry)
+}
+
+// pluginDirManifest is pluginDir with the manifest's text.
+func pluginDirManifest(parent, name, manifest, bin, entry string) (string, error) {
 	dir := filepath.Join(parent, name)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", err
 	}
-	if err := copyFile(manifest, filepath.Join(dir, "plugin.toml"), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, "plugin.toml"), []byte(manifest), 0o644); err != nil {
 		return "", err
 	}
 	if err := copyFile(bin, filepath.Join(dir, entry), 0o755); err != nil {

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
@@ -104,6 +105,9 @@ func (t *transport) throughput(ctx context.Context, dur time.Duration) error {
 	return nil
 }
 
+// phaseHooks is how many plugins hook the route of the several-hooks rows.
+const phaseHooks = 3
+
 func runHooks(ctx context.Context, e *env) ([]*Table, error) {
 	rounds, perRound, warm := e.quick(1, 3), e.quick(200, 3000), e.quick(50, 300)
 	tputDur := e.quickDur(300*time.Millisecond, 2*time.Second)
@@ -193,9 +197,55 @@ func runHooks(ctx context.Context, e *env) ([]*Table, error) {
 	}
 	dp := &transport{name: "dimplugd: host → " + sandbox + " (direct lane) → back", call: dispatchOn(sess)}
 	dd := &transport{name: "dimplugd: host → daemon → " + sandbox + " → back", call: dispatchOn(viaDaemon)}
-	// The first calls ask the daemon for the direct lane.
+
+	// A phase of three hooks from three plugins: three more badge
+	// plugins on a route of their own.
+	e.progress("hooks: installing three plugins for a phase of three hooks")
+	manifest, err := os.ReadFile(filepath.Join(e.benchRoot, "plugins/badge/plugin.toml"))
+	if err != nil {
+		return nil, err
+	}
+	for i := 1; i <= phaseHooks; i++ {
+		name := fmt.Sprintf("bench-phase-%d", i)
+		m := strings.Replace(string(manifest), `name = "bench-badge"`, fmt.Sprintf("name = %q", name), 1)
+		m = strings.Replace(m, `route = "/api/v1/media/:id"`, `route = "/api/v1/phase/:id"`, 1)
+		dir, err := pluginDirManifest(e.dir, name, m, e.bins["badge"], "badge")
+		if err != nil {
+			return nil, err
+		}
+		if _, err := d.install(ctx, dir, true); err != nil {
+			return nil, err
+		}
+		if _, err := d.waitState(ctx, name, "running", 30*time.Second); err != nil {
+			return nil, err
+		}
+	}
+	phaseReq := *req
+	phaseReq.Path = "/api/v1/phase/42"
+	phaseOn := func(s *host.Session) func(ctx context.Context) error {
+		return func(ctx context.Context) error {
+			res, err := s.Dispatch(ctx, host.PhaseResponse, &phaseReq, resp)
+			if err != nil {
+				return err
+			}
+			// Each sets the same header: the first to run changes it,
+			// the others change nothing.
+			if res.Kind != host.MutateResponse || res.ResponseMutation.Header.Get(hookwire.BadgeHeader) != hookwire.BadgeValue ||
+				len(res.Applied) != 1 || len(res.Skipped) > 0 {
+				return fmt.Errorf("unexpected dispatch result %+v", res)
+			}
+			return nil
+		}
+	}
+	pp := &transport{name: fmt.Sprintf("dimplugd: a phase of %d hooks, %d plugins (direct lanes)", phaseHooks, phaseHooks), call: phaseOn(sess)}
+	pd := &transport{name: fmt.Sprintf("dimplugd: a phase of %d hooks, %d plugins, via daemon", phaseHooks, phaseHooks), call: phaseOn(viaDaemon)}
+
+	// The first calls ask the daemon for the direct lanes.
 	for i := 0; i < 50; i++ {
 		if err := dp.call(ctx); err != nil {
+			return nil, err
+		}
+		if err := pp.call(ctx); err != nil {
 			return nil, err
 		}
 	}
@@ -215,9 +265,9 @@ func runHooks(ctx context.Context, e *env) ([]*Table, error) {
 		rs.name = rustName
 	}
 
-	all := []*transport{raw, gp, dp, dd}
+	all := []*transport{raw, gp, dp, dd, pp, pd}
 	if rs != nil {
-		all = []*transport{raw, gp, dp, rs, dd}
+		all = []*transport{raw, gp, dp, rs, dd, pp, pd}
 	}
 	// Rounds interleave the transports so that a change in the machine's
 	// load hits all of them alike.
@@ -276,19 +326,24 @@ func runHooks(ctx context.Context, e *env) ([]*Table, error) {
 			tab.note("Rust host not measured: %s\n    %s", first, strings.ReplaceAll(strings.TrimSpace(rest), "\n", "\n    "))
 		}
 	}
-	p50, p99, tps := stats(dd)
-	tab.add(dd.name, p50, p99, tps)
+	for _, t := range []*transport{dd, pp, pd} {
+		p50, p99, tps := stats(t)
+		tab.add(t.name, p50, p99, tps)
+	}
 	g50, _, _ := stats(gp)
 	d50, _, _ := stats(dp)
 	tab.ratioRow("ratio dimplugd (direct) / go-plugin", dp.name, gp.name)
 	tab.ratioRow("ratio dimplugd (Rust host, direct) / go-plugin", rustName, gp.name)
 	tab.ratioRow("ratio dimplugd (via daemon) / go-plugin", dd.name, gp.name)
+	tab.ratioRow(fmt.Sprintf("ratio a phase of %d hooks (direct) / go-plugin", phaseHooks), pp.name, gp.name)
+	tab.ratioRow(fmt.Sprintf("ratio a phase of %d hooks (via daemon) / go-plugin", phaseHooks), pd.name, gp.name)
 	tab.ratioRow("ratio dimplugd (direct) / raw", dp.name, raw.name)
 	tab.note("Target: a hooked request costs no more than one go-plugin gRPC call: dimplugd/go-plugin p50 %s (a phase with one hook, the common case, runs on a direct lane the daemon sets up).", verdict(d50/g50, 1))
 	tab.note("Ratio rows are dimplugd's value divided by the baseline's: above 1 is slower for latency, below 1 is slower for calls/s.")
 	tab.note("Raw pipelines %d requests on one connection; go-plugin and dimplugd run %d goroutines sharing one connection (one grpc.ClientConn, one host.Session).", inFlight, inFlight)
 	tab.note("Rust host: sdk-rust/examples/bench-host.rs (the dimplugd-host crate's Session::dispatch, release build), its own process and session on its own direct lane to the same plugin, started once per round after the lane is granted; %d tokio tasks share its session for calls/s.", inFlight)
-	tab.note("direct lane: one round trip host → plugin on a socket the daemon handed both (deadline, failure policy and breaker applied by the host SDK); via daemon: two round trips (host → daemon, daemon → plugin), used when a phase has several hooks; go-plugin makes one. The sandboxed plugin runs under the daemon's default limits (1 CPU).")
+	tab.note("direct lane: one round trip host → plugin on a socket the daemon handed both (deadline, failure policy and breaker applied by the host SDK); via daemon: two round trips (host → daemon, daemon → plugin), the fallback while a host has no lane; go-plugin makes one. The sandboxed plugin runs under the daemon's default limits (1 CPU).")
+	tab.note("A phase of %d hooks: %d copies of the badge plugin, each its own sandboxed process, hook the same response route; on direct lanes the host calls them one after another (target: p50 at most 1× one go-plugin call).", phaseHooks, phaseHooks)
 
 	e.progress("hooks: unhooked middleware")
 	mw, err := middlewareOverhead(ctx, e, sess)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"iter"
 	"sync/atomic"
 	"time"
 
@@ -55,10 +54,12 @@ func (d *Daemon) dispatch(ctx context.Context, phase schema.Phase, req *wire.Req
 		d.dispatchObserve(hooks, req, resp, out)
 		return out, nil
 	}
-	return wire.RunPhase(phase, matching(hooks, req), describeHook,
+	var buf [8]matched
+	out := wire.RunPhase(phase, matching(buf[:0], hooks, req), describeHook,
 		func(m matched, req *wire.Request, resp *wire.Response) (wire.HookAnswer, *wire.HookError) {
 			return d.callHook(ctx, m.h, phase, req, m.params, resp)
-		}, req, resp), nil
+		}, req, resp)
+	return &out, nil
 }
 
 // matched is a hook whose route matches a request, with the parameters
@@ -83,7 +84,8 @@ func describeHook(m matched) wire.PhaseHook {
 // own queue (up to its deadline per call).
 func (d *Daemon) dispatchObserve(hooks []*hookRef, req *wire.Request, resp *wire.Response, out *outcome) {
 	size := wire.ExchangeSize(req, resp)
-	for m := range matching(hooks, req) {
+	var buf [8]matched
+	for _, m := range matching(buf[:0], hooks, req) {
 		h, params := m.h, m.params
 		if observeBytes.Add(size) > maxObserveBytes {
 			observeBytes.Add(-size)
@@ -114,16 +116,15 @@ type callQueue struct{ q wire.CallQueue }
 // push queues call, or reports false if maxObserveQueue calls wait.
 func (q *callQueue) push(d *Daemon, call func()) bool { return q.q.Push(&d.wg, call) }
 
-// matching yields the hooks that match req, in order, with the route
-// parameters each one's route takes from the path.
-func matching(hooks []*hookRef, req *wire.Request) iter.Seq[matched] {
-	return func(yield func(matched) bool) {
-		for _, h := range hooks {
-			if params, ok := h.matches(req.Method, req.Path); ok && !yield(matched{h, params}) {
-				return
-			}
+// matching appends the hooks that match req to dst, in order, with the
+// route parameters each one's route takes from the path.
+func matching(dst []matched, hooks []*hookRef, req *wire.Request) []matched {
+	for _, h := range hooks {
+		if params, ok := h.matches(req.Method, req.Path); ok {
+			dst = append(dst, matched{h, params})
 		}
 	}
+	return dst
 }
 
 // name is "plugin/hook", as a dispatch result lists the hooks it applied.
@@ -151,11 +152,11 @@ func policyCause(ctx context.Context, herr *wire.HookError) string {
 
 // callHook calls one plugin hook under its deadline.
 func (d *Daemon) callHook(ctx context.Context, h *hookRef, phase schema.Phase, req *wire.Request, params []manifest.Param, resp *wire.Response) (wire.HookAnswer, *wire.HookError) {
-	where := fmt.Sprintf("on %s %s", req.Method, h.hook.Route)
+	where := func() string { return "on " + req.Method + " " + h.hook.Route }
 	counts := h.unit.policy(h.hook.Name)
 	if ok, why := h.breaker.Allow(time.Now()); !ok {
 		counts.add(causeBreaker)
-		return wire.HookAnswer{}, hookErr(h, schema.HookErrorKind_unavailable, why+" "+where)
+		return wire.HookAnswer{}, hookErr(h, schema.HookErrorKind_unavailable, why+" "+where())
 	}
 	client, err := h.unit.client()
 	if err != nil {
@@ -166,11 +167,11 @@ func (d *Daemon) callHook(ctx context.Context, h *hookRef, phase schema.Phase, r
 			cause = nr.cause
 		}
 		counts.add(cause)
-		return wire.HookAnswer{}, hookErr(h, schema.HookErrorKind_unavailable, err.Error()+" "+where)
+		return wire.HookAnswer{}, hookErr(h, schema.HookErrorKind_unavailable, err.Error()+" "+where())
 	}
 	defer client.release()
 	began := time.Now()
-	a, herr := d.call(ctx, client, h, phase, req, params, resp, where)
+	a, herr := d.call(ctx, client, h, phase, req, params, resp)
 	if herr != nil {
 		counts.add(policyCause(ctx, herr))
 	}
@@ -188,11 +189,11 @@ func (d *Daemon) callHook(ctx context.Context, h *hookRef, phase schema.Phase, r
 	return a, herr
 }
 
-func (d *Daemon) call(ctx context.Context, ref pluginRef, h *hookRef, phase schema.Phase, req *wire.Request, params []manifest.Param, resp *wire.Response, where string) (wire.HookAnswer, *wire.HookError) {
+func (d *Daemon) call(ctx context.Context, ref pluginRef, h *hookRef, phase schema.Phase, req *wire.Request, params []manifest.Param, resp *wire.Response) (wire.HookAnswer, *wire.HookError) {
 	c := &wire.HookCall{Hook: h.hook.Name, Phase: phase, Timeout: h.hook.Deadline.Duration,
 		Request: wire.HookRequest(req, h.hook.Route, params), Response: resp}
 	if ref.lane != nil {
-		return wire.CallHook(ctx, ref.lane, c, h.plugin, where)
+		return wire.CallHook(ctx, ref.lane, c, h.plugin)
 	}
 	// Plugins without the lane: Cap'n Proto RPC.
 	cctx, cancel := context.WithTimeout(ctx, c.Timeout)
@@ -211,14 +212,14 @@ func (d *Daemon) call(ctx context.Context, ref pluginRef, h *hookRef, phase sche
 	if err == nil {
 		result, err = res.Result()
 	} else if isDisconnected(err) && !errors.Is(cctx.Err(), context.DeadlineExceeded) && ctx.Err() == nil {
-		return wire.HookAnswer{}, hookErr(h, schema.HookErrorKind_unavailable, "stopped while handling the request "+where)
+		return wire.HookAnswer{}, hookErr(h, schema.HookErrorKind_unavailable, "stopped while handling the request "+c.Where())
 	}
 	if err != nil {
-		return wire.HookAnswer{}, wire.CallError(ctx, cctx, start, c.Timeout, err, h.plugin, h.hook.Name, where)
+		return wire.HookAnswer{}, wire.CallError(ctx, cctx, start, c.Timeout, err, h.plugin, h.hook.Name, c.Where())
 	}
 	a, err := wire.ReadHookResult(phase, result)
 	if err != nil {
-		return wire.HookAnswer{}, wire.AnswerError(h.plugin, h.hook.Name, where, err)
+		return wire.HookAnswer{}, wire.AnswerError(h.plugin, h.hook.Name, c.Where(), err)
 	}
 	return a, nil
 }

@@ -150,12 +150,12 @@ type directHook struct {
 	st     *directStats
 }
 
-func (h *directHook) key() wire.HookKey {
+func (h directHook) key() wire.HookKey {
 	return wire.HookKey{Priority: h.hook.Priority, Plugin: h.hook.Plugin, Hook: h.hook.Hook}
 }
 
-func describeDirect(h *directHook) wire.PhaseHook {
-	return wire.PhaseHook{Name: h.hook.Plugin + "/" + h.hook.Hook, FailClosed: h.hook.FailClosed}
+func describeDirect(h directHook) wire.PhaseHook {
+	return wire.PhaseHook{Name: h.hook.name(), FailClosed: h.hook.FailClosed}
 }
 
 // dispatchDirect runs a phase over direct lanes when the session holds a
@@ -176,26 +176,28 @@ func (s *Session) dispatchDirect(ctx context.Context, phase Phase, req *Request,
 		return nil, false
 	}
 	var buf [4]directHook
-	hooks := buf[:0]
+	var pbuf [8]manifest.Param
+	hooks, params := buf[:0], pbuf[:0]
 	for i := range t.Entries {
 		e := &t.Entries[i]
 		if !manifest.MethodMatches(e.Method, req.Method) {
 			continue
 		}
-		var params []manifest.Param
+		var ps []manifest.Param
 		matched, tried := false, false
 		for j := range e.Hooks {
 			if e.Hooks[j].Phase != phase {
 				continue
 			}
 			if !tried {
-				params, matched = e.route.Match(req.Path)
-				tried = true
+				n := len(params)
+				params, matched = e.route.AppendMatch(params, req.Path)
+				ps, tried = params[n:len(params):len(params)], true
 			}
 			if !matched {
 				break
 			}
-			hooks = append(hooks, directHook{hook: &e.Hooks[j], entry: e, params: params})
+			hooks = append(hooks, directHook{hook: &e.Hooks[j], entry: e, params: ps})
 		}
 	}
 	if len(hooks) == 0 {
@@ -218,15 +220,11 @@ func (s *Session) dispatchDirect(ctx context.Context, phase Phase, req *Request,
 		return s.observeDirect(hooks, req, resp), true
 	}
 	fallback, ran := false, 0
-	each := func(yield func(*directHook) bool) {
-		for i := range hooks {
-			if fallback || !yield(&hooks[i]) {
-				return
-			}
+	out := wire.RunPhase(phase, hooks, describeDirect, func(h directHook, req *Request, resp *Response) (wire.HookAnswer, *wire.HookError) {
+		if fallback {
+			return wire.HookAnswer{}, errFallback // not called: the outcome is dropped
 		}
-	}
-	out := wire.RunPhase(phase, each, describeDirect, func(h *directHook, req *Request, resp *Response) (wire.HookAnswer, *wire.HookError) {
-		a, herr, away := s.callDirect(ctx, h, phase, req, resp)
+		a, herr, away := s.callDirect(ctx, &h, phase, req, resp)
 		if away && ran == 0 {
 			fallback = true // nothing ran yet: the daemon knows what to say
 		}
@@ -236,21 +234,24 @@ func (s *Session) dispatchDirect(ctx context.Context, phase Phase, req *Request,
 	if fallback {
 		return nil, false
 	}
-	return resultOf(out), true
+	return resultOf(&out), true
 }
+
+// errFallback ends a phase that is going through the daemon instead.
+var errFallback = &HookError{Kind: schema.HookErrorKind_unavailable, Message: "sent through the daemon"}
 
 // callDirect makes one hook call over h's lane. away reports that the
 // plugin went away under the call or the host gave up (herr is then
 // unavailable, and the breaker does not count it).
 func (s *Session) callDirect(ctx context.Context, h *directHook, phase Phase, req *Request, resp *Response) (a wire.HookAnswer, herr *HookError, away bool) {
-	where := "on " + req.Method + " " + h.entry.Route
 	if allowed, why := h.br.Allow(time.Now()); !allowed {
 		h.st.breakerOpen.Add(1)
-		return a, &HookError{Plugin: h.hook.Plugin, Hook: h.hook.Hook, Kind: schema.HookErrorKind_unavailable, Message: why + " " + where}, false
+		return a, &HookError{Plugin: h.hook.Plugin, Hook: h.hook.Hook, Kind: schema.HookErrorKind_unavailable,
+			Message: why + " on " + req.Method + " " + h.entry.Route}, false
 	}
 	began := time.Now()
 	a, herr = wire.CallHook(ctx, h.lane, &wire.HookCall{Hook: h.hook.Hook, Phase: phase, Timeout: h.hook.Deadline,
-		Request: wire.HookRequest(req, h.entry.Route, h.params), Response: resp}, h.hook.Plugin, where)
+		Request: wire.HookRequest(req, h.entry.Route, h.params), Response: resp}, h.hook.Plugin)
 	if herr == nil {
 		h.st.latency.Observe(time.Since(began))
 		h.br.Record(true, time.Now())

@@ -15,7 +15,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -758,14 +757,13 @@ func (s *Session) away(phase Phase, req *Request) *Result {
 	wire.SortHooks(phase, hooks, func(h *RouteHook) wire.HookKey {
 		return wire.HookKey{Priority: h.Priority, Plugin: h.Plugin, Hook: h.Hook}
 	})
-	return resultOf(wire.RunPhase(phase, slices.Values(hooks),
-		func(h *RouteHook) wire.PhaseHook {
-			return wire.PhaseHook{Name: h.Plugin + "/" + h.Hook, FailClosed: h.FailClosed}
-		},
+	out := wire.RunPhase(phase, hooks,
+		func(h *RouteHook) wire.PhaseHook { return wire.PhaseHook{Name: h.name(), FailClosed: h.FailClosed} },
 		func(h *RouteHook, _ *Request, _ *Response) (wire.HookAnswer, *wire.HookError) {
 			return wire.HookAnswer{}, unreachable(h)
 		},
-		req, nil))
+		req, nil)
+	return resultOf(&out)
 }
 
 // connLost reports whether a dispatch error means the connection to the
@@ -915,6 +913,16 @@ type RouteHook struct {
 	Priority     int
 	Deadline     time.Duration
 	FailClosed   bool
+
+	id string // "plugin/hook", as results name it; made once per table
+}
+
+// name is "plugin/hook".
+func (h *RouteHook) name() string {
+	if h.id == "" {
+		return h.Plugin + "/" + h.Hook
+	}
+	return h.id
 }
 
 // Match returns the phases hooked for a request, or nil when none is: such
@@ -1002,7 +1010,7 @@ func readTable(t schema.RouteTable) (*RouteTable, error) {
 				hook, _ := h.Hook()
 				ent.Hooks = append(ent.Hooks, RouteHook{Plugin: plugin, Hook: hook, Phase: h.Phase(), Priority: int(h.Priority()),
 					Deadline:   time.Duration(h.DeadlineMicros()) * time.Microsecond,
-					FailClosed: h.FailurePolicy() == schema.FailurePolicy_failClosed})
+					FailClosed: h.FailurePolicy() == schema.FailurePolicy_failClosed, id: plugin + "/" + hook})
 			}
 		}
 		rt.Entries = append(rt.Entries, ent)

@@ -282,7 +282,8 @@ func (s *server) hook(ctx context.Context, hs schema.HookCall, alloc func() (sch
 	if err != nil {
 		return err
 	}
-	if hc.Timeout > 0 {
+	if dl, ok := ctx.Deadline(); hc.Timeout > 0 && (!ok || time.Until(dl) > hc.Timeout) {
+		// (A call on a lane has its deadline already: wire.serveLane.)
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, hc.Timeout)
 		defer cancel()
@@ -310,7 +311,7 @@ func runHook(ctx context.Context, p any, hc *wire.HookCall) (wire.HookAnswer, er
 		}
 		before := req.Clone()
 		var answer *Response
-		if err := safely("hook "+quote(hook), func() (err error) {
+		if err := safelyHook(hook, func() (err error) {
 			answer, err = h.HookRequest(ctx, hook, req)
 			return err
 		}); err != nil {
@@ -327,7 +328,7 @@ func runHook(ctx context.Context, p any, hc *wire.HookCall) (wire.HookAnswer, er
 			return cont, missingHandler(hc.Phase, hook)
 		}
 		before := resp.Clone()
-		if err := safely("hook "+quote(hook), func() error { return h.HookResponse(ctx, hook, req, resp) }); err != nil {
+		if err := safelyHook(hook, func() error { return h.HookResponse(ctx, hook, req, resp) }); err != nil {
 			return cont, err
 		}
 		return wire.HookAnswer{Kind: schema.HookResult_Which_mutateResponse, ResponseMutation: wire.DiffResponse(before, resp)}, nil
@@ -338,7 +339,7 @@ func runHook(ctx context.Context, p any, hc *wire.HookCall) (wire.HookAnswer, er
 			return cont, missingHandler(hc.Phase, hook)
 		}
 		var answer *Response
-		if err := safely("hook "+quote(hook), func() (err error) {
+		if err := safelyHook(hook, func() (err error) {
 			answer, err = h.ServeRoute(ctx, hook, req)
 			return err
 		}); err != nil {
@@ -354,7 +355,7 @@ func runHook(ctx context.Context, p any, hc *wire.HookCall) (wire.HookAnswer, er
 		if !ok {
 			return cont, missingHandler(hc.Phase, hook)
 		}
-		return cont, safely("hook "+quote(hook), func() error { h.Observe(ctx, hook, req, resp); return nil })
+		return cont, safelyHook(hook, func() error { h.Observe(ctx, hook, req, resp); return nil })
 	}
 	return cont, fmt.Errorf("hook %q: unknown phase %d", hook, hc.Phase)
 }
@@ -380,15 +381,30 @@ func quote(s string) string { return fmt.Sprintf("%q", s) }
 func safely(what string, f func() error) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
-			fmt.Fprintf(os.Stderr, "panic in %s: %v\n%s", what, r, debug.Stack())
-			if f, ok := r.(interface{ Addr() uintptr }); ok && f.Addr() != 0 {
-				err = fmt.Errorf("%s faulted at %#x: %v (received frames are read-only shared memory: to change one, make a new frame)", what, f.Addr(), r)
-				return
-			}
-			err = fmt.Errorf("%s panicked: %v", what, r)
+			err = recovered(what, r)
 		}
 	}()
 	return f()
+}
+
+// safelyHook is safely for a hook's handler, naming the hook only if it
+// panics (a hot path: no formatting per call).
+func safelyHook(hook string, f func() error) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = recovered("hook "+quote(hook), r)
+		}
+	}()
+	return f()
+}
+
+// recovered logs a handler's panic and turns it into its error.
+func recovered(what string, r any) error {
+	fmt.Fprintf(os.Stderr, "panic in %s: %v\n%s", what, r, debug.Stack())
+	if f, ok := r.(interface{ Addr() uintptr }); ok && f.Addr() != 0 {
+		return fmt.Errorf("%s faulted at %#x: %v (received frames are read-only shared memory: to change one, make a new frame)", what, f.Addr(), r)
+	}
+	return fmt.Errorf("%s panicked: %v", what, r)
 }
 
 func capnpClient[T ~capnp.ClientKind](c T) capnp.Client { return capnp.Client(c) }

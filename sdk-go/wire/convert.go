@@ -68,6 +68,13 @@ func readHeaders(l schema.Header_List, e *errs) http.Header {
 	// Every name and value is copied out of the message into one string,
 	// and each header's value list is a piece of one slice: two
 	// allocations for all the texts instead of two or three per header.
+	// Each text is read from the message once (a read is bounds and
+	// traversal checks): the pieces wait in texts.
+	var textBuf [32][2][]byte // most requests: no allocation
+	texts := textBuf[:0]
+	if n > len(textBuf) {
+		texts = make([][2][]byte, 0, n)
+	}
 	total := 0
 	for i := 0; i < n; i++ {
 		hd := l.At(i)
@@ -75,32 +82,28 @@ func readHeaders(l schema.Header_List, e *errs) http.Header {
 		e.set(err)
 		value, err := hd.ValueBytes()
 		e.set(err)
+		texts = append(texts, [2][]byte{name, value})
 		total += len(name) + len(value)
 	}
 	var sb strings.Builder
 	sb.Grow(total)
-	type span struct{ name, value [2]int }
-	spans := make([]span, n)
-	for i := 0; i < n; i++ {
-		hd := l.At(i)
-		name, _ := hd.NameBytes()
-		value, _ := hd.ValueBytes()
-		sp := &spans[i]
-		sp.name[0] = sb.Len()
-		sb.Write(name)
-		sp.name[1], sp.value[0] = sb.Len(), sb.Len()
-		sb.Write(value)
-		sp.value[1] = sb.Len()
+	for _, t := range texts {
+		sb.Write(t[0])
+		sb.Write(t[1])
 	}
 	all := sb.String()
 	values := make([]string, n)
-	for i, sp := range spans {
-		name := all[sp.name[0]:sp.name[1]]
+	at := 0
+	for i, t := range texts {
+		name := all[at : at+len(t[0])]
+		at += len(t[0])
+		value := all[at : at+len(t[1])]
+		at += len(t[1])
 		if name == "" {
 			continue
 		}
-		k := http.CanonicalHeaderKey(name)
-		values[i] = all[sp.value[0]:sp.value[1]]
+		k := canonicalKey(name)
+		values[i] = value
 		if vs, ok := h[k]; ok {
 			h[k] = append(vs, values[i])
 		} else {
@@ -108,6 +111,35 @@ func readHeaders(l schema.Header_List, e *errs) http.Header {
 		}
 	}
 	return h
+}
+
+// canonicalKey is http.CanonicalHeaderKey, with a quick way out for a name
+// that is canonical already (what hosts and plugins send, from
+// http.Header.Set): letters upper case at the start and after each '-',
+// lower case elsewhere, and nothing but letters, digits and '-'.
+func canonicalKey(name string) string {
+	upper := true
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		switch {
+		case c == '-':
+			upper = true
+			continue
+		case 'A' <= c && c <= 'Z':
+			if !upper {
+				return http.CanonicalHeaderKey(name)
+			}
+		case 'a' <= c && c <= 'z':
+			if upper {
+				return http.CanonicalHeaderKey(name)
+			}
+		case '0' <= c && c <= '9':
+		default:
+			return http.CanonicalHeaderKey(name)
+		}
+		upper = false
+	}
+	return name
 }
 
 func headerCount(h http.Header) int {

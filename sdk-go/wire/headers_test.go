@@ -45,3 +45,16 @@ func TestReadHeaders(t *testing.T) {
 		t.Fatalf("an append to one header changed another: %q", h)
 	}
 }
+
+// canonicalKey answers what http.CanonicalHeaderKey answers, for names
+// canonical already (its quick way out) and for every other kind.
+func TestCanonicalKey(t *testing.T) {
+	names := []string{"", "A", "a", "Content-Type", "content-type", "CONTENT-TYPE", "X-Header-a", "X-Header-A",
+		"X-1-Foo", "X-1foo", "Www-Authenticate", "WWW-Authenticate", "-", "--x", "X--Y", "x_y", "X_Y", "Foo.Bar",
+		"Foo Bar", "é-Tag", "Dnt", "X-Forwarded-For", "x-forwarded-for", "9p", "A-9-b"}
+	for _, n := range names {
+		if got, want := canonicalKey(n), http.CanonicalHeaderKey(n); got != want {
+			t.Errorf("canonicalKey(%q) = %q, want %q", n, got, want)
+		}
+	}
+}

@@ -34,6 +34,10 @@ type HookCall struct {
 	Response *Response
 }
 
+// Where is how errors say which call failed: "on GET /route/:id", the
+// method and the hook's route template.
+func (c *HookCall) Where() string { return "on " + c.Request.Method + " " + c.Request.Route }
+
 // HookRequest returns a copy of req (sharing its header and body) that
 // carries the route template and parameters of the hook it is sent to.
 func HookRequest(req *Request, route string, params []manifest.Param) *Request {

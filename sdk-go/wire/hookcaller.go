@@ -14,18 +14,16 @@ import (
 // CallHook calls one plugin hook on a hook lane (the daemon's lane to a
 // plugin, or a host's direct lane) under c.Timeout, and reads the answer by
 // the phase rules (ReadHookResult). A failure is a HookError naming plugin
-// and hook, worded for the people who read it (where is "on GET /route"):
+// and hook, worded for the people who read it (c.Where(): "on GET /route"):
 //
 //   - unavailable: the lane closed under the call (the plugin went away),
 //     or ctx ended (the caller gave up);
 //   - timeout: no answer within c.Timeout;
 //   - failed: the plugin's error, or a reply that is not a hook result;
 //   - rejected: an answer the phase does not allow.
-func CallHook(ctx context.Context, lane *LaneClient, c *HookCall, plugin, where string) (HookAnswer, *HookError) {
-	cctx, cancel := context.WithTimeout(ctx, c.Timeout)
-	defer cancel()
+func CallHook(ctx context.Context, lane *LaneClient, c *HookCall, plugin string) (HookAnswer, *HookError) {
 	start := time.Now()
-	reply, rf, err := lane.Call(cctx, func(f schema.LaneFrame) error {
+	reply, rf, err := lane.CallWithin(ctx, c.Timeout, func(f schema.LaneFrame) error {
 		hc, err := f.NewHook()
 		if err != nil {
 			return err
@@ -35,18 +33,18 @@ func CallHook(ctx context.Context, lane *LaneClient, c *HookCall, plugin, where 
 	if err != nil {
 		if errors.Is(err, ErrLaneClosed) {
 			return HookAnswer{}, &HookError{Plugin: plugin, Hook: c.Hook, Kind: schema.HookErrorKind_unavailable,
-				Message: "stopped while handling the request " + where}
+				Message: "stopped while handling the request " + c.Where()}
 		}
-		return HookAnswer{}, CallError(ctx, cctx, start, c.Timeout, err, plugin, c.Hook, where)
+		return HookAnswer{}, CallError(ctx, ctx, start, c.Timeout, err, plugin, c.Hook, c.Where())
 	}
 	defer reply.Release()
 	hr, err := LaneHookResult(rf)
 	if err != nil {
-		return HookAnswer{}, &HookError{Plugin: plugin, Hook: c.Hook, Kind: schema.HookErrorKind_failed, Message: "failed " + where + ": " + err.Error()}
+		return HookAnswer{}, &HookError{Plugin: plugin, Hook: c.Hook, Kind: schema.HookErrorKind_failed, Message: "failed " + c.Where() + ": " + err.Error()}
 	}
 	a, err := ReadHookResult(c.Phase, hr)
 	if err != nil {
-		return HookAnswer{}, AnswerError(plugin, c.Hook, where, err)
+		return HookAnswer{}, AnswerError(plugin, c.Hook, c.Where(), err)
 	}
 	return a, nil
 }

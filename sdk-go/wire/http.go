@@ -112,6 +112,23 @@ func (m *RequestMutation) Apply(r *Request) {
 	}
 }
 
+// adopt is Apply taking m's parts instead of copying them: m is not used
+// again (RunPhase's answers, which it owns).
+func (m *RequestMutation) adopt(r *Request) {
+	if m.ReplaceHeader {
+		r.Header = m.Header
+		if r.Header == nil {
+			r.Header = http.Header{}
+		}
+	}
+	if m.ReplaceQuery {
+		r.RawQuery = m.RawQuery
+	}
+	if m.ReplaceBody {
+		r.Body = m.Body
+	}
+}
+
 // DiffRequest returns the mutation that turns before into after.
 func DiffRequest(before, after *Request) RequestMutation {
 	var m RequestMutation
@@ -154,6 +171,23 @@ func (m *ResponseMutation) Apply(r *Response) {
 	}
 	if m.ReplaceBody {
 		r.Body = slices.Clone(m.Body)
+	}
+}
+
+// adopt is Apply taking m's parts instead of copying them (see
+// RequestMutation.adopt).
+func (m *ResponseMutation) adopt(r *Response) {
+	if m.Status != 0 {
+		r.Status = m.Status
+	}
+	if m.ReplaceHeader {
+		r.Header = m.Header
+		if r.Header == nil {
+			r.Header = http.Header{}
+		}
+	}
+	if m.ReplaceBody {
+		r.Body = m.Body
 	}
 }
 

@@ -146,17 +146,29 @@ var ErrLaneClosed = errors.New("hook lane closed")
 // writeFrame sends one frame. Writes are serialized by mu; each frame goes
 // out in one writev.
 func writeFrame(c net.Conn, mu *sync.Mutex, id uint64, msg *capnp.Message) error {
-	body, err := msg.Marshal()
-	if err != nil {
-		return err
-	}
 	w := frameWriters.Get().(*frameWriter)
-	binary.LittleEndian.PutUint32(w.hdr[:4], uint32(8+len(body)))
-	binary.LittleEndian.PutUint64(w.hdr[4:], id)
-	w.vec = [2][]byte{w.hdr[:], body}
+	binary.LittleEndian.PutUint64(w.hdr[4:12], id)
+	if seg, err := msg.Segment(0); err == nil && msg.NumSegments() == 1 {
+		// One segment (every frame NewFrame makes, unless it outgrew
+		// its first segment): the standard framing's header goes with
+		// the frame's, and the segment is written where it lies.
+		data := seg.Data()
+		binary.LittleEndian.PutUint32(w.hdr[:4], uint32(8+8+len(data)))
+		binary.LittleEndian.PutUint32(w.hdr[12:16], 0) // segment count - 1
+		binary.LittleEndian.PutUint32(w.hdr[16:20], uint32(len(data)/8))
+		w.vec = [2][]byte{w.hdr[:20], data}
+	} else {
+		body, err := msg.Marshal()
+		if err != nil {
+			frameWriters.Put(w)
+			return err
+		}
+		binary.LittleEndian.PutUint32(w.hdr[:4], uint32(8+len(body)))
+		w.vec = [2][]byte{w.hdr[:12], body}
+	}
 	w.bufs = w.vec[:] // WriteTo consumes bufs, not vec
 	mu.Lock()
-	_, err = w.bufs.WriteTo(c)
+	_, err := w.bufs.WriteTo(c)
 	mu.Unlock()
 	w.vec[1], w.bufs = nil, nil // the pool keeps no body
 	frameWriters.Put(w)
@@ -166,7 +178,7 @@ func writeFrame(c net.Conn, mu *sync.Mutex, id uint64, msg *capnp.Message) error
 // frameWriter is a frame's header and the writev vector, reused: a frame
 // written costs no allocation beyond its marshalled body.
 type frameWriter struct {
-	hdr  [12]byte
+	hdr  [20]byte // length, id, and a one-segment message's framing header
 	vec  [2][]byte
 	bufs net.Buffers
 }
@@ -181,14 +193,30 @@ func readFrame(r *bufio.Reader) (uint64, *capnp.Message, error) {
 
 // NewFrame returns a new message with a LaneFrame root, for a request or a
 // reply.
+// Release it with ReleaseFrame once written (or with its own Release).
 func NewFrame() (*capnp.Message, schema.LaneFrame, error) {
-	msg, seg, err := capnp.NewMessage(capnp.SingleSegment(nil))
+	msg := frameMsgs.Get().(*capnp.Message)
+	seg, err := msg.Reset(capnp.SingleSegment(nil))
 	if err != nil {
 		return nil, schema.LaneFrame{}, err
 	}
 	f, err := schema.NewRootLaneFrame(seg)
-	return msg, f, err
+	if err != nil {
+		ReleaseFrame(msg)
+		return nil, schema.LaneFrame{}, err
+	}
+	return msg, f, nil
 }
+
+// ReleaseFrame releases a message NewFrame made and keeps it for the next.
+func ReleaseFrame(msg *capnp.Message) {
+	msg.Release()
+	frameMsgs.Put(msg)
+}
+
+// frameMsgs recycles the messages NewFrame makes (their arenas' buffers
+// come from capnp's own pool).
+var frameMsgs = sync.Pool{New: func() any { return new(capnp.Message) }}
 
 // LaneClient makes calls on a hook lane. It is safe for concurrent use; one
 // goroutine, owned by the client, reads replies until the connection ends.
@@ -261,15 +289,22 @@ func (l *LaneClient) Close() error {
 // caller reads and then releases. When ctx ends first, Call sends cancel and
 // returns ctx's error.
 func (l *LaneClient) Call(ctx context.Context, fill func(schema.LaneFrame) error) (*capnp.Message, schema.LaneFrame, error) {
+	return l.CallWithin(ctx, 0, fill)
+}
+
+// CallWithin is Call bounded by timeout as well (0: no bound): when it
+// passes first, it sends cancel and returns context.DeadlineExceeded. It
+// costs less than a context with a deadline (a pooled timer).
+func (l *LaneClient) CallWithin(ctx context.Context, timeout time.Duration, fill func(schema.LaneFrame) error) (*capnp.Message, schema.LaneFrame, error) {
 	msg, f, err := NewFrame()
 	if err != nil {
 		return nil, schema.LaneFrame{}, err
 	}
-	defer msg.Release()
+	defer ReleaseFrame(msg)
 	if err := fill(f); err != nil {
 		return nil, schema.LaneFrame{}, err
 	}
-	ch := make(chan *capnp.Message, 1)
+	ch := replyChans.Get().(chan *capnp.Message)
 	l.mu.Lock()
 	if l.err != nil {
 		err := l.err
@@ -301,6 +336,13 @@ func (l *LaneClient) Call(ctx context.Context, fill func(schema.LaneFrame) error
 		}
 		return nil, schema.LaneFrame{}, fmt.Errorf("hook lane: %w", err)
 	}
+	var expired <-chan time.Time
+	if timeout > 0 {
+		t := timers.Get().(*time.Timer)
+		t.Reset(timeout)
+		defer func() { t.Stop(); timers.Put(t) }() // Stop: no stale tick for the next user
+		expired = t.C
+	}
 	select {
 	case reply, ok := <-ch:
 		if !ok {
@@ -309,6 +351,10 @@ func (l *LaneClient) Call(ctx context.Context, fill func(schema.LaneFrame) error
 			l.mu.Unlock()
 			return nil, schema.LaneFrame{}, err
 		}
+		// The reader took the id out of pending before it sent: nobody
+		// else holds ch now. (A call that gave up, below, does not put
+		// its channel back: the reader may still send on it.)
+		replyChans.Put(ch)
 		rf, err := schema.ReadRootLaneFrame(reply)
 		if err != nil {
 			reply.Release()
@@ -321,20 +367,50 @@ func (l *LaneClient) Call(ctx context.Context, fill func(schema.LaneFrame) error
 		}
 		return reply, rf, nil
 	case <-ctx.Done():
-		l.forget(id)
-		if cm, cf, err := NewFrame(); err == nil {
-			cf.SetCancel()
-			_ = writeFrame(l.c, &l.wmu, id, cm)
-			cm.Release()
-		}
+		l.cancel(id)
 		return nil, schema.LaneFrame{}, ctx.Err()
+	case <-expired:
+		l.cancel(id)
+		return nil, schema.LaneFrame{}, context.DeadlineExceeded
 	}
 }
+
+// cancel gives up on call id and tells the other end.
+func (l *LaneClient) cancel(id uint64) {
+	l.forget(id)
+	if cm, cf, err := NewFrame(); err == nil {
+		cf.SetCancel()
+		_ = writeFrame(l.c, &l.wmu, id, cm)
+		ReleaseFrame(cm)
+	}
+}
+
+// timers recycles CallWithin's timers (stopped when put back).
+var timers = sync.Pool{New: func() any {
+	t := time.NewTimer(time.Hour)
+	t.Stop()
+	return t
+}}
+
+// replyChans recycles the channels calls wait for their reply on.
+var replyChans = sync.Pool{New: func() any { return make(chan *capnp.Message, 1) }}
 
 func (l *LaneClient) forget(id uint64) {
 	l.mu.Lock()
 	delete(l.pending, id)
 	l.mu.Unlock()
+}
+
+// hookTimeout is the deadline of a hook call frame, 0 for anything else.
+func hookTimeout(f schema.LaneFrame, ferr error) time.Duration {
+	if ferr != nil || f.Which() != schema.LaneFrame_Which_hook {
+		return 0
+	}
+	hc, err := f.Hook()
+	if err != nil {
+		return 0
+	}
+	return time.Duration(hc.TimeoutMicros()) * time.Microsecond
 }
 
 // LaneHandler answers one request frame by filling reply. An error becomes
@@ -397,7 +473,15 @@ func serveLane(ctx context.Context, c net.Conn, h LaneHandler, lim *Limits, good
 		}
 		size, _ := msg.TotalSize()
 		inflightLimit.acquire(int64(size)) // back-pressure: no more reads until calls end
-		cctx, cancel := context.WithCancel(ctx)
+		// A hook call's context carries its deadline from here (one
+		// context per call, not two: see HookDeadline).
+		var cctx context.Context
+		var cancel context.CancelFunc
+		if d := hookTimeout(f, ferr); d > 0 {
+			cctx, cancel = context.WithTimeout(ctx, d)
+		} else {
+			cctx, cancel = context.WithCancel(ctx)
+		}
 		mu.Lock()
 		inflight[id] = cancel
 		mu.Unlock()
@@ -421,14 +505,14 @@ func serveLane(ctx context.Context, c net.Conn, h LaneHandler, lim *Limits, good
 				herr = h(cctx, f, rf)
 			}
 			if herr != nil {
-				rm.Release()
+				ReleaseFrame(rm)
 				if rm, rf, err = NewFrame(); err != nil {
 					return
 				}
 				_ = rf.SetError(laneErrorText(herr))
 			}
 			_ = writeFrame(c, &wmu, id, rm)
-			rm.Release()
+			ReleaseFrame(rm)
 		})
 	}
 	select {

@@ -2,7 +2,6 @@ package wire
 
 import (
 	"cmp"
-	"iter"
 	"slices"
 
 	"github.com/dimplugd/dimplugd/sdk-go/schema"
@@ -69,43 +68,42 @@ type PhaseHook struct {
 	FailClosed bool
 }
 
-// RunPhase runs the request, response or route phase over hooks, which
-// yields them in the order SortHooks gives. call makes one hook call on
-// the request (and, in the response phase, the response) as the hooks
-// before left them; its answer has passed CheckAnswer. describe names a
-// hook and gives its policy; it is asked only of hooks that failed or
-// changed something.
+// RunPhase runs the request, response or route phase over hooks, in the
+// order SortHooks gives. call makes one hook call on the request (and, in
+// the response phase, the response) as the hooks before left them; its
+// answer has passed CheckAnswer, and RunPhase takes what it holds. It must
+// not modify the request or response it is given. describe names a hook
+// and gives its policy.
 //
 // The rules: request hooks run in turn, each on the request as the ones
 // before left it; one that responds ends the phase. Response hooks run in
 // turn on the response as the ones before left it. The route phase asks
 // its first hook, the route's owner, alone. A failing hook ends the phase
 // with failClosed if it is fail-closed, or if it owns the route; a
-// fail-open one is listed in Skipped and the next hook runs. The request
-// and response passed in are not modified.
-func RunPhase[H any](phase Phase, hooks iter.Seq[H], describe func(H) PhaseHook,
+// fail-open one is listed in Skipped and the next hook runs. The outcome's
+// mutation is the difference between what the phase started with and what
+// its hooks left. The request and response passed in are not modified.
+func RunPhase[H any](phase Phase, hooks []H, describe func(H) PhaseHook,
 	call func(h H, req *Request, resp *Response) (HookAnswer, *HookError),
-	req *Request, resp *Response) *Outcome {
-	out := &Outcome{Kind: schema.DispatchResult_outcome_Which_continue}
+	req *Request, resp *Response) Outcome {
+	out := Outcome{Kind: schema.DispatchResult_outcome_Which_continue}
 	if resp == nil && phase == schema.Phase_response {
 		resp = &Response{}
 	}
-	var workReq *Request
-	var workResp *Response
-	for h := range hooks {
+	// What the hooks so far left: shallow copies whose parts a mutation
+	// replaces (never changes in place), so the originals stay as they
+	// were, and nothing is copied for a phase that changes nothing.
+	var workReq Request
+	var workResp Response
+	curReq, curResp := req, resp
+	for _, h := range hooks {
 		var a HookAnswer
 		var herr *HookError
 		switch phase {
 		case schema.Phase_request:
-			if workReq == nil {
-				workReq = req.Clone()
-			}
-			a, herr = call(h, workReq, nil)
+			a, herr = call(h, curReq, nil)
 		case schema.Phase_response:
-			if workResp == nil {
-				workResp = resp.Clone()
-			}
-			a, herr = call(h, req, workResp)
+			a, herr = call(h, req, curResp)
 		case schema.Phase_route:
 			a, herr = call(h, req, nil)
 		default:
@@ -123,25 +121,34 @@ func RunPhase[H any](phase Phase, hooks iter.Seq[H], describe func(H) PhaseHook,
 		}
 		switch a.Kind {
 		case schema.HookResult_Which_mutateRequest:
-			a.RequestMutation.Apply(workReq)
+			if curReq == req {
+				workReq, curReq = *req, &workReq
+			}
+			a.RequestMutation.adopt(curReq)
 		case schema.HookResult_Which_mutateResponse:
-			a.ResponseMutation.Apply(workResp)
+			if curResp == resp {
+				workResp, curResp = *resp, &workResp
+			}
+			a.ResponseMutation.adopt(curResp)
 		case schema.HookResult_Which_respond:
 			out.Kind, out.Response = schema.DispatchResult_outcome_Which_respond, a.Response
 			out.Applied = append(out.Applied, describe(h).Name)
 			return out
 		default:
+			if phase == schema.Phase_route {
+				return out
+			}
 			continue
 		}
 		out.Applied = append(out.Applied, describe(h).Name)
 	}
-	if workReq != nil {
-		if m := DiffRequest(req, workReq); !m.IsZero() {
+	if curReq != req {
+		if m := DiffRequest(req, curReq); !m.IsZero() {
 			out.Kind, out.RequestMutation = schema.DispatchResult_outcome_Which_mutateRequest, m
 		}
 	}
-	if workResp != nil {
-		if m := DiffResponse(resp, workResp); !m.IsZero() {
+	if curResp != resp {
+		if m := DiffResponse(resp, curResp); !m.IsZero() {
 			out.Kind, out.ResponseMutation = schema.DispatchResult_outcome_Which_mutateResponse, m
 		}
 	}

@@ -41,7 +41,7 @@ func TestRunPhase(t *testing.T) {
 	}
 	addHeader := func(k, v string) HookAnswer {
 		return HookAnswer{Kind: schema.HookResult_Which_mutateRequest,
-			RequestMutation: RequestMutation{ReplaceHeader: true, Header: http.Header{k: {v}}}}
+			RequestMutation: RequestMutation{ReplaceHeader: true, Header: http.Header{"X-Orig": {"1"}, k: {v}}}}
 	}
 	respond := HookAnswer{Kind: schema.HookResult_Which_respond, Response: &Response{Status: 403}}
 	cont := HookAnswer{Kind: schema.HookResult_Which_continue}
@@ -83,12 +83,12 @@ func TestRunPhase(t *testing.T) {
 				resp = &Response{Status: 200, Header: http.Header{}}
 			}
 			var called []string
-			out := RunPhase(tt.phase, slices.Values(tt.hooks),
+			out := RunPhase(tt.phase, tt.hooks,
 				func(h hook) PhaseHook { return PhaseHook{Name: h.name, FailClosed: h.failClosed} },
 				func(h hook, r *Request, rs *Response) (HookAnswer, *HookError) {
 					called = append(called, h.name)
-					if tt.phase == schema.Phase_request && r == req {
-						t.Error("a request hook got the caller's request, not the phase's copy")
+					if r.Header.Get("X-Orig") != "1" {
+						t.Errorf("hook %s got the request without its header", h.name)
 					}
 					return h.answer, h.err
 				}, req, resp)
@@ -101,5 +101,41 @@ func TestRunPhase(t *testing.T) {
 				t.Error("RunPhase changed the caller's request or response")
 			}
 		})
+	}
+}
+
+// Each request hook sees the request as the hooks before it left it; the
+// outcome is the difference from the start, not the last answer.
+func TestRunPhaseHooksSeeEarlierMutations(t *testing.T) {
+	req := &Request{Method: "GET", Path: "/x", RawQuery: "a=1", Header: http.Header{"X-Orig": {"1"}}}
+	answers := []HookAnswer{
+		{Kind: schema.HookResult_Which_mutateRequest, RequestMutation: RequestMutation{ReplaceQuery: true, RawQuery: "a=2"}},
+		{Kind: schema.HookResult_Which_mutateRequest, RequestMutation: RequestMutation{ReplaceHeader: true, Header: http.Header{"X-Orig": {"1"}, "X-B": {"b"}}}},
+		{Kind: schema.HookResult_Which_continue},
+	}
+	var saw []string
+	out := RunPhase(schema.Phase_request, []int{0, 1, 2},
+		func(i int) PhaseHook { return PhaseHook{Name: string(rune('a' + i))} },
+		func(i int, r *Request, _ *Response) (HookAnswer, *HookError) {
+			saw = append(saw, r.RawQuery+" "+r.Header.Get("X-B"))
+			return answers[i], nil
+		}, req, nil)
+	if got, want := strings.Join(saw, ","), "a=1 ,a=2 ,a=2 b"; got != want {
+		t.Errorf("hooks saw %q, want %q", got, want)
+	}
+	if out.Kind != schema.DispatchResult_outcome_Which_mutateRequest || !out.RequestMutation.ReplaceQuery ||
+		out.RequestMutation.RawQuery != "a=2" || out.RequestMutation.Header.Get("X-B") != "b" || strings.Join(out.Applied, " ") != "a b" {
+		t.Errorf("outcome %+v", out)
+	}
+	if req.RawQuery != "a=1" || req.Header.Get("X-B") != "" {
+		t.Errorf("the caller's request changed: %+v", req)
+	}
+	// A hook that puts back what an earlier one changed: no mutation.
+	answers[1] = HookAnswer{Kind: schema.HookResult_Which_mutateRequest, RequestMutation: RequestMutation{ReplaceQuery: true, RawQuery: "a=1"}}
+	out = RunPhase(schema.Phase_request, []int{0, 1},
+		func(i int) PhaseHook { return PhaseHook{Name: string(rune('a' + i))} },
+		func(i int, r *Request, _ *Response) (HookAnswer, *HookError) { return answers[i], nil }, req, nil)
+	if out.Kind != schema.DispatchResult_outcome_Which_continue {
+		t.Errorf("a change undone: %+v", out)
 	}
 }
