@@ -48,6 +48,7 @@ func sections() []section {
 		{"hooks", []string{"rawecho", "goplug", "badge", "dimplugd"}, true, runHooks},
 		{"streams", []string{"framesink", "passthrough", "dimplugd"}, false, runStreams},
 		{"callgrind", []string{"badge", "dimplugd"}, false, runCallgrind},
+		{"load", append([]string{"dimplugd", "dimhost"}, loadPlugins...), false, runLoad},
 	}
 }
 
@@ -242,14 +243,18 @@ type helper struct {
 }
 
 var helpers = map[string]helper{
-	"fdecho":      {"./plugins/fdecho", false, true},
-	"rawecho":     {"./plugins/rawecho", false, true},
-	"goplug":      {"./plugins/goplug", false, true},
-	"badge":       {"./plugins/badge", false, true},
-	"framesink":   {"./plugins/framesink", false, true},
-	"passthrough": {"./plugins/passthrough", false, true},
-	"media-badge": {"./examples/plugins/media-badge", true, true},
-	"dimplugd":    {"./cmd/dimplugd", true, false},
+	"fdecho":            {"./plugins/fdecho", false, true},
+	"rawecho":           {"./plugins/rawecho", false, true},
+	"goplug":            {"./plugins/goplug", false, true},
+	"badge":             {"./plugins/badge", false, true},
+	"framesink":         {"./plugins/framesink", false, true},
+	"passthrough":       {"./plugins/passthrough", false, true},
+	"media-badge":       {"./examples/plugins/media-badge", true, true},
+	"dashboard-rows":    {"./examples/plugins/dashboard-rows", true, true},
+	"parental-controls": {"./examples/plugins/parental-controls", true, true},
+	"scrobbler":         {"./examples/plugins/scrobbler", true, true},
+	"dimhost":           {"./examples/dimhost", true, true},
+	"dimplugd":          {"./cmd/dimplugd", true, false},
 }
 
 // moduleRoots finds this module's directory and the dimplugd module's
