@@ -93,7 +93,7 @@ func runLoad(ctx context.Context, e *env) ([]*Table, error) {
 	}
 	addr := ln.Addr().String()
 	ln.Close()
-	hostLog := &syncWriter{}
+	hostLog := &syncBuffer{}
 	dimhost := exec.CommandContext(ctx, e.bins["dimhost"], "serve", "-listen", addr, "-socket", d.socket)
 	dimhost.Stdout, dimhost.Stderr = io.Discard, hostLog
 	if err := dimhost.Start(); err != nil {
@@ -134,7 +134,7 @@ func runLoad(ctx context.Context, e *env) ([]*Table, error) {
 					time.Sleep(50 * time.Millisecond) // dimhost still starting
 					break
 				}
-				return nil, fmt.Errorf("warm-up %s: %w\n%s", m.name, err, hostLog.String())
+				return nil, fmt.Errorf("warm-up %s: %w\n%s", m.name, err, hostLog.Tail(4096))
 			}
 			ready = true
 		}
@@ -319,22 +319,4 @@ func policyCounts(ctx context.Context, d *daemonProc) (map[string]hookCounts, er
 		}
 	}
 	return out, nil
-}
-
-// syncWriter keeps what a process writes, for an error message.
-type syncWriter struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncWriter) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncWriter) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
